@@ -1,0 +1,137 @@
+"""HTTP plumbing under the API: a request that caps its body, JSON answers,
+and the parameters of a request read from its query, form or JSON body.
+"""
+
+import json
+from urllib.parse import parse_qsl, urlsplit
+
+from twisted.web import server
+
+from cyme.errors import BadRequest, CymeError
+
+MAX_BODY = 1 << 20
+MAX_FIELDS = 1000
+
+
+class LimitedRequest(server.Request):
+    """
+    A request that keeps at most L{MAX_BODY} bytes of its body.
+
+    The rest is read off the connection (so the next request on it stays
+    framed) but never stored; the API answers such a request with 413.
+    """
+
+    max_body = MAX_BODY
+    too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > self.max_body:
+            self.too_large = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.too_large:
+            return
+        if self.content.tell() + len(data) > self.max_body:
+            self.too_large = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+def make_site(resource, **kwargs):
+    site = server.Site(resource, **kwargs)
+    site.requestFactory = LimitedRequest
+    return site
+
+
+def json_body(request, status, data):
+    """Set C{status} and the JSON content type; return the encoded body."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return json.dumps(data).encode("utf-8") + b"\n"
+
+
+def error_body(request, error):
+    assert isinstance(error, CymeError)
+    return json_body(request, error.status, error.to_json())
+
+
+def _pairs(text, what):
+    try:
+        return parse_qsl(
+            text,
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FIELDS,
+        )
+    except UnicodeDecodeError:
+        raise BadRequest(what, f"{what} is not valid UTF-8") from None
+    except ValueError:
+        raise BadRequest(what, f"{what} has more than {MAX_FIELDS} fields") from None
+
+
+def _merge(pairs):
+    # A repeated key becomes a list (``queues=a&queues=b``); a single one
+    # stays a string, as a form field is.
+    merged = {}
+    for key, value in pairs:
+        if key in merged:
+            old = merged[key]
+            merged[key] = (old if isinstance(old, list) else [old]) + [value]
+        else:
+            merged[key] = value
+    return merged
+
+
+def request_params(request):
+    """
+    The request's parameters: the query string, then the body over it.
+
+    For POST, PUT and DELETE the seed lets the query carry the data, so both
+    are read; a body may be a form (urlencoded or multipart) or a JSON object.
+    """
+    query = urlsplit(request.uri).query.decode("latin-1")
+    params = _merge(_pairs(query, "query string"))
+    if request.method in (b"GET", b"HEAD"):
+        return params
+    body = request.content.read() if request.content is not None else b""
+    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0]
+    ctype = ctype.strip().lower()
+    if ctype == b"application/json" or ctype.endswith(b"+json"):
+        if not body.strip():
+            return params
+        try:
+            data = json.loads(body)
+        except ValueError as e:
+            raise BadRequest("body", f"malformed JSON body: {e}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("body", "the JSON body must be an object")
+        params.update(data)
+    elif ctype == b"multipart/form-data":
+        # Twisted parsed the parts of a POST into request.args already.
+        for key, values in (request.args or {}).items():
+            try:
+                key = key.decode("utf-8")
+                values = [v.decode("utf-8") for v in values]
+            except UnicodeDecodeError:
+                raise BadRequest("body", "form field is not valid UTF-8") from None
+            params[key] = values[-1] if len(values) == 1 else values
+    elif ctype in (b"application/x-www-form-urlencoded", b"") and body:
+        try:
+            text = body.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadRequest("body", "a form body must be URL-encoded") from None
+        params.update(_merge(_pairs(text, "body")))
+    elif body:
+        raise BadRequest(
+            "Content-Type",
+            "send the body as application/x-www-form-urlencoded, "
+            "multipart/form-data or application/json",
+        )
+    return params

@@ -1,0 +1,329 @@
+"""The desired state of a cyme cluster as frozen, validated attrs records.
+
+``Broker``, ``App``, ``Queue`` and ``Instance`` are values: they are checked
+when built (so an invalid one never exists), changed only through
+``attrs.evolve`` and turned to and from the JSON shapes of the HTTP API and
+the store with ``to_json``/``from_json``.
+"""
+
+import re
+from urllib.parse import quote, unquote, urlsplit
+
+import attrs
+
+from cyme.errors import BadRequest
+
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
+
+#: Words that are routes of the HTTP API and so cannot name an app.
+RESERVED_APP_NAMES = frozenset(
+    ["ping", "admin", "branches", "metrics", "instances", "queues", "queue", "query"]
+)
+
+EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
+POOLS = ("prefork", "solo", "threads", "eventlet", "gevent")
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def check_name(value, field="name"):
+    """
+    Return C{value} if it may name an app, instance or queue.
+
+    Names become directory names and AMQP queue names, so only a conservative
+    alphabet is allowed and a name can never be C{.}, C{..} or start with
+    C{-} (which a command line would read as an option).
+    """
+    if not isinstance(value, str):
+        raise BadRequest(field, f"{field} must be a string")
+    if not NAME_RE.match(value):
+        raise BadRequest(
+            field,
+            f"{field} must be 1-64 characters of A-Z a-z 0-9 . _ -, "
+            "not starting with '.' or '-'",
+        )
+    return value
+
+
+def check_int(value, field, low, high=None):
+    """Return C{value} as an int in [low, high], accepting decimal strings."""
+    if isinstance(value, bool):
+        raise BadRequest(field, f"{field} must be an integer")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError:
+            raise BadRequest(field, f"{field} must be an integer") from None
+    if not isinstance(value, int):
+        raise BadRequest(field, f"{field} must be an integer")
+    if value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise BadRequest(field, f"{field} must be {bounds}")
+    return value
+
+
+def check_bool(value, field):
+    """Return C{value} as a bool, accepting the usual spellings from forms."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise BadRequest(field, f"{field} must be a boolean (true or false)")
+
+
+def check_text(value, field, max_length=255, allow_empty=False):
+    if not isinstance(value, str):
+        raise BadRequest(field, f"{field} must be a string")
+    if not allow_empty and not value:
+        raise BadRequest(field, f"{field} must not be empty")
+    if len(value) > max_length or any(ord(c) < 32 for c in value):
+        raise BadRequest(
+            field, f"{field} must be at most {max_length} printable characters"
+        )
+    return value
+
+
+def check_json_object(value, field):
+    """Return C{value} if it is a JSON object whose keys are strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise BadRequest(field, f"{field} must be a JSON object")
+    return value
+
+
+def build(cls, data, what):
+    """Build C{cls} from a JSON object, naming unknown or missing fields."""
+    data = check_json_object(data, what)
+    known = {a.name for a in attrs.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadRequest(unknown[0], f"unknown {what} field: {unknown[0]}")
+    missing = [
+        a.name for a in attrs.fields(cls)
+        if a.default is attrs.NOTHING and a.name not in data
+    ]
+    if missing:
+        raise BadRequest(missing[0], f"{what} needs {missing[0]}")
+    return cls(**data)
+
+
+def _converter(check, field, *args):
+    # Converters run before validators and see raw form strings: they turn
+    # "8" into 8 and "true" into True, or raise BadRequest naming the field.
+    return lambda value: check(value, field, *args)
+
+
+def _validator(check, *args):
+    def validate(instance, attribute, value):
+        check(value, attribute.name, *args)
+
+    return validate
+
+
+@attrs.frozen
+class Broker:
+    """Connection parameters of an AMQP broker."""
+
+    hostname: str = attrs.field(
+        default="127.0.0.1", validator=_validator(check_text, 255)
+    )
+    port: int = attrs.field(default=5672, converter=_converter(check_int, "port", 1, 65535))
+    userid: str = attrs.field(
+        default="guest", validator=_validator(check_text, 255, True)
+    )
+    password: str = attrs.field(
+        default="guest", validator=_validator(check_text, 255, True)
+    )
+    virtual_host: str = attrs.field(
+        default="/", validator=_validator(check_text, 255)
+    )
+
+    @classmethod
+    def from_url(cls, url, field="broker"):
+        """Parse C{amqp://user:password@host:port/vhost}; C{//} means C{/}."""
+        check_text(url, field, 1024)
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "pyamqp") or not parts.hostname:
+            raise BadRequest(field, f"{field} must be an amqp://user:pass@host:port/vhost URL")
+        try:
+            port = parts.port or 5672
+        except ValueError:
+            raise BadRequest(field, f"{field} has an invalid port") from None
+        vhost = parts.path[1:] if parts.path.startswith("/") else parts.path
+        return cls.from_json(
+            {
+                "hostname": parts.hostname,
+                "port": port,
+                "userid": unquote(parts.username or "guest"),
+                "password": unquote(parts.password or "guest"),
+                "virtual_host": unquote(vhost) or "/",
+            }
+        )
+
+    def as_url(self):
+        return "amqp://{}:{}@{}:{}/{}".format(
+            quote(self.userid, safe=""),
+            quote(self.password, safe=""),
+            self.hostname,
+            self.port,
+            quote(self.virtual_host, safe=""),
+        )
+
+    def to_json(self):
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data, field="broker"):
+        return build(cls, data, field)
+
+
+def _check_app_name(instance, attribute, value):
+    check_name(value, "name")
+    if value in RESERVED_APP_NAMES:
+        raise BadRequest("name", f"{value!r} is a route of the API and cannot name an app")
+
+
+@attrs.frozen
+class App:
+    """An application: a named group of instances sharing a default broker."""
+
+    name: str = attrs.field(validator=_check_app_name)
+    broker: Broker = attrs.field(factory=Broker, validator=attrs.validators.instance_of(Broker))
+    arguments: str = attrs.field(default="", validator=_validator(check_text, 4096, True))
+    extra_config: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+
+    def to_json(self):
+        return {
+            "name": self.name,
+            "broker": self.broker.to_json(),
+            "arguments": self.arguments,
+            "extra_config": self.extra_config,
+        }
+
+    @classmethod
+    def from_json(cls, data):
+        data = dict(check_json_object(data, "app"))
+        data["broker"] = Broker.from_json(data.get("broker") or {})
+        return build(cls, data, "app")
+
+
+def _check_exchange_type(instance, attribute, value):
+    if value not in EXCHANGE_TYPES:
+        raise BadRequest(
+            "exchange_type", f"exchange_type must be one of {', '.join(EXCHANGE_TYPES)}"
+        )
+
+
+@attrs.frozen
+class Queue:
+    """
+    A queue declaration: the queue, its exchange and their binding.
+
+    The exchange and routing key default to the queue's name, as in the
+    original cyme.
+    """
+
+    name: str = attrs.field(validator=_validator(check_name))
+    exchange: str = attrs.field(
+        default=attrs.Factory(lambda self: self.name, takes_self=True),
+        validator=_validator(check_text, 255, True),
+    )
+    exchange_type: str = attrs.field(default="direct", validator=_check_exchange_type)
+    routing_key: str = attrs.field(
+        default=attrs.Factory(lambda self: self.name, takes_self=True),
+        validator=_validator(check_text, 255, True),
+    )
+    options: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+
+    def to_json(self):
+        return attrs.asdict(self)
+
+    @classmethod
+    def from_json(cls, data):
+        return build(cls, data, "queue")
+
+
+def _check_queue_names(instance, attribute, value):
+    if not isinstance(value, tuple):
+        raise BadRequest("queues", "queues must be a list of queue names")
+    for name in value:
+        check_name(name, "queues")
+    if len(set(value)) != len(value):
+        raise BadRequest("queues", "queues must not repeat a name")
+
+
+MAX_CONCURRENCY = 10000
+
+
+def _check_min_concurrency(instance, attribute, value):
+    if value > instance.max_concurrency:
+        raise BadRequest(
+            "min_concurrency", "min_concurrency must not be greater than max_concurrency"
+        )
+
+
+def _check_pool(instance, attribute, value):
+    if value not in POOLS:
+        raise BadRequest("pool", f"pool must be one of {', '.join(POOLS)}")
+
+
+@attrs.frozen
+class Instance:
+    """
+    A Celery worker instance: what it consumes and how many processes.
+
+    C{broker} is None while the instance uses its app's broker.
+    """
+
+    name: str = attrs.field(validator=_validator(check_name))
+    app: str = attrs.field(validator=_validator(check_name))
+    queues: tuple = attrs.field(default=(), converter=tuple, validator=_check_queue_names)
+    max_concurrency: int = attrs.field(
+        default=1,
+        converter=_converter(check_int, "max_concurrency", 1, MAX_CONCURRENCY),
+    )
+    min_concurrency: int = attrs.field(
+        default=1,
+        converter=_converter(check_int, "min_concurrency", 0, MAX_CONCURRENCY),
+        validator=_check_min_concurrency,
+    )
+    is_enabled: bool = attrs.field(
+        default=True, converter=_converter(check_bool, "is_enabled")
+    )
+    broker: Broker | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(attrs.validators.instance_of(Broker)),
+    )
+    pool: str = attrs.field(default="prefork", validator=_check_pool)
+    arguments: str = attrs.field(default="", validator=_validator(check_text, 4096, True))
+    extra_config: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+
+    def to_json(self):
+        return {
+            "name": self.name,
+            "app": self.app,
+            "queues": list(self.queues),
+            "max_concurrency": self.max_concurrency,
+            "min_concurrency": self.min_concurrency,
+            "is_enabled": self.is_enabled,
+            "broker": self.broker.to_json() if self.broker is not None else None,
+            "pool": self.pool,
+            "arguments": self.arguments,
+            "extra_config": self.extra_config,
+        }
+
+    @classmethod
+    def from_json(cls, data):
+        data = dict(check_json_object(data, "instance"))
+        if data.get("broker") is not None:
+            data["broker"] = Broker.from_json(data["broker"])
+        if "queues" in data and not isinstance(data["queues"], (list, tuple)):
+            raise BadRequest("queues", "queues must be a list of queue names")
+        return build(cls, data, "instance")

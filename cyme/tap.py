@@ -1,0 +1,170 @@
+"""``twistd cyme-branch``: the branch's command line and its service tree.
+
+``Options`` parses the seed's command line (``cyme-branch :8001 -i branch1
+-D cyme/branch1/``, options before or after the address) and opens the root
+directory, so that every start-up problem is a one-line usage error rather
+than a traceback; ``makeService`` assembles the services.
+"""
+
+import getopt
+import re
+
+from twisted.application import service, strports
+from twisted.logger import Logger
+from twisted.python import usage
+
+from cyme import __version__, logs
+from cyme.controller import Controller
+from cyme.errors import BadRequest, StartupError
+from cyme.http import make_site
+from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
+from cyme.rootdir import RootDir
+from cyme.store import JSONFileStore
+from cyme.web import BranchAPI
+
+_ADDRESS = re.compile(r"\A(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*))?:?(?P<port>\d{1,5})\Z")
+
+
+def address_to_endpoint(address):
+    """
+    The server endpoint string for the seed's C{[address]:port} argument.
+
+    C{:8001} listens on every interface, C{localhost:8001} or
+    C{[::1]:8001} on one.
+    """
+    match = _ADDRESS.match(address.strip())
+    if not match:
+        raise usage.UsageError(f"address must be [host]:port, not {address!r}")
+    port = int(match.group("port"))
+    if not 0 <= port <= 65535:
+        raise usage.UsageError(f"port must be 0-65535, not {port}")
+    if match.group("ip6"):
+        interface = match.group("ip6").replace(":", "\\:")
+        return f"tcp6:{port}:interface={interface}"
+    if match.group("host"):
+        return f"tcp:{port}:interface={match.group('host')}"
+    return f"tcp:{port}"
+
+
+class Options(usage.Options):
+    synopsis = "[options] [[address]:port]"
+    longdesc = (
+        "Run a cyme branch: the HTTP API and supervisor of the Celery worker "
+        "instances of this machine. The address defaults to :8000 (every "
+        "interface, port 8000)."
+    )
+
+    optFlags = [
+        ["without-http", None, "Do not serve the HTTP API."],
+    ]
+    optParameters = [
+        ["id", "i", None,
+         "Id of this branch (default: generated at the first start and kept "
+         "in the root directory)."],
+        ["instance-dir", "D", "instances/",
+         "Root directory of the branch: its state, and the logs and pid files "
+         "of its worker instances. Created if missing."],
+        ["broker", "b", DEFAULT_BROKER_URL,
+         "Broker URL of the branch bus, and default broker of new apps."],
+        ["http", None, None,
+         "Listen on this Twisted endpoint instead of the address "
+         "(tcp:8001, ssl:8443:privateKey=key.pem, unix:/run/cyme.sock, "
+         "systemd:domain=INET:index=0)."],
+        ["sup-interval", None, 5.0,
+         "Seconds between two supervisor ticks.", float],
+        ["loglevel", "l", "info",
+         "Lowest level of cyme's own log messages: debug, info, warn, error."],
+    ]
+
+    def __init__(self):
+        super().__init__()
+        self["address"] = ":8000"
+
+    def parseOptions(self, options=None):
+        # usage.Options parses like getopt, taking every option after the
+        # first positional argument as positional; the seed writes options
+        # after the address, so parse the GNU way and hand back a normal
+        # order.
+        if options is None:
+            return super().parseOptions(options)
+        try:
+            opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.GetoptError as e:
+            raise usage.UsageError(str(e)) from None
+        ordered = []
+        for opt, value in opts:
+            takes_value = (
+                opt[2:] + "=" in self.longOpt
+                if opt.startswith("--")
+                else opt[1:] + ":" in self.shortOpt
+            )
+            ordered.extend([opt, value] if takes_value else [opt])
+        return super().parseOptions(ordered + ["--"] + args)
+
+    def opt_version(self):
+        """Print cyme's version and exit."""
+        print(f"cyme {__version__}")
+        raise SystemExit(0)
+
+    def parseArgs(self, address=None):
+        if address is not None:
+            self["address"] = address
+
+    def postOptions(self):
+        if self["sup-interval"] <= 0:
+            raise usage.UsageError("--sup-interval must be a positive number of seconds")
+        try:
+            self["log-level"] = logs.parse_level(self["loglevel"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
+        try:
+            self["default-broker"] = Broker.from_url(self["broker"], "--broker")
+            if self["id"] is not None:
+                check_name(self["id"], "--id")
+        except BadRequest as e:
+            raise usage.UsageError(e.message) from None
+        try:
+            root = RootDir.open(self["instance-dir"])
+            self["root"] = root
+            self["branch-id"] = self["id"] or root.branch_id()
+            self["store"] = JSONFileStore(root.state_path)
+        except StartupError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class BranchService(service.MultiService):
+    """The branch: its root directory held for as long as it runs."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, root, branch_id):
+        super().__init__()
+        self.root = root
+        self.branch_id = branch_id
+
+    def startService(self):
+        self.root.record_pid()
+        self.log.info(
+            "cyme branch {branch} (cyme {version}) in {root}",
+            branch=self.branch_id, version=__version__, root=self.root.path,
+        )
+        super().startService()
+
+
+def makeService(options):
+    logs.set_level(options["log-level"])
+    branch = BranchService(options["root"], options["branch-id"])
+    controller = Controller(
+        store=options["store"],
+        default_broker=options["default-broker"],
+        branch_id=options["branch-id"],
+    )
+    if not options["without-http"]:
+        from twisted.internet import reactor
+
+        site = make_site(BranchAPI(controller).resource())
+        http = strports.service(options["endpoint"], site, reactor=reactor)
+        http.setName("http")
+        http.setServiceParent(branch)
+    return branch

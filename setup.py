@@ -1,0 +1,41 @@
+"""Packaging for cyme, the Celery instance manager."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="cyme",
+    version="0.1.0",
+    description="Celery instance manager: supervise clusters of Celery workers over HTTP",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    python_requires=">=3.11",
+    # package_dir {"": "."} makes an editable install add the project root to
+    # sys.path (a static .pth), which is where twistd looks for
+    # twisted/plugins/; the import-hook finder would hide the plugin.
+    package_dir={"": "."},
+    packages=find_packages(include=["cyme", "cyme.*"]) + ["twisted.plugins"],
+    package_data={
+        "cyme": ["py.typed"],
+        "cyme.amqp": ["specs/*.xml"],
+        "twisted.plugins": ["cyme_plugin.py"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted>=24.3",
+        "klein>=24.8",
+        "txamqp>=0.8.2",
+        "celery>=5.3",
+        "attrs>=23.1",
+        "service-identity>=24.1",
+        "treq>=24.9",
+    ],
+    entry_points={
+        "console_scripts": ["cyme-branch = cyme.script:main"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Framework :: Celery",
+        "Programming Language :: Python :: 3",
+    ],
+)
