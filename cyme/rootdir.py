@@ -11,6 +11,7 @@ Layout under the root::
 import errno
 import fcntl
 import os
+import tempfile
 import uuid
 
 import attrs
@@ -51,10 +52,15 @@ class RootDir:
         path = os.path.abspath(path)
         try:
             os.makedirs(os.path.join(path, "instances"), exist_ok=True)
-            probe = os.path.join(path, ".write-test")
-            with open(probe, "wb") as f:
-                f.write(b"ok")
-            os.unlink(probe)
+            # A name of its own: two branches starting at once on one root
+            # must not remove each other's probe (the second one is to hear
+            # "in use", not "not writable").
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+            try:
+                os.write(fd, b"ok")
+            finally:
+                os.close(fd)
+                os.unlink(probe)
         except OSError as e:
             raise StartupError(
                 f"root directory {path} is not writable: {e.strerror}"

@@ -6,10 +6,14 @@ directory, so that every start-up problem is a one-line usage error rather
 than a traceback; ``makeService`` assembles the services.
 """
 
+import contextlib
 import getopt
+import math
 import re
+import sys
 
 from twisted.application import service, strports
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -22,7 +26,12 @@ from cyme.rootdir import RootDir
 from cyme.store import JSONFileStore
 from cyme.web import BranchAPI
 
-_ADDRESS = re.compile(r"\A(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:\[\]]*))?:?(?P<port>\d{1,5})\Z")
+# ``[host]:port``: the host part, when present, ends with a colon, so that
+# ``8001`` is a port and never host ``800`` with port ``1``.
+_ADDRESS = re.compile(
+    r"\A(?:(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]*)):)?"
+    r"(?P<port>\d{1,5})\Z"
+)
 
 
 def address_to_endpoint(address):
@@ -44,6 +53,14 @@ def address_to_endpoint(address):
     if match.group("host"):
         return f"tcp:{port}:interface={match.group('host')}"
     return f"tcp:{port}"
+
+
+class StartupFailed(usage.UsageError):
+    """
+    The command line is fine but the branch cannot start here (its root
+    directory or state file): the message says why, and no usage text is
+    needed.
+    """
 
 
 class Options(usage.Options):
@@ -71,7 +88,7 @@ class Options(usage.Options):
          "(tcp:8001, ssl:8443:privateKey=key.pem, unix:/run/cyme.sock, "
          "systemd:domain=INET:index=0)."],
         ["sup-interval", None, 5.0,
-         "Seconds between two supervisor ticks.", float],
+         "Seconds between two supervisor ticks."],
         ["loglevel", "l", "info",
          "Lowest level of cyme's own log messages: debug, info, warn, error."],
     ]
@@ -79,6 +96,14 @@ class Options(usage.Options):
     def __init__(self):
         super().__init__()
         self["address"] = ":8000"
+        self._startup_failed = False
+
+    def getUsage(self, width=None):
+        # twistd prints the usage text above every UsageError; a start-up
+        # failure is not a usage mistake, so its one-line message stays alone.
+        if self._startup_failed:
+            return ""
+        return super().getUsage(width)
 
     def parseOptions(self, options=None):
         # usage.Options parses like getopt, taking every option after the
@@ -86,7 +111,7 @@ class Options(usage.Options):
         # after the address, so parse the GNU way and hand back a normal
         # order.
         if options is None:
-            return super().parseOptions(options)
+            options = sys.argv[1:]
         try:
             opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
@@ -111,26 +136,53 @@ class Options(usage.Options):
             self["address"] = address
 
     def postOptions(self):
-        if self["sup-interval"] <= 0:
-            raise usage.UsageError("--sup-interval must be a positive number of seconds")
+        try:
+            interval = float(self["sup-interval"])
+        except (TypeError, ValueError):
+            interval = math.nan
+        if not (math.isfinite(interval) and interval > 0):
+            raise usage.UsageError(
+                "--sup-interval must be a positive number of seconds, "
+                f"not {self['sup-interval']!r}"
+            )
+        self["sup-interval"] = interval
         try:
             self["log-level"] = logs.parse_level(self["loglevel"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
+        check_endpoint(self["endpoint"])
         try:
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
             if self["id"] is not None:
                 check_name(self["id"], "--id")
         except BadRequest as e:
             raise usage.UsageError(e.message) from None
+        root = None
         try:
             root = RootDir.open(self["instance-dir"])
-            self["root"] = root
-            self["branch-id"] = self["id"] or root.branch_id()
             self["store"] = JSONFileStore(root.state_path)
+            self["branch-id"] = self["id"] or root.branch_id()
         except StartupError as e:
-            raise usage.UsageError(str(e)) from None
+            # Release the lock: the branch does not start, and in a
+            # long-lived process (tests) the root would stay locked.
+            if root is not None:
+                root.close()
+            self._startup_failed = True
+            raise StartupFailed(str(e)) from None
+        self["root"] = root
+
+
+def check_endpoint(description):
+    """Raise a UsageError unless C{description} is a server endpoint string."""
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except Exception as e:
+        raise usage.UsageError(
+            f"invalid endpoint {description!r}: {e}"
+        ) from None
 
 
 class BranchService(service.MultiService):
@@ -149,7 +201,26 @@ class BranchService(service.MultiService):
             "cyme branch {branch} (cyme {version}) in {root}",
             branch=self.branch_id, version=__version__, root=self.root.path,
         )
-        super().startService()
+        with _exit_if_cannot_listen(self.log):
+            super().startService()
+
+    def privilegedStartService(self):
+        # twistd listens here, before it drops privileges.
+        with _exit_if_cannot_listen(self.log):
+            super().privilegedStartService()
+
+
+@contextlib.contextmanager
+def _exit_if_cannot_listen(log):
+    """
+    A port in use is an operator's mistake, not a bug: one line and a
+    non-zero exit rather than twistd's traceback.
+    """
+    try:
+        yield
+    except CannotListenError as e:
+        log.critical("cyme branch cannot start: {error}", error=e)
+        raise SystemExit(1) from None
 
 
 def makeService(options):

@@ -1,0 +1,368 @@
+"""The twistd plugin and the branch's command line (cyme.tap)."""
+
+import os
+
+from twisted.application.service import IServiceMaker
+from twisted.logger import LogLevel
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from cyme import logs, tap
+from cyme.rootdir import RootDir
+
+
+class PluginTests(SynchronousTestCase):
+    def test_found_by_twistd(self):
+        """twistd finds exactly one plugin called cyme-branch, backed by cyme.tap."""
+        makers = [
+            m for m in getPlugins(IServiceMaker) if m.tapname == "cyme-branch"
+        ]
+        self.assertEqual(len(makers), 1)
+        self.assertIs(makers[0].options, tap.Options)
+        self.assertIs(makers[0].makeService, tap.makeService)
+        self.assertTrue(makers[0].description)
+
+
+class OptionsTestsMixin:
+    """Helpers: a fresh root directory, and Options whose root gets closed."""
+
+    def root_path(self):
+        return os.path.abspath(self.mktemp())
+
+    def parse(self, argv):
+        options = tap.Options()
+        options.parseOptions(argv)
+        self.addCleanup(options["root"].close)
+        return options
+
+    def usage_error(self, argv):
+        """The UsageError parsing C{argv} raises; nothing is left locked."""
+        options = tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, argv)
+        self.assertNotIn("root", options)
+        return str(error)
+
+
+class ParseTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_seed_order(self):
+        """The seed's order: the address first, options after it."""
+        root = self.root_path()
+        options = self.parse([":8001", "-i", "branch1", "-D", root])
+        self.assertEqual(options["address"], ":8001")
+        self.assertEqual(options["id"], "branch1")
+        self.assertEqual(options["branch-id"], "branch1")
+        self.assertEqual(options["instance-dir"], root)
+        self.assertEqual(options["endpoint"], "tcp:8001")
+        self.assertEqual(options["root"].path, root)
+
+    def test_options_first(self):
+        root = self.root_path()
+        options = self.parse(["-i", "branch1", "-D", root, ":8001"])
+        self.assertEqual(options["id"], "branch1")
+        self.assertEqual(options["instance-dir"], root)
+        self.assertEqual(options["endpoint"], "tcp:8001")
+
+    def test_options_around_address(self):
+        root = self.root_path()
+        options = self.parse(["-i", "b2", "localhost:8002", "--without-http", "-D", root])
+        self.assertEqual(options["id"], "b2")
+        self.assertTrue(options["without-http"])
+        self.assertEqual(options["endpoint"], "tcp:8002:interface=localhost")
+
+    def test_long_forms(self):
+        root = self.root_path()
+        options = self.parse(
+            [
+                ":8001",
+                "--id=branch1",
+                "--instance-dir", root,
+                "--broker=amqp://user:secret@rabbit:5673/vh",
+                "--sup-interval=2.5",
+                "--loglevel=debug",
+            ]
+        )
+        self.assertEqual(options["branch-id"], "branch1")
+        self.assertEqual(options["root"].path, root)
+        self.assertEqual(options["sup-interval"], 2.5)
+        self.assertEqual(options["log-level"], LogLevel.debug)
+        broker = options["default-broker"]
+        self.assertEqual(
+            (broker.hostname, broker.port, broker.userid, broker.password,
+             broker.virtual_host),
+            ("rabbit", 5673, "user", "secret", "vh"),
+        )
+
+    def test_short_forms(self):
+        root = self.root_path()
+        options = self.parse(
+            ["-b", "amqp://u:p@h//", "-l", "warning", "-D", root, "-i", "x"]
+        )
+        self.assertEqual(options["default-broker"].hostname, "h")
+        self.assertEqual(options["default-broker"].virtual_host, "/")
+        self.assertEqual(options["log-level"], LogLevel.warn)
+
+    def test_defaults(self):
+        root = self.root_path()
+        options = self.parse(["-D", root])
+        self.assertEqual(options["address"], ":8000")
+        self.assertEqual(options["endpoint"], "tcp:8000")
+        self.assertEqual(options["sup-interval"], 5.0)
+        self.assertEqual(options["log-level"], LogLevel.info)
+        self.assertFalse(options["without-http"])
+        broker = options["default-broker"]
+        self.assertEqual((broker.hostname, broker.port), ("127.0.0.1", 5672))
+
+    def test_argv_default_parses_gnu_way(self):
+        """Without an argument, parseOptions reads sys.argv the same way."""
+        import sys
+
+        root = self.root_path()
+        self.patch(sys, "argv", ["cyme-branch", ":8001", "-i", "argv1", "-D", root])
+        options = tap.Options()
+        options.parseOptions()
+        self.addCleanup(options["root"].close)
+        self.assertEqual(options["branch-id"], "argv1")
+        self.assertEqual(options["endpoint"], "tcp:8001")
+
+    def test_help_documents_every_option(self):
+        text = tap.Options().getUsage()
+        for option in ("--id", "-i", "--instance-dir", "-D", "--broker", "-b",
+                       "--http", "--without-http", "--sup-interval",
+                       "--loglevel", "-l"):
+            self.assertIn(option, text)
+
+
+class AddressTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_address_forms(self):
+        cases = {
+            ":8001": "tcp:8001",
+            "8001": "tcp:8001",
+            "localhost:8001": "tcp:8001:interface=localhost",
+            "127.0.0.1:8001": "tcp:8001:interface=127.0.0.1",
+            "[::1]:8001": "tcp6:8001:interface=\\:\\:1",
+            "[::]:80": "tcp6:80:interface=\\:\\:",
+            ":0": "tcp:0",
+        }
+        for address, endpoint in cases.items():
+            self.assertEqual(tap.address_to_endpoint(address), endpoint, address)
+
+    def test_port_only_is_never_split(self):
+        """C{8001} is port 8001, not host C{800} on port 1 (a former bug)."""
+        self.assertEqual(tap.address_to_endpoint("8001"), "tcp:8001")
+        self.assertEqual(tap.address_to_endpoint("65535"), "tcp:65535")
+
+    def test_positional_address(self):
+        for address, endpoint in [
+            ("8001", "tcp:8001"),
+            ("localhost:8001", "tcp:8001:interface=localhost"),
+            ("[::1]:8001", "tcp6:8001:interface=\\:\\:1"),
+        ]:
+            options = self.parse([address, "-D", self.root_path()])
+            self.assertEqual(options["endpoint"], endpoint)
+
+    def test_http_overrides_address(self):
+        sock = os.path.abspath(self.mktemp())
+        options = self.parse(
+            [":8001", "--http", f"unix:{sock}", "-D", self.root_path()]
+        )
+        self.assertEqual(options["endpoint"], f"unix:{sock}")
+        options = self.parse(["--http=tcp:9001:interface=127.0.0.1", "-D",
+                              self.root_path()])
+        self.assertEqual(options["endpoint"], "tcp:9001:interface=127.0.0.1")
+
+    def test_bad_addresses(self):
+        for address in ["abc", "localhost8001x", ":", "", "[::1]8001",
+                        "host:80:90", "a=b:80", "[zz]:80"]:
+            message = self.usage_error([address, "-D", self.root_path()])
+            self.assertIn("address must be [host]:port", message, address)
+            self.assertIn(repr(address), message)
+
+    def test_port_out_of_range(self):
+        message = self.usage_error([":99999", "-D", self.root_path()])
+        self.assertIn("port must be 0-65535", message)
+
+    def test_bad_http_endpoint(self):
+        """A bad --http is a usage error now, not a traceback in makeService."""
+        for endpoint in ["nonsense:1", "tcp:notaport", "tcp:80:nosuchkw=1"]:
+            message = self.usage_error(["--http", endpoint, "-D", self.root_path()])
+            self.assertIn("invalid endpoint", message)
+            self.assertIn(repr(endpoint), message)
+
+
+class BadOptionTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_bad_sup_interval(self):
+        for value in ["0", "-1", "x", "", "nan", "inf", "-inf"]:
+            message = self.usage_error(["--sup-interval", value, "-D",
+                                        self.root_path()])
+            self.assertIn("--sup-interval must be a positive number", message,
+                          value)
+
+    def test_bad_loglevel(self):
+        message = self.usage_error(["-l", "loud", "-D", self.root_path()])
+        self.assertIn("log level must be one of", message)
+        self.assertIn("debug", message)
+
+    def test_bad_broker(self):
+        for url in ["http://host/", "amqp://", "amqp://host:99999//", "nonsense"]:
+            message = self.usage_error(["-b", url, "-D", self.root_path()])
+            self.assertIn("--broker", message, url)
+
+    def test_bad_id(self):
+        for value in ["../x", "a/b", "-x", ".hidden", "", "x" * 65, "a b"]:
+            message = self.usage_error([f"--id={value}", "-D", self.root_path()])
+            self.assertIn("--id must be", message, value)
+
+    def test_unknown_option(self):
+        message = self.usage_error(["--bogus", "-D", self.root_path()])
+        self.assertIn("bogus", message)
+
+    def test_two_addresses(self):
+        self.usage_error([":8001", ":8002", "-D", self.root_path()])
+
+    def test_bad_option_touches_no_directory(self):
+        """Options are checked before the root directory is created."""
+        root = self.root_path()
+        self.usage_error(["-l", "loud", "-D", root])
+        self.usage_error(["--id=../x", "-D", root])
+        self.assertFalse(os.path.exists(root))
+
+
+class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_created_if_missing(self):
+        root = os.path.join(self.root_path(), "deep", "branch1")
+        options = self.parse(["-D", root])
+        self.assertTrue(os.path.isdir(root))
+        self.assertTrue(os.path.isdir(os.path.join(root, "instances")))
+        self.assertEqual(options["store"].path, os.path.join(root, "state.json"))
+
+    def test_relative_root_made_absolute(self):
+        parent = self.root_path()
+        os.makedirs(parent)
+        cwd = os.getcwd()
+        os.chdir(parent)
+        self.addCleanup(os.chdir, cwd)
+        options = self.parse(["-D", "rel/"])
+        self.assertEqual(options["root"].path, os.path.join(parent, "rel"))
+
+    def test_unwritable_root(self):
+        """A root under a regular file cannot be created: a clear usage error."""
+        parent = self.root_path()
+        os.makedirs(parent)
+        blocker = os.path.join(parent, "file")
+        with open(blocker, "w") as f:
+            f.write("not a directory")
+        for root in [os.path.join(blocker, "sub"), blocker]:
+            message = self.usage_error(["-D", root])
+            self.assertIn(root, message)
+            self.assertIn("not writable", message)
+            self.assertNotIn("Traceback", message)
+
+    def test_corrupt_state_file(self):
+        root = self.root_path()
+        os.makedirs(root)
+        state = os.path.join(root, "state.json")
+        garbage = b'{"schema": 1, "apps": {not json'
+        with open(state, "wb") as f:
+            f.write(garbage)
+        options = tap.Options()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["-D", root])
+        self.assertIsInstance(error, tap.StartupFailed)
+        self.assertIn(state, str(error))
+        self.assertIn("corrupt", str(error))
+        self.assertNotIn("\n", str(error))
+        with open(state, "rb") as f:
+            self.assertEqual(f.read(), garbage)
+        self.assertEqual(sorted(os.listdir(root)), ["branch.lock", "instances",
+                                                   "state.json"])
+        # twistd prints the usage text above a usage error: not for this one.
+        self.assertEqual(options.getUsage(), "")
+
+    def test_wrong_schema_version(self):
+        root = self.root_path()
+        os.makedirs(root)
+        state = os.path.join(root, "state.json")
+        with open(state, "w") as f:
+            f.write('{"schema": 99, "apps": {}, "queues": {}, "instances": {}}')
+        message = self.usage_error(["-D", root])
+        self.assertIn(state, message)
+        self.assertIn("99", message)
+
+    def test_failed_start_releases_lock(self):
+        """A start-up failure after the lock was taken lets the lock go."""
+        root = self.root_path()
+        os.makedirs(root)
+        state = os.path.join(root, "state.json")
+        with open(state, "w") as f:
+            f.write("garbage")
+        self.usage_error(["-D", root])
+        os.unlink(state)
+        options = self.parse(["-D", root])
+        self.assertEqual(options["store"].apps(), [])
+
+    def test_root_in_use(self):
+        root = self.root_path()
+        first = self.parse([":8001", "-D", root])
+        message = self.usage_error([":8002", "-D", root])
+        self.assertIn("another cyme-branch", message)
+        self.assertIn(root, message)
+        self.assertIn(f"pid {os.getpid()}", message)
+        first["root"].close()
+        self.parse([":8002", "-D", root])
+
+    def test_generated_id_is_kept(self):
+        root = self.root_path()
+        first = self.parse(["-D", root])
+        branch_id = first["branch-id"]
+        self.assertTrue(branch_id)
+        with open(os.path.join(root, "branch.id")) as f:
+            self.assertEqual(f.read().strip(), branch_id)
+        first["root"].close()
+        second = self.parse(["-D", root])
+        self.assertEqual(second["branch-id"], branch_id)
+
+    def test_given_id_wins_and_keeps_generated(self):
+        root = self.root_path()
+        first = self.parse(["-D", root])
+        generated = first["branch-id"]
+        first["root"].close()
+        named = self.parse(["-D", root, "-i", "named"])
+        self.assertEqual(named["branch-id"], "named")
+        named["root"].close()
+        self.assertEqual(self.parse(["-D", root])["branch-id"], generated)
+
+    def test_state_is_loaded(self):
+        root = self.root_path()
+        first = self.parse(["-D", root])
+        from cyme.models import App
+
+        first["store"].put_app(App(name="foo"))
+        first["root"].close()
+        second = self.parse(["-D", root])
+        self.assertEqual([a.name for a in second["store"].apps()], ["foo"])
+
+
+class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
+    def setUp(self):
+        # makeService sets cyme's log level for the whole process.
+        self.addCleanup(logs.set_level, LogLevel.info)
+
+    def test_http_child(self):
+        options = self.parse(["127.0.0.1:0", "-D", self.root_path(), "-i", "b1"])
+        branch = tap.makeService(options)
+        self.assertIsInstance(branch, tap.BranchService)
+        self.assertIs(branch.root, options["root"])
+        self.assertEqual(branch.branch_id, "b1")
+        http = branch.getServiceNamed("http")
+        self.assertIs(http.parent, branch)
+        self.assertFalse(branch.running)
+
+    def test_without_http(self):
+        options = self.parse(["--without-http", "-D", self.root_path()])
+        branch = tap.makeService(options)
+        self.assertRaises(KeyError, branch.getServiceNamed, "http")
+
+    def test_sets_log_level(self):
+        options = self.parse(["-l", "error", "-D", self.root_path()])
+        tap.makeService(options)
+        self.assertEqual(logs._predicate.defaultLogLevel, LogLevel.error)
