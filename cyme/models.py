@@ -31,16 +31,16 @@ def check_name(value, field="name"):
     Return C{value} if it may name an app, instance or queue.
 
     Names become directory names and AMQP queue names, so only a conservative
-    alphabet is allowed and a name can never be C{.}, C{..} or start with
-    C{-} (which a command line would read as an option).
+    alphabet is allowed and a name can never be C{.}, contain C{..} or start
+    with C{-} (which a command line would read as an option).
     """
     if not isinstance(value, str):
         raise BadRequest(field, f"{field} must be a string")
-    if not NAME_RE.match(value):
+    if not NAME_RE.match(value) or ".." in value:
         raise BadRequest(
             field,
             f"{field} must be 1-64 characters of A-Z a-z 0-9 . _ -, "
-            "not starting with '.' or '-'",
+            "not starting with '.' or '-' and without '..'",
         )
     return value
 
@@ -153,7 +153,7 @@ class Broker:
         if parts.scheme not in ("amqp", "pyamqp") or not parts.hostname:
             raise BadRequest(field, f"{field} must be an amqp://user:pass@host:port/vhost URL")
         try:
-            port = parts.port or 5672
+            port = parts.port if parts.port is not None else 5672
         except ValueError:
             raise BadRequest(field, f"{field} has an invalid port") from None
         vhost = parts.path[1:] if parts.path.startswith("/") else parts.path
@@ -168,10 +168,13 @@ class Broker:
         )
 
     def as_url(self):
+        hostname = self.hostname
+        if ":" in hostname and not hostname.startswith("["):
+            hostname = f"[{hostname}]"  # an IPv6 address
         return "amqp://{}:{}@{}:{}/{}".format(
             quote(self.userid, safe=""),
             quote(self.password, safe=""),
-            self.hostname,
+            hostname,
             self.port,
             quote(self.virtual_host, safe=""),
         )
@@ -182,6 +185,11 @@ class Broker:
     @classmethod
     def from_json(cls, data, field="broker"):
         return build(cls, data, field)
+
+
+def _check_broker(instance, attribute, value):
+    if not isinstance(value, Broker):
+        raise BadRequest("broker", "broker must be a broker object")
 
 
 def _check_app_name(instance, attribute, value):
@@ -195,9 +203,11 @@ class App:
     """An application: a named group of instances sharing a default broker."""
 
     name: str = attrs.field(validator=_check_app_name)
-    broker: Broker = attrs.field(factory=Broker, validator=attrs.validators.instance_of(Broker))
+    broker: Broker = attrs.field(factory=Broker, validator=_check_broker)
     arguments: str = attrs.field(default="", validator=_validator(check_text, 4096, True))
-    extra_config: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+    extra_config: dict = attrs.field(
+        factory=dict, converter=_converter(check_json_object, "extra_config")
+    )
 
     def to_json(self):
         return {
@@ -240,7 +250,7 @@ class Queue:
         default=attrs.Factory(lambda self: self.name, takes_self=True),
         validator=_validator(check_text, 255, True),
     )
-    options: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+    options: dict = attrs.field(factory=dict, converter=_converter(check_json_object, "options"))
 
     def to_json(self):
         return attrs.asdict(self)
@@ -248,6 +258,13 @@ class Queue:
     @classmethod
     def from_json(cls, data):
         return build(cls, data, "queue")
+
+
+def _queue_tuple(value):
+    # A string is iterable too, but "abc" is not the list ["a", "b", "c"].
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise BadRequest("queues", "queues must be a list of queue names")
+    return tuple(value)
 
 
 def _check_queue_names(instance, attribute, value):
@@ -284,7 +301,7 @@ class Instance:
 
     name: str = attrs.field(validator=_validator(check_name))
     app: str = attrs.field(validator=_validator(check_name))
-    queues: tuple = attrs.field(default=(), converter=tuple, validator=_check_queue_names)
+    queues: tuple = attrs.field(default=(), converter=_queue_tuple, validator=_check_queue_names)
     max_concurrency: int = attrs.field(
         default=1,
         converter=_converter(check_int, "max_concurrency", 1, MAX_CONCURRENCY),
@@ -299,11 +316,13 @@ class Instance:
     )
     broker: Broker | None = attrs.field(
         default=None,
-        validator=attrs.validators.optional(attrs.validators.instance_of(Broker)),
+        validator=attrs.validators.optional(_check_broker),
     )
     pool: str = attrs.field(default="prefork", validator=_check_pool)
     arguments: str = attrs.field(default="", validator=_validator(check_text, 4096, True))
-    extra_config: dict = attrs.field(factory=dict, validator=_validator(check_json_object))
+    extra_config: dict = attrs.field(
+        factory=dict, converter=_converter(check_json_object, "extra_config")
+    )
 
     def to_json(self):
         return {

@@ -130,4 +130,12 @@ def autoscale(params, existing):
         changes["min_concurrency"] = params["min"]
     if not changes:
         raise BadRequest("max", "autoscale needs max or min")
-    return attrs.evolve(existing, **changes)
+    try:
+        return attrs.evolve(existing, **changes)
+    except BadRequest as e:
+        # Name the parameter the client sent, not the model's field.
+        field = {"max_concurrency": "max", "min_concurrency": "min"}.get(e.field, e.field)
+        message = e.message.replace("max_concurrency", "max").replace(
+            "min_concurrency", "min"
+        )
+        raise BadRequest(field, message) from None

@@ -79,7 +79,7 @@ class _State:
 
     @classmethod
     def from_json(cls, data):
-        return cls(
+        state = cls(
             apps={n: App.from_json(a) for n, a in data["apps"].items()},
             queues={
                 app: {n: Queue.from_json(q) for n, q in qs.items()}
@@ -87,6 +87,14 @@ class _State:
             },
             instances={n: Instance.from_json(i) for n, i in data["instances"].items()},
         )
+        # Records are looked up by their key: one stored under another
+        # name would be served under the wrong name.
+        keyed = [state.apps, state.instances, *state.queues.values()]
+        for records in keyed:
+            for key, record in records.items():
+                if key != record.name:
+                    raise ValueError(f"{record.name!r} is stored under the key {key!r}")
+        return state
 
 
 @implementer(IStore)
@@ -217,7 +225,7 @@ class JSONFileStore(MemoryStore):
             data = json.loads(raw)
             if not isinstance(data, dict) or "schema" not in data:
                 raise ValueError("no schema version")
-            if data["schema"] != SCHEMA_VERSION:
+            if type(data["schema"]) is not int or data["schema"] != SCHEMA_VERSION:
                 raise StartupError(
                     f"state file {self.path} has schema version {data['schema']!r}; "
                     f"this cyme reads version {SCHEMA_VERSION}"
