@@ -13,7 +13,7 @@ import attrs
 from twisted.logger import Logger
 
 from cyme import logs, params
-from cyme.errors import Conflict, NotFound
+from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.models import App, Broker, check_name
 
 
@@ -23,6 +23,12 @@ class Controller:
     default_broker: Broker = attrs.field(factory=Broker)
     branch_id: str = "branch"
     listeners: list = attrs.field(factory=list)
+    #: The L{cyme.supervisor.Supervisor} of this branch's workers, if any.
+    supervisor: object = None
+    #: How long creating an instance waits for its worker's first pong.
+    ready_timeout: float = 10.0
+    #: How long a live query (stats, queues) waits for the worker.
+    query_timeout: float = 2.0
 
     log = Logger(observer=logs.observer)
 
@@ -106,12 +112,13 @@ class Controller:
         for name in names:
             self.store.get_queue(app, name)
 
-    async def put_instance(self, app, name, values):
+    async def put_instance(self, app, name, values, wait=True):
         """
         Create (or update) an instance; returns C{(instance, created)}.
 
         Without a name the instance is anonymous and gets a UUID, as in the
-        original cyme.
+        original cyme.  With C{wait}, answers once its worker answered its
+        first ping (or after C{ready_timeout}, still starting).
         """
         await self.app(app)
         name = check_name(name if name is not None else str(uuid.uuid4()), "instance")
@@ -128,7 +135,13 @@ class Controller:
         self._check_queues(app, instance.queues)
         created = self.store.put_instance(instance)
         self._changed("instance.put", app=app, instance=name, created=created)
+        if wait and instance.is_enabled:
+            await self._wait_ready(name)
         return instance, created
+
+    async def _wait_ready(self, name):
+        if self.supervisor is not None:
+            await self.supervisor.wait_ready(name, self.ready_timeout)
 
     async def delete_instance(self, app, name):
         await self.instance(app, name)
@@ -167,6 +180,55 @@ class Controller:
         )
         return instance
 
+    async def restart(self, app, name):
+        """Restart an instance's worker (clearing quarantine); wait for it."""
+        instance = await self.instance(app, name)
+        supervisor = self._supervisor()
+        self.log.info("instance.restart app={app} instance={instance}", app=app, instance=name)
+        await supervisor.restart(name)
+        if instance.is_enabled:
+            await self._wait_ready(name)
+        return instance
+
+    async def set_enabled(self, app, name, enabled):
+        instance = await self.instance(app, name)
+        if instance.is_enabled != enabled:
+            instance = attrs.evolve(instance, is_enabled=enabled)
+            self.store.put_instance(instance)
+            self._changed(
+                "instance.enable" if enabled else "instance.disable",
+                app=app, instance=name,
+            )
+        if enabled:
+            await self._wait_ready(name)
+        return instance
+
+    def _supervisor(self):
+        if self.supervisor is None:
+            raise Unavailable("this branch runs no supervisor")
+        return self.supervisor
+
+    async def _ask_worker(self, app, name, command):
+        await self.instance(app, name)
+        supervisor = self._supervisor()
+        node = supervisor.node(name)
+        replies = await command(supervisor.control)([node], self.query_timeout)
+        if node not in replies:
+            raise GatewayTimeout(
+                f"instance {name} did not answer within {self.query_timeout:g} s",
+                name=name, state=supervisor.status(name)["state"],
+            )
+        return replies[node]
+
+    async def stats(self, app, name):
+        """The worker's live statistics (Celery's C{stats} remote command)."""
+        return await self._ask_worker(app, name, lambda control: control.stats)
+
+    async def live_queues(self, app, name):
+        """The names of the queues the worker consumes right now."""
+        queues = await self._ask_worker(app, name, lambda control: control.active_queues)
+        return [q.get("name") for q in queues if isinstance(q, dict)]
+
     def describe(self, instance):
         """The instance's JSON with its broker resolved, as the seed shows it."""
         data = instance.to_json()
@@ -178,4 +240,6 @@ class Controller:
                 broker = self.default_broker
         data["broker"] = broker.to_json()
         data["branch"] = self.branch_id
+        if self.supervisor is not None:
+            data.update(self.supervisor.status(instance.name))
         return data

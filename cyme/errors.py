@@ -50,3 +50,13 @@ class PayloadTooLarge(CymeError):
 
 class StartupError(Exception):
     """The branch cannot start; the message says why, for the operator."""
+
+
+class GatewayTimeout(CymeError):
+    """A worker or another branch did not answer in time."""
+
+    status = 504
+
+
+class Unavailable(CymeError):
+    status = 503

@@ -129,15 +129,39 @@ class BranchAPI:
 
     @route("/<app>/instances/<name>", CREATE)
     async def put_instance(self, request, app, name):
+        if name == "!":  # the seed's no-wait form, anonymous
+            return await self._put_instance(request, app, None, wait=False)
         return await self._put_instance(request, app, name)
 
-    async def _put_instance(self, request, app, name):
+    @route("/<app>/instances/!/<name>", CREATE)
+    async def put_instance_nowait(self, request, app, name):
+        return await self._put_instance(request, app, name, wait=False)
+
+    async def _put_instance(self, request, app, name, wait=True):
         instance, created = await self.controller.put_instance(
-            app, name, request_params(request)
+            app, name, request_params(request), wait=wait
         )
-        return json_body(
-            request, created_status(created), self.controller.describe(instance)
-        )
+        status = created_status(created) if wait else 202
+        return json_body(request, status, self.controller.describe(instance))
+
+    @route("/<app>/instances/<name>/restart", CREATE)
+    async def restart_instance(self, request, app, name):
+        instance = await self.controller.restart(app, name)
+        return json_body(request, 200, self.controller.describe(instance))
+
+    @route("/<app>/instances/<name>/enable", CREATE)
+    async def enable_instance(self, request, app, name):
+        instance = await self.controller.set_enabled(app, name, True)
+        return json_body(request, 200, self.controller.describe(instance))
+
+    @route("/<app>/instances/<name>/disable", CREATE)
+    async def disable_instance(self, request, app, name):
+        instance = await self.controller.set_enabled(app, name, False)
+        return json_body(request, 200, self.controller.describe(instance))
+
+    @route("/<app>/instances/<name>/stats", ["GET"])
+    async def instance_stats(self, request, app, name):
+        return json_body(request, 200, await self.controller.stats(app, name))
 
     @route("/<app>/instances/<name>", ["GET"])
     async def get_instance(self, request, app, name):
@@ -151,8 +175,10 @@ class BranchAPI:
 
     @route("/<app>/instances/<name>/queues", ["GET"])
     async def instance_queues(self, request, app, name):
-        instance = await self.controller.instance(app, name)
-        return json_body(request, 200, list(instance.queues))
+        if self.controller.supervisor is None:
+            instance = await self.controller.instance(app, name)
+            return json_body(request, 200, list(instance.queues))
+        return json_body(request, 200, await self.controller.live_queues(app, name))
 
     @route("/<app>/instances/<name>/queues/<queue>", CREATE)
     async def add_consumer(self, request, app, name, queue):

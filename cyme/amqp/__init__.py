@@ -1,0 +1,57 @@
+"""cyme's AMQP adapter: everything the branch says to RabbitMQ goes through here.
+
+It speaks through txAMQP and contains txAMQP's defects (missing spec file,
+partial field tables, str bodies, no confirm handling, fragile error paths)
+so that no other module ever touches txAMQP.  Start here:
+
+- L{AMQPClientService}: a reconnecting connection (backoff with jitter),
+  C{whenConnected()}, C{open_channel()}, L{IBrokerListener} notifications.
+- L{Connection}: a ready connection; C{channel()}, C{close()}.
+- L{Channel}: declare/bind/publish/consume/get with a timeout on each call;
+  publisher confirms with C{confirm_select()}.
+- L{Message}: a consumed message (bytes body, headers, properties, ack/nack).
+- L{cyme.amqp.codec}: AMQP 0-9-1 field tables (RabbitMQ's dialect).
+"""
+
+from .backoff import backoff_delay, backoff_policy
+from .channel import Channel, Consumer, QueueDeclared
+from .codec import FieldTableError, decode_table, encode_table
+from .connection import Connection
+from .errors import (
+    AMQPError,
+    AMQPTimeout,
+    ChannelClosedError,
+    ConnectionClosedError,
+    ConsumerCancelled,
+    PublishNacked,
+)
+from .message import Message
+from .service import AMQPClientService, IBrokerListener
+from .spec import load_spec
+from .timeouts import DEFAULT_TIMEOUT
+from .url import BrokerURL, parse_broker_url
+
+__all__ = [
+    "AMQPClientService",
+    "AMQPError",
+    "AMQPTimeout",
+    "BrokerURL",
+    "Channel",
+    "ChannelClosedError",
+    "Connection",
+    "ConnectionClosedError",
+    "Consumer",
+    "ConsumerCancelled",
+    "DEFAULT_TIMEOUT",
+    "FieldTableError",
+    "IBrokerListener",
+    "Message",
+    "PublishNacked",
+    "QueueDeclared",
+    "backoff_delay",
+    "backoff_policy",
+    "decode_table",
+    "encode_table",
+    "load_spec",
+    "parse_broker_url",
+]

@@ -1,0 +1,54 @@
+"""Reconnection delays: exponential backoff with a cap and jitter.
+
+A pure function of the attempt number (plus an injected random source) so
+tests can pin it down, shaped like Twisted's ``ClientService`` retry policy.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+__all__ = ["backoff_delay", "backoff_policy"]
+
+
+def backoff_delay(
+    attempt: int,
+    *,
+    initial: float = 0.1,
+    factor: float = 2.0,
+    cap: float = 30.0,
+    jitter: float = 0.5,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Seconds to wait before connection attempt number C{attempt} (1-based).
+
+    The base delay is C{initial * factor ** (attempt - 1)}, capped at C{cap};
+    jitter then scales it by a factor in C{[1 - jitter, 1]} so that branches
+    cut off together do not storm the broker together when it comes back.
+    """
+    if attempt < 1:
+        return 0.0
+    try:
+        base = min(cap, initial * factor ** (attempt - 1))
+    except OverflowError:
+        base = cap
+    return base * (1.0 - jitter * rand())
+
+
+def backoff_policy(
+    *,
+    initial: float = 0.1,
+    factor: float = 2.0,
+    cap: float = 30.0,
+    jitter: float = 0.5,
+    rand: Callable[[], float] = random.random,
+) -> Callable[[int], float]:
+    """L{backoff_delay} with its parameters bound: C{attempt -> seconds}."""
+
+    def policy(attempt: int) -> float:
+        return backoff_delay(
+            attempt, initial=initial, factor=factor, cap=cap, jitter=jitter, rand=rand
+        )
+
+    return policy

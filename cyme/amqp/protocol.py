@@ -1,0 +1,524 @@
+"""txAMQP's client protocol, with its defects contained.
+
+This is the one place cyme plugs into txAMQP.  On top of ``AMQClient`` and
+``TwistedDelegate`` it:
+
+- packs and unpacks every frame with L{cyme.amqp.wire} (complete field
+  tables, bodies kept as bytes and sized in bytes) and sends the real
+  0-9-1 protocol header;
+- handles basic.ack/basic.nack (publisher confirms) and broker-sent
+  basic.cancel, which txAMQP's delegate lacks;
+- never lets a frame for a closed channel, or a failing handler, reach
+  txAMQP's worker, which would close the whole connection;
+- checks every method and its properties before queueing it, because a
+  value txAMQP's writer cannot encode would stop the writer for good;
+- tells its owner when a channel or the connection is gone.
+"""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from txamqp.client import Closed as TxClosed
+from txamqp.client import TwistedDelegate
+from txamqp.connection import Frame, Header, Method
+from txamqp.protocol import AMQChannel, AMQClient
+from txamqp.queue import Closed as QueueClosed
+
+from .confirms import ConfirmTracker
+from .errors import (
+    AMQPError,
+    ChannelClosedError,
+    ConnectionClosedError,
+    ConsumerCancelled,
+    as_amqp_error,
+)
+from .message import Message, from_spec
+from .spec import load_spec
+from .timeouts import within
+from .wire import FrameError, pack_frame, pack_payload, unpack_frame
+
+__all__ = [
+    "AMQPChannel",
+    "AMQPDelegate",
+    "AMQPProtocol",
+    "AMQPProtocolFactory",
+    "ConsumerSink",
+    "default_client_properties",
+]
+
+log = Logger()
+
+# txAMQP 0.8.2 still ends its inlineCallbacks with defer.returnValue, which
+# warns on every call under Twisted >= 24.7; the noise is txAMQP's alone.
+warnings.filterwarnings(
+    "ignore",
+    message=r"twisted\.internet\.defer\.returnValue was deprecated",
+    category=DeprecationWarning,
+    module=r"txamqp\.",
+)
+
+# The 0-9-1 protocol header; txAMQP sends the 0-9 one ("AMQP" 1 1 0 9).
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+
+
+class ConsumerSink(Protocol):
+    """Where a channel hands one consumer's deliveries."""
+
+    def message_received(self, message: Message) -> None: ...
+
+    def consumer_stopped(self, error: AMQPError) -> None: ...
+
+
+def default_client_properties(connection_name: str | None = None) -> dict[str, Any]:
+    """What cyme tells the broker about itself in connection.start-ok."""
+    from cyme import __version__
+
+    properties: dict[str, Any] = {
+        "product": "cyme",
+        "version": __version__,
+        "platform": f"Python {platform.python_version()} (Twisted, txAMQP)",
+        "capabilities": {
+            "publisher_confirms": True,
+            "basic.nack": True,
+            "consumer_cancel_notify": True,
+            "exchange_exchange_bindings": True,
+            "authentication_failure_close": True,
+        },
+    }
+    if connection_name:
+        properties["connection_name"] = connection_name
+    return properties
+
+
+class AMQPChannel(AMQChannel):
+    """A txAMQP channel with byte bodies, confirms, consumers and close news."""
+
+    def __init__(self, id: int, outgoing: Any, client: AMQPProtocol) -> None:
+        super().__init__(id, outgoing, client)
+        self.incoming.clock = self.responses.clock = client.clock
+        self.confirms: ConfirmTracker | None = None
+        self.close_error: AMQPError | None = None
+        self._consumers: dict[str, ConsumerSink] = {}
+        self._close_waiters: list[Deferred[AMQPError]] = []
+        self._close_sent = False
+        self._awaiting_close_ok = False
+
+    # -- sending -----------------------------------------------------------
+
+    def invoke(self, method: Any, args: Any, content: Any = None) -> Deferred[Any]:
+        if self.closed:
+            return fail(as_amqp_error(self.reason))
+        try:
+            self._check(method, args, content)
+        except Exception:
+            return fail()
+        confirm = None
+        if method.klass.name == "confirm" and method.name == "select":
+            # Publishes are numbered from the select on, not from select-ok,
+            # and a second select must not restart the numbering.
+            if self.confirms is None:
+                self.confirms = ConfirmTracker()
+        elif method.klass.name == "basic" and method.name == "publish":
+            if self.confirms is not None:
+                confirm = self.confirms.expect()
+        elif method.klass.name == "channel" and method.name == "close":
+            self._close_sent = True
+        d = super().invoke(method, args, content)
+        d.addErrback(_translate)
+        if confirm is not None:
+            d.addCallback(lambda _: confirm)
+        return d
+
+    def _check(self, method: Any, args: Any, content: Any) -> None:
+        pack_payload(self.client.spec, Method(method, *args))
+        if content is not None:
+            if isinstance(content.body, str):
+                # Sized in bytes below, so it must be bytes already.
+                content.body = content.body.encode("utf-8")
+            pack_payload(
+                self.client.spec, Header(method.klass, 0, 0, **content.properties)
+            )
+
+    def settle(self, method: str, **fields: Any) -> None:
+        """Send basic.ack/nack/reject; on a closed channel there is nothing
+        to do (the broker requeues the message itself)."""
+        if self.closed:
+            log.debug(
+                "not sending {method} on closed channel {channel}",
+                method=method,
+                channel=self.id,
+            )
+            return
+        d = getattr(self, method)(**fields)
+        d.addErrback(_log_settle_failure, method)
+
+    def abandon(self, error: AMQPError) -> None:
+        """Stop using the channel now (a call timed out, so its replies can
+        no longer be paired with requests) and ask the broker to close it."""
+        if self.closed:
+            return
+        self._awaiting_close_ok = True
+        close = self.client.spec.classes.byname["channel"].methods.byname["close"]
+        self.close(ChannelClosedError(None, f"given up: {error}"))
+        if not self._close_sent:
+            self._close_sent = True
+            text = str(error).encode("utf-8")[:255].decode("utf-8", "ignore")
+            self.outgoing.put(Frame(self.id, Method(close, 200, text, 0, 0)))
+
+    # -- consumers ---------------------------------------------------------
+
+    def consume(self, sink: ConsumerSink, **fields: Any) -> Deferred[str]:
+        """basic.consume; C{sink} gets deliveries from consume-ok on."""
+
+        def registered(reply: Any) -> str:
+            # Synchronous with consume-ok, so no delivery can come first.
+            self._consumers[reply.consumer_tag] = sink
+            return reply.consumer_tag
+
+        return self.basic_consume(**fields).addCallback(registered)
+
+    def forget_consumer(self, tag: str) -> None:
+        self._consumers.pop(tag, None)
+
+    def deliver(self, message: Message) -> None:
+        sink = self._consumers.get(message.consumer_tag or "")
+        if sink is None:
+            log.debug(
+                "dropped a delivery for unknown consumer {tag}",
+                tag=message.consumer_tag,
+            )
+            return
+        sink.message_received(message)
+
+    def consumer_cancelled(self, tag: str) -> None:
+        sink = self._consumers.pop(tag, None)
+        if sink is not None:
+            sink.consumer_stopped(ConsumerCancelled(f"broker cancelled consumer {tag}"))
+
+    # -- closing -----------------------------------------------------------
+
+    def dispatch(self, frame: Frame, work: Any) -> None:
+        if not self.closed:
+            return super().dispatch(frame, work)
+        # The spec says to discard everything but close/close-ok on a
+        # closed channel, and txAMQP's worker would close the connection.
+        payload = frame.payload
+        if isinstance(payload, Method) and payload.method.klass.name == "channel":
+            if payload.method.name == "close":
+                close_ok = payload.method.klass.methods.byname["close-ok"]
+                self.outgoing.put(Frame(self.id, Method(close_ok)))
+                self._release()
+            elif payload.method.name == "close-ok":
+                self._release()
+
+    def do_close(self, reason: Any) -> None:
+        if self.closed:
+            return
+        super().do_close(reason)
+        error = self.close_error = as_amqp_error(reason)
+        if self.confirms is not None:
+            self.confirms.fail_all(error)
+        consumers, self._consumers = self._consumers, {}
+        for sink in consumers.values():
+            sink.consumer_stopped(error)
+        if not self._awaiting_close_ok:
+            self._release()
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            d.callback(error)
+
+    def when_closed(self) -> Deferred[AMQPError]:
+        """Fires with the reason (an L{AMQPError}) once the channel is closed."""
+        if self.closed:
+            return succeed(self.close_error or as_amqp_error(self.reason))
+        d: Deferred[AMQPError] = Deferred()
+        self._close_waiters.append(d)
+        return d
+
+    def _release(self) -> None:
+        """Free the channel id for reuse."""
+        if self.client.channels.get(self.id) is self:
+            del self.client.channels[self.id]
+
+
+def _log_settle_failure(failure: Failure, method: str) -> None:
+    log.warn("{method} failed: {error}", method=method, error=failure.value)
+
+
+def _translate(failure: Failure) -> Failure:
+    if failure.check(TxClosed, QueueClosed):
+        return Failure(as_amqp_error(failure.value))
+    return failure
+
+
+def _field(message: Any, name: str) -> Any:
+    try:
+        return getattr(message, name)
+    except AttributeError:
+        return None
+
+
+def to_message(channel: AMQPChannel, delivery: Any) -> Message:
+    """A txAMQP basic.deliver/basic.get-ok message as a cyme L{Message}."""
+    content = delivery.content
+    body = content.body
+    # txAMQP assembles an empty body as "" (str).
+    body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    return Message(
+        body=body,
+        properties=from_spec(content.properties),
+        delivery_tag=delivery.delivery_tag,
+        redelivered=bool(delivery.redelivered),
+        exchange=delivery.exchange,
+        routing_key=delivery.routing_key,
+        consumer_tag=_field(delivery, "consumer_tag"),
+        channel=channel,
+    )
+
+
+class AMQPDelegate(TwistedDelegate):
+    """txAMQP's delegate plus the methods RabbitMQ sends that it lacks.
+
+    Handlers must not raise: txAMQP's worker would close the connection.
+    """
+
+    def connection_start(self, ch: AMQPChannel, msg: Any) -> None:
+        self.client.server_properties = dict(msg.server_properties or {})
+        ch.connection_start_ok(
+            client_properties=self.client.client_properties,
+            mechanism=self.client.mechanism,
+            response=self.client.response,
+            locale=self.client.locale,
+        )
+
+    def connection_tune(self, ch: AMQPChannel, msg: Any) -> None:
+        self.client.channel_max = msg.channel_max or 65535
+        super().connection_tune(ch, msg)
+
+    def basic_deliver(self, ch: AMQPChannel, msg: Any) -> None:
+        ch.deliver(to_message(ch, msg))
+
+    def basic_ack(self, ch: AMQPChannel, msg: Any) -> None:
+        if ch.confirms is not None:
+            ch.confirms.ack(msg.delivery_tag, msg.multiple)
+
+    def basic_nack(self, ch: AMQPChannel, msg: Any) -> None:
+        if ch.confirms is not None:
+            ch.confirms.nack(msg.delivery_tag, msg.multiple)
+
+    def basic_cancel(self, ch: AMQPChannel, msg: Any) -> None:
+        ch.consumer_cancelled(msg.consumer_tag)
+
+    def basic_return_(self, ch: AMQPChannel, msg: Any) -> None:
+        log.warn(
+            "broker returned a message to {exchange!r}/{routing_key!r}:"
+            " {reply_code} {reply_text}",
+            exchange=msg.exchange,
+            routing_key=msg.routing_key,
+            reply_code=msg.reply_code,
+            reply_text=msg.reply_text,
+        )
+
+
+class AMQPProtocol(AMQClient):
+    """An ``AMQClient`` speaking through L{cyme.amqp.wire}."""
+
+    channelClass = AMQPChannel
+
+    def __init__(
+        self,
+        delegate: AMQPDelegate,
+        vhost: str,
+        spec: Any = None,
+        heartbeat: int = 0,
+        clock: Any = None,
+        client_properties: dict[str, Any] | None = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        super().__init__(delegate, vhost, spec or load_spec(), heartbeat, clock)
+        self.client_properties = client_properties or default_client_properties()
+        self.server_properties: dict[str, Any] = {}
+        self.channel_max = 65535
+        self.opened = False
+        self.lost_reason: Failure | None = None
+        # Why the AMQP conversation ended (e.g. the broker's connection.close),
+        # which says more than the transport's ConnectionDone.
+        self.close_reason: Any = None
+        self._lost_waiters: list[Deferred[AMQPError]] = []
+
+    def start(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """The handshake (txAMQP's C{authenticate} ends here)."""
+
+        def opened(result: Any) -> Any:
+            self.opened = True
+            return result
+
+        return super().start(*args, **kwargs).addCallback(opened)
+
+    # -- framing -----------------------------------------------------------
+
+    def send_init_string(self) -> None:
+        self.transport.write(PROTOCOL_HEADER)
+
+    def _pack_frame(self, frame: Frame) -> bytes:
+        return pack_frame(self.spec, frame)
+
+    def _unpack_frame(self, data: bytes) -> Frame | None:
+        try:
+            return unpack_frame(self.spec, data)
+        except FrameError as e:
+            log.error(
+                "malformed frame from the broker, dropping the connection: {error}",
+                error=str(e),
+            )
+        except Exception:
+            log.failure("cannot decode a frame, dropping the connection")
+        self.transport.abortConnection()
+        return None
+
+    def frame_received(self, frame: Frame | None) -> None:
+        if frame is not None:
+            super().frame_received(frame)
+
+    def process_frame(self, frame: Frame) -> Any:
+        # txAMQP would conjure up a channel for any id; a frame for a channel
+        # we have released belongs to a conversation that is over.
+        if frame.channel and frame.channel not in self.channels:
+            log.debug("dropped a frame for closed channel {id}", id=frame.channel)
+            return succeed(None)
+        return super().process_frame(frame)
+
+    def writer(self, frame: Frame) -> None:
+        try:
+            self.send_frame(frame)
+        except Exception:
+            # Frames are checked before they are queued, so this is a bug;
+            # keep writing, but the stream may now be out of step.
+            log.failure("could not write frame {frame}", frame=frame)
+            if self.transport is not None:
+                self.transport.abortConnection()
+        self.outgoing.get().addCallback(self.writer)
+
+    def worker(self, queue: Any) -> None:
+        d = self.dispatch(queue)
+        d.addErrback(self._dispatch_failed)
+        d.addCallback(self._next_work)
+
+    def _next_work(self, _: object) -> None:
+        self.work.get().addCallback(self.worker)
+
+    def _dispatch_failed(self, failure: Failure) -> None:
+        if failure.check(TxClosed, QueueClosed):
+            log.debug("dropped an incoming message: its channel closed")
+        else:
+            log.failure("handling an incoming method failed", failure)
+
+    # -- channels ------------------------------------------------------------
+
+    def allocate_channel(self) -> AMQPChannel:
+        """A channel object on the lowest free id, not yet opened."""
+        if self.closed:
+            raise ConnectionClosedError(None, "connection closed")
+        for id in range(1, self.channel_max + 1):
+            if id not in self.channels:
+                ch = self.channelFactory(id, self.outgoing, self)
+                self.channels[id] = ch
+                return ch
+        raise AMQPError(f"all {self.channel_max} channels are in use")
+
+    # -- closing -------------------------------------------------------------
+
+    def do_close(self, reason: Any) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+        # txAMQP iterates over self.channels while closing channels, which
+        # now remove themselves from it.
+        for ch in list(self.channels.values()):
+            ch.close(reason)
+        for q in self.queues.values():
+            q.close()
+        self.delegate.close(reason)
+
+    def shutdown(self, timeout: float) -> Deferred[None]:
+        """connection.close, then drop the transport; fires once it is gone."""
+        if self.lost_reason is not None:
+            return succeed(None)
+        lost = self.when_lost()
+        ch0 = self.channels.get(0)
+        if self.closed or ch0 is None or not self.opened:
+            self.do_close(ConnectionClosedError(200, "closed by client"))
+            self.transport.loseConnection()
+        else:
+            call = ch0.connection_close(
+                reply_code=200, reply_text="cyme closing", class_id=0, method_id=0
+            )
+
+            def finished(result: Any) -> None:
+                if isinstance(result, Failure):
+                    self.transport.abortConnection()
+                self.do_close(ConnectionClosedError(200, "closed by client"))
+
+            within(call, timeout, self.clock, "connection.close").addBoth(finished)
+        return lost.addCallback(lambda _: None)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost_reason = reason
+        try:
+            super().connectionLost(reason)
+        finally:
+            waiters, self._lost_waiters = self._lost_waiters, []
+            for d in waiters:
+                d.callback(self._why_lost())
+
+    def _why_lost(self) -> AMQPError:
+        error = as_amqp_error(self.close_reason or self.lost_reason)
+        if isinstance(error, ConnectionClosedError):
+            return error
+        return ConnectionClosedError(None, str(error))
+
+    def when_lost(self) -> Deferred[AMQPError]:
+        """Fires with the reason (an L{AMQPError}; news, not a failure) once
+        the transport is disconnected."""
+        if self.lost_reason is not None:
+            return succeed(self._why_lost())
+        d: Deferred[AMQPError] = Deferred()
+        self._lost_waiters.append(d)
+        return d
+
+
+class AMQPProtocolFactory(Factory):
+    """Builds L{AMQPProtocol}s for one broker address."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        *,
+        vhost: str = "/",
+        heartbeat: int = 0,
+        clock: Any = None,
+        client_properties: dict[str, Any] | None = None,
+    ) -> None:
+        self.vhost = vhost
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.client_properties = client_properties
+
+    def buildProtocol(self, addr: Any) -> AMQPProtocol:
+        protocol = AMQPProtocol(
+            AMQPDelegate(),
+            vhost=self.vhost,
+            heartbeat=self.heartbeat,
+            clock=self.clock,
+            client_properties=self.client_properties,
+        )
+        protocol.factory = self
+        return protocol
