@@ -46,6 +46,7 @@ class FakeControl:
         self.connected = True
         self.nodes = {}
         self.sent = []
+        self.brokers = {}
         self._listeners = []
 
     # Test controls
@@ -74,6 +75,9 @@ class FakeControl:
 
     def add_connection_listener(self, listener):
         self._listeners.append(listener)
+
+    def register(self, node, broker_url):
+        self.brokers[node] = broker_url
 
     def _call(self, method, nodes, timeout, reply, *args):
         self.sent.append((method, list(nodes), args))

@@ -25,6 +25,9 @@ class IControl(Interface):
     def add_connection_listener(listener):
         """Call C{listener(connected: bool)} when the broker is lost or back."""
 
+    def register(node, broker_url):
+        """Send C{node}'s commands to the broker at C{broker_url} from now on."""
+
     def ping(nodes, timeout):
         """C{{node: {"ok": "pong"}}} for the nodes that answered."""
 

@@ -178,6 +178,7 @@ class Supervisor(service.Service):
         self._starting_poll = None
         self._poll_busy = False
         self._poll_d = None
+        self._broker_seen = bool(control.connected)
         self._ticks = 0
         control.add_connection_listener(self._broker_changed)
 
@@ -277,6 +278,18 @@ class Supervisor(service.Service):
         d = self._stop(worker, "restart requested")
         d.addCallback(lambda _: self.reconcile())
         return d
+
+    def metrics(self):
+        """Counters for C{/metrics}: ticks, workers by state, restarts."""
+        states = {}
+        for worker in self.workers.values():
+            states[worker.state] = states.get(worker.state, 0) + 1
+        return {
+            "ticks": self._ticks,
+            "states": states,
+            "restarts": sum(w.restarts for w in self.workers.values()),
+            "messages": getattr(self.control, "published", 0),
+        }
 
     def node(self, name):
         worker = self.workers.get(name)
@@ -390,6 +403,7 @@ class Supervisor(service.Service):
     def _command(self, worker, instance):
         app = self.store.get_app(instance.app)
         queues = [self.store.get_queue(instance.app, q) for q in instance.queues]
+        self.control.register(worker.node, (instance.broker or app.broker).as_url())
         return worker_command(
             instance, app, queues, worker.directory, self.hostname,
             self.python, self.worker_loglevel,
@@ -609,6 +623,11 @@ class Supervisor(service.Service):
                 )
             if name not in desired:
                 self._retire(worker)
+            elif worker.pid is not None:
+                try:
+                    self._command(worker, self.store.get_instance(name))
+                except NotFound:
+                    pass
 
     def _check_adopted(self):
         for worker in list(self.workers.values()):
@@ -619,7 +638,12 @@ class Supervisor(service.Service):
     # Liveness
 
     def _broker_changed(self, connected):
-        if connected:
+        if connected and not self._broker_seen:
+            # The first connection is no revival: nothing was cut off.
+            self._broker_seen = True
+            self.reconcile()
+            self._poll_starting()  # adopted workers wait for a first ping
+        elif connected:
             self._judge_after = self.reactor.seconds() + self.wait_after_broker_revived
             self.log.info(
                 "broker revived: judging workers again in {seconds:g} s",
@@ -629,6 +653,7 @@ class Supervisor(service.Service):
                 worker.verified = None
             self.reconcile()
         else:
+            self._broker_seen = True
             self.log.warn("broker connection lost: not judging workers meanwhile")
 
     def _can_judge(self):
@@ -744,7 +769,7 @@ class Supervisor(service.Service):
         active_queues and one stats message for all of them); each fix is
         verified on the next tick.  Every twelfth tick all are re-checked.
         """
-        if not self._can_judge():
+        if not self.control.connected:
             return
         desired = self._desired()
         full = self._ticks % 12 == 0

@@ -18,12 +18,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from cyme import __version__, logs
+from cyme.control import ControlRouter
 from cyme.controller import Controller
 from cyme.errors import BadRequest, StartupError
 from cyme.http import make_site
 from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
 from cyme.rootdir import RootDir
 from cyme.store import JSONFileStore
+from cyme.supervisor import Supervisor
 from cyme.web import BranchAPI
 
 # ``[host]:port``: the host part, when present, ends with a colon, so that
@@ -73,6 +75,9 @@ class Options(usage.Options):
 
     optFlags = [
         ["without-http", None, "Do not serve the HTTP API."],
+        ["stop-workers-on-exit", None,
+         "Stop the worker instances when the branch stops (by default they "
+         "keep running and the next start adopts them)."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -91,6 +96,13 @@ class Options(usage.Options):
          "Seconds between two supervisor ticks."],
         ["loglevel", "l", "info",
          "Lowest level of cyme's own log messages: debug, info, warn, error."],
+        ["kill-timeout", None, 10.0,
+         "Seconds a worker gets to finish its tasks after TERM before KILL."],
+        ["ready-timeout", None, 10.0,
+         "Seconds creating an instance waits for its worker's first pong."],
+        ["wait-after-broker-revived", None, 30.0,
+         "Seconds workers get to reconnect after the broker came back before "
+         "they are judged unresponsive."],
     ]
 
     def __init__(self):
@@ -146,6 +158,8 @@ class Options(usage.Options):
                 f"not {self['sup-interval']!r}"
             )
         self["sup-interval"] = interval
+        for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived"):
+            self[name] = _seconds(self[name], "--" + name)
         try:
             self["log-level"] = logs.parse_level(self["loglevel"])
         except ValueError as e:
@@ -171,6 +185,16 @@ class Options(usage.Options):
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
         self["root"] = root
+
+
+def _seconds(value, option):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise usage.UsageError(f"{option} must be a number of seconds, not {value!r}")
+    return seconds
 
 
 def check_endpoint(description):
@@ -224,16 +248,32 @@ def _exit_if_cannot_listen(log):
 
 
 def makeService(options):
+    from twisted.internet import reactor
+
     logs.set_level(options["log-level"])
     branch = BranchService(options["root"], options["branch-id"])
+    control = ControlRouter(options["default-broker"].as_url(), reactor, parent=branch)
+    supervisor = Supervisor(
+        store=options["store"],
+        control=control,
+        reactor=reactor,
+        instances_dir=options["root"].instances_path,
+        interval=options["sup-interval"],
+        kill_timeout=options["kill-timeout"],
+        wait_after_broker_revived=options["wait-after-broker-revived"],
+        stop_workers_on_exit=options["stop-workers-on-exit"],
+        worker_loglevel=options["loglevel"].lower(),
+    )
+    supervisor.setServiceParent(branch)
     controller = Controller(
         store=options["store"],
         default_broker=options["default-broker"],
         branch_id=options["branch-id"],
+        supervisor=supervisor,
+        ready_timeout=options["ready-timeout"],
     )
+    controller.listeners.append(supervisor.reconcile)
     if not options["without-http"]:
-        from twisted.internet import reactor
-
         site = make_site(BranchAPI(controller).resource())
         http = strports.service(options["endpoint"], site, reactor=reactor)
         http.setName("http")

@@ -97,6 +97,30 @@ class BranchAPI:
     def ping(self, request):
         return json_body(request, 200, {"ok": "pong"})
 
+    @route("/metrics", ["GET"])
+    def metrics(self, request):
+        """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
+        supervisor = self.controller.supervisor
+        if supervisor is None:
+            return b""
+        m = supervisor.metrics()
+        lines = [
+            "# HELP cyme_supervisor_ticks_total Supervisor ticks since start.",
+            "# TYPE cyme_supervisor_ticks_total counter",
+            f"cyme_supervisor_ticks_total {m['ticks']}",
+            "# HELP cyme_amqp_messages_published_total Remote-control messages sent.",
+            "# TYPE cyme_amqp_messages_published_total counter",
+            f"cyme_amqp_messages_published_total {m['messages']}",
+            "# HELP cyme_worker_restarts_total Worker restarts since start.",
+            "# TYPE cyme_worker_restarts_total counter",
+            f"cyme_worker_restarts_total {m['restarts']}",
+            "# HELP cyme_workers Worker instances of this branch by state.",
+            "# TYPE cyme_workers gauge",
+        ]
+        lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(m["states"].items())]
+        return ("\n".join(lines) + "\n").encode("ascii")
+
     # Apps
 
     @route("/", ["GET"])

@@ -99,6 +99,18 @@ class DaemonTestCase(TestCase):
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
         self.addCleanup(self.pool.closeCachedConnections)
+        self.addCleanup(self.kill_workers)
+
+    def kill_workers(self):
+        """Workers outlive their branch by design: end the ones tests left."""
+        for directory, _, files in os.walk(self.cwd):
+            if "worker.pid" in files:
+                try:
+                    with open(os.path.join(directory, "worker.pid")) as f:
+                        pid = int(f.read().strip())
+                    os.killpg(pid, signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
 
     def path(self, *names):
         return os.path.join(self.cwd, *names)
@@ -261,7 +273,13 @@ class TwistdBranchTests(DaemonTestCase):
         self.assertEqual(await self.request("GET", f"{base}/"), (200, ["foo"]))
         code, shown_again = await self.request("GET", f"{base}/foo/instances/{name}/")
         self.assertEqual(code, 200)
-        self.assertEqual(shown_again, shown)
+        live = ("state", "pid", "restarts", "last_error", "quarantined_until")
+        self.assertEqual(
+            {k: v for k, v in shown_again.items() if k not in live},
+            {k: v for k, v in shown.items() if k not in live},
+        )
+        # The worker outlived the branch and was adopted, not restarted.
+        self.assertEqual(shown_again["pid"], shown["pid"])
         code, queue_again = await self.request("GET", f"{base}/foo/queues/tasks/")
         self.assertEqual((code, queue_again), (200, queue))
         code, app_again = await self.request("GET", f"{base}/foo/")

@@ -16,6 +16,8 @@ import attrs
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from cyme import logs
 from twisted.python.failure import Failure
 from txamqp.content import Content
 
@@ -26,7 +28,7 @@ from .timeouts import DEFAULT_TIMEOUT, within
 
 __all__ = ["Channel", "Consumer", "QueueDeclared"]
 
-log = Logger()
+log = Logger(observer=logs.observer)
 
 
 @attrs.frozen

@@ -24,6 +24,8 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+
+from cyme import logs
 from twisted.python.failure import Failure
 from txamqp.client import Closed as TxClosed
 from txamqp.client import TwistedDelegate
@@ -53,7 +55,7 @@ __all__ = [
     "default_client_properties",
 ]
 
-log = Logger()
+log = Logger(observer=logs.observer)
 
 # txAMQP 0.8.2 still ends its inlineCallbacks with defer.returnValue, which
 # warns on every call under Twisted >= 24.7; the noise is txAMQP's alone.

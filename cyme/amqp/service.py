@@ -22,6 +22,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.logger import Logger
+
+from cyme import logs
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
@@ -34,7 +36,7 @@ from .url import BrokerURL, parse_broker_url
 
 __all__ = ["AMQPClientService", "IBrokerListener"]
 
-log = Logger()
+log = Logger(observer=logs.observer)
 
 
 class IBrokerListener(Interface):

@@ -16,6 +16,8 @@ from io import BytesIO
 from typing import Any
 
 from twisted.logger import Logger
+
+from cyme import logs
 from txamqp.codec import Codec
 from txamqp.connection import Body, Frame, Header, Heartbeat, Method
 from txamqp.spec import Spec, pythonize
@@ -24,7 +26,7 @@ from .codec import FieldTableError, decode_table, encode_table
 
 __all__ = ["FrameError", "WireCodec", "pack_frame", "pack_payload", "unpack_frame"]
 
-log = Logger()
+log = Logger(observer=logs.observer)
 
 _FRAME_HEAD = struct.Struct("!BHI")
 
