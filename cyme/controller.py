@@ -201,6 +201,8 @@ class Controller:
             )
         if enabled:
             await self._wait_ready(name)
+        elif self.supervisor is not None:
+            await self.supervisor.wait_stopped(name)
         return instance
 
     def _supervisor(self):

@@ -279,6 +279,14 @@ class Supervisor(service.Service):
         d.addCallback(lambda _: self.reconcile())
         return d
 
+    def wait_stopped(self, name):
+        """Apply the desired state now; fire once C{name}'s worker is gone."""
+        self._converge_all()
+        worker = self.workers.get(name)
+        if worker is None or worker.pid is None:
+            return defer.succeed(self.status(name))
+        return self._wait_stopped(worker).addCallback(lambda _: self.status(name))
+
     def metrics(self):
         """Counters for C{/metrics}: ticks, workers by state, restarts."""
         states = {}
