@@ -8,8 +8,9 @@ ones consume the right queues at the right autoscale bounds through
 Celery's remote control.
 
 Liveness is one ping message per round for all of the branch's workers,
-retried within the round with backoff (0.1 s doubling to a cap) for those
-that did not answer.  Restarts back off exponentially with jitter, and an
+retried within the round with backoff (0.1 s doubling to a cap of 1.6 s,
+or half the tick interval if that is shorter) for those that did not
+answer; a worker that answered none of a round's pings is replaced.  Restarts back off exponentially with jitter, and an
 instance that keeps dying is quarantined for a while with the reason.
 While the broker is down nothing is judged; after it returns, workers get
 C{wait_after_broker_revived} seconds to reconnect first.
@@ -135,7 +136,7 @@ class Supervisor(service.Service):
         interval=5.0,
         kill_timeout=10.0,
         start_timeout=30.0,
-        max_missed=2,
+        max_missed=1,
         restart_window=60.0,
         max_restarts=5,
         quarantine=300.0,
@@ -717,7 +718,9 @@ class Supervisor(service.Service):
         ]
         if not watched:
             return
-        answered = await self._ping(watched, ping_delays())
+        # The retries of a round fit well within one tick.
+        cap = max(0.1, min(1.6, self.interval / 2))
+        answered = await self._ping(watched, ping_delays(0.1, cap))
         if not self._can_judge():
             return
         now = self.reactor.seconds()
@@ -733,7 +736,10 @@ class Supervisor(service.Service):
                 instance=worker.name, pid=worker.pid, missed=worker.missed,
             )
             if worker.missed >= self.max_missed:
-                worker.last_error = f"did not answer {worker.missed} pings"
+                worker.last_error = (
+                    "did not answer ping" if worker.missed == 1
+                    else f"did not answer ping in {worker.missed} rounds"
+                )
                 self._stop(worker, "unresponsive").addCallback(
                     lambda _, w=worker, t=now: self._after_unresponsive(w, t)
                 )
