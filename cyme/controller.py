@@ -7,6 +7,7 @@ state changed.  Operations are coroutines so that the cluster layer can
 route them to other branches without changing any caller.
 """
 
+import time
 import uuid
 
 import attrs
@@ -15,6 +16,7 @@ from twisted.logger import Logger
 from cyme import logs, params
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.models import App, Broker, check_name
+from cyme.store import app_key, queue_key
 
 
 @attrs.define
@@ -29,6 +31,8 @@ class Controller:
     ready_timeout: float = 10.0
     #: How long a live query (stats, queues) waits for the worker.
     query_timeout: float = 2.0
+    #: Wall clock for replication versions (last writer wins).
+    now: object = time.time
 
     log = Logger(observer=logs.observer)
 
@@ -42,6 +46,14 @@ class Controller:
                 listener()
             except Exception:
                 self.log.failure("state-change listener failed")
+
+    def next_version(self, key):
+        """A version newer than C{key}'s: (milliseconds, this branch's id)."""
+        current = self.store.version(key)
+        ms = int(self.now() * 1000)
+        if current is not None and ms <= current[0]:
+            ms = current[0] + 1
+        return (ms, self.branch_id)
 
     # Apps
 
@@ -65,12 +77,14 @@ class Controller:
             app = App(name=name, **changes)
         else:
             app = attrs.evolve(existing, **changes)
-        created = self.store.put_app(app)
+        created = self.store.put_app(app, self.next_version(app_key(name)))
         self._changed("app.put", app=name, created=created)
         return app, created
 
     async def delete_app(self, name):
-        removed = self.store.delete_app(check_name(name, "app"))
+        removed = self.store.delete_app(
+            check_name(name, "app"), self.next_version(app_key(name))
+        )
         self._changed("app.delete", app=name, instances=[i.name for i in removed])
 
     # Queues
@@ -86,13 +100,13 @@ class Controller:
     async def put_queue(self, app, name, values):
         await self.app(app)
         queue = params.queue(check_name(name, "queue"), values)
-        created = self.store.put_queue(app, queue)
+        created = self.store.put_queue(app, queue, self.next_version(queue_key(app, name)))
         self._changed("queue.put", app=app, queue=name, created=created)
         return queue, created
 
     async def delete_queue(self, app, name):
         await self.queue(app, name)
-        self.store.delete_queue(app, name)
+        self.store.delete_queue(app, name, self.next_version(queue_key(app, name)))
         self._changed("queue.delete", app=app, queue=name)
 
     # Instances

@@ -8,6 +8,7 @@ cascades (an app's instances and queues, a queue from its consumers) in
 the same single write, so a crash never leaves half of it behind.
 """
 
+import hashlib
 import json
 import os
 
@@ -29,10 +30,10 @@ class IStore(Interface):
     def get_app(name):
         """The L{App} called C{name}; raises L{NotFound}."""
 
-    def put_app(app):
+    def put_app(app, version=None):
         """Create or replace C{app}; returns True if it was created."""
 
-    def delete_app(name):
+    def delete_app(name, version=None):
         """Delete an app with its queues and instances; returns the instances."""
 
     def queues(app):
@@ -41,10 +42,10 @@ class IStore(Interface):
     def get_queue(app, name):
         """The L{Queue} C{name} of app C{app}; raises L{NotFound}."""
 
-    def put_queue(app, queue):
+    def put_queue(app, queue, version=None):
         """Create or replace a declaration; returns True if it was created."""
 
-    def delete_queue(app, name):
+    def delete_queue(app, name, version=None):
         """Delete a declaration and stop every instance of C{app} consuming it."""
 
     def instances(app=None):
@@ -59,16 +60,49 @@ class IStore(Interface):
     def delete_instance(name):
         """Delete an instance; returns it."""
 
+    def version(key):
+        """The replication version of C{key} (C{app/<name>},
+        C{queue/<app>/<name>}): C{(milliseconds, branch id)}, or None."""
+
+    def replica():
+        """Apps, queues and their versions (tombstones included), as JSON."""
+
+    def merge(replica):
+        """Apply what in C{replica} is newer; returns the instances removed."""
+
+    def digest():
+        """A short hash of every version: equal replicas, equal digests."""
+
+
+def _version(value):
+    """A version as stored: C{[milliseconds, branch id]}."""
+    ms, branch = value
+    if type(ms) is not int or not isinstance(branch, str):
+        raise ValueError(f"bad version {value!r}")
+    return (ms, branch)
+
+
+def app_key(name):
+    return f"app/{name}"
+
+
+def queue_key(app, name):
+    return f"queue/{app}/{name}"
+
 
 @attrs.frozen
 class _State:
     apps: dict = attrs.field(factory=dict)
     queues: dict = attrs.field(factory=dict)  # app name -> {queue name: Queue}
     instances: dict = attrs.field(factory=dict)
+    # Replication: "app/<name>" or "queue/<app>/<name>" -> (ms, branch id),
+    # kept after a delete as its tombstone.
+    versions: dict = attrs.field(factory=dict)
 
     def to_json(self):
         return {
             "schema": SCHEMA_VERSION,
+            "versions": {k: list(v) for k, v in sorted(self.versions.items())},
             "apps": {n: a.to_json() for n, a in sorted(self.apps.items())},
             "queues": {
                 app: {n: q.to_json() for n, q in sorted(qs.items())}
@@ -86,6 +120,7 @@ class _State:
                 for app, qs in data["queues"].items()
             },
             instances={n: Instance.from_json(i) for n, i in data["instances"].items()},
+            versions={k: _version(v) for k, v in data.get("versions", {}).items()},
         )
         # Records are looked up by their key: one stored under another
         # name would be served under the wrong name.
@@ -125,21 +160,38 @@ class MemoryStore:
         except KeyError:
             raise NotFound("app", name) from None
 
-    def put_app(self, app):
+    def _versions(self, version, *keys):
+        if version is None:
+            return self._state.versions
+        return {**self._state.versions, **{k: tuple(version) for k in keys}}
+
+    def put_app(self, app, version=None):
         created = app.name not in self._state.apps
-        self._change(apps={**self._state.apps, app.name: app})
+        self._change(
+            apps={**self._state.apps, app.name: app},
+            versions=self._versions(version, app_key(app.name)),
+        )
         return created
 
-    def delete_app(self, name):
+    def delete_app(self, name, version=None):
         self.get_app(name)
-        apps = dict(self._state.apps)
-        del apps[name]
-        queues = dict(self._state.queues)
-        queues.pop(name, None)
-        removed = [i for i in self.instances(name)]
-        instances = {n: i for n, i in self._state.instances.items() if i.app != name}
-        self._change(apps=apps, queues=queues, instances=instances)
+        changes, removed = self._without_app(self._state, name, version)
+        self._change(**changes)
         return removed
+
+    def _without_app(self, state, name, version):
+        apps = dict(state.apps)
+        apps.pop(name, None)
+        queues = dict(state.queues)
+        gone = queues.pop(name, {})
+        removed = [i for i in state.instances.values() if i.app == name]
+        instances = {n: i for n, i in state.instances.items() if i.app != name}
+        versions = dict(state.versions)
+        if version is not None:
+            versions[app_key(name)] = tuple(version)
+            for queue in gone:
+                versions[queue_key(name, queue)] = tuple(version)
+        return dict(apps=apps, queues=queues, instances=instances, versions=versions), removed
 
     def queues(self, app):
         declared = self._state.queues.get(app, {})
@@ -151,28 +203,34 @@ class MemoryStore:
         except KeyError:
             raise NotFound("queue", name) from None
 
-    def put_queue(self, app, queue):
+    def put_queue(self, app, queue, version=None):
         declared = self._state.queues.get(app, {})
         created = queue.name not in declared
         self._change(
-            queues={**self._state.queues, app: {**declared, queue.name: queue}}
+            queues={**self._state.queues, app: {**declared, queue.name: queue}},
+            versions=self._versions(version, queue_key(app, queue.name)),
         )
         return created
 
-    def delete_queue(self, app, name):
+    def delete_queue(self, app, name, version=None):
         queue = self.get_queue(app, name)
-        declared = dict(self._state.queues[app])
-        del declared[name]
-        instances = dict(self._state.instances)
-        for instance in self.instances(app):
-            if name in instance.queues:
+        self._change(**self._without_queue(self._state, app, name, version))
+        return queue
+
+    def _without_queue(self, state, app, name, version):
+        declared = dict(state.queues.get(app, {}))
+        declared.pop(name, None)
+        instances = dict(state.instances)
+        for instance in state.instances.values():
+            if instance.app == app and name in instance.queues:
                 instances[instance.name] = attrs.evolve(
                     instance, queues=[q for q in instance.queues if q != name]
                 )
-        self._change(
-            queues={**self._state.queues, app: declared}, instances=instances
-        )
-        return queue
+        versions = dict(state.versions)
+        if version is not None:
+            versions[queue_key(app, name)] = tuple(version)
+        return dict(queues={**state.queues, app: declared}, instances=instances,
+                    versions=versions)
 
     def instances(self, app=None):
         return [
@@ -198,6 +256,74 @@ class MemoryStore:
         del instances[name]
         self._change(instances=instances)
         return instance
+
+    # Replication
+
+    def version(self, key):
+        return self._state.versions.get(key)
+
+    def replica(self):
+        state = self._state
+        return {
+            "apps": {n: a.to_json() for n, a in state.apps.items()},
+            "queues": {
+                app: {n: q.to_json() for n, q in qs.items()}
+                for app, qs in state.queues.items()
+            },
+            "versions": {k: list(v) for k, v in state.versions.items()},
+        }
+
+    def merge(self, replica):
+        """
+        Last writer wins, record by record: a record (or tombstone) whose
+        version is newer than ours replaces ours; ties go to the higher
+        branch id, which the version's tuple order already says.
+        """
+        state = self._state
+        removed = []
+        changed = False
+        incoming = {k: _version(v) for k, v in replica.get("versions", {}).items()}
+        # Apps before queues, so a queue lands in an app that exists.
+        for key in sorted(incoming, key=lambda k: (not k.startswith("app/"), k)):
+            version = incoming[key]
+            current = state.versions.get(key)
+            if current is not None and current >= version:
+                continue
+            changed = True
+            kind, _, rest = key.partition("/")
+            if kind == "app":
+                record = replica.get("apps", {}).get(rest)
+                if record is not None:
+                    app = App.from_json(record)
+                    state = attrs.evolve(
+                        state, apps={**state.apps, rest: app},
+                        versions={**state.versions, key: version},
+                    )
+                else:
+                    changes, gone = self._without_app(state, rest, version)
+                    removed += gone
+                    state = attrs.evolve(state, **changes)
+            elif kind == "queue":
+                app, _, name = rest.partition("/")
+                record = replica.get("queues", {}).get(app, {}).get(name)
+                if record is not None:
+                    queue = Queue.from_json(record)
+                    declared = state.queues.get(app, {})
+                    state = attrs.evolve(
+                        state, queues={**state.queues, app: {**declared, name: queue}},
+                        versions={**state.versions, key: version},
+                    )
+                else:
+                    state = attrs.evolve(
+                        state, **self._without_queue(state, app, name, version)
+                    )
+        if changed:
+            self._commit(state)
+        return removed
+
+    def digest(self):
+        text = json.dumps(sorted((k, list(v)) for k, v in self._state.versions.items()))
+        return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
 class JSONFileStore(MemoryStore):

@@ -461,6 +461,7 @@ class Supervisor(service.Service):
         """The worker process is gone (ours, or an adopted one seen dead)."""
         now = self.reactor.seconds()
         how = exit_description(reason)
+        pid = worker.pid
         worker.process = None
         worker.pid = None
         if worker.kill_call is not None and worker.kill_call.active():
@@ -478,7 +479,7 @@ class Supervisor(service.Service):
             return
         self.log.warn(
             "{instance} (pid {pid}) died: {how}", instance=worker.name,
-            pid=getattr(reason, "pid", None), how=how,
+            pid=pid, how=how,
         )
         self._failed(worker, now, how)
         self.reconcile()

@@ -26,6 +26,7 @@ from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
 from cyme.rootdir import RootDir
 from cyme.store import JSONFileStore
 from cyme.supervisor import Supervisor
+from cyme.operations import LocalOperations
 from cyme.web import BranchAPI
 
 # ``[host]:port``: the host part, when present, ends with a colon, so that
@@ -274,7 +275,7 @@ def makeService(options):
     )
     controller.listeners.append(supervisor.reconcile)
     if not options["without-http"]:
-        site = make_site(BranchAPI(controller).resource())
+        site = make_site(BranchAPI(LocalOperations(controller)).resource())
         http = strports.service(options["endpoint"], site, reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

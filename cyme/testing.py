@@ -13,6 +13,7 @@ from treq.testing import StubTreq
 
 from cyme.controller import Controller
 from cyme.store import MemoryStore
+from cyme.operations import LocalOperations
 from cyme.web import BranchAPI
 
 
@@ -67,4 +68,4 @@ def api_client(store=None, **controller_fields):
     none); returns C{(client, controller)}.
     """
     controller = Controller(store if store is not None else MemoryStore(), **controller_fields)
-    return APIClient(BranchAPI(controller).resource()), controller
+    return APIClient(BranchAPI(LocalOperations(controller)).resource()), controller

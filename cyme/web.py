@@ -51,13 +51,15 @@ def route(path, methods):
 
 
 class BranchAPI:
-    """The Klein application; holds the controller it serves."""
+    """The Klein application; holds the operations it serves."""
 
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, controller):
-        self.controller = controller
+    def __init__(self, ops):
+        # The operations: LocalOperations (this branch alone) or
+        # ClusterOperations (routed across the branches); both speak JSON.
+        self.ops = ops
 
     def resource(self):
         return GuardResource(self.app.resource())
@@ -101,7 +103,7 @@ class BranchAPI:
     def metrics(self, request):
         """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
         request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
-        supervisor = self.controller.supervisor
+        supervisor = self.ops.supervisor
         if supervisor is None:
             return b""
         m = supervisor.metrics()
@@ -125,27 +127,28 @@ class BranchAPI:
 
     @route("/", ["GET"])
     async def list_apps(self, request):
-        return json_body(request, 200, names(await self.controller.apps()))
+        return self._listing(request, await self.ops.list_apps())
 
     @route("/<app>", ["GET"])
     async def get_app(self, request, app):
-        return json_body(request, 200, (await self.controller.app(app)).to_json())
+        return json_body(request, 200, await self.ops.get_app(app))
 
     @route("/<app>", CREATE)
     async def put_app(self, request, app):
-        record, created = await self.controller.put_app(app, request_params(request))
-        return json_body(request, created_status(created), record.to_json())
+        record, created, missing = await self.ops.put_app(app, request_params(request))
+        _mark_partial(request, missing)
+        return json_body(request, created_status(created), record)
 
     @route("/<app>", ["DELETE"])
     async def delete_app(self, request, app):
-        await self.controller.delete_app(app)
+        _mark_partial(request, await self.ops.delete_app(app))
         return json_body(request, 200, {"ok": "ok"})
 
     # Instances
 
     @route("/<app>/instances", ["GET"])
     async def list_instances(self, request, app):
-        return json_body(request, 200, names(await self.controller.instances(app)))
+        return self._listing(request, await self.ops.list_instances(app))
 
     @route("/<app>/instances", CREATE)
     async def add_anonymous_instance(self, request, app):
@@ -162,98 +165,95 @@ class BranchAPI:
         return await self._put_instance(request, app, name, wait=False)
 
     async def _put_instance(self, request, app, name, wait=True):
-        instance, created = await self.controller.put_instance(
-            app, name, request_params(request), wait=wait
+        values = request_params(request)
+        branch = values.pop("branch", None)
+        instance, created = await self.ops.put_instance(
+            app, name, values, wait=wait, branch=branch
         )
         status = created_status(created) if wait else 202
-        return json_body(request, status, self.controller.describe(instance))
+        return json_body(request, status, instance)
 
     @route("/<app>/instances/<name>/restart", CREATE)
     async def restart_instance(self, request, app, name):
-        instance = await self.controller.restart(app, name)
-        return json_body(request, 200, self.controller.describe(instance))
+        return json_body(request, 200, await self.ops.restart(app, name))
 
     @route("/<app>/instances/<name>/enable", CREATE)
     async def enable_instance(self, request, app, name):
-        instance = await self.controller.set_enabled(app, name, True)
-        return json_body(request, 200, self.controller.describe(instance))
+        return json_body(request, 200, await self.ops.set_enabled(app, name, True))
 
     @route("/<app>/instances/<name>/disable", CREATE)
     async def disable_instance(self, request, app, name):
-        instance = await self.controller.set_enabled(app, name, False)
-        return json_body(request, 200, self.controller.describe(instance))
+        return json_body(request, 200, await self.ops.set_enabled(app, name, False))
 
     @route("/<app>/instances/<name>/stats", ["GET"])
     async def instance_stats(self, request, app, name):
-        return json_body(request, 200, await self.controller.stats(app, name))
+        return json_body(request, 200, await self.ops.stats(app, name))
 
     @route("/<app>/instances/<name>", ["GET"])
     async def get_instance(self, request, app, name):
-        instance = await self.controller.instance(app, name)
-        return json_body(request, 200, self.controller.describe(instance))
+        return json_body(request, 200, await self.ops.get_instance(app, name))
 
     @route("/<app>/instances/<name>", ["DELETE"])
     async def delete_instance(self, request, app, name):
-        await self.controller.delete_instance(app, name)
+        await self.ops.delete_instance(app, name)
         return json_body(request, 200, {"ok": "ok"})
 
     @route("/<app>/instances/<name>/queues", ["GET"])
     async def instance_queues(self, request, app, name):
-        if self.controller.supervisor is None:
-            instance = await self.controller.instance(app, name)
-            return json_body(request, 200, list(instance.queues))
-        return json_body(request, 200, await self.controller.live_queues(app, name))
+        return json_body(request, 200, await self.ops.instance_queues(app, name))
 
     @route("/<app>/instances/<name>/queues/<queue>", CREATE)
     async def add_consumer(self, request, app, name, queue):
         request_params(request)  # a malformed body is an error here too
-        created = await self.controller.add_consumer(app, name, queue)
+        created = await self.ops.add_consumer(app, name, queue)
         return json_body(request, created_status(created), {"ok": "ok"})
 
     @route("/<app>/instances/<name>/queues/<queue>", ["DELETE"])
     async def cancel_consumer(self, request, app, name, queue):
-        await self.controller.cancel_consumer(app, name, queue)
+        await self.ops.cancel_consumer(app, name, queue)
         return json_body(request, 200, {"ok": "ok"})
 
     @route("/<app>/instances/<name>/autoscale", ["GET"])
     async def get_autoscale(self, request, app, name):
-        instance = await self.controller.instance(app, name)
-        return json_body(request, 200, _autoscale_json(instance))
+        return json_body(request, 200, await self.ops.get_autoscale(app, name))
 
     @route("/<app>/instances/<name>/autoscale", CREATE)
     async def set_autoscale(self, request, app, name):
-        instance = await self.controller.set_autoscale(
-            app, name, request_params(request)
+        return json_body(
+            request, 200, await self.ops.set_autoscale(app, name, request_params(request))
         )
-        return json_body(request, 200, _autoscale_json(instance))
 
     # Queues
 
     @route("/<app>/queues", ["GET"])
     async def list_queues(self, request, app):
-        return json_body(request, 200, names(await self.controller.queues(app)))
+        return self._listing(request, await self.ops.list_queues(app))
 
     @route("/<app>/queues/<name>", ["GET"])
     async def get_queue(self, request, app, name):
-        queue = await self.controller.queue(app, name)
-        return json_body(request, 200, queue.to_json())
+        return json_body(request, 200, await self.ops.get_queue(app, name))
 
     @route("/<app>/queues/<name>", CREATE)
     async def put_queue(self, request, app, name):
-        queue, created = await self.controller.put_queue(
-            app, name, request_params(request)
-        )
-        return json_body(request, created_status(created), queue.to_json())
+        queue, created, missing = await self.ops.put_queue(app, name, request_params(request))
+        _mark_partial(request, missing)
+        return json_body(request, created_status(created), queue)
 
     @route("/<app>/queues/<name>", ["DELETE"])
     async def delete_queue(self, request, app, name):
-        await self.controller.delete_queue(app, name)
+        _mark_partial(request, await self.ops.delete_queue(app, name))
         return json_body(request, 200, {"ok": "ok"})
 
+    def _listing(self, request, result):
+        names, missing = result
+        _mark_partial(request, missing)
+        return json_body(request, 200, names)
 
 
-def _autoscale_json(instance):
-    return {"max": instance.max_concurrency, "min": instance.min_concurrency}
+def _mark_partial(request, missing):
+    """Name the branches that did not answer: the answer is partial."""
+    if missing:
+        request.setHeader(b"Cyme-Missing-Branches", ",".join(missing).encode("utf-8"))
 
 
 def check_path(path):

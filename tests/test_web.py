@@ -18,6 +18,7 @@ from cyme.http import MAX_BODY, LimitedRequest, make_site
 from cyme.models import App, Broker, Instance, Queue
 from cyme.store import IStore, MemoryStore
 from cyme.testing import APIClient, api_client
+from cyme.operations import LocalOperations
 from cyme.web import BranchAPI, GuardResource
 
 SEED_BROKER = {
@@ -878,10 +879,10 @@ class BrokenStore:
     def get_app(self, name):
         self._fail("get_app", name)
 
-    def put_app(self, app):
+    def put_app(self, app, version=None):
         self._fail("put_app", app)
 
-    def delete_app(self, name):
+    def delete_app(self, name, version=None):
         self._fail("delete_app", name)
 
     def queues(self, app):
@@ -890,10 +891,10 @@ class BrokenStore:
     def get_queue(self, app, name):
         self._fail("get_queue", app, name)
 
-    def put_queue(self, app, queue):
+    def put_queue(self, app, queue, version=None):
         self._fail("put_queue", app, queue)
 
-    def delete_queue(self, app, name):
+    def delete_queue(self, app, name, version=None):
         self._fail("delete_queue", app, name)
 
     def instances(self, app=None):
@@ -907,6 +908,18 @@ class BrokenStore:
 
     def delete_instance(self, name):
         self._fail("delete_instance", name)
+
+    def version(self, key):
+        self._fail("version", key)
+
+    def replica(self):
+        self._fail("replica")
+
+    def merge(self, replica):
+        self._fail("merge", replica)
+
+    def digest(self):
+        self._fail("digest")
 
 
 class UnexpectedErrorTests(APITestCase):
@@ -994,7 +1007,7 @@ class TooLargeTests(SynchronousTestCase):
 
     def setUp(self):
         self.store = MemoryStore()
-        self.api = BranchAPI(Controller(self.store))
+        self.api = BranchAPI(LocalOperations(Controller(self.store)))
 
     def send(self, length, chunks, path=b"/foo/"):
         channel = DummyChannel()
