@@ -1,7 +1,8 @@
 """The branch bus: presence, broadcast with scatter-gather, direct calls.
 
-Every branch has one queue on the bus broker, bound to a fanout exchange
-(broadcasts) and to a direct exchange under its id (calls to it, and the
+Every branch has one queue on the bus broker (C{<cluster>.branch.<id>}),
+bound to a fanout exchange (C{<cluster>.bus}: broadcasts) and to a direct
+exchange under its id (C{<cluster>.bus.direct}: calls to it, and the
 replies to its own requests).  Messages are versioned JSON envelopes::
 
     {"v": 1, "type": "beat" | "request" | "reply" | "bye",
@@ -33,8 +34,6 @@ from cyme import __version__, logs
 from cyme.errors import CymeError, GatewayTimeout
 
 PROTOCOL_VERSION = 1
-BROADCAST_EXCHANGE = "cyme.bus"
-DIRECT_EXCHANGE = "cyme.bus.direct"
 
 
 class IBusTransport(Interface):
@@ -135,6 +134,7 @@ class Bus(service.Service):
         self.peer_listeners = []
         self._pending = {}
         self._beat_loop = None
+        self._announce_call = None
 
     # Service
 
@@ -150,6 +150,8 @@ class Bus(service.Service):
         super().stopService()
         if self._beat_loop is not None and self._beat_loop.running:
             self._beat_loop.stop()
+        if self._announce_call is not None and self._announce_call.active():
+            self._announce_call.cancel()
         if self.transport.connected:
             try:
                 self.transport.broadcast(self._envelope("bye"))
@@ -179,6 +181,11 @@ class Bus(service.Service):
                 self.transport.broadcast(self._beat_envelope())
         except Exception:
             self.log.failure("heartbeat failed")
+
+    def announce_soon(self):
+        """Send a heartbeat on the next turn (many changes, one beat)."""
+        if self._announce_call is None or not self._announce_call.active():
+            self._announce_call = self.clock.callLater(0, self.announce)
 
     def announce(self):
         """Send a heartbeat now (after a change others should see at once)."""
@@ -396,9 +403,13 @@ class AMQPBusTransport:
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, client, branch_id):
+    def __init__(self, client, branch_id, cluster="cyme"):
+        # Names under the cluster's name: several clusters share a broker.
         self.client = client
         self.branch_id = branch_id
+        self.broadcast_exchange = f"{cluster}.bus"
+        self.direct_exchange = f"{cluster}.bus.direct"
+        self.queue = f"{cluster}.branch.{branch_id}"
         self.connected = False
         self._channel = None
         self._deliver = None
@@ -416,16 +427,18 @@ class AMQPBusTransport:
     async def _setup(self, connection):
         channel = await connection.channel(timeout=10)
         await channel.exchange_declare(
-            BROADCAST_EXCHANGE, "fanout", durable=False, auto_delete=False, timeout=10
+            self.broadcast_exchange, "fanout", durable=False, auto_delete=False, timeout=10
         )
         await channel.exchange_declare(
-            DIRECT_EXCHANGE, "direct", durable=False, auto_delete=False, timeout=10
+            self.direct_exchange, "direct", durable=False, auto_delete=False, timeout=10
         )
-        queue = f"cyme.branch.{self.branch_id}"
+        queue = self.queue
         # Exclusive: a second branch with the same id is refused by the broker.
         await channel.queue_declare(queue, exclusive=True, auto_delete=True, timeout=10)
-        await channel.queue_bind(queue, BROADCAST_EXCHANGE, routing_key="", timeout=10)
-        await channel.queue_bind(queue, DIRECT_EXCHANGE, routing_key=self.branch_id, timeout=10)
+        await channel.queue_bind(queue, self.broadcast_exchange, routing_key="", timeout=10)
+        await channel.queue_bind(
+            queue, self.direct_exchange, routing_key=self.branch_id, timeout=10
+        )
         await channel.consume(queue, self._message, no_ack=True, exclusive=True, timeout=10)
         self._channel = channel
         self.connected = True
@@ -461,10 +474,10 @@ class AMQPBusTransport:
         )
 
     def broadcast(self, envelope):
-        self._publish(BROADCAST_EXCHANGE, "", envelope)
+        self._publish(self.broadcast_exchange, "", envelope)
 
     def send(self, branch_id, envelope):
-        self._publish(DIRECT_EXCHANGE, branch_id, envelope)
+        self._publish(self.direct_exchange, branch_id, envelope)
 
     def stop(self):
         self.client.remove_listener(self)

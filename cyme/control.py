@@ -18,14 +18,18 @@ from zope.interface import implementer
 
 from cyme import logs
 from cyme.amqp import AMQPClientService, AMQPError, IBrokerListener
+from cyme.errors import Unavailable
 from cyme.interfaces import IControl
 
 PIDBOX_EXCHANGE = "celery.pidbox"
 REPLY_EXCHANGE = "reply.celery.pidbox"
 
 
-class NotConnected(AMQPError):
-    """The broker connection is down: the command was not sent."""
+class NotConnected(AMQPError, Unavailable):
+    """
+    The broker connection is down: the command was not sent.  Through the
+    API a 503 (a live query while the broker is away), not a 500.
+    """
 
 
 class _Call:
@@ -277,6 +281,10 @@ class ControlRouter:
             if self._parent is not None:
                 client.setServiceParent(self._parent)
         return control
+
+    def client(self, url=None):
+        """The AMQP client service of C{url} (default: the branch's broker)."""
+        return self._control(url or self.default_url).client
 
     def _changed(self, connected):
         for listener in list(self._listeners):

@@ -7,8 +7,12 @@ to the branch that owns the record.  Listings return C{(names, missing)},
 C{missing} naming the branches that did not answer (none here).
 """
 
+import os
+import time
+
 import attrs
 
+from cyme import __version__
 from cyme.errors import NotFound
 
 
@@ -16,9 +20,51 @@ def _json(record):
     return record.to_json()
 
 
+def load_figures(instances):
+    """What a heartbeat says of this machine's load."""
+    figures = {"instances": instances}
+    try:
+        figures["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    figures["mem_available"] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return figures
+
+
 @attrs.define
 class LocalOperations:
     controller: object
+    url: str | None = None
+    started: float = attrs.field(factory=time.time)
+
+    def load(self):
+        return load_figures(len(self.controller.store.instances()))
+
+    def branch_info(self, now, beat=None):
+        return {
+            "id": self.controller.branch_id,
+            "url": self.url,
+            "instances": [i.name for i in self.controller.store.instances()],
+            "load": self.load(),
+            "version": __version__,
+            "uptime": time.time() - self.started,
+            "last_heartbeat": now,
+            "online": True,
+        }
+
+    async def list_branches(self):
+        return [self.controller.branch_id]
+
+    async def get_branch(self, branch_id):
+        if branch_id != self.controller.branch_id:
+            raise NotFound("branch", branch_id)
+        return self.branch_info(time.time())
 
     @property
     def supervisor(self):

@@ -10,6 +10,7 @@ import contextlib
 import getopt
 import math
 import re
+import socket
 import sys
 
 from twisted.application import service, strports
@@ -18,6 +19,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from cyme import __version__, logs
+from cyme.bus import AMQPBusTransport, Bus
+from cyme.cluster import ClusterOperations
 from cyme.control import ControlRouter
 from cyme.controller import Controller
 from cyme.errors import BadRequest, StartupError
@@ -101,6 +104,13 @@ class Options(usage.Options):
          "Seconds a worker gets to finish its tasks after TERM before KILL."],
         ["ready-timeout", None, 10.0,
          "Seconds creating an instance waits for its worker's first pong."],
+        ["cluster", None, "cyme",
+         "Name of the cluster: the branches of one cluster share it and the "
+         "broker; other clusters may use the same broker under other names."],
+        ["url", None, None,
+         "The URL other branches and clients reach this branch's API at "
+         "(default: from the address, with this machine's address when it "
+         "listens on every interface)."],
         ["wait-after-broker-revived", None, 30.0,
          "Seconds workers get to reconnect after the broker came back before "
          "they are judged unresponsive."],
@@ -167,7 +177,10 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
         check_endpoint(self["endpoint"])
+        if self["url"] is None:
+            self["url"] = advertised_url(self["endpoint"])
         try:
+            check_name(self["cluster"], "--cluster")
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
             if self["id"] is not None:
                 check_name(self["id"], "--id")
@@ -196,6 +209,63 @@ def _seconds(value, option):
     if not (math.isfinite(seconds) and seconds >= 0):
         raise usage.UsageError(f"{option} must be a number of seconds, not {value!r}")
     return seconds
+
+
+def _interface_addresses():
+    """The IPv4 addresses of this machine's interfaces (Linux)."""
+    import fcntl
+    import struct
+
+    found = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(
+                    s.fileno(), 0x8915,  # SIOCGIFADDR
+                    struct.pack("256s", name.encode("utf-8")[:15]),
+                )
+            except OSError:
+                continue
+            found.append(socket.inet_ntoa(packed[20:24]))
+    return found
+
+
+def _machine_address():
+    """This machine's first non-loopback IPv4 address, else its name."""
+    candidates = []
+    try:
+        candidates += [a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)]
+    except OSError:
+        pass
+    try:
+        candidates += _interface_addresses()
+    except (OSError, ImportError):
+        pass
+    for address in candidates:
+        if not address.startswith("127."):
+            return address
+    return socket.gethostname()
+
+
+def advertised_url(endpoint):
+    """
+    The URL of this branch's API for the others, from its endpoint: the
+    interface it listens on, or this machine's address (never 127.0.0.1)
+    when it listens on all of them.
+    """
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", endpoint)]
+    kind = parts[0]
+    if kind not in ("tcp", "tcp6", "ssl") or len(parts) < 2:
+        return None
+    fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = fields.get("port") or next((p for p in parts[1:] if p.isdigit()), None)
+    host = fields.get("interface", "")
+    if host in ("", "0.0.0.0", "::"):
+        host = _machine_address()
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if kind == "ssl" else "http"
+    return f"{scheme}://{host}:{port}/"
 
 
 def check_endpoint(description):
@@ -274,8 +344,18 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
     )
     controller.listeners.append(supervisor.reconcile)
+    local = LocalOperations(controller, url=options["url"])
+    cluster = None
+    bus = Bus(
+        AMQPBusTransport(control.client(), options["branch-id"], options["cluster"]),
+        options["branch-id"],
+        reactor,
+        describe=lambda: cluster.describe(),
+    )
+    cluster = ClusterOperations(local, bus, options["store"])
+    bus.setServiceParent(branch)
     if not options["without-http"]:
-        site = make_site(BranchAPI(LocalOperations(controller)).resource())
+        site = make_site(BranchAPI(cluster).resource())
         http = strports.service(options["endpoint"], site, reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

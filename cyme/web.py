@@ -123,6 +123,16 @@ class BranchAPI:
         lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(m["states"].items())]
         return ("\n".join(lines) + "\n").encode("ascii")
 
+    # Branches
+
+    @route("/branches", ["GET"])
+    async def list_branches(self, request):
+        return json_body(request, 200, await self.ops.list_branches())
+
+    @route("/branches/<branch>", ["GET"])
+    async def get_branch(self, request, branch):
+        return json_body(request, 200, await self.ops.get_branch(branch))
+
     # Apps
 
     @route("/", ["GET"])

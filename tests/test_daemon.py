@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from functools import wraps
 
 import treq
@@ -100,6 +101,7 @@ class DaemonTestCase(TestCase):
         self.pool.retryAutomatically = False
         self.addCleanup(self.pool.closeCachedConnections)
         self.addCleanup(self.kill_workers)
+        self.cluster = f"test-{uuid.uuid4().hex[:10]}"
 
     def kill_workers(self):
         """Workers outlive their branch by design: end the ones tests left."""
@@ -190,11 +192,20 @@ class DaemonTestCase(TestCase):
                 )
             await deferLater(reactor, 0.1, lambda: None)
 
+    def _isolated(self, options):
+        # Every test is a cluster of its own: branches of other tests (or
+        # of anyone else on this broker) must not join it.
+        if any(o.startswith("--cluster") for o in options):
+            return list(options)
+        return [*options, "--cluster", self.cluster]
+
     def twistd(self, address, *options):
-        return self.spawn(TWISTD, "-n", "--pidfile=", "cyme-branch", address, *options)
+        return self.spawn(
+            TWISTD, "-n", "--pidfile=", "cyme-branch", address, *self._isolated(options)
+        )
 
     def cyme_branch(self, address, *options):
-        return self.spawn(CYME_BRANCH, address, *options)
+        return self.spawn(CYME_BRANCH, address, *self._isolated(options))
 
 
 class TwistdBranchTests(DaemonTestCase):

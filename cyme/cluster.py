@@ -1,0 +1,343 @@
+"""One API on every branch: each operation routed to where its record lives.
+
+Apps and queue declarations are replicated: every branch keeps them all in
+its store, with a version per record (last writer wins, ties by branch id).
+A write is applied here, then sent to every live branch before it is
+answered; a branch that was away catches up from a peer whose heartbeat
+shows a different replica digest (it pulls, and the peer pulls from it).
+
+An instance belongs to exactly one branch.  A new one goes to the least
+loaded live branch (fewest instances, ties at random) or to
+C{?branch=<id>}; every operation on it by name runs on its owner, found
+from the heartbeats and confirmed by the owner (or by asking everyone).
+Listings ask every live branch and add what offline branches last
+announced; a branch that did not answer is named in the answer.
+"""
+
+import random
+import uuid
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cyme import logs
+from cyme.bus import RemoteError
+from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
+from cyme.models import check_name
+from cyme.store import app_key, queue_key
+
+
+@attrs.define
+class ClusterOperations:
+    local: object  # LocalOperations of this branch
+    bus: object
+    store: object
+    call_timeout: float = 5.0
+    write_timeout: float = 5.0
+    rng: object = random.random
+    log = Logger(observer=logs.observer)
+    _pulling: set = attrs.field(factory=set)
+
+    def __attrs_post_init__(self):
+        handlers = {
+            "replica.merge": self._merge,
+            "replica.dump": lambda args, sender: self.store.replica(),
+            "instances.list": self._list_local,
+            "instance.lookup": self._lookup_local,
+            "instance.op": self._instance_op,
+        }
+        self.bus.handlers.update(handlers)
+        self.bus.peer_listeners.append(self._peer_seen)
+        # Others see our instances change at once, not at the next beat.
+        self.local.controller.listeners.append(self.bus.announce_soon)
+
+    @property
+    def supervisor(self):
+        return self.local.supervisor
+
+    @property
+    def branch_id(self):
+        return self.bus.branch_id
+
+    # What this branch announces in its heartbeats
+
+    def describe(self):
+        """This branch's heartbeat: URL, instances, load, replica digest."""
+        return {
+            "url": self.local.url,
+            "instances": [[i.app, i.name] for i in self.store.instances()],
+            "load": self.local.load(),
+            "digest": self.store.digest(),
+        }
+
+    # Replication
+
+    async def _merge(self, args, sender):
+        removed = self.store.merge(args.get("replica") or {})
+        self.local.controller._changed(
+            "replica.merge", sender=sender, removed=[i.name for i in removed]
+        )
+        return {"ok": True, "digest": self.store.digest()}
+
+    def _peer_seen(self, peer):
+        if not peer.online or peer.digest is None or peer.digest == self.store.digest():
+            return
+        if peer.id in self._pulling:
+            return
+        self._pulling.add(peer.id)
+        d = defer.ensureDeferred(self._pull(peer.id))
+        d.addErrback(lambda f: self.log.warn(
+            "cannot pull the replica of {peer}: {error}", peer=peer.id,
+            error=f.getErrorMessage()))
+        d.addBoth(lambda _: self._pulling.discard(peer.id))
+
+    async def _pull(self, peer_id):
+        replica = await self.bus.call(peer_id, "replica.dump", {}, self.call_timeout)
+        before = self.store.digest()
+        removed = self.store.merge(replica)
+        if self.store.digest() != before:
+            self.log.info("caught up with {peer}", peer=peer_id)
+            self.local.controller._changed(
+                "replica.pull", peer=peer_id, removed=[i.name for i in removed]
+            )
+            self.bus.announce()
+
+    async def _replicate(self, *keys):
+        """Send the records under C{keys} (or their tombstones) to every branch."""
+        full = self.store.replica()
+        part = {"apps": {}, "queues": {}, "versions": {}}
+        for key in keys:
+            version = full["versions"].get(key)
+            if version is None:
+                continue
+            part["versions"][key] = version
+            kind, _, rest = key.partition("/")
+            if kind == "app" and rest in full["apps"]:
+                part["apps"][rest] = full["apps"][rest]
+            elif kind == "queue":
+                app, _, name = rest.partition("/")
+                record = full["queues"].get(app, {}).get(name)
+                if record is not None:
+                    part["queues"].setdefault(app, {})[name] = record
+        results, errors, missing = await self.bus.broadcast(
+            "replica.merge", {"replica": part}, self.write_timeout
+        )
+        return sorted(set(missing) | set(errors) - {self.branch_id})
+
+    # Apps and queues: read here, written everywhere
+
+    async def list_apps(self):
+        return await self.local.list_apps()
+
+    async def get_app(self, name):
+        return await self.local.get_app(name)
+
+    async def put_app(self, name, values):
+        record, created, _ = await self.local.put_app(name, values)
+        return record, created, await self._replicate(app_key(name))
+
+    async def delete_app(self, name):
+        queues = [q.name for q in self.store.queues(check_name(name, "app"))]
+        await self.local.delete_app(name)
+        return await self._replicate(app_key(name), *(queue_key(name, q) for q in queues))
+
+    async def list_queues(self, app):
+        return await self.local.list_queues(app)
+
+    async def get_queue(self, app, name):
+        return await self.local.get_queue(app, name)
+
+    async def put_queue(self, app, name, values):
+        record, created, _ = await self.local.put_queue(app, name, values)
+        return record, created, await self._replicate(queue_key(app, name))
+
+    async def delete_queue(self, app, name):
+        await self.local.delete_queue(app, name)
+        return await self._replicate(queue_key(app, name))
+
+    # Branches
+
+    async def list_branches(self):
+        return self.bus.live_ids()
+
+    async def get_branch(self, branch_id):
+        now = self.bus.clock.seconds()
+        if branch_id == self.branch_id:
+            return self.local.branch_info(now, self.describe())
+        peer = self.bus.peers.get(branch_id)
+        if peer is None:
+            raise NotFound("branch", branch_id)
+        return peer.to_json(now)
+
+    # Instances
+
+    def _list_local(self, args, sender):
+        app = args.get("app")
+        return [i.name for i in self.store.instances() if app is None or i.app == app]
+
+    async def list_instances(self, app):
+        await self.local.get_app(app)
+        results, errors, missing = await self.bus.broadcast(
+            "instances.list", {"app": app}, self.call_timeout
+        )
+        names = set()
+        for listed in results.values():
+            names.update(listed)
+        # Offline branches' instances are not lost: list what they last said.
+        answered = set(results)
+        for peer in self.bus.peers.values():
+            if peer.id not in answered:
+                names.update(n for a, n in peer.instances if a == app)
+        return sorted(names), sorted(set(missing) | set(errors))
+
+    def _lookup_local(self, args, sender):
+        try:
+            instance = self.store.get_instance(args["name"])
+        except NotFound:
+            return None
+        return {"app": instance.app}
+
+    async def _owner(self, name):
+        """The id of the branch that owns instance C{name}, and its peer."""
+        check_name(name, "instance")
+        try:
+            self.store.get_instance(name)
+            return self.branch_id, None
+        except NotFound:
+            pass
+        hinted = [
+            p for p in self.bus.peers.values() if any(n == name for _, n in p.instances)
+        ]
+        for peer in hinted:
+            if not peer.online:
+                return peer.id, peer
+        results, errors, missing = await self.bus.broadcast(
+            "instance.lookup", {"name": name}, self.call_timeout
+        )
+        for branch, found in results.items():
+            if found is not None:
+                return branch, self.bus.peers.get(branch)
+        if missing:
+            raise GatewayTimeout(
+                f"instance {name} not found; branches {', '.join(missing)} did not answer",
+                name=name, missing=missing,
+            )
+        return None, None
+
+    async def _instance_op(self, args, sender):
+        op = args.get("op")
+        method = getattr(self.local, op, None)
+        if op not in _INSTANCE_OPS or method is None:
+            raise NotFound("operation", str(op))
+        return await method(*args.get("args", []), **args.get("kwargs", {}))
+
+    async def _route(self, op, app, name, *args, **kwargs):
+        owner, peer = await self._owner(name)
+        if owner is None:
+            await self.local.get_app(app)
+            raise NotFound("instance", name)
+        if owner == self.branch_id:
+            return await getattr(self.local, op)(app, name, *args, **kwargs)
+        if peer is not None and not peer.online:
+            if op == "get_instance":
+                return _offline(app, name, peer)
+            raise Unavailable(
+                f"instance {name} is on branch {peer.id}, which is offline",
+                name=name, branch=peer.id,
+            )
+        timeout = self.call_timeout + (self.local.controller.ready_timeout
+                                       if op in _WAITING_OPS else 0)
+        return await self.bus.call(
+            owner, "instance.op",
+            {"op": op, "args": [app, name, *args], "kwargs": kwargs}, timeout,
+        )
+
+    async def get_instance(self, app, name):
+        return await self._route("get_instance", app, name)
+
+    async def put_instance(self, app, name, values, wait=True, branch=None):
+        await self.local.get_app(app)
+        if name is not None:
+            owner, peer = await self._owner(name)
+            if owner is not None:
+                if branch not in (None, "", owner):
+                    raise Conflict(
+                        f"instance {name} already exists on branch {owner}",
+                        name=name, branch=owner,
+                    )
+                return await self._route(
+                    "put_instance", app, name, values, wait=wait
+                )
+        else:
+            name = str(uuid.uuid4())
+        target = self._place(branch)
+        if target == self.branch_id:
+            result = await self.local.put_instance(app, name, values, wait=wait)
+        else:
+            timeout = self.call_timeout + self.local.controller.ready_timeout
+            result = await self.bus.call(
+                target, "instance.op",
+                {"op": "put_instance", "args": [app, name, values],
+                 "kwargs": {"wait": wait}}, timeout,
+            )
+            # Count it now: the next placement must not wait for its beat.
+            peer = self.bus.peers.get(target)
+            if peer is not None and [app, name] not in peer.instances:
+                peer.instances.append([app, name])
+        return result
+
+    def _place(self, branch):
+        live = {p.id: len(p.instances) for p in self.bus.live_peers()}
+        live[self.branch_id] = len(self.store.instances())
+        if branch not in (None, ""):
+            if branch not in live:
+                raise NotFound("branch", branch)
+            return branch
+        fewest = min(live.values())
+        candidates = sorted(b for b, n in live.items() if n == fewest)
+        return candidates[int(self.rng() * len(candidates)) % len(candidates)]
+
+    async def delete_instance(self, app, name):
+        return await self._route("delete_instance", app, name)
+
+    async def add_consumer(self, app, name, queue):
+        return await self._route("add_consumer", app, name, queue)
+
+    async def cancel_consumer(self, app, name, queue):
+        return await self._route("cancel_consumer", app, name, queue)
+
+    async def instance_queues(self, app, name):
+        return await self._route("instance_queues", app, name)
+
+    async def get_autoscale(self, app, name):
+        return await self._route("get_autoscale", app, name)
+
+    async def set_autoscale(self, app, name, values):
+        return await self._route("set_autoscale", app, name, values)
+
+    async def restart(self, app, name):
+        return await self._route("restart", app, name)
+
+    async def set_enabled(self, app, name, enabled):
+        return await self._route("set_enabled", app, name, enabled)
+
+    async def stats(self, app, name):
+        return await self._route("stats", app, name)
+
+
+# The instance operations another branch may ask this one to run.
+_INSTANCE_OPS = frozenset([
+    "get_instance", "put_instance", "delete_instance", "add_consumer",
+    "cancel_consumer", "instance_queues", "get_autoscale", "set_autoscale",
+    "restart", "set_enabled", "stats",
+])
+_WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
+
+
+def _offline(app, name, peer):
+    return {"name": name, "app": app, "branch": peer.id, "state": "offline",
+            "last_heartbeat": peer.last_seen}
+
+
+__all__ = ["ClusterOperations", "RemoteError"]
