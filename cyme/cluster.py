@@ -46,6 +46,8 @@ class ClusterOperations:
             "instances.list": self._list_local,
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
+            "task.get": self._task_local,
+            "task.wait": self._task_wait_local,
         }
         self.bus.handlers.update(handlers)
         self.bus.peer_listeners.append(self._peer_seen)
@@ -326,11 +328,54 @@ class ClusterOperations:
         return await self._route("stats", app, name)
 
 
+    # Queued URLs: published here, answered by the branch that published
+
+    async def queue_task(self, *args):
+        return await self.local.queue_task(*args)
+
+    def _task_local(self, args, sender):
+        record = self.local.task_record(args["app"], args["uuid"])
+        return None if record is None else {"state": record.state}
+
+    async def _task_wait_local(self, args, sender):
+        return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
+
+    async def _task_owner(self, app, task_id):
+        if self.local.task_record(app, task_id) is not None:
+            return self.branch_id
+        results, errors, missing = await self.bus.broadcast(
+            "task.get", {"app": app, "uuid": task_id}, self.call_timeout
+        )
+        for branch, found in sorted(results.items()):
+            if found:
+                return branch
+        return None
+
+    async def task(self, app, task_id):
+        await self.local.get_app(app)
+        owner = await self._task_owner(app, task_id)
+        if owner is None or owner == self.branch_id:
+            return await self.local.task(app, task_id)
+        return await self.bus.call(
+            owner, "instance.op", {"op": "task", "args": [app, task_id]}, self.call_timeout
+        )
+
+    async def wait_task(self, app, task_id, timeout):
+        await self.local.get_app(app)
+        owner = await self._task_owner(app, task_id)
+        if owner is None or owner == self.branch_id:
+            return await self.local.wait_task(app, task_id, timeout)
+        return await self.bus.call(
+            owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
+            timeout + self.call_timeout,
+        )
+
+
 # The instance operations another branch may ask this one to run.
 _INSTANCE_OPS = frozenset([
     "get_instance", "put_instance", "delete_instance", "add_consumer",
     "cancel_consumer", "instance_queues", "get_autoscale", "set_autoscale",
-    "restart", "set_enabled", "stats",
+    "restart", "set_enabled", "stats", "task",
 ])
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 

@@ -192,6 +192,31 @@ def _check_broker(instance, attribute, value):
         raise BadRequest("broker", "broker must be a broker object")
 
 
+HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?\Z|\[[0-9A-Fa-f:.]+\]\Z")
+
+
+def _check_hosts(value):
+    if isinstance(value, str):
+        value = [h.strip() for h in value.split(",") if h.strip()]
+    if not isinstance(value, (list, tuple)) or len(value) > 1000:
+        raise BadRequest("allowed_hosts", "allowed_hosts must be a list of host names")
+    for host in value:
+        if not isinstance(host, str) or not HOST_RE.match(host):
+            raise BadRequest("allowed_hosts", f"allowed_hosts: {host!r} is not a host name")
+    return tuple(h.lower() for h in value)
+
+
+def _check_seconds(value, field, high=3600.0):
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise BadRequest(field, f"{field} must be a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= high):
+        raise BadRequest(field, f"{field} must be a number of seconds in (0, {high:g}]")
+    return float(value)
+
+
 def _check_app_name(instance, attribute, value):
     check_name(value, "name")
     if value in RESERVED_APP_NAMES:
@@ -208,6 +233,12 @@ class App:
     extra_config: dict = attrs.field(
         factory=dict, converter=_converter(check_json_object, "extra_config")
     )
+    #: Hosts queued URLs may name (and redirect to); empty allows all.
+    allowed_hosts: tuple = attrs.field(default=(), converter=lambda v: _check_hosts(v))
+    #: Seconds a queued URL's request may take (per request: a header).
+    task_timeout: float = attrs.field(
+        default=60.0, converter=lambda v: _check_seconds(v, "task_timeout")
+    )
 
     def to_json(self):
         return {
@@ -215,6 +246,8 @@ class App:
             "broker": self.broker.to_json(),
             "arguments": self.arguments,
             "extra_config": self.extra_config,
+            "allowed_hosts": list(self.allowed_hosts),
+            "task_timeout": self.task_timeout,
         }
 
     @classmethod

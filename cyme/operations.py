@@ -13,7 +13,9 @@ import time
 import attrs
 
 from cyme import __version__
-from cyme.errors import NotFound
+from twisted.internet import defer
+
+from cyme.errors import BadRequest, GatewayTimeout, NotFound, Unavailable
 
 
 def _json(record):
@@ -37,11 +39,40 @@ def load_figures(instances):
     return figures
 
 
+MAX_WAIT = 300.0
+DEFAULT_WAIT = 30.0
+
+
+def _task_json(task_id, record):
+    if record is None:
+        return {"uuid": task_id, "state": "PENDING", "result": None}
+    body = {"uuid": task_id, "state": record.state, "result": record.fields.get("result")}
+    if record.fields.get("traceback"):
+        body["traceback"] = record.fields["traceback"]
+    return body
+
+
+def wait_seconds(value):
+    """The C{?timeout=} of a wait: default 30 s, at most 300 s."""
+    if value in (None, ""):
+        return DEFAULT_WAIT
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest("timeout", "timeout must be a number of seconds") from None
+    if not 0 < seconds <= MAX_WAIT:
+        raise BadRequest("timeout", f"timeout must be more than 0 and at most {MAX_WAIT:g} s")
+    return seconds
+
+
 @attrs.define
 class LocalOperations:
     controller: object
     url: str | None = None
     started: float = attrs.field(factory=time.time)
+    #: The L{cyme.results.TaskService} of this branch, if it queues tasks.
+    tasks: object = None
+    clock: object = None
 
     def load(self):
         return load_figures(len(self.controller.store.instances()))
@@ -138,6 +169,53 @@ class LocalOperations:
 
     async def stats(self, app, name):
         return await self.controller.stats(app, name)
+
+    # Queued URLs
+
+    def _tasks(self):
+        if self.tasks is None:
+            raise Unavailable("this branch does not queue tasks")
+        return self.tasks
+
+    async def queue_task(self, app, queue, method, url, query, body, content_type, timeout):
+        record = await self.controller.app(app)
+        declaration = await self.controller.queue(app, queue)
+        task_id = await self._tasks().queue(
+            record, declaration, method, url, query=query, body=body,
+            content_type=content_type, timeout=timeout,
+        )
+        return {"uuid": task_id, "url": url, "queue": queue, "method": method}
+
+    def task_record(self, app, task_id):
+        """This branch's record of a task of C{app}, or None."""
+        if self.tasks is None:
+            return None
+        record = self.tasks.get(task_id)
+        if record is not None and record.fields.get("app") not in (None, app):
+            return None
+        return record
+
+    async def task(self, app, task_id):
+        await self.controller.app(app)
+        return _task_json(task_id, self.task_record(app, task_id))
+
+    async def wait_task(self, app, task_id, timeout):
+        """The task once it is ready; 504 after C{timeout} seconds."""
+        await self.controller.app(app)
+        d = self._tasks().journal.when_ready(task_id)
+        timer = self.clock.callLater(timeout, d.cancel)
+        try:
+            record = await d
+        except defer.CancelledError:
+            record = self.task_record(app, task_id)
+            raise GatewayTimeout(
+                f"task {task_id} not ready after {timeout:g} s",
+                uuid=task_id, state=record.state if record is not None else "PENDING",
+            ) from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        return _task_json(task_id, record)
 
 
 def _autoscale(instance):

@@ -51,7 +51,9 @@ def broker(params, default):
     return Broker.from_json(fields)
 
 
-APP_PARAMS = set(BROKER_FIELDS) | {"vhost", "broker", "arguments", "extra_config"}
+APP_PARAMS = set(BROKER_FIELDS) | {
+    "vhost", "broker", "arguments", "extra_config", "allowed_hosts", "task_timeout",
+}
 
 
 def app_changes(params):
@@ -62,6 +64,9 @@ def app_changes(params):
         changes["arguments"] = params["arguments"]
     if "extra_config" in params:
         changes["extra_config"] = json_object(params["extra_config"], "extra_config")
+    for key in ("allowed_hosts", "task_timeout"):
+        if key in params:
+            changes[key] = params[key]
     return changes
 
 

@@ -721,12 +721,17 @@ class Supervisor(service.Service):
             return
         # The retries of a round fit well within one tick.
         cap = max(0.1, min(1.6, self.interval / 2))
+        began = self.reactor.seconds()
         answered = await self._ping(watched, ping_delays(0.1, cap))
         if not self._can_judge():
             return
         now = self.reactor.seconds()
         for worker in watched:
             if worker.node in answered or worker.pid is None or worker.state == STOPPING:
+                continue
+            if worker.last_pong is not None and worker.last_pong >= began:
+                # It answered another ping meanwhile (the start-up poll's):
+                # it came up after this round's last ping was sent.
                 continue
             if worker.state == STARTING and now - worker.started_at < self.start_timeout:
                 continue

@@ -9,6 +9,7 @@ than a traceback; ``makeService`` assembles the services.
 import contextlib
 import getopt
 import math
+import os
 import re
 import socket
 import sys
@@ -25,8 +26,10 @@ from cyme.control import ControlRouter
 from cyme.controller import Controller
 from cyme.errors import BadRequest, StartupError
 from cyme.http import make_site
+from cyme.journal import ResultJournal
 from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
 from cyme.rootdir import RootDir
+from cyme.results import TaskService
 from cyme.store import JSONFileStore
 from cyme.supervisor import Supervisor
 from cyme.operations import LocalOperations
@@ -107,6 +110,8 @@ class Options(usage.Options):
         ["cluster", None, "cyme",
          "Name of the cluster: the branches of one cluster share it and the "
          "broker; other clusters may use the same broker under other names."],
+        ["result-expires", None, 86400.0,
+         "Seconds the results of queued URLs are kept (default: one day)."],
         ["url", None, None,
          "The URL other branches and clients reach this branch's API at "
          "(default: from the address, with this machine's address when it "
@@ -169,7 +174,8 @@ class Options(usage.Options):
                 f"not {self['sup-interval']!r}"
             )
         self["sup-interval"] = interval
-        for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived"):
+        for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived",
+                     "result-expires"):
             self[name] = _seconds(self[name], "--" + name)
         try:
             self["log-level"] = logs.parse_level(self["loglevel"])
@@ -344,7 +350,13 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
     )
     controller.listeners.append(supervisor.reconcile)
-    local = LocalOperations(controller, url=options["url"])
+    journal = ResultJournal(
+        os.path.join(options["root"].path, "results.jsonl"), reactor,
+        retention=options["result-expires"],
+    )
+    tasks = TaskService(control, journal, options["branch-id"], reactor, options["store"])
+    tasks.setServiceParent(branch)
+    local = LocalOperations(controller, url=options["url"], tasks=tasks, clock=reactor)
     cluster = None
     bus = Bus(
         AMQPBusTransport(control.client(), options["branch-id"], options["cluster"]),

@@ -6,11 +6,14 @@ instance's queue declarations and extra settings in the environment
 declared queues, with their exchanges, without a round trip after start.
 """
 
+import base64
 import json
 import os
 
 from celery import Celery
 from kombu import Queue
+
+from cyme.webhook import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT, WebhookError, perform
 
 app = Celery("cyme")
 
@@ -58,3 +61,51 @@ configure(json.loads(os.environ.get("CYME_WORKER_CONFIG") or "{}"))
 def echo(*args, **kwargs):
     """Return what it was given: a task to check that a queue is consumed."""
     return {"args": list(args), "kwargs": kwargs, "hostname": echo.request.hostname}
+
+
+@app.task(name="cyme.webhook", bind=True)
+def webhook(
+    self,
+    method,
+    url,
+    query=None,
+    body=None,
+    content_type=None,
+    timeout=None,
+    max_response_bytes=None,
+    allowed_hosts=(),
+    headers=None,
+    body_encoding=None,
+):
+    """Perform an HTTP request (see L{cyme.webhook.perform}) and return
+    C{{"status_code", "url", "headers", "content", "encoding"}}.
+
+    C{timeout} and C{max_response_bytes} default to the app settings
+    C{cyme_webhook_timeout} (60 s) and C{cyme_webhook_max_response_bytes}
+    (10 MiB), which the branch may set per app in C{extra_config}.  A raw
+    body that is not text travels in the JSON message as base64 with
+    C{body_encoding="base64"}.  A L{WebhookError} (refused, timeout, size
+    cap, forbidden redirect, ...) makes the task fail with its message.
+    """
+    if timeout is None:
+        timeout = self.app.conf.get("cyme_webhook_timeout") or DEFAULT_TIMEOUT
+    if max_response_bytes is None:
+        max_response_bytes = self.app.conf.get("cyme_webhook_max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES
+    if body_encoding == "base64" and isinstance(body, str):
+        try:
+            body = base64.b64decode(body, validate=True)
+        except ValueError:
+            raise WebhookError("body is not valid base64") from None
+    elif body_encoding not in (None, "text", "base64"):
+        raise WebhookError(f"unknown body_encoding {body_encoding!r}; use 'text' or 'base64'")
+    return perform(
+        method,
+        url,
+        query=query,
+        body=body,
+        content_type=content_type,
+        headers=headers,
+        timeout=timeout,
+        max_response_bytes=max_response_bytes,
+        allowed_hosts=allowed_hosts,
+    )

@@ -5,7 +5,8 @@ works with and without its trailing slash, and the seed's singular
 ``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
 """
 
-from urllib.parse import unquote_to_bytes
+import re
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 from klein import Klein
 from twisted.logger import Logger
@@ -16,8 +17,10 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 from cyme import logs
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
 from cyme.http import error_body, json_body, request_params
+from cyme.operations import wait_seconds
 
 CREATE = ["PUT", "POST"]
+VERBS = ["HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH"]
 
 
 def names(records):
@@ -254,6 +257,40 @@ class BranchAPI:
         _mark_partial(request, await self.ops.delete_queue(app, name))
         return json_body(request, 200, {"ok": "ok"})
 
+    # Queued URLs
+
+    @_klein.route(
+        "/<app>/queue/<queue>/<path:url>", methods=VERBS,
+        strict_slashes=False, merge_slashes=False, endpoint="queue_task",
+    )
+    async def queue_task(self, request, app, queue, url):
+        query = parse_qs_lists(request)
+        body, content_type = task_body(request)
+        timeout = request.getHeader(b"cyme-timeout")
+        if timeout is not None:
+            timeout = _task_timeout(timeout)
+        accepted = await self.ops.queue_task(
+            app, queue, request.method.decode("ascii"), raw_target(request),
+            query, body, content_type, timeout,
+        )
+        return json_body(request, 202, accepted)
+
+    @route("/<app>/query/<task_id>/state", ["GET"])
+    async def task_state(self, request, app, task_id):
+        task = await self.ops.task(app, _task_id(task_id))
+        return json_body(request, 200, {"uuid": task["uuid"], "state": task["state"]})
+
+    @route("/<app>/query/<task_id>/result", ["GET"])
+    async def task_result(self, request, app, task_id):
+        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)))
+
+    @route("/<app>/query/<task_id>/wait", ["GET"])
+    async def task_wait(self, request, app, task_id):
+        timeout = wait_seconds(request_params(request).get("timeout"))
+        return json_body(
+            request, 200, await self.ops.wait_task(app, _task_id(task_id), timeout)
+        )
+
     def _listing(self, request, result):
         names, missing = result
         _mark_partial(request, missing)
@@ -266,6 +303,67 @@ def _mark_partial(request, missing):
         request.setHeader(b"Cyme-Missing-Branches", ",".join(missing).encode("utf-8"))
 
 
+_TASK_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+def _task_id(value):
+    if not _TASK_ID.match(value):
+        raise BadRequest("uuid", "a task id is 1-64 letters, digits and dashes")
+    return value
+
+
+def _task_timeout(value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise BadRequest("Cyme-Timeout", "Cyme-Timeout must be seconds in (0, 3600]")
+    return seconds
+
+
+def raw_target(request):
+    """
+    The URL to queue: the path after C{/<app>/queue/<queue>/}, as sent.
+
+    A URL sent percent-encoded whole (C{http%3A%2F%2Fm%2Fx}) is decoded.
+    """
+    target = request.path.split(b"/", 4)[4].decode("utf-8", "replace")
+    if "://" not in target and target.lower().startswith(("http%3a", "https%3a")):
+        target = unquote(target)
+    return target
+
+
+def parse_qs_lists(request):
+    """The request's query string, forwarded as the task's query data."""
+    query = urlsplit(request.uri).query.decode("latin-1")
+    forwarded = {}
+    for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=1000):
+        forwarded.setdefault(key, []).append(value)
+    return {k: v[0] if len(v) == 1 else v for k, v in forwarded.items()}
+
+
+def task_body(request):
+    """The body to forward: form fields as a dict, anything else raw."""
+    raw = request.content.read() if request.content is not None else b""
+    ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if not raw:
+        return None, None
+    if ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, max_num_fields=1000)
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("body", "a form body must be URL-encoded") from None
+        form = {}
+        for key, value in pairs:
+            form.setdefault(key, []).append(value)
+        return {k: v[0] if len(v) == 1 else v for k, v in form.items()}, None
+    try:
+        return raw.decode("utf-8"), ctype or "application/octet-stream"
+    except UnicodeDecodeError:
+        raise BadRequest("body", "a queued body must be text (UTF-8)") from None
+
+
 def check_path(path):
     """
     Refuse a path whose segments could name something outside a name.
@@ -274,7 +372,11 @@ def check_path(path):
     C{a%2Fb} would route as two segments and C{%2e%2e} as C{..}: both are
     refused here, before any route sees them.
     """
-    for raw in path.split(b"/")[1:]:
+    segments = path.split(b"/")[1:]
+    if len(segments) > 3 and segments[1] == b"queue":
+        # /<app>/queue/<queue>/<url>: the URL is data, not names.
+        segments = segments[:3]
+    for raw in segments:
         segment = unquote_to_bytes(raw)
         try:
             text = segment.decode("utf-8")

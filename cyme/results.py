@@ -1,0 +1,253 @@
+"""Queued URLs: webhook tasks published by the branch, and their results.
+
+The branch publishes each task itself (Celery's message protocol 2, over
+txAMQP, with publisher confirms) to the queue's exchange on the app's
+broker, naming as C{reply_to} its own durable result queue on that broker
+(C{cyme.results.<branch id>}).  Workers send every state update there
+(STARTED, SUCCESS, FAILURE, RETRY); the branch writes each to its
+L{ResultJournal} and acknowledges the message only once it is on disk.
+"""
+
+import json
+import uuid
+from urllib.parse import urlsplit
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cyme import logs
+from cyme.amqp import AMQPError, IBrokerListener
+from cyme.errors import BadRequest, CymeError
+
+MAX_URL = 4096
+TASK_NAME = "cyme.webhook"
+
+
+class PublishFailed(CymeError):
+    """The broker did not take the task: nothing was queued."""
+
+    status = 502
+
+
+def check_url(url, allowed_hosts):
+    """Refuse anything but an http(s) URL to an allowed host (400)."""
+    if not isinstance(url, str) or not url:
+        raise BadRequest("url", "a URL to queue is missing")
+    if len(url) > MAX_URL:
+        raise BadRequest("url", f"the URL is longer than {MAX_URL} characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise BadRequest("url", "the URL is malformed") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise BadRequest("url", "only http:// and https:// URLs can be queued")
+    if allowed_hosts and host.lower() not in allowed_hosts:
+        raise BadRequest("url", f"host {host} is not in the app's allowed_hosts")
+    return url
+
+
+def task_message(task_id, kwargs, origin):
+    """The headers and body of a Celery protocol-2 message for the task."""
+    kwargsrepr = repr(kwargs)
+    headers = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "()",
+        "kwargsrepr": kwargsrepr if len(kwargsrepr) <= 1024 else kwargsrepr[:1021] + "...",
+        "origin": origin,
+        "ignore_result": False,
+    }
+    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    return headers, json.dumps(body).encode("utf-8")
+
+
+@implementer(IBrokerListener)
+class BrokerLink:
+    """One app broker: a confirming channel to publish, the result consumer."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, tasks, url, client):
+        self.tasks = tasks
+        self.url = url
+        self.client = client
+        self.channel = None
+        self._declared = set()
+        self._ready = defer.Deferred()
+        client.add_listener(self)
+
+    def broker_connected(self, connection):
+        d = defer.ensureDeferred(self._setup(connection))
+        d.addErrback(self._setup_failed, connection)
+
+    async def _setup(self, connection):
+        results = await connection.channel(timeout=10)
+        queue = self.tasks.results_queue
+        await results.queue_declare(queue, durable=True, auto_delete=False, timeout=10)
+        await results.basic_qos(prefetch_count=512, timeout=10)
+        await results.consume(queue, self._result, no_ack=False, timeout=10)
+        channel = await connection.channel(timeout=10)
+        await channel.confirm_select(timeout=10)
+        self.channel = channel
+        self._declared.clear()
+        ready, self._ready = self._ready, defer.Deferred()
+        ready.callback(channel)
+
+    def _setup_failed(self, failure, connection):
+        self.log.failure("cannot set up task publishing on {url}", failure, url=self.url)
+        try:
+            connection.abort()
+        except Exception:
+            pass
+
+    def broker_lost(self, reason):
+        self.channel = None
+
+    async def _channel(self, timeout):
+        if self.channel is not None and self.channel.is_open:
+            return self.channel
+        timer = self.tasks.clock.callLater(timeout, self._ready.cancel)
+        try:
+            return await self._ready
+        except defer.CancelledError:
+            raise PublishFailed(f"broker {self.url} not reachable") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def publish(self, queue, task_id, headers, body, timeout):
+        channel = await self._channel(timeout)
+        key = (queue.name, queue.exchange, queue.routing_key)
+        if key not in self._declared:
+            await self._declare(channel, queue)
+            self._declared.add(key)
+        try:
+            await channel.publish(
+                queue.exchange, queue.routing_key, body,
+                content_type="application/json", content_encoding="utf-8",
+                delivery_mode=2, priority=0, correlation_id=task_id,
+                reply_to=self.tasks.results_queue, headers=headers, timeout=timeout,
+            )
+        except AMQPError as e:
+            raise PublishFailed(f"the broker did not confirm the task: {e}") from None
+
+    async def _declare(self, channel, queue):
+        # Declared as Celery declares them (durable), so that a task queued
+        # before any worker consumes the queue waits in it.
+        options = queue.options
+        durable = bool(options.get("durable", True))
+        auto_delete = bool(options.get("auto_delete", False))
+        try:
+            if queue.exchange:
+                await channel.exchange_declare(
+                    queue.exchange, queue.exchange_type, durable=durable,
+                    auto_delete=auto_delete, timeout=10,
+                )
+            await channel.queue_declare(
+                queue.name, durable=durable, auto_delete=auto_delete, timeout=10
+            )
+            if queue.exchange:
+                await channel.queue_bind(
+                    queue.name, queue.exchange, routing_key=queue.routing_key, timeout=10
+                )
+        except AMQPError as e:
+            self.channel = None
+            raise PublishFailed(
+                f"the broker refused the declaration of queue {queue.name}: {e}"
+            ) from None
+
+    def _result(self, message):
+        try:
+            body = json.loads(message.body)
+            task_id = body.get("task_id") or message.correlation_id
+            status = body["status"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.log.warn("dropping an unreadable result message")
+            message.reject(requeue=False)
+            return None
+        d = self.tasks.journal.record(
+            task_id, status,
+            result=body.get("result"),
+            traceback=body.get("traceback"),
+            date_done=body.get("date_done"),
+        )
+        # Acknowledged only once it is on disk: a crash before that leaves
+        # the result in the queue for the next start.
+        d.addCallback(lambda _: message.ack())
+        return d
+
+
+class TaskService(service.Service):
+    """Publishes queued URLs and keeps their results."""
+
+    log = Logger(observer=logs.observer)
+    name = "tasks"
+
+    def __init__(self, router, journal, branch_id, clock, store, publish_timeout=10.0):
+        self.router = router
+        self.journal = journal
+        self.branch_id = branch_id
+        self.clock = clock
+        self.store = store
+        self.publish_timeout = publish_timeout
+        self.results_queue = f"cyme.results.{branch_id}"
+        self.links = {}
+
+    def startService(self):
+        super().startService()
+        # Results that came while the branch was down wait on every broker
+        # it ever published to: consume them all again.
+        for app in self.store.apps():
+            self.link(app.broker.as_url())
+
+    def stopService(self):
+        super().stopService()
+        self.journal.close()
+
+    def link(self, url):
+        link = self.links.get(url)
+        if link is None:
+            link = self.links[url] = BrokerLink(self, url, self.router.client(url))
+        return link
+
+    async def queue(self, app, queue, method, url, query=None, body=None,
+                    content_type=None, timeout=None):
+        """
+        Publish a webhook task; its id once the broker confirmed it and the
+        branch recorded it.
+        """
+        check_url(url, app.allowed_hosts)
+        task_id = str(uuid.uuid4())
+        kwargs = {
+            "method": method,
+            "url": url,
+            "query": query or {},
+            "body": body,
+            "content_type": content_type,
+            "timeout": timeout or app.task_timeout,
+            "allowed_hosts": list(app.allowed_hosts),
+        }
+        headers, payload = task_message(task_id, kwargs, f"cyme@{self.branch_id}")
+        link = self.link(app.broker.as_url())
+        await link.publish(queue, task_id, headers, payload, self.publish_timeout)
+        await self.journal.record(
+            task_id, "PENDING", app=app.name, queue=queue.name, method=method, url=url
+        )
+        return task_id
+
+    def get(self, task_id):
+        return self.journal.get(task_id)
