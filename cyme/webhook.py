@@ -58,12 +58,17 @@ def _fmt_seconds(seconds):
     return f"{seconds:g}"
 
 
-def _normalize_host(host):
-    host = host.strip().lower()
-    if host.startswith("[") and "]" in host:  # [::1] or [::1]:8080
-        inner, _, rest = host[1:].partition("]")
-        return inner + rest
-    return host
+def _parse_entry(entry):
+    """An allowed-hosts entry as (host, port or None)."""
+    entry = str(entry).strip().lower()
+    if entry.startswith("["):  # [::1] or [::1]:8080
+        inner, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return inner, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        name, _, port = entry.partition(":")
+        return name, int(port) if port.isdigit() else -1
+    return entry, None
 
 
 def host_allowed(url, allowed_hosts):
@@ -82,16 +87,13 @@ def host_allowed(url, allowed_hosts):
     except ValueError:
         return False
     for entry in allowed_hosts:
-        entry = _normalize_host(str(entry))
-        if entry.startswith("*."):
-            if host.endswith(entry[1:]):
-                return True
+        name, entry_port = _parse_entry(entry)
+        if entry_port is not None and entry_port != port:
             continue
-        name, sep, entry_port = entry.rpartition(":")
-        if sep and entry_port.isdigit() and name.count(":") == 0:
-            if host == name and port == int(entry_port):
+        if name.startswith("*."):
+            if host.endswith(name[1:]):
                 return True
-        elif host == entry:
+        elif host == name:
             return True
     return False
 
@@ -254,15 +256,14 @@ def _host_header(parts):
     return host
 
 
-def _read_body(response, conn, url, deadline, limit):
+def _read_body(response, sock, url, deadline, limit):
     length = response.getheader("content-length")
     if length is not None and length.strip().isdigit() and int(length) > limit:
         raise WebhookError(f"response larger than {limit} bytes: {url}")
     chunks = []
     size = 0
     while True:
-        if conn.sock is not None:
-            conn.sock.settimeout(deadline.remaining(url))
+        sock.settimeout(deadline.remaining(url))
         chunk = response.read1(min(_CHUNK, limit - size + 1))
         if not chunk:
             break
@@ -293,15 +294,17 @@ def _request(method, url, parts, data, headers, deadline, limit):
         elif method in ("POST", "PUT", "PATCH"):
             conn.putheader("Content-Length", "0")
         conn.endheaders(data)
-        if conn.sock is not None:
-            conn.sock.settimeout(deadline.remaining(url))
+        # getresponse() drops conn.sock when the server will close the
+        # connection; the response keeps reading from this socket.
+        sock = conn.sock
+        sock.settimeout(deadline.remaining(url))
         response = conn.getresponse()
         if response.status in _REDIRECTS and response.getheader("location"):
             return response.status, response.msg, None
         if method == "HEAD":
             body = b""
         else:
-            body = _read_body(response, conn, url, deadline, limit)
+            body = _read_body(response, sock, url, deadline, limit)
         return response.status, response.msg, body
     finally:
         conn.close()
