@@ -192,7 +192,11 @@ def _check_broker(instance, attribute, value):
         raise BadRequest("broker", "broker must be a broker object")
 
 
-HOST_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?\Z|\[[0-9A-Fa-f:.]+\]\Z")
+# A host name or address, "*.domain" (its subdomains), "[v6]", each with an
+# optional ":port": the forms the webhook task's allow-list understands.
+HOST_RE = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?(:\d{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:\d{1,5})?\Z"
+)
 
 
 def _check_hosts(value):

@@ -8,16 +8,16 @@ broker, naming as C{reply_to} its own durable result queue on that broker
 L{ResultJournal} and acknowledges the message only once it is on disk.
 """
 
+import base64
 import json
 import uuid
-from urllib.parse import urlsplit
 
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from cyme import logs
+from cyme import logs, webhook
 from cyme.amqp import AMQPError, IBrokerListener
 from cyme.errors import BadRequest, CymeError
 
@@ -32,21 +32,15 @@ class PublishFailed(CymeError):
 
 
 def check_url(url, allowed_hosts):
-    """Refuse anything but an http(s) URL to an allowed host (400)."""
-    if not isinstance(url, str) or not url:
-        raise BadRequest("url", "a URL to queue is missing")
-    if len(url) > MAX_URL:
-        raise BadRequest("url", f"the URL is longer than {MAX_URL} characters")
+    """Refuse anything but an http(s) URL to an allowed host (400).
+
+    The worker applies the same rules (L{cyme.webhook.check_url}) to every
+    redirect it follows.
+    """
     try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise BadRequest("url", "the URL is malformed") from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise BadRequest("url", "only http:// and https:// URLs can be queued")
-    if allowed_hosts and host.lower() not in allowed_hosts:
-        raise BadRequest("url", f"host {host} is not in the app's allowed_hosts")
+        webhook.check_url(url, allowed_hosts, max_length=MAX_URL)
+    except webhook.WebhookError as e:
+        raise BadRequest("url", str(e)) from None
     return url
 
 
@@ -241,6 +235,10 @@ class TaskService(service.Service):
             "timeout": timeout or app.task_timeout,
             "allowed_hosts": list(app.allowed_hosts),
         }
+        if isinstance(body, bytes):
+            # Raw bodies travel byte for byte, whatever their charset.
+            kwargs["body"] = base64.b64encode(body).decode("ascii")
+            kwargs["body_encoding"] = "base64"
         headers, payload = task_message(task_id, kwargs, f"cyme@{self.branch_id}")
         link = self.link(app.broker.as_url())
         await link.publish(queue, task_id, headers, payload, self.publish_timeout)

@@ -358,10 +358,7 @@ def task_body(request):
         for key, value in pairs:
             form.setdefault(key, []).append(value)
         return {k: v[0] if len(v) == 1 else v for k, v in form.items()}, None
-    try:
-        return raw.decode("utf-8"), ctype or "application/octet-stream"
-    except UnicodeDecodeError:
-        raise BadRequest("body", "a queued body must be text (UTF-8)") from None
+    return raw, ctype or "application/octet-stream"
 
 
 def check_path(path):
