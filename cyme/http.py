@@ -41,8 +41,15 @@ class LimitedRequest(server.Request):
         super().handleContentChunk(data)
 
 
-def make_site(resource, **kwargs):
-    site = server.Site(resource, **kwargs)
+class QuietSite(server.Site):
+    """A site without an access log (at log levels above info)."""
+
+    def log(self, request):
+        pass
+
+
+def make_site(resource, access_log=True, **kwargs):
+    site = (server.Site if access_log else QuietSite)(resource, **kwargs)
     site.requestFactory = LimitedRequest
     return site
 

@@ -241,10 +241,22 @@ class TaskService(service.Service):
             kwargs["body_encoding"] = "base64"
         headers, payload = task_message(task_id, kwargs, f"cyme@{self.branch_id}")
         link = self.link(app.broker.as_url())
-        await link.publish(queue, task_id, headers, payload, self.publish_timeout)
-        await self.journal.record(
+        # The record and the publish go at once: the answer waits for the
+        # slower of the two, not for both in turn.
+        recorded = self.journal.record(
             task_id, "PENDING", app=app.name, queue=queue.name, method=method, url=url
         )
+        try:
+            await link.publish(queue, task_id, headers, payload, self.publish_timeout)
+        except PublishFailed as e:
+            await recorded
+            await self.journal.record(
+                task_id, "FAILURE",
+                result={"exc_type": "PublishFailed", "exc_message": [e.message],
+                        "exc_module": "cyme.results"},
+            )
+            raise
+        await recorded
         return task_id
 
     def get(self, task_id):

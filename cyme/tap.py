@@ -16,7 +16,7 @@ import sys
 
 from twisted.application import service, strports
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from cyme import __version__, logs
@@ -367,7 +367,9 @@ def makeService(options):
     cluster = ClusterOperations(local, bus, options["store"])
     bus.setServiceParent(branch)
     if not options["without-http"]:
-        site = make_site(BranchAPI(cluster).resource())
+        # An access line per request is info; above it, none is written.
+        access_log = options["log-level"] <= LogLevel.info
+        site = make_site(BranchAPI(cluster).resource(), access_log=access_log)
         http = strports.service(options["endpoint"], site, reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

@@ -273,6 +273,10 @@ class BranchAPI:
             app, queue, request.method.decode("ascii"), raw_target(request),
             query, body, content_type, timeout,
         )
+        # The answer to a HEAD has no body: the Location names the task too.
+        request.setHeader(
+            b"Location", f"/{app}/query/{accepted['uuid']}/result/".encode("utf-8")
+        )
         return json_body(request, 202, accepted)
 
     @route("/<app>/query/<task_id>/state", ["GET"])
