@@ -662,6 +662,8 @@ class Supervisor(service.Service):
             for worker in self.workers.values():
                 worker.verified = None
             self.reconcile()
+            # Starting workers need no grace period: a pong is a pong.
+            self._poll_starting()
         else:
             self._broker_seen = True
             self.log.warn("broker connection lost: not judging workers meanwhile")

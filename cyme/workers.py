@@ -68,7 +68,7 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     ]
     if instance.pool == "prefork":
         argv.append(f"--autoscale={instance.max_concurrency},{instance.min_concurrency}")
-    else:
+    elif instance.pool != "solo":  # solo runs one task at a time, whatever -c says
         argv += ["-c", str(instance.max_concurrency)]
     argv += shlex.split(app.arguments) + shlex.split(instance.arguments)
     extra = {**app.extra_config, **instance.extra_config}
@@ -91,7 +91,7 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
             env[key] = os.environ[key]
     spec_parts = [broker.as_url(), instance.pool, app.arguments, instance.arguments,
                   json.dumps(extra, sort_keys=True)]
-    if instance.pool != "prefork":
+    if instance.pool not in ("prefork", "solo"):
         spec_parts.append(str(instance.max_concurrency))
     spec = hashlib.sha256("\0".join(spec_parts).encode("utf-8")).hexdigest()[:16]
     return argv, env, spec

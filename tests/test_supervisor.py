@@ -481,3 +481,23 @@ class RobustnessTests(SupervisorTestCase):
         self.add("w1")
         self.pump(5)
         self.assertEqual(len(self.reactor.live()), 1)
+
+
+class RevivalTests(SupervisorTestCase):
+    def test_a_worker_starting_when_the_broker_came_back_is_up_at_its_first_pong(self):
+        self.start(wait_after_broker_revived=30.0)
+        self.add()
+        self.control.set_connected(False)
+        self.pump(1)
+        self.control.set_connected(True)
+        self.control.up("w1@h")
+        self.pump(1)
+        self.assertEqual(self.state(), "running")
+
+    def test_autoscale_of_a_solo_worker_does_not_restart_it(self):
+        self.start()
+        self.add("w1", pool="solo")
+        first = self.boot()
+        self.add("w1", pool="solo", max_concurrency=4)
+        self.assertEqual(first.signals, [])
+        self.assertNotIn("-c", first.args)
