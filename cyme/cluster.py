@@ -20,12 +20,53 @@ import uuid
 import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from cyme import logs
 from cyme.bus import RemoteError
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.models import check_name
 from cyme.store import app_key, queue_key
+
+
+class Rounds:
+    """
+    Concurrent requests for the same listing share one broadcast.
+
+    A request joins the next round, never one already under way, so its
+    answer still reflects every change made before it arrived; under load
+    one broadcast per round trip serves every client waiting meanwhile.
+    """
+
+    def __init__(self, run):
+        self._run = run
+        self._running = set()
+        self._next = {}
+
+    def request(self, key):
+        d = defer.Deferred()
+        if key in self._running:
+            self._next.setdefault(key, []).append(d)
+        else:
+            self._start(key, [d])
+        return d
+
+    def _start(self, key, waiters):
+        self._running.add(key)
+        round_ = defer.ensureDeferred(self._run(key))
+
+        def done(result):
+            self._running.discard(key)
+            following = self._next.pop(key, None)
+            if following:
+                self._start(key, following)
+            for d in waiters:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+
+        round_.addBoth(done)
 
 
 @attrs.define
@@ -38,8 +79,10 @@ class ClusterOperations:
     rng: object = random.random
     log = Logger(observer=logs.observer)
     _pulling: set = attrs.field(factory=set)
+    _listings: object = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
+        self._listings = Rounds(self._list_everywhere)
         handlers = {
             "replica.merge": self._merge,
             "replica.dump": lambda args, sender: self.store.replica(),
@@ -180,6 +223,9 @@ class ClusterOperations:
 
     async def list_instances(self, app):
         await self.local.get_app(app)
+        return await self._listings.request(app)
+
+    async def _list_everywhere(self, app):
         results, errors, missing = await self.bus.broadcast(
             "instances.list", {"app": app}, self.call_timeout
         )

@@ -22,6 +22,10 @@ from cyme import logs
 READY_STATES = frozenset(["SUCCESS", "FAILURE", "REVOKED"])
 
 
+class JournalClosed(Exception):
+    """The journal was closed (the branch is stopping): nothing is written."""
+
+
 @attrs.define
 class TaskRecord:
     """What this branch knows of one task."""
@@ -103,6 +107,10 @@ class ResultJournal:
         Record C{state} (and C{fields}) for C{task_id}; a Deferred that
         fires once the line is on disk.
         """
+        if self._file is None:
+            # Closed: a result delivered while the branch stops stays
+            # unacknowledged in its queue, for the next start.
+            return defer.fail(JournalClosed(f"{self.path} is closed"))
         line = {"id": task_id, "state": state, "updated": self.clock.seconds(), **fields}
         encoded = json.dumps(line, separators=(",", ":")).encode("utf-8") + b"\n"
         d = defer.Deferred()

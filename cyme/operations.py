@@ -202,7 +202,14 @@ class LocalOperations:
     async def wait_task(self, app, task_id, timeout):
         """The task once it is ready; 504 after C{timeout} seconds."""
         await self.controller.app(app)
-        d = self._tasks().journal.when_ready(task_id)
+        tasks = self._tasks()
+        known = tasks.get(task_id)
+        if known is not None and known.fields.get("app") not in (None, app):
+            # Another app's task is unknown to this one (PENDING, as its
+            # state says): it never gets ready here.
+            d = defer.Deferred()
+        else:
+            d = tasks.journal.when_ready(task_id)
         timer = self.clock.callLater(timeout, d.cancel)
         try:
             record = await d

@@ -181,8 +181,18 @@ class BrokerLink:
         )
         # Acknowledged only once it is on disk: a crash before that leaves
         # the result in the queue for the next start.
-        d.addCallback(lambda _: message.ack())
+        d.addCallbacks(lambda _: message.ack(), self._not_recorded,
+                       errbackArgs=(task_id, status))
         return d
+
+    def _not_recorded(self, failure, task_id, status):
+        # Not acknowledged: the broker delivers it again once this channel
+        # is gone (the journal is closed while the branch stops; a write
+        # error was logged by the journal).
+        self.log.warn(
+            "result {status} of task {task_id} not recorded: {error}",
+            status=status, task_id=task_id, error=failure.getErrorMessage(),
+        )
 
 
 class TaskService(service.Service):

@@ -301,3 +301,22 @@ class ProtocolTests(ClusterTestCase):
         self.network.transports["b2"].receive(b'"not an envelope"')
         self.network.transports["b2"].receive(b'{"from": "b1", "v": 1, "type": "reply"}')
         self.assertEqual(self.request("b2", "GET", "/branches/").json, list(IDS))
+
+
+class ListingRoundsTests(ClusterTestCase):
+    def test_concurrent_listings_share_a_broadcast_yet_see_earlier_changes(self):
+        self.request("b1", "PUT", "/foo/")
+        client = self.branches["b1"].client
+        first = [client.request("GET", "/foo/instances/") for _ in range(5)]
+        self.clock.advance(0)
+        # Created after the first listings started: the later ones see it.
+        self.request("b2", "PUT", "/foo/instances/late/?branch=b3")
+        later = [client.request("GET", "/foo/instances/") for _ in range(5)]
+        self.network.sent.clear()
+        self.settle()
+        for d in first:
+            self.assertNotIn("late", self.successResultOf(d).json)
+        for d in later:
+            self.assertEqual(self.successResultOf(d).json, ["late"])
+        lists = [m for m in self.network.sent if m[2] == "instances.list"]
+        self.assertLessEqual(len(lists), 2)

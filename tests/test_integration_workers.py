@@ -2,9 +2,9 @@
 
 Every test starts ``twistd -n cyme-branch`` processes (the helpers of
 L{tests.test_daemon}) against the RabbitMQ on 127.0.0.1:5672, in a virtual
-host of their own (``cyme-it``, created with ``rabbitmqctl`` when it is
-missing) so that other branches and workers on the same broker neither see
-nor disturb them.  The tests are skipped, with the reason, only when nothing
+host of the run's own (``cyme-it-<pid>``, made with ``rabbitmqctl`` and
+deleted at exit) so that other branches, workers and test runs on the same
+broker neither see nor disturb them.  The tests are skipped, with the reason, only when nothing
 listens on 127.0.0.1:5672.
 
 Workers outlive their branch by design: every test ends by killing each
@@ -16,12 +16,17 @@ stop_app``) and always starts it again in a cleanup; it is in its own class,
 last in the module.
 """
 
+import atexit
+import json
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import uuid
 
+import treq
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
@@ -31,13 +36,17 @@ from cyme.workers import ProcessTable
 from tests.test_daemon import DaemonTestCase, deferred, free_port
 
 HOST, PORT = "127.0.0.1", 5672
-VHOST = "cyme-it"
+VHOST = "cyme-it"  # each run has its own: cyme-it-<pid of the run>
 RABBITMQCTL = shutil.which("rabbitmqctl")
 HOSTNAME = socket.gethostname()
 
 #: Seconds of the branch's supervisor tick and of its TERM → KILL escalation.
 INTERVAL = 1
 KILL_TIMEOUT = 3
+#: How long creating an instance waits for its worker's first pong.
+READY_TIMEOUT = 8
+#: The client's timeout of the calls that wait for a worker.
+SLOW = KILL_TIMEOUT + READY_TIMEOUT + 2
 
 processes = ProcessTable()
 
@@ -61,10 +70,12 @@ async def rabbitmqctl(*args):
 _vhost = None
 
 
-async def test_vhost():
+async def run_vhost():
     """
-    The virtual host the tests use: C{cyme-it} (made once per run), or
-    C{/} when there is no C{rabbitmqctl} to make it.
+    The virtual host of this run: C{cyme-it-<pid>}, made at the first use
+    and deleted at exit (and the ones of runs that died are deleted here),
+    so that concurrent runs on one broker never share a queue; C{/} when
+    there is no C{rabbitmqctl} to make it.
     """
     global _vhost
     if _vhost is not None:
@@ -75,15 +86,28 @@ async def test_vhost():
     code, out = await rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers")
     if code != 0:
         raise AssertionError(f"rabbitmqctl list_vhosts failed:\n{out}")
-    if VHOST not in out.split():
-        code, out = await rabbitmqctl("add_vhost", VHOST)
+    for name in out.split():
+        match = re.fullmatch(re.escape(VHOST) + r"-(\d+)", name)
+        if match and not processes.alive(int(match.group(1))):
+            await rabbitmqctl("delete_vhost", name)
+    vhost = f"{VHOST}-{os.getpid()}"
+    if vhost not in out.split():
+        code, out = await rabbitmqctl("add_vhost", vhost)
         if code != 0 and "already exists" not in out:
-            raise AssertionError(f"rabbitmqctl add_vhost {VHOST} failed:\n{out}")
-    code, out = await rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+            raise AssertionError(f"rabbitmqctl add_vhost {vhost} failed:\n{out}")
+        atexit.register(delete_vhost, vhost)
+    code, out = await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     if code != 0:
         raise AssertionError(f"rabbitmqctl set_permissions failed:\n{out}")
-    _vhost = VHOST
+    _vhost = vhost
     return _vhost
+
+
+def delete_vhost(vhost):
+    subprocess.run(
+        [RABBITMQCTL, "delete_vhost", vhost],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
+    )
 
 
 def broker_url(vhost):
@@ -137,6 +161,9 @@ class WorkerTestCase(DaemonTestCase):
         # Cleanups run last-in first-out: the branches (spawned later) are
         # killed first, so nothing restarts a worker killed here.
         self.addCleanup(lambda: defer.ensureDeferred(self.kill_leftovers()))
+        self.branches = 0
+        # "tasks" in this run's own virtual host; in the shared "/" (no
+        # rabbitmqctl) a name no other worker consumes.
         self.queue = "tasks" if RABBITMQCTL else f"tasks-{uuid.uuid4().hex[:8]}"
 
     # Processes
@@ -156,6 +183,18 @@ class WorkerTestCase(DaemonTestCase):
             if b"cyme.workerexec" in argv and any(marker in a for a in argv):
                 if processes.alive(int(entry)):
                     found.append(int(entry))
+        return found
+
+    def group(self, pgid):
+        """Live processes of process group C{pgid} (a worker and its pool)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.getpgid(int(entry)) == pgid and processes.alive(int(entry)):
+                        found.append(int(entry))
+                except OSError:
+                    pass
         return found
 
     async def kill_leftovers(self):
@@ -180,16 +219,28 @@ class WorkerTestCase(DaemonTestCase):
     async def start_branch(self, root=None, port=None, *options):
         root = root or self.path("root")
         port = port or free_port()
-        vhost = await test_vhost()
+        vhost = await run_vhost()
+        # Registered before the spawn, so it runs after the branch was reaped.
+        self.branches += 1
+        spawned = []
+        self.addCleanup(self.save_output, spawned, self.branches)
         process = self.twistd(
             f"127.0.0.1:{port}", "-i", "it", "-D", root,
             "-b", broker_url(vhost),
             "--sup-interval", str(INTERVAL),
             "--kill-timeout", str(KILL_TIMEOUT),
+            "--ready-timeout", str(READY_TIMEOUT),
             *options,
         )
+        spawned.append(process)
         await self.wait_ping(process, port)
         return Branch(process, root, port)
+
+    def save_output(self, spawned, number):
+        """Keep a branch's output in the test's directory, for post-mortems."""
+        for process in spawned:
+            with open(self.path(f"branch-{number}.log"), "w") as f:
+                f.write(process.describe())
 
     async def poll(self, probe, timeout, what, branch=None, interval=0.1):
         """
@@ -211,6 +262,22 @@ class WorkerTestCase(DaemonTestCase):
                 output = f"\nbranch:\n{branch.process.describe()}" if branch else ""
                 self.fail(f"{what}: not within {timeout} s (last: {last!r}){output}")
             await sleep(interval)
+
+    async def request(self, method, url, timeout=None, **kwargs):
+        """
+        L{DaemonTestCase.request}, with a longer client timeout for the
+        calls that wait on a worker (restart: the old one stops, up to the
+        kill timeout, then the new one answers, up to the ready timeout).
+        """
+        if timeout is None:
+            return await super().request(method, url, **kwargs)
+        response = await treq.request(method, url, pool=self.pool, timeout=timeout, **kwargs)
+        content = await treq.content(response)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"application/json"],
+            f"{method} {url}: {content[:200]!r}",
+        )
+        return response.code, json.loads(content)
 
     async def get_json(self, branch, path):
         return await self.request("GET", branch.url(path))
@@ -250,7 +317,8 @@ class WorkerTestCase(DaemonTestCase):
         self.assertIn(code, (200, 201))
         name = name or f"w{uuid.uuid4().hex[:10]}"
         code, instance = await self.request(
-            "PUT", branch.url(f"/{app}/instances/{name}/"), data=params or None
+            "PUT", branch.url(f"/{app}/instances/{name}/"), data=params or None,
+            timeout=SLOW,
         )
         self.assertEqual(code, 201, instance)
         self.assertEqual(instance["name"], name)
@@ -275,7 +343,7 @@ class WorkerTestCase(DaemonTestCase):
         return await self.poll(probe, timeout, f"{name} consuming {queue}", branch)
 
     async def echo(self, queue, args, timeout=15.0):
-        url = broker_url(await test_vhost())
+        url = broker_url(await run_vhost())
         return await threads.deferToThread(run_echo, url, queue, args, timeout)
 
     async def wait_gone(self, pid, timeout, what):
@@ -351,6 +419,11 @@ class WorkerTests(WorkerTestCase):
         stats = await self.stats(branch, name)
         self.assertEqual((stats or {}).get("pid"), shown["pid"])
         self.assertLess(reactor.seconds() - started, 5)
+        # Nothing of the killed worker is left: its pool children end too.
+        await self.poll(
+            lambda: defer.succeed(None if self.group(pid) else True),
+            3, f"the pool children of the killed worker {pid} gone", branch,
+        )
 
     @deferred
     async def test_sigstop_replaced(self):
@@ -363,22 +436,28 @@ class WorkerTests(WorkerTestCase):
         name, pid = instance["name"], instance["pid"]
         started = reactor.seconds()
         os.kill(pid, signal.SIGSTOP)
-        try:
-            shown = await self.wait_instance(
-                branch, name,
-                lambda i: i["state"] == "running" and i["pid"] not in (None, pid),
-                3 * INTERVAL + KILL_TIMEOUT + 5, "a new worker running after SIGSTOP",
-            )
-        finally:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except OSError:
-                pass
-        elapsed = reactor.seconds() - started
-        self.assertFalse(processes.alive(pid), "the stopped worker was not killed")
+        # SIGCONT in any case, so that the cleanup's SIGKILL is not the
+        # only way out (it works on a stopped process, but be clear).
+        self.addCleanup(self.signal_quietly, pid, signal.SIGCONT)
+        # Judged unresponsive within a tick or so (the ping round ends
+        # within half a tick), TERM ignored, KILL after the kill timeout.
+        bound = 3 * INTERVAL + KILL_TIMEOUT
+        await self.wait_gone(pid, bound + 2, f"the stopped worker {pid} killed")
+        killed = reactor.seconds() - started
+        shown = await self.wait_instance(
+            branch, name,
+            lambda i: i["state"] == "running" and i["pid"] not in (None, pid),
+            READY_TIMEOUT, "a new worker running after SIGSTOP",
+        )
         self.assertEqual(shown["restarts"], 1)
         self.assertIn("did not answer", shown["last_error"] or "")
-        self.assertLessEqual(elapsed, 3 * INTERVAL + KILL_TIMEOUT + 3)
+        self.assertLessEqual(killed, bound + 0.5)
+
+    def signal_quietly(self, pid, signum):
+        try:
+            os.kill(pid, signum)
+        except OSError:
+            pass
 
     @deferred
     async def test_delete(self):
@@ -459,7 +538,9 @@ class WorkerTests(WorkerTestCase):
         instance = await self.create(branch)
         name, pid = instance["name"], instance["pid"]
 
-        code, shown = await self.request("POST", branch.url(f"/foo/instances/{name}/restart/"))
+        code, shown = await self.request(
+            "POST", branch.url(f"/foo/instances/{name}/restart/"), timeout=SLOW
+        )
         self.assertEqual(code, 200, shown)
         self.assertEqual(shown["state"], "running", shown)
         self.assertNotIn(shown["pid"], (None, pid))
@@ -467,21 +548,23 @@ class WorkerTests(WorkerTestCase):
         pid = shown["pid"]
         self.assertTrue(processes.alive(pid))
 
-        code, shown = await self.request("POST", branch.url(f"/foo/instances/{name}/disable/"))
+        # Disabling answers once the worker is gone.
+        code, shown = await self.request(
+            "POST", branch.url(f"/foo/instances/{name}/disable/"), timeout=SLOW
+        )
         self.assertEqual(code, 200, shown)
         self.assertFalse(shown["is_enabled"])
-        shown = await self.wait_instance(
-            branch, name, lambda i: i["state"] == "stopped" and i["pid"] is None,
-            KILL_TIMEOUT + 3, f"{name} stopped",
-        )
-        await self.wait_gone(pid, 2, f"worker {pid} gone after disable")
+        self.assertEqual((shown["state"], shown["pid"]), ("stopped", None), shown)
+        await self.wait_gone(pid, 1, f"worker {pid} gone after disable")
         self.assertEqual(self.worker_processes(branch.instance_dir(name)), [])
         # It stays stopped: no tick starts it again.
         await sleep(INTERVAL + 0.5)
         shown = await self.show(branch, name)
         self.assertEqual((shown["state"], shown["pid"]), ("stopped", None))
 
-        code, shown = await self.request("POST", branch.url(f"/foo/instances/{name}/enable/"))
+        code, shown = await self.request(
+            "POST", branch.url(f"/foo/instances/{name}/enable/"), timeout=SLOW
+        )
         self.assertEqual(code, 200, shown)
         self.assertTrue(shown["is_enabled"])
         self.assertEqual(shown["state"], "running", shown)
@@ -489,8 +572,11 @@ class WorkerTests(WorkerTestCase):
         self.assertTrue(processes.alive(shown["pid"]))
 
 
-class BrokerRestartTests(WorkerTestCase):
-    """Last in the module: it stops and starts the broker."""
+class WorkersAfterBrokerRestartTests(WorkerTestCase):
+    """
+    Last in the module (trial runs classes in the order of their names): it
+    stops and starts the broker.
+    """
 
     timeout = 120
 
@@ -508,26 +594,42 @@ class BrokerRestartTests(WorkerTestCase):
         await self.consume(branch, first["name"], self.queue)
         await self.wait_consuming(branch, first["name"], self.queue)
 
+        # Whatever happens, the broker is started again.
         self.addCleanup(lambda: defer.ensureDeferred(self.start_broker()))
         code, out = await rabbitmqctl("stop_app")
         self.assertEqual(code, 0, out)
-        # Down: the workers are not judged, so not restarted.
-        await sleep(2 * INTERVAL)
+        down = reactor.seconds()
+
+        # While it is down a live query is a 503 (not a 500), and no
+        # worker is judged: a tick later both are still running as before.
+        async def unavailable():
+            code, body = await self.get_json(branch, f"/foo/instances/{first['name']}/queues/")
+            return body if code == 503 else None
+
+        body = await self.poll(unavailable, 5, "503 from live queues, broker down", branch)
+        self.assertIn("not connected", body["error"])
+        await sleep(INTERVAL + 0.2)
+        for instance in (first, second):
+            shown = await self.show(branch, instance["name"])
+            self.assertEqual((shown["pid"], shown["restarts"]), (instance["pid"], 0), shown)
+            self.assertTrue(processes.alive(instance["pid"]))
         await self.start_broker()
+        up = reactor.seconds()
 
         for instance in (first, second):
             name = instance["name"]
-            wanted = [f"dq.{name}"] + ([self.queue] if instance is first else [])
+            wanted = {f"dq.{name}"} | ({self.queue} if instance is first else set())
 
             async def consuming(name=name, wanted=wanted):
                 queues = await self.live_queues(branch, name)
-                return queues if queues is not None and set(wanted) <= set(queues) else None
+                return queues if queues is not None and wanted <= set(queues) else None
 
-            await self.poll(consuming, 30, f"{name} consuming {wanted} again", branch, 0.5)
+            await self.poll(consuming, 30, f"{name} consuming {wanted} again", branch, 0.2)
 
-        # After the revival grace period (5 s) the workers are judged again:
-        # still the same processes, never restarted.
-        await sleep(5 + 2 * INTERVAL)
+        # Past the revival grace period (5 s after the branch reconnected,
+        # which is soon after the port is back) the workers are judged
+        # again: still the same processes, never restarted.
+        await sleep(max(0, up + 5 + 2 * INTERVAL + 0.5 - reactor.seconds()))
         for instance in (first, second):
             shown = await self.show(branch, instance["name"])
             self.assertEqual(
@@ -536,15 +638,26 @@ class BrokerRestartTests(WorkerTestCase):
                 shown,
             )
         result = await self.echo(self.queue, ["after restart"])
+        self.assertEqual(result["args"], ["after restart"])
         self.assertEqual(result["hostname"], f"{first['name']}@{HOSTNAME}")
+        self.assertLess(up - down, 30)
 
     async def start_broker(self):
-        """C{rabbitmqctl start_app}, then wait for port 5672 to accept."""
-        code, out = await rabbitmqctl("start_app")
-        if code != 0:
-            raise AssertionError(f"rabbitmqctl start_app failed:\n{out}")
-        deadline = reactor.seconds() + 30
+        """
+        C{rabbitmqctl start_app} (retried: it can fail while the node is
+        still stopping), then wait for port 5672 to accept connections.
+        """
+        deadline = reactor.seconds() + 45
+        outputs = []
+        while True:
+            code, out = await rabbitmqctl("start_app")
+            outputs.append(f"start_app: exit {code}\n{out}")
+            if code == 0 or reactor.seconds() > deadline:
+                break
+            await sleep(1)
         while unreachable():
             if reactor.seconds() > deadline:
-                raise AssertionError(f"RabbitMQ not back on {HOST}:{PORT} after 30 s")
-            await sleep(0.2)
+                self.fail(
+                    f"RabbitMQ not back on {HOST}:{PORT}:\n" + "\n".join(outputs)
+                )
+            await sleep(0.1)

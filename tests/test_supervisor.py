@@ -501,3 +501,14 @@ class RevivalTests(SupervisorTestCase):
         self.add("w1", pool="solo", max_concurrency=4)
         self.assertEqual(first.signals, [])
         self.assertNotIn("-c", first.args)
+
+
+class RoundTests(SupervisorTestCase):
+    def test_worker_up_during_a_ping_round_is_not_judged(self):
+        self.store.put_instance(Instance("w1", "foo"))
+        supervisor = self.start(interval=1.0)
+        self.pump(0.5)  # the round's last ping (t=0.3) found no worker yet
+        self.control.up("w1@h")  # the start-up poll gets the first pong
+        self.pump(0.4)  # the round ends unanswered at t=0.7
+        worker = supervisor.workers["w1"]
+        self.assertEqual((worker.state, worker.pid, worker.restarts), ("running", 1001, 0))

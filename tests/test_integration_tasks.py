@@ -1,0 +1,893 @@
+"""Queued URLs end to end: real branches, real workers, a real HTTP target.
+
+Every test starts ``twistd -n --pidfile= cyme-branch`` processes (the
+helpers of L{tests.test_daemon}, each test with a ``--cluster`` of its own)
+on the RabbitMQ at 127.0.0.1:5672, in a virtual host of this run
+(``cyme-tasks-it-<pid>``, made with ``rabbitmqctl``, deleted at exit), and
+real ``celery worker`` instances (solo pool) consuming the declared queue
+C{tasks}.  Branch ids are unique per test, so that each test has result
+queues of its own, and the C{tasks} queue is deleted after each test.
+
+The target of the queued URLs is a Twisted HTTP server in the test process
+(L{Target}), on 127.0.0.1 and a port of its own, which records every
+request it gets (method, path, query arguments, headers, body) and answers
+per path: 200 text, 201 JSON, 404, 500, binary, slow, or held until the
+test releases it.
+
+The tests are skipped, with the reason, only when nothing listens on
+127.0.0.1:5672.  Branches are killed in the cleanups, then every worker of
+the test (workers outlive their branch by design), then the C{tasks} queue
+is deleted.  The broker restart test always starts RabbitMQ again in a
+cleanup.
+"""
+
+import atexit
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import treq
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest
+from twisted.web import resource, server
+
+from cyme.workers import ProcessTable
+from tests.test_daemon import DaemonTestCase, deferred, free_port
+
+HOST, PORT = "127.0.0.1", 5672
+VHOST = "cyme-tasks-it"  # each run has its own: cyme-tasks-it-<pid>
+RABBITMQCTL = shutil.which("rabbitmqctl")
+CURL = shutil.which("curl")
+QUEUE = "tasks"
+
+#: Seconds of the supervisor's tick and of a worker's TERM → KILL.
+INTERVAL = 1
+KILL_TIMEOUT = 3
+
+VERBS = ("HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "PATCH", "CONNECT")
+BINARY = bytes(range(256)) * 4
+JSON_BODY = '{"name": "Kramer", "tags": ["é", "\\u2603"], "n": 1.50}\n'.encode("utf-8")
+RESULT_KEYS = {"status_code", "url", "headers", "content", "encoding"}
+
+processes = ProcessTable()
+
+
+def unreachable():
+    try:
+        socket.create_connection((HOST, PORT), timeout=0.5).close()
+    except OSError as e:
+        return f"RabbitMQ is not reachable at {HOST}:{PORT}: {e}"
+    return None
+
+
+async def broker_back(timeout):
+    """
+    None once RabbitMQ accepts connections (within C{timeout} seconds: others
+    may be restarting it), else why not.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        reason = unreachable()
+        if reason is None or reactor.seconds() > deadline:
+            return reason
+        await sleep(0.5)
+
+
+def sleep(seconds):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def rabbitmqctl(*args):
+    """C{(exit code, output)} of C{rabbitmqctl args}."""
+    out, err, code = await getProcessOutputAndValue(RABBITMQCTL, list(args), env=os.environ)
+    return code, (out + err).decode("utf-8", "replace")
+
+
+_vhost = None
+
+
+async def run_vhost():
+    """
+    This run's virtual host, made at the first use and deleted at exit (the
+    ones of runs that died are deleted here); C{/} without C{rabbitmqctl}.
+    """
+    global _vhost
+    if _vhost is not None:
+        return _vhost
+    if RABBITMQCTL is None:
+        _vhost = "/"
+        return _vhost
+    code, out = await rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers")
+    if code != 0:
+        raise AssertionError(f"rabbitmqctl list_vhosts failed:\n{out}")
+    for name in out.split():
+        match = re.fullmatch(re.escape(VHOST) + r"-(\d+)", name)
+        if match and not processes.alive(int(match.group(1))):
+            await rabbitmqctl("delete_vhost", name)
+    vhost = f"{VHOST}-{os.getpid()}"
+    if vhost not in out.split():
+        code, out = await rabbitmqctl("add_vhost", vhost)
+        if code != 0 and "already exists" not in out:
+            raise AssertionError(f"rabbitmqctl add_vhost {vhost} failed:\n{out}")
+        atexit.register(delete_vhost, vhost)
+    code, out = await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    if code != 0:
+        raise AssertionError(f"rabbitmqctl set_permissions failed:\n{out}")
+    _vhost = vhost
+    return _vhost
+
+
+def delete_vhost(vhost):
+    subprocess.run(
+        [RABBITMQCTL, "delete_vhost", vhost],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
+    )
+
+
+def broker_url(vhost):
+    return f"amqp://guest:guest@{HOST}:{PORT}/{'%2F' if vhost == '/' else vhost}"
+
+
+def delete_queues(url, names):
+    """In a thread: delete C{names} on the broker (missing ones are fine)."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=5) as connection:
+        for name in names:
+            try:
+                connection.channel().queue_delete(name)
+            except Exception:
+                pass
+
+
+# The target of the queued URLs
+
+
+class Target(resource.Resource):
+    """
+    An HTTP server that records what it gets and answers per path:
+
+      - C{/text}: 200, UTF-8 text;
+      - C{/json}: 201, JSON;
+      - C{/missing}: 404; C{/error}: 500;
+      - C{/binary}: 200, L{BINARY} as application/octet-stream;
+      - C{/slow?delay=S}: 200 after S seconds (default 60);
+      - C{/block}: held until L{release} (answered at once after it);
+      - anything else: 200, C{"<METHOD> <path>"} as text.
+
+    Each request is recorded as a dict (C{method}, C{path}, C{args} as
+    lists of str, C{headers} lowercased, C{body} bytes) that gets C{done}
+    once its answer was written whole, or C{lost} if its connection went
+    first.
+    """
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+        self.calls = []
+        self.held = []
+        self.released = False
+        self.channels = []
+
+    # Serving
+
+    def render(self, request):
+        query = urlsplit(request.uri).query.decode("latin-1")
+        record = {
+            "method": request.method.decode("ascii"),
+            "path": request.path.decode("latin-1"),
+            "args": parse_qs(query, keep_blank_values=True),
+            "headers": {
+                name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+                for name, values in request.requestHeaders.getAllRawHeaders()
+            },
+            "body": request.content.read(),
+            "done": False,
+            "lost": False,
+        }
+        self.requests.append(record)
+        request.notifyFinish().addCallbacks(
+            lambda _: record.update(done=True), lambda _: record.update(lost=True)
+        )
+        path = record["path"]
+        if path == "/text":
+            return self.answer(request, 200, "text/plain; charset=utf-8",
+                               "hello, wörld".encode("utf-8"))
+        if path == "/json":
+            return self.answer(request, 201, "application/json",
+                               json.dumps({"created": True}).encode("ascii"))
+        if path == "/missing":
+            return self.answer(request, 404, "text/plain", b"no such thing")
+        if path == "/error":
+            return self.answer(request, 500, "text/plain", b"it broke")
+        if path == "/binary":
+            return self.answer(request, 200, "application/octet-stream", BINARY)
+        if path == "/slow":
+            delay = float(record["args"].get("delay", ["60"])[0])
+            self.later(request, delay, 200, b"slow and steady")
+            return server.NOT_DONE_YET
+        if path == "/block":
+            if self.released:
+                return self.answer(request, 200, "text/plain", b"released")
+            self.held.append(request)
+            return server.NOT_DONE_YET
+        text = f"{record['method']} {path}".encode("utf-8")
+        return self.answer(request, 200, "text/plain; charset=utf-8", text)
+
+    @staticmethod
+    def answer(request, code, content_type, body):
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", content_type.encode("ascii"))
+        return body
+
+    def later(self, request, delay, code, body):
+        def finish():
+            if not request._disconnected:
+                request.write(self.answer(request, code, "text/plain", body))
+                request.finish()
+
+        call = reactor.callLater(delay, finish)
+        self.calls.append(call)
+        request.notifyFinish().addBoth(lambda _: call.active() and call.cancel())
+
+    def release(self):
+        """Answer the held C{/block} requests, and every later one at once."""
+        self.released = True
+        held, self.held = self.held, []
+        for request in held:
+            if not request._disconnected:
+                request.write(self.answer(request, 200, "text/plain", b"released"))
+                request.finish()
+
+    # Looking at what came
+
+    def find(self, path=None, method=None):
+        return [
+            r for r in self.requests
+            if (path is None or r["path"] == path) and (method is None or r["method"] == method)
+        ]
+
+    # Life
+
+    def listen(self):
+        site = server.Site(self, timeout=None)
+        build = site.buildProtocol
+
+        def buildProtocol(addr):
+            channel = build(addr)
+            self.channels.append(channel)
+            return channel
+
+        site.buildProtocol = buildProtocol
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        return self.port.getHost().port
+
+    async def close(self):
+        for call in self.calls:
+            if call.active():
+                call.cancel()
+        await self.port.stopListening()
+        for channel in self.channels:
+            transport = getattr(channel, "transport", None)
+            if transport is not None and transport.connected:
+                transport.abortConnection()
+        await sleep(0.05)
+
+
+class Branch:
+    """A running branch: its id, process, root directory and URLs."""
+
+    def __init__(self, branch_id, process, root, port):
+        self.id = branch_id
+        self.process = process
+        self.root = root
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+
+    def url(self, path):
+        return self.base + path
+
+    def journal(self):
+        """The lines of the branch's results journal."""
+        try:
+            with open(os.path.join(self.root, "results.jsonl"), "rb") as f:
+                return [json.loads(line) for line in f]
+        except FileNotFoundError:
+            return []
+
+
+class TaskTestCase(DaemonTestCase):
+    timeout = 90
+
+    def setUp(self):
+        return defer.ensureDeferred(self.set_up())
+
+    async def set_up(self):
+        reason = await broker_back(20)
+        if reason:
+            raise SkipTest(reason)
+        # Cleanups run last-in first-out: these two run last, after the
+        # branches (spawned later) and the worker.pid workers were killed.
+        self.addCleanup(lambda: defer.ensureDeferred(self.delete_queues()))
+        self.addCleanup(lambda: defer.ensureDeferred(self.kill_leftovers()))
+        super().setUp()
+        self.spawned = []
+        self.addCleanup(self.save_output)
+        self.target = Target()
+        self.target_port = self.target.listen()
+        self.addCleanup(lambda: defer.ensureDeferred(self.target.close()))
+        # Branch ids of the test's own: its result queues are its own too.
+        self.tag = uuid.uuid4().hex[:6]
+
+    # Processes
+
+    def worker_processes(self):
+        """Pids of the live workers whose command line names this test's directory."""
+        marker = self.cwd.encode()
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"cyme.workerexec" in argv and any(marker in a for a in argv):
+                if processes.alive(int(entry)):
+                    found.append(int(entry))
+        return found
+
+    async def kill_leftovers(self):
+        """Kill every worker this test started (and its group); wait for them."""
+        deadline = reactor.seconds() + 5
+        while True:
+            pids = self.worker_processes()
+            if not pids:
+                return
+            for pid in pids:
+                for kill in (os.killpg, os.kill):
+                    try:
+                        kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            if reactor.seconds() > deadline:
+                self.fail(f"worker processes still alive after SIGKILL: {pids}")
+            await sleep(0.05)
+
+    async def delete_queues(self):
+        """No task of this test is left for the next one's workers."""
+        if _vhost is None or unreachable():
+            return
+        await threads.deferToThread(delete_queues, broker_url(_vhost), [QUEUE])
+
+    def save_output(self):
+        """Each branch's output in the test's directory, for post-mortems."""
+        for n, branch in enumerate(self.spawned):
+            with open(self.path(f"branch-{branch.id}-{n}.log"), "w") as f:
+                f.write(branch.process.describe())
+
+    def outputs(self):
+        return "".join(
+            f"\n--- branch {b.id}:\n{b.process.describe()[-4000:]}" for b in self.spawned
+        )
+
+    # Branches
+
+    async def start_branch(self, name, root=None, port=None):
+        branch_id = f"{name}-{self.tag}"
+        root = root or self.path(f"branch-{name}")
+        port = port or free_port()
+        vhost = await run_vhost()
+        process = self.twistd(
+            f"127.0.0.1:{port}", "-i", branch_id, "-D", root,
+            "-b", broker_url(vhost),
+            "--sup-interval", str(INTERVAL),
+            "--kill-timeout", str(KILL_TIMEOUT),
+        )
+        branch = Branch(branch_id, process, root, port)
+        self.spawned.append(branch)
+        await self.wait_ping(process, port)
+        return branch
+
+    async def restart_branch(self, branch):
+        """The same branch again: same id, root and port."""
+        name = branch.id.rsplit("-", 1)[0]
+        return await self.start_branch(name, branch.root, branch.port)
+
+    # HTTP
+
+    async def call(self, method, url, timeout=10, **kwargs):
+        """C{(code, JSON body or None for HEAD, headers)}; answers are JSON."""
+        response = await treq.request(method, url, pool=self.pool, timeout=timeout, **kwargs)
+        content = await treq.content(response)
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"application/json"],
+            f"{method} {url}: {response.code} {content[:300]!r}",
+        )
+        if method == "HEAD":
+            self.assertEqual(content, b"")
+            return response.code, None, response.headers
+        return response.code, json.loads(content), response.headers
+
+    async def ok(self, method, branch, path, expected=(200, 201), **kwargs):
+        code, body, _ = await self.call(method, branch.url(path), **kwargs)
+        self.assertIn(code, expected, f"{method} {path} on {branch.id}: {body}")
+        return body
+
+    async def poll(self, probe, timeout, what, interval=0.1):
+        """
+        Call C{probe} (a coroutine function or a plain one) until it returns
+        something other than None; that value.  Fails after C{timeout}
+        seconds with the last error and the branches' output.
+        """
+        deadline = reactor.seconds() + timeout
+        last = None
+        while True:
+            try:
+                value = probe()
+                if isinstance(value, defer.Deferred) or hasattr(value, "__await__"):
+                    value = await value
+            except Exception as e:
+                value, last = None, e
+            if value is not None:
+                return value
+            if reactor.seconds() > deadline:
+                self.fail(f"{what}: not within {timeout} s (last: {last!r}){self.outputs()}")
+            await sleep(interval)
+
+    def target_url(self, path, port=None):
+        return f"http://127.0.0.1:{port or self.target_port}{path}"
+
+    def queue_url(self, branch, target, app="foo", queue=QUEUE, query=""):
+        return branch.url(f"/{app}/queue/{queue}/{target}") + (f"?{query}" if query else "")
+
+    async def queue(self, branch, method, target, query="", expected=202, **kwargs):
+        """Queue C{method target}: the 202's body (the uuid from HEAD's header)."""
+        url = self.queue_url(branch, target, query=query)
+        code, body, headers = await self.call(method, url, **kwargs)
+        self.assertEqual(code, expected, f"{method} {url}: {body}")
+        location = headers.getRawHeaders(b"location")
+        if method == "HEAD":
+            # No body for HEAD: the task is found by its Location.
+            self.assertIsNotNone(location, f"HEAD {url}: no Location header")
+            task_id = location[0].decode("ascii").split("/")[3]
+            return {"uuid": task_id, "url": target, "queue": QUEUE, "method": "HEAD"}
+        self.assertEqual(set(body), {"uuid", "url", "queue", "method"}, body)
+        self.assertEqual((body["url"], body["queue"], body["method"]), (target, QUEUE, method))
+        self.assertEqual(len(body["uuid"]), 36)
+        self.assertEqual(location, [f"/foo/query/{body['uuid']}/result/".encode("ascii")])
+        return body
+
+    async def query(self, branch, task_id, what, expected=200, params="", app="foo"):
+        """C{GET /<app>/query/<uuid>/<what>/[?params]}: the body."""
+        url = branch.url(f"/{app}/query/{task_id}/{what}/") + (f"?{params}" if params else "")
+        code, body, _ = await self.call("GET", url)
+        self.assertEqual(code, expected, f"{what} of {task_id} on {branch.id}: {body}")
+        return body
+
+    async def wait(self, branch, task_id, timeout=20, state="SUCCESS"):
+        """C{…/wait/?timeout=}: the task once done, in C{state}."""
+        code, body, _ = await self.call(
+            "GET", branch.url(f"/foo/query/{task_id}/wait/?timeout={timeout}"),
+            timeout=timeout + 5,
+        )
+        self.assertEqual(code, 200, f"wait for {task_id} on {branch.id}: {body}{self.outputs()}")
+        self.assertEqual(body["uuid"], task_id)
+        self.assertEqual(body["state"], state, body)
+        return body
+
+    async def wait_result(self, branch, task_id, timeout=20, status_code=200):
+        """Wait for a SUCCESS with C{status_code}; its result."""
+        body = await self.wait(branch, task_id, timeout)
+        result = body["result"]
+        self.assertEqual(set(result), RESULT_KEYS, result)
+        self.assertEqual(result["status_code"], status_code, result)
+        return result
+
+    # Set-up through the API
+
+    async def declare(self, branch, app="foo"):
+        """C{PUT /<app>/} and C{PUT /<app>/queues/tasks/}."""
+        await self.ok("PUT", branch, f"/{app}/")
+        await self.ok("PUT", branch, f"/{app}/queues/{QUEUE}/")
+
+    async def create_worker(self, via, name=None, consume=True, **params):
+        """An instance with the solo pool, running (and consuming C{tasks})."""
+        name = name or f"w{uuid.uuid4().hex[:8]}"
+        code, instance, _ = await self.call(
+            "PUT", via.url(f"/foo/instances/{name}/"),
+            data={"pool": "solo", **params}, timeout=30,
+        )
+        self.assertIn(code, (200, 201), instance)
+        if instance["state"] != "running":
+            # Not up within the ready timeout (a busy machine, a broker
+            # restarted by someone else): it must come up all the same.
+            instance = await self.poll(
+                lambda: self.running(via, name), 30, f"{name} running"
+            )
+        if consume:
+            await self.ok("PUT", via, f"/foo/instances/{name}/queues/{QUEUE}/")
+
+            async def consuming():
+                code, queues, _ = await self.call(
+                    "GET", via.url(f"/foo/instances/{name}/queues/")
+                )
+                return queues if code == 200 and QUEUE in queues else None
+
+            await self.poll(consuming, 15, f"{name} consuming {QUEUE}", interval=0.2)
+        return instance
+
+    async def running(self, branch, name):
+        code, instance, _ = await self.call("GET", branch.url(f"/foo/instances/{name}/"))
+        if code == 200 and instance["state"] == "running" and instance["pid"]:
+            return instance
+        return None
+
+    async def one_branch(self):
+        """A branch with app C{foo}, queue C{tasks} and a worker consuming it."""
+        branch = await self.start_branch("a")
+        await self.declare(branch)
+        await self.create_worker(branch)
+        return branch
+
+
+class QueueTests(TaskTestCase):
+    @deferred
+    async def test_every_verb(self):
+        """
+        Every verb queued through the branch reaches the target as the same
+        verb, with the query data and the body (a form stays a form, a raw
+        body arrives byte for byte with its content type); wait, state and
+        result agree on a SUCCESS with the whole answer of the target.
+        """
+        branch = await self.one_branch()
+        form = {"username": ["George Costanza"], "company": ["Vandelay Industries"]}
+        bodies = {
+            "POST": ({"Content-Type": ["application/x-www-form-urlencoded"]},
+                     b"username=George+Costanza&company=Vandelay+Industries"),
+            "PUT": ({"Content-Type": ["application/json; charset=utf-8"]}, JSON_BODY),
+            "PATCH": ({"Content-Type": ["application/merge-patch+json"]}, JSON_BODY),
+            "DELETE": ({"Content-Type": ["application/octet-stream"]}, BINARY),
+        }
+        queued = {}
+        for verb in VERBS:
+            headers, data = bodies.get(verb, ({}, None))
+            queued[verb] = await self.queue(
+                branch, verb, self.target_url(f"/echo/{verb.lower()}"), "x=1&x=2&y=",
+                headers=headers, data=data,
+            )
+        # The seed's examples, as curl sends them.
+        seed = {}
+        if CURL:
+            out, err, code = await getProcessOutputAndValue(CURL, [
+                "-sS", self.queue_url(branch, self.target_url("/import_contacts"),
+                                      query="user=133"),
+            ])
+            self.assertEqual(code, 0, err)
+            seed["GET"] = json.loads(out)
+            out, err, code = await getProcessOutputAndValue(CURL, [
+                "-sS", "-X", "POST", self.queue_url(branch, self.target_url("/import_user")),
+                "-d", "username=George Costanza", "-d", "company=Vandelay Industries",
+            ])
+            self.assertEqual(code, 0, err)
+            seed["POST"] = json.loads(out)
+        # Each kind of answer of the target.
+        answers = {
+            path: await self.queue(branch, "GET", self.target_url(path))
+            for path in ("/text", "/json", "/binary")
+        }
+
+        for verb, accepted in queued.items():
+            task_id = accepted["uuid"]
+            result = await self.wait_result(branch, task_id)
+            self.assertEqual(await self.query(branch, task_id, "state"),
+                             {"uuid": task_id, "state": "SUCCESS"})
+            self.assertEqual(await self.query(branch, task_id, "result"),
+                             {"uuid": task_id, "state": "SUCCESS", "result": result})
+            if verb == "CONNECT":
+                # Authority form: the target sees host:port, nothing more.
+                self.assertEqual(result["url"], self.target_url("/echo/connect?x=1&x=2&y="))
+                continue
+            path = f"/echo/{verb.lower()}"
+            self.assertEqual(result["url"], self.target_url(f"{path}?x=1&x=2&y="))
+            self.assertEqual(result["headers"]["Content-Type"], "text/plain; charset=utf-8")
+            self.assertEqual(result["encoding"], "text")
+            self.assertEqual(result["content"], "" if verb == "HEAD" else f"{verb} {path}")
+            [got] = self.target.find(path)
+            self.assertEqual(got["method"], verb)
+            self.assertEqual(got["args"], {"x": ["1", "2"], "y": [""]})
+            if verb in bodies:
+                headers, data = bodies[verb]
+                self.assertEqual(got["headers"]["content-type"], headers["Content-Type"][0])
+                if verb == "POST":
+                    self.assertEqual(parse_qs(got["body"].decode("ascii")), form)
+                else:
+                    self.assertEqual(got["body"], data)
+            else:
+                self.assertEqual(got["body"], b"")
+                self.assertNotIn("content-type", got["headers"])
+        [connect] = self.target.find(method="CONNECT")
+        self.assertEqual(connect["path"], f"127.0.0.1:{self.target_port}")
+
+        for verb, accepted in seed.items():
+            result = await self.wait_result(branch, accepted["uuid"])
+            self.assertEqual(accepted["method"], verb)
+        if seed:
+            [contacts] = self.target.find("/import_contacts")
+            self.assertEqual((contacts["method"], contacts["args"]), ("GET", {"user": ["133"]}))
+            [user] = self.target.find("/import_user")
+            self.assertEqual(user["method"], "POST")
+            self.assertEqual(user["headers"]["content-type"], "application/x-www-form-urlencoded")
+            self.assertEqual(parse_qs(user["body"].decode("ascii")), form)
+
+        text = await self.wait_result(branch, answers["/text"]["uuid"])
+        self.assertEqual((text["content"], text["encoding"]), ("hello, wörld", "text"))
+        created = await self.wait_result(branch, answers["/json"]["uuid"], status_code=201)
+        self.assertEqual(json.loads(created["content"]), {"created": True})
+        self.assertEqual(created["headers"]["Content-Type"], "application/json")
+        binary = await self.wait_result(branch, answers["/binary"]["uuid"])
+        self.assertEqual(binary["encoding"], "base64")
+        self.assertEqual(base64.b64decode(binary["content"]), BINARY)
+        # Every task ran once.
+        self.assertEqual(len(self.target.requests), len(VERBS) + len(seed) + 3)
+
+    @deferred
+    async def test_failures_and_bad_requests(self):
+        """
+        404 and 500 answers are SUCCESS results with their status; a refused
+        connection is a FAILURE saying so; an unknown uuid is PENDING; a
+        wait on a task that does not finish is a 504; bad URLs, unknown
+        apps and queues are refused before anything is queued.
+        """
+        branch = await self.one_branch()
+        missing = await self.queue(branch, "GET", self.target_url("/missing"))
+        error = await self.queue(branch, "POST", self.target_url("/error"), data={"a": "b"})
+        closed = self.target_url("/nobody", port=free_port())
+        refused = await self.queue(branch, "GET", closed)
+
+        result = await self.wait_result(branch, missing["uuid"], status_code=404)
+        self.assertEqual(result["content"], "no such thing")
+        result = await self.wait_result(branch, error["uuid"], status_code=500)
+        self.assertEqual(result["content"], "it broke")
+        failed = await self.wait(branch, refused["uuid"], state="FAILURE")
+        self.assertEqual(failed["result"]["exc_type"], "WebhookError", failed)
+        self.assertIn(f"connection refused: {closed}", str(failed["result"]["exc_message"]))
+        self.assertIn("traceback", failed)
+        self.assertEqual(await self.query(branch, refused["uuid"], "state"),
+                         {"uuid": refused["uuid"], "state": "FAILURE"})
+        self.assertEqual(await self.query(branch, refused["uuid"], "result"), failed)
+
+        # Nobody knows this one.
+        unknown = str(uuid.uuid4())
+        self.assertEqual(await self.query(branch, unknown, "state"),
+                         {"uuid": unknown, "state": "PENDING"})
+        self.assertEqual(await self.query(branch, unknown, "result"),
+                         {"uuid": unknown, "state": "PENDING", "result": None})
+        # Nor does another app know foo's tasks.
+        await self.ok("PUT", branch, "/bar/")
+        done = missing["uuid"]
+        self.assertEqual(await self.query(branch, done, "state", app="bar"),
+                         {"uuid": done, "state": "PENDING"})
+        self.assertEqual(await self.query(branch, done, "result", app="bar"),
+                         {"uuid": done, "state": "PENDING", "result": None})
+        body = await self.query(branch, done, "wait", 504, "timeout=0.5", app="bar")
+        self.assertEqual((body["uuid"], body["state"]), (done, "PENDING"))
+
+        # A task that will not finish in time: the wait ends in a 504.
+        slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=60")
+        await self.poll(lambda: self.target.find("/slow") or None, 10, "the slow request")
+        started = reactor.seconds()
+        body = await self.query(branch, slow["uuid"], "wait", 504, "timeout=1")
+        self.assertLess(reactor.seconds() - started, 3)
+        self.assertIn("error", body)
+        self.assertEqual((body["uuid"], body["state"]), (slow["uuid"], "STARTED"))
+        self.assertEqual(await self.query(branch, slow["uuid"], "state"),
+                         {"uuid": slow["uuid"], "state": "STARTED"})
+        for bad in ("0", "301", "soon"):
+            body = await self.query(branch, slow["uuid"], "wait", 400, f"timeout={bad}")
+            self.assertEqual(body["field"], "timeout")
+
+        # Refused before they are queued.
+        before = len(self.target.requests)
+        for target in ("ftp://127.0.0.1/file", "file:///etc/passwd",
+                       self.target_url("/" + "x" * 5000)):
+            code, body, _ = await self.call("GET", self.queue_url(branch, target))
+            self.assertEqual(code, 400, body)
+            self.assertEqual(body["field"], "url")
+        code, body, _ = await self.call(
+            "GET", branch.url(f"/nosuchapp/queue/{QUEUE}/{self.target_url('/text')}")
+        )
+        self.assertEqual(code, 404, body)
+        code, body, _ = await self.call(
+            "GET", branch.url(f"/foo/queue/nosuchqueue/{self.target_url('/text')}")
+        )
+        self.assertEqual(code, 404, body)
+        code, body, _ = await self.call("GET", branch.url(f"/nosuchapp/query/{unknown}/state/"))
+        self.assertEqual(code, 404, body)
+        self.assertEqual(len(self.target.requests), before)
+
+
+class ClusterTaskTests(TaskTestCase):
+    @deferred
+    async def test_result_through_another_branch(self):
+        """
+        Two branches of one cluster: a task queued on one is answered
+        (state, result, wait) through the other, both ways.
+        """
+        a = await self.start_branch("a")
+        b = await self.start_branch("b")
+        ids = sorted([a.id, b.id])
+        for branch in (a, b):
+            await self.poll(
+                lambda branch=branch: self.listed(branch, ids), 15,
+                f"{branch.id} lists {ids}",
+            )
+        await self.declare(a)
+        self.assertEqual(await self.ok("GET", b, "/foo/queues/"), [QUEUE])
+        await self.create_worker(a, branch=b.id)
+
+        slow = await self.queue(a, "GET", self.target_url("/slow"), "delay=1")
+        self.assertIn(
+            (await self.query(b, slow["uuid"], "state"))["state"], ("PENDING", "STARTED")
+        )
+        # Waited for through b while it runs: answered when it is done.
+        result = await self.wait_result(b, slow["uuid"])
+        self.assertEqual(result["content"], "slow and steady")
+        self.assertEqual(await self.query(b, slow["uuid"], "state"),
+                         {"uuid": slow["uuid"], "state": "SUCCESS"})
+        self.assertEqual(await self.query(b, slow["uuid"], "result"),
+                         {"uuid": slow["uuid"], "state": "SUCCESS", "result": result})
+        # a published it, and keeps it.
+        self.assertIn(slow["uuid"], {line["id"] for line in a.journal()})
+        self.assertNotIn(slow["uuid"], {line["id"] for line in b.journal()})
+
+        # The other way round.
+        text = await self.queue(b, "PUT", self.target_url("/text"), data=b"hi",
+                                headers={"Content-Type": ["text/plain"]})
+        result = await self.wait_result(a, text["uuid"])
+        self.assertEqual(result["content"], "hello, wörld")
+        self.assertEqual(await self.query(a, text["uuid"], "result"),
+                         {"uuid": text["uuid"], "state": "SUCCESS", "result": result})
+        self.assertEqual(self.target.find("/text")[0]["body"], b"hi")
+
+        unknown = str(uuid.uuid4())
+        self.assertEqual(await self.query(b, unknown, "state"),
+                         {"uuid": unknown, "state": "PENDING"})
+        code, body, _ = await self.call(
+            "GET", b.url(f"/foo/query/{unknown}/wait/?timeout=1"), timeout=10
+        )
+        self.assertEqual(code, 504, body)
+
+    async def listed(self, branch, ids):
+        code, body, _ = await self.call("GET", branch.url("/branches/"))
+        return body if (code, body) == (200, ids) else None
+
+
+class RestartTests(TaskTestCase):
+    @deferred
+    async def test_branch_restarted(self):
+        """
+        A result is still answered after the branch restarted, and so is one
+        that came while the branch was down: it waited in the branch's
+        durable result queue.
+        """
+        branch = await self.one_branch()
+        done = await self.queue(branch, "GET", self.target_url("/text"))
+        result = await self.wait_result(branch, done["uuid"])
+        await self.stop(branch.process)
+        branch = await self.restart_branch(branch)
+        self.assertEqual(await self.query(branch, done["uuid"], "result"),
+                         {"uuid": done["uuid"], "state": "SUCCESS", "result": result})
+        self.assertEqual((await self.wait(branch, done["uuid"]))["result"], result)
+
+        # Queued, then the branch stops before the answer (1 s) comes.
+        slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=1")
+        await self.stop(branch.process)
+        await self.poll(
+            lambda: [r for r in self.target.find("/slow") if r["done"]] or None,
+            15, "the slow request answered",
+        )
+        await sleep(0.5)  # the worker sends the result to the broker
+        self.assertNotIn(
+            "SUCCESS", [l["state"] for l in branch.journal() if l["id"] == slow["uuid"]],
+            "the result came before the branch stopped",
+        )
+        branch = await self.restart_branch(branch)
+        result = await self.wait_result(branch, slow["uuid"], timeout=10)
+        self.assertEqual(result["content"], "slow and steady")
+        self.assertEqual(await self.query(branch, slow["uuid"], "state"),
+                         {"uuid": slow["uuid"], "state": "SUCCESS"})
+        self.assertEqual(len(self.target.find("/slow")), 1)
+        await self.stop(branch.process)
+
+
+class WorkerKilledTests(TaskTestCase):
+    @deferred
+    async def test_worker_killed_mid_task(self):
+        """
+        A worker killed with SIGKILL in the middle of a task: the task goes
+        back to the queue and another worker (or the restarted one) performs
+        it; it completes exactly once.
+        """
+        branch = await self.one_branch()
+        first = (await self.ok("GET", branch, "/foo/instances/"))[0]
+        task = await self.queue(branch, "POST", self.target_url("/block"), data={"n": "1"})
+        await self.poll(lambda: self.target.find("/block") or None, 15, "the task started")
+        # A second worker, idle, to take the task over.
+        await self.create_worker(branch)
+        pid = (await self.ok("GET", branch, f"/foo/instances/{first}/"))["pid"]
+        os.kill(pid, signal.SIGKILL)
+        [killed] = self.target.find("/block")
+        await self.poll(lambda: killed["lost"] or None, 10, "the killed worker's request lost")
+        self.target.release()
+
+        result = await self.wait_result(branch, task["uuid"], timeout=30)
+        self.assertEqual(result["content"], "released")
+        await self.poll(lambda: self.running(branch, first), 20, f"{first} running again")
+        await sleep(2 * INTERVAL)  # nothing else comes
+        runs = self.target.find("/block")
+        self.assertEqual(len(runs), 2, runs)
+        self.assertEqual([(r["lost"], r["done"]) for r in runs], [(True, False), (False, True)])
+        for run in runs:
+            self.assertEqual((run["method"], parse_qs(run["body"].decode())),
+                             ("POST", {"n": ["1"]}))
+        self.assertEqual(await self.query(branch, task["uuid"], "state"),
+                         {"uuid": task["uuid"], "state": "SUCCESS"})
+
+
+class ZBrokerRestartTests(TaskTestCase):
+    """Last in the module (trial runs classes by name): it restarts RabbitMQ."""
+
+    timeout = 120
+
+    @deferred
+    async def test_broker_restarted_with_tasks_queued(self):
+        """
+        Tasks queued where no worker consumes yet survive a restart of the
+        broker; a worker told to consume the queue afterwards performs them
+        all, and their results are answered.
+        """
+        if RABBITMQCTL is None:
+            raise SkipTest("rabbitmqctl is not installed: cannot restart the broker")
+        branch = await self.start_branch("a")
+        await self.declare(branch)
+        queued = [
+            await self.queue(branch, "GET", self.target_url(f"/echo/{n}"), f"n={n}")
+            for n in range(3)
+        ]
+        self.addCleanup(lambda: defer.ensureDeferred(self.start_broker()))
+        code, out = await rabbitmqctl("stop_app")
+        self.assertEqual(code, 0, out)
+        await self.start_broker()
+
+        await self.create_worker(branch)
+        for n, accepted in enumerate(queued):
+            result = await self.wait_result(branch, accepted["uuid"], timeout=30)
+            self.assertEqual(result["content"], f"GET /echo/{n}")
+            self.assertEqual(len(self.target.find(f"/echo/{n}")), 1)
+        # And a new one, published after the restart.
+        after = await self.queue(branch, "GET", self.target_url("/text"))
+        await self.wait_result(branch, after["uuid"])
+
+    async def start_broker(self):
+        """C{rabbitmqctl start_app}, then wait for port 5672 to accept."""
+        code, out = await rabbitmqctl("start_app")
+        if code != 0:
+            raise AssertionError(f"rabbitmqctl start_app failed:\n{out}")
+        deadline = reactor.seconds() + 30
+        while unreachable():
+            if reactor.seconds() > deadline:
+                raise AssertionError(f"RabbitMQ not back on {HOST}:{PORT} after 30 s")
+            await sleep(0.2)
