@@ -301,6 +301,18 @@ class ClusterOperations:
             {"op": op, "args": [app, name, *args], "kwargs": kwargs}, timeout,
         )
 
+    async def app_of_instance(self, name):
+        owner, peer = await self._owner(name)
+        if owner is None:
+            raise NotFound("instance", name)
+        if owner == self.branch_id:
+            return await self.local.app_of_instance(name)
+        known = [a for a, n in (peer.instances if peer is not None else []) if n == name]
+        if known:
+            return known[0]
+        return (await self.bus.call(owner, "instance.lookup", {"name": name},
+                                    self.call_timeout))["app"]
+
     async def get_instance(self, app, name):
         return await self._route("get_instance", app, name)
 

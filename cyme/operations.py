@@ -16,6 +16,7 @@ from cyme import __version__
 from twisted.internet import defer
 
 from cyme.errors import BadRequest, GatewayTimeout, NotFound, Unavailable
+from cyme.models import check_name
 
 
 def _json(record):
@@ -131,6 +132,10 @@ class LocalOperations:
 
     async def list_instances(self, app):
         return [i.name for i in await self.controller.instances(app)], []
+
+    async def app_of_instance(self, name):
+        """The app of instance C{name} (names are unique: no app needed)."""
+        return self.controller.store.get_instance(check_name(name, "instance")).app
 
     async def get_instance(self, app, name):
         return self.controller.describe(await self.controller.instance(app, name))

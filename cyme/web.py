@@ -206,6 +206,22 @@ class BranchAPI:
     async def get_instance(self, request, app, name):
         return json_body(request, 200, await self.ops.get_instance(app, name))
 
+    # The seed's walkthrough ends with DELETE /instances/<name>/: instance
+    # names are unique, so the app may be left out.
+
+    @_klein.route("/instances/<name>", methods=["GET"], strict_slashes=False,
+                  endpoint="get_instance_by_name")
+    async def get_instance_by_name(self, request, name):
+        app = await self.ops.app_of_instance(name)
+        return json_body(request, 200, await self.ops.get_instance(app, name))
+
+    @_klein.route("/instances/<name>", methods=["DELETE"], strict_slashes=False,
+                  endpoint="delete_instance_by_name")
+    async def delete_instance_by_name(self, request, name):
+        app = await self.ops.app_of_instance(name)
+        await self.ops.delete_instance(app, name)
+        return json_body(request, 200, {"ok": "ok"})
+
     @route("/<app>/instances/<name>", ["DELETE"])
     async def delete_instance(self, request, app, name):
         await self.ops.delete_instance(app, name)

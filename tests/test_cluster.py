@@ -320,3 +320,13 @@ class ListingRoundsTests(ClusterTestCase):
             self.assertEqual(self.successResultOf(d).json, ["late"])
         lists = [m for m in self.network.sent if m[2] == "instances.list"]
         self.assertLessEqual(len(lists), 2)
+
+
+class InstanceByNameClusterTests(ClusterTestCase):
+    def test_delete_by_name_through_another_branch(self):
+        self.request("b1", "PUT", "/foo/")
+        self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
+        self.assertEqual(self.request("b2", "GET", "/instances/w1/").json["branch"], "b3")
+        self.assertEqual(self.request("b2", "DELETE", "/instances/w1/").code, 200)
+        self.assertEqual(self.branches["b3"].store.instances(), [])
+        self.assertEqual(self.request("b1", "DELETE", "/instances/w1/").code, 404)

@@ -1071,3 +1071,21 @@ class TooLargeTests(SynchronousTestCase):
         self.assertEqual(response.code, 413)
         self.assertEqual(response.header("Content-Type"), "application/json")
         self.assertEqual(self.store.apps(), [])
+
+
+class InstanceByNameTests(SynchronousTestCase):
+    """The seed's DELETE /instances/<name>/: the app can be left out."""
+
+    def test_get_and_delete_without_the_app(self):
+        from cyme.testing import api_client
+
+        client, controller = api_client()
+        self.successResultOf(client.request("PUT", "/foo/"))
+        self.successResultOf(client.request("PUT", "/foo/instances/w1/"))
+        shown = self.successResultOf(client.request("GET", "/instances/w1/"))
+        self.assertEqual((shown.code, shown.json["app"]), (200, "foo"))
+        deleted = self.successResultOf(client.request("DELETE", "/instances/w1/"))
+        self.assertEqual(deleted.code, 200)
+        self.assertEqual(controller.store.instances(), [])
+        missing = self.successResultOf(client.request("DELETE", "/instances/w1"))
+        self.assertEqual(missing.code, 404)
