@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
-from cyme import logs
+from cyme import admin, logs
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
 from cyme.http import error_body, json_body, request_params
 from cyme.operations import wait_seconds
@@ -101,6 +101,15 @@ class BranchAPI:
     @route("/ping", ["GET"])
     def ping(self, request):
         return json_body(request, 200, {"ok": "pong"})
+
+    @route("/admin", ["GET"])
+    async def admin(self, request):
+        """The admin page: branches, apps and this branch's instances."""
+        local = getattr(self.ops, "local", self.ops)
+        page = await admin.render(self.ops, local.controller.branch_id)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return page
 
     @route("/metrics", ["GET"])
     def metrics(self, request):

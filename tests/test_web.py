@@ -1089,3 +1089,21 @@ class InstanceByNameTests(SynchronousTestCase):
         self.assertEqual(controller.store.instances(), [])
         missing = self.successResultOf(client.request("DELETE", "/instances/w1"))
         self.assertEqual(missing.code, 404)
+
+
+class AdminPageTests(SynchronousTestCase):
+    def test_admin_page_shows_apps_and_instances_escaped(self):
+        from cyme.testing import api_client
+
+        client, controller = api_client()
+        self.successResultOf(client.request("PUT", "/foo/", data={"hostname": "w1"}))
+        self.successResultOf(client.request("PUT", "/foo/queues/tasks/"))
+        self.successResultOf(client.request(
+            "PUT", "/foo/instances/w1/", data={"arguments": "--x"}))
+        response = self.successResultOf(client.request("GET", "/admin/"))
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.header("content-type").startswith("text/html"))
+        page = response.body.decode("utf-8")
+        for text in ("foo", "w1:5672/", "tasks", "<td>w1</td>"):
+            self.assertIn(text, page)
+        self.assertNotIn("<script", page)

@@ -1,0 +1,87 @@
+"""The admin page (``/admin/``): the branch and its cluster at a glance.
+
+One read-only HTML page, rendered on the server from the same operations
+as the API and refreshed every few seconds: the branches with their load,
+the apps with their brokers and queues, and this branch's instances with
+their live state.  Every value is escaped; changes go through the API.
+"""
+
+from html import escape
+
+from cyme import __version__
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 1.5em; }
+table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; }
+th { border-bottom: 1px solid #999; } tr:nth-child(even) { background: #f4f4f4; }
+.running { color: #070; } .offline, .quarantined, .unresponsive { color: #b00; }
+.starting, .stopping { color: #a60; } small { color: #666; }
+"""
+
+
+def _table(headers, rows):
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>" if rows else "<p><small>none</small></p>"
+
+
+def _state(value):
+    value = value or ""
+    return f'<span class="{escape(value)}">{escape(value)}</span>'
+
+
+async def render(ops, branch_id):
+    """The page, as bytes."""
+    branches = []
+    for bid in await ops.list_branches():
+        info = await ops.get_branch(bid)
+        load = info.get("load") or {}
+        url = info.get("url")
+        link = f'<a href="{escape(url)}admin/">{escape(url)}</a>' if url else ""
+        branches.append([
+            escape(bid) + (" <small>(this one)</small>" if bid == branch_id else ""),
+            link,
+            str(load.get("instances", len(info.get("instances", [])))),
+            escape(" ".join(f"{x:.2f}" for x in load.get("loadavg", []))),
+            escape(info.get("version") or ""),
+        ])
+    apps, instances = [], []
+    for name in (await ops.list_apps())[0]:
+        app = await ops.get_app(name)
+        broker = app["broker"]
+        queues, _ = await ops.list_queues(name)
+        apps.append([
+            escape(name),
+            escape(f"{broker['hostname']}:{broker['port']}{broker['virtual_host']}"),
+            escape(", ".join(queues)),
+        ])
+        local = getattr(ops, "local", ops)
+        for instance in local.controller.store.instances(name):
+            shown = local.controller.describe(instance)
+            instances.append([
+                escape(instance.name), escape(name), _state(shown.get("state")),
+                escape(str(shown.get("pid") or "")),
+                escape(", ".join(instance.queues)),
+                escape(f"{instance.min_concurrency}-{instance.max_concurrency}"),
+                escape(str(shown.get("restarts", 0))),
+                escape(shown.get("last_error") or ""),
+            ])
+    page = (
+        "<!doctype html><html><head><meta charset=utf-8>"
+        '<meta http-equiv="refresh" content="5">'
+        f"<title>cyme · {escape(branch_id)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>cyme branch {escape(branch_id)} <small>{escape(__version__)}</small></h1>"
+        "<h2>Branches</h2>"
+        + _table(["id", "url", "instances", "load", "version"], branches)
+        + "<h2>Apps</h2>"
+        + _table(["app", "broker", "queues"], apps)
+        + "<h2>Instances of this branch</h2>"
+        + _table(["name", "app", "state", "pid", "queues", "concurrency", "restarts",
+                  "last error"], instances)
+        + "<p><small>Read-only; change things through the HTTP API.</small></p>"
+        "</body></html>"
+    )
+    return page.encode("utf-8")
