@@ -145,11 +145,17 @@ class ResultJournal:
     # Reading
 
     def get(self, task_id):
-        return self.records.get(task_id)
+        """The task's record, or None (also once it is past the retention)."""
+        record = self.records.get(task_id)
+        if record is not None and record.updated < self.clock.seconds() - self.retention:
+            # Expired; the next compaction drops its lines.
+            del self.records[task_id]
+            return None
+        return record
 
     def when_ready(self, task_id):
         """A Deferred of the task's record once it is ready (or now)."""
-        record = self.records.get(task_id)
+        record = self.get(task_id)
         if record is not None and record.state in READY_STATES:
             return defer.succeed(record)
         d = defer.Deferred(lambda d: self._forget(task_id, d))

@@ -15,7 +15,7 @@ per path: 200 text, 201 JSON, 404, 500, binary, slow, or held until the
 test releases it.
 
 The tests are skipped, with the reason, only when nothing listens on
-127.0.0.1:5672.  Branches are killed in the cleanups, then every worker of
+127.0.0.1:5672 for 20 s (others may be restarting it).  Branches are killed in the cleanups, then every worker of
 the test (workers outlive their branch by design), then the C{tasks} queue
 is deleted.  The broker restart test always starts RabbitMQ again in a
 cleanup.
@@ -57,6 +57,10 @@ VERBS = ("HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "PATCH", "C
 BINARY = bytes(range(256)) * 4
 JSON_BODY = '{"name": "Kramer", "tags": ["é", "\\u2603"], "n": 1.50}\n'.encode("utf-8")
 RESULT_KEYS = {"status_code", "url", "headers", "content", "encoding"}
+#: The query string of a queued request; as the worker sends it on; as parsed.
+QUERY = "x=1&x=2&y=&name=George%20Costanza&u=%C3%A9%E2%98%83"
+FORWARDED = "x=1&x=2&y=&name=George+Costanza&u=%C3%A9%E2%98%83"
+ARGS = {"x": ["1", "2"], "y": [""], "name": ["George Costanza"], "u": ["é\u2603"]}
 
 processes = ProcessTable()
 
@@ -215,12 +219,12 @@ class Target(resource.Resource):
             return self.answer(request, 200, "application/octet-stream", BINARY)
         if path == "/slow":
             delay = float(record["args"].get("delay", ["60"])[0])
-            self.later(request, delay, 200, b"slow and steady")
+            self.later(request, record, delay, b"slow and steady")
             return server.NOT_DONE_YET
         if path == "/block":
             if self.released:
                 return self.answer(request, 200, "text/plain", b"released")
-            self.held.append(request)
+            self.held.append((request, record))
             return server.NOT_DONE_YET
         text = f"{record['method']} {path}".encode("utf-8")
         return self.answer(request, 200, "text/plain; charset=utf-8", text)
@@ -231,10 +235,10 @@ class Target(resource.Resource):
         request.setHeader(b"Content-Type", content_type.encode("ascii"))
         return body
 
-    def later(self, request, delay, code, body):
+    def later(self, request, record, delay, body):
         def finish():
-            if not request._disconnected:
-                request.write(self.answer(request, code, "text/plain", body))
+            if not record["lost"]:
+                request.write(self.answer(request, 200, "text/plain", body))
                 request.finish()
 
         call = reactor.callLater(delay, finish)
@@ -245,8 +249,8 @@ class Target(resource.Resource):
         """Answer the held C{/block} requests, and every later one at once."""
         self.released = True
         held, self.held = self.held, []
-        for request in held:
-            if not request._disconnected:
+        for request, record in held:
+            if not record["lost"]:
                 request.write(self.answer(request, 200, "text/plain", b"released"))
                 request.finish()
 
@@ -302,7 +306,8 @@ class Branch:
         """The lines of the branch's results journal."""
         try:
             with open(os.path.join(self.root, "results.jsonl"), "rb") as f:
-                return [json.loads(line) for line in f]
+                # A line being written may not be whole yet: not read.
+                return [json.loads(line) for line in f if line.endswith(b"\n")]
         except FileNotFoundError:
             return []
 
@@ -368,9 +373,18 @@ class TaskTestCase(DaemonTestCase):
 
     async def delete_queues(self):
         """No task of this test is left for the next one's workers."""
-        if _vhost is None or unreachable():
+        if _vhost is None:
             return
-        await threads.deferToThread(delete_queues, broker_url(_vhost), [QUEUE])
+        for attempt in range(3):
+            # Others may be restarting the broker: wait for it.
+            await broker_back(20)
+            try:
+                await threads.deferToThread(delete_queues, broker_url(_vhost), [QUEUE])
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                await sleep(1)
 
     def save_output(self):
         """Each branch's output in the test's directory, for post-mortems."""
@@ -385,7 +399,7 @@ class TaskTestCase(DaemonTestCase):
 
     # Branches
 
-    async def start_branch(self, name, root=None, port=None):
+    async def start_branch(self, name, root=None, port=None, *options):
         branch_id = f"{name}-{self.tag}"
         root = root or self.path(f"branch-{name}")
         port = port or free_port()
@@ -395,6 +409,7 @@ class TaskTestCase(DaemonTestCase):
             "-b", broker_url(vhost),
             "--sup-interval", str(INTERVAL),
             "--kill-timeout", str(KILL_TIMEOUT),
+            *options,
         )
         branch = Branch(branch_id, process, root, port)
         self.spawned.append(branch)
@@ -456,7 +471,8 @@ class TaskTestCase(DaemonTestCase):
     async def queue(self, branch, method, target, query="", expected=202, **kwargs):
         """Queue C{method target}: the 202's body (the uuid from HEAD's header)."""
         url = self.queue_url(branch, target, query=query)
-        code, body, headers = await self.call(method, url, **kwargs)
+        # The branch waits up to 10 s for a broker being restarted by others.
+        code, body, headers = await self.call(method, url, timeout=20, **kwargs)
         self.assertEqual(code, expected, f"{method} {url}: {body}")
         location = headers.getRawHeaders(b"location")
         if method == "HEAD":
@@ -565,7 +581,7 @@ class QueueTests(TaskTestCase):
         for verb in VERBS:
             headers, data = bodies.get(verb, ({}, None))
             queued[verb] = await self.queue(
-                branch, verb, self.target_url(f"/echo/{verb.lower()}"), "x=1&x=2&y=",
+                branch, verb, self.target_url(f"/echo/{verb.lower()}"), QUERY,
                 headers=headers, data=data,
             )
         # The seed's examples, as curl sends them.
@@ -598,16 +614,16 @@ class QueueTests(TaskTestCase):
                              {"uuid": task_id, "state": "SUCCESS", "result": result})
             if verb == "CONNECT":
                 # Authority form: the target sees host:port, nothing more.
-                self.assertEqual(result["url"], self.target_url("/echo/connect?x=1&x=2&y="))
+                self.assertEqual(result["url"], self.target_url(f"/echo/connect?{FORWARDED}"))
                 continue
             path = f"/echo/{verb.lower()}"
-            self.assertEqual(result["url"], self.target_url(f"{path}?x=1&x=2&y="))
+            self.assertEqual(result["url"], self.target_url(f"{path}?{FORWARDED}"))
             self.assertEqual(result["headers"]["Content-Type"], "text/plain; charset=utf-8")
             self.assertEqual(result["encoding"], "text")
             self.assertEqual(result["content"], "" if verb == "HEAD" else f"{verb} {path}")
             [got] = self.target.find(path)
             self.assertEqual(got["method"], verb)
-            self.assertEqual(got["args"], {"x": ["1", "2"], "y": [""]})
+            self.assertEqual(got["args"], ARGS)
             if verb in bodies:
                 headers, data = bodies[verb]
                 self.assertEqual(got["headers"]["content-type"], headers["Content-Type"][0])
@@ -656,6 +672,9 @@ class QueueTests(TaskTestCase):
         error = await self.queue(branch, "POST", self.target_url("/error"), data={"a": "b"})
         closed = self.target_url("/nobody", port=free_port())
         refused = await self.queue(branch, "GET", closed)
+        # A timeout of the request's own (the app's is 60 s).
+        late = await self.queue(branch, "GET", self.target_url("/slow"), "delay=5",
+                                headers={"Cyme-Timeout": ["1"]})
 
         result = await self.wait_result(branch, missing["uuid"], status_code=404)
         self.assertEqual(result["content"], "no such thing")
@@ -665,6 +684,9 @@ class QueueTests(TaskTestCase):
         self.assertEqual(failed["result"]["exc_type"], "WebhookError", failed)
         self.assertIn(f"connection refused: {closed}", str(failed["result"]["exc_message"]))
         self.assertIn("traceback", failed)
+        timed_out = await self.wait(branch, late["uuid"], state="FAILURE")
+        self.assertEqual(timed_out["result"]["exc_type"], "WebhookError", timed_out)
+        self.assertIn("timed out after 1 s", str(timed_out["result"]["exc_message"]))
         self.assertEqual(await self.query(branch, refused["uuid"], "state"),
                          {"uuid": refused["uuid"], "state": "FAILURE"})
         self.assertEqual(await self.query(branch, refused["uuid"], "result"), failed)
@@ -687,7 +709,10 @@ class QueueTests(TaskTestCase):
 
         # A task that will not finish in time: the wait ends in a 504.
         slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=60")
-        await self.poll(lambda: self.target.find("/slow") or None, 10, "the slow request")
+        await self.poll(
+            lambda: [r for r in self.target.find("/slow") if r["args"]["delay"] == ["60"]]
+            or None, 10, "the slow request",
+        )
         started = reactor.seconds()
         body = await self.query(branch, slow["uuid"], "wait", 504, "timeout=1")
         self.assertLess(reactor.seconds() - started, 3)
@@ -765,10 +790,17 @@ class ClusterTaskTests(TaskTestCase):
         unknown = str(uuid.uuid4())
         self.assertEqual(await self.query(b, unknown, "state"),
                          {"uuid": unknown, "state": "PENDING"})
-        code, body, _ = await self.call(
-            "GET", b.url(f"/foo/query/{unknown}/wait/?timeout=1"), timeout=10
-        )
-        self.assertEqual(code, 504, body)
+        body = await self.query(b, unknown, "wait", 504, "timeout=1")
+        self.assertEqual(body["state"], "PENDING")
+
+        # A wait through b for a task of a that does not finish in time.
+        slow = await self.queue(a, "GET", self.target_url("/slow"), "delay=60")
+        await self.poll(lambda: len(self.target.find("/slow")) == 2 or None, 10,
+                        "the second slow request")
+        started = reactor.seconds()
+        body = await self.query(b, slow["uuid"], "wait", 504, "timeout=1")
+        self.assertLess(reactor.seconds() - started, 3)
+        self.assertEqual((body["uuid"], body["state"]), (slow["uuid"], "STARTED"))
 
     async def listed(self, branch, ids):
         code, body, _ = await self.call("GET", branch.url("/branches/"))
@@ -792,8 +824,8 @@ class RestartTests(TaskTestCase):
                          {"uuid": done["uuid"], "state": "SUCCESS", "result": result})
         self.assertEqual((await self.wait(branch, done["uuid"]))["result"], result)
 
-        # Queued, then the branch stops before the answer (1 s) comes.
-        slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=1")
+        # Queued, then the branch stops before the answer (1.5 s) comes.
+        slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=1.5")
         await self.stop(branch.process)
         await self.poll(
             lambda: [r for r in self.target.find("/slow") if r["done"]] or None,
@@ -810,7 +842,24 @@ class RestartTests(TaskTestCase):
         self.assertEqual(await self.query(branch, slow["uuid"], "state"),
                          {"uuid": slow["uuid"], "state": "SUCCESS"})
         self.assertEqual(len(self.target.find("/slow")), 1)
-        await self.stop(branch.process)
+
+
+    @deferred
+    async def test_results_expire(self):
+        """Past C{--result-expires} a result is forgotten: PENDING again."""
+        branch = await self.start_branch("a", None, None, "--result-expires", "2")
+        await self.declare(branch)
+        await self.create_worker(branch)
+        done = await self.queue(branch, "GET", self.target_url("/text"))
+        await self.wait_result(branch, done["uuid"])
+        recorded = reactor.seconds()
+        self.assertEqual(await self.query(branch, done["uuid"], "state"),
+                         {"uuid": done["uuid"], "state": "SUCCESS"})
+        await sleep(max(0, recorded + 2.5 - reactor.seconds()))
+        self.assertEqual(await self.query(branch, done["uuid"], "result"),
+                         {"uuid": done["uuid"], "state": "PENDING", "result": None})
+        body = await self.query(branch, done["uuid"], "wait", 504, "timeout=0.2")
+        self.assertEqual(body["state"], "PENDING")
 
 
 class WorkerKilledTests(TaskTestCase):
@@ -861,7 +910,8 @@ class ZBrokerRestartTests(TaskTestCase):
         """
         if RABBITMQCTL is None:
             raise SkipTest("rabbitmqctl is not installed: cannot restart the broker")
-        branch = await self.start_branch("a")
+        # Workers are judged again 5 s after the broker came back (not 30).
+        branch = await self.start_branch("a", None, None, "--wait-after-broker-revived", "5")
         await self.declare(branch)
         queued = [
             await self.queue(branch, "GET", self.target_url(f"/echo/{n}"), f"n={n}")
@@ -871,6 +921,12 @@ class ZBrokerRestartTests(TaskTestCase):
         code, out = await rabbitmqctl("stop_app")
         self.assertEqual(code, 0, out)
         await self.start_broker()
+        # They waited in the durable queue through the restart.
+        code, out = await rabbitmqctl(
+            "list_queues", "-p", _vhost, "--quiet", "--no-table-headers", "name", "messages"
+        )
+        self.assertEqual(code, 0, out)
+        self.assertIn([QUEUE, "3"], [line.split() for line in out.splitlines()], out)
 
         await self.create_worker(branch)
         for n, accepted in enumerate(queued):
