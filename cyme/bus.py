@@ -445,8 +445,18 @@ class AMQPBusTransport:
         self._changed(True)
 
     def _setup_failed(self, failure, connection):
-        self.log.failure("cannot set up the bus (is branch id {branch} in use?)",
-                         failure, branch=self.branch_id)
+        code = getattr(failure.value, "reply_code", None)
+        if code == 405:
+            # RESOURCE_LOCKED: another process holds this branch's queue.
+            self.log.error(
+                "branch id {branch} is in use by another branch on this broker",
+                branch=self.branch_id,
+            )
+        elif not getattr(connection, "is_open", True):
+            self.log.warn("bus set-up interrupted: {error}", error=failure.getErrorMessage())
+            return
+        else:
+            self.log.failure("cannot set up the bus", failure)
         try:
             connection.abort()
         except Exception:

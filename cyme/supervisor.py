@@ -713,7 +713,9 @@ class Supervisor(service.Service):
             d.callback(worker.to_json())
 
     async def _ping_round(self):
-        if not self._can_judge():
+        # Pongs are taken whenever the broker is up; only judging the
+        # silent waits for the grace period after a revival.
+        if not self.control.connected:
             return
         watched = [
             w for w in self.workers.values()
@@ -772,7 +774,12 @@ class Supervisor(service.Service):
         if not starting or not self.running or not self.control.connected:
             return
         self._poll_busy = True
-        d = self._poll_d = defer.ensureDeferred(self._ping(starting, [0.05]))
+        # 50 ms rounds catch a quick start at once; a worker slow to answer
+        # (a loaded machine) gets longer rounds after its first seconds.
+        now = self.reactor.seconds()
+        oldest = min(now - (w.started_at or now) for w in starting)
+        timeout = 0.05 if oldest < 2.0 else 0.5
+        d = self._poll_d = defer.ensureDeferred(self._ping(starting, [timeout]))
         d.addErrback(self._background_failed, "_start-up ping")
         d.addCallback(self._poll_again)
 
