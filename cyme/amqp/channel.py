@@ -260,27 +260,11 @@ class Channel:
             "user_id": user_id,
             "app_id": app_id,
         }
-        fast = self._publish_now(exchange, routing_key, bytes(body), python_properties,
-                                 mandatory, timeout)
+        fast = self._publish_now(exchange, routing_key, bytes(body),
+                                 dict(python_properties), mandatory, timeout)
         if fast is not None:
             return fast
-        properties = to_spec(
-            {
-                "content_type": content_type,
-                "content_encoding": content_encoding,
-                "headers": headers,
-                "delivery_mode": delivery_mode,
-                "priority": priority,
-                "correlation_id": correlation_id,
-                "reply_to": reply_to,
-                "expiration": expiration,
-                "message_id": message_id,
-                "timestamp": timestamp,
-                "type": type,
-                "user_id": user_id,
-                "app_id": app_id,
-            }
-        )
+        properties = to_spec(python_properties)
         content = Content(bytes(body), properties=properties)
         d = maybeDeferred(
             self._raw.basic_publish,
