@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from cyme import __version__, logs
+from cyme.amqp.private import open_inbox
 from cyme.errors import CymeError, GatewayTimeout
 
 PROTOCOL_VERSION = 1
@@ -425,22 +426,13 @@ class AMQPBusTransport:
         d.addErrback(self._setup_failed, connection)
 
     async def _setup(self, connection):
-        channel = await connection.channel(timeout=10)
-        await channel.exchange_declare(
-            self.broadcast_exchange, "fanout", durable=False, auto_delete=False, timeout=10
-        )
-        await channel.exchange_declare(
-            self.direct_exchange, "direct", durable=False, auto_delete=False, timeout=10
-        )
-        queue = self.queue
         # Exclusive: a second branch with the same id is refused by the broker.
-        await channel.queue_declare(queue, exclusive=True, auto_delete=True, timeout=10)
-        await channel.queue_bind(queue, self.broadcast_exchange, routing_key="", timeout=10)
-        await channel.queue_bind(
-            queue, self.direct_exchange, routing_key=self.branch_id, timeout=10
+        self._channel = await open_inbox(
+            connection, self.queue,
+            exchanges=[(self.broadcast_exchange, "fanout"), (self.direct_exchange, "direct")],
+            bindings=[(self.broadcast_exchange, ""), (self.direct_exchange, self.branch_id)],
+            on_message=self._message, timeout=10,
         )
-        await channel.consume(queue, self._message, no_ack=True, exclusive=True, timeout=10)
-        self._channel = channel
         self.connected = True
         self._changed(True)
 

@@ -18,6 +18,7 @@ from zope.interface import implementer
 
 from cyme import logs
 from cyme.amqp import AMQPClientService, AMQPError, IBrokerListener
+from cyme.amqp.private import open_inbox
 from cyme.errors import Unavailable
 from cyme.interfaces import IControl
 
@@ -77,21 +78,14 @@ class PidboxControl:
         d.addErrback(self._setup_failed, connection)
 
     async def _setup(self, connection):
-        channel = await connection.channel(timeout=10)
-        # These exchanges are not durable: after a broker restart they are
-        # gone until somebody declares them, with exactly Celery's flags.
-        await channel.exchange_declare(
-            PIDBOX_EXCHANGE, "fanout", durable=False, auto_delete=False, timeout=10
+        # The pidbox exchanges are not durable: after a broker restart they
+        # are gone until somebody declares them, with exactly Celery's flags.
+        self._channel = await open_inbox(
+            connection, self._oid,
+            exchanges=[(PIDBOX_EXCHANGE, "fanout"), (REPLY_EXCHANGE, "direct")],
+            bindings=[(REPLY_EXCHANGE, self._oid)],
+            on_message=self._reply, timeout=10,
         )
-        await channel.exchange_declare(
-            REPLY_EXCHANGE, "direct", durable=False, auto_delete=False, timeout=10
-        )
-        declared = await channel.queue_declare(
-            self._oid, exclusive=True, auto_delete=True, timeout=10
-        )
-        await channel.queue_bind(declared.queue, REPLY_EXCHANGE, routing_key=self._oid, timeout=10)
-        await channel.consume(declared.queue, self._reply, no_ack=True, exclusive=True, timeout=10)
-        self._channel = channel
         self._set_connected(True)
 
     def _setup_failed(self, failure, connection):
