@@ -394,15 +394,15 @@ class ClusterTests(ClusterTestCase):
                 await self.get(node, f"/foo/instances/{name}/autoscale/"),
                 (200, {"max": 3, "min": 2}),
             )
-        # A solo pool has no autoscaler: its worker is restarted with the
-        # new concurrency (a prefork one would be scaled live).
+        # A solo pool runs one task at a time whatever its bounds say: the
+        # new bounds are stored and its worker is left alone.
         shown = await self.poll_get(
             a, f"/foo/instances/{name}/",
-            lambda code, body: code == 200 and body["state"] == "running"
-            and body["pid"] not in (None, pid) and processes.alive(body["pid"]),
-            10, f"{name} restarted with the new concurrency",
+            lambda code, body: code == 200 and body["state"] == "running",
+            10, f"{name} running",
         )
         self.assertEqual((shown["max_concurrency"], shown["min_concurrency"]), (3, 2))
+        self.assertEqual(shown["pid"], pid)
         pid = shown["pid"]
         stats = await self.poll_get(
             a, f"/foo/instances/{name}/stats/",
