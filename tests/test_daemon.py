@@ -93,6 +93,8 @@ class BranchProcess(protocol.ProcessProtocol):
 
 class DaemonTestCase(TestCase):
     timeout = 60
+    #: The client's timeout of a request that does not say otherwise.
+    http_timeout = 5
 
     def setUp(self):
         self.cwd = os.path.abspath(self.mktemp())
@@ -158,16 +160,30 @@ class DaemonTestCase(TestCase):
         self.assertIsNone(getattr(status, "signal", None), process.describe())
         return status.exitCode
 
-    async def request(self, method, url, **kwargs):
-        """C{(code, json body)}; every answer must be JSON."""
-        response = await treq.request(method, url, pool=self.pool, timeout=5, **kwargs)
+    async def call(self, method, url, timeout=None, **kwargs):
+        """
+        C{(code, JSON body, headers)} of a request, within C{timeout}
+        seconds (L{http_timeout} if None); every answer must be JSON (no
+        body at all for HEAD: None).
+        """
+        if timeout is None:
+            timeout = self.http_timeout
+        response = await treq.request(method, url, pool=self.pool, timeout=timeout, **kwargs)
         content = await treq.content(response)
         self.assertEqual(
             response.headers.getRawHeaders(b"content-type"),
             [b"application/json"],
-            f"{method} {url}: {content[:200]!r}",
+            f"{method} {url}: {response.code} {content[:300]!r}",
         )
-        return response.code, json.loads(content)
+        if method == "HEAD":
+            self.assertEqual(content, b"")
+            return response.code, None, response.headers
+        return response.code, json.loads(content), response.headers
+
+    async def request(self, method, url, timeout=None, **kwargs):
+        """C{(code, json body)}: L{call} without the headers."""
+        code, body, _ = await self.call(method, url, timeout, **kwargs)
+        return code, body
 
     async def wait_ping(self, process, port, timeout=START_TIMEOUT):
         """Poll C{GET /ping/} until the branch answers pong."""

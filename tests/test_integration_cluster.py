@@ -1,7 +1,7 @@
 """Three real branches on the real RabbitMQ, one cluster, driven over HTTP.
 
 Every test starts three ``twistd -n --pidfile= cyme-branch`` processes
-(a, b and c; the helpers of L{tests.test_daemon}) with the same
+(a, b and c; the helpers of L{tests.integration}) with the same
 ``--cluster`` name, one of the test's own, so that branches of other tests
 and of concurrent runs on the same broker never join it.  The workers are
 real ``celery worker`` processes with the solo pool (the quickest to start
@@ -14,237 +14,44 @@ asserted); the branches left, and every worker (which outlive their branch
 by design), are killed in the cleanups.
 """
 
-import json
 import os
-import signal
-import socket
 import uuid
 
-import treq
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest
+from twisted.internet import reactor
 
 from cyme import __version__
-from cyme.workers import ProcessTable
-from tests.test_daemon import DaemonTestCase, deferred, free_port
+from tests.integration import KILL_TIMEOUT, IntegrationTestCase, processes
+from tests.test_daemon import deferred, free_port
 
-HOST, PORT = "127.0.0.1", 5672
 IDS = ("a", "b", "c")
 
-#: Seconds of the supervisor's tick and of a worker's TERM → KILL.
-INTERVAL = 1
-KILL_TIMEOUT = 3
 #: Seconds a branch stays online without heartbeats (2 s beats, 3 missed).
 EXPIRY = 6.0
 
-processes = ProcessTable()
 
-
-def unreachable():
-    try:
-        socket.create_connection((HOST, PORT), timeout=0.5).close()
-    except OSError as e:
-        return f"RabbitMQ is not reachable at {HOST}:{PORT}: {e}"
-    return None
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-class Node:
-    """One running branch: its id, process, root directory, port and URLs."""
-
-    def __init__(self, branch_id, process, root, port, url):
-        self.id = branch_id
-        self.process = process
-        self.root = root
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.advertised = url
-
-    def url(self, path):
-        return self.base + path
-
-
-class ClusterTestCase(DaemonTestCase):
+class ClusterTestCase(IntegrationTestCase):
     timeout = 100
-
-    def setUp(self):
-        reason = unreachable()
-        if reason:
-            raise SkipTest(reason)
-        super().setUp()
-        self.spawned = []
-        self.addCleanup(self.save_output)
-        # Cleanups run last-in first-out: after the branches were killed
-        # (spawned later), and before kill_workers, which misses a worker
-        # that has not written its worker.pid yet.
-        self.addCleanup(lambda: defer.ensureDeferred(self.kill_leftovers()))
-
-    # Processes
-
-    def worker_processes(self):
-        """Pids of the live workers whose command line names this test's directory."""
-        marker = self.cwd.encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"cyme.workerexec" in argv and any(marker in a for a in argv):
-                if processes.alive(int(entry)):
-                    found.append(int(entry))
-        return found
-
-    async def kill_leftovers(self):
-        """Kill every worker this test started (and its group); wait for them."""
-        deadline = reactor.seconds() + 5
-        while True:
-            pids = self.worker_processes()
-            if not pids:
-                return
-            for pid in pids:
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            if reactor.seconds() > deadline:
-                self.fail(f"worker processes still alive after SIGKILL: {pids}")
-            await sleep(0.05)
-
-    # Branches
-
-    def spawn_branch(self, branch_id, root=None, port=None, url=None):
-        root = root or self.path(f"branch-{branch_id}")
-        port = port or free_port()
-        options = [
-            "-i", branch_id, "-D", root,
-            "--cluster", self.cluster,
-            "--sup-interval", str(INTERVAL),
-            "--kill-timeout", str(KILL_TIMEOUT),
-        ]
-        if url is not None:
-            options += ["--url", url]
-        process = self.twistd(f"127.0.0.1:{port}", *options)
-        self.spawned.append((branch_id, process))
-        return Node(branch_id, process, root, port, url or f"http://127.0.0.1:{port}/")
-
-    async def start_branch(self, branch_id, root=None, port=None, url=None):
-        node = self.spawn_branch(branch_id, root, port, url)
-        await self.wait_ping(node.process, node.port)
-        return node
+    http_timeout = 20
+    get_timeout = 10
+    whole_answers = True
 
     async def start_cluster(self):
         """Branches a, b and c (c with an explicit C{--url}), joined."""
         ports = {i: free_port() for i in IDS}
         urls = {"c": f"http://localhost:{ports['c']}/"}
         # Spawned together, so that they start side by side.
-        nodes = [self.spawn_branch(i, port=ports[i], url=urls.get(i)) for i in IDS]
+        nodes = [await self.spawn_branch(i, port=ports[i], url=urls.get(i)) for i in IDS]
         for node in nodes:
             await self.wait_ping(node.process, node.port)
         for node in nodes:
             await self.wait_branches(node, list(IDS), 10)
         return nodes
 
-    def save_output(self):
-        """Each branch's output in the test's directory, for post-mortems."""
-        for n, (branch_id, process) in enumerate(self.spawned):
-            with open(self.path(f"branch-{branch_id}-{n}.log"), "w") as f:
-                f.write(process.describe())
-
-    def outputs(self):
-        return "".join(
-            f"\n--- branch {branch_id}:\n{process.describe()[-4000:]}"
-            for branch_id, process in self.spawned
-        )
-
-    # HTTP
-
-    async def call(self, method, url, timeout=20, **kwargs):
-        """C{(code, json body, headers)} of a request; every answer is JSON."""
-        response = await treq.request(
-            method, url, pool=self.pool, timeout=timeout, **kwargs
-        )
-        content = await treq.content(response)
-        self.assertEqual(
-            response.headers.getRawHeaders(b"content-type"), [b"application/json"],
-            f"{method} {url}: {response.code} {content[:300]!r}",
-        )
-        return response.code, json.loads(content), response.headers
-
-    async def get(self, node, path):
-        code, body, _ = await self.call("GET", node.url(path), timeout=10)
-        return code, body
-
-    async def ok(self, method, node, path, expected=(200, 201), **kwargs):
-        """A request that must succeed completely: its body."""
-        code, body, headers = await self.call(method, node.url(path), **kwargs)
-        self.assertIn(code, expected, f"{method} {path} on {node.id}: {body}")
-        self.assertIsNone(
-            headers.getRawHeaders(b"cyme-missing-branches"),
-            f"{method} {path} on {node.id}: partial answer",
-        )
-        return body
-
-    async def poll(self, probe, timeout, what, interval=0.1):
-        """
-        Call the coroutine function C{probe} until it returns something
-        other than None; that value.  Fails after C{timeout} seconds with
-        the last value or error seen and the branches' output.
-        """
-        deadline = reactor.seconds() + timeout
-        last = None
-        while True:
-            try:
-                value = await probe()
-            except Exception as e:
-                value, last = None, e
-            else:
-                if value is not None:
-                    return value
-            if reactor.seconds() > deadline:
-                self.fail(
-                    f"{what}: not within {timeout} s (last: {last!r}){self.outputs()}"
-                )
-            await sleep(interval)
-
-    async def poll_get(self, node, path, check, timeout, what):
-        """Poll C{GET path} on C{node} until C{check(code, body)}; the body."""
-        seen = []
-
-        async def probe():
-            code, body = await self.get(node, path)
-            seen[:] = [(code, body)]
-            return body if check(code, body) else None
-
-        try:
-            return await self.poll(probe, timeout, what)
-        except self.failureException as e:
-            raise self.failureException(f"last answer: {seen}\n{e}") from None
-
     async def wait_branches(self, node, ids, timeout):
         return await self.poll_get(
             node, "/branches/", lambda code, body: (code, body) == (200, sorted(ids)),
             timeout, f"GET /branches/ on {node.id} is {sorted(ids)}",
         )
-
-    async def wait_gone(self, pid, timeout, what, directory=None):
-        """Wait for C{pid} to end (and C{directory} to be removed)."""
-        async def probe():
-            if processes.alive(pid):
-                return None
-            if directory is not None and os.path.exists(directory):
-                return None
-            return True
-
-        await self.poll(probe, timeout, what, interval=0.05)
 
     # Instances
 

@@ -1,7 +1,7 @@
 """Queued URLs end to end: real branches, real workers, a real HTTP target.
 
 Every test starts ``twistd -n --pidfile= cyme-branch`` processes (the
-helpers of L{tests.test_daemon}, each test with a ``--cluster`` of its own)
+helpers of L{tests.integration}, each test with a ``--cluster`` of its own)
 on the RabbitMQ at 127.0.0.1:5672, in a virtual host of this run
 (``cyme-tasks-it-<pid>``, made with ``rabbitmqctl``, deleted at exit), and
 real ``celery worker`` instances (solo pool) consuming the declared queue
@@ -21,37 +21,33 @@ is deleted.  The broker restart test always starts RabbitMQ again in a
 cleanup.
 """
 
-import atexit
 import base64
 import json
 import os
-import re
 import shutil
 import signal
-import socket
-import subprocess
 import uuid
 from urllib.parse import parse_qs, urlsplit
 
-import treq
 from twisted.internet import defer, reactor, threads
-from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest
 from twisted.web import resource, server
 
-from cyme.workers import ProcessTable
-from tests.test_daemon import DaemonTestCase, deferred, free_port
+from tests.integration import (
+    INTERVAL,
+    IntegrationTestCase,
+    broker_back,
+    broker_url,
+    made_vhost,
+    need_rabbitmqctl,
+    rabbitmqctl,
+    sleep,
+)
+from tests.test_daemon import deferred, free_port
 
-HOST, PORT = "127.0.0.1", 5672
 VHOST = "cyme-tasks-it"  # each run has its own: cyme-tasks-it-<pid>
-RABBITMQCTL = shutil.which("rabbitmqctl")
 CURL = shutil.which("curl")
 QUEUE = "tasks"
-
-#: Seconds of the supervisor's tick and of a worker's TERM → KILL.
-INTERVAL = 1
-KILL_TIMEOUT = 3
 
 VERBS = ("HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "PATCH", "CONNECT")
 BINARY = bytes(range(256)) * 4
@@ -61,84 +57,6 @@ RESULT_KEYS = {"status_code", "url", "headers", "content", "encoding"}
 QUERY = "x=1&x=2&y=&name=George%20Costanza&u=%C3%A9%E2%98%83"
 FORWARDED = "x=1&x=2&y=&name=George+Costanza&u=%C3%A9%E2%98%83"
 ARGS = {"x": ["1", "2"], "y": [""], "name": ["George Costanza"], "u": ["é\u2603"]}
-
-processes = ProcessTable()
-
-
-def unreachable():
-    try:
-        socket.create_connection((HOST, PORT), timeout=0.5).close()
-    except OSError as e:
-        return f"RabbitMQ is not reachable at {HOST}:{PORT}: {e}"
-    return None
-
-
-async def broker_back(timeout):
-    """
-    None once RabbitMQ accepts connections (within C{timeout} seconds: others
-    may be restarting it), else why not.
-    """
-    deadline = reactor.seconds() + timeout
-    while True:
-        reason = unreachable()
-        if reason is None or reactor.seconds() > deadline:
-            return reason
-        await sleep(0.5)
-
-
-def sleep(seconds):
-    return deferLater(reactor, seconds, lambda: None)
-
-
-async def rabbitmqctl(*args):
-    """C{(exit code, output)} of C{rabbitmqctl args}."""
-    out, err, code = await getProcessOutputAndValue(RABBITMQCTL, list(args), env=os.environ)
-    return code, (out + err).decode("utf-8", "replace")
-
-
-_vhost = None
-
-
-async def run_vhost():
-    """
-    This run's virtual host, made at the first use and deleted at exit (the
-    ones of runs that died are deleted here); C{/} without C{rabbitmqctl}.
-    """
-    global _vhost
-    if _vhost is not None:
-        return _vhost
-    if RABBITMQCTL is None:
-        _vhost = "/"
-        return _vhost
-    code, out = await rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers")
-    if code != 0:
-        raise AssertionError(f"rabbitmqctl list_vhosts failed:\n{out}")
-    for name in out.split():
-        match = re.fullmatch(re.escape(VHOST) + r"-(\d+)", name)
-        if match and not processes.alive(int(match.group(1))):
-            await rabbitmqctl("delete_vhost", name)
-    vhost = f"{VHOST}-{os.getpid()}"
-    if vhost not in out.split():
-        code, out = await rabbitmqctl("add_vhost", vhost)
-        if code != 0 and "already exists" not in out:
-            raise AssertionError(f"rabbitmqctl add_vhost {vhost} failed:\n{out}")
-        atexit.register(delete_vhost, vhost)
-    code, out = await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    if code != 0:
-        raise AssertionError(f"rabbitmqctl set_permissions failed:\n{out}")
-    _vhost = vhost
-    return _vhost
-
-
-def delete_vhost(vhost):
-    subprocess.run(
-        [RABBITMQCTL, "delete_vhost", vhost],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
-    )
-
-
-def broker_url(vhost):
-    return f"amqp://guest:guest@{HOST}:{PORT}/{'%2F' if vhost == '/' else vhost}"
 
 
 def delete_queues(url, names):
@@ -289,178 +207,50 @@ class Target(resource.Resource):
         await sleep(0.05)
 
 
-class Branch:
-    """A running branch: its id, process, root directory and URLs."""
-
-    def __init__(self, branch_id, process, root, port):
-        self.id = branch_id
-        self.process = process
-        self.root = root
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-
-    def url(self, path):
-        return self.base + path
-
-    def journal(self):
-        """The lines of the branch's results journal."""
-        try:
-            with open(os.path.join(self.root, "results.jsonl"), "rb") as f:
-                # A line being written may not be whole yet: not read.
-                return [json.loads(line) for line in f if line.endswith(b"\n")]
-        except FileNotFoundError:
-            return []
-
-
-class TaskTestCase(DaemonTestCase):
+class TaskTestCase(IntegrationTestCase):
     timeout = 90
-
-    def setUp(self):
-        return defer.ensureDeferred(self.set_up())
+    broker_wait = 20
+    vhost_prefix = VHOST
+    http_timeout = 10
 
     async def set_up(self):
-        reason = await broker_back(20)
-        if reason:
-            raise SkipTest(reason)
-        # Cleanups run last-in first-out: these two run last, after the
-        # branches (spawned later) and the worker.pid workers were killed.
-        self.addCleanup(lambda: defer.ensureDeferred(self.delete_queues()))
-        self.addCleanup(lambda: defer.ensureDeferred(self.kill_leftovers()))
-        super().setUp()
-        self.spawned = []
-        self.addCleanup(self.save_output)
+        await super().set_up()
         self.target = Target()
         self.target_port = self.target.listen()
         self.addCleanup(lambda: defer.ensureDeferred(self.target.close()))
         # Branch ids of the test's own: its result queues are its own too.
         self.tag = uuid.uuid4().hex[:6]
 
-    # Processes
-
-    def worker_processes(self):
-        """Pids of the live workers whose command line names this test's directory."""
-        marker = self.cwd.encode()
-        found = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if b"cyme.workerexec" in argv and any(marker in a for a in argv):
-                if processes.alive(int(entry)):
-                    found.append(int(entry))
-        return found
-
-    async def kill_leftovers(self):
-        """Kill every worker this test started (and its group); wait for them."""
-        deadline = reactor.seconds() + 5
-        while True:
-            pids = self.worker_processes()
-            if not pids:
-                return
-            for pid in pids:
-                for kill in (os.killpg, os.kill):
-                    try:
-                        kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            if reactor.seconds() > deadline:
-                self.fail(f"worker processes still alive after SIGKILL: {pids}")
-            await sleep(0.05)
-
-    async def delete_queues(self):
+    async def clear_broker(self):
         """No task of this test is left for the next one's workers."""
-        if _vhost is None:
+        vhost = made_vhost(VHOST)
+        if vhost is None:
             return
         for attempt in range(3):
             # Others may be restarting the broker: wait for it.
             await broker_back(20)
             try:
-                await threads.deferToThread(delete_queues, broker_url(_vhost), [QUEUE])
+                await threads.deferToThread(delete_queues, broker_url(vhost), [QUEUE])
                 return
             except Exception:
                 if attempt == 2:
                     raise
                 await sleep(1)
 
-    def save_output(self):
-        """Each branch's output in the test's directory, for post-mortems."""
-        for n, branch in enumerate(self.spawned):
-            with open(self.path(f"branch-{branch.id}-{n}.log"), "w") as f:
-                f.write(branch.process.describe())
-
-    def outputs(self):
-        return "".join(
-            f"\n--- branch {b.id}:\n{b.process.describe()[-4000:]}" for b in self.spawned
-        )
-
     # Branches
 
-    async def start_branch(self, name, root=None, port=None, *options):
-        branch_id = f"{name}-{self.tag}"
-        root = root or self.path(f"branch-{name}")
-        port = port or free_port()
-        vhost = await run_vhost()
-        process = self.twistd(
-            f"127.0.0.1:{port}", "-i", branch_id, "-D", root,
-            "-b", broker_url(vhost),
-            "--sup-interval", str(INTERVAL),
-            "--kill-timeout", str(KILL_TIMEOUT),
-            *options,
+    async def start_branch(self, name, *options, root=None, port=None):
+        """Branch C{name} of this test: its id is C{<name>-<the test's tag>}."""
+        return await super().start_branch(
+            f"{name}-{self.tag}", *options, root=root, port=port
         )
-        branch = Branch(branch_id, process, root, port)
-        self.spawned.append(branch)
-        await self.wait_ping(process, port)
-        return branch
 
     async def restart_branch(self, branch):
         """The same branch again: same id, root and port."""
         name = branch.id.rsplit("-", 1)[0]
-        return await self.start_branch(name, branch.root, branch.port)
+        return await self.start_branch(name, root=branch.root, port=branch.port)
 
     # HTTP
-
-    async def call(self, method, url, timeout=10, **kwargs):
-        """C{(code, JSON body or None for HEAD, headers)}; answers are JSON."""
-        response = await treq.request(method, url, pool=self.pool, timeout=timeout, **kwargs)
-        content = await treq.content(response)
-        self.assertEqual(
-            response.headers.getRawHeaders(b"content-type"), [b"application/json"],
-            f"{method} {url}: {response.code} {content[:300]!r}",
-        )
-        if method == "HEAD":
-            self.assertEqual(content, b"")
-            return response.code, None, response.headers
-        return response.code, json.loads(content), response.headers
-
-    async def ok(self, method, branch, path, expected=(200, 201), **kwargs):
-        code, body, _ = await self.call(method, branch.url(path), **kwargs)
-        self.assertIn(code, expected, f"{method} {path} on {branch.id}: {body}")
-        return body
-
-    async def poll(self, probe, timeout, what, interval=0.1):
-        """
-        Call C{probe} (a coroutine function or a plain one) until it returns
-        something other than None; that value.  Fails after C{timeout}
-        seconds with the last error and the branches' output.
-        """
-        deadline = reactor.seconds() + timeout
-        last = None
-        while True:
-            try:
-                value = probe()
-                if isinstance(value, defer.Deferred) or hasattr(value, "__await__"):
-                    value = await value
-            except Exception as e:
-                value, last = None, e
-            if value is not None:
-                return value
-            if reactor.seconds() > deadline:
-                self.fail(f"{what}: not within {timeout} s (last: {last!r}){self.outputs()}")
-            await sleep(interval)
 
     def target_url(self, path, port=None):
         return f"http://127.0.0.1:{port or self.target_port}{path}"
@@ -847,7 +637,7 @@ class RestartTests(TaskTestCase):
     @deferred
     async def test_results_expire(self):
         """Past C{--result-expires} a result is forgotten: PENDING again."""
-        branch = await self.start_branch("a", None, None, "--result-expires", "2")
+        branch = await self.start_branch("a", "--result-expires", "2")
         await self.declare(branch)
         await self.create_worker(branch)
         done = await self.queue(branch, "GET", self.target_url("/text"))
@@ -908,22 +698,19 @@ class ZBrokerRestartTests(TaskTestCase):
         broker; a worker told to consume the queue afterwards performs them
         all, and their results are answered.
         """
-        if RABBITMQCTL is None:
-            raise SkipTest("rabbitmqctl is not installed: cannot restart the broker")
+        need_rabbitmqctl()
         # Workers are judged again 5 s after the broker came back (not 30).
-        branch = await self.start_branch("a", None, None, "--wait-after-broker-revived", "5")
+        branch = await self.start_branch("a", "--wait-after-broker-revived", "5")
         await self.declare(branch)
         queued = [
             await self.queue(branch, "GET", self.target_url(f"/echo/{n}"), f"n={n}")
             for n in range(3)
         ]
-        self.addCleanup(lambda: defer.ensureDeferred(self.start_broker()))
-        code, out = await rabbitmqctl("stop_app")
-        self.assertEqual(code, 0, out)
+        await self.stop_broker()
         await self.start_broker()
         # They waited in the durable queue through the restart.
         code, out = await rabbitmqctl(
-            "list_queues", "-p", _vhost, "--quiet", "--no-table-headers", "name", "messages"
+            "list_queues", "-p", made_vhost(VHOST), "--quiet", "--no-table-headers", "name", "messages"
         )
         self.assertEqual(code, 0, out)
         self.assertIn([QUEUE, "3"], [line.split() for line in out.splitlines()], out)
@@ -936,14 +723,3 @@ class ZBrokerRestartTests(TaskTestCase):
         # And a new one, published after the restart.
         after = await self.queue(branch, "GET", self.target_url("/text"))
         await self.wait_result(branch, after["uuid"])
-
-    async def start_broker(self):
-        """C{rabbitmqctl start_app}, then wait for port 5672 to accept."""
-        code, out = await rabbitmqctl("start_app")
-        if code != 0:
-            raise AssertionError(f"rabbitmqctl start_app failed:\n{out}")
-        deadline = reactor.seconds() + 30
-        while unreachable():
-            if reactor.seconds() > deadline:
-                raise AssertionError(f"RabbitMQ not back on {HOST}:{PORT} after 30 s")
-            await sleep(0.2)
