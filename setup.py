@@ -29,6 +29,9 @@ setup(
         "attrs>=23.1",
         "service-identity>=24.1",
         "treq>=24.9",
+        # Workers forked by the fork server take their own names (ps, and
+        # the branch recognising them after a restart).
+        "setproctitle>=1.3",
     ],
     entry_points={
         "console_scripts": ["cyme-branch = cyme.script:main"],

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.errors import NotFound
+from cyme.launcher import ExecLauncher
 from cyme.workers import (
     LogTail,
     ProcessTable,
@@ -148,6 +149,7 @@ class Supervisor(service.Service):
         worker_loglevel="info",
         jitter=random.random,
         owns=lambda instance: True,
+        launcher=None,
     ):
         self.store = store
         self.control = control
@@ -169,6 +171,11 @@ class Supervisor(service.Service):
         self.worker_loglevel = worker_loglevel
         self.jitter = jitter
         self.owns = owns
+        # How workers are started: exec'd (default) or forked by the fork
+        # server; either tells us when its workers end.
+        self.launcher = launcher if launcher is not None else ExecLauncher(reactor)
+        if hasattr(self.launcher, "orphaned"):
+            self.launcher.orphaned = self._orphaned
         self.workers = {}
         self._loop = None
         self._pinging = None
@@ -177,8 +184,7 @@ class Supervisor(service.Service):
         self._soon = None
         self._judge_after = 0.0
         self._starting_poll = None
-        self._poll_busy = False
-        self._poll_d = None
+        self._poll_pings = set()
         self._broker_seen = bool(control.connected)
         self._ticks = 0
         control.add_connection_listener(self._broker_changed)
@@ -206,7 +212,7 @@ class Supervisor(service.Service):
         self._soon = None
         self._rerun.clear()
         pending = []
-        for check in (self._pinging, self._verifying, self._poll_d):
+        for check in (self._pinging, self._verifying, *self._poll_pings):
             if check is not None:
                 check.cancel()
         for worker in self.workers.values():
@@ -428,20 +434,16 @@ class Supervisor(service.Service):
         log_path = os.path.join(worker.directory, "worker.log")
         if worker.log_tail is None:
             worker.log_tail = LogTail(log_path)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            process = self.reactor.spawnProcess(
+            process = self.launcher.spawn(
                 WorkerProtocol(lambda reason: self._ended(worker, reason)),
-                argv[0], argv, env=env, path=worker.directory,
-                childFDs={0: "w", 1: log_fd, 2: log_fd},
+                argv, env, worker.directory, log_path,
             )
         except Exception as e:
             worker.last_error = f"cannot start: {e}"
             self.log.failure("{instance} cannot start", instance=worker.name)
             self._failed(worker, now, worker.last_error)
             return
-        finally:
-            os.close(log_fd)
         with open(os.path.join(worker.directory, "worker.spec"), "w") as f:
             f.write(spec)
         worker.process = process
@@ -639,6 +641,14 @@ class Supervisor(service.Service):
                 except NotFound:
                     pass
 
+    def _orphaned(self, pid):
+        """Worker C{pid} is nobody's child here any more: watch it by pid."""
+        for worker in self.workers.values():
+            if worker.pid == pid and worker.process is not None:
+                worker.process = None
+                if worker.state == STOPPING:
+                    self._watch_adopted(worker)
+
     def _check_adopted(self):
         for worker in list(self.workers.values()):
             if worker.adopted and worker.state != STOPPING:
@@ -759,34 +769,40 @@ class Supervisor(service.Service):
             self._failed(worker, self.reactor.seconds(), worker.last_error)
             self.reconcile()
 
-    def _poll_starting(self, delay=0.05):
-        """While workers start, ping them every 50 ms, not once a tick."""
-        if self._poll_busy or (self._starting_poll is not None and self._starting_poll.active()):
+    def _poll_starting(self, delay=0.02):
+        """
+        While workers start, ping them every 20 ms, not once a tick.
+
+        The pings overlap: one sent before a worker listens is lost, and the
+        next must not wait for its timeout.  After a worker's first two
+        seconds (a loaded machine), every 200 ms with longer timeouts.
+        """
+        if self._starting_poll is not None and self._starting_poll.active():
             return
         if self.running:
             self._starting_poll = self.reactor.callLater(delay, self._poll_starting_once)
 
     def _poll_starting_once(self):
         self._starting_poll = None
-        starting = [
-            w for w in self.workers.values() if w.state == STARTING and w.pid is not None
-        ]
+        starting = {
+            w.node: w for w in self.workers.values() if w.state == STARTING and w.pid is not None
+        }
         if not starting or not self.running or not self.control.connected:
             return
-        self._poll_busy = True
-        # 50 ms rounds catch a quick start at once; a worker slow to answer
-        # (a loaded machine) gets longer rounds after its first seconds.
         now = self.reactor.seconds()
-        oldest = min(now - (w.started_at or now) for w in starting)
-        timeout = 0.05 if oldest < 2.0 else 0.5
-        d = self._poll_d = defer.ensureDeferred(self._ping(starting, [timeout]))
+        young = min(now - (w.started_at or now) for w in starting.values()) < 2.0
+        d = self.control.ping(sorted(starting), 0.2 if young else 0.5)
+        self._poll_pings.add(d)
+        d.addCallback(self._starting_pongs, starting)
         d.addErrback(self._background_failed, "_start-up ping")
-        d.addCallback(self._poll_again)
+        d.addBoth(lambda _: self._poll_pings.discard(d))
+        self._poll_starting(0.02 if young else 0.2)
 
-    def _poll_again(self, _):
-        self._poll_busy = False
-        self._poll_d = None
-        self._poll_starting(0.01)
+    def _starting_pongs(self, replies, starting):
+        for node in replies:
+            worker = starting.get(node)
+            if worker is not None and self.workers.get(worker.name) is worker:
+                self._pong(worker)
 
     # Queues and autoscale
 

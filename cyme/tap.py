@@ -27,6 +27,7 @@ from cyme.controller import Controller
 from cyme.errors import BadRequest, StartupError
 from cyme.http import make_site
 from cyme.journal import ResultJournal
+from cyme.launcher import ExecLauncher, ForkServerLauncher
 from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
 from cyme.rootdir import RootDir
 from cyme.results import TaskService
@@ -82,6 +83,9 @@ class Options(usage.Options):
 
     optFlags = [
         ["without-http", None, "Do not serve the HTTP API."],
+        ["without-fork-server", None,
+         "Start every worker as a new Python process instead of forking it "
+         "from the fork server (which has Celery imported already)."],
         ["stop-workers-on-exit", None,
          "Stop the worker instances when the branch stops (by default they "
          "keep running and the next start adopts them)."],
@@ -330,7 +334,14 @@ def makeService(options):
     logs.set_level(options["log-level"])
     branch = BranchService(options["root"], options["branch-id"])
     control = ControlRouter(options["default-broker"].as_url(), reactor, parent=branch)
+    if options["without-fork-server"]:
+        launcher = ExecLauncher(reactor)
+    else:
+        # Added before the supervisor, so stopped after it.
+        launcher = ForkServerLauncher(reactor)
+        launcher.setServiceParent(branch)
     supervisor = Supervisor(
+        launcher=launcher,
         store=options["store"],
         control=control,
         reactor=reactor,

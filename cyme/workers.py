@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 
@@ -158,10 +159,15 @@ class ProcessTable:
             return False
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                cmdline = f.read()
         except OSError:
             return False
-        return node.encode("utf-8") in argv
+        # The node name as a whole word: an exec'd worker has it as one
+        # argument; a forked one, or one Celery renamed ("[celeryd:
+        # n@host:MainProcess]"), within its title.
+        return re.search(
+            rb"(^|[\0 \[])" + re.escape(node.encode("utf-8")) + rb"($|[\0 :\]])", cmdline
+        ) is not None
 
     def signal(self, pid, signum):
         try:

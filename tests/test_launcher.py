@@ -1,0 +1,140 @@
+"""Starting workers: through the fork server, or exec'd when it is not ready.
+
+The logic with a fake process reactor; then the real fork server forking
+real (broker-less, so forever connecting) Celery workers.
+"""
+
+import json
+import os
+import signal
+import sys
+
+from twisted.internet import defer, reactor
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from cyme.fakes import FakeProcessReactor
+from cyme.launcher import ForkServerLauncher
+from cyme.workers import ProcessTable
+
+
+class Recorder(ProcessProtocol):
+    def __init__(self):
+        self.ended = defer.Deferred()
+        self.transport = None
+
+    def makeConnection(self, transport):
+        self.transport = transport
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value)
+
+
+ARGV = [sys.executable, "-m", "cyme.workerexec", "-A", "cyme.tasks",
+        "-b", "amqp://guest:guest@127.0.0.1:1//", "worker", "-n", "w1@h", "-P", "solo"]
+
+
+class ForkServerLogicTests(SynchronousTestCase):
+    def setUp(self):
+        self.reactor = FakeProcessReactor()
+        self.launcher = ForkServerLauncher(self.reactor, python="/py")
+        self.orphans = []
+        self.launcher.orphaned = self.orphans.append
+        self.launcher.startService()
+        self.server = self.reactor.processes[0]
+        self.log = os.path.join(self.mktemp())
+
+    def say(self, message):
+        self.server.proto.outReceived(json.dumps(message).encode() + b"\n")
+
+    def test_the_server_is_started(self):
+        self.assertEqual(self.server.args, ["/py", "-m", "cyme.forkserver"])
+
+    def test_exec_until_a_standby_is_ready(self):
+        protocol = Recorder()
+        process = self.launcher.spawn(protocol, ARGV, {}, "/tmp", self.log)
+        self.assertEqual(process.args, ARGV)
+        self.assertEqual(len(self.reactor.processes), 2)
+
+    def test_forked_worker_has_the_standbys_pid_and_its_end_is_told(self):
+        self.say({"standby": 4242})
+        protocol = Recorder()
+        process = self.launcher.spawn(protocol, ARGV, {"X": "1"}, "/tmp", self.log)
+        self.assertEqual(process.pid, 4242)
+        self.assertIs(protocol.transport, process)
+        self.assertEqual(len(self.reactor.processes), 1)  # nothing exec'd
+        # The next spawn has no standby until the server says so.
+        other = self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        self.assertNotEqual(other.pid, 4242)
+        self.say({"exit": 4242, "status": None, "signal": 9})
+        reason = self.successResultOf(protocol.ended)
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertEqual(reason.signal, 9)
+
+    def test_clean_exit(self):
+        self.say({"standby": 7})
+        protocol = Recorder()
+        self.launcher.spawn(protocol, ARGV, {}, "/tmp", self.log)
+        self.say({"exit": 7, "status": 0, "signal": None})
+        self.assertIsInstance(self.successResultOf(protocol.ended), ProcessDone)
+
+    def test_eventlet_and_gevent_are_always_execd(self):
+        self.say({"standby": 7})
+        process = self.launcher.spawn(Recorder(), [*ARGV[:-1], "gevent"], {}, "/tmp", self.log)
+        self.assertNotEqual(process.pid, 7)
+
+    def test_workers_of_a_dead_server_are_orphans_and_it_restarts(self):
+        self.say({"standby": 7})
+        self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        self.server.exit(status=1)
+        self.assertEqual(self.orphans, [7])
+        self.reactor.advance(1.0)
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.launcher.stopService()
+
+
+class ForkServerTests(TestCase):
+    """The real fork server and real Celery workers (no broker needed)."""
+
+    timeout = 60
+
+    async def started(self):
+        launcher = ForkServerLauncher(reactor)
+        launcher.startService()
+        self.addCleanup(launcher.stopService)
+        for _ in range(300):
+            if launcher._standby is not None:
+                return launcher
+            await deferLater(reactor, 0.05, lambda: None)
+        self.fail("no standby from the fork server")
+
+    @defer.inlineCallbacks
+    def test_forks_a_named_worker_and_tells_its_end(self):
+        launcher = yield defer.ensureDeferred(self.started())
+        standby = launcher._standby
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        log = os.path.join(directory, "worker.log")
+        protocol = Recorder()
+        process = launcher.spawn(protocol, ARGV, {"PATH": os.environ["PATH"]}, directory, log)
+        self.assertEqual(process.pid, standby)
+        table = ProcessTable()
+        for _ in range(100):
+            if table.is_worker(process.pid, "w1@h"):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(table.is_worker(process.pid, "w1@h"))
+        self.assertEqual(os.getsid(process.pid), process.pid)  # its own session
+        # Its output goes to its log: the banner names its (unreachable) broker.
+        for _ in range(200):
+            with open(log, "rb") as f:
+                if b"amqp://guest:**@127.0.0.1:1//" in f.read():
+                    break
+            yield deferLater(reactor, 0.05, lambda: None)
+        with open(log, "rb") as f:
+            self.assertIn(b"amqp://guest:**@127.0.0.1:1//", f.read())
+        process.signalProcess("KILL")
+        reason = yield protocol.ended
+        self.assertEqual(reason.signal, signal.SIGKILL)
