@@ -1,6 +1,6 @@
 """Packaging for cyme, the Celery instance manager."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="cyme",
@@ -14,10 +14,10 @@ setup(
     # sys.path (a static .pth), which is where twistd looks for
     # twisted/plugins/; the import-hook finder would hide the plugin.
     package_dir={"": "."},
-    packages=find_packages(include=["cyme", "cyme.*"]) + ["twisted.plugins"],
+    packages=find_namespace_packages(include=["cyme", "cyme.*"]) + ["twisted.plugins"],
     package_data={
         "cyme": ["py.typed"],
-        "cyme.amqp": ["specs/*.xml"],
+        "cyme.amqp.specs": ["*.xml"],
         "twisted.plugins": ["cyme_plugin.py"],
     },
     include_package_data=True,
