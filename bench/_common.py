@@ -1,0 +1,493 @@
+"""Helpers shared by the benchmarks: a branch process, HTTP, cleanup, figures.
+
+Every benchmark starts its own ``cyme-branch`` on a free loopback port with
+a temporary root directory, and cleans up every process it started, even
+on Ctrl-C or when its time limit is hit: the branch (TERM, then KILL), the
+workers (they outlive the branch by design: ``os.killpg`` of the pids in
+``<root>/instances/*/worker.pid``) and, as a last sweep, any process whose
+command line names the temporary root (orphaned prefork children of a
+worker killed with ``kill -9``).
+"""
+
+import contextlib
+import http.client
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+BIN = os.path.dirname(sys.executable)
+CYME_BRANCH = os.path.join(BIN, "cyme-branch")
+CELERY = os.path.join(BIN, "celery")
+# A vhost of its own: other branches (and their cluster bus) and workers on
+# the same RabbitMQ stay out of the figures.  CYME_BENCH_BROKER overrides.
+VHOST = "cyme-bench"
+BROKER = os.environ.get(
+    "CYME_BENCH_BROKER", f"amqp://guest:guest@127.0.0.1:5672/{VHOST}"
+)
+HOSTNAME = socket.gethostname()
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+APP = "bench"
+
+
+class BenchTimeout(BaseException):
+    """The benchmark's overall time limit was hit (cleanup still runs)."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGINT: stop, clean up, exit."""
+
+
+def install_limits(seconds):
+    """
+    Bound the whole run to C{seconds} (SIGALRM) and turn SIGTERM/SIGINT
+    into an exception, so that the callers' C{finally} cleanup always runs.
+    """
+
+    def on_alarm(signum, frame):
+        raise BenchTimeout(f"time limit of {seconds:g} s reached")
+
+    def on_term(signum, frame):
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    signal.alarm(max(1, int(math.ceil(seconds))))
+
+
+def ensure_vhost():
+    """Create the bench's vhost with rabbitmqctl (idempotent) unless
+    CYME_BENCH_BROKER names the broker."""
+    if "CYME_BENCH_BROKER" in os.environ:
+        return
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise SystemExit(
+            f"rabbitmqctl not found: create the vhost {VHOST} (guest may use it), "
+            "or set CYME_BENCH_BROKER to an amqp:// URL"
+        )
+    for argv in ([ctl, "-q", "add_vhost", VHOST],
+                 [ctl, "-q", "set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*"]):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if done.returncode and "already_exists" not in done.stderr + done.stdout:
+            raise SystemExit(f"{' '.join(argv)} failed: {done.stderr or done.stdout}")
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def machine():
+    return (f"host {HOSTNAME}, {os.cpu_count()} CPUs, load {loadavg()}, "
+            f"broker {BROKER}")
+
+
+def run(main):
+    """Run a benchmark's C{main}; a signal or the time limit ends it with
+    one line (its cleanup has run by then)."""
+    try:
+        main()
+    except (Interrupted, BenchTimeout) as e:
+        print(f"stopped: {e} (every process started was cleaned up)", file=sys.stderr)
+        sys.exit(1)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tag():
+    """A short tag unique to this run: instance and node names must be
+    unique on the (shared) broker."""
+    return f"{os.getpid()}{int(time.time()) % 100000}"
+
+
+# Processes
+
+
+def pid_alive(pid):
+    """True while C{pid} exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def pids_mentioning(text):
+    """Pids of the processes whose command line contains C{text}."""
+    found = []
+    needle = text.encode()
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if needle in f.read():
+                    found.append(int(entry))
+        except OSError:
+            pass
+    return found
+
+
+def kill_group(pid, signum=signal.SIGKILL):
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signum)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+def sweep(text, pidfiles=(), timeout=10.0):
+    """
+    KILL the process groups named in C{pidfiles}, then every process whose
+    command line mentions C{text}; wait until they are gone.
+    """
+    for path in pidfiles:
+        try:
+            with open(path) as f:
+                pid = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        kill_group(pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids_mentioning(text) if pid_alive(p)]
+        if not left:
+            return []
+        for pid in left:
+            kill_group(pid)
+        if time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def read_pid(path):
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_seconds(pid):
+    """utime + stime of C{pid} in seconds (not its children)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    # fields[0] is field 3 (state): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return math.nan
+
+
+# The branch
+
+
+class Branch:
+    """One ``cyme-branch`` process on a free port with a temporary root."""
+
+    def __init__(self, name, *options, keep_root=False):
+        self.name = name
+        self.options = list(options)
+        self.tmp = tempfile.mkdtemp(prefix=f"cyme-bench-{name}-")
+        self.root = os.path.join(self.tmp, "root")
+        self.log_path = os.path.join(self.tmp, "branch.log")
+        self.port = free_port()
+        self.proc = None
+        self.keep_root = keep_root
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def start(self, timeout=30.0):
+        if not getattr(Branch, "_vhost_ready", False):
+            ensure_vhost()
+            Branch._vhost_ready = True
+        argv = [
+            CYME_BRANCH, f"127.0.0.1:{self.port}", "-i", f"bench-{self.name}",
+            "-D", self.root, "-b", BROKER, *self.options,
+        ]
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.tmp, env=env, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"branch exited:\n{self.log_tail()}")
+            try:
+                if self.request("GET", "/ping/", timeout=1)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"branch not answering after {timeout} s:\n{self.log_tail()}")
+            time.sleep(0.05)
+        return self
+
+    def broker_losses(self):
+        """How often the branch lost the broker so far (its log says so).
+
+        The broker may be shared (other people's tests restart it): a
+        sample during which this count changed is not a fair sample.
+        """
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return sum("lost AMQP broker" in line for line in f)
+        except OSError:
+            return 0
+
+    def up_after(self, pid):
+        """The branch's own spawn -> first pong time for worker C{pid}
+        (its log line "<name> is up (pid N) after X s"), or None."""
+        needle = f" is up (pid {pid}) after "
+        try:
+            with open(self.log_path, errors="replace") as f:
+                for line in f:
+                    if needle in line:
+                        return float(line.split(needle, 1)[1].split()[0])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    def log_tail(self, lines=40):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def request(self, method, path, params=None, timeout=30.0):
+        """C{(status, decoded JSON or text)} of one request on a new connection."""
+        body = None
+        headers = {}
+        if params:
+            body = urllib.parse.urlencode(params)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        if response.getheader("Content-Type", "").startswith("application/json"):
+            return response.status, json.loads(data)
+        return response.status, data.decode("utf-8", "replace")
+
+    def metrics(self):
+        status, text = self.request("GET", "/metrics")
+        if status != 200:
+            raise RuntimeError(f"/metrics answered {status}")
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                values[key] = float(value)
+        return values
+
+    def instance(self, name):
+        status, body = self.request("GET", f"/{APP}/instances/{name}/", timeout=5)
+        return body if status == 200 else None
+
+    def instance_dir(self, name):
+        return os.path.join(self.root, "instances", name)
+
+    def wait_gone(self, name, pids=(), timeout=30.0):
+        """
+        After a DELETE: wait until the instance's directory is removed and
+        C{pids} are dead; then KILL anything still running from its
+        directory (orphaned pool children of a worker killed with -9).
+        """
+        directory = self.instance_dir(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not os.path.exists(directory) and not any(pid_alive(p) for p in pids):
+                break
+            time.sleep(0.05)
+        else:
+            print(f"  warning: {name} not gone after {timeout:g} s", file=sys.stderr)
+        for pid in pids:
+            kill_group(pid)
+        sweep(directory + os.sep, timeout=5)
+
+    def stop(self, timeout=15.0):
+        """TERM the branch (KILL after C{timeout}), then KILL every worker."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        pidfiles = []
+        instances = os.path.join(self.root, "instances")
+        with contextlib.suppress(OSError):
+            for name in os.listdir(instances):
+                pidfiles.append(os.path.join(instances, name, "worker.pid"))
+        left = sweep(self.tmp + os.sep, pidfiles)
+        if left:
+            print(f"  warning: processes left: {left}", file=sys.stderr)
+        if not self.keep_root:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        else:
+            print(f"  branch files kept in {self.tmp}", file=sys.stderr)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def ensure_app(branch):
+    status, body = branch.request("PUT", f"/{APP}/")
+    if status not in (200, 201):
+        raise RuntimeError(f"cannot create app: {status} {body}")
+
+
+def undisturbed(branch, sample, *args, retries=3):
+    """
+    Run C{sample(*args)}; if the broker connection dropped meanwhile (or the
+    sample failed while it did), wait for the broker and run it again.
+    """
+    for attempt in range(retries + 1):
+        before = branch.broker_losses()
+        try:
+            result = sample(*args)
+            failure = None
+        except Exception as e:  # noqa: BLE001 - judged below
+            result, failure = None, e
+        if branch.broker_losses() == before:
+            if failure is not None:
+                raise failure
+            return result
+        print(f"  broker connection lost during the sample ({failure or 'no error'}):"
+              " waiting for the broker, then sampling again", file=sys.stderr)
+        wait_broker()
+        time.sleep(3)
+    raise RuntimeError(f"the broker kept going away ({retries} retries)")
+
+
+def wait_broker(timeout=120.0):
+    url = urllib.parse.urlparse(BROKER)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((url.hostname or "127.0.0.1", url.port or 5672), 1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"broker {url.hostname}:{url.port} not back after {timeout:g} s")
+
+
+# Celery, in the bench process only
+
+
+def celery_app():
+    """A Celery app on the bench broker, connected once up front."""
+    from celery import Celery
+
+    app = Celery("cyme-bench", broker=BROKER)
+    app.conf.broker_connection_retry_on_startup = True
+    app.bench_connection = None
+    wait_pong(app, f"nobody-{tag()}@{HOSTNAME}", 0.05, 0.01)
+    return app
+
+
+def ping(app, node, timeout):
+    """C{app.control.ping} to C{node} on the app's one kept connection
+    (made again after the broker went away)."""
+    if getattr(app, "bench_connection", None) is None:
+        conn = app.connection_for_write()
+        conn.ensure_connection(max_retries=3)
+        app.bench_connection = conn
+    try:
+        return app.control.ping(
+            destination=[node], timeout=timeout, connection=app.bench_connection
+        )
+    except Exception:
+        with contextlib.suppress(Exception):
+            app.bench_connection.close()
+        app.bench_connection = None
+        raise
+
+
+def wait_pong(app, node, timeout, interval=0.05):
+    """Ping C{node} every C{interval} s until it answers; the time it did, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if ping(app, node, interval):
+                return time.monotonic()
+        except Exception as e:  # noqa: BLE001 - the broker went away: reconnect
+            print(f"  ping failed ({e!r}): reconnecting", file=sys.stderr)
+            time.sleep(0.5)
+    return None
+
+
+# Figures
+
+
+def median(values):
+    values = sorted(values)
+    if not values:
+        return math.nan
+    n = len(values)
+    mid = n // 2
+    return values[mid] if n % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def p90(values):
+    """Nearest-rank 90th percentile."""
+    values = sorted(values)
+    if not values:
+        return math.nan
+    return values[max(0, math.ceil(0.9 * len(values)) - 1)]
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def table(header, rows):
+    """Print C{rows} (lists of str) under C{header} in aligned columns."""
+    rows = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    for n, row in enumerate(rows):
+        print("  " + "  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  " + "  ".join("-" * w for w in widths))
