@@ -65,6 +65,13 @@ def address_to_endpoint(address):
     return f"tcp:{port}"
 
 
+# The workers log at the branch's level, in Celery's words.
+CELERY_LEVELS = {
+    "debug": "DEBUG", "info": "INFO", "warn": "WARNING", "error": "ERROR",
+    "critical": "CRITICAL",
+}
+
+
 class StartupFailed(usage.UsageError):
     """
     The command line is fine but the branch cannot start here (its root
@@ -350,7 +357,7 @@ def makeService(options):
         kill_timeout=options["kill-timeout"],
         wait_after_broker_revived=options["wait-after-broker-revived"],
         stop_workers_on_exit=options["stop-workers-on-exit"],
-        worker_loglevel=options["loglevel"].lower(),
+        worker_loglevel=CELERY_LEVELS[options["log-level"].name],
     )
     supervisor.setServiceParent(branch)
     controller = Controller(

@@ -366,3 +366,15 @@ class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
         options = self.parse(["-l", "error", "-D", self.root_path()])
         tap.makeService(options)
         self.assertEqual(logs._predicate.defaultLogLevel, LogLevel.error)
+
+
+class WorkerLogLevelTests(SynchronousTestCase):
+    def test_every_branch_level_is_a_celery_level(self):
+        from cyme.logs import LEVELS, parse_level
+        from cyme.tap import CELERY_LEVELS
+
+        for name in (*LEVELS, "warning"):
+            self.assertIn(
+                CELERY_LEVELS[parse_level(name).name],
+                ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+            )
