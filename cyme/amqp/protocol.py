@@ -433,6 +433,19 @@ class AMQPProtocol(AMQClient):
             super().frame_received(frame)
 
     def process_frame(self, frame: Frame) -> Any:
+        # Publisher confirms come back one per message: settle them here,
+        # not through txAMQP's per-frame dispatch (a generator, a queue and
+        # a delegate lookup for two integers).
+        payload = frame.payload
+        if isinstance(payload, Method) and payload.method.klass.name == "basic":
+            name = payload.method.name
+            channel = self.channels.get(frame.channel)
+            if name in ("ack", "nack") and channel is not None and channel.confirms is not None:
+                if self.heartbeatInterval > 0:
+                    self.reschedule_check_heartbeat()
+                settle = channel.confirms.ack if name == "ack" else channel.confirms.nack
+                settle(payload.args[0], payload.args[1])
+                return succeed(None)
         # txAMQP would conjure up a channel for any id; a frame for a channel
         # we have released belongs to a conversation that is over.
         if frame.channel and frame.channel not in self.channels:
