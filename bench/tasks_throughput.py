@@ -87,23 +87,35 @@ def _ms(text):
 
 
 def cyme_end_to_end(branch, queue, target_port, count):
-    path = f"/{c.APP}/queue/{queue}/http://127.0.0.1:{target_port}/x"
+    """Queue C{count} tasks over HTTP (16 clients), then await every result.
 
-    def one(_):
-        conn = http.client.HTTPConnection("127.0.0.1", branch.port, timeout=60)
-        try:
-            conn.request("GET", path)
-            accepted = json.loads(conn.getresponse().read())
-            conn.request("GET", f"/{c.APP}/query/{accepted['uuid']}/wait/?timeout=120")
-            result = json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
+    Like the baseline (send everything, then get every result), so both
+    keep the workers equally busy.
+    """
+    path = f"/{c.APP}/queue/{queue}/http://127.0.0.1:{target_port}/x"
+    local = threading.local()
+
+    def connection():
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection("127.0.0.1", branch.port, timeout=180)
+        return local.conn
+
+    def queue_one(_):
+        conn = connection()
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())["uuid"]
+
+    def wait_one(task_id):
+        conn = connection()
+        conn.request("GET", f"/{c.APP}/query/{task_id}/wait/?timeout=120")
+        result = json.loads(conn.getresponse().read())
         if result.get("state") != "SUCCESS":
-            raise RuntimeError(f"task {accepted['uuid']}: {result}")
+            raise RuntimeError(f"task {task_id}: {result}")
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        list(pool.map(one, range(count)))
+        ids = list(pool.map(queue_one, range(count)))
+        list(pool.map(wait_one, ids))
     return count / (time.monotonic() - t0)
 
 
