@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from cyme import __version__, logs
-from cyme.amqp.private import open_inbox
+from cyme.amqp.private import open_inbox, setup_failed
 from cyme.errors import CymeError, GatewayTimeout
 
 PROTOCOL_VERSION = 1
@@ -437,22 +437,10 @@ class AMQPBusTransport:
         self._changed(True)
 
     def _setup_failed(self, failure, connection):
-        code = getattr(failure.value, "reply_code", None)
-        if code == 405:
-            # RESOURCE_LOCKED: another process holds this branch's queue.
-            self.log.error(
-                "branch id {branch} is in use by another branch on this broker",
-                branch=self.branch_id,
-            )
-        elif not getattr(connection, "is_open", True):
-            self.log.warn("bus set-up interrupted: {error}", error=failure.getErrorMessage())
-            return
-        else:
-            self.log.failure("cannot set up the bus", failure)
-        try:
-            connection.abort()
-        except Exception:
-            pass
+        setup_failed(
+            self.log, "bus", failure, connection,
+            locked=f"branch id {self.branch_id} is in use by another branch on this broker",
+        )
 
     def broker_lost(self, reason):
         self._channel = None

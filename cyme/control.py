@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from cyme import logs
 from cyme.amqp import AMQPClientService, AMQPError, IBrokerListener
-from cyme.amqp.private import open_inbox
+from cyme.amqp.private import open_inbox, setup_failed
 from cyme.errors import Unavailable
 from cyme.interfaces import IControl
 
@@ -89,12 +89,7 @@ class PidboxControl:
         self._set_connected(True)
 
     def _setup_failed(self, failure, connection):
-        self.log.failure("cannot set up the remote-control channel", failure)
-        # Drop the connection: the client service reconnects and we retry.
-        try:
-            connection.abort()
-        except Exception:
-            pass
+        setup_failed(self.log, "remote-control channel", failure, connection)
 
     def broker_lost(self, reason):
         self._channel = None

@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from cyme import logs, webhook
 from cyme.amqp import AMQPError, IBrokerListener
+from cyme.amqp.private import setup_failed
 from cyme.errors import BadRequest, CymeError
 
 MAX_URL = 4096
@@ -102,11 +103,7 @@ class BrokerLink:
         ready.callback(channel)
 
     def _setup_failed(self, failure, connection):
-        self.log.failure("cannot set up task publishing on {url}", failure, url=self.url)
-        try:
-            connection.abort()
-        except Exception:
-            pass
+        setup_failed(self.log, f"task publishing on {self.url}", failure, connection)
 
     def broker_lost(self, reason):
         self.channel = None

@@ -10,7 +10,9 @@ from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.internet import defer
 from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
@@ -65,7 +67,7 @@ class BranchAPI:
         self.ops = ops
 
     def resource(self):
-        return GuardResource(self.app.resource())
+        return GuardResource(self.app.resource(), self.queue_task)
 
     # Errors: every one is JSON, and no traceback ever reaches a client.
 
@@ -284,11 +286,12 @@ class BranchAPI:
 
     # Queued URLs
 
-    @_klein.route(
-        "/<app>/queue/<queue>/<path:url>", methods=VERBS,
-        strict_slashes=False, merge_slashes=False, endpoint="queue_task",
-    )
-    async def queue_task(self, request, app, queue, url):
+    async def queue_task(self, request, app, queue):
+        """
+        C{[verb] /<app>/queue/<queue>/<url>}: the hot path of the API, so
+        the guard hands it here directly rather than through Klein's
+        routing (see L{GuardResource}).
+        """
         query = parse_qs_lists(request)
         body, content_type = task_body(request)
         timeout = request.getHeader(b"cyme-timeout")
@@ -416,14 +419,16 @@ class GuardResource(Resource):
     """
     The API's root: checks the path and body size, then hands to Klein.
 
-    Both checks answer JSON like every route does.
+    Both checks answer JSON like every route does.  Queueing a URL, the
+    one route under load, is handed straight to its handler.
     """
 
     isLeaf = True
 
-    def __init__(self, klein_resource):
+    def __init__(self, klein_resource, queue_task=None):
         super().__init__()
         self._klein = klein_resource
+        self._queue_task = queue_task
 
     def render(self, request):
         try:
@@ -432,4 +437,38 @@ class GuardResource(Resource):
             check_path(request.path)
         except CymeError as e:
             return error_body(request, e)
+        parts = request.path.split(b"/", 4)
+        if self._queue_task is not None and len(parts) == 5 and parts[2] == b"queue":
+            return self._render_queue(request, parts)
         return self._klein.render(request)
+
+    def _render_queue(self, request, parts):
+        method = request.method.decode("latin-1")
+        if method not in VERBS:
+            request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
+            return error_body(
+                request, MethodNotAllowed(f"{method} is not allowed here", allowed=VERBS)
+            )
+        # check_path made sure both are UTF-8 and plain names.
+        app, queue = unquote(parts[1].decode("utf-8")), unquote(parts[3].decode("utf-8"))
+        done = []
+        request.notifyFinish().addBoth(done.append)
+        d = defer.ensureDeferred(self._queue_task(request, app, queue))
+
+        def failed(failure):
+            if failure.check(CymeError):
+                return error_body(request, failure.value)
+            BranchAPI.log.failure(
+                "unexpected error on {method} {path}", failure,
+                method=request.method, path=request.path,
+            )
+            return json_body(request, 500, {"error": "internal error"})
+
+        def answer(body):
+            if not done:
+                request.write(body)
+                request.finish()
+
+        d.addErrback(failed).addCallback(answer)
+        d.addErrback(lambda f: BranchAPI.log.failure("cannot answer", f))
+        return NOT_DONE_YET

@@ -35,3 +35,28 @@ async def open_inbox(connection, queue, exchanges, bindings, on_message,
     await channel.consume(declared.queue, on_message, no_ack=True, exclusive=True,
                           timeout=timeout)
     return channel
+
+
+def setup_failed(log, what, failure, connection, locked=None):
+    """
+    Report a set-up after (re)connection that failed, and drop the
+    connection so that the client reconnects and the set-up runs again.
+
+    A set-up cut short because the connection went away (the branch is
+    stopping, the broker restarted) is one line, not a traceback; an
+    exclusive queue held elsewhere (RESOURCE_LOCKED) is C{locked}.
+    """
+    from .errors import ConnectionClosedError
+
+    if failure.check(ConnectionClosedError) or not getattr(connection, "is_open", True):
+        log.info("{what} set-up interrupted: {error}", what=what,
+                 error=failure.getErrorMessage())
+        return
+    if getattr(failure.value, "reply_code", None) == 405 and locked is not None:
+        log.error(locked)
+    else:
+        log.failure("cannot set up the {what}", failure, what=what)
+    try:
+        connection.abort()
+    except Exception:
+        pass

@@ -1,0 +1,43 @@
+"""Set-ups after a (re)connection that fail: one line when the connection
+went away, a traceback and a new connection otherwise."""
+
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from cyme.amqp.errors import ChannelClosedError, ConnectionClosedError
+from cyme.amqp.private import setup_failed
+
+
+class FakeConnection:
+    is_open = True
+    aborted = False
+
+    def abort(self):
+        self.aborted = True
+
+
+class SetupFailedTests(SynchronousTestCase):
+    def setUp(self):
+        self.events = []
+        self.log = Logger(observer=self.events.append)
+        self.connection = FakeConnection()
+
+    def test_interrupted_by_a_closing_connection_is_one_line(self):
+        setup_failed(self.log, "bus", Failure(ConnectionClosedError(200, "closed by client")),
+                     self.connection)
+        self.assertEqual([e["log_level"] for e in self.events], [LogLevel.info])
+        self.assertNotIn("log_failure", self.events[0])
+        self.assertFalse(self.connection.aborted)
+
+    def test_locked_queue_is_named(self):
+        setup_failed(self.log, "bus", Failure(ChannelClosedError(405, "RESOURCE_LOCKED")),
+                     self.connection, locked="branch id b1 is in use")
+        self.assertEqual(self.events[0]["log_level"], LogLevel.error)
+        self.assertEqual(self.events[0]["log_format"], "branch id b1 is in use")
+        self.assertTrue(self.connection.aborted)
+
+    def test_anything_else_is_a_failure_and_a_new_connection(self):
+        setup_failed(self.log, "bus", Failure(ValueError("boom")), self.connection)
+        self.assertIn("log_failure", self.events[0])
+        self.assertTrue(self.connection.aborted)
