@@ -19,6 +19,7 @@ from zope.interface import implementer
 
 from cyme import logs, webhook
 from cyme.amqp import AMQPError, IBrokerListener
+from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.amqp.private import setup_failed
 from cyme.errors import BadRequest, CymeError
 
@@ -45,27 +46,33 @@ def check_url(url, allowed_hosts):
     return url
 
 
+# The task headers that are the same for every task, encoded once.
+_FIXED_HEADERS = {
+    "lang": "py",
+    "task": TASK_NAME,
+    "shadow": None,
+    "eta": None,
+    "expires": None,
+    "group": None,
+    "group_index": None,
+    "retries": 0,
+    "timelimit": [None, None],
+    "parent_id": None,
+    "argsrepr": "()",
+    "ignore_result": False,
+}
+_FIXED_ENCODED = encode_fields(_FIXED_HEADERS)
+
+
 def task_message(task_id, kwargs, origin):
     """The headers and body of a Celery protocol-2 message for the task."""
     kwargsrepr = repr(kwargs)
-    headers = {
-        "lang": "py",
-        "task": TASK_NAME,
+    headers = PartlyEncoded(_FIXED_HEADERS, _FIXED_ENCODED, {
         "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
         "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": "()",
         "kwargsrepr": kwargsrepr if len(kwargsrepr) <= 1024 else kwargsrepr[:1021] + "...",
         "origin": origin,
-        "ignore_result": False,
-    }
+    })
     body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     return headers, json.dumps(body).encode("utf-8")
 

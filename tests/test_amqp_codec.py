@@ -267,3 +267,15 @@ class PyAMQPInteropTests(SynchronousTestCase):
         }
         data = self.serialization.dumps("F", [table])
         self.assertEqual(decode_table(data)[0], table)
+
+
+class PartlyEncodedTests(SynchronousTestCase):
+    def test_same_bytes_and_same_mapping_as_a_plain_table(self):
+        from cyme.amqp.codec import PartlyEncoded, decode_table, encode_fields, encode_table
+
+        fixed = {"lang": "py", "eta": None, "timelimit": [None, None], "retries": 0}
+        variable = {"id": "x-1", "origin": "cyme@b1"}
+        table = PartlyEncoded(fixed, encode_fields(fixed), variable)
+        self.assertEqual(table, {**fixed, **variable})
+        self.assertEqual(decode_table(encode_table(table))[0], {**fixed, **variable})
+        self.assertEqual(len(encode_table(table)), len(encode_table(dict(table))))

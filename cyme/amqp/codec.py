@@ -43,8 +43,32 @@ class FieldTableError(ValueError):
     """A value that cannot be written to, or read from, a field table."""
 
 
+class PartlyEncoded(dict):
+    """
+    A field table part of which is encoded already.
+
+    Messages that repeat the same fields (Celery's task headers) encode
+    them once: C{encoded} is the encoding of the fields named in C{fixed}.
+    It is still a plain mapping for anyone who reads it.
+    """
+
+    def __init__(self, fixed: Mapping[str, Any], encoded: bytes, variable: Mapping[str, Any]):
+        super().__init__(fixed)
+        self.update(variable)
+        self.fixed_encoding = encoded
+        self.variable = variable
+
+
+def encode_fields(table: Mapping[str, Any]) -> bytes:
+    """The fields of C{table}, encoded, without the size prefix."""
+    return b"".join(_encode_key(key) + encode_value(value, key) for key, value in table.items())
+
+
 def encode_table(table: Mapping[str, Any] | None) -> bytes:
     """Encode C{table} as a field table, its 32-bit size prefix included."""
+    if isinstance(table, PartlyEncoded):
+        body = table.fixed_encoding + encode_fields(table.variable)
+        return struct.pack("!I", len(body)) + body
     body = b"".join(
         _encode_key(key) + encode_value(value, key)
         for key, value in (table or {}).items()
