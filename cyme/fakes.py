@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cyme.interfaces import IControl, IProcessTable
+from cyme.launcher import InertProcessTransport
 
 
 @attrs.define
@@ -142,7 +143,7 @@ class FakeControl:
 
 
 @implementer(IProcessTransport)
-class FakeProcess:
+class FakeProcess(InertProcessTransport):
     """A spawned process that ends when the test (or a signal) says so."""
 
     def __init__(self, reactor, proto, pid, executable, args, env, path, childFDs):
@@ -186,32 +187,6 @@ class FakeProcess:
     def closeStdin(self):
         self.stdin_closed = True
 
-    def closeStdout(self):
-        pass
-
-    def closeStderr(self):
-        pass
-
-    def closeChildFD(self, descriptor):
-        pass
-
-    def writeToChild(self, childFD, data):
-        pass
-
-    def loseConnection(self):
-        pass
-
-    def write(self, data):
-        pass
-
-    def writeSequence(self, data):
-        pass
-
-    def getPeer(self):
-        return None
-
-    def getHost(self):
-        return None
 
 
 def obey_signals(process, signum):

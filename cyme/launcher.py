@@ -45,33 +45,11 @@ class ExecLauncher:
 
 
 @implementer(IProcessTransport)
-class ForkedProcess:
-    """A worker the fork server started; signals go straight to its pid."""
-
-    def __init__(self, pid, protocol):
-        self.pid = pid
-        self.proto = protocol
-        self.ended = False
-
-    def signalProcess(self, signalID):
-        if self.ended:
-            raise error.ProcessExitedAlready()
-        signum = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL,
-                  "INT": signal.SIGINT}.get(signalID, signalID)
-        try:
-            os.kill(self.pid, signum)
-        except ProcessLookupError:
-            raise error.ProcessExitedAlready() from None
-
-    def end(self, status, signum):
-        if self.ended:
-            return
-        self.ended = True
-        if signum is None and status == 0:
-            reason = error.ProcessDone(0)
-        else:
-            reason = error.ProcessTerminated(status, signum)
-        self.proto.processEnded(Failure(reason))
+class InertProcessTransport:
+    """
+    A process transport with no pipes: a worker's output goes to its log
+    file and it reads nothing, so there is nothing to write or close.
+    """
 
     def closeStdin(self):
         pass
@@ -103,6 +81,34 @@ class ForkedProcess:
     def getHost(self):
         return None
 
+
+class ForkedProcess(InertProcessTransport):
+    """A worker the fork server started; signals go straight to its pid."""
+
+    def __init__(self, pid, protocol):
+        self.pid = pid
+        self.proto = protocol
+        self.ended = False
+
+    def signalProcess(self, signalID):
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        signum = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL,
+                  "INT": signal.SIGINT}.get(signalID, signalID)
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            raise error.ProcessExitedAlready() from None
+
+    def end(self, status, signum):
+        if self.ended:
+            return
+        self.ended = True
+        if signum is None and status == 0:
+            reason = error.ProcessDone(0)
+        else:
+            reason = error.ProcessTerminated(status, signum)
+        self.proto.processEnded(Failure(reason))
 
 class _ServerProtocol(ProcessProtocol):
     def __init__(self, launcher):
