@@ -10,8 +10,9 @@ Celery's remote control.
 Liveness is one ping message per round for all of the branch's workers,
 retried within the round with backoff (0.1 s doubling to a cap of 1.6 s,
 or half the tick interval if that is shorter) for those that did not
-answer; a worker that answered none of a round's pings is replaced.  Restarts back off exponentially with jitter, and an
-instance that keeps dying is quarantined for a while with the reason.
+answer; a worker that answered none of a round's pings is replaced.
+Restarts back off exponentially with jitter, and an instance that keeps
+dying is quarantined for a while with the reason.
 While the broker is down nothing is judged; after it returns, workers get
 C{wait_after_broker_revived} seconds to reconnect first.
 """
@@ -23,7 +24,6 @@ import signal
 import socket
 import sys
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -32,6 +32,17 @@ from twisted.logger import Logger
 from cyme import logs
 from cyme.errors import NotFound
 from cyme.launcher import ExecLauncher
+from cyme.workerstate import (
+    QUARANTINED,
+    RUNNING,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    UNRESPONSIVE,
+    Worker,
+    ping_delays,
+    restart_delay,
+)
 from cyme.workers import (
     LogTail,
     ProcessTable,
@@ -42,80 +53,6 @@ from cyme.workers import (
     read_pidfile,
     worker_command,
 )
-
-STARTING = "starting"
-RUNNING = "running"
-UNRESPONSIVE = "unresponsive"
-STOPPING = "stopping"
-STOPPED = "stopped"
-QUARANTINED = "quarantined"
-
-
-def restart_delay(attempt, base=0.5, cap=60.0, jitter=random.random):
-    """
-    Seconds to wait before restart number C{attempt} of a failing worker.
-
-    The first restart is immediate (a worker killed once should be back at
-    once); then C{base} doubling to C{cap}, each drawn from the upper half
-    of its interval so that workers that failed together do not restart in
-    lockstep.
-    """
-    if attempt <= 0:
-        return 0.0
-    delay = min(cap, base * 2 ** (attempt - 1))
-    return delay * (0.5 + 0.5 * jitter())
-
-
-def ping_delays(first=0.1, cap=1.6):
-    """The ping timeouts of one liveness round: 0.1, 0.2, … up to C{cap}."""
-    delay = first
-    while delay <= cap:
-        yield delay
-        delay *= 2
-
-
-@attrs.define(eq=False)
-class Worker:
-    """What the supervisor knows of one instance's worker process."""
-
-    name: str
-    node: str
-    directory: str
-    state: str = STOPPED
-    pid: int | None = None
-    process: object = None  # IProcessTransport when the worker is our child
-    spec: str | None = None
-    started_at: float | None = None
-    last_pong: float | None = None
-    missed: int = 0
-    attempt: int = 0
-    restarts: int = 0
-    restart_times: list = attrs.field(factory=list)
-    next_start: float = 0.0
-    quarantined_until: float | None = None
-    last_error: str | None = None
-    verified: object = None
-    retired: bool = False
-    kill_call: object = None
-    restart_call: object = None
-    stop_waiters: list = attrs.field(factory=list)
-    ready_waiters: list = attrs.field(factory=list)
-    log_tail: object = None
-
-    @property
-    def adopted(self):
-        return self.pid is not None and self.process is None
-
-    def to_json(self):
-        return {
-            "state": self.state,
-            "pid": self.pid,
-            "node": self.node,
-            "restarts": self.restarts,
-            "last_error": self.last_error,
-            "quarantined_until": self.quarantined_until,
-        }
-
 
 def _cancel(call):
     if call is not None and call.active():

@@ -13,7 +13,8 @@ from cyme.fakes import FakeControl, FakeProcessReactor, FakeProcessTable
 from cyme.interfaces import IControl, IProcessTable
 from cyme.models import App, Instance, Queue
 from cyme.store import MemoryStore
-from cyme.supervisor import Supervisor, ping_delays, restart_delay
+from cyme.supervisor import Supervisor
+from cyme.workerstate import ping_delays, restart_delay
 
 
 class BackoffTests(SynchronousTestCase):

@@ -9,7 +9,6 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme import logs, tap
-from cyme.rootdir import RootDir
 
 
 class PluginTests(SynchronousTestCase):
