@@ -209,7 +209,7 @@ class ClusterOperations:
     async def get_branch(self, branch_id):
         now = self.bus.clock.seconds()
         if branch_id == self.branch_id:
-            return self.local.branch_info(now, self.describe())
+            return self.local.branch_info(now)
         peer = self.bus.peers.get(branch_id)
         if peer is None:
             raise NotFound("branch", branch_id)

@@ -96,6 +96,16 @@ def _merge(pairs):
     return merged
 
 
+def fields(text, what):
+    """The fields of a query string or form body (C{what} names it in errors)."""
+    return _merge(_pairs(text, what))
+
+
+def query_fields(request):
+    """The fields of the request's query string."""
+    return fields(urlsplit(request.uri).query.decode("latin-1"), "query string")
+
+
 def request_params(request):
     """
     The request's parameters: the query string, then the body over it.
@@ -103,8 +113,7 @@ def request_params(request):
     For POST, PUT and DELETE the seed lets the query carry the data, so both
     are read; a body may be a form (urlencoded or multipart) or a JSON object.
     """
-    query = urlsplit(request.uri).query.decode("latin-1")
-    params = _merge(_pairs(query, "query string"))
+    params = query_fields(request)
     if request.method in (b"GET", b"HEAD"):
         return params
     body = request.content.read() if request.content is not None else b""
@@ -134,7 +143,7 @@ def request_params(request):
             text = body.decode("ascii")
         except UnicodeDecodeError:
             raise BadRequest("body", "a form body must be URL-encoded") from None
-        params.update(_merge(_pairs(text, "body")))
+        params.update(fields(text, "body"))
     elif body:
         raise BadRequest(
             "Content-Type",

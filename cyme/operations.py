@@ -78,7 +78,7 @@ class LocalOperations:
     def load(self):
         return load_figures(len(self.controller.store.instances()))
 
-    def branch_info(self, now, beat=None):
+    def branch_info(self, now):
         return {
             "id": self.controller.branch_id,
             "url": self.url,

@@ -698,10 +698,10 @@ class Supervisor(service.Service):
                     else f"did not answer ping in {worker.missed} rounds"
                 )
                 self._stop(worker, "unresponsive").addCallback(
-                    lambda _, w=worker, t=now: self._after_unresponsive(w, t)
+                    lambda _, w=worker: self._after_unresponsive(w)
                 )
 
-    def _after_unresponsive(self, worker, when):
+    def _after_unresponsive(self, worker):
         if not worker.retired:
             self._failed(worker, self.reactor.seconds(), worker.last_error)
             self.reconcile()

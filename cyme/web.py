@@ -6,7 +6,7 @@ works with and without its trailing slash, and the seed's singular
 """
 
 import re
-from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
+from urllib.parse import unquote, unquote_to_bytes
 
 from klein import Klein
 from twisted.logger import Logger
@@ -18,7 +18,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import admin, logs
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
-from cyme.http import error_body, json_body, request_params
+from cyme.http import error_body, fields, json_body, query_fields, request_params
 from cyme.operations import wait_seconds
 
 CREATE = ["PUT", "POST"]
@@ -292,7 +292,7 @@ class BranchAPI:
         the guard hands it here directly rather than through Klein's
         routing (see L{GuardResource}).
         """
-        query = parse_qs_lists(request)
+        query = query_fields(request)
         body, content_type = task_body(request)
         timeout = request.getHeader(b"cyme-timeout")
         if timeout is not None:
@@ -366,15 +366,6 @@ def raw_target(request):
     return target
 
 
-def parse_qs_lists(request):
-    """The request's query string, forwarded as the task's query data."""
-    query = urlsplit(request.uri).query.decode("latin-1")
-    forwarded = {}
-    for key, value in parse_qsl(query, keep_blank_values=True, max_num_fields=1000):
-        forwarded.setdefault(key, []).append(value)
-    return {k: v[0] if len(v) == 1 else v for k, v in forwarded.items()}
-
-
 def task_body(request):
     """The body to forward: form fields as a dict, anything else raw."""
     raw = request.content.read() if request.content is not None else b""
@@ -383,13 +374,10 @@ def task_body(request):
         return None, None
     if ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
         try:
-            pairs = parse_qsl(raw.decode("ascii"), keep_blank_values=True, max_num_fields=1000)
-        except (UnicodeDecodeError, ValueError):
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
             raise BadRequest("body", "a form body must be URL-encoded") from None
-        form = {}
-        for key, value in pairs:
-            form.setdefault(key, []).append(value)
-        return {k: v[0] if len(v) == 1 else v for k, v in form.items()}, None
+        return fields(text, "body"), None
     return raw, ctype or "application/octet-stream"
 
 

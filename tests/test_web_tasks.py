@@ -105,6 +105,12 @@ class QueueRouteTests(SynchronousTestCase):
             self.assertIn("error", response.json)
         self.assertEqual(self.tasks.queued, [])
 
+    def test_too_many_query_fields_is_a_400_not_a_500(self):
+        query = "&".join(f"k{n}=v" for n in range(1001))
+        response = self.call("GET", f"/foo/queue/tasks/http://m/x?{query}")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.tasks.queued, [])
+
     def test_a_task_the_broker_refused_is_a_502(self):
         self.tasks.fail_with = PublishFailed("the broker did not confirm the task")
         response = self.call("GET", "/foo/queue/tasks/http://m/x")
@@ -140,3 +146,4 @@ class QueueRouteTests(SynchronousTestCase):
         response = self.successResultOf(d)
         self.assertEqual(response.code, 504)
         self.assertEqual(self.call("GET", "/foo/query/x/wait/?timeout=301").code, 400)
+

@@ -340,11 +340,10 @@ class AMQPProtocol(AMQClient):
         vhost: str,
         spec: Any = None,
         heartbeat: int = 0,
-        clock: Any = None,
+        *,
+        clock: Any,
         client_properties: dict[str, Any] | None = None,
     ) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
         super().__init__(delegate, vhost, spec or load_spec(), heartbeat, clock)
         self.client_properties = client_properties or default_client_properties()
         self.server_properties: dict[str, Any] = {}
@@ -561,7 +560,7 @@ class AMQPProtocolFactory(Factory):
         *,
         vhost: str = "/",
         heartbeat: int = 0,
-        clock: Any = None,
+        clock: Any,
         client_properties: dict[str, Any] | None = None,
     ) -> None:
         self.vhost = vhost

@@ -49,12 +49,6 @@ class IBrokerListener(Interface):
         """The ready connection was lost; the service is reconnecting."""
 
 
-def _default_reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
 class AMQPClientService(Service):
     """Keeps one AMQP connection to C{broker} up while running."""
 
@@ -62,7 +56,7 @@ class AMQPClientService(Service):
         self,
         broker: str | BrokerURL,
         *,
-        reactor: Any = None,
+        reactor: Any,
         heartbeat: int | None = None,
         connect_timeout: float = 10.0,
         handshake_timeout: float = 10.0,
@@ -75,8 +69,8 @@ class AMQPClientService(Service):
     ) -> None:
         """
         @param broker: an C{amqp://user:pass@host:port/vhost} URL, or parts.
-        @param reactor: TCP, time and name resolution; the global reactor
-            if not given.
+        @param reactor: TCP, time and name resolution (injected: tests pass
+            a fake one).
         @param heartbeat: AMQP heartbeat in seconds (0 turns it off); the
             URL's C{?heartbeat=}, else 30.
         @param retry_policy: C{attempt -> seconds} before attempt (1-based).
@@ -84,7 +78,7 @@ class AMQPClientService(Service):
             port (tests).
         """
         self.broker = parse_broker_url(broker) if isinstance(broker, str) else broker
-        self._reactor = reactor if reactor is not None else _default_reactor()
+        self._reactor = reactor
         if heartbeat is None:
             heartbeat = self.broker.heartbeat if self.broker.heartbeat is not None else 30
         self._connect_timeout = connect_timeout
