@@ -51,7 +51,9 @@ from cyme.workers import (
     exit_description,
     node_name,
     read_pidfile,
+    remove_pidfile,
     worker_command,
+    write_file,
 )
 
 def _cancel(call):
@@ -381,8 +383,11 @@ class Supervisor(service.Service):
             self.log.failure("{instance} cannot start", instance=worker.name)
             self._failed(worker, now, worker.last_error)
             return
-        with open(os.path.join(worker.directory, "worker.spec"), "w") as f:
-            f.write(spec)
+        # Written before anything else can happen: a branch stopped while
+        # the worker starts must find it on its next start, not start a
+        # second one beside it.
+        write_file(os.path.join(worker.directory, "worker.pid"), f"{process.pid}\n")
+        write_file(os.path.join(worker.directory, "worker.spec"), spec)
         worker.process = process
         worker.pid = process.pid
         worker.spec = spec
@@ -403,6 +408,8 @@ class Supervisor(service.Service):
         pid = worker.pid
         worker.process = None
         worker.pid = None
+        if pid is not None:
+            remove_pidfile(os.path.join(worker.directory, "worker.pid"), pid)
         if worker.kill_call is not None and worker.kill_call.active():
             worker.kill_call.cancel()
         worker.kill_call = None

@@ -2,7 +2,9 @@
 
 An instance ``n`` of this branch runs as ``python -m cyme.workerexec -A
 cyme.tasks … worker -n n@host`` in ``<root>/instances/n/``, which holds
-``worker.pid``, ``worker.log`` (the worker's stdout and stderr),
+``worker.pid`` (written by the branch the moment it spawns the worker, so
+that a branch stopped while the worker starts still finds it next time),
+``worker.log`` (the worker's stdout and stderr),
 ``worker.state`` (Celery's state db, revoked tasks survive restarts) and
 ``worker.spec`` (the fingerprint of the command line it was started with,
 so that a restarted branch knows whether an adopted worker is current).
@@ -63,7 +65,6 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
         "-Q", ",".join([dq, *(q.name for q in queues)]),
         "-P", instance.pool,
         "--without-mingle", "--without-gossip", "-E",
-        "--pidfile", os.path.join(directory, "worker.pid"),
         "--statedb", os.path.join(directory, "worker.state"),
         "-l", loglevel,
     ]
@@ -126,6 +127,23 @@ class WorkerProtocol(ProcessProtocol):
 
     def processEnded(self, reason):
         self._ended(reason)
+
+
+def write_file(path, text):
+    """Replace C{path} with C{text} at once: a reader sees old or new, never half."""
+    partial = path + ".tmp"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def remove_pidfile(path, pid):
+    """Remove the pid file at C{path} if it still names C{pid}."""
+    if read_pidfile(path) == pid:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
 
 
 def read_pidfile(path):

@@ -233,7 +233,7 @@ class IntegrationTestCase(DaemonTestCase):
         # Cleanups run last-in first-out: these two run last, after the
         # branches (spawned later: nothing restarts a worker killed here)
         # and after DaemonTestCase's worker.pid sweep, which misses a
-        # worker that has not written its worker.pid yet.
+        # worker whose directory a stopping branch already removed.
         self.addCleanup(lambda: defer.ensureDeferred(self.clear_broker()))
         self.addCleanup(lambda: defer.ensureDeferred(self.kill_leftovers()))
         super().setUp()

@@ -306,7 +306,10 @@ class TwistdBranchTests(DaemonTestCase):
             {k: v for k, v in shown.items() if k not in live},
         )
         # The worker outlived the branch and was adopted, not restarted.
-        self.assertEqual(shown_again["pid"], shown["pid"])
+        self.assertEqual(
+            shown_again["pid"], shown["pid"],
+            f"first run:\n{branch.describe()}\nsecond run:\n{again.describe()}",
+        )
         code, queue_again = await self.request("GET", f"{base}/foo/queues/tasks/")
         self.assertEqual((code, queue_again), (200, queue))
         code, app_again = await self.request("GET", f"{base}/foo/")

@@ -120,8 +120,8 @@ class StartTests(SupervisorTestCase):
         self.assertIn("--without-mingle", args)
         self.assertIn("-E", args)
         self.assertEqual(process.path, os.path.join(self.root, "w1"))
-        self.assertEqual(args[args.index("--pidfile") + 1],
-                         os.path.join(self.root, "w1", "worker.pid"))
+        with open(os.path.join(self.root, "w1", "worker.pid")) as f:
+            self.assertEqual(f.read(), f"{process.pid}\n")
         self.assertTrue(process.stdin_closed)
         self.assertEqual(self.state(), "starting")
         self.assertEqual(self.supervisor.status("w1")["pid"], process.pid)
@@ -456,6 +456,37 @@ class AdoptionTests(SupervisorTestCase):
         del self.processes.table[4242]
         self.pump(5)
         self.assertEqual(len(self.reactor.live()), 1)
+
+
+    def test_worker_still_starting_when_the_branch_stopped_is_adopted(self):
+        """
+        The branch stops before its new worker has come up: the next run
+        finds the worker by the pid file the branch wrote at spawn and
+        waits for it, instead of starting a second worker beside it.
+        """
+        self.start()
+        self.add("w1")
+        pid = self.process("w1").pid
+        self.stop()
+        # The worker outlives the branch; it comes up while none runs.
+        self.processes.table[pid] = "w1@h"
+        self.control.up("w1@h")
+        self.start()
+        self.pump(0.1)
+        self.assertEqual(len(self.reactor.processes), 1)
+        status = self.supervisor.status("w1")
+        self.assertEqual((status["state"], status["pid"]), ("running", pid))
+
+    def test_a_dead_workers_pid_file_is_removed(self):
+        self.start()
+        self.add("w1")
+        process = self.process("w1")
+        pidfile = os.path.join(self.root, "w1", "worker.pid")
+        self.assertTrue(os.path.exists(pidfile))
+        process.exit(status=1)
+        self.reactor.advance(0)
+        with open(pidfile) as f:
+            self.assertNotEqual(f.read().strip(), str(process.pid))
 
 
 class FlakyStore(MemoryStore):
