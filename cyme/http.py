@@ -55,11 +55,15 @@ def make_site(resource, access_log=True, **kwargs):
 
 
 def json_body(request, status, data):
-    """Set C{status} and the JSON content type; return the encoded body."""
+    """Set C{status} and the JSON headers; return the encoded body."""
+    body = json.dumps(data).encode("utf-8") + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(data).encode("utf-8") + b"\n"
+    # A length, not chunks: one write per answer, and clients need not
+    # decode chunked framing.
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
 
 
 def error_body(request, error):

@@ -178,6 +178,8 @@ class DaemonTestCase(TestCase):
         if method == "HEAD":
             self.assertEqual(content, b"")
             return response.code, None, response.headers
+        # Framed by a length, not chunks: one write per answer.
+        self.assertEqual(response.length, len(content), f"{method} {url}")
         return response.code, json.loads(content), response.headers
 
     async def request(self, method, url, timeout=None, **kwargs):
