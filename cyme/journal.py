@@ -2,10 +2,11 @@
 
 Every state change of a task this branch published (SENT, STARTED,
 SUCCESS, FAILURE, RETRY, ...) is one line appended to
-``<root>/results.jsonl``; the latest line of a task is its state.  Appends
-made in one reactor turn share one write and one fsync (group commit), and
-each caller's Deferred fires only once its line is on disk, so a result is
-acknowledged to the broker only after it is durable.  When the file holds
+``<root>/results.jsonl``; the latest line of a task is its state.  One
+write and fsync is under way at a time, in a thread of its own; the lines
+recorded meanwhile share the next one (group commit), and each caller's
+Deferred fires only once its line is on disk, so a result is acknowledged
+to the broker only after it is durable.  When the file holds
 much more than the live records, or records older than the retention, it
 is rewritten atomically (temp file, fsync, rename, fsync of the directory).
 """
@@ -14,8 +15,9 @@ import json
 import os
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from cyme import logs
 
@@ -43,14 +45,24 @@ class ResultJournal:
     """
     The results of this branch's tasks, in memory and in one journal file.
 
-    C{clock} gives the time (C{seconds()}) and schedules the group commit.
+    C{clock} gives the time (C{seconds()}) and schedules the group commit;
+    C{run(f, *args)} does the blocking file work and returns a Deferred of
+    its result (L{run_at_once} by default; a one-thread pool in the daemon).
     """
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, path, clock, retention=86400.0, compact_ratio=2.0, min_compact=1000):
+    def __init__(self, path, clock, retention=86400.0, compact_ratio=2.0, min_compact=1000,
+                 run=None):
         self.path = path
         self.clock = clock
+        # Where writes and fsyncs run: the daemon gives a thread of its
+        # own, so that a slow disk never holds up the reactor.
+        self._run = run or run_at_once
+        self._busy = None  # the file work under way
+        self._closing = None
+        self._compact_after = 0
+        self._compact_wanted = False
         self.retention = retention
         self.compact_ratio = compact_ratio
         self.min_compact = min_compact
@@ -107,7 +119,7 @@ class ResultJournal:
         Record C{state} (and C{fields}) for C{task_id}; a Deferred that
         fires once the line is on disk.
         """
-        if self._file is None:
+        if self._closing is not None:
             # Closed: a result delivered while the branch stops stays
             # unacknowledged in its queue, for the next start.
             return defer.fail(JournalClosed(f"{self.path} is closed"))
@@ -115,32 +127,128 @@ class ResultJournal:
         encoded = json.dumps(line, separators=(",", ":")).encode("utf-8") + b"\n"
         d = defer.Deferred()
         self._batch.append((line, encoded, d))
-        if self._flush_call is None:
+        if self._flush_call is None and self._busy is None:
             self._flush_call = self.clock.callLater(0, self.flush)
         return d
 
     def flush(self):
-        """Write and fsync everything recorded so far; fire its Deferreds."""
+        """
+        Write and fsync everything recorded so far, then fire its Deferreds.
+
+        One write is under way at a time: what is recorded meanwhile goes
+        in the next one, so the busier the branch, the more lines share an
+        fsync.
+        """
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
         self._flush_call = None
+        if self._busy is not None or not self._batch:
+            return
         batch, self._batch = self._batch, []
-        if not batch:
-            return
-        try:
-            self._file.write(b"".join(encoded for _, encoded, _ in batch))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except Exception as e:
-            self.log.failure("cannot write {path}", path=self.path)
-            for _, _, d in batch:
-                d.errback(e)
-            return
+        data = b"".join(encoded for _, encoded, _ in batch)
+        self._work(
+            self._run(_append, self._file, data),
+            self._appended, self._not_appended, batch,
+        )
+
+    def _work(self, d, done, failed, arg):
+        self._busy = d
+        d.addCallbacks(done, failed, callbackArgs=(arg,), errbackArgs=(arg,))
+        d.addErrback(lambda f: self.log.failure("journal bookkeeping failed", f))
+
+    def _appended(self, _, batch):
+        self._busy = None
         self.lines += len(batch)
-        for line, _, d in batch:
+        for line, _, _ in batch:
             self._apply(line)
+        # The next work starts before anyone hears of this write: a caller
+        # may close the journal from its callback.
+        self._next()
+        for line, _, _ in batch:
             self._notify(line["id"])
+        for _, _, d in batch:
             d.callback(None)
-        if self.lines > max(self.min_compact, self.compact_ratio * len(self.records)):
+
+    def _not_appended(self, failure, batch):
+        self._busy = None
+        self.log.failure("cannot write {path}", failure, path=self.path)
+        self._next()
+        for _, _, d in batch:
+            d.errback(failure)
+
+    def _next(self):
+        """The file is free: compact it, write what waits, or report idle."""
+        if self._busy is not None:
+            return
+        if self._compact_wanted or self.lines > max(
+            self.min_compact, self.compact_ratio * len(self.records), self._compact_after
+        ):
             self.compact()
+        elif self._batch:
+            self.flush()
+        elif self._closing is not None:
+            self._finish_close()
+
+    # Retention and compaction
+
+    def _expire(self):
+        horizon = self.clock.seconds() - self.retention
+        for task_id in [i for i, r in self.records.items() if r.updated < horizon]:
+            del self.records[task_id]
+
+    def compact(self):
+        """
+        Rewrite the journal with one line per live record (once the write
+        under way, if any, is done).
+        """
+        if self._busy is not None:
+            self._compact_wanted = True
+            return
+        self._compact_wanted = False
+        self._expire()
+        snapshot = [record.to_json() for record in self.records.values()]
+        self._work(
+            self._run(_rewrite, self.path, snapshot),
+            self._rewritten, self._not_rewritten, len(snapshot),
+        )
+
+    def _rewritten(self, new_file, count):
+        self._busy = None
+        self._file.close()
+        self._file = new_file
+        self.lines = count
+        self._compact_after = 0
+        self._next()
+
+    def _not_rewritten(self, failure, count):
+        self._busy = None
+        self.log.failure("cannot compact {path}", failure, path=self.path)
+        # Not again at every append: once the file has doubled.
+        self._compact_after = 2 * self.lines
+        self._next()
+
+    def close(self):
+        """
+        Take no more records; a Deferred that fires once every line
+        recorded so far is on disk and the file is closed.
+        """
+        if self._closing is None:
+            self._closing = defer.Deferred()
+            if self._busy is None:
+                if self._batch:
+                    self.flush()  # and then closes, from _next
+                else:
+                    self._finish_close()
+        d = defer.Deferred()
+        self._closing.addCallback(lambda _: d.callback(None))
+        return d
+
+    def _finish_close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self._closing.called:
+            self._closing.callback(None)
 
     # Reading
 
@@ -176,37 +284,56 @@ class ResultJournal:
         for d in self._waiters.pop(task_id, []):
             d.callback(record)
 
-    # Retention and compaction
 
-    def _expire(self):
-        horizon = self.clock.seconds() - self.retention
-        for task_id in [i for i, r in self.records.items() if r.updated < horizon]:
-            del self.records[task_id]
+# The file work, done where the journal's C{run} says (a thread of its own
+# in the daemon): nothing here touches the journal's state.
 
-    def compact(self):
-        """Rewrite the journal with one line per live record."""
-        self._expire()
-        temp = self.path + ".tmp"
-        with open(temp, "wb") as f:
-            for record in self.records.values():
-                f.write(json.dumps(record.to_json(), separators=(",", ":")).encode("utf-8"))
-                f.write(b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.path)
-        dirfd = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
-        self._file.close()
-        self._file = open(self.path, "ab")
-        self.lines = len(self.records)
 
-    def close(self):
-        if self._flush_call is not None and self._flush_call.active():
-            self._flush_call.cancel()
-            self.flush()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+def _append(file, data):
+    file.write(data)
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def _rewrite(path, snapshot):
+    """Replace C{path} by C{snapshot}'s lines; the new file, open to append."""
+    temp = path + ".tmp"
+    with open(temp, "wb") as f:
+        for line in snapshot:
+            f.write(json.dumps(line, separators=(",", ":")).encode("utf-8"))
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+    return open(path, "ab")
+
+
+def run_at_once(f, *args):
+    """Blocking file work done in the caller's thread (tests, tools)."""
+    return defer.maybeDeferred(f, *args)
+
+
+class DiskThread:
+    """
+    A journal's C{run} in the daemon: one thread for its file work, so that
+    writes stay in order and a slow fsync holds up nothing but the journal.
+    """
+
+    def __init__(self, reactor, name="cyme-journal"):
+        self._reactor = reactor
+        self._pool = ThreadPool(1, 1, name)
+
+    def start(self):
+        self._pool.start()
+
+    def stop(self):
+        """Once the journal is closed: the thread is idle, the join quick."""
+        self._pool.stop()
+
+    def __call__(self, f, *args):
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)

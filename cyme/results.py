@@ -205,9 +205,12 @@ class TaskService(service.Service):
     log = Logger(observer=logs.observer)
     name = "tasks"
 
-    def __init__(self, router, journal, branch_id, clock, store, publish_timeout=10.0):
+    def __init__(self, router, journal, branch_id, clock, store, publish_timeout=10.0,
+                 disk=None):
         self.router = router
         self.journal = journal
+        # The journal's thread (L{cyme.journal.DiskThread}), if it has one.
+        self.disk = disk
         self.branch_id = branch_id
         self.clock = clock
         self.store = store
@@ -217,6 +220,8 @@ class TaskService(service.Service):
 
     def startService(self):
         super().startService()
+        if self.disk is not None:
+            self.disk.start()
         # Results that came while the branch was down wait on every broker
         # it ever published to: consume them all again.
         for app in self.store.apps():
@@ -224,7 +229,16 @@ class TaskService(service.Service):
 
     def stopService(self):
         super().stopService()
-        self.journal.close()
+        # Fires once every result recorded is on disk.
+        closed = self.journal.close()
+        if self.disk is not None:
+
+            def stop_disk(result):
+                self.disk.stop()
+                return result
+
+            closed.addBoth(stop_disk)
+        return closed
 
     def link(self, url):
         link = self.links.get(url)

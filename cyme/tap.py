@@ -26,7 +26,7 @@ from cyme.control import ControlRouter
 from cyme.controller import Controller
 from cyme.errors import BadRequest, StartupError
 from cyme.http import make_site
-from cyme.journal import ResultJournal
+from cyme.journal import DiskThread, ResultJournal
 from cyme.launcher import ExecLauncher, ForkServerLauncher
 from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
 from cyme.rootdir import RootDir
@@ -368,11 +368,14 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
     )
     controller.listeners.append(supervisor.reconcile)
+    disk = DiskThread(reactor)
     journal = ResultJournal(
         os.path.join(options["root"].path, "results.jsonl"), reactor,
-        retention=options["result-expires"],
+        retention=options["result-expires"], run=disk,
     )
-    tasks = TaskService(control, journal, options["branch-id"], reactor, options["store"])
+    tasks = TaskService(
+        control, journal, options["branch-id"], reactor, options["store"], disk=disk
+    )
     tasks.setServiceParent(branch)
     local = LocalOperations(controller, url=options["url"], tasks=tasks, clock=reactor)
     cluster = None

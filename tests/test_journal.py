@@ -5,10 +5,11 @@ retention, compaction, and waiting for a result.
 import json
 import os
 
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cyme.journal import ResultJournal
+from cyme.journal import DiskThread, JournalClosed, ResultJournal
 
 
 class JournalTests(SynchronousTestCase):
@@ -135,3 +136,166 @@ class JournalTests(SynchronousTestCase):
         again = self.journal()
         self.assertEqual(len(again.records), 100_000)
         self.assertEqual(again.get("task-99999").state, "SUCCESS")
+
+
+class SlowDisk:
+    """
+    A journal's C{run} whose file work waits until the test lets it go, as
+    on a disk slower than the reactor.
+    """
+
+    def __init__(self):
+        self.pending = []
+
+    def __call__(self, f, *args):
+        d = defer.Deferred()
+        self.pending.append((f, args, d))
+        return d
+
+    def finish(self, error=None):
+        f, args, d = self.pending.pop(0)
+        if error is not None:
+            d.errback(error)
+        else:
+            d.callback(f(*args))
+
+
+class SlowDiskTests(SynchronousTestCase):
+    """The journal while its file work runs elsewhere (a thread in the daemon)."""
+
+    setUp = JournalTests.setUp
+    lines = JournalTests.lines
+
+    def journal(self, **kwargs):
+        self.disk = SlowDisk()
+        journal = ResultJournal(self.path, self.clock, run=self.disk, **kwargs)
+        return journal
+
+    def test_records_made_during_a_write_share_the_next_one(self):
+        journal = self.journal()
+        first = journal.record("t1", "SENT")
+        self.clock.advance(0)
+        self.assertEqual(len(self.disk.pending), 1)
+        later = [journal.record("t2", "SENT"), journal.record("t3", "SENT")]
+        self.clock.advance(0)
+        self.assertEqual(len(self.disk.pending), 1, "one write under way at a time")
+        self.assertNoResult(first)
+        self.disk.finish()
+        self.successResultOf(first)
+        self.assertEqual([line["id"] for line in self.lines()], ["t1"])
+        for d in later:
+            self.assertNoResult(d)
+        self.assertEqual(len(self.disk.pending), 1)
+        self.disk.finish()
+        for d in later:
+            self.successResultOf(d)
+        self.assertEqual([line["id"] for line in self.lines()], ["t1", "t2", "t3"])
+        self.assertEqual(self.disk.pending, [])
+        self.assertEqual(journal.get("t3").state, "SENT")
+
+    def test_a_result_is_known_only_once_on_disk(self):
+        journal = self.journal()
+        waiting = journal.when_ready("t1")
+        journal.record("t1", "SUCCESS", result=1)
+        self.clock.advance(0)
+        self.assertIsNone(journal.get("t1"))
+        self.assertNoResult(waiting)
+        self.disk.finish()
+        self.assertEqual(self.successResultOf(waiting).state, "SUCCESS")
+
+    def test_close_waits_for_the_lines_recorded(self):
+        journal = self.journal()
+        recorded = journal.record("t1", "SUCCESS")
+        self.clock.advance(0)
+        journal.record("t2", "SUCCESS")
+        closed = journal.close()
+        self.failureResultOf(journal.record("t3", "SUCCESS"), JournalClosed)
+        self.assertNoResult(closed)
+        self.disk.finish()
+        self.successResultOf(recorded)
+        self.assertNoResult(closed)
+        self.disk.finish()
+        self.successResultOf(closed)
+        self.successResultOf(journal.close())
+        self.assertEqual([line["id"] for line in self.lines()], ["t1", "t2"])
+
+    def test_records_made_during_a_compaction_follow_it(self):
+        journal = self.journal(min_compact=4, compact_ratio=1.5)
+        for state in ("SENT", "STARTED", "SUCCESS"):
+            journal.record("t1", state)
+        journal.record("t2", "SENT")
+        journal.record("t2", "STARTED")
+        self.clock.advance(0)
+        self.disk.finish()  # 5 lines, 2 tasks: a compaction starts
+        self.assertEqual(len(self.disk.pending), 1)
+        late = journal.record("t2", "SUCCESS")
+        self.clock.advance(0)
+        self.disk.finish()  # the compaction
+        self.assertEqual([(l["id"], l["state"]) for l in self.lines()],
+                         [("t1", "SUCCESS"), ("t2", "STARTED")])
+        self.assertNoResult(late)
+        self.disk.finish()
+        self.successResultOf(late)
+        self.assertEqual([(l["id"], l["state"]) for l in self.lines()],
+                         [("t1", "SUCCESS"), ("t2", "STARTED"), ("t2", "SUCCESS")])
+        self.successResultOf(journal.close())
+        again = ResultJournal(self.path, self.clock)
+        self.addCleanup(again.close)
+        self.assertEqual(again.get("t2").state, "SUCCESS")
+
+    def test_closed_by_a_callback_when_a_compaction_is_due(self):
+        journal = self.journal(min_compact=1, compact_ratio=1.0)
+        journal.record("t1", "SENT")
+        last = journal.record("t1", "SUCCESS")
+        closed = []
+        last.addCallback(lambda _: closed.append(journal.close()))
+        self.clock.advance(0)
+        self.disk.finish()  # the lines; the compaction starts, then close
+        self.assertNoResult(closed[0])
+        self.disk.finish()
+        self.successResultOf(closed[0])
+        self.assertEqual([(l["id"], l["state"]) for l in self.lines()], [("t1", "SUCCESS")])
+
+    def test_a_failed_write_fails_its_records_and_the_next_go_on(self):
+        journal = self.journal()
+        lost = journal.record("t1", "SUCCESS")
+        self.clock.advance(0)
+        kept = journal.record("t2", "SUCCESS")
+        self.disk.finish(OSError("disk full"))
+        self.failureResultOf(lost, OSError)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.disk.finish()
+        self.successResultOf(kept)
+        self.assertIsNone(journal.get("t1"))
+        self.assertEqual(journal.get("t2").state, "SUCCESS")
+        self.successResultOf(journal.close())
+
+
+class ThreadedJournalTests(TestCase):
+    """The journal as the daemon runs it: file work in a thread of its own."""
+
+    def test_records_from_many_turns_are_all_on_disk(self):
+        disk = DiskThread(reactor, "journal-test")
+        disk.start()
+        self.addCleanup(disk.stop)
+        path = os.path.join(os.path.abspath(self.mktemp()), "results.jsonl")
+        os.makedirs(os.path.dirname(path))
+        journal = ResultJournal(path, reactor, min_compact=100, compact_ratio=1.5, run=disk)
+
+        async def go():
+            recorded = []
+            for turn in range(50):
+                for n in range(20):
+                    task = f"t{turn}-{n}"
+                    recorded.append(journal.record(task, "SENT"))
+                    recorded.append(journal.record(task, "SUCCESS", result=n))
+                await deferLater(reactor, 0, lambda: None)
+            await defer.gatherResults(recorded)
+            await journal.close()
+            again = ResultJournal(path, reactor)
+            self.assertEqual(len(again.records), 1000)
+            self.assertEqual({r.state for r in again.records.values()}, {"SUCCESS"})
+            self.assertLess(again.lines, 2000, "compacted meanwhile")
+            await again.close()
+
+        return defer.ensureDeferred(go())
