@@ -108,7 +108,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the branches' temporary files (their logs)")
+    parser.add_argument("branch_options", nargs="*",
+                        help="extra cyme-branch options (after --)")
     args = parser.parse_args()
+    extra = dict(keep_root=args.keep)
     c.install_limits(600)
     tag = c.tag()
     print(f"# cluster listing, {c.machine()}")
@@ -116,7 +121,8 @@ def main():
     branches = []
     try:
         cluster = [
-            c.Branch(f"list-{name}", "--cluster", f"bench-{tag}", "-l", "warn")
+            c.Branch(f"list-{name}", "--cluster", f"bench-{tag}", "-l", "warn",
+                     *args.branch_options, **extra)
             for name in ("a", "b", "c")
         ]
         branches += cluster
@@ -132,7 +138,8 @@ def main():
         results["cluster (3 branches)"] = measure(cluster[0], args.requests, args.seconds)
         for b in cluster:
             b.stop()
-        single = c.Branch("list-single", "--cluster", f"bench-single-{tag}", "-l", "warn")
+        single = c.Branch("list-single", "--cluster", f"bench-single-{tag}", "-l", "warn",
+                          *args.branch_options, **extra)
         branches.append(single)
         single.start()
         populate(single, ["bench-list-single"])

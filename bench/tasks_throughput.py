@@ -1,10 +1,21 @@
-"""Queued URLs: tasks accepted per second over HTTP, and completed end to end.
+"""Queued URLs: tasks accepted per second over HTTP, accept latency, and end to end.
 
-accept:   16 concurrent keep-alive clients (wrk) sending
+accepted: 16 concurrent keep-alive clients (wrk) sending
           ``GET /bench/queue/<q>/http://127.0.0.1:<target>/x?n=1`` to one
-          branch for ``--seconds``; each 202 means the broker confirmed the
-          task and the branch recorded it.  Nobody consumes that queue
-          meanwhile (it is purged after), so the figure is the branch's.
+          branch as fast as they can for ``--seconds``; each 202 means the
+          broker confirmed the task and the branch recorded it.  Nobody
+          consumes that queue meanwhile (it is purged after): the figure
+          is the branch's and the broker's at their limit.
+latency:  the same requests at a fixed ``--rate`` (1,000/s) over 16
+          keep-alive connections, open loop: each latency counts from when
+          the request was due (no coordinated omission).  Side by side
+          with Celery's own client publishing the same task with publisher
+          confirms (``send_task`` with ``confirm_publish``, 16 threads
+          paced alike), the broker's floor.  Both with the queue consumed
+          as it fills (a fleet that keeps up: ``_drain.py``), then with
+          nobody consuming it (a growing backlog, which RabbitMQ confirms
+          more slowly).  ``--rounds`` alternating rounds; medians of the
+          rounds' p50 and p99.
 end to end: ``--tasks`` tasks against 2 worker instances (prefork, 1
           process each) doing the HTTP request to a local target:
   cyme:     queued over HTTP (16 clients), results awaited with
@@ -12,10 +23,11 @@ end to end: ``--tasks`` tasks against 2 worker instances (prefork, 1
   baseline: Celery's own client on the same workers and queue:
             ``send_task("cyme.webhook", …)`` with the rpc result backend,
             then ``AsyncResult.get()`` for each.
-Targets: >= 1,000 accepted/s, p99 accept latency <= 20 ms, end to end
->= 0.8x the baseline.
+Targets: >= 1,000 accepted/s; p99 accept latency <= 20 ms at 1,000/s with
+the queue consumed; end to end >= 0.8x the baseline.
 
-    .venv/bin/python bench/tasks_throughput.py [--seconds 10] [--tasks 400]
+    .venv/bin/python bench/tasks_throughput.py [--seconds 10] [--rate 1000]
+        [--rounds 3] [--tasks 400]
 """
 
 import argparse
@@ -33,6 +45,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
+import _paced  # noqa: E402
 
 
 class Target(http.server.BaseHTTPRequestHandler):
@@ -143,56 +156,179 @@ def purge(queue):
     )
 
 
+class Drainer:
+    """A consumer that keeps C{queue} empty while it runs (L{_drain})."""
+
+    def __init__(self, queue):
+        self.queue = queue
+        self.process = None
+
+    def __enter__(self):
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(here, "_drain.py"), c.BROKER, self.queue],
+            stdout=subprocess.PIPE, text=True,
+        )
+        if self.process.stdout.readline().strip() != "draining":
+            raise RuntimeError(f"the consumer of {self.queue} did not start")
+        return self
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def cyme_paced(branch, queue, target_port, rate, seconds):
+    """p50 and p99 (ms) of queueing at C{rate} over 16 connections."""
+    path = f"/{c.APP}/queue/{queue}/http://127.0.0.1:{target_port}/x?n=1"
+    latencies, statuses = _paced.paced_get("127.0.0.1", branch.port, path, rate, seconds)
+    if set(statuses) != {202}:
+        raise RuntimeError(f"not all accepted: {statuses}")
+    return _paced.percentile(latencies, 0.5) * 1000, _paced.percentile(latencies, 0.99) * 1000
+
+
+class CeleryPaced:
+    """Celery's own client publishing with confirms, paced like L{cyme_paced}."""
+
+    clients = 16
+
+    def __init__(self, target_port):
+        from celery import Celery
+
+        self.app = Celery("cyme-bench-paced", broker=c.BROKER)
+        self.app.conf.broker_transport_options = {"confirm_publish": True}
+        # One connection per client thread, as cyme's clients each have one.
+        self.app.conf.broker_pool_limit = self.clients
+        self.kwargs = {"method": "GET", "url": f"http://127.0.0.1:{target_port}/x?n=1",
+                       "timeout": 60}
+
+    def __call__(self, queue, rate, seconds):
+        total = int(rate * seconds)
+        start = time.perf_counter() + 0.05
+        latencies = []
+
+        def client(first):
+            mine = []
+            for n in range(first, total, self.clients):
+                due = start + n / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                self.app.send_task("cyme.webhook", kwargs=self.kwargs, queue=queue)
+                mine.append(time.perf_counter() - due)
+            return mine
+
+        with concurrent.futures.ThreadPoolExecutor(self.clients) as pool:
+            for mine in pool.map(client, range(self.clients)):
+                latencies.extend(mine)
+        return _paced.percentile(latencies, 0.5) * 1000, _paced.percentile(latencies, 0.99) * 1000
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the branch's temporary files (its log)")
+    parser.add_argument("branch_options", nargs="*",
+                        help="extra cyme-branch options (after --)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("tasks_throughput: needs wrk (apt-get install wrk)")
-    c.install_limits(900)
+    c.install_limits(900 + 60 * args.rounds)
     tag = c.tag()
     print(f"# queued URLs, {c.machine()}")
     target = start_target()
-    branch = c.Branch("tasks", "--cluster", f"bench-tasks-{tag}", "-l", "warn")
+    branch = c.Branch("tasks", "--cluster", f"bench-tasks-{tag}", "-l", "warn",
+                      *args.branch_options, keep_root=args.keep)
+    names = ("accept", "consumed", "backlog", "base-consumed", "base-backlog", "work")
+    queues = {name: f"{name}-{tag}" for name in names}
+    paced = {key: [] for key in ("cyme-consumed", "base-consumed", "cyme-backlog",
+                                 "base-backlog")}
     try:
         branch.start()
         c.ensure_app(branch)
-        idle, busy = f"accept-{tag}", f"work-{tag}"
-        for queue in (idle, busy):
+        for queue in queues.values():
             status, body = branch.request("PUT", f"/{c.APP}/queues/{queue}/")
             if status not in (200, 201):
                 raise RuntimeError(f"queue {queue}: {status} {body}")
-        # Warm-up: the first publish declares the queue on the broker.
-        branch.request("GET", f"/{c.APP}/queue/{idle}/http://127.0.0.1:{target.server_port}/x")
-        rate, p50, p99 = accept_rate(branch, idle, target.server_port, args.seconds)
-        purge(idle)
+            # Warm-up: the first publish declares the queue on the broker.
+            branch.request(
+                "GET", f"/{c.APP}/queue/{queue}/http://127.0.0.1:{target.server_port}/x"
+            )
+            purge(queue)
+        rate, p50, p99 = accept_rate(branch, queues["accept"], target.server_port, args.seconds)
+        purge(queues["accept"])
+
+        celery_paced = CeleryPaced(target.server_port)
+        celery_paced(queues["base-consumed"], args.rate, 1)  # connects its clients
+        with Drainer(queues["consumed"]), Drainer(queues["base-consumed"]):
+            for _ in range(args.rounds):
+                paced["cyme-consumed"].append(c.undisturbed(
+                    branch, cyme_paced, branch, queues["consumed"], target.server_port,
+                    args.rate, args.seconds,
+                ))
+                paced["base-consumed"].append(c.undisturbed(
+                    branch, celery_paced, queues["base-consumed"], args.rate, args.seconds
+                ))
+        for _ in range(args.rounds):
+            paced["cyme-backlog"].append(c.undisturbed(
+                branch, cyme_paced, branch, queues["backlog"], target.server_port,
+                args.rate, args.seconds,
+            ))
+            purge(queues["backlog"])
+            paced["base-backlog"].append(c.undisturbed(
+                branch, celery_paced, queues["base-backlog"], args.rate, args.seconds
+            ))
+            purge(queues["base-backlog"])
+
         for n in range(2):
             status, body = branch.request(
                 "PUT", f"/{c.APP}/instances/tp-{tag}-{n}/",
-                params={"queues": busy, "max_concurrency": "1", "min_concurrency": "1"},
+                params={"queues": queues["work"], "max_concurrency": "1",
+                        "min_concurrency": "1"},
                 timeout=60,
             )
             if status not in (200, 201) or body.get("state") != "running":
                 raise RuntimeError(f"worker {n}: {status} {body}")
+        busy = queues["work"]
         cyme_e2e = cyme_end_to_end(branch, busy, target.server_port, 20)  # warm-up
         cyme_e2e = cyme_end_to_end(branch, busy, target.server_port, args.tasks)
         base_e2e = baseline_end_to_end(busy, target.server_port, args.tasks)
     finally:
         branch.stop()
         target.shutdown()
+        for queue in queues.values():
+            purge(queue)
+
+    def ms(key, which):
+        return c.median([sample[which] for sample in paced[key]])
+
+    each = f"at {args.rate:.0f}/s"
     c.table(
-        ["queued URLs", "figure", "target"],
+        ["queued URLs", "cyme", "Celery client", "target"],
         [
-            ["accepted over HTTP (16 clients)", f"{rate:.0f}/s", ">= 1000/s"],
-            ["accept latency p50", f"{p50:.1f} ms", ""],
-            ["accept latency p99", f"{p99:.1f} ms", "<= 20 ms"],
-            ["end to end, cyme (2 workers)", f"{cyme_e2e:.0f}/s", ""],
-            ["end to end, Celery client (same workers)", f"{base_e2e:.0f}/s", ""],
+            ["accepted, 16 clients as fast as they go", f"{rate:.0f}/s", "", ">= 1000/s"],
+            ["  their latency p50 / p99", f"{p50:.1f} / {p99:.1f} ms", "", ""],
+            [f"accept latency {each}, queue consumed", "", "", ""],
+            ["  p50", f"{ms('cyme-consumed', 0):.1f} ms", f"{ms('base-consumed', 0):.1f} ms", ""],
+            ["  p99", f"{ms('cyme-consumed', 1):.1f} ms", f"{ms('base-consumed', 1):.1f} ms",
+             "<= 20 ms"],
+            [f"accept latency {each}, no consumer (backlog)", "", "", ""],
+            ["  p50", f"{ms('cyme-backlog', 0):.1f} ms", f"{ms('base-backlog', 0):.1f} ms", ""],
+            ["  p99", f"{ms('cyme-backlog', 1):.1f} ms", f"{ms('base-backlog', 1):.1f} ms", ""],
+            ["end to end (2 workers)", f"{cyme_e2e:.0f}/s", f"{base_e2e:.0f}/s", ">= 0.8x"],
         ],
     )
+    p99 = ms("cyme-consumed", 1)
     ratio = cyme_e2e / base_e2e
-    print(f"end-to-end ratio cyme/celery: {ratio:.2f}")
+    print("rounds of the latency figures (p50/p99 ms): "
+          + "; ".join(f"{k} " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in v)
+                      for k, v in paced.items()))
+    print(f"p99 at {args.rate:.0f}/s, queue consumed, cyme/celery: "
+          f"{p99 / ms('base-consumed', 1):.2f}; end-to-end ratio cyme/celery: {ratio:.2f}")
     print(f"target >= 1000 accepted/s: {c.verdict(rate >= 1000)}; p99 <= 20 ms: "
           f"{c.verdict(p99 <= 20)}; end to end >= 0.8x: {c.verdict(ratio >= 0.8)}")
 
