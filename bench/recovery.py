@@ -10,9 +10,10 @@
 (b) ``kill -STOP`` of a worker -> replaced: a new pid answering ping,
     timed from the SIGSTOP; reported in seconds and in ticks.  A tick is
     one supervisor round, every ``--sup-interval`` seconds, so ticks =
-    seconds / sup-interval.  The hung worker must miss pings, be TERMed,
-    KILLed after ``--kill-timeout`` (a stopped process cannot act on TERM)
-    and be restarted.  Target: <= 3 ticks (median).
+    seconds / sup-interval.  The hung worker must miss pings, be TERMed
+    and continued (SIGCONT, so that it acts on the TERM), KILLed if still
+    there after ``--kill-timeout``, and be restarted.  Target: <= 3 ticks
+    (median).
 
 Baseline, printed side by side: what the same figure would be for a
 worker started from scratch (the branch's own spawn -> first pong,

@@ -478,6 +478,9 @@ class Supervisor(service.Service):
         adopted = worker.adopted
         worker.kill_call = self.reactor.callLater(self.kill_timeout, self._kill, worker)
         self._signal(worker, signal.SIGTERM)
+        # A stopped worker (SIGSTOP, a debugger let go) acts on the TERM
+        # only once continued: a warm shutdown now, not a KILL later.
+        self._signal(worker, signal.SIGCONT)
         if adopted:
             self._watch_adopted(worker)
         return d

@@ -246,9 +246,9 @@ class LivenessTests(SupervisorTestCase):
         self.reactor.on_signal = None
         # Within a 1 s tick: pings at 0.1, 0.2, 0.4 s, then TERM; KILL 1 s later.
         self.pump(1.8)
-        self.assertEqual(hung.signals, [signal.SIGTERM])
+        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGCONT])
         self.pump(1.0)
-        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGKILL])
+        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL])
         hung.exit(signum=signal.SIGKILL)
         self.reactor.advance(0)
         self.assertNotEqual(self.process().pid, hung.pid)
@@ -263,9 +263,9 @@ class LivenessTests(SupervisorTestCase):
         self.assertEqual(self.state(), "unresponsive")
         self.assertEqual(hung.signals, [])
         self.pump(5)  # second missed round: TERM
-        self.assertEqual(hung.signals, [signal.SIGTERM])
+        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGCONT])
         self.pump(10)  # did not stop: KILL
-        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGKILL])
+        self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL])
         hung.exit(signum=signal.SIGKILL)
         self.reactor.advance(0)
         self.assertEqual(self.supervisor.status("w1")["last_error"], "did not answer ping in 2 rounds")
@@ -380,9 +380,9 @@ class StopTests(SupervisorTestCase):
         self.supervisor.reconcile()
         self.reactor.advance(0)
         self.pump(9.9)
-        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.assertEqual(process.signals, [signal.SIGTERM, signal.SIGCONT])
         self.pump(0.1)
-        self.assertEqual(process.signals, [signal.SIGTERM, signal.SIGKILL])
+        self.assertEqual(process.signals, [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL])
         self.assertTrue(os.path.exists(os.path.join(self.root, "w1")))
         process.exit(signum=signal.SIGKILL)
         self.assertFalse(os.path.exists(os.path.join(self.root, "w1")))
@@ -402,7 +402,7 @@ class StopTests(SupervisorTestCase):
         process = self.boot()
         d = self.supervisor.stopService()
         self.assertNoResult(d)
-        self.assertEqual(process.signals, [signal.SIGTERM])
+        self.assertEqual(process.signals, [signal.SIGTERM, signal.SIGCONT])
         process.exit(signum=signal.SIGTERM)
         self.successResultOf(d)
 
@@ -444,7 +444,7 @@ class AdoptionTests(SupervisorTestCase):
     def test_worker_of_a_deleted_instance_is_stopped_and_removed(self):
         directory = self.leave_worker("gone", 4343)
         self.start()
-        self.assertEqual(self.processes.signals, [(4343, signal.SIGTERM)])
+        self.assertEqual(self.processes.signals, [(4343, signal.SIGTERM), (4343, signal.SIGCONT)])
         self.pump(0.1)
         self.assertFalse(os.path.exists(directory))
 
