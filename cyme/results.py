@@ -89,7 +89,7 @@ class BrokerLink:
         self.client = client
         self.channel = None
         self._declared = set()
-        self._ready = defer.Deferred()
+        self._waiting = []  # a Deferred per publish waiting for the channel
         client.add_listener(self)
 
     def broker_connected(self, connection):
@@ -106,8 +106,9 @@ class BrokerLink:
         await channel.confirm_select(timeout=10)
         self.channel = channel
         self._declared.clear()
-        ready, self._ready = self._ready, defer.Deferred()
-        ready.callback(channel)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(channel)
 
     def _setup_failed(self, failure, connection):
         setup_failed(self.log, f"task publishing on {self.url}", failure, connection)
@@ -118,9 +119,13 @@ class BrokerLink:
     async def _channel(self, timeout):
         if self.channel is not None and self.channel.is_open:
             return self.channel
-        timer = self.tasks.clock.callLater(timeout, self._ready.cancel)
+        # One Deferred each: a Deferred's result goes down one chain of
+        # callbacks, and one publish timing out must not fail the others.
+        d = defer.Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        timer = self.tasks.clock.callLater(timeout, d.cancel)
         try:
-            return await self._ready
+            return await d
         except defer.CancelledError:
             raise PublishFailed(f"broker {self.url} not reachable") from None
         finally:

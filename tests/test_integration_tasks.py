@@ -450,6 +450,26 @@ class QueueTests(TaskTestCase):
         self.assertEqual(len(self.target.requests), len(VERBS) + len(seed) + 3)
 
     @deferred
+    async def test_first_tasks_queued_at_once(self):
+        """
+        Tasks queued all at once, before the branch has its channel to the
+        app's broker, all wait for it and are all accepted, then performed.
+        """
+        branch = await self.start_branch("a")
+        await self.declare(branch)
+        accepted = await defer.gatherResults([
+            defer.ensureDeferred(
+                self.queue(branch, "GET", self.target_url(f"/echo/{n}"), f"n={n}")
+            )
+            for n in range(16)
+        ])
+        self.assertEqual(len({a["uuid"] for a in accepted}), 16)
+        await self.create_worker(branch)
+        for n, a in enumerate(accepted):
+            result = await self.wait_result(branch, a["uuid"])
+            self.assertEqual(result["content"], f"GET /echo/{n}")
+
+    @deferred
     async def test_failures_and_bad_requests(self):
         """
         404 and 500 answers are SUCCESS results with their status; a refused
