@@ -793,6 +793,8 @@ class Supervisor(service.Service):
             try:
                 changed = await self._fix(worker, instance, queues[worker.node],
                                           stats.get(worker.node))
+            except defer.CancelledError:
+                raise  # the branch is stopping
             except Exception:
                 self.log.failure("{instance}: cannot fix queues", instance=worker.name)
                 continue
@@ -823,7 +825,13 @@ class Supervisor(service.Service):
             await self.control.cancel_consumer(node, name, 1.0)
             changed = True
         for name in instance.queues:
-            queue = self.store.get_queue(instance.app, name)
+            try:
+                queue = self.store.get_queue(instance.app, name)
+            except NotFound:
+                # Deleted while the workers were asked: the instance as it
+                # is now is verified on the next tick.
+                changed = True
+                continue
             current = live.get(name)
             if current is not None:
                 exchange = (current.get("exchange") or {}).get("name")

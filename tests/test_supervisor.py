@@ -335,6 +335,38 @@ class QueueTests(SupervisorTestCase):
         self.pump(5)
         self.assertEqual(self.control.nodes["w1@h"].queue_names(), ["dq.w1"])
 
+    def test_a_queue_deleted_while_the_workers_are_asked_is_dropped_quietly(self):
+        self.start()
+        self.add("w1")
+        self.boot("w1")
+        self.add("w2")
+        self.boot("w2")
+        # w2 is slow to answer: the question to both takes its full second.
+        self.control.nodes["w2@h"].responsive = False
+        self.supervisor.workers["w2"].verified = None
+        self.add("w1", queues=["tasks"])
+        self.assertEqual(self.control.sent[-1][0], "active_queues")
+        self.store.delete_queue("foo", "tasks")
+        self.pump(2.1)  # active_queues, then stats: a second each
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.control.nodes["w1@h"].queue_names(), ["dq.w1"])
+
+    def test_stopping_while_a_worker_is_told_its_queues_logs_nothing(self):
+        self.start()
+        self.add("w1")
+        self.boot("w1")
+        self.add("w2")
+        self.boot("w2")
+        self.control.nodes["w2@h"].responsive = False
+        self.supervisor.workers["w2"].verified = None
+        self.add("w1", queues=["tasks"])
+        # w1 answered what it consumes; by the time it is told, it is slow.
+        self.control.nodes["w1@h"].responsive = False
+        self.pump(2.05)
+        self.assertEqual(self.control.sent[-1][0], "add_consumer")
+        self.successResultOf(self.supervisor.stopService())
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_declaration_change_rebinds(self):
         self.start()
         self.add("w1", queues=["other"])
