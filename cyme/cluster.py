@@ -119,10 +119,14 @@ class ClusterOperations:
     # Replication
 
     async def _merge(self, args, sender):
+        before = self.store.digest()
         removed = self.store.merge(args.get("replica") or {})
-        self.local.controller._changed(
-            "replica.merge", sender=sender, removed=[i.name for i in removed]
-        )
+        if self.store.digest() != before:
+            # Not for what this branch knew already (its own writes come
+            # back to it too): nothing to log or reconcile.
+            self.local.controller._changed(
+                "replica.merge", sender=sender, removed=[i.name for i in removed]
+            )
         return {"ok": True, "digest": self.store.digest()}
 
     def _peer_seen(self, peer):
