@@ -34,6 +34,9 @@ def created_status(created):
 
 
 _klein = Klein()
+# A path with "//" is no route: werkzeug would answer a redirect to the
+# merged path, which Klein raises as an error.
+_klein.url_map.merge_slashes = False
 
 
 def route(path, methods):
