@@ -22,7 +22,8 @@ setup(
     },
     include_package_data=True,
     install_requires=[
-        "twisted>=24.3",
+        # 25.5: a Request can leave POST bodies to the API (JSON errors).
+        "twisted>=25.5",
         "klein>=24.8",
         "txamqp>=0.8.2",
         "celery>=5.3",

@@ -3,6 +3,8 @@ and the parameters of a request read from its query, form or JSON body.
 """
 
 import json
+from email import policy
+from email.parser import BytesParser
 from urllib.parse import parse_qsl, urlsplit
 
 from twisted.web import server
@@ -23,6 +25,13 @@ class LimitedRequest(server.Request):
 
     max_body = MAX_BODY
     too_large = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Twisted would parse a POST's form itself and answer a bad one
+        # with a bare 400; the API reads every body (L{request_params}) and
+        # answers in JSON.
+        self._parsePOSTFormSubmission = False
 
     def gotLength(self, length):
         if length is not None and length > self.max_body:
@@ -105,6 +114,27 @@ def fields(text, what):
     return _merge(_pairs(text, what))
 
 
+def multipart_fields(body, content_type):
+    """The fields of a C{multipart/form-data} body."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart() or message.defects:
+        raise BadRequest("body", "malformed multipart/form-data body")
+    pairs = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("body", "a multipart/form-data part without a field name")
+        try:
+            pairs.append((name, (part.get_payload(decode=True) or b"").decode("utf-8")))
+        except UnicodeDecodeError:
+            raise BadRequest("body", f"form field {name!r} is not valid UTF-8") from None
+        if len(pairs) > MAX_FIELDS:
+            raise BadRequest("body", f"body has more than {MAX_FIELDS} fields")
+    return _merge(pairs)
+
+
 def query_fields(request):
     """The fields of the request's query string."""
     return fields(urlsplit(request.uri).query.decode("latin-1"), "query string")
@@ -134,14 +164,7 @@ def request_params(request):
             raise BadRequest("body", "the JSON body must be an object")
         params.update(data)
     elif ctype == b"multipart/form-data":
-        # Twisted parsed the parts of a POST into request.args already.
-        for key, values in (request.args or {}).items():
-            try:
-                key = key.decode("utf-8")
-                values = [v.decode("utf-8") for v in values]
-            except UnicodeDecodeError:
-                raise BadRequest("body", "form field is not valid UTF-8") from None
-            params[key] = values[-1] if len(values) == 1 else values
+        params.update(multipart_fields(body, request.getHeader(b"content-type")))
     elif ctype in (b"application/x-www-form-urlencoded", b"") and body:
         try:
             text = body.decode("ascii")

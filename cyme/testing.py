@@ -12,6 +12,7 @@ import attrs
 from treq.testing import StubTreq
 
 from cyme.controller import Controller
+from cyme.http import LimitedRequest
 from cyme.store import MemoryStore
 from cyme.operations import LocalOperations
 from cyme.web import BranchAPI
@@ -45,6 +46,9 @@ class APIClient:
 
     def __init__(self, resource, base="http://branch.invalid"):
         self.treq = StubTreq(resource)
+        # The daemon's request class, so that a test sees what a client
+        # sees (the body cap, the forms parsed by the API, not by Twisted).
+        self.treq._agent._serverFactory.requestFactory = LimitedRequest
         self.base = base
 
     def request(self, method, path, **kwargs):

@@ -623,6 +623,42 @@ class RequestFormTests(APITestCase):
             201,
         )
         self.assertEqual(self.store.get_app("foo").broker, Broker(hostname="w1", userid="me"))
+        # PUT as well as POST; a field given twice is a list, as in a form.
+        body = (
+            b"--XyZ\r\n"
+            b'Content-Disposition: form-data; name="queues"\r\n\r\n'
+            b"tasks\r\n"
+            b"--XyZ\r\n"
+            b'Content-Disposition: form-data; name="queues"\r\n\r\n'
+            b"other\r\n"
+            b"--XyZ--\r\n"
+        )
+        for name in ("tasks", "other"):
+            self.call("PUT", f"/foo/queues/{name}/")
+        instance = self.assertAnswer(
+            self.call("PUT", "/foo/instances/w1/", data=body,
+                      headers={"Content-Type": ["multipart/form-data; boundary=XyZ"]}),
+            201,
+        )
+        self.assertEqual(instance["queues"], ["tasks", "other"])
+
+    def test_malformed_multipart_form(self):
+        self.call("PUT", "/foo/")
+        before = self.snapshot()
+        for body, ctype in [
+            (b"\x86\xc1 not a multipart body", "multipart/form-data; boundary=x"),
+            (b"--x\r\nContent-Disposition: form-data\r\n\r\nv\r\n--x--\r\n",
+             "multipart/form-data; boundary=x"),
+            (b"--x\r\nContent-Disposition: form-data; name=\"hostname\"\r\n\r\n\xff\r\n--x--\r\n",
+             "multipart/form-data; boundary=x"),
+        ]:
+            for method in ("POST", "PUT"):
+                with self.subTest(method=method, body=body):
+                    self.assertError(
+                        self.call(method, "/foo/", data=body, headers={"Content-Type": [ctype]}),
+                        400, field="body",
+                    )
+        self.assertEqual(self.snapshot(), before)
 
     def test_trailing_slash_optional(self):
         self.setUpFoo()
@@ -832,6 +868,14 @@ class NotFoundTests(APITestCase):
         for path in ["/foo/instances/w1/bogus/", "/foo/a/b/c/d/e/", "/foo/queues/tasks/x/"]:
             with self.subTest(path=path):
                 self.assertError(self.call("GET", path), 404)
+
+    def test_empty_segment_is_no_route(self):
+        """C{//} in a path names nothing: a 404, not a redirect (or a 500)."""
+        for method, path in [("GET", "/stats//"), ("DELETE", "/foo//"),
+                             ("PUT", "/foo/instances//"), ("POST", "/query///")]:
+            with self.subTest(method=method, path=path):
+                self.assertError(self.call(method, path), 404)
+        self.assertEqual(self.snapshot(), self.before)
 
 
 class MethodNotAllowedTests(APITestCase):
