@@ -10,10 +10,14 @@ An instance belongs to exactly one branch.  A new one goes to the least
 loaded live branch (fewest instances, ties at random) or to
 C{?branch=<id>}; every operation on it by name runs on its owner, found
 from the heartbeats and confirmed by the owner (or by asking everyone).
+Whether a name is new is decided by one branch, the same for every
+branch that asks (L{ClusterOperations._coordinator}), one request at a
+time: a name sent to several branches at once still makes one instance.
 Listings ask every live branch and add what offline branches last
 announced; a branch that did not answer is named in the answer.
 """
 
+import hashlib
 import random
 import uuid
 
@@ -79,6 +83,7 @@ class ClusterOperations:
     rng: object = random.random
     log = Logger(observer=logs.observer)
     _pulling: set = attrs.field(factory=set)
+    _creating: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
     _listings: object = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self):
@@ -89,6 +94,7 @@ class ClusterOperations:
             "instances.list": self._list_local,
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
+            "instance.put": self._put_named_remote,
             "task.get": self._task_local,
             "task.wait": self._task_wait_local,
         }
@@ -322,33 +328,82 @@ class ClusterOperations:
 
     async def put_instance(self, app, name, values, wait=True, branch=None):
         await self.local.get_app(app)
-        if name is not None:
-            owner, peer = await self._owner(name)
-            if owner is not None:
-                if branch not in (None, "", owner):
-                    raise Conflict(
-                        f"instance {name} already exists on branch {owner}",
-                        name=name, branch=owner,
-                    )
-                return await self._route(
-                    "put_instance", app, name, values, wait=wait
+        if name is None:
+            # A fresh UUID is nobody's yet: no one else can be creating it.
+            return await self._create(app, str(uuid.uuid4()), values, wait, branch)
+        check_name(name, "instance")
+        coordinator = self._coordinator(name)
+        if coordinator == self.branch_id:
+            return await self._put_named(app, name, values, wait, branch)
+        timeout = 2 * self.call_timeout + self.local.controller.ready_timeout
+        return await self.bus.call(
+            coordinator, "instance.put",
+            {"app": app, "name": name, "values": values, "wait": wait, "branch": branch},
+            timeout,
+        )
+
+    def _coordinator(self, name):
+        """
+        The live branch that decides where a new instance C{name} goes.
+
+        Every branch picks the same one from the same live set (the highest
+        hash of the name and a branch id), so that creates of one name sent
+        to several branches at once are decided in one place, in turn.
+        """
+        return max(
+            self.bus.live_ids(),
+            key=lambda b: hashlib.sha256(f"{name}\0{b}".encode("utf-8")).digest(),
+        )
+
+    async def _put_named_remote(self, args, sender):
+        return await self._put_named(
+            args["app"], args["name"], args.get("values") or {},
+            args.get("wait", True), args.get("branch"),
+        )
+
+    async def _put_named(self, app, name, values, wait, branch):
+        lock = self._creating.setdefault(name, defer.DeferredLock())
+        await lock.acquire()
+        try:
+            await self.local.get_app(app)
+            owner, _ = await self._owner(name)
+            if owner is None:
+                return await self._create(app, name, values, wait, branch)
+            if branch not in (None, "", owner):
+                raise Conflict(
+                    f"instance {name} already exists on branch {owner}",
+                    name=name, branch=owner,
                 )
-        else:
-            name = str(uuid.uuid4())
+            return await self._route("put_instance", app, name, values, wait=wait)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._creating.pop(name, None)
+
+    async def _create(self, app, name, values, wait, branch):
         target = self._place(branch)
         if target == self.branch_id:
             result = await self.local.put_instance(app, name, values, wait=wait)
         else:
-            timeout = self.call_timeout + self.local.controller.ready_timeout
-            result = await self.bus.call(
-                target, "instance.op",
-                {"op": "put_instance", "args": [app, name, values],
-                 "kwargs": {"wait": wait}}, timeout,
-            )
-            # Count it now: the next placement must not wait for its beat.
+            # Counted from now on, not once created (its worker may take a
+            # while) nor at the target's next beat: placements made
+            # meanwhile see it.
             peer = self.bus.peers.get(target)
-            if peer is not None and [app, name] not in peer.instances:
-                peer.instances.append([app, name])
+            entry = [app, name]
+            counted = peer is not None and entry not in peer.instances
+            if counted:
+                peer.instances.append(entry)
+            timeout = self.call_timeout + self.local.controller.ready_timeout
+            try:
+                result = await self.bus.call(
+                    target, "instance.op",
+                    {"op": "put_instance", "args": [app, name, values],
+                     "kwargs": {"wait": wait}}, timeout,
+                )
+            except Exception:
+                if counted and entry in peer.instances:
+                    peer.instances.remove(entry)
+                raise
         return result
 
     def _place(self, branch):

@@ -195,6 +195,14 @@ class InstanceTests(ClusterTestCase):
         )
         self.assertEqual(counts, [2, 2, 2])
 
+    def test_instances_created_at_once_are_spread_too(self):
+        requests = [self.branches["b1"].client.request("PUT", "/foo/instances/")
+                    for _ in range(6)]
+        self.settle()
+        self.assertEqual([self.successResultOf(d).code for d in requests], [201] * 6)
+        counts = sorted(len(branch.store.instances()) for branch in self.branches.values())
+        self.assertEqual(counts, [2, 2, 2])
+
     def test_instance_json_names_its_branch(self):
         body = self.request("b1", "PUT", "/foo/instances/w1/?branch=b3").json
         self.assertEqual(body["branch"], "b3")
@@ -230,6 +238,21 @@ class InstanceTests(ClusterTestCase):
         response = self.request("b3", "PUT", "/bar/instances/w1/")
         self.assertEqual(response.code, 409)
         self.assertEqual(self.owners(), {"w1": "b2"})
+
+    def test_one_name_created_through_every_branch_at_once_is_one_instance(self):
+        for round_ in range(4):
+            name = f"w{round_}"
+            requests = [
+                self.branches[b].client.request("PUT", f"/foo/instances/{name}/")
+                for b in IDS
+            ]
+            self.settle()
+            responses = [self.successResultOf(d) for d in requests]
+            self.assertEqual(sorted(r.code for r in responses), [200, 200, 201], name)
+            holders = [b for b, branch in self.branches.items()
+                       if any(i.name == name for i in branch.store.instances())]
+            self.assertEqual(len(holders), 1, f"{name} is on {holders}")
+            self.assertEqual({r.json["branch"] for r in responses}, set(holders))
 
     def test_updating_goes_to_the_owner(self):
         self.request("b1", "PUT", "/foo/instances/w1/?branch=b2")

@@ -17,7 +17,7 @@ by design), are killed in the cleanups.
 import os
 import uuid
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from cyme import __version__
 from tests.integration import KILL_TIMEOUT, IntegrationTestCase, processes
@@ -231,6 +231,20 @@ class ClusterTests(ClusterTestCase):
         self.assertEqual(
             (shown["app"], shown["branch"], shown["pid"]), ("foo", "c", pid)
         )
+        # A new name sent to every branch at once is still one instance.
+        twin = f"twin-{uuid.uuid4().hex[:6]}"
+        answers = await defer.gatherResults([
+            defer.ensureDeferred(self.call(
+                "PUT", node.url(f"/bar/instances/{twin}/"), data={"pool": "solo"},
+                timeout=30,
+            ))
+            for node in nodes
+        ])
+        self.assertEqual(sorted(code for code, _, _ in answers), [200, 200, 201], answers)
+        self.assertEqual(len({body["branch"] for _, body, _ in answers}), 1, answers)
+        for node in nodes:
+            self.assertEqual(await self.ok("GET", node, "/bar/instances/"), [twin])
+        await self.ok("DELETE", a, f"/bar/instances/{twin}/", expected=(200,))
 
         # 4. Deleted through a: the worker on c is gone, and so is the name.
         body = await self.ok("DELETE", a, f"/foo/instances/{name}/", expected=(200,))
