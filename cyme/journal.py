@@ -196,11 +196,25 @@ class ResultJournal:
         for task_id in [i for i, r in self.records.items() if r.updated < horizon]:
             del self.records[task_id]
 
+    def expire(self):
+        """
+        Forget the results past the retention now, not at the next
+        compaction, and rewrite the file without them; how many there were.
+        """
+        before = len(self.records)
+        self._expire()
+        gone = before - len(self.records)
+        if gone and self._closing is None:
+            self.compact()
+        return gone
+
     def compact(self):
         """
         Rewrite the journal with one line per live record (once the write
         under way, if any, is done).
         """
+        if self._closing is not None and self._closing.called:
+            return  # closed: nothing to rewrite with
         if self._busy is not None:
             self._compact_wanted = True
             return

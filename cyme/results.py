@@ -14,6 +14,7 @@ import uuid
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -222,18 +223,38 @@ class TaskService(service.Service):
         self.publish_timeout = publish_timeout
         self.results_queue = f"cyme.results.{branch_id}"
         self.links = {}
+        self._expiry = None
+
+    #: Seconds between two sweeps of the results past their retention.
+    expire_interval = 600.0
 
     def startService(self):
         super().startService()
         if self.disk is not None:
             self.disk.start()
+        # Expired results leave memory and the file even when no new one
+        # comes to trigger a compaction.
+        self._expiry = LoopingCall(self._expire)
+        self._expiry.clock = self.clock
+        self._expiry.start(self.expire_interval, now=False)
         # Results that came while the branch was down wait on every broker
         # it ever published to: consume them all again.
         for app in self.store.apps():
             self.link(app.broker.as_url())
 
+    def _expire(self):
+        try:
+            gone = self.journal.expire()
+        except Exception:
+            self.log.failure("cannot expire old results")
+            return
+        if gone:
+            self.log.info("{count} results expired", count=gone)
+
     def stopService(self):
         super().stopService()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
         # Fires once every result recorded is on disk.
         closed = self.journal.close()
         if self.disk is not None:

@@ -10,6 +10,8 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cyme.journal import DiskThread, JournalClosed, ResultJournal
+from cyme.results import TaskService
+from cyme.store import MemoryStore
 
 
 class JournalTests(SynchronousTestCase):
@@ -89,6 +91,31 @@ class JournalTests(SynchronousTestCase):
         journal.compact()
         self.assertIsNone(journal.get("old"))
         self.assertEqual([line["id"] for line in self.lines()], ["new"])
+
+    def test_expired_results_leave_memory_and_file_without_new_writes(self):
+        journal = self.journal(retention=60)
+        journal.record("old", "SUCCESS")
+        self.clock.advance(0)
+        self.clock.advance(30)
+        journal.record("new", "SUCCESS")
+        self.clock.advance(0)
+        self.clock.advance(31)
+        self.assertEqual(journal.expire(), 1)
+        self.assertEqual(set(journal.records), {"new"})
+        self.assertEqual([line["id"] for line in self.lines()], ["new"])
+        self.assertEqual(journal.expire(), 0)
+
+    def test_the_branch_sweeps_expired_results(self):
+        journal = self.journal(retention=60)
+        tasks = TaskService(None, journal, "b1", self.clock, MemoryStore())
+        tasks.startService()
+        journal.record("old", "SUCCESS")
+        self.clock.advance(0)
+        self.clock.advance(tasks.expire_interval)
+        self.assertEqual(journal.records, {})
+        self.assertEqual(self.lines(), [])
+        self.successResultOf(tasks.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_compaction_keeps_one_line_per_task(self):
         journal = self.journal(min_compact=10, compact_ratio=2.0)
