@@ -7,8 +7,7 @@ L{tests.test_daemon}.  Not a test module (trial loads only C{test_*}):
 
   - the broker: whether it listens (L{unreachable}, L{broker_back}),
     L{rabbitmqctl}, the run's own virtual host of a module (L{run_vhost},
-    named after the prefix the module passes; made at the first use and
-    deleted at exit) and L{broker_url};
+    from L{tests.vhosts}) and L{broker_url};
   - processes: the live workers whose command line names a directory
     (L{worker_processes}) and the members of a process group (L{group});
   - L{Branch}, a running branch, and L{IntegrationTestCase}: skipped
@@ -18,14 +17,10 @@ L{tests.test_daemon}.  Not a test module (trial loads only C{test_*}):
     design) in its cleanups.
 """
 
-import atexit
 import json
 import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -33,10 +28,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 
 from cyme.workers import ProcessTable
+from tests import vhosts
 from tests.test_daemon import DaemonTestCase, free_port
+from tests.vhosts import HOST, PORT, RABBITMQCTL, broker_url, made_vhost  # noqa: F401
 
-HOST, PORT = "127.0.0.1", 5672
-RABBITMQCTL = shutil.which("rabbitmqctl")
 
 #: Seconds of the branches' supervisor tick and of a worker's TERM → KILL.
 INTERVAL = 1
@@ -86,55 +81,9 @@ async def rabbitmqctl(*args):
     return code, (out + err).decode("utf-8", "replace")
 
 
-_vhosts = {}
-
-
 async def run_vhost(prefix):
-    """
-    The virtual host of this run for C{prefix}: C{<prefix>-<pid>}, made at
-    the first use and deleted at exit (and the ones of runs that died are
-    deleted here), so that concurrent runs on one broker never share a
-    queue; C{/} when there is no C{rabbitmqctl} to make it.
-    """
-    if prefix in _vhosts:
-        return _vhosts[prefix]
-    if RABBITMQCTL is None:
-        _vhosts[prefix] = "/"
-        return "/"
-    code, out = await rabbitmqctl("list_vhosts", "--quiet", "--no-table-headers")
-    if code != 0:
-        raise AssertionError(f"rabbitmqctl list_vhosts failed:\n{out}")
-    for name in out.split():
-        match = re.fullmatch(re.escape(prefix) + r"-(\d+)", name)
-        if match and not processes.alive(int(match.group(1))):
-            await rabbitmqctl("delete_vhost", name)
-    vhost = f"{prefix}-{os.getpid()}"
-    if vhost not in out.split():
-        code, out = await rabbitmqctl("add_vhost", vhost)
-        if code != 0 and "already exists" not in out:
-            raise AssertionError(f"rabbitmqctl add_vhost {vhost} failed:\n{out}")
-        atexit.register(delete_vhost, vhost)
-    code, out = await rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    if code != 0:
-        raise AssertionError(f"rabbitmqctl set_permissions failed:\n{out}")
-    _vhosts[prefix] = vhost
-    return vhost
-
-
-def made_vhost(prefix):
-    """The virtual host L{run_vhost} gave for C{prefix}; None before it was asked."""
-    return _vhosts.get(prefix)
-
-
-def delete_vhost(vhost):
-    subprocess.run(
-        [RABBITMQCTL, "delete_vhost", vhost],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
-    )
-
-
-def broker_url(vhost):
-    return f"amqp://guest:guest@{HOST}:{PORT}/{'%2F' if vhost == '/' else vhost}"
+    """L{tests.vhosts.run_vhost}, for the tests written with C{await}."""
+    return vhosts.run_vhost(prefix)
 
 
 # Processes

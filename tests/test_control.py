@@ -17,8 +17,8 @@ from cyme.amqp import AMQPClientService
 from cyme.control import ControlRouter, NotConnected, PidboxControl
 from cyme.interfaces import IControl
 from cyme.models import Queue
+from tests.vhosts import broker_url, run_vhost
 
-BROKER = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def broker_reachable():
@@ -60,7 +60,7 @@ class ControlTests(TestCase):
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         argv = [
-            sys.executable, "-m", "cyme.workerexec", "-A", "cyme.tasks", "-b", BROKER,
+            sys.executable, "-m", "cyme.workerexec", "-A", "cyme.tasks", "-b", self.broker,
             "worker", "-n", name, "-Q", f"dq.{name}", "--without-mingle",
             "--without-gossip", "--autoscale=2,1", "-l", "warning",
             "--pidfile", os.path.join(directory, "worker.pid"),
@@ -81,7 +81,7 @@ class ControlTests(TestCase):
         return name
 
     async def connected_control(self):
-        client = AMQPClientService(BROKER, reactor=reactor, connection_name="cyme test control")
+        client = AMQPClientService(self.broker, reactor=reactor, connection_name="cyme test control")
         control = PidboxControl(client, reactor)
         client.startService()
         self.addCleanup(client.stopService)
@@ -91,6 +91,8 @@ class ControlTests(TestCase):
     def setUp(self):
         if not broker_reachable():
             raise SkipTest("RabbitMQ is not reachable on 127.0.0.1:5672")
+        # The workers' queues in the run's virtual host, not in "/".
+        self.broker = broker_url(run_vhost("cyme-control"))
 
     @defer.inlineCallbacks
     def test_interface(self):
@@ -162,19 +164,19 @@ class ControlTests(TestCase):
 
     @defer.inlineCallbacks
     def test_not_connected_fails_at_once(self):
-        client = AMQPClientService(BROKER, reactor=reactor)
+        client = AMQPClientService(self.broker, reactor=reactor)
         control = PidboxControl(client, reactor)
         yield self.assertFailure(control.ping(["x@y"], 1.0), NotConnected)
 
     @defer.inlineCallbacks
     def test_router_sends_to_the_default_broker(self):
-        router = ControlRouter(BROKER, reactor)
-        client = router._controls[BROKER].client
+        router = ControlRouter(self.broker, reactor)
+        client = router._controls[self.broker].client
         client.startService()
         self.addCleanup(client.stopService)
         self.assertTrue(verifyObject(IControl, router))
         node = self.start_worker()
-        router.register(node, BROKER)
+        router.register(node, self.broker)
         yield defer.ensureDeferred(self.wait_for(lambda: router.connected))
 
         async def pong():

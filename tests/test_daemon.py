@@ -19,6 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 from twisted.trial.unittest import TestCase
 
+from tests.vhosts import broker_url, run_vhost
+
 BIN = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN, "twistd")
 CYME_BRANCH = os.path.join(BIN, "cyme-branch")
@@ -212,10 +214,15 @@ class DaemonTestCase(TestCase):
 
     def _isolated(self, options):
         # Every test is a cluster of its own: branches of other tests (or
-        # of anyone else on this broker) must not join it.
-        if any(o.startswith("--cluster") for o in options):
-            return list(options)
-        return [*options, "--cluster", self.cluster]
+        # of anyone else on this broker) must not join it.  And its
+        # workers, queues and bus live in the run's virtual host, not in
+        # the broker's "/".
+        options = list(options)
+        if not any(o.startswith("--cluster") for o in options):
+            options += ["--cluster", self.cluster]
+        if not any(o in ("-b", "--broker") or o.startswith("--broker=") for o in options):
+            options += ["-b", broker_url(run_vhost("cyme-test"))]
+        return options
 
     def twistd(self, address, *options):
         return self.spawn(

@@ -113,8 +113,8 @@ class ClusterTests(ClusterTestCase):
             self.assertEqual(code, 404, body)
 
         # 2. An app created on a is served by b and c; a queue declared on b
-        # is listed on a and c.  The broker's "/" is shared: the queue (and
-        # its exchange) has a name no other test or run uses.
+        # is listed on a and c.  The queue (and its exchange) has a name of
+        # its own, even within the run's virtual host.
         tasks = f"tasks-{uuid.uuid4().hex[:8]}"
         app = await self.ok("PUT", a, "/foo/", expected=(201,))
         self.assertEqual(app["name"], "foo")
