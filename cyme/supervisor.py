@@ -49,6 +49,7 @@ from cyme.workers import (
     WorkerProtocol,
     dead_letter_queue,
     exit_description,
+    failed_exit,
     node_name,
     read_pidfile,
     remove_pidfile,
@@ -373,6 +374,9 @@ class Supervisor(service.Service):
         log_path = os.path.join(worker.directory, "worker.log")
         if worker.log_tail is None:
             worker.log_tail = LogTail(log_path)
+        # What an earlier run wrote is not this one's reason to fail.
+        self._tail(worker)
+        worker.last_line = None
         try:
             process = self.launcher.spawn(
                 WorkerProtocol(lambda reason: self._ended(worker, reason)),
@@ -404,7 +408,12 @@ class Supervisor(service.Service):
     def _ended(self, worker, reason):
         """The worker process is gone (ours, or an adopted one seen dead)."""
         now = self.reactor.seconds()
+        self._tail(worker)
         how = exit_description(reason)
+        if worker.last_line and failed_exit(reason):
+            # Celery's last words (an exception's message, most often)
+            # say more than the exit status.
+            how = f"{how}: {worker.last_line[:300]}"
         pid = worker.pid
         worker.process = None
         worker.pid = None
@@ -413,7 +422,6 @@ class Supervisor(service.Service):
         if worker.kill_call is not None and worker.kill_call.active():
             worker.kill_call.cancel()
         worker.kill_call = None
-        self._tail(worker)
         if worker.state == STOPPING:
             worker.state = STOPPED
             self.log.info("{instance} stopped ({how})", instance=worker.name, how=how)
@@ -866,3 +874,5 @@ class Supervisor(service.Service):
             return
         for line in worker.log_tail.lines():
             self.log.info("{instance} | {line}", instance=worker.name, line=line)
+            if line.strip():
+                worker.last_line = line.strip()

@@ -115,6 +115,14 @@ def exit_description(reason):
     return "exited"
 
 
+def failed_exit(reason):
+    """Whether the process exited by itself with an error status."""
+    value = getattr(reason, "value", None)
+    return (
+        isinstance(value, ProcessTerminated) and value.signal is None and bool(value.exitCode)
+    )
+
+
 class WorkerProtocol(ProcessProtocol):
     """Tells the supervisor when a worker it spawned ends."""
 

@@ -67,6 +67,9 @@ class Worker:
     stop_waiters: list = attrs.field(factory=list)
     ready_waiters: list = attrs.field(factory=list)
     log_tail: object = None
+    #: The last line the worker wrote since it was started: the reason it
+    #: gives when it exits with an error.
+    last_line: str | None = None
 
     @property
     def adopted(self):

@@ -193,6 +193,43 @@ class DeathTests(SupervisorTestCase):
         self.assertEqual(status["restarts"], 1)
         self.assertEqual(status["last_error"], "killed by SIGKILL")
 
+    def test_a_worker_that_fails_says_why_in_last_error(self):
+        log = os.path.join(self.root, "w1", "worker.log")
+        os.makedirs(os.path.dirname(log))
+        with open(log, "w") as f:
+            f.write("an earlier run's last words\n")
+        self.start()
+        self.add()
+        process = self.process()
+        with open(log, "a") as f:
+            f.write("Traceback (most recent call last):\n  ...\n"
+                    "amqp.exceptions.PreconditionFailed: inequivalent arg 'type'"
+                    " for exchange 'tasks'\n\n")
+        process.exit(status=1)
+        self.reactor.advance(0)
+        self.assertEqual(
+            self.supervisor.status("w1")["last_error"],
+            "exited with status 1: amqp.exceptions.PreconditionFailed: "
+            "inequivalent arg 'type' for exchange 'tasks'",
+        )
+        # Killed, its last line is no reason: the signal is.
+        with open(log, "a") as f:
+            f.write("celery@w1 ready.\n")
+        self.process().exit(signum=signal.SIGKILL)
+        self.reactor.advance(0)
+        self.assertEqual(self.supervisor.status("w1")["last_error"], "killed by SIGKILL")
+
+    def test_a_worker_failing_silently_blames_no_earlier_run(self):
+        log = os.path.join(self.root, "w1", "worker.log")
+        os.makedirs(os.path.dirname(log))
+        with open(log, "w") as f:
+            f.write("an earlier run's last words\n")
+        self.start()
+        self.add()
+        self.process().exit(status=3)
+        self.reactor.advance(0)
+        self.assertEqual(self.supervisor.status("w1")["last_error"], "exited with status 3")
+
     def test_repeated_deaths_back_off(self):
         self.start()
         self.add()
