@@ -193,13 +193,18 @@ class DeathTests(SupervisorTestCase):
         self.assertEqual(status["restarts"], 1)
         self.assertEqual(status["last_error"], "killed by SIGKILL")
 
-    def test_a_worker_that_fails_says_why_in_last_error(self):
+    def start_after_an_earlier_run(self):
+        """w1 started, its log holding an earlier run's lines; the log's path."""
         log = os.path.join(self.root, "w1", "worker.log")
         os.makedirs(os.path.dirname(log))
         with open(log, "w") as f:
             f.write("an earlier run's last words\n")
         self.start()
         self.add()
+        return log
+
+    def test_a_worker_that_fails_says_why_in_last_error(self):
+        log = self.start_after_an_earlier_run()
         process = self.process()
         with open(log, "a") as f:
             f.write("Traceback (most recent call last):\n  ...\n"
@@ -220,12 +225,7 @@ class DeathTests(SupervisorTestCase):
         self.assertEqual(self.supervisor.status("w1")["last_error"], "killed by SIGKILL")
 
     def test_a_worker_failing_silently_blames_no_earlier_run(self):
-        log = os.path.join(self.root, "w1", "worker.log")
-        os.makedirs(os.path.dirname(log))
-        with open(log, "w") as f:
-            f.write("an earlier run's last words\n")
-        self.start()
-        self.add()
+        self.start_after_an_earlier_run()
         self.process().exit(status=3)
         self.reactor.advance(0)
         self.assertEqual(self.supervisor.status("w1")["last_error"], "exited with status 3")
@@ -372,31 +372,28 @@ class QueueTests(SupervisorTestCase):
         self.pump(5)
         self.assertEqual(self.control.nodes["w1@h"].queue_names(), ["dq.w1"])
 
-    def test_a_queue_deleted_while_the_workers_are_asked_is_dropped_quietly(self):
+    def ask_w1_and_a_slow_w2(self):
+        """w1 is to consume C{tasks}; asking w1 and w2 what they consume
+        takes a second, as w2 is slow to answer."""
         self.start()
         self.add("w1")
         self.boot("w1")
         self.add("w2")
         self.boot("w2")
-        # w2 is slow to answer: the question to both takes its full second.
         self.control.nodes["w2@h"].responsive = False
         self.supervisor.workers["w2"].verified = None
         self.add("w1", queues=["tasks"])
         self.assertEqual(self.control.sent[-1][0], "active_queues")
+
+    def test_a_queue_deleted_while_the_workers_are_asked_is_dropped_quietly(self):
+        self.ask_w1_and_a_slow_w2()
         self.store.delete_queue("foo", "tasks")
         self.pump(2.1)  # active_queues, then stats: a second each
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(self.control.nodes["w1@h"].queue_names(), ["dq.w1"])
 
     def test_stopping_while_a_worker_is_told_its_queues_logs_nothing(self):
-        self.start()
-        self.add("w1")
-        self.boot("w1")
-        self.add("w2")
-        self.boot("w2")
-        self.control.nodes["w2@h"].responsive = False
-        self.supervisor.workers["w2"].verified = None
-        self.add("w1", queues=["tasks"])
+        self.ask_w1_and_a_slow_w2()
         # w1 answered what it consumes; by the time it is told, it is slow.
         self.control.nodes["w1@h"].responsive = False
         self.pump(2.05)
