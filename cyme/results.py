@@ -34,6 +34,12 @@ class PublishFailed(CymeError):
     status = 502
 
 
+class BrokerUnreachable(PublishFailed):
+    """No connection to the app's broker in time: try again later."""
+
+    status = 503
+
+
 def check_url(url, allowed_hosts):
     """Refuse anything but an http(s) URL to an allowed host (400).
 
@@ -128,7 +134,7 @@ class BrokerLink:
         try:
             return await d
         except defer.CancelledError:
-            raise PublishFailed(f"broker {self.url} not reachable") from None
+            raise BrokerUnreachable(f"broker {self.url} not reachable") from None
         finally:
             if timer.active():
                 timer.cancel()

@@ -6,7 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.controller import Controller
 from cyme.journal import ResultJournal
 from cyme.operations import LocalOperations
-from cyme.results import PublishFailed, check_url
+from cyme.results import BrokerUnreachable, PublishFailed, check_url
 from cyme.store import MemoryStore
 from cyme.testing import APIClient
 from cyme.web import BranchAPI
@@ -115,6 +115,12 @@ class QueueRouteTests(SynchronousTestCase):
         self.tasks.fail_with = PublishFailed("the broker did not confirm the task")
         response = self.call("GET", "/foo/queue/tasks/http://m/x")
         self.assertEqual(response.code, 502)
+
+    def test_a_task_for_an_unreachable_broker_is_a_503(self):
+        self.tasks.fail_with = BrokerUnreachable("broker amqp://m// not reachable")
+        response = self.call("GET", "/foo/queue/tasks/http://m/x")
+        self.assertEqual(response.code, 503)
+        self.assertIn("not reachable", response.json["error"])
 
     def test_an_unexpected_error_is_a_short_500(self):
         self.tasks.fail_with = RuntimeError("secret detail")
