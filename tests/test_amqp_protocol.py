@@ -765,6 +765,11 @@ class BackoffTests(SynchronousTestCase):
         ]
         self.assertEqual(delays, [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
 
+    def test_a_broker_back_after_a_long_outage_is_found_within_5_s(self):
+        for n in (10, 100, 10_000):
+            self.assertEqual(backoff_delay(n, rand=lambda: 0.0), 5.0)
+            self.assertEqual(backoff_delay(n, rand=lambda: 1.0), 2.5)
+
     def test_jitter_shortens_at_most_by_fraction(self):
         self.assertEqual(backoff_delay(3, initial=1, factor=2, jitter=0.5, rand=lambda: 1.0), 2.0)
         self.assertEqual(backoff_delay(3, initial=1, factor=2, jitter=0.5, rand=lambda: 0.5), 3.0)
@@ -784,7 +789,7 @@ class BackoffTests(SynchronousTestCase):
         policy = backoff_policy()
         for attempt in range(1, 30):
             delay = policy(attempt)
-            base = min(30.0, 0.1 * 2 ** (attempt - 1))
+            base = min(5.0, 0.1 * 2 ** (attempt - 1))
             self.assertTrue(base / 2 <= delay <= base, (attempt, delay))
 
 

@@ -11,13 +11,18 @@ from typing import Callable
 
 __all__ = ["backoff_delay", "backoff_policy"]
 
+#: A broker back after an outage is found within 5 s (2.5 s to 5 s with
+#: the jitter): tasks and workers wait on it, and a try every few seconds
+#: costs a broker nothing.
+DEFAULT_CAP = 5.0
+
 
 def backoff_delay(
     attempt: int,
     *,
     initial: float = 0.1,
     factor: float = 2.0,
-    cap: float = 30.0,
+    cap: float = DEFAULT_CAP,
     jitter: float = 0.5,
     rand: Callable[[], float] = random.random,
 ) -> float:
@@ -40,7 +45,7 @@ def backoff_policy(
     *,
     initial: float = 0.1,
     factor: float = 2.0,
-    cap: float = 30.0,
+    cap: float = DEFAULT_CAP,
     jitter: float = 0.5,
     rand: Callable[[], float] = random.random,
 ) -> Callable[[int], float]:
