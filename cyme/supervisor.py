@@ -5,7 +5,7 @@ it reconciles the desired state (the store) with the actual one (one
 L{Worker} record per instance): it starts new or dead workers, stops
 removed and disabled ones, restarts the unresponsive, and makes the live
 ones consume the right queues at the right autoscale bounds through
-Celery's remote control.
+Celery's remote control (L{cyme.consuming}).
 
 Liveness is one ping message per round for all of the branch's workers,
 retried within the round with backoff (0.1 s doubling to a cap of 1.6 s,
@@ -30,6 +30,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
+from cyme.consuming import fix, wanted
 from cyme.errors import NotFound
 from cyme.launcher import ExecLauncher
 from cyme.workerstate import (
@@ -47,7 +48,6 @@ from cyme.workers import (
     LogTail,
     ProcessTable,
     WorkerProtocol,
-    dead_letter_queue,
     exit_description,
     failed_exit,
     node_name,
@@ -778,7 +778,7 @@ class Supervisor(service.Service):
             instance = desired.get(worker.name)
             if worker.state != RUNNING or instance is None:
                 continue
-            if full or worker.verified != self._wanted(instance):
+            if full or worker.verified != wanted(self.store, instance):
                 todo.append((worker, instance))
         if not todo:
             return
@@ -799,69 +799,15 @@ class Supervisor(service.Service):
             if worker.node not in queues:
                 continue
             try:
-                changed = await self._fix(worker, instance, queues[worker.node],
-                                          stats.get(worker.node))
+                changed = await fix(self.control, self.store, self.log, worker, instance,
+                                    queues[worker.node], stats.get(worker.node))
             except defer.CancelledError:
                 raise  # the branch is stopping
             except Exception:
                 self.log.failure("{instance}: cannot fix queues", instance=worker.name)
                 continue
             if not changed:
-                worker.verified = self._wanted(instance)
-
-    def _wanted(self, instance):
-        queues = tuple(sorted(instance.queues))
-        declarations = tuple(
-            self._declaration_key(instance.app, q) for q in queues
-        )
-        return (queues, declarations, instance.max_concurrency, instance.min_concurrency)
-
-    def _declaration_key(self, app, name):
-        try:
-            q = self.store.get_queue(app, name)
-        except NotFound:
-            return None
-        return (q.exchange, q.routing_key)
-
-    async def _fix(self, worker, instance, live_queues, stats):
-        node = [worker.node]
-        live = {q.get("name"): q for q in live_queues if isinstance(q, dict)}
-        dq = dead_letter_queue(worker.name)
-        changed = False
-        for name in sorted(set(live) - set(instance.queues) - {dq}):
-            self.log.info("{instance}: cancel consumer {queue}", instance=worker.name, queue=name)
-            await self.control.cancel_consumer(node, name, 1.0)
-            changed = True
-        for name in instance.queues:
-            try:
-                queue = self.store.get_queue(instance.app, name)
-            except NotFound:
-                # Deleted while the workers were asked: the instance as it
-                # is now is verified on the next tick.
-                changed = True
-                continue
-            current = live.get(name)
-            if current is not None:
-                exchange = (current.get("exchange") or {}).get("name")
-                if (exchange, current.get("routing_key")) == (queue.exchange, queue.routing_key):
-                    continue
-                await self.control.cancel_consumer(node, name, 1.0)
-            self.log.info("{instance}: consume from {queue}", instance=worker.name, queue=name)
-            await self.control.add_consumer(node, queue, 1.0)
-            changed = True
-        scaler = (stats or {}).get("autoscaler") or {}
-        if instance.pool == "prefork" and stats is not None and (
-            scaler.get("max"), scaler.get("min")
-        ) != (instance.max_concurrency, instance.min_concurrency):
-            self.log.info(
-                "{instance}: autoscale max={max} min={min}", instance=worker.name,
-                max=instance.max_concurrency, min=instance.min_concurrency,
-            )
-            await self.control.autoscale(
-                node, instance.max_concurrency, instance.min_concurrency, 1.0
-            )
-            changed = True
-        return changed
+                worker.verified = wanted(self.store, instance)
 
     # Logs
 
