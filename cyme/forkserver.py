@@ -10,7 +10,8 @@ server forks the next standby.
 The protocol is JSON lines.  The branch writes ``{"spawn": <standby pid>,
 "argv": [...], "env": {...}, "cwd": ..., "log": ...}``; the server writes
 ``{"standby": pid}`` whenever a new standby is ready and ``{"exit": pid,
-"status": code, "signal": signum}`` when one of its children ends.  When
+"status": code, "signal": signum}`` when one of its children ends (also
+for a spawn whose standby was gone by then).  When
 the branch goes away (end of input) the server kills its standby and
 exits; workers, in their own sessions, keep running.
 
@@ -139,15 +140,23 @@ class Server:
         self.say({"standby": pid})
 
     def spawn(self, request):
-        if self.standby is None or request.get("spawn") != self.standby[0]:
-            self.say({"error": "no such standby", "spawn": request.get("spawn")})
+        pid = request.get("spawn")
+        if self.standby is None or pid != self.standby[0]:
+            # Gone before it was told what to be (killed, and reaped): the
+            # branch hears that its worker ended.
+            self.say({"exit": pid, "status": 1, "signal": None,
+                      "error": "the standby was gone"})
             return
         pid, write_fd = self.standby
         self.standby = None
         payload = json.dumps(request).encode("utf-8")
-        while payload:
-            payload = payload[os.write(write_fd, payload):]
-        os.close(write_fd)
+        try:
+            while payload:
+                payload = payload[os.write(write_fd, payload):]
+        except OSError:
+            pass  # dying as it was told (a TERM in the same breath): reap tells
+        finally:
+            os.close(write_fd)
         self.fork_standby()
 
     def reap(self):
@@ -159,6 +168,11 @@ class Server:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if self.standby is not None and self.standby[0] == pid:
+                # The standby died unused (killed by someone): a new one.
+                os.close(self.standby[1])
+                self.standby = None
+                self.fork_standby()
             if os.WIFSIGNALED(status):
                 self.say({"exit": pid, "status": None, "signal": os.WTERMSIG(status)})
             else:

@@ -195,10 +195,12 @@ class ForkServerLauncher(service.Service):
         if "standby" in message:
             self._standby = message["standby"]
         elif "exit" in message:
+            if message["exit"] == self._standby:
+                self._standby = None  # died unused: the server forks another
             process = self._children.pop(message["exit"], None)
             if process is not None:
                 process.end(message.get("status"), message.get("signal"))
-        elif "error" in message:
+        if "error" in message:
             self.log.error("fork server: {error}", error=message["error"])
 
     def _server_ended(self, reason):

@@ -73,6 +73,13 @@ class ForkServerLogicTests(SynchronousTestCase):
         self.assertIsInstance(reason, ProcessTerminated)
         self.assertEqual(reason.signal, 9)
 
+    def test_a_spawn_on_a_standby_gone_meanwhile_ends_at_once(self):
+        self.say({"standby": 4242})
+        self.say({"exit": 4242, "status": None, "signal": 9})  # died unused
+        process = self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        self.assertNotEqual(process.pid, 4242)  # exec'd meanwhile
+        self.assertEqual(len(self.reactor.processes), 2)
+
     def test_clean_exit(self):
         self.say({"standby": 7})
         protocol = Recorder()
@@ -138,3 +145,64 @@ class ForkServerTests(TestCase):
         process.signalProcess("KILL")
         reason = yield protocol.ended
         self.assertEqual(reason.signal, signal.SIGKILL)
+
+    @defer.inlineCallbacks
+    def test_a_worker_stopped_before_it_was_told_what_to_be(self):
+        """
+        A worker TERMed in the very turn it was spawned dies as the standby
+        it still was; the fork server lives on and forks the next one.
+        """
+        launcher = yield defer.ensureDeferred(self.started())
+        server = launcher._server.pid
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        log = os.path.join(directory, "worker.log")
+        env = {"PATH": os.environ["PATH"]}
+        protocol = Recorder()
+        process = launcher.spawn(protocol, ARGV, env, directory, log)
+        process.signalProcess("TERM")
+        reason = yield protocol.ended
+        self.assertEqual(reason.signal, signal.SIGTERM)
+        for _ in range(300):
+            if launcher._standby is not None:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(launcher._server.pid, server, "the fork server was restarted")
+        again = Recorder()
+        second = launcher.spawn(again, ARGV, env, directory, log)
+        self.assertNotEqual(second.pid, process.pid)
+        table = ProcessTable()
+        for _ in range(100):
+            if table.is_worker(second.pid, "w1@h"):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(table.is_worker(second.pid, "w1@h"))
+        second.signalProcess("KILL")
+        yield again.ended
+
+    @defer.inlineCallbacks
+    def test_a_standby_killed_unused_is_replaced(self):
+        """The standby killed by someone: the next worker has a new one."""
+        launcher = yield defer.ensureDeferred(self.started())
+        server = launcher._server.pid
+        dead = launcher._standby
+        os.kill(dead, signal.SIGKILL)
+        for _ in range(300):
+            if launcher._standby not in (None, dead):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertNotIn(launcher._standby, (None, dead))
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        protocol = Recorder()
+        process = launcher.spawn(protocol, ARGV, {"PATH": os.environ["PATH"]}, directory,
+                                 os.path.join(directory, "worker.log"))
+        table = ProcessTable()
+        for _ in range(100):
+            if table.is_worker(process.pid, "w1@h"):
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertTrue(table.is_worker(process.pid, "w1@h"))
+        self.assertEqual(launcher._server.pid, server)
+        process.signalProcess("KILL")
+        yield protocol.ended
