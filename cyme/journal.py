@@ -241,6 +241,11 @@ class ResultJournal:
         self._compact_after = 2 * self.lines
         self._next()
 
+    @property
+    def closed(self):
+        """Whether L{close} was called: records are refused."""
+        return self._closing is not None
+
     def close(self):
         """
         Take no more records; a Deferred that fires once every line

@@ -22,7 +22,8 @@ from cyme import logs, webhook
 from cyme.amqp import AMQPError, IBrokerListener
 from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.amqp.private import setup_failed
-from cyme.errors import BadRequest, CymeError
+from cyme.errors import BadRequest, CymeError, Unavailable
+from cyme.journal import JournalClosed
 
 MAX_URL = 4096
 TASK_NAME = "cyme.webhook"
@@ -285,6 +286,10 @@ class TaskService(service.Service):
         branch recorded it.
         """
         check_url(url, app.allowed_hosts)
+        if self.journal.closed:
+            # Stopping: a task published now could not be recorded, and its
+            # sender, told it failed, would send it again.
+            raise Unavailable("the branch is stopping: nothing was queued")
         task_id = str(uuid.uuid4())
         kwargs = {
             "method": method,
@@ -309,12 +314,20 @@ class TaskService(service.Service):
         try:
             await link.publish(queue, task_id, headers, payload, self.publish_timeout)
         except PublishFailed as e:
-            await recorded
-            await self.journal.record(
-                task_id, "FAILURE",
-                result={"exc_type": "PublishFailed", "exc_message": [e.message],
-                        "exc_module": "cyme.results"},
-            )
+            try:
+                await recorded
+                await self.journal.record(
+                    task_id, "FAILURE",
+                    result={"exc_type": "PublishFailed", "exc_message": [e.message],
+                            "exc_module": "cyme.results"},
+                )
+            except JournalClosed:
+                # The branch stopped meanwhile, closing its broker links
+                # under the publish: whether the task is queued is unknown.
+                raise Unavailable(
+                    f"the branch stopped before the broker confirmed task {task_id}",
+                    uuid=task_id,
+                ) from None
             raise
         await recorded
         return task_id
