@@ -34,6 +34,7 @@ class Recorder(ProcessProtocol):
 
 ARGV = [sys.executable, "-m", "cyme.workerexec", "-A", "cyme.tasks",
         "-b", "amqp://guest:guest@127.0.0.1:1//", "worker", "-n", "w1@h", "-P", "solo"]
+ENV = {"PATH": os.environ["PATH"]}
 
 
 class ForkServerLogicTests(SynchronousTestCase):
@@ -107,41 +108,50 @@ class ForkServerTests(TestCase):
 
     timeout = 60
 
+    async def until(self, predicate, seconds):
+        """Poll C{predicate} every 50 ms for up to C{seconds}; its last value."""
+        for _ in range(int(seconds / 0.05)):
+            if predicate():
+                return True
+            await deferLater(reactor, 0.05, lambda: None)
+        return predicate()
+
     async def started(self):
         launcher = ForkServerLauncher(reactor)
         launcher.startService()
         self.addCleanup(launcher.stopService)
-        for _ in range(300):
-            if launcher._standby is not None:
-                return launcher
-            await deferLater(reactor, 0.05, lambda: None)
-        self.fail("no standby from the fork server")
+        if not await self.until(lambda: launcher._standby is not None, 15):
+            self.fail("no standby from the fork server")
+        return launcher
+
+    def worker_files(self):
+        """A fresh directory for a worker, and its log's path."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        return directory, os.path.join(directory, "worker.log")
+
+    async def assertBecomesWorker(self, pid):
+        """C{pid} takes worker w1@h's name (within 5 s)."""
+        table = ProcessTable()
+        self.assertTrue(await self.until(lambda: table.is_worker(pid, "w1@h"), 5))
 
     @defer.inlineCallbacks
     def test_forks_a_named_worker_and_tells_its_end(self):
         launcher = yield defer.ensureDeferred(self.started())
         standby = launcher._standby
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        log = os.path.join(directory, "worker.log")
+        directory, log = self.worker_files()
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, {"PATH": os.environ["PATH"]}, directory, log)
+        process = launcher.spawn(protocol, ARGV, ENV, directory, log)
         self.assertEqual(process.pid, standby)
-        table = ProcessTable()
-        for _ in range(100):
-            if table.is_worker(process.pid, "w1@h"):
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(table.is_worker(process.pid, "w1@h"))
+        yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))
         self.assertEqual(os.getsid(process.pid), process.pid)  # its own session
+
         # Its output goes to its log: the banner names its (unreachable) broker.
-        for _ in range(200):
+        def banner():
             with open(log, "rb") as f:
-                if b"amqp://guest:**@127.0.0.1:1//" in f.read():
-                    break
-            yield deferLater(reactor, 0.05, lambda: None)
-        with open(log, "rb") as f:
-            self.assertIn(b"amqp://guest:**@127.0.0.1:1//", f.read())
+                return b"amqp://guest:**@127.0.0.1:1//" in f.read()
+
+        self.assertTrue((yield defer.ensureDeferred(self.until(banner, 10))))
         process.signalProcess("KILL")
         reason = yield protocol.ended
         self.assertEqual(reason.signal, signal.SIGKILL)
@@ -154,29 +164,18 @@ class ForkServerTests(TestCase):
         """
         launcher = yield defer.ensureDeferred(self.started())
         server = launcher._server.pid
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        log = os.path.join(directory, "worker.log")
-        env = {"PATH": os.environ["PATH"]}
+        directory, log = self.worker_files()
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, env, directory, log)
+        process = launcher.spawn(protocol, ARGV, ENV, directory, log)
         process.signalProcess("TERM")
         reason = yield protocol.ended
         self.assertEqual(reason.signal, signal.SIGTERM)
-        for _ in range(300):
-            if launcher._standby is not None:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
+        yield defer.ensureDeferred(self.until(lambda: launcher._standby is not None, 15))
         self.assertEqual(launcher._server.pid, server, "the fork server was restarted")
         again = Recorder()
-        second = launcher.spawn(again, ARGV, env, directory, log)
+        second = launcher.spawn(again, ARGV, ENV, directory, log)
         self.assertNotEqual(second.pid, process.pid)
-        table = ProcessTable()
-        for _ in range(100):
-            if table.is_worker(second.pid, "w1@h"):
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(table.is_worker(second.pid, "w1@h"))
+        yield defer.ensureDeferred(self.assertBecomesWorker(second.pid))
         second.signalProcess("KILL")
         yield again.ended
 
@@ -187,22 +186,13 @@ class ForkServerTests(TestCase):
         server = launcher._server.pid
         dead = launcher._standby
         os.kill(dead, signal.SIGKILL)
-        for _ in range(300):
-            if launcher._standby not in (None, dead):
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
+        yield defer.ensureDeferred(
+            self.until(lambda: launcher._standby not in (None, dead), 15)
+        )
         self.assertNotIn(launcher._standby, (None, dead))
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, {"PATH": os.environ["PATH"]}, directory,
-                                 os.path.join(directory, "worker.log"))
-        table = ProcessTable()
-        for _ in range(100):
-            if table.is_worker(process.pid, "w1@h"):
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        self.assertTrue(table.is_worker(process.pid, "w1@h"))
+        process = launcher.spawn(protocol, ARGV, ENV, *self.worker_files())
+        yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))
         self.assertEqual(launcher._server.pid, server)
         process.signalProcess("KILL")
         yield protocol.ended
