@@ -47,6 +47,14 @@ class Interrupted(BaseException):
     """SIGTERM or SIGINT: stop, clean up, exit."""
 
 
+def add_branch_options(parser):
+    """The options every script takes: C{--keep}, and branch options after C{--}."""
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the branches' temporary files (their logs)")
+    parser.add_argument("branch_options", nargs="*",
+                        help="extra cyme-branch options (after --)")
+
+
 def install_limits(seconds):
     """
     Bound the whole run to C{seconds} (SIGALRM) and turn SIGTERM/SIGINT

@@ -108,10 +108,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the branches' temporary files (their logs)")
-    parser.add_argument("branch_options", nargs="*",
-                        help="extra cyme-branch options (after --)")
+    c.add_branch_options(parser)
     args = parser.parse_args()
     extra = dict(keep_root=args.keep)
     c.install_limits(600)

@@ -112,10 +112,7 @@ def main():
     parser.add_argument("--samples", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=20.0,
                         help="seconds one start may take (default 20)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the branch's temporary files (its log)")
-    parser.add_argument("branch_options", nargs="*",
-                        help="extra cyme-branch options (after --)")
+    c.add_branch_options(parser)
     args = parser.parse_args()
     c.install_limits(120 + args.samples * 30)
     run = c.tag()

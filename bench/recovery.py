@@ -149,10 +149,7 @@ def main():
                         help="seconds between the create and the kill (1.5), so "
                              "the start-up queue checks are over")
     parser.add_argument("--timeout", type=float, default=20.0)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the branch's temporary files (its log)")
-    parser.add_argument("branch_options", nargs="*",
-                        help="extra cyme-branch options (after --)")
+    c.add_branch_options(parser)
     args = parser.parse_args()
     c.install_limits(120 + (args.samples + args.stop_samples) * 60)
     run = c.tag()

@@ -210,10 +210,7 @@ def main():
     parser.add_argument("--batch", type=int, default=10,
                         help="instances created at once (10)")
     parser.add_argument("--start-timeout", type=float, default=120.0)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the branch's temporary files (its log)")
-    parser.add_argument("branch_options", nargs="*",
-                        help="extra cyme-branch options (after --)")
+    c.add_branch_options(parser)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     c.install_limits(120 + len(sizes) * (args.window + 2 * args.start_timeout + 60))

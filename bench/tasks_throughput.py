@@ -233,10 +233,7 @@ def main():
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=400)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the branch's temporary files (its log)")
-    parser.add_argument("branch_options", nargs="*",
-                        help="extra cyme-branch options (after --)")
+    c.add_branch_options(parser)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("tasks_throughput: needs wrk (apt-get install wrk)")
