@@ -20,14 +20,8 @@ from cyme.store import IStore, MemoryStore
 from cyme.testing import APIClient, api_client
 from cyme.operations import LocalOperations
 from cyme.web import BranchAPI, GuardResource
+from tests.test_models import SEED_BROKER
 
-SEED_BROKER = {
-    "password": "guest",
-    "hostname": "127.0.0.1",
-    "userid": "guest",
-    "port": 5672,
-    "virtual_host": "/",
-}
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}
 JSON = {"Content-Type": ["application/json"]}
 
