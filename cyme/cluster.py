@@ -356,6 +356,9 @@ class ClusterOperations:
         )
 
     async def _put_named_remote(self, args, sender):
+        # The asking branch checked the app in its replica; this one's may
+        # not have it yet (or any more).
+        await self.local.get_app(args["app"])
         return await self._put_named(
             args["app"], args["name"], args.get("values") or {},
             args.get("wait", True), args.get("branch"),
@@ -365,7 +368,6 @@ class ClusterOperations:
         lock = self._creating.setdefault(name, defer.DeferredLock())
         await lock.acquire()
         try:
-            await self.local.get_app(app)
             owner, _ = await self._owner(name)
             if owner is None:
                 return await self._create(app, name, values, wait, branch)
