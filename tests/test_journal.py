@@ -10,13 +10,11 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cyme.journal import DiskThread, JournalClosed, ResultJournal
-from cyme.errors import Unavailable
-from cyme.models import App, Queue
-from cyme.results import PublishFailed, TaskService
-from cyme.store import MemoryStore
 
 
-class JournalTests(SynchronousTestCase):
+class JournalTestCase(SynchronousTestCase):
+    """A journal file in a fresh directory, on a Clock."""
+
     def setUp(self):
         self.clock = Clock()
         self.clock.advance(1_000_000)
@@ -32,6 +30,8 @@ class JournalTests(SynchronousTestCase):
         with open(self.path, "rb") as f:
             return [json.loads(line) for line in f]
 
+
+class JournalTests(JournalTestCase):
     def test_a_record_is_on_disk_when_its_deferred_fires(self):
         journal = self.journal()
         d = journal.record("t1", "SUCCESS", result=42)
@@ -107,52 +107,6 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual([line["id"] for line in self.lines()], ["new"])
         self.assertEqual(journal.expire(), 0)
 
-    def test_the_branch_sweeps_expired_results(self):
-        journal = self.journal(retention=60)
-        tasks = TaskService(None, journal, "b1", self.clock, MemoryStore())
-        tasks.startService()
-        journal.record("old", "SUCCESS")
-        self.clock.advance(0)
-        self.clock.advance(tasks.expire_interval)
-        self.assertEqual(journal.records, {})
-        self.assertEqual(self.lines(), [])
-        self.successResultOf(tasks.stopService())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
-
-    def test_a_stopping_branch_queues_nothing(self):
-        journal = self.journal()
-        tasks = TaskService(None, journal, "b1", self.clock, MemoryStore())
-        tasks.startService()
-        self.successResultOf(tasks.stopService())
-        d = defer.ensureDeferred(
-            tasks.queue(App("foo"), Queue("tasks"), "GET", "http://example.com/")
-        )
-        self.assertEqual(self.failureResultOf(d, Unavailable).value.status, 503)
-        self.assertEqual(journal.records, {})
-        self.assertEqual(tasks.links, {})  # no broker was even asked
-
-    def test_a_publish_cut_short_by_the_stop_is_a_503_naming_the_task(self):
-        journal = self.journal()
-        tasks = TaskService(None, journal, "b1", self.clock, MemoryStore())
-        app = App("foo")
-
-        class StoppingLink:
-            """The broker link as the branch stops under a publish."""
-
-            async def publish(self, queue, task_id, headers, body, timeout):
-                tasks.stopService()
-                raise PublishFailed("the broker did not confirm the task: closed")
-
-        tasks.startService()
-        tasks.links[app.broker.as_url()] = StoppingLink()
-        d = defer.ensureDeferred(tasks.queue(app, Queue("tasks"), "GET", "http://example.com/"))
-        self.clock.advance(0)
-        error = self.failureResultOf(d, Unavailable).value
-        self.assertEqual(error.status, 503)
-        # Its PENDING line was on its way before the stop: it is on disk.
-        self.assertEqual([line["state"] for line in self.lines()], ["PENDING"])
-        self.assertEqual(error.to_json()["uuid"], self.lines()[0]["id"])
-
     def test_compaction_keeps_one_line_per_task(self):
         journal = self.journal(min_compact=10, compact_ratio=2.0)
         for n in range(5):
@@ -223,11 +177,8 @@ class SlowDisk:
             d.callback(f(*args))
 
 
-class SlowDiskTests(SynchronousTestCase):
+class SlowDiskTests(JournalTestCase):
     """The journal while its file work runs elsewhere (a thread in the daemon)."""
-
-    setUp = JournalTests.setUp
-    lines = JournalTests.lines
 
     def journal(self, **kwargs):
         self.disk = SlowDisk()
