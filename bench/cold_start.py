@@ -3,7 +3,7 @@
 cyme:     ``PUT /bench/instances/<fresh name>/`` until the 201 (the branch
           answers once the worker answered its first ping), timed in the
           bench process from sending the request to reading the answer.
-baseline: ``celery multi start <node> -A cyme.tasks -b <broker>
+baseline: ``celery multi start <node> -A cyme.tasks.worker -b <broker>
           --pidfile=… --logfile=…`` (default options: mingle and gossip on,
           default pool and concurrency), then ``app.control.ping`` with a
           50 ms timeout in a loop from a Celery app connected beforehand,
@@ -71,7 +71,7 @@ class Multi:
 
     def start(self, node):
         subprocess.run(
-            [c.CELERY, "multi", "start", node, "-A", "cyme.tasks", "-b", c.BROKER,
+            [c.CELERY, "multi", "start", node, "-A", "cyme.tasks.worker", "-b", c.BROKER,
              f"--pidfile={self.pidfile}", f"--logfile={self.logfile}"],
             cwd=self.dir, check=True, stdout=subprocess.DEVNULL, timeout=60,
         )

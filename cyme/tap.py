@@ -20,21 +20,21 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from cyme import __version__, logs
-from cyme.bus import AMQPBusTransport, Bus
-from cyme.cluster import ClusterOperations
-from cyme.control import ControlRouter
-from cyme.controller import Controller
+from cyme.cluster.bus import AMQPBusTransport, Bus
+from cyme.operations.cluster import ClusterOperations
+from cyme.supervision.control import ControlRouter
+from cyme.operations.controller import Controller
 from cyme.errors import BadRequest, StartupError
-from cyme.http import make_site
-from cyme.journal import DiskThread, ResultJournal
-from cyme.launcher import ExecLauncher, ForkServerLauncher
-from cyme.models import DEFAULT_BROKER_URL, Broker, check_name
-from cyme.rootdir import RootDir
-from cyme.results import TaskService
-from cyme.store import JSONFileStore
-from cyme.supervisor import Supervisor
-from cyme.operations import LocalOperations
-from cyme.web import BranchAPI
+from cyme.api.http import make_site
+from cyme.tasks.journal import DiskThread, ResultJournal
+from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
+from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name
+from cyme.state.rootdir import RootDir
+from cyme.tasks.results import TaskService
+from cyme.state.store import JSONFileStore
+from cyme.supervision.supervisor import Supervisor
+from cyme.operations.local import LocalOperations
+from cyme.api.routes import BranchAPI
 
 # ``[host]:port``: the host part, when present, ends with a colon, so that
 # ``8001`` is a port and never host ``800`` with port ``1``.

@@ -1,8 +1,8 @@
 """Helpers of the integration tests: real branches, real workers, the real
 RabbitMQ on 127.0.0.1:5672.
 
-Shared by L{tests.test_integration_workers}, L{tests.test_integration_tasks}
-and L{tests.test_integration_cluster}, on top of the processes and HTTP of
+Shared by L{tests.supervision.test_integration_workers}, L{tests.tasks.test_integration_tasks}
+and L{tests.operations.test_integration_cluster}, on top of the processes and HTTP of
 L{tests.test_daemon}.  Not a test module (trial loads only C{test_*}):
 
   - the broker: whether it listens (L{unreachable}, L{broker_back}),
@@ -27,7 +27,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 
-from cyme.workers import ProcessTable
+from cyme.supervision.workers import ProcessTable
 from tests import vhosts
 from tests.test_daemon import DaemonTestCase, free_port
 from tests.vhosts import HOST, PORT, RABBITMQCTL, broker_url, made_vhost  # noqa: F401
@@ -101,7 +101,7 @@ def worker_processes(under):
                 argv = f.read().split(b"\0")
         except OSError:
             continue
-        if b"cyme.workerexec" in argv and any(marker in a for a in argv):
+        if b"cyme.supervision.workerexec" in argv and any(marker in a for a in argv):
             if processes.alive(int(entry)):
                 found.append(int(entry))
     return found

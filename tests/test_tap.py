@@ -333,7 +333,7 @@ class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
     def test_state_is_loaded(self):
         root = self.root_path()
         first = self.parse(["-D", root])
-        from cyme.models import App
+        from cyme.state.models import App
 
         first["store"].put_app(App(name="foo"))
         first["root"].close()

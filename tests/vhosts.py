@@ -13,7 +13,7 @@ import re
 import shutil
 import subprocess
 
-from cyme.workers import ProcessTable
+from cyme.supervision.workers import ProcessTable
 
 HOST, PORT = "127.0.0.1", 5672
 RABBITMQCTL = shutil.which("rabbitmqctl")

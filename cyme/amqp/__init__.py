@@ -13,7 +13,7 @@ so that no other module ever touches txAMQP.  Start here:
 - L{cyme.amqp.codec}: AMQP 0-9-1 field tables (RabbitMQ's dialect).
 """
 
-from .backoff import backoff_delay, backoff_policy
+from cyme.backoff import backoff_delay, backoff_policy
 from .channel import Channel, Consumer, QueueDeclared
 from .codec import FieldTableError, decode_table, encode_table
 from .connection import Connection

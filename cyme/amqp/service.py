@@ -5,7 +5,7 @@ cannot survive a connection that fails during the AMQP handshake (it gets a
 disconnect notification in a state that has no transition for it).  The
 service connects, authenticates, opens the vhost, and on any failure or
 loss retries after a delay from its retry policy (exponential backoff with
-jitter and a cap, see L{cyme.amqp.backoff}).  The attempt counter is reset
+jitter and a cap, see L{cyme.backoff}).  The attempt counter is reset
 only by a connection that stayed up for C{stable_after} seconds, so a broker
 that accepts and then drops connections is not hammered.
 
@@ -27,7 +27,7 @@ from cyme import logs
 from twisted.python.failure import Failure
 from zope.interface import Interface
 
-from .backoff import backoff_policy
+from cyme.backoff import backoff_policy
 from .connection import Connection
 from .errors import AMQPError, AMQPTimeout, as_amqp_error
 from .protocol import AMQPProtocol, AMQPProtocolFactory, default_client_properties

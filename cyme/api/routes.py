@@ -1,0 +1,466 @@
+"""The HTTP API of a branch: the original cyme's routes and JSON shapes.
+
+Routes only parse, call the L{Controller} and render JSON.  Every path
+works with and without its trailing slash, and the seed's singular
+``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
+"""
+
+import re
+from urllib.parse import unquote, unquote_to_bytes
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.internet import defer
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
+from werkzeug.exceptions import NotFound as RouteNotFound
+
+from cyme import logs
+from cyme.api import admin
+from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
+from cyme.api.http import error_body, fields, json_body, query_fields, request_params
+from cyme.operations.local import wait_seconds
+
+CREATE = ["PUT", "POST"]
+VERBS = ["HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH"]
+
+
+def names(records):
+    return [r.name for r in records]
+
+
+def created_status(created):
+    return 201 if created else 200
+
+
+_klein = Klein()
+# A path with "//" is no route: werkzeug would answer a redirect to the
+# merged path, which Klein raises as an error.
+_klein.url_map.merge_slashes = False
+
+
+def route(path, methods):
+    """Route C{path}, and its singular C{/instance/} alias, for C{methods}."""
+
+    def register(f):
+        f = _klein.route(
+            path, methods=methods, strict_slashes=False, endpoint=f.__name__
+        )(f)
+        if "/instances/" in path:
+            f = _klein.route(
+                path.replace("/instances/", "/instance/"),
+                methods=methods,
+                strict_slashes=False,
+                endpoint=f.__name__ + "_singular",
+            )(f)
+        return f
+
+    return register
+
+
+class BranchAPI:
+    """The Klein application; holds the operations it serves."""
+
+    app = _klein
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, ops):
+        # The operations: LocalOperations (this branch alone) or
+        # ClusterOperations (routed across the branches); both speak JSON.
+        self.ops = ops
+
+    def resource(self):
+        return GuardResource(self.app.resource(), self.queue_task)
+
+    # Errors: every one is JSON, and no traceback ever reaches a client.
+
+    @app.handle_errors(CymeError)
+    def cyme_error(self, request, failure):
+        return error_body(request, failure.value)
+
+    @app.handle_errors(RouteNotFound)
+    def no_route(self, request, failure):
+        return error_body(request, NotFound("route", request.path.decode("latin-1"),
+                                            "no such route"))
+
+    @app.handle_errors(RouteMethodNotAllowed)
+    def bad_method(self, request, failure):
+        allowed = failure.value.valid_methods or []
+        request.setHeader(b"Allow", ", ".join(allowed).encode("ascii"))
+        method = request.method.decode("latin-1")
+        return error_body(
+            request,
+            MethodNotAllowed(f"{method} is not allowed here", allowed=allowed),
+        )
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request, failure):
+        self.log.failure(
+            "unexpected error on {method} {path}", failure,
+            method=request.method, path=request.path,
+        )
+        return json_body(request, 500, {"error": "internal error"})
+
+    # Branch
+
+    @route("/ping", ["GET"])
+    def ping(self, request):
+        return json_body(request, 200, {"ok": "pong"})
+
+    @route("/admin", ["GET"])
+    async def admin(self, request):
+        """The admin page: branches, apps and this branch's instances."""
+        local = getattr(self.ops, "local", self.ops)
+        page = await admin.render(self.ops, local.controller.branch_id)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-store")
+        return page
+
+    @route("/metrics", ["GET"])
+    def metrics(self, request):
+        """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
+        supervisor = self.ops.supervisor
+        if supervisor is None:
+            return b""
+        m = supervisor.metrics()
+        lines = [
+            "# HELP cyme_supervisor_ticks_total Supervisor ticks since start.",
+            "# TYPE cyme_supervisor_ticks_total counter",
+            f"cyme_supervisor_ticks_total {m['ticks']}",
+            "# HELP cyme_amqp_messages_published_total Remote-control messages sent.",
+            "# TYPE cyme_amqp_messages_published_total counter",
+            f"cyme_amqp_messages_published_total {m['messages']}",
+            "# HELP cyme_worker_restarts_total Worker restarts since start.",
+            "# TYPE cyme_worker_restarts_total counter",
+            f"cyme_worker_restarts_total {m['restarts']}",
+            "# HELP cyme_workers Worker instances of this branch by state.",
+            "# TYPE cyme_workers gauge",
+        ]
+        lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(m["states"].items())]
+        return ("\n".join(lines) + "\n").encode("ascii")
+
+    # Branches
+
+    @route("/branches", ["GET"])
+    async def list_branches(self, request):
+        return json_body(request, 200, await self.ops.list_branches())
+
+    @route("/branches/<branch>", ["GET"])
+    async def get_branch(self, request, branch):
+        return json_body(request, 200, await self.ops.get_branch(branch))
+
+    # Apps
+
+    @route("/", ["GET"])
+    async def list_apps(self, request):
+        return self._listing(request, await self.ops.list_apps())
+
+    @route("/<app>", ["GET"])
+    async def get_app(self, request, app):
+        return json_body(request, 200, await self.ops.get_app(app))
+
+    @route("/<app>", CREATE)
+    async def put_app(self, request, app):
+        record, created, missing = await self.ops.put_app(app, request_params(request))
+        _mark_partial(request, missing)
+        return json_body(request, created_status(created), record)
+
+    @route("/<app>", ["DELETE"])
+    async def delete_app(self, request, app):
+        _mark_partial(request, await self.ops.delete_app(app))
+        return json_body(request, 200, {"ok": "ok"})
+
+    # Instances
+
+    @route("/<app>/instances", ["GET"])
+    async def list_instances(self, request, app):
+        return self._listing(request, await self.ops.list_instances(app))
+
+    @route("/<app>/instances", CREATE)
+    async def add_anonymous_instance(self, request, app):
+        return await self._put_instance(request, app, None)
+
+    @route("/<app>/instances/<name>", CREATE)
+    async def put_instance(self, request, app, name):
+        if name == "!":  # the seed's no-wait form, anonymous
+            return await self._put_instance(request, app, None, wait=False)
+        return await self._put_instance(request, app, name)
+
+    @route("/<app>/instances/!/<name>", CREATE)
+    async def put_instance_nowait(self, request, app, name):
+        return await self._put_instance(request, app, name, wait=False)
+
+    async def _put_instance(self, request, app, name, wait=True):
+        values = request_params(request)
+        branch = values.pop("branch", None)
+        instance, created = await self.ops.put_instance(
+            app, name, values, wait=wait, branch=branch
+        )
+        status = created_status(created) if wait else 202
+        return json_body(request, status, instance)
+
+    @route("/<app>/instances/<name>/restart", CREATE)
+    async def restart_instance(self, request, app, name):
+        return json_body(request, 200, await self.ops.restart(app, name))
+
+    @route("/<app>/instances/<name>/enable", CREATE)
+    async def enable_instance(self, request, app, name):
+        return json_body(request, 200, await self.ops.set_enabled(app, name, True))
+
+    @route("/<app>/instances/<name>/disable", CREATE)
+    async def disable_instance(self, request, app, name):
+        return json_body(request, 200, await self.ops.set_enabled(app, name, False))
+
+    @route("/<app>/instances/<name>/stats", ["GET"])
+    async def instance_stats(self, request, app, name):
+        return json_body(request, 200, await self.ops.stats(app, name))
+
+    @route("/<app>/instances/<name>", ["GET"])
+    async def get_instance(self, request, app, name):
+        return json_body(request, 200, await self.ops.get_instance(app, name))
+
+    # The seed's walkthrough ends with DELETE /instances/<name>/: instance
+    # names are unique, so the app may be left out.
+
+    @_klein.route("/instances/<name>", methods=["GET"], strict_slashes=False,
+                  endpoint="get_instance_by_name")
+    async def get_instance_by_name(self, request, name):
+        app = await self.ops.app_of_instance(name)
+        return json_body(request, 200, await self.ops.get_instance(app, name))
+
+    @_klein.route("/instances/<name>", methods=["DELETE"], strict_slashes=False,
+                  endpoint="delete_instance_by_name")
+    async def delete_instance_by_name(self, request, name):
+        app = await self.ops.app_of_instance(name)
+        await self.ops.delete_instance(app, name)
+        return json_body(request, 200, {"ok": "ok"})
+
+    @route("/<app>/instances/<name>", ["DELETE"])
+    async def delete_instance(self, request, app, name):
+        await self.ops.delete_instance(app, name)
+        return json_body(request, 200, {"ok": "ok"})
+
+    @route("/<app>/instances/<name>/queues", ["GET"])
+    async def instance_queues(self, request, app, name):
+        return json_body(request, 200, await self.ops.instance_queues(app, name))
+
+    @route("/<app>/instances/<name>/queues/<queue>", CREATE)
+    async def add_consumer(self, request, app, name, queue):
+        request_params(request)  # a malformed body is an error here too
+        created = await self.ops.add_consumer(app, name, queue)
+        return json_body(request, created_status(created), {"ok": "ok"})
+
+    @route("/<app>/instances/<name>/queues/<queue>", ["DELETE"])
+    async def cancel_consumer(self, request, app, name, queue):
+        await self.ops.cancel_consumer(app, name, queue)
+        return json_body(request, 200, {"ok": "ok"})
+
+    @route("/<app>/instances/<name>/autoscale", ["GET"])
+    async def get_autoscale(self, request, app, name):
+        return json_body(request, 200, await self.ops.get_autoscale(app, name))
+
+    @route("/<app>/instances/<name>/autoscale", CREATE)
+    async def set_autoscale(self, request, app, name):
+        return json_body(
+            request, 200, await self.ops.set_autoscale(app, name, request_params(request))
+        )
+
+    # Queues
+
+    @route("/<app>/queues", ["GET"])
+    async def list_queues(self, request, app):
+        return self._listing(request, await self.ops.list_queues(app))
+
+    @route("/<app>/queues/<name>", ["GET"])
+    async def get_queue(self, request, app, name):
+        return json_body(request, 200, await self.ops.get_queue(app, name))
+
+    @route("/<app>/queues/<name>", CREATE)
+    async def put_queue(self, request, app, name):
+        queue, created, missing = await self.ops.put_queue(app, name, request_params(request))
+        _mark_partial(request, missing)
+        return json_body(request, created_status(created), queue)
+
+    @route("/<app>/queues/<name>", ["DELETE"])
+    async def delete_queue(self, request, app, name):
+        _mark_partial(request, await self.ops.delete_queue(app, name))
+        return json_body(request, 200, {"ok": "ok"})
+
+    # Queued URLs
+
+    async def queue_task(self, request, app, queue):
+        """
+        C{[verb] /<app>/queue/<queue>/<url>}: the hot path of the API, so
+        the guard hands it here directly rather than through Klein's
+        routing (see L{GuardResource}).
+        """
+        query = query_fields(request)
+        body, content_type = task_body(request)
+        timeout = request.getHeader(b"cyme-timeout")
+        if timeout is not None:
+            timeout = _task_timeout(timeout)
+        accepted = await self.ops.queue_task(
+            app, queue, request.method.decode("ascii"), raw_target(request),
+            query, body, content_type, timeout,
+        )
+        # The answer to a HEAD has no body: the Location names the task too.
+        request.setHeader(
+            b"Location", f"/{app}/query/{accepted['uuid']}/result/".encode("utf-8")
+        )
+        return json_body(request, 202, accepted)
+
+    @route("/<app>/query/<task_id>/state", ["GET"])
+    async def task_state(self, request, app, task_id):
+        task = await self.ops.task(app, _task_id(task_id))
+        return json_body(request, 200, {"uuid": task["uuid"], "state": task["state"]})
+
+    @route("/<app>/query/<task_id>/result", ["GET"])
+    async def task_result(self, request, app, task_id):
+        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)))
+
+    @route("/<app>/query/<task_id>/wait", ["GET"])
+    async def task_wait(self, request, app, task_id):
+        timeout = wait_seconds(request_params(request).get("timeout"))
+        return json_body(
+            request, 200, await self.ops.wait_task(app, _task_id(task_id), timeout)
+        )
+
+    def _listing(self, request, result):
+        names, missing = result
+        _mark_partial(request, missing)
+        return json_body(request, 200, names)
+
+
+def _mark_partial(request, missing):
+    """Name the branches that did not answer: the answer is partial."""
+    if missing:
+        request.setHeader(b"Cyme-Missing-Branches", ",".join(missing).encode("utf-8"))
+
+
+_TASK_ID = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
+
+
+def _task_id(value):
+    if not _TASK_ID.match(value):
+        raise BadRequest("uuid", "a task id is 1-64 letters, digits and dashes")
+    return value
+
+
+def _task_timeout(value):
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise BadRequest("Cyme-Timeout", "Cyme-Timeout must be seconds in (0, 3600]")
+    return seconds
+
+
+def raw_target(request):
+    """
+    The URL to queue: the path after C{/<app>/queue/<queue>/}, as sent.
+
+    A URL sent percent-encoded whole (C{http%3A%2F%2Fm%2Fx}) is decoded.
+    """
+    target = request.path.split(b"/", 4)[4].decode("utf-8", "replace")
+    if "://" not in target and target.lower().startswith(("http%3a", "https%3a")):
+        target = unquote(target)
+    return target
+
+
+def task_body(request):
+    """The body to forward: form fields as a dict, anything else raw."""
+    raw = request.content.read() if request.content is not None else b""
+    ctype = (request.getHeader(b"content-type") or b"").decode("latin-1")
+    if not raw:
+        return None, None
+    if ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise BadRequest("body", "a form body must be URL-encoded") from None
+        return fields(text, "body"), None
+    return raw, ctype or "application/octet-stream"
+
+
+def check_path(path):
+    """
+    Refuse a path whose segments could name something outside a name.
+
+    Twisted decodes C{%2F} and C{%2e%2e} inside a segment before routing, so
+    C{a%2Fb} would route as two segments and C{%2e%2e} as C{..}: both are
+    refused here, before any route sees them.
+    """
+    segments = path.split(b"/")[1:]
+    if len(segments) > 3 and segments[1] == b"queue":
+        # /<app>/queue/<queue>/<url>: the URL is data, not names.
+        segments = segments[:3]
+    for raw in segments:
+        segment = unquote_to_bytes(raw)
+        try:
+            text = segment.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("path", "the path is not valid UTF-8") from None
+        if text in (".", "..") or any(c in text for c in "/\\\0"):
+            raise BadRequest("path", f"invalid path segment: {text!r}")
+
+
+class GuardResource(Resource):
+    """
+    The API's root: checks the path and body size, then hands to Klein.
+
+    Both checks answer JSON like every route does.  Queueing a URL, the
+    one route under load, is handed straight to its handler.
+    """
+
+    isLeaf = True
+
+    def __init__(self, klein_resource, queue_task=None):
+        super().__init__()
+        self._klein = klein_resource
+        self._queue_task = queue_task
+
+    def render(self, request):
+        try:
+            if getattr(request, "too_large", False):
+                raise PayloadTooLarge("the request body is larger than 1 MiB")
+            check_path(request.path)
+        except CymeError as e:
+            return error_body(request, e)
+        parts = request.path.split(b"/", 4)
+        if self._queue_task is not None and len(parts) == 5 and parts[2] == b"queue":
+            return self._render_queue(request, parts)
+        return self._klein.render(request)
+
+    def _render_queue(self, request, parts):
+        method = request.method.decode("latin-1")
+        if method not in VERBS:
+            request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
+            return error_body(
+                request, MethodNotAllowed(f"{method} is not allowed here", allowed=VERBS)
+            )
+        # check_path made sure both are UTF-8 and plain names.
+        app, queue = unquote(parts[1].decode("utf-8")), unquote(parts[3].decode("utf-8"))
+        done = []
+        request.notifyFinish().addBoth(done.append)
+        d = defer.ensureDeferred(self._queue_task(request, app, queue))
+
+        def failed(failure):
+            if failure.check(CymeError):
+                return error_body(request, failure.value)
+            BranchAPI.log.failure(
+                "unexpected error on {method} {path}", failure,
+                method=request.method, path=request.path,
+            )
+            return json_body(request, 500, {"error": "internal error"})
+
+        def answer(body):
+            if not done:
+                request.write(body)
+                request.finish()
+
+        d.addErrback(failed).addCallback(answer)
+        d.addErrback(lambda f: BranchAPI.log.failure("cannot answer", f))
+        return NOT_DONE_YET

@@ -1,0 +1,42 @@
+"""Listeners: call every one of them, and keep going when one fails.
+
+The store's change events, the bus's peer events and the brokers'
+connection events all fan out to listeners that belong to other layers; one
+of them raising must neither stop the others nor reach the caller that
+caused the event.
+"""
+
+from twisted.logger import Logger
+
+from cyme import logs
+
+
+class Listeners:
+    """A list of callables notified in the order they were added."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, what):
+        #: Names the event in the log line of a listener that failed.
+        self.what = what
+        self._listeners = []
+
+    def add(self, listener):
+        """Call C{listener(*args)} on every later L{notify}."""
+        self._listeners.append(listener)
+
+    def remove(self, listener):
+        """Stop calling C{listener}; nothing if it was not added."""
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def __len__(self):
+        return len(self._listeners)
+
+    def notify(self, *args, **kwargs):
+        """Call every listener; a failure is logged, never raised."""
+        for listener in list(self._listeners):
+            try:
+                listener(*args, **kwargs)
+            except Exception:
+                self.log.failure("{what} listener failed", what=self.what)

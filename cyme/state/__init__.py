@@ -1,0 +1,10 @@
+"""The desired state: what the operators asked for, and where it is kept.
+
+Owns the validated attrs records (``models``), the parsing of API
+parameters into them (``params``), the stores (``store``: ``IStore``, a
+JSON file or memory, with change events) and the branch's root directory
+(``rootdir``: lock, id, state file, worker directories).
+
+May import: ``cyme.errors``, ``cyme.logs``.  Nothing here knows of HTTP,
+the bus, the supervisor or queued URLs.
+"""

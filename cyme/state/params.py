@@ -1,0 +1,146 @@
+"""Request parameters (form fields, query arguments or JSON) made into models.
+
+Clients send the seed's flat parameters (``hostname=w1&userid=me``,
+``max_concurrency=4``); these functions turn such a mapping into the model
+records or changes, raising L{BadRequest} naming the first field at fault.
+"""
+
+import json
+
+import attrs
+
+from cyme.errors import BadRequest
+from cyme.state.models import Broker, Instance, Queue, check_json_object
+
+BROKER_FIELDS = ("hostname", "port", "userid", "password", "virtual_host")
+
+
+def _check_known(params, allowed):
+    for key in params:
+        if key not in allowed:
+            raise BadRequest(key, f"unknown parameter: {key}")
+
+
+def json_object(value, field):
+    """A JSON object given as such (JSON bodies) or as text (forms)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except ValueError:
+            raise BadRequest(field, f"{field} must be a JSON object") from None
+    return check_json_object(value, field)
+
+
+def broker(params, default):
+    """
+    The broker the parameters name, or C{default} when they name none.
+
+    As in the original cyme, a broker is named by C{hostname} (with the
+    other fields defaulting to guest on 5672, vhost C{/}) or by an amqp://
+    URL in C{broker}; without either, the other fields are ignored.
+    """
+    if params.get("broker") not in (None, ""):
+        if isinstance(params["broker"], dict):
+            return Broker.from_json(params["broker"])
+        return Broker.from_url(params["broker"])
+    if params.get("hostname") in (None, ""):
+        return default
+    fields = {k: params[k] for k in BROKER_FIELDS if params.get(k) not in (None, "")}
+    if params.get("vhost") not in (None, "") and "virtual_host" not in fields:
+        fields["virtual_host"] = params["vhost"]
+    return Broker.from_json(fields)
+
+
+APP_PARAMS = set(BROKER_FIELDS) | {
+    "vhost", "broker", "arguments", "extra_config", "allowed_hosts", "task_timeout",
+}
+
+
+def app_changes(params):
+    """The non-broker fields of an app that the parameters set."""
+    _check_known(params, APP_PARAMS)
+    changes = {}
+    if "arguments" in params:
+        changes["arguments"] = params["arguments"]
+    if "extra_config" in params:
+        changes["extra_config"] = json_object(params["extra_config"], "extra_config")
+    for key in ("allowed_hosts", "task_timeout"):
+        if key in params:
+            changes[key] = params[key]
+    return changes
+
+
+def names_broker(params):
+    return params.get("broker") not in (None, "") or params.get("hostname") not in (None, "")
+
+
+QUEUE_PARAMS = {"exchange", "exchange_type", "routing_key", "options"}
+
+
+def queue(name, params):
+    """A queue declaration; exchange and routing key default to the name."""
+    _check_known(params, QUEUE_PARAMS)
+    fields = {k: params[k] for k in QUEUE_PARAMS if params.get(k) not in (None, "")}
+    if "options" in fields:
+        fields["options"] = json_object(fields["options"], "options")
+    return Queue(name=name, **fields)
+
+
+INSTANCE_PARAMS = (
+    {"queues", "max_concurrency", "min_concurrency", "is_enabled", "pool"}
+    | {"arguments", "extra_config"}
+    | set(BROKER_FIELDS)
+    | {"vhost", "broker"}
+)
+
+
+def queue_names(value):
+    """Queue names as a list, from a JSON list or a comma-separated string."""
+    if isinstance(value, str):
+        return [q.strip() for q in value.split(",") if q.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise BadRequest("queues", "queues must be a list of queue names")
+
+
+def instance(name, app, params, existing=None):
+    """
+    The instance the parameters describe: a new one, or C{existing} changed.
+
+    Fields the parameters leave out keep their current value (or default).
+    """
+    _check_known(params, INSTANCE_PARAMS)
+    changes = {}
+    for key in ("max_concurrency", "min_concurrency", "is_enabled", "pool", "arguments"):
+        if params.get(key) not in (None, ""):
+            changes[key] = params[key]
+    if "queues" in params:
+        changes["queues"] = queue_names(params["queues"])
+    if "extra_config" in params:
+        changes["extra_config"] = json_object(params["extra_config"], "extra_config")
+    if names_broker(params):
+        changes["broker"] = broker(params, None)
+    if existing is None:
+        return Instance(name=name, app=app, **changes)
+    return attrs.evolve(existing, **changes)
+
+
+def autoscale(params, existing):
+    """The instance with the C{max}/C{min} the parameters set."""
+    _check_known(params, {"max", "min"})
+    changes = {}
+    if params.get("max") not in (None, ""):
+        changes["max_concurrency"] = params["max"]
+    if params.get("min") not in (None, ""):
+        changes["min_concurrency"] = params["min"]
+    if not changes:
+        raise BadRequest("max", "autoscale needs max or min")
+    try:
+        return attrs.evolve(existing, **changes)
+    except BadRequest as e:
+        # Name the parameter the client sent, not the model's field.
+        field = {"max_concurrency": "max", "min_concurrency": "min"}.get(e.field, e.field)
+        message = e.message.replace("max_concurrency", "max").replace(
+            "min_concurrency", "min"
+        )
+        raise BadRequest(field, message) from None

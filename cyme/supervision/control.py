@@ -1,0 +1,328 @@
+"""Celery's remote control (the pidbox protocol), spoken natively over txAMQP.
+
+A command is one JSON message to the ``celery.pidbox`` fanout exchange with
+the list of destination nodes; each worker answers on
+``reply.celery.pidbox`` with our routing key and the command's ticket, so
+one message asks any number of workers and the replies are gathered until
+all answered or the timeout.  ``PidboxControl`` talks to one broker;
+``ControlRouter`` sends each node's commands to the broker of its app.
+"""
+
+import json
+import time
+import uuid
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cyme import logs
+from cyme.amqp import AMQPClientService, AMQPError, IBrokerListener
+from cyme.amqp.private import open_inbox, setup_failed
+from cyme.errors import Unavailable
+from cyme.supervision.interfaces import IControl
+
+PIDBOX_EXCHANGE = "celery.pidbox"
+REPLY_EXCHANGE = "reply.celery.pidbox"
+
+
+class NotConnected(AMQPError, Unavailable):
+    """
+    The broker connection is down: the command was not sent.  Through the
+    API a 503 (a live query while the broker is away), not a 500.
+    """
+
+
+class _Call:
+    """One command in flight: who must answer, and what they answered."""
+
+    def __init__(self, nodes):
+        self.waiting = set(nodes)
+        self.replies = {}
+        self.deferred = None
+        self.timer = None
+
+
+def _command_arguments(method, arguments):
+    # Celery resets a worker's pidbox consumer when a command raises, so
+    # only well-formed arguments are ever sent.
+    for key, value in arguments.items():
+        if not isinstance(key, str) or isinstance(value, (set, bytes)):
+            raise ValueError(f"bad argument {key!r} for {method}")
+    return arguments
+
+
+@implementer(IControl, IBrokerListener)
+class PidboxControl:
+    """Remote control of the workers of one broker."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, client, reactor, clock=None):
+        self.client = client
+        self.reactor = reactor
+        self.clock = clock or reactor
+        self.connected = False
+        self.published = 0
+        self._oid = f"cyme.{uuid.uuid4().hex}"
+        self._channel = None
+        self._calls = {}
+        self._listeners = []
+        self._clock_value = 0
+        client.add_listener(self)
+
+    # IBrokerListener
+
+    def broker_connected(self, connection):
+        d = defer.ensureDeferred(self._setup(connection))
+        d.addErrback(self._setup_failed, connection)
+
+    async def _setup(self, connection):
+        # The pidbox exchanges are not durable: after a broker restart they
+        # are gone until somebody declares them, with exactly Celery's flags.
+        self._channel = await open_inbox(
+            connection, self._oid,
+            exchanges=[(PIDBOX_EXCHANGE, "fanout"), (REPLY_EXCHANGE, "direct")],
+            bindings=[(REPLY_EXCHANGE, self._oid)],
+            on_message=self._reply, timeout=10,
+        )
+        self._set_connected(True)
+
+    def _setup_failed(self, failure, connection):
+        setup_failed(self.log, "remote-control channel", failure, connection)
+
+    def broker_lost(self, reason):
+        self._channel = None
+        self._set_connected(False)
+
+    def _set_connected(self, connected):
+        if connected == self.connected:
+            return
+        self.connected = connected
+        for listener in list(self._listeners):
+            try:
+                listener(connected)
+            except Exception:
+                self.log.failure("connection listener failed")
+
+    # Replies
+
+    def _reply(self, message):
+        ticket = message.headers.get("ticket")
+        call = self._calls.get(ticket)
+        if call is None:
+            return  # late reply to a call that timed out
+        try:
+            body = json.loads(message.body)
+        except ValueError:
+            self.log.warn("undecodable pidbox reply: {body!r}", body=message.body[:200])
+            return
+        if not isinstance(body, dict):
+            return
+        for node, reply in body.items():
+            if node in call.waiting:
+                call.waiting.discard(node)
+                call.replies[node] = reply
+        if not call.waiting:
+            self._finish(ticket)
+
+    def _finish(self, ticket):
+        call = self._calls.pop(ticket, None)
+        if call is None:
+            return
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.deferred.callback(call.replies)
+
+    def _forget(self, ticket):
+        call = self._calls.pop(ticket, None)
+        if call is not None and call.timer is not None and call.timer.active():
+            call.timer.cancel()
+
+    # IControl
+
+    def add_connection_listener(self, listener):
+        self._listeners.append(listener)
+
+    def register(self, node, broker_url):
+        """Nothing to do: this control knows only its own broker."""
+
+    def call(self, method, nodes, timeout, arguments=None, reply=True):
+        """
+        Send C{method} to C{nodes} (one message); fire with the replies of
+        those that answered within C{timeout} seconds.
+        """
+        nodes = sorted(set(nodes))
+        if not nodes:
+            return defer.succeed({})
+        if self._channel is None or not self.connected:
+            return defer.fail(NotConnected(f"cannot send {method}: broker not connected"))
+        arguments = _command_arguments(method, arguments or {})
+        ticket = str(uuid.uuid4())
+        self._clock_value += 1
+        body = {
+            "method": method,
+            "arguments": arguments,
+            "destination": nodes,
+            "pattern": None,
+            "matcher": None,
+            "ticket": ticket,
+            "reply_to": (
+                {"exchange": REPLY_EXCHANGE, "routing_key": self._oid} if reply else None
+            ),
+        }
+        headers = {"clock": self._clock_value}
+        if timeout is not None:
+            # A worker that reads the command later (it was stopped) drops it.
+            headers["expires"] = time.time() + max(timeout, 1.0)
+        call = _Call(nodes)
+        if reply:
+            call.deferred = defer.Deferred(lambda _: self._forget(ticket))
+            self._calls[ticket] = call
+            call.timer = self.clock.callLater(timeout, self._finish, ticket)
+        try:
+            self._channel.publish(
+                PIDBOX_EXCHANGE, "", json.dumps(body).encode("utf-8"),
+                content_type="application/json", content_encoding="utf-8",
+                headers=headers,
+            )
+        except Exception as e:
+            self._forget(ticket)
+            return defer.fail(e)
+        self.published += 1
+        if not reply:
+            return defer.succeed({})
+        return call.deferred
+
+    def ping(self, nodes, timeout):
+        return self.call("ping", nodes, timeout)
+
+    def stats(self, nodes, timeout):
+        return self.call("stats", nodes, timeout)
+
+    def active_queues(self, nodes, timeout):
+        return self.call("active_queues", nodes, timeout)
+
+    def add_consumer(self, nodes, queue, timeout):
+        arguments = {
+            "queue": queue.name,
+            "exchange": queue.exchange,
+            "exchange_type": queue.exchange_type,
+            "routing_key": queue.routing_key,
+        }
+        arguments.update(
+            {k: v for k, v in queue.options.items() if k not in arguments}
+        )
+        return self.call("add_consumer", nodes, timeout, arguments)
+
+    def cancel_consumer(self, nodes, queue_name, timeout):
+        return self.call("cancel_consumer", nodes, timeout, {"queue": queue_name})
+
+    def autoscale(self, nodes, max_concurrency, min_concurrency, timeout):
+        return self.call(
+            "autoscale", nodes, timeout,
+            {"max": int(max_concurrency), "min": int(min_concurrency)},
+        )
+
+    def shutdown(self, nodes):
+        return self.call("shutdown", nodes, None, reply=False)
+
+
+@implementer(IControl)
+class ControlRouter:
+    """
+    Remote control across brokers: each node's commands go to the broker
+    of its app (one message per broker per command).
+
+    The branch's own broker is always connected; another broker gets its
+    client service the first time a worker on it is registered.
+    """
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, default_url, reactor, parent=None, make_client=None):
+        self.reactor = reactor
+        self.default_url = default_url
+        self._parent = parent
+        self._make_client = make_client or (
+            lambda url: AMQPClientService(url, reactor=reactor, connection_name="cyme control")
+        )
+        self._controls = {}
+        self._nodes = {}
+        self._listeners = []
+        self._control(default_url)
+
+    @property
+    def connected(self):
+        return all(c.connected for c in self._controls.values())
+
+    @property
+    def published(self):
+        return sum(c.published for c in self._controls.values())
+
+    def _control(self, url):
+        control = self._controls.get(url)
+        if control is None:
+            client = self._make_client(url)
+            control = PidboxControl(client, self.reactor)
+            control.add_connection_listener(self._changed)
+            self._controls[url] = control
+            if self._parent is not None:
+                client.setServiceParent(self._parent)
+        return control
+
+    def client(self, url=None):
+        """The AMQP client service of C{url} (default: the branch's broker)."""
+        return self._control(url or self.default_url).client
+
+    def _changed(self, connected):
+        for listener in list(self._listeners):
+            listener(self.connected)
+
+    def add_connection_listener(self, listener):
+        self._listeners.append(listener)
+
+    def register(self, node, broker_url):
+        self._nodes[node] = broker_url
+        self._control(broker_url)
+
+    def _spread(self, nodes, send):
+        groups = {}
+        for node in nodes:
+            groups.setdefault(self._nodes.get(node, self.default_url), []).append(node)
+        if len(groups) == 1:
+            (url, group), = groups.items()
+            return send(self._control(url), group)
+        calls = [send(self._control(url), group) for url, group in groups.items()]
+
+        def merge(results):
+            merged = {}
+            for ok, replies in results:
+                if ok:
+                    merged.update(replies)
+            return merged
+
+        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+    def ping(self, nodes, timeout):
+        return self._spread(nodes, lambda c, n: c.ping(n, timeout))
+
+    def stats(self, nodes, timeout):
+        return self._spread(nodes, lambda c, n: c.stats(n, timeout))
+
+    def active_queues(self, nodes, timeout):
+        return self._spread(nodes, lambda c, n: c.active_queues(n, timeout))
+
+    def add_consumer(self, nodes, queue, timeout):
+        return self._spread(nodes, lambda c, n: c.add_consumer(n, queue, timeout))
+
+    def cancel_consumer(self, nodes, queue_name, timeout):
+        return self._spread(nodes, lambda c, n: c.cancel_consumer(n, queue_name, timeout))
+
+    def autoscale(self, nodes, max_concurrency, min_concurrency, timeout):
+        return self._spread(
+            nodes, lambda c, n: c.autoscale(n, max_concurrency, min_concurrency, timeout)
+        )
+
+    def shutdown(self, nodes):
+        return self._spread(nodes, lambda c, n: c.shutdown(n))

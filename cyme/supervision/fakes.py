@@ -1,0 +1,245 @@
+"""In-memory fakes of what the supervisor drives, for tests.
+
+``FakeControl`` implements L{IControl} over simulated worker nodes,
+``FakeProcessReactor`` is a L{MemoryReactorClock} whose ``spawnProcess``
+makes L{FakeProcess}es, and ``FakeProcessTable`` implements
+L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
+"""
+
+import signal
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IProcessTransport, IReactorProcess
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cyme.supervision.interfaces import IControl, IProcessTable
+from cyme.supervision.launcher import InertProcessTransport
+
+
+@attrs.define
+class FakeNode:
+    """A simulated Celery worker as the remote control sees it."""
+
+    name: str
+    queues: list = attrs.field(factory=list)  # [{"name", "exchange": {"name"}, "routing_key"}]
+    max: int = 1
+    min: int = 1
+    responsive: bool = True
+
+    def queue_names(self):
+        return [q["name"] for q in self.queues]
+
+
+@implementer(IControl)
+class FakeControl:
+    """
+    Remote control over L{FakeNode}s: nodes that are up and responsive
+    answer at once; a call that misses a node waits out its timeout on
+    the clock, as the real one does.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.connected = True
+        self.nodes = {}
+        self.sent = []
+        self.brokers = {}
+        self._listeners = []
+
+    # Test controls
+
+    def up(self, node, queues=(), max=1, min=1):
+        self.nodes[node] = FakeNode(
+            node,
+            [{"name": q, "exchange": {"name": q}, "routing_key": q} for q in queues],
+            max,
+            min,
+        )
+        return self.nodes[node]
+
+    def down(self, node):
+        self.nodes.pop(node, None)
+
+    def set_connected(self, connected):
+        self.connected = connected
+        for listener in list(self._listeners):
+            listener(connected)
+
+    def messages(self, method=None):
+        return [m for m in self.sent if method is None or m[0] == method]
+
+    # IControl
+
+    def add_connection_listener(self, listener):
+        self._listeners.append(listener)
+
+    def register(self, node, broker_url):
+        self.brokers[node] = broker_url
+
+    def _call(self, method, nodes, timeout, reply, *args):
+        self.sent.append((method, list(nodes), args))
+        if not self.connected:
+            return defer.fail(ConnectionError("broker connection lost"))
+        replies = {}
+        for name in nodes:
+            node = self.nodes.get(name)
+            if node is not None and node.responsive:
+                replies[name] = reply(node)
+        if len(replies) == len(set(nodes)) or timeout is None:
+            return defer.succeed(replies)
+        call = self.clock.callLater(timeout, lambda: d.callback(replies))
+        d = defer.Deferred(lambda _: call.cancel())
+        return d
+
+    def ping(self, nodes, timeout):
+        return self._call("ping", nodes, timeout, lambda n: {"ok": "pong"})
+
+    def stats(self, nodes, timeout):
+        return self._call(
+            "stats", nodes, timeout,
+            lambda n: {"autoscaler": {"max": n.max, "min": n.min}, "pid": 0},
+        )
+
+    def active_queues(self, nodes, timeout):
+        return self._call(
+            "active_queues", nodes, timeout, lambda n: [dict(q) for q in n.queues]
+        )
+
+    def add_consumer(self, nodes, queue, timeout):
+        def apply(node):
+            node.queues = [q for q in node.queues if q["name"] != queue.name] + [
+                {"name": queue.name, "exchange": {"name": queue.exchange},
+                 "routing_key": queue.routing_key}
+            ]
+            return {"ok": f"add consumer {queue.name}"}
+
+        return self._call("add_consumer", nodes, timeout, apply, queue.name)
+
+    def cancel_consumer(self, nodes, queue_name, timeout):
+        def apply(node):
+            node.queues = [q for q in node.queues if q["name"] != queue_name]
+            return {"ok": f"no longer consuming from {queue_name}"}
+
+        return self._call("cancel_consumer", nodes, timeout, apply, queue_name)
+
+    def autoscale(self, nodes, max_concurrency, min_concurrency, timeout):
+        def apply(node):
+            node.max, node.min = max_concurrency, min_concurrency
+            return {"ok": f"autoscale now max={max_concurrency} min={min_concurrency}"}
+
+        return self._call(
+            "autoscale", nodes, timeout, apply, max_concurrency, min_concurrency
+        )
+
+    def shutdown(self, nodes):
+        self.sent.append(("shutdown", list(nodes), ()))
+        for name in nodes:
+            self.nodes.pop(name, None)
+        return defer.succeed({})
+
+
+@implementer(IProcessTransport)
+class FakeProcess(InertProcessTransport):
+    """A spawned process that ends when the test (or a signal) says so."""
+
+    def __init__(self, reactor, proto, pid, executable, args, env, path, childFDs):
+        self.reactor = reactor
+        self.proto = proto
+        self.pid = pid
+        self.executable = executable
+        self.args = args
+        self.env = env
+        self.path = path
+        self.childFDs = childFDs
+        self.signals = []
+        self.ended = False
+        self.stdin_closed = False
+
+    def node(self):
+        return self.args[self.args.index("-n") + 1]
+
+    def signalProcess(self, signalID):
+        if self.ended:
+            from twisted.internet.error import ProcessExitedAlready
+
+            raise ProcessExitedAlready()
+        signum = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL}.get(signalID, signalID)
+        self.signals.append(signum)
+        behaviour = self.reactor.on_signal
+        if behaviour is not None:
+            behaviour(self, signum)
+
+    def exit(self, status=0, signum=None):
+        """End the process with exit C{status}, or killed by C{signum}."""
+        if self.ended:
+            return
+        self.ended = True
+        if signum is None and status == 0:
+            reason = ProcessDone(0)
+        else:
+            reason = ProcessTerminated(None if signum else status, signum)
+        self.proto.processEnded(Failure(reason))
+
+    def closeStdin(self):
+        self.stdin_closed = True
+
+
+
+def obey_signals(process, signum):
+    """A worker that ends at once on TERM or KILL (a default for tests)."""
+    if signum in (signal.SIGTERM, signal.SIGKILL):
+        process.exit(signum=signum)
+
+
+@implementer(IReactorProcess)
+class FakeProcessReactor(MemoryReactorClock):
+    """A memory reactor with a clock that spawns L{FakeProcess}es."""
+
+    def __init__(self):
+        super().__init__()
+        self.processes = []
+        self.next_pid = 1000
+        self.on_signal = obey_signals
+
+    def spawnProcess(self, processProtocol, executable, args=(), env={}, path=None,
+                     uid=None, gid=None, usePTY=0, childFDs=None):
+        self.next_pid += 1
+        process = FakeProcess(
+            self, processProtocol, self.next_pid, executable, list(args), env, path, childFDs
+        )
+        self.processes.append(process)
+        processProtocol.makeConnection(process)
+        return process
+
+    def live(self):
+        return [p for p in self.processes if not p.ended]
+
+
+@implementer(IProcessTable)
+class FakeProcessTable:
+    """Processes left by an earlier branch: C{pid -> node}."""
+
+    def __init__(self):
+        self.table = {}
+        self.signals = []
+        self.on_signal = obey_table_signals
+
+    def alive(self, pid):
+        return pid in self.table
+
+    def is_worker(self, pid, node):
+        return self.table.get(pid) == node
+
+    def signal(self, pid, signum):
+        self.signals.append((pid, signum))
+        if pid in self.table and self.on_signal is not None:
+            self.on_signal(self, pid, signum)
+
+
+def obey_table_signals(table, pid, signum):
+    if signum in (signal.SIGTERM, signal.SIGKILL):
+        table.table.pop(pid, None)

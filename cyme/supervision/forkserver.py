@@ -1,0 +1,223 @@
+"""The fork server: ``python -m cyme.supervision.forkserver``, started by the branch.
+
+Most of a worker's start-up is Python importing Celery.  This process
+imports Celery's worker machinery once, then keeps one forked *standby*
+child waiting: the branch knows the standby's pid in advance, so starting
+a worker is one message (its argv, environment, directory and log file),
+and the standby becomes that worker at once, in its own session, while the
+server forks the next standby.
+
+The protocol is JSON lines.  The branch writes ``{"spawn": <standby pid>,
+"argv": [...], "env": {...}, "cwd": ..., "log": ...}``; the server writes
+``{"standby": pid}`` whenever a new standby is ready and ``{"exit": pid,
+"status": code, "signal": signum}`` when one of its children ends (also
+for a spawn whose standby was gone by then).  When
+the branch goes away (end of input) the server kills its standby and
+exits; workers, in their own sessions, keep running.
+
+It imports nothing that starts threads or opens connections, and never the
+app module the workers load (``cyme.tasks.worker`` reads its configuration from
+the environment at import, which differs per worker).
+"""
+
+import json
+import os
+import selectors
+import signal
+import sys
+
+
+def preload():
+    """Import what every worker imports, before any fork."""
+    import celery.app.utils  # noqa: F401
+    import celery.apps.worker  # noqa: F401
+    import celery.backends.rpc  # noqa: F401
+    import celery.bin.base  # noqa: F401
+    import celery.bin.worker  # noqa: F401
+    import celery.concurrency.prefork  # noqa: F401
+    import celery.concurrency.solo  # noqa: F401
+    import celery.concurrency.thread  # noqa: F401
+    import celery.events  # noqa: F401
+    import celery.worker.consumer  # noqa: F401
+    import celery.worker.control  # noqa: F401
+    import celery.worker.strategy  # noqa: F401
+    import kombu.transport.pyamqp  # noqa: F401
+
+    import setproctitle  # noqa: F401
+
+    import cyme.tasks.webhook  # noqa: F401
+    import cyme.supervision.workerexec  # noqa: F401
+
+
+def _become_worker(read_fd, keep=()):
+    """In the standby: wait for the worker's description, then run it."""
+    data = b""
+    while True:
+        chunk = os.read(read_fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read_fd)
+    if not data:
+        os._exit(0)  # the server went away before using us
+    request = json.loads(data)
+    code = 0
+    try:
+        # Named like an exec'd worker (its node name included), so that
+        # ps shows what it is and a restarted branch recognises it.
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(request["argv"]))
+        os.setsid()
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.chdir(request["cwd"])
+        from cyme.supervision import workerexec
+
+        workerexec.run(request["argv"][3:] if request["argv"][1:3] == ["-m", "cyme.supervision.workerexec"]
+                       else request["argv"])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code)
+
+
+class Server:
+    def __init__(self, stdin, stdout):
+        self.stdin = stdin
+        self.stdout = stdout
+        self.standby = None  # (pid, write fd)
+        self.children = set()
+        wake_r, self.wake_w = os.pipe()
+        self.wake_r = wake_r
+        os.set_blocking(wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def say(self, message):
+        os.write(self.stdout, json.dumps(message).encode("utf-8") + b"\n")
+
+    def fork_standby(self):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # The standby keeps nothing of the server's but its own pipe.
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            # The server's pipes to the branch are replaced, not closed, so
+            # that the descriptors stay taken until the worker's own land.
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (self.stdin, self.stdout):
+                os.dup2(null, fd)
+            os.close(null)
+            for fd in (self.wake_r, self.wake_w, write_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            _become_worker(read_fd)
+        os.close(read_fd)
+        self.children.add(pid)
+        self.standby = (pid, write_fd)
+        self.say({"standby": pid})
+
+    def spawn(self, request):
+        pid = request.get("spawn")
+        if self.standby is None or pid != self.standby[0]:
+            # Gone before it was told what to be (killed, and reaped): the
+            # branch hears that its worker ended.
+            self.say({"exit": pid, "status": 1, "signal": None,
+                      "error": "the standby was gone"})
+            return
+        pid, write_fd = self.standby
+        self.standby = None
+        payload = json.dumps(request).encode("utf-8")
+        try:
+            while payload:
+                payload = payload[os.write(write_fd, payload):]
+        except OSError:
+            pass  # dying as it was told (a TERM in the same breath): reap tells
+        finally:
+            os.close(write_fd)
+        self.fork_standby()
+
+    def reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            if self.standby is not None and self.standby[0] == pid:
+                # The standby died unused (killed by someone): a new one.
+                os.close(self.standby[1])
+                self.standby = None
+                self.fork_standby()
+            if os.WIFSIGNALED(status):
+                self.say({"exit": pid, "status": None, "signal": os.WTERMSIG(status)})
+            else:
+                self.say({"exit": pid, "status": os.WEXITSTATUS(status), "signal": None})
+
+    def serve(self):
+        self.fork_standby()
+        selector = selectors.DefaultSelector()
+        selector.register(self.stdin, selectors.EVENT_READ, "input")
+        selector.register(self.wake_r, selectors.EVENT_READ, "signal")
+        buffer = b""
+        while True:
+            for key, _ in selector.select():
+                if key.data == "signal":
+                    try:
+                        os.read(self.wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                    continue
+                chunk = os.read(self.stdin, 65536)
+                if not chunk:
+                    self.shutdown()
+                    return
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.spawn(json.loads(line))
+            self.reap()
+
+    def shutdown(self):
+        if self.standby is not None:
+            pid, write_fd = self.standby
+            os.close(write_fd)  # the standby reads nothing and exits
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def main():
+    preload()
+    Server(sys.stdin.fileno(), sys.stdout.fileno()).serve()
+
+
+if __name__ == "__main__":
+    main()

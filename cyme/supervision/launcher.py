@@ -1,0 +1,219 @@
+"""How the supervisor starts a worker process: exec it, or ask the fork server.
+
+``ExecLauncher`` spawns ``python -m cyme.supervision.workerexec …`` with the reactor.
+``ForkServerLauncher`` (a Service) runs ``python -m cyme.supervision.forkserver``,
+which has Celery imported already and a standby child waiting: the worker
+starts without paying for Python's imports (see L{cyme.supervision.forkserver}).  It
+falls back to exec while the fork server is not ready, and for the pools
+that must patch the standard library before anything is imported
+(eventlet, gevent).  Both hand the supervisor a process transport with the
+worker's pid at once and call its protocol's C{processEnded} when the
+worker ends, so the supervisor does not know which one it has.
+"""
+
+import json
+import os
+import signal
+import sys
+
+from twisted.application import service
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IProcessTransport
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from cyme import logs
+
+
+class ExecLauncher:
+    """Each worker a new Python process, its output appended to its log."""
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+
+    def spawn(self, protocol, argv, env, path, log_path):
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            return self.reactor.spawnProcess(
+                protocol, argv[0], argv, env=env, path=path,
+                childFDs={0: "w", 1: log_fd, 2: log_fd},
+            )
+        finally:
+            os.close(log_fd)
+
+
+@implementer(IProcessTransport)
+class InertProcessTransport:
+    """
+    A process transport with no pipes: a worker's output goes to its log
+    file and it reads nothing, so there is nothing to write or close.
+    """
+
+    def closeStdin(self):
+        pass
+
+    def closeStdout(self):
+        pass
+
+    def closeStderr(self):
+        pass
+
+    def closeChildFD(self, descriptor):
+        pass
+
+    def writeToChild(self, childFD, data):
+        pass
+
+    def loseConnection(self):
+        pass
+
+    def write(self, data):
+        pass
+
+    def writeSequence(self, data):
+        pass
+
+    def getPeer(self):
+        return None
+
+    def getHost(self):
+        return None
+
+
+class ForkedProcess(InertProcessTransport):
+    """A worker the fork server started; signals go straight to its pid."""
+
+    def __init__(self, pid, protocol):
+        self.pid = pid
+        self.proto = protocol
+        self.ended = False
+
+    def signalProcess(self, signalID):
+        if self.ended:
+            raise error.ProcessExitedAlready()
+        signum = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL,
+                  "INT": signal.SIGINT}.get(signalID, signalID)
+        try:
+            os.kill(self.pid, signum)
+        except ProcessLookupError:
+            raise error.ProcessExitedAlready() from None
+
+    def end(self, status, signum):
+        if self.ended:
+            return
+        self.ended = True
+        if signum is None and status == 0:
+            reason = error.ProcessDone(0)
+        else:
+            reason = error.ProcessTerminated(status, signum)
+        self.proto.processEnded(Failure(reason))
+
+class _ServerProtocol(ProcessProtocol):
+    def __init__(self, launcher):
+        self.launcher = launcher
+        self.buffer = b""
+
+    def outReceived(self, data):
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                try:
+                    self.launcher._message(json.loads(line))
+                except ValueError:
+                    self.launcher.log.warn("fork server said {line!r}", line=line[:200])
+
+    def errReceived(self, data):
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip():
+                self.launcher.log.warn("fork server: {line}", line=line)
+
+    def processEnded(self, reason):
+        self.launcher._server_ended(reason)
+
+
+class ForkServerLauncher(service.Service):
+    """Workers forked from a process that imported Celery already."""
+
+    log = Logger(observer=logs.observer)
+    name = "forkserver"
+    exec_only_pools = ("eventlet", "gevent")
+
+    def __init__(self, reactor, python=sys.executable, restart_delay=1.0):
+        self.reactor = reactor
+        self.python = python
+        self.restart_delay = restart_delay
+        self.fallback = ExecLauncher(reactor)
+        self.orphaned = lambda pid: None
+        self._server = None
+        self._standby = None
+        self._children = {}
+        self._stopped = defer.Deferred()
+        self._restart = None
+
+    def startService(self):
+        super().startService()
+        self._start_server()
+
+    def _start_server(self):
+        self._restart = None
+        self._standby = None
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._stopped = defer.Deferred()
+        self._server = self.reactor.spawnProcess(
+            _ServerProtocol(self), self.python,
+            [self.python, "-m", "cyme.supervision.forkserver"], env=env,
+            childFDs={0: "w", 1: "r", 2: "r"},
+        )
+
+    def stopService(self):
+        super().stopService()
+        if self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        if self._server is None:
+            return defer.succeed(None)
+        # End of input: the server lets its standby go and exits; workers,
+        # in their own sessions, keep running.
+        self._server.closeStdin()
+        return self._stopped
+
+    def spawn(self, protocol, argv, env, path, log_path):
+        pool = argv[argv.index("-P") + 1] if "-P" in argv else "prefork"
+        if self._standby is None or self._server is None or pool in self.exec_only_pools:
+            return self.fallback.spawn(protocol, argv, env, path, log_path)
+        pid, self._standby = self._standby, None
+        request = {"spawn": pid, "argv": argv, "env": env, "cwd": path, "log": log_path}
+        self._server.write(json.dumps(request).encode("utf-8") + b"\n")
+        process = ForkedProcess(pid, protocol)
+        self._children[pid] = process
+        protocol.makeConnection(process)
+        return process
+
+    def _message(self, message):
+        if "standby" in message:
+            self._standby = message["standby"]
+        elif "exit" in message:
+            if message["exit"] == self._standby:
+                self._standby = None  # died unused: the server forks another
+            process = self._children.pop(message["exit"], None)
+            if process is not None:
+                process.end(message.get("status"), message.get("signal"))
+        if "error" in message:
+            self.log.error("fork server: {error}", error=message["error"])
+
+    def _server_ended(self, reason):
+        self._server = None
+        self._standby = None
+        # Its workers run on, no longer anyone's children here: the
+        # supervisor watches them by pid from now on.
+        children, self._children = self._children, {}
+        for pid in children:
+            self.orphaned(pid)
+        stopped, self._stopped = self._stopped, defer.Deferred()
+        stopped.callback(None)
+        if self.running:
+            self.log.warn("fork server ended ({reason}); restarting it",
+                          reason=reason.getErrorMessage())
+            self._restart = self.reactor.callLater(self.restart_delay, self._start_server)

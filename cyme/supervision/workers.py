@@ -1,0 +1,237 @@
+"""Worker processes: their command line, their files, and how they are watched.
+
+An instance ``n`` of this branch runs as ``python -m cyme.supervision.workerexec -A
+cyme.tasks.worker … worker -n n@host`` in ``<root>/instances/n/``, which holds
+``worker.pid`` (written by the branch the moment it spawns the worker, so
+that a branch stopped while the worker starts still finds it next time),
+``worker.log`` (the worker's stdout and stderr),
+``worker.state`` (Celery's state db, revoked tasks survive restarts) and
+``worker.spec`` (the fingerprint of the command line it was started with,
+so that a restarted branch knows whether an adopted worker is current).
+"""
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shlex
+import signal
+
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from zope.interface import implementer
+
+from cyme.supervision.interfaces import IProcessTable
+
+
+def dead_letter_queue(name):
+    """The queue every instance consumes under its own name (``dq.<name>``)."""
+    return f"dq.{name}"
+
+
+def node_name(instance_name, hostname):
+    return f"{instance_name}@{hostname}"
+
+
+def _queue_declaration(queue):
+    return {
+        "name": queue.name,
+        "exchange": queue.exchange,
+        "exchange_type": queue.exchange_type,
+        "routing_key": queue.routing_key,
+        "options": queue.options,
+    }
+
+
+def worker_command(instance, app, queues, directory, hostname, python, loglevel="info"):
+    """
+    The argv, environment and spec fingerprint of an instance's worker.
+
+    C{queues} are the L{cyme.state.models.Queue} declarations the instance
+    consumes.  The spec covers what can only change by a restart (broker,
+    pool, arguments, settings, and concurrency where there is no
+    autoscaler); queues and autoscale bounds change live and are left out.
+    """
+    broker = instance.broker or app.broker
+    dq = dead_letter_queue(instance.name)
+    argv = [
+        python, "-m", "cyme.supervision.workerexec",
+        "-A", "cyme.tasks.worker",
+        "-b", broker.as_url(),
+        "--workdir", directory,
+        "worker",
+        "-n", node_name(instance.name, hostname),
+        "-Q", ",".join([dq, *(q.name for q in queues)]),
+        "-P", instance.pool,
+        "--without-mingle", "--without-gossip", "-E",
+        "--statedb", os.path.join(directory, "worker.state"),
+        "-l", loglevel,
+    ]
+    if instance.pool == "prefork":
+        argv.append(f"--autoscale={instance.max_concurrency},{instance.min_concurrency}")
+    elif instance.pool != "solo":  # solo runs one task at a time, whatever -c says
+        argv += ["-c", str(instance.max_concurrency)]
+    argv += shlex.split(app.arguments) + shlex.split(instance.arguments)
+    extra = {**app.extra_config, **instance.extra_config}
+    config = {
+        "queues": [
+            {"name": dq, "exchange": dq, "exchange_type": "direct",
+             "routing_key": dq, "options": {}},
+            *(_queue_declaration(q) for q in queues),
+        ],
+        "extra_config": extra,
+    }
+    env = {
+        "CYME_WORKER_CONFIG": json.dumps(config, sort_keys=True),
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key in ("PYTHONPATH", "VIRTUAL_ENV", "HOME", "TZ"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    spec_parts = [broker.as_url(), instance.pool, app.arguments, instance.arguments,
+                  json.dumps(extra, sort_keys=True)]
+    if instance.pool not in ("prefork", "solo"):
+        spec_parts.append(str(instance.max_concurrency))
+    spec = hashlib.sha256("\0".join(spec_parts).encode("utf-8")).hexdigest()[:16]
+    return argv, env, spec
+
+
+def exit_description(reason):
+    """A short text for how a process ended (C{reason} is a Failure or None)."""
+    value = getattr(reason, "value", None)
+    if isinstance(value, ProcessDone):
+        return "exited with status 0"
+    if isinstance(value, ProcessTerminated):
+        if value.signal is not None:
+            try:
+                name = signal.Signals(value.signal).name
+            except ValueError:
+                name = str(value.signal)
+            return f"killed by {name}"
+        return f"exited with status {value.exitCode}"
+    return "exited"
+
+
+def failed_exit(reason):
+    """Whether the process exited by itself with an error status."""
+    value = getattr(reason, "value", None)
+    return (
+        isinstance(value, ProcessTerminated) and value.signal is None and bool(value.exitCode)
+    )
+
+
+class WorkerProtocol(ProcessProtocol):
+    """Tells the supervisor when a worker it spawned ends."""
+
+    def __init__(self, ended):
+        self._ended = ended
+
+    def connectionMade(self):
+        # The worker reads nothing; its output goes straight to worker.log.
+        self.transport.closeStdin()
+
+    def processEnded(self, reason):
+        self._ended(reason)
+
+
+def write_file(path, text):
+    """Replace C{path} with C{text} at once: a reader sees old or new, never half."""
+    partial = path + ".tmp"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def remove_pidfile(path, pid):
+    """Remove the pid file at C{path} if it still names C{pid}."""
+    if read_pidfile(path) == pid:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def read_pidfile(path):
+    try:
+        with open(path, "rb") as f:
+            return int(f.read().strip() or b"0") or None
+    except (OSError, ValueError):
+        return None
+
+
+@implementer(IProcessTable)
+class ProcessTable:
+    """Processes through C{os.kill} and C{/proc}."""
+
+    def alive(self, pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                # A zombie has ended: only its exit status is left.
+                return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        except (OSError, IndexError):
+            return True
+
+    def is_worker(self, pid, node):
+        if not self.alive(pid):
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            return False
+        # The node name as a whole word: an exec'd worker has it as one
+        # argument; a forked one, or one Celery renamed ("[celeryd:
+        # n@host:MainProcess]"), within its title.
+        return re.search(
+            rb"(^|[\0 \[])" + re.escape(node.encode("utf-8")) + rb"($|[\0 :\]])", cmdline
+        ) is not None
+
+    def signal(self, pid, signum):
+        try:
+            os.kill(pid, signum)
+        except OSError as e:
+            if e.errno != errno.ESRCH:
+                raise
+
+
+class LogTail:
+    """Reads the lines a worker appended to its log since the last call."""
+
+    max_read = 1 << 16
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            self.offset = os.path.getsize(path)
+        except OSError:
+            self.offset = 0
+        self._partial = b""
+
+    def lines(self):
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return []
+        if size < self.offset:  # truncated or replaced
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read(self.max_read)
+        self.offset += len(data)
+        data = self._partial + data
+        *complete, self._partial = data.split(b"\n")
+        if len(self._partial) > self.max_read:
+            complete.append(self._partial)
+            self._partial = b""
+        return [line.decode("utf-8", "replace").rstrip() for line in complete if line.strip()]

@@ -1,0 +1,10 @@
+"""Queued URLs: webhook tasks published by the branch, and their results.
+
+Owns publishing (``results``: the task service), the results journal
+(``journal``), the HTTP request a worker performs (``webhook``) and the
+Celery app the workers load (``worker``: ``celery -A cyme.tasks.worker``).
+
+May import: ``cyme.state``, ``cyme.amqp``, ``cyme.errors``, ``cyme.logs``.
+``worker`` and ``webhook`` run inside workers: they import Celery, which
+the branch process never does.
+"""

@@ -1,0 +1,337 @@
+"""Queued URLs: webhook tasks published by the branch, and their results.
+
+The branch publishes each task itself (Celery's message protocol 2, over
+txAMQP, with publisher confirms) to the queue's exchange on the app's
+broker, naming as C{reply_to} its own durable result queue on that broker
+(C{cyme.tasks.results.<branch id>}).  Workers send every state update there
+(STARTED, SUCCESS, FAILURE, RETRY); the branch writes each to its
+L{ResultJournal} and acknowledges the message only once it is on disk.
+"""
+
+import base64
+import json
+import uuid
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from cyme import logs
+from cyme.tasks import webhook
+from cyme.amqp import AMQPError, IBrokerListener
+from cyme.amqp.codec import PartlyEncoded, encode_fields
+from cyme.amqp.private import setup_failed
+from cyme.errors import BadRequest, CymeError, Unavailable
+from cyme.tasks.journal import JournalClosed
+
+MAX_URL = 4096
+TASK_NAME = "cyme.webhook"
+
+
+class PublishFailed(CymeError):
+    """The broker did not take the task: nothing was queued."""
+
+    status = 502
+
+
+class BrokerUnreachable(PublishFailed):
+    """No connection to the app's broker in time: try again later."""
+
+    status = 503
+
+
+def check_url(url, allowed_hosts):
+    """Refuse anything but an http(s) URL to an allowed host (400).
+
+    The worker applies the same rules (L{cyme.tasks.webhook.check_url}) to every
+    redirect it follows.
+    """
+    try:
+        webhook.check_url(url, allowed_hosts, max_length=MAX_URL)
+    except webhook.WebhookError as e:
+        raise BadRequest("url", str(e)) from None
+    return url
+
+
+# The task headers that are the same for every task, encoded once.
+_FIXED_HEADERS = {
+    "lang": "py",
+    "task": TASK_NAME,
+    "shadow": None,
+    "eta": None,
+    "expires": None,
+    "group": None,
+    "group_index": None,
+    "retries": 0,
+    "timelimit": [None, None],
+    "parent_id": None,
+    "argsrepr": "()",
+    "ignore_result": False,
+}
+_FIXED_ENCODED = encode_fields(_FIXED_HEADERS)
+
+
+def task_message(task_id, kwargs, origin):
+    """The headers and body of a Celery protocol-2 message for the task."""
+    kwargsrepr = repr(kwargs)
+    headers = PartlyEncoded(_FIXED_HEADERS, _FIXED_ENCODED, {
+        "id": task_id,
+        "root_id": task_id,
+        "kwargsrepr": kwargsrepr if len(kwargsrepr) <= 1024 else kwargsrepr[:1021] + "...",
+        "origin": origin,
+    })
+    body = [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    return headers, json.dumps(body).encode("utf-8")
+
+
+@implementer(IBrokerListener)
+class BrokerLink:
+    """One app broker: a confirming channel to publish, the result consumer."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, tasks, url, client):
+        self.tasks = tasks
+        self.url = url
+        self.client = client
+        self.channel = None
+        self._declared = set()
+        self._waiting = []  # a Deferred per publish waiting for the channel
+        client.add_listener(self)
+
+    def broker_connected(self, connection):
+        d = defer.ensureDeferred(self._setup(connection))
+        d.addErrback(self._setup_failed, connection)
+
+    async def _setup(self, connection):
+        results = await connection.channel(timeout=10)
+        queue = self.tasks.results_queue
+        await results.queue_declare(queue, durable=True, auto_delete=False, timeout=10)
+        await results.basic_qos(prefetch_count=512, timeout=10)
+        await results.consume(queue, self._result, no_ack=False, timeout=10)
+        channel = await connection.channel(timeout=10)
+        await channel.confirm_select(timeout=10)
+        self.channel = channel
+        self._declared.clear()
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(channel)
+
+    def _setup_failed(self, failure, connection):
+        setup_failed(self.log, f"task publishing on {self.url}", failure, connection)
+
+    def broker_lost(self, reason):
+        self.channel = None
+
+    async def _channel(self, timeout):
+        if self.channel is not None and self.channel.is_open:
+            return self.channel
+        # One Deferred each: a Deferred's result goes down one chain of
+        # callbacks, and one publish timing out must not fail the others.
+        d = defer.Deferred(self._waiting.remove)
+        self._waiting.append(d)
+        timer = self.tasks.clock.callLater(timeout, d.cancel)
+        try:
+            return await d
+        except defer.CancelledError:
+            raise BrokerUnreachable(f"broker {self.url} not reachable") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def publish(self, queue, task_id, headers, body, timeout):
+        channel = await self._channel(timeout)
+        key = (queue.name, queue.exchange, queue.routing_key)
+        if key not in self._declared:
+            await self._declare(channel, queue)
+            self._declared.add(key)
+        try:
+            await channel.publish(
+                queue.exchange, queue.routing_key, body,
+                content_type="application/json", content_encoding="utf-8",
+                delivery_mode=2, priority=0, correlation_id=task_id,
+                reply_to=self.tasks.results_queue, headers=headers, timeout=timeout,
+            )
+        except AMQPError as e:
+            raise PublishFailed(f"the broker did not confirm the task: {e}") from None
+
+    async def _declare(self, channel, queue):
+        # Declared as Celery declares them (durable), so that a task queued
+        # before any worker consumes the queue waits in it.
+        options = queue.options
+        durable = bool(options.get("durable", True))
+        auto_delete = bool(options.get("auto_delete", False))
+        try:
+            if queue.exchange:
+                await channel.exchange_declare(
+                    queue.exchange, queue.exchange_type, durable=durable,
+                    auto_delete=auto_delete, timeout=10,
+                )
+            await channel.queue_declare(
+                queue.name, durable=durable, auto_delete=auto_delete, timeout=10
+            )
+            if queue.exchange:
+                await channel.queue_bind(
+                    queue.name, queue.exchange, routing_key=queue.routing_key, timeout=10
+                )
+        except AMQPError as e:
+            self.channel = None
+            raise PublishFailed(
+                f"the broker refused the declaration of queue {queue.name}: {e}"
+            ) from None
+
+    def _result(self, message):
+        try:
+            body = json.loads(message.body)
+            task_id = body.get("task_id") or message.correlation_id
+            status = body["status"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.log.warn("dropping an unreadable result message")
+            message.reject(requeue=False)
+            return None
+        d = self.tasks.journal.record(
+            task_id, status,
+            result=body.get("result"),
+            traceback=body.get("traceback"),
+            date_done=body.get("date_done"),
+        )
+        # Acknowledged only once it is on disk: a crash before that leaves
+        # the result in the queue for the next start.
+        d.addCallbacks(lambda _: message.ack(), self._not_recorded,
+                       errbackArgs=(task_id, status))
+        return d
+
+    def _not_recorded(self, failure, task_id, status):
+        # Not acknowledged: the broker delivers it again once this channel
+        # is gone (the journal is closed while the branch stops; a write
+        # error was logged by the journal).
+        self.log.warn(
+            "result {status} of task {task_id} not recorded: {error}",
+            status=status, task_id=task_id, error=failure.getErrorMessage(),
+        )
+
+
+class TaskService(service.Service):
+    """Publishes queued URLs and keeps their results."""
+
+    log = Logger(observer=logs.observer)
+    name = "tasks"
+
+    def __init__(self, router, journal, branch_id, clock, store, publish_timeout=10.0,
+                 disk=None):
+        self.router = router
+        self.journal = journal
+        # The journal's thread (L{cyme.tasks.journal.DiskThread}), if it has one.
+        self.disk = disk
+        self.branch_id = branch_id
+        self.clock = clock
+        self.store = store
+        self.publish_timeout = publish_timeout
+        self.results_queue = f"cyme.results.{branch_id}"
+        self.links = {}
+        self._expiry = None
+
+    #: Seconds between two sweeps of the results past their retention.
+    expire_interval = 600.0
+
+    def startService(self):
+        super().startService()
+        if self.disk is not None:
+            self.disk.start()
+        # Expired results leave memory and the file even when no new one
+        # comes to trigger a compaction.
+        self._expiry = LoopingCall(self._expire)
+        self._expiry.clock = self.clock
+        self._expiry.start(self.expire_interval, now=False)
+        # Results that came while the branch was down wait on every broker
+        # it ever published to: consume them all again.
+        for app in self.store.apps():
+            self.link(app.broker.as_url())
+
+    def _expire(self):
+        try:
+            gone = self.journal.expire()
+        except Exception:
+            self.log.failure("cannot expire old results")
+            return
+        if gone:
+            self.log.info("{count} results expired", count=gone)
+
+    def stopService(self):
+        super().stopService()
+        if self._expiry is not None and self._expiry.running:
+            self._expiry.stop()
+        # Fires once every result recorded is on disk.
+        closed = self.journal.close()
+        if self.disk is not None:
+
+            def stop_disk(result):
+                self.disk.stop()
+                return result
+
+            closed.addBoth(stop_disk)
+        return closed
+
+    def link(self, url):
+        link = self.links.get(url)
+        if link is None:
+            link = self.links[url] = BrokerLink(self, url, self.router.client(url))
+        return link
+
+    async def queue(self, app, queue, method, url, query=None, body=None,
+                    content_type=None, timeout=None):
+        """
+        Publish a webhook task; its id once the broker confirmed it and the
+        branch recorded it.
+        """
+        check_url(url, app.allowed_hosts)
+        if self.journal.closed:
+            # Stopping: a task published now could not be recorded, and its
+            # sender, told it failed, would send it again.
+            raise Unavailable("the branch is stopping: nothing was queued")
+        task_id = str(uuid.uuid4())
+        kwargs = {
+            "method": method,
+            "url": url,
+            "query": query or {},
+            "body": body,
+            "content_type": content_type,
+            "timeout": timeout or app.task_timeout,
+            "allowed_hosts": list(app.allowed_hosts),
+        }
+        if isinstance(body, bytes):
+            # Raw bodies travel byte for byte, whatever their charset.
+            kwargs["body"] = base64.b64encode(body).decode("ascii")
+            kwargs["body_encoding"] = "base64"
+        headers, payload = task_message(task_id, kwargs, f"cyme@{self.branch_id}")
+        link = self.link(app.broker.as_url())
+        # The record and the publish go at once: the answer waits for the
+        # slower of the two, not for both in turn.
+        recorded = self.journal.record(
+            task_id, "PENDING", app=app.name, queue=queue.name, method=method, url=url
+        )
+        try:
+            await link.publish(queue, task_id, headers, payload, self.publish_timeout)
+        except PublishFailed as e:
+            try:
+                await recorded
+                await self.journal.record(
+                    task_id, "FAILURE",
+                    result={"exc_type": "PublishFailed", "exc_message": [e.message],
+                            "exc_module": "cyme.results"},
+                )
+            except JournalClosed:
+                # The branch stopped meanwhile, closing its broker links
+                # under the publish: whether the task is queued is unknown.
+                raise Unavailable(
+                    f"the branch stopped before the broker confirmed task {task_id}",
+                    uuid=task_id,
+                ) from None
+            raise
+        await recorded
+        return task_id
+
+    def get(self, task_id):
+        return self.journal.get(task_id)
