@@ -6,6 +6,8 @@ so that no other module ever touches txAMQP.  Start here:
 
 - L{AMQPClientService}: a reconnecting connection (backoff with jitter),
   C{whenConnected()}, C{open_channel()}, L{IBrokerListener} notifications.
+- L{BrokerPool}: one client service per broker URL, shared by the branch's
+  parts; C{on_connection()} runs a set-up on every (re)connection.
 - L{Connection}: a ready connection; C{channel()}, C{close()}.
 - L{Channel}: declare/bind/publish/consume/get with a timeout on each call;
   publisher confirms with C{confirm_select()}.
@@ -26,6 +28,7 @@ from .errors import (
     PublishNacked,
 )
 from .message import Message
+from .pool import BrokerPool
 from .service import AMQPClientService, IBrokerListener
 from .spec import load_spec
 from .timeouts import DEFAULT_TIMEOUT
@@ -35,6 +38,7 @@ __all__ = [
     "AMQPClientService",
     "AMQPError",
     "AMQPTimeout",
+    "BrokerPool",
     "BrokerURL",
     "Channel",
     "ChannelClosedError",
