@@ -1,0 +1,112 @@
+"""``IOperations``: everything the HTTP API asks of a branch, and nothing more.
+
+The routes of L{cyme.api} call this interface and only this interface; the
+local implementation performs an operation on this branch, the cluster one
+runs it on the branch that owns the record.  Every method is a coroutine
+(or returns a Deferred); values in are the request's parameters (a dict
+of strings or JSON values), values out are JSON-ready.  Writes to
+replicated records and listings also return C{missing}: the ids of the
+branches that did not answer (the answer is partial).  Errors are
+L{cyme.errors.CymeError}s.
+"""
+
+from zope.interface import Interface
+
+
+class IOperations(Interface):
+    # The branch and the cluster
+
+    def branch_id():
+        """The id of the branch answering (a plain method, not a coroutine)."""
+
+    def metrics():
+        """This branch's figures for C{/metrics} (a plain method): a dict."""
+
+    def list_branches():
+        """The ids of the live branches."""
+
+    def get_branch(branch_id):
+        """A branch's JSON: id, url, instances, load, version, uptime, online."""
+
+    # Apps
+
+    def list_apps():
+        """C{(names, missing)}."""
+
+    def get_app(name):
+        """The app's JSON (404 if unknown)."""
+
+    def put_app(name, values):
+        """Create or change an app: C{(json, created, missing)}."""
+
+    def delete_app(name):
+        """Delete an app, its queues and instances: C{missing}."""
+
+    # Queue declarations
+
+    def list_queues(app):
+        """C{(names, missing)}."""
+
+    def get_queue(app, name):
+        """The queue's JSON."""
+
+    def put_queue(app, name, values):
+        """C{(json, created, missing)}."""
+
+    def delete_queue(app, name):
+        """C{missing}."""
+
+    # Instances
+
+    def list_instances(app):
+        """C{(names, missing)}."""
+
+    def app_of_instance(name):
+        """The app of instance C{name} (instance names are unique)."""
+
+    def get_instance(app, name):
+        """The instance's JSON, with its broker and live state."""
+
+    def put_instance(app, name, values, wait=True, branch=None):
+        """
+        Create or change an instance (C{name} None: a new UUID):
+        C{(json, created)}; with C{wait}, once its worker answered a ping.
+        """
+
+    def delete_instance(app, name):
+        """Delete the instance; its worker is stopped."""
+
+    def add_consumer(app, name, queue):
+        """Make the instance consume C{queue}: True if it was new."""
+
+    def cancel_consumer(app, name, queue):
+        """Stop the instance consuming C{queue}."""
+
+    def instance_queues(app, name):
+        """The names of the queues the worker consumes."""
+
+    def get_autoscale(app, name):
+        """C{{"max": n, "min": n}}."""
+
+    def set_autoscale(app, name, values):
+        """C{{"max": n, "min": n}} after the change."""
+
+    def restart(app, name):
+        """Restart the worker; its JSON once it answers."""
+
+    def set_enabled(app, name, enabled):
+        """Enable or disable the instance; its JSON."""
+
+    def stats(app, name):
+        """The worker's live statistics."""
+
+    # Queued URLs
+
+    def queue_task(app, queue, method, url, query, body, content_type, timeout):
+        """Publish a queued URL: C{{"uuid", "url", "queue", "method"}}."""
+
+    def task(app, task_id):
+        """C{{"uuid", "state", "result"[, "traceback"]}}."""
+
+    def wait_task(app, task_id, timeout):
+        """The task's JSON once it is ready; 504 after C{timeout} seconds."""
