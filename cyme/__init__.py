@@ -2,6 +2,24 @@
 
 Every machine runs one ``cyme-branch`` daemon; together the branches manage
 a cluster of Celery worker instances behind one HTTP API.
+
+The package is laid out as its layers, each calling only the ones below it
+(``tests/test_layers.py`` checks the imports):
+
+``tap``          the wiring: options and ``makeService``, the one place that
+                 knows every part (``script``: the ``cyme-branch`` command)
+``api``          Klein routes, request parsing, the admin page; calls
+                 ``IOperations`` only
+``operations``   ``IOperations``: on this branch, or routed through the cluster
+``cluster``      the bus between branches, presence, replication, placement
+``supervision``  the supervisor, each worker's lifecycle, launchers and the
+                 fork server, Celery's remote control
+``tasks``        queued URLs: publishing, results and their journal, the
+                 workers' Celery app and webhook
+``state``        the desired state: models, stores, the root directory
+``amqp``         the txAMQP adapter and the branch's broker pool
+base modules     ``errors``, ``logs``, ``backoff``, ``gather`` (scatter-gather)
+                 and ``listeners``, used by every layer
 """
 
 __version__ = "0.1.0"
