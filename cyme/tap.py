@@ -33,6 +33,7 @@ from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.state.store import JSONFileStore
 from cyme.supervision.supervisor import Supervisor
+from cyme.supervision.workerstate import Policy
 from cyme.operations.local import LocalOperations
 from cyme.api.routes import BranchAPI
 
@@ -353,10 +354,12 @@ def makeService(options):
         control=control,
         reactor=reactor,
         instances_dir=options["root"].instances_path,
-        interval=options["sup-interval"],
-        kill_timeout=options["kill-timeout"],
-        wait_after_broker_revived=options["wait-after-broker-revived"],
-        stop_workers_on_exit=options["stop-workers-on-exit"],
+        policy=Policy(
+            interval=options["sup-interval"],
+            kill_timeout=options["kill-timeout"],
+            wait_after_broker_revived=options["wait-after-broker-revived"],
+            stop_workers_on_exit=options["stop-workers-on-exit"],
+        ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
     )
     supervisor.setServiceParent(branch)
