@@ -22,6 +22,7 @@ from twisted.python import usage
 from cyme import __version__, logs
 from cyme.cluster.bus import AMQPBusTransport, Bus
 from cyme.operations.cluster import ClusterOperations
+from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter
 from cyme.operations.controller import Controller
 from cyme.errors import BadRequest, StartupError
@@ -341,7 +342,11 @@ def makeService(options):
 
     logs.set_level(options["log-level"])
     branch = BranchService(options["root"], options["branch-id"])
-    control = ControlRouter(options["default-broker"].as_url(), reactor, parent=branch)
+    # One connection per broker, for the remote control, the bus and the
+    # task service; added first, so stopped last.
+    pool = BrokerPool(reactor)
+    pool.setServiceParent(branch)
+    control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
     if options["without-fork-server"]:
         launcher = ExecLauncher(reactor)
     else:
