@@ -2,8 +2,8 @@
 
 ``FakeControl`` implements L{IControl} over simulated worker nodes,
 ``FakeProcessReactor`` is a L{MemoryReactorClock} whose ``spawnProcess``
-makes L{FakeProcess}es, and ``FakeProcessTable`` implements
-L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
+makes L{FakeProcess}es, ``FakeLauncher`` implements L{ILauncher} on it,
+and ``FakeProcessTable`` implements L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
 """
 
 import signal
@@ -16,7 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cyme.supervision.interfaces import IControl, IProcessTable
+from cyme.listeners import Listeners
+from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
 from cyme.supervision.launcher import InertProcessTransport
 
 
@@ -217,6 +218,33 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def live(self):
         return [p for p in self.processes if not p.ended]
+
+
+@implementer(ILauncher)
+class FakeLauncher:
+    """
+    Spawns L{FakeProcess}es on a L{FakeProcessReactor}; C{fail} makes the
+    next spawns raise, C{orphan(pid)} plays a fork server that ended.
+    """
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.fail = None
+        self.spawned = []
+        self._orphans = Listeners("orphaned worker")
+
+    def spawn(self, protocol, argv, env, path, log_path):
+        if self.fail is not None:
+            raise self.fail
+        process = self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=path)
+        self.spawned.append((argv, log_path))
+        return process
+
+    def add_orphan_listener(self, listener):
+        self._orphans.add(listener)
+
+    def orphan(self, pid):
+        self._orphans.notify(pid)
 
 
 @implementer(IProcessTable)
