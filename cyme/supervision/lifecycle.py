@@ -10,12 +10,10 @@ the end of a quarantine and the watch over an adopted worker that stops;
 its clock, launcher and process table are injected (the shape of
 Twisted's C{ClientService} machine).
 
-Events come from three sides: the supervisor (start, adopt, stop,
-restart, pong, ping missed), the process (it ended, or the fork server
-that was its parent did), and the timers.  A process that ends is one of
-three events: C{EXITED} after a stop that was asked, else a failure
-counted against the restart budget, C{FAILED} within it (restart after
-the backoff) or C{FLAPPED} beyond it (quarantine).
+Events come from the supervisor, the process and the timers.  A process
+that ends is C{EXITED} after a stop that was asked, else a failure counted
+against the restart budget: C{FAILED} within it (restart after the
+backoff), C{FLAPPED} beyond it (quarantine).
 """
 
 import os
@@ -26,43 +24,13 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.supervision.workers import (
-    LogTail,
-    WorkerProtocol,
-    exit_description,
-    failed_exit,
+    LogTail, WorkerProtocol, exit_description, failed_exit, read_spec, record_spawn,
     remove_pidfile,
-    write_file,
 )
 from cyme.supervision.workerstate import (
-    LIVE,
-    QUARANTINED,
-    RUNNING,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    UNRESPONSIVE,
-)
-
-# Events.
-SPAWNED = "spawned"
-ADOPTED = "adopted"
-PONG = "pong"
-PING_MISSED = "ping missed"
-STOP_ASKED = "stop asked"
-RESTART_ASKED = "restart asked"
-EXITED = "exited"
-FAILED = "failed"
-FLAPPED = "flapped"
-KILL_TIMEOUT = "kill timeout"
-BACKOFF_ELAPSED = "backoff elapsed"
-QUARANTINE_ELAPSED = "quarantine elapsed"
-ORPHANED = "orphaned"
-WATCH = "watch"
-
-EVENTS = (
-    SPAWNED, ADOPTED, PONG, PING_MISSED, STOP_ASKED, RESTART_ASKED, EXITED,
-    FAILED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
-    ORPHANED, WATCH,
+    ADOPTED, BACKOFF_ELAPSED, EXITED, FAILED, FLAPPED, KILL_TIMEOUT, LIVE, ORPHANED,
+    PING_MISSED, PONG, QUARANTINE_ELAPSED, QUARANTINED, RESTART_ASKED, RUNNING,
+    SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
 )
 
 
@@ -176,8 +144,7 @@ class WorkerLifecycle:
         # Written before anything else can happen: a branch stopped while
         # the worker starts must find it on its next start, not start a
         # second one beside it.
-        write_file(os.path.join(w.directory, "worker.pid"), f"{process.pid}\n")
-        write_file(os.path.join(w.directory, "worker.spec"), spec)
+        record_spawn(w.directory, process.pid, spec)
         self._fire(SPAWNED, (process, spec))
         return True
 
@@ -206,9 +173,7 @@ class WorkerLifecycle:
         process is gone.  A C{failure} (why the worker is replaced) is
         counted against the restart budget once it is.
         """
-        if self.worker.pid is None:
-            return defer.succeed(None)
-        d = self._wait_stopped()
+        d = self.wait_stopped()
         self._fire(STOP_ASKED, (why, failure))
         return d
 
@@ -216,7 +181,9 @@ class WorkerLifecycle:
         """Fires once the process is gone."""
         if self.worker.pid is None:
             return defer.succeed(None)
-        return self._wait_stopped()
+        d = defer.Deferred()
+        self.worker.stop_waiters.append(d)
+        return d
 
     def restart(self):
         """Clear quarantine and backoff, stop the worker; fires once gone."""
@@ -306,11 +273,6 @@ class WorkerLifecycle:
         ] + [now]
         return FLAPPED if len(w.restart_times) > policy.max_restarts else FAILED
 
-    def _wait_stopped(self):
-        d = defer.Deferred()
-        self.worker.stop_waiters.append(d)
-        return d
-
     def _forget_ready(self, d):
         if d in self.worker.ready_waiters:
             self.worker.ready_waiters.remove(d)
@@ -352,11 +314,7 @@ class WorkerLifecycle:
         w.pid = pid
         w.started_at = self._clock.seconds()
         w.log_tail = LogTail(os.path.join(w.directory, "worker.log"))
-        try:
-            with open(os.path.join(w.directory, "worker.spec")) as f:
-                w.spec = f.read().strip() or None
-        except OSError:
-            w.spec = None
+        w.spec = read_spec(w.directory)
         self.log.info("{instance} adopted (pid {pid})", instance=w.name, pid=pid)
 
     def _ponged(self, detail):

@@ -2,21 +2,15 @@
 
 The supervisor decides; each worker's L{WorkerLifecycle} does.  Every tick
 (a LoopingCall, and at once after each change of the store, whose change
-events call L{Supervisor.reconcile}) it converges the desired state (the
-store) with the workers: it starts new or dead workers, stops removed and
-disabled ones, restarts those whose command line changed; in the
-background it pings the workers and makes the live ones consume the right
-queues at the right autoscale bounds through Celery's remote control
-(L{cyme.supervision.consuming}).
-
-Liveness is one ping message per round for all of the branch's workers,
-retried within the round with backoff (0.1 s doubling to a cap of 1.6 s,
-or half the tick interval if that is shorter) for those that did not
-answer; a worker that answered none of C{max_missed} rounds in a row is
-replaced.  While the broker is down nothing is judged; after it returns,
-workers get C{wait_after_broker_revived} seconds to reconnect first.
-After a restart of the branch, the workers it left running are adopted,
-not restarted.
+events call L{Supervisor.reconcile}) it converges the workers with the
+store: it starts new or dead workers, stops removed and disabled ones,
+restarts those whose command line changed.  In the background it pings
+the workers (L{cyme.supervision.liveness}; a worker silent for
+C{max_missed} rounds is replaced, nobody is judged while the broker is
+away nor for C{wait_after_broker_revived} seconds after) and makes the
+live ones consume the right queues at the right autoscale bounds
+(L{cyme.supervision.consuming}).  After a restart of the branch, the
+workers it left running are adopted, not restarted.
 """
 
 import os
@@ -31,10 +25,16 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.errors import NotFound
-from cyme.supervision.consuming import fix, wanted
+from cyme.supervision.consuming import verify, wanted
 from cyme.supervision.launcher import ExecLauncher
 from cyme.supervision.lifecycle import WorkerLifecycle
-from cyme.supervision.workers import ProcessTable, node_name, read_pidfile, worker_command
+from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
+from cyme.supervision.workers import (
+    ProcessTable,
+    node_name,
+    worker_command,
+    worker_directories,
+)
 from cyme.supervision.workerstate import (
     LIVE,
     RUNNING,
@@ -43,7 +43,6 @@ from cyme.supervision.workerstate import (
     STOPPING,
     Policy,
     Worker,
-    ping_delays,
 )
 
 
@@ -52,13 +51,16 @@ def _cancel(call):
         call.cancel()
 
 
+def _ignore(failure):
+    """A best effort: the worker is stopped anyway."""
+
+
 class Supervisor(service.Service):
     """
     The branch's workers: one L{WorkerLifecycle} per instance in C{workers}.
 
-    C{launcher} starts the workers (exec'd by default, or forked by the
-    fork server); C{processes} sees those that are not our children;
-    C{policy} holds the figures (L{Policy}).
+    C{launcher} starts them (exec'd by default); C{processes} sees those
+    that are not our children; C{policy} holds the figures (L{Policy}).
     """
 
     log = Logger(observer=logs.observer)
@@ -87,8 +89,9 @@ class Supervisor(service.Service):
         self._checks = {}
         self._rerun = set()
         self._judge_after = 0.0
-        self._starting_poll = None
-        self._poll_pings = set()
+        self._startup = StartupPoll(
+            reactor, control, self._starting, self._pong_current, self._check_failed
+        )
         self._broker_seen = bool(control.connected)
         self._ticks = 0
         control.add_connection_listener(self._broker_changed)
@@ -98,6 +101,7 @@ class Supervisor(service.Service):
 
     def startService(self):
         super().startService()
+        self._startup.start()
         self._adopt()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.reactor
@@ -114,9 +118,9 @@ class Supervisor(service.Service):
             self._loop.stop()
         _cancel(self._soon)
         self._rerun.clear()
-        for check in (*self._checks.values(), *self._poll_pings):
-            if check is not None:
-                check.cancel()
+        self._startup.stop()
+        for check in filter(None, self._checks.values()):
+            check.cancel()
         pending = []
         for life in self.workers.values():
             if self.policy.stop_workers_on_exit and life.worker.pid is not None:
@@ -126,8 +130,6 @@ class Supervisor(service.Service):
         return defer.DeferredList(pending, consumeErrors=True).addCallback(self._stopped)
 
     def _stopped(self, _):
-        _cancel(self._starting_poll)
-        self._starting_poll = None
         for life in self.workers.values():
             life.cancel_timers()
 
@@ -195,11 +197,8 @@ class Supervisor(service.Service):
 
     def tick(self):
         """
-        One supervision round: converge processes now, then check liveness
-        and queues in the background.
-
-        Converging never waits on the network, so a slow ping round (a
-        worker not answering) never delays starting or stopping others.
+        One round: converge now, check liveness and queues in the
+        background (a slow ping round never delays starting or stopping).
         """
         self._ticks += 1
         try:
@@ -248,9 +247,8 @@ class Supervisor(service.Service):
                 if worker.pid is None:
                     started = life.start(argv, env, spec) or started
                 elif worker.spec is not None and worker.spec != spec:
-                    self.log.info(
-                        "{instance} configuration changed: restarting", instance=worker.name
-                    )
+                    self.log.info("{instance} configuration changed: restarting",
+                                  instance=worker.name)
                     life.stop("configuration changed").addCallback(self._reconcile_after)
             for life in list(self.workers.values()):
                 if life.worker.adopted and life.worker.state != STOPPING:
@@ -258,7 +256,7 @@ class Supervisor(service.Service):
         except Exception:
             self.log.failure("supervisor tick failed")
         if started:
-            self._poll_starting()
+            self._startup.poll()
         if verify:
             self._background("verifying", self._verify)
 
@@ -266,11 +264,8 @@ class Supervisor(service.Service):
         self.reconcile()
 
     def _lifecycle(self, name):
-        worker = Worker(
-            name=name,
-            node=node_name(name, self.hostname),
-            directory=os.path.join(self.instances_dir, name),
-        )
+        worker = Worker(name, node_name(name, self.hostname),
+                        os.path.join(self.instances_dir, name))
         life = self.workers[name] = WorkerLifecycle(
             worker, self.reactor, self.launcher, self.processes, self.policy, self.reconcile
         )
@@ -310,9 +305,7 @@ class Supervisor(service.Service):
                 continue
             # Stop taking new tasks before the warm shutdown.
             for queue in (worker.verified or ((), 0, 0))[0]:
-                self.control.cancel_consumer([worker.node], queue, 1.0).addErrback(
-                    lambda f: None
-                )
+                self.control.cancel_consumer([worker.node], queue, 1.0).addErrback(_ignore)
             life.stop("deleted").addCallback(lambda _, life=life: self._remove(life))
 
     def _remove(self, life):
@@ -327,23 +320,13 @@ class Supervisor(service.Service):
 
     def _adopt(self):
         """
-        Take over workers a previous run of the branch left running.
-
-        A worker whose pid file names a live process with its node name is
-        adopted (and confirmed by the first ping); a worker whose instance
-        no longer exists is stopped and its directory removed.
+        Take over the workers a previous run left: one whose pid file names
+        a live process with its node name is adopted (a ping confirms it);
+        one whose instance is gone is stopped and its directory removed.
         """
-        try:
-            names = sorted(os.listdir(self.instances_dir))
-        except FileNotFoundError:
-            return
         desired = {i.name: i for i in self.store.instances()}
-        for name in names:
-            directory = os.path.join(self.instances_dir, name)
-            if not os.path.isdir(directory):
-                continue
+        for name, pid in worker_directories(self.instances_dir):
             life = self._lifecycle(name)
-            pid = read_pidfile(os.path.join(directory, "worker.pid"))
             if pid is not None and self.processes.is_worker(pid, life.worker.node):
                 life.adopt(pid)
             instance = desired.get(name)
@@ -366,50 +349,26 @@ class Supervisor(service.Service):
     # Liveness
 
     def _broker_changed(self, connected):
-        if connected and not self._broker_seen:
-            # The first connection is no revival: nothing was cut off.
-            self._broker_seen = True
-            self.reconcile()
-            self._poll_starting()  # adopted workers wait for a first ping
-        elif connected:
-            self._judge_after = (
-                self.reactor.seconds() + self.policy.wait_after_broker_revived
-            )
-            self.log.info(
-                "broker revived: judging workers again in {seconds:g} s",
-                seconds=self.policy.wait_after_broker_revived,
-            )
-            for life in self.workers.values():
-                life.worker.verified = None
-            self.reconcile()
-            # Starting workers need no grace period: a pong is a pong.
-            self._poll_starting()
-        else:
+        if not connected:
             self._broker_seen = True
             self.log.warn("broker connection lost: not judging workers meanwhile")
+            return
+        if self._broker_seen:
+            # A revival (the first connection cut nothing off): the
+            # workers get time to reconnect before they are judged.
+            wait = self.policy.wait_after_broker_revived
+            self._judge_after = self.reactor.seconds() + wait
+            self.log.info("broker revived: judging workers again in {seconds:g} s",
+                          seconds=wait)
+            for life in self.workers.values():
+                life.worker.verified = None
+        self._broker_seen = True
+        self.reconcile()
+        # Starting (and adopted) workers need no grace period: a pong is a pong.
+        self._startup.poll()
 
     def _can_judge(self):
         return self.control.connected and self.reactor.seconds() >= self._judge_after
-
-    async def _ping(self, lives, delays):
-        """Ping C{lives} in rounds with growing timeouts; the answered nodes."""
-        answered = set()
-        waiting = {life.worker.node: life for life in lives}
-        for timeout in delays:
-            if not waiting or not self.control.connected:
-                break
-            try:
-                replies = await self.control.ping(sorted(waiting), timeout)
-            except defer.CancelledError:
-                raise
-            except Exception:
-                self.log.failure("ping failed")
-                break
-            for node in replies:
-                if node in waiting:
-                    answered.add(node)
-                    self._pong(waiting.pop(node))
-        return answered
 
     def _pong(self, life):
         if life.pong() and self.running:
@@ -429,7 +388,10 @@ class Supervisor(service.Service):
         # The retries of a round fit well within one tick.
         cap = max(0.1, min(1.6, self.policy.interval / 2))
         began = self.reactor.seconds()
-        answered = await self._ping(watched, ping_delays(0.1, cap))
+        answered = await ping_rounds(
+            self.control, {life.worker.node: life for life in watched},
+            ping_delays(0.1, cap), self._pong, self.log,
+        )
         if not self._can_judge():
             return
         now = self.reactor.seconds()
@@ -449,42 +411,16 @@ class Supervisor(service.Service):
                 life.stop("unresponsive", "did not answer ping" if missed == 1
                           else f"did not answer ping in {missed} rounds")
 
-    def _poll_starting(self, delay=0.02):
-        """
-        While workers start, ping them every 20 ms, not once a tick.
-
-        The pings overlap: one sent before a worker listens is lost, and the
-        next must not wait for its timeout.  After a worker's first two
-        seconds (a loaded machine), every 200 ms with longer timeouts.
-        """
-        if self._starting_poll is not None and self._starting_poll.active():
-            return
-        if self.running:
-            self._starting_poll = self.reactor.callLater(delay, self._poll_starting_once)
-
-    def _poll_starting_once(self):
-        self._starting_poll = None
-        starting = {
+    def _starting(self):
+        return {
             life.worker.node: life for life in self.workers.values()
             if life.worker.state == STARTING and life.worker.pid is not None
         }
-        if not starting or not self.running or not self.control.connected:
-            return
-        now = self.reactor.seconds()
-        young = min(now - (life.worker.started_at or now)
-                    for life in starting.values()) < 2.0
-        d = self.control.ping(sorted(starting), 0.2 if young else 0.5)
-        self._poll_pings.add(d)
-        d.addCallback(self._starting_pongs, starting)
-        d.addErrback(self._check_failed, "start-up ping")
-        d.addBoth(lambda _: self._poll_pings.discard(d))
-        self._poll_starting(0.02 if young else 0.2)
 
-    def _starting_pongs(self, replies, starting):
-        for node in replies:
-            life = starting.get(node)
-            if life is not None and self.workers.get(life.worker.name) is life:
-                self._pong(life)
+    def _pong_current(self, life):
+        # A worker deleted and created again meanwhile is another one.
+        if self.workers.get(life.worker.name) is life:
+            self._pong(life)
 
     # Queues and autoscale
 
@@ -508,31 +444,6 @@ class Supervisor(service.Service):
                 continue
             if full or worker.verified != wanted(self.store, instance):
                 todo.append((worker, instance))
-        if not todo:
-            return
-        nodes = [w.node for w, _ in todo]
-        try:
-            queues = await self.control.active_queues(nodes, 1.0)
-            stats = {}
-            if any(i.pool == "prefork" for _, i in todo):
-                stats = await self.control.stats(
-                    [w.node for w, i in todo if i.pool == "prefork"], 1.0
-                )
-        except defer.CancelledError:
-            raise
-        except Exception:
-            self.log.failure("cannot read the workers' queues")
-            return
-        for worker, instance in todo:
-            if worker.node not in queues:
-                continue
-            try:
-                changed = await fix(self.control, self.store, self.log, worker, instance,
-                                    queues[worker.node], stats.get(worker.node))
-            except defer.CancelledError:
-                raise  # the branch is stopping
-            except Exception:
-                self.log.failure("{instance}: cannot fix queues", instance=worker.name)
-                continue
-            if not changed:
+        if todo:
+            for worker, instance in await verify(self.control, self.store, self.log, todo):
                 worker.verified = wanted(self.store, instance)

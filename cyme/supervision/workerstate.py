@@ -1,9 +1,9 @@
 """What the supervisor knows of one worker, and the figures it works by.
 
 A L{Worker} record per instance (state, pid, restarts, last error, ...),
-the states it goes through, the L{Policy} of supervision (timeouts,
-restart budget, backoff), and the timeouts of a ping round.  Only the
-worker's L{cyme.supervision.lifecycle.WorkerLifecycle} assigns its state.
+the states it goes through and the events that move it, and the L{Policy}
+of supervision (timeouts, restart budget, backoff).  Only the worker's
+L{cyme.supervision.lifecycle.WorkerLifecycle} assigns its state.
 """
 
 import random
@@ -21,14 +21,30 @@ QUARANTINED = "quarantined"
 
 #: The states in which a worker process is up and watched by pings.
 LIVE = (STARTING, RUNNING, UNRESPONSIVE)
+STATES = (*LIVE, STOPPING, STOPPED, QUARANTINED)
 
+# The events that move a worker from state to state (see
+# L{cyme.supervision.lifecycle.TRANSITIONS}).
+SPAWNED = "spawned"
+ADOPTED = "adopted"
+PONG = "pong"
+PING_MISSED = "ping missed"
+STOP_ASKED = "stop asked"
+RESTART_ASKED = "restart asked"
+EXITED = "exited"
+FAILED = "failed"
+FLAPPED = "flapped"
+KILL_TIMEOUT = "kill timeout"
+BACKOFF_ELAPSED = "backoff elapsed"
+QUARANTINE_ELAPSED = "quarantine elapsed"
+ORPHANED = "orphaned"
+WATCH = "watch"
 
-def ping_delays(first=0.1, cap=1.6):
-    """The ping timeouts of one liveness round: 0.1, 0.2, … up to C{cap}."""
-    delay = first
-    while delay <= cap:
-        yield delay
-        delay *= 2
+EVENTS = (
+    SPAWNED, ADOPTED, PONG, PING_MISSED, STOP_ASKED, RESTART_ASKED, EXITED,
+    FAILED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
+    ORPHANED, WATCH,
+)
 
 
 def restart_backoff(jitter=random.random):

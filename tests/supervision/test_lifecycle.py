@@ -17,11 +17,13 @@ from cyme.supervision.fakes import (
     FakeProcessTable,
 )
 from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
-from cyme.supervision.lifecycle import EVENTS, TRANSITIONS, WorkerLifecycle
+from cyme.supervision.lifecycle import TRANSITIONS, WorkerLifecycle
 from cyme.supervision.workerstate import (
+    EVENTS,
     QUARANTINED,
     RUNNING,
     STARTING,
+    STATES,
     STOPPED,
     STOPPING,
     UNRESPONSIVE,
@@ -30,7 +32,6 @@ from cyme.supervision.workerstate import (
     restart_backoff,
 )
 
-STATES = (STARTING, RUNNING, UNRESPONSIVE, STOPPING, STOPPED, QUARANTINED)
 ARGV = ["/py", "-m", "cyme.supervision.workerexec", "worker", "-n", "w1@h"]
 TERM_CONT = [signal.SIGTERM, signal.SIGCONT]
 

@@ -14,7 +14,8 @@ from cyme.supervision.interfaces import IControl, IProcessTable
 from cyme.state.models import App, Instance, Queue
 from cyme.state.store import MemoryStore
 from cyme.supervision.supervisor import Supervisor
-from cyme.supervision.workerstate import Policy, ping_delays, restart_backoff
+from cyme.supervision.liveness import ping_delays
+from cyme.supervision.workerstate import Policy, restart_backoff
 
 
 class BackoffTests(SynchronousTestCase):
