@@ -49,7 +49,7 @@ class FakeControl:
         self.nodes = {}
         self.sent = []
         self.brokers = {}
-        self._listeners = []
+        self._listeners = Listeners("remote-control connection")
 
     # Test controls
 
@@ -67,8 +67,7 @@ class FakeControl:
 
     def set_connected(self, connected):
         self.connected = connected
-        for listener in list(self._listeners):
-            listener(connected)
+        self._listeners.notify(connected)
 
     def messages(self, method=None):
         return [m for m in self.sent if method is None or m[0] == method]
@@ -76,7 +75,7 @@ class FakeControl:
     # IControl
 
     def add_connection_listener(self, listener):
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def register(self, node, broker_url):
         self.brokers[node] = broker_url
@@ -92,9 +91,10 @@ class FakeControl:
                 replies[name] = reply(node)
         if len(replies) == len(set(nodes)) or timeout is None:
             return defer.succeed(replies)
-        call = self.clock.callLater(timeout, lambda: d.callback(replies))
-        d = defer.Deferred(lambda _: call.cancel())
-        return d
+        # The silent nodes never answer: what came is all there is.
+        return defer.Deferred().addTimeout(
+            timeout, self.clock, onTimeoutCancel=lambda _result, _timeout: replies
+        )
 
     def ping(self, nodes, timeout):
         return self._call("ping", nodes, timeout, lambda n: {"ok": "pong"})
