@@ -152,6 +152,10 @@ class WorkerLifecycle:
         """The worker cannot be started for C{reason} (its app is gone)."""
         self.worker.last_error = reason
 
+    def verified(self, wanted):
+        """It consumes what C{wanted} says (C{None}: to be checked again)."""
+        self.worker.verified = wanted
+
     def adopt(self, pid):
         """Take over worker C{pid} that a previous run of the branch left."""
         self._fire(ADOPTED, pid)

@@ -361,7 +361,7 @@ class Supervisor(service.Service):
             self.log.info("broker revived: judging workers again in {seconds:g} s",
                           seconds=wait)
             for life in self.workers.values():
-                life.worker.verified = None
+                life.verified(None)
         self._broker_seen = True
         self.reconcile()
         # Starting (and adopted) workers need no grace period: a pong is a pong.
@@ -436,7 +436,7 @@ class Supervisor(service.Service):
             return
         desired = {i.name: i for i in self.store.instances()}
         full = self._ticks % 12 == 0
-        todo = []
+        todo, lives = [], {}
         for life in self.workers.values():
             worker = life.worker
             instance = desired.get(worker.name)
@@ -444,6 +444,7 @@ class Supervisor(service.Service):
                 continue
             if full or worker.verified != wanted(self.store, instance):
                 todo.append((worker, instance))
+                lives[worker] = life
         if todo:
             for worker, instance in await verify(self.control, self.store, self.log, todo):
-                worker.verified = wanted(self.store, instance)
+                lives[worker].verified(wanted(self.store, instance))
