@@ -4,8 +4,10 @@ A command is one JSON message to the ``celery.pidbox`` fanout exchange with
 the list of destination nodes; each worker answers on
 ``reply.celery.pidbox`` with our routing key and the command's ticket, so
 one message asks any number of workers and the replies are gathered until
-all answered or the timeout.  ``PidboxControl`` talks to one broker;
-``ControlRouter`` sends each node's commands to the broker of its app.
+all answered or the timeout (L{cyme.gather.Gatherings}).
+``PidboxControl`` talks to one broker; ``ControlRouter`` sends each node's
+commands to the broker of its app.  Both take their connections from the
+branch's L{cyme.amqp.BrokerPool}.
 """
 
 import json
