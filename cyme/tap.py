@@ -22,6 +22,7 @@ from twisted.python import usage
 from cyme import __version__, logs
 from cyme.cluster.bus import AMQPBusTransport, Bus
 from cyme.operations.cluster import ClusterOperations
+from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter
 from cyme.operations.controller import Controller
 from cyme.errors import BadRequest, StartupError
@@ -33,6 +34,7 @@ from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.state.store import JSONFileStore
 from cyme.supervision.supervisor import Supervisor
+from cyme.supervision.workerstate import Policy
 from cyme.operations.local import LocalOperations
 from cyme.api.routes import BranchAPI
 
@@ -340,7 +342,11 @@ def makeService(options):
 
     logs.set_level(options["log-level"])
     branch = BranchService(options["root"], options["branch-id"])
-    control = ControlRouter(options["default-broker"].as_url(), reactor, parent=branch)
+    # One connection per broker, for the remote control, the bus and the
+    # task service; added first, so stopped last.
+    pool = BrokerPool(reactor)
+    pool.setServiceParent(branch)
+    control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
     if options["without-fork-server"]:
         launcher = ExecLauncher(reactor)
     else:
@@ -353,10 +359,12 @@ def makeService(options):
         control=control,
         reactor=reactor,
         instances_dir=options["root"].instances_path,
-        interval=options["sup-interval"],
-        kill_timeout=options["kill-timeout"],
-        wait_after_broker_revived=options["wait-after-broker-revived"],
-        stop_workers_on_exit=options["stop-workers-on-exit"],
+        policy=Policy(
+            interval=options["sup-interval"],
+            kill_timeout=options["kill-timeout"],
+            wait_after_broker_revived=options["wait-after-broker-revived"],
+            stop_workers_on_exit=options["stop-workers-on-exit"],
+        ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
     )
     supervisor.setServiceParent(branch)

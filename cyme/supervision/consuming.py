@@ -1,11 +1,13 @@
 """What a running worker should consume, and the calls that make it so.
 
-The supervisor asks its workers what they consume (C{active_queues}) and
-their autoscale bounds (C{stats}), one message for all of them, then hands
-each answer here: L{wanted} is what an instance asks for, L{fix} sends the
-C{cancel_consumer}, C{add_consumer} and C{autoscale} calls that close the
-gap.  A worker's own C{dq.<name>} is never cancelled.
+L{verify} asks workers what they consume (C{active_queues}) and their
+autoscale bounds (C{stats}), one message for all of them, then hands each
+answer to L{fix}, which sends the C{cancel_consumer}, C{add_consumer} and
+C{autoscale} calls that close the gap to L{wanted}, what an instance asks
+for.  A worker's own C{dq.<name>} is never cancelled.
 """
+
+from twisted.internet import defer
 
 from cyme.errors import NotFound
 from cyme.supervision.workers import dead_letter_queue
@@ -71,3 +73,38 @@ async def fix(control, store, log, worker, instance, live_queues, stats):
         await control.autoscale(node, instance.max_concurrency, instance.min_concurrency, 1.0)
         changed = True
     return changed
+
+
+async def verify(control, store, log, todo):
+    """
+    Ask the workers of C{todo} (C{[(worker, instance)]}) what they consume
+    and their bounds (one C{active_queues} and one C{stats} message for
+    all of them) and fix what differs; the pairs found as they should be.
+    """
+    nodes = [w.node for w, _ in todo]
+    try:
+        queues = await control.active_queues(nodes, 1.0)
+        stats = {}
+        prefork = [w.node for w, i in todo if i.pool == "prefork"]
+        if prefork:
+            stats = await control.stats(prefork, 1.0)
+    except defer.CancelledError:
+        raise
+    except Exception:
+        log.failure("cannot read the workers' queues")
+        return []
+    right = []
+    for worker, instance in todo:
+        if worker.node not in queues:
+            continue
+        try:
+            changed = await fix(control, store, log, worker, instance,
+                                queues[worker.node], stats.get(worker.node))
+        except defer.CancelledError:
+            raise  # the branch is stopping
+        except Exception:
+            log.failure("{instance}: cannot fix queues", instance=worker.name)
+            continue
+        if not changed:
+            right.append((worker, instance))
+    return right

@@ -4,8 +4,10 @@ A command is one JSON message to the ``celery.pidbox`` fanout exchange with
 the list of destination nodes; each worker answers on
 ``reply.celery.pidbox`` with our routing key and the command's ticket, so
 one message asks any number of workers and the replies are gathered until
-all answered or the timeout.  ``PidboxControl`` talks to one broker;
-``ControlRouter`` sends each node's commands to the broker of its app.
+all answered or the timeout (L{cyme.gather.Gatherings}).
+``PidboxControl`` talks to one broker; ``ControlRouter`` sends each node's
+commands to the broker of its app.  Both take their connections from the
+branch's L{cyme.amqp.BrokerPool}.
 """
 
 import json
@@ -17,9 +19,11 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from cyme import logs
-from cyme.amqp import AMQPClientService, AMQPError, IBrokerListener
-from cyme.amqp.private import open_inbox, setup_failed
+from cyme.amqp import AMQPError
+from cyme.amqp.private import open_inbox
 from cyme.errors import Unavailable
+from cyme.gather import Gatherings
+from cyme.listeners import Listeners
 from cyme.supervision.interfaces import IControl
 
 PIDBOX_EXCHANGE = "celery.pidbox"
@@ -33,14 +37,9 @@ class NotConnected(AMQPError, Unavailable):
     """
 
 
-class _Call:
-    """One command in flight: who must answer, and what they answered."""
-
-    def __init__(self, nodes):
-        self.waiting = set(nodes)
-        self.replies = {}
-        self.deferred = None
-        self.timer = None
+def _replies(gathered):
+    """C{{node: reply}} of the nodes asked that answered."""
+    return {n: r for n, r in gathered.replies.items() if n in gathered.expected}
 
 
 def _command_arguments(method, arguments):
@@ -52,30 +51,26 @@ def _command_arguments(method, arguments):
     return arguments
 
 
-@implementer(IControl, IBrokerListener)
+@implementer(IControl)
 class PidboxControl:
-    """Remote control of the workers of one broker."""
+    """Remote control of the workers of the broker at C{url} in C{pool}."""
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, client, reactor, clock=None):
-        self.client = client
-        self.reactor = reactor
-        self.clock = clock or reactor
+    def __init__(self, pool, url, clock):
+        self.url = url
         self.connected = False
         self.published = 0
         self._oid = f"cyme.{uuid.uuid4().hex}"
         self._channel = None
-        self._calls = {}
-        self._listeners = []
+        self._calls = Gatherings(clock)
+        self._listeners = Listeners("remote-control connection")
         self._clock_value = 0
-        client.add_listener(self)
+        pool.on_connection(
+            url, self._setup, self._lost, what="remote-control channel", log=self.log
+        )
 
-    # IBrokerListener
-
-    def broker_connected(self, connection):
-        d = defer.ensureDeferred(self._setup(connection))
-        d.addErrback(self._setup_failed, connection)
+    # The broker connection
 
     async def _setup(self, connection):
         # The pidbox exchanges are not durable: after a broker restart they
@@ -88,61 +83,33 @@ class PidboxControl:
         )
         self._set_connected(True)
 
-    def _setup_failed(self, failure, connection):
-        setup_failed(self.log, "remote-control channel", failure, connection)
-
-    def broker_lost(self, reason):
+    def _lost(self, reason):
         self._channel = None
         self._set_connected(False)
 
     def _set_connected(self, connected):
-        if connected == self.connected:
-            return
-        self.connected = connected
-        for listener in list(self._listeners):
-            try:
-                listener(connected)
-            except Exception:
-                self.log.failure("connection listener failed")
+        if connected != self.connected:
+            self.connected = connected
+            self._listeners.notify(connected)
 
     # Replies
 
     def _reply(self, message):
         ticket = message.headers.get("ticket")
-        call = self._calls.get(ticket)
-        if call is None:
-            return  # late reply to a call that timed out
         try:
             body = json.loads(message.body)
         except ValueError:
             self.log.warn("undecodable pidbox reply: {body!r}", body=message.body[:200])
             return
-        if not isinstance(body, dict):
-            return
-        for node, reply in body.items():
-            if node in call.waiting:
-                call.waiting.discard(node)
-                call.replies[node] = reply
-        if not call.waiting:
-            self._finish(ticket)
-
-    def _finish(self, ticket):
-        call = self._calls.pop(ticket, None)
-        if call is None:
-            return
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.deferred.callback(call.replies)
-
-    def _forget(self, ticket):
-        call = self._calls.pop(ticket, None)
-        if call is not None and call.timer is not None and call.timer.active():
-            call.timer.cancel()
+        if isinstance(body, dict):
+            for node, reply in body.items():
+                # A late reply (its call timed out) finds no ticket.
+                self._calls.reply(ticket, node, reply)
 
     # IControl
 
     def add_connection_listener(self, listener):
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def register(self, node, broker_url):
         """Nothing to do: this control knows only its own broker."""
@@ -175,11 +142,8 @@ class PidboxControl:
         if timeout is not None:
             # A worker that reads the command later (it was stopped) drops it.
             headers["expires"] = time.time() + max(timeout, 1.0)
-        call = _Call(nodes)
         if reply:
-            call.deferred = defer.Deferred(lambda _: self._forget(ticket))
-            self._calls[ticket] = call
-            call.timer = self.clock.callLater(timeout, self._finish, ticket)
+            _, gathered = self._calls.start(nodes, timeout, ticket)
         try:
             self._channel.publish(
                 PIDBOX_EXCHANGE, "", json.dumps(body).encode("utf-8"),
@@ -187,12 +151,12 @@ class PidboxControl:
                 headers=headers,
             )
         except Exception as e:
-            self._forget(ticket)
+            self._calls.forget(ticket)
             return defer.fail(e)
         self.published += 1
         if not reply:
             return defer.succeed({})
-        return call.deferred
+        return gathered.addCallback(_replies)
 
     def ping(self, nodes, timeout):
         return self.call("ping", nodes, timeout)
@@ -232,24 +196,22 @@ class PidboxControl:
 class ControlRouter:
     """
     Remote control across brokers: each node's commands go to the broker
-    of its app (one message per broker per command).
+    of its app (one message per broker per command), through the branch's
+    broker C{pool}.
 
-    The branch's own broker is always connected; another broker gets its
-    client service the first time a worker on it is registered.
+    The branch's own broker (C{default_url}) is always connected; another
+    broker gets its control the first time a worker on it is registered.
     """
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, default_url, reactor, parent=None, make_client=None):
+    def __init__(self, pool, default_url, reactor):
         self.reactor = reactor
         self.default_url = default_url
-        self._parent = parent
-        self._make_client = make_client or (
-            lambda url: AMQPClientService(url, reactor=reactor, connection_name="cyme control")
-        )
+        self._pool = pool
         self._controls = {}
         self._nodes = {}
-        self._listeners = []
+        self._listeners = Listeners("remote-control connection")
         self._control(default_url)
 
     @property
@@ -263,24 +225,24 @@ class ControlRouter:
     def _control(self, url):
         control = self._controls.get(url)
         if control is None:
-            client = self._make_client(url)
-            control = PidboxControl(client, self.reactor)
+            control = self._controls[url] = PidboxControl(self._pool, url, self.reactor)
             control.add_connection_listener(self._changed)
-            self._controls[url] = control
-            if self._parent is not None:
-                client.setServiceParent(self._parent)
         return control
 
     def client(self, url=None):
-        """The AMQP client service of C{url} (default: the branch's broker)."""
-        return self._control(url or self.default_url).client
+        """
+        The client service of C{url} (default: the branch's broker).
+
+        Kept only while the bus and the task service are wired with the
+        router instead of the broker pool itself.
+        """
+        return self._pool.client(url or self.default_url)
 
     def _changed(self, connected):
-        for listener in list(self._listeners):
-            listener(self.connected)
+        self._listeners.notify(self.connected)
 
     def add_connection_listener(self, listener):
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def register(self, node, broker_url):
         self._nodes[node] = broker_url

@@ -2,8 +2,8 @@
 
 ``FakeControl`` implements L{IControl} over simulated worker nodes,
 ``FakeProcessReactor`` is a L{MemoryReactorClock} whose ``spawnProcess``
-makes L{FakeProcess}es, and ``FakeProcessTable`` implements
-L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
+makes L{FakeProcess}es, ``FakeLauncher`` implements L{ILauncher} on it,
+and ``FakeProcessTable`` implements L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
 """
 
 import signal
@@ -16,7 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from cyme.supervision.interfaces import IControl, IProcessTable
+from cyme.listeners import Listeners
+from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
 from cyme.supervision.launcher import InertProcessTransport
 
 
@@ -48,7 +49,7 @@ class FakeControl:
         self.nodes = {}
         self.sent = []
         self.brokers = {}
-        self._listeners = []
+        self._listeners = Listeners("remote-control connection")
 
     # Test controls
 
@@ -66,8 +67,7 @@ class FakeControl:
 
     def set_connected(self, connected):
         self.connected = connected
-        for listener in list(self._listeners):
-            listener(connected)
+        self._listeners.notify(connected)
 
     def messages(self, method=None):
         return [m for m in self.sent if method is None or m[0] == method]
@@ -75,7 +75,7 @@ class FakeControl:
     # IControl
 
     def add_connection_listener(self, listener):
-        self._listeners.append(listener)
+        self._listeners.add(listener)
 
     def register(self, node, broker_url):
         self.brokers[node] = broker_url
@@ -91,9 +91,10 @@ class FakeControl:
                 replies[name] = reply(node)
         if len(replies) == len(set(nodes)) or timeout is None:
             return defer.succeed(replies)
-        call = self.clock.callLater(timeout, lambda: d.callback(replies))
-        d = defer.Deferred(lambda _: call.cancel())
-        return d
+        # The silent nodes never answer: what came is all there is.
+        return defer.Deferred().addTimeout(
+            timeout, self.clock, onTimeoutCancel=lambda _result, _timeout: replies
+        )
 
     def ping(self, nodes, timeout):
         return self._call("ping", nodes, timeout, lambda n: {"ok": "pong"})
@@ -217,6 +218,33 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def live(self):
         return [p for p in self.processes if not p.ended]
+
+
+@implementer(ILauncher)
+class FakeLauncher:
+    """
+    Spawns L{FakeProcess}es on a L{FakeProcessReactor}; C{fail} makes the
+    next spawns raise, C{orphan(pid)} plays a fork server that ended.
+    """
+
+    def __init__(self, reactor):
+        self.reactor = reactor
+        self.fail = None
+        self.spawned = []
+        self._orphans = Listeners("orphaned worker")
+
+    def spawn(self, protocol, argv, env, path, log_path):
+        if self.fail is not None:
+            raise self.fail
+        process = self.reactor.spawnProcess(protocol, argv[0], argv, env=env, path=path)
+        self.spawned.append((argv, log_path))
+        return process
+
+    def add_orphan_listener(self, listener):
+        self._orphans.add(listener)
+
+    def orphan(self, pid):
+        self._orphans.notify(pid)
 
 
 @implementer(IProcessTable)

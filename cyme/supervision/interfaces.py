@@ -1,6 +1,7 @@
 """The interfaces between the supervisor and what it drives.
 
-``IControl`` is Celery's remote control as the supervisor needs it (the
+``ILauncher`` starts worker processes (exec'd, or forked by the fork
+server); ``IControl`` is Celery's remote control as the supervisor needs it (the
 real one speaks the pidbox protocol over txAMQP, the fake in
 ``cyme.supervision.fakes`` simulates workers); ``IProcessTable`` is the operating
 system's view of processes that are not this branch's children (workers
@@ -61,3 +62,20 @@ class IProcessTable(Interface):
 
     def signal(pid, signum):
         """Send C{signum} to C{pid}; nothing if it is gone already."""
+
+
+class ILauncher(Interface):
+    """How the supervisor starts a worker process."""
+
+    def spawn(protocol, argv, env, path, log_path):
+        """
+        Start C{argv} in C{path} with C{env}, its output appended to
+        C{log_path}; the process transport (with its C{pid}) at once, and
+        C{protocol.processEnded} when the worker ends.
+        """
+
+    def add_orphan_listener(listener):
+        """
+        Call C{listener(pid)} when worker C{pid} stops being a child whose
+        end C{processEnded} reports (its parent, the fork server, ended).
+        """

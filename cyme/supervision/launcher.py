@@ -25,13 +25,19 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cyme import logs
+from cyme.listeners import Listeners
+from cyme.supervision.interfaces import ILauncher
 
 
+@implementer(ILauncher)
 class ExecLauncher:
     """Each worker a new Python process, its output appended to its log."""
 
     def __init__(self, reactor):
         self.reactor = reactor
+
+    def add_orphan_listener(self, listener):
+        """Nothing to tell: the reactor's children stay its children."""
 
     def spawn(self, protocol, argv, env, path, log_path):
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -111,8 +117,12 @@ class ForkedProcess(InertProcessTransport):
         self.proto.processEnded(Failure(reason))
 
 class _ServerProtocol(ProcessProtocol):
-    def __init__(self, launcher):
-        self.launcher = launcher
+    """The fork server's pipes: a JSON message a line on its stdout."""
+
+    def __init__(self, message, ended, log):
+        self._on_message = message
+        self._on_ended = ended
+        self._log = log
         self.buffer = b""
 
     def outReceived(self, data):
@@ -121,19 +131,22 @@ class _ServerProtocol(ProcessProtocol):
         for line in lines:
             if line.strip():
                 try:
-                    self.launcher._message(json.loads(line))
+                    message = json.loads(line)
                 except ValueError:
-                    self.launcher.log.warn("fork server said {line!r}", line=line[:200])
+                    self._log.warn("fork server said {line!r}", line=line[:200])
+                    continue
+                self._on_message(message)
 
     def errReceived(self, data):
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
-                self.launcher.log.warn("fork server: {line}", line=line)
+                self._log.warn("fork server: {line}", line=line)
 
     def processEnded(self, reason):
-        self.launcher._server_ended(reason)
+        self._on_ended(reason)
 
 
+@implementer(ILauncher)
 class ForkServerLauncher(service.Service):
     """Workers forked from a process that imported Celery already."""
 
@@ -146,7 +159,7 @@ class ForkServerLauncher(service.Service):
         self.python = python
         self.restart_delay = restart_delay
         self.fallback = ExecLauncher(reactor)
-        self.orphaned = lambda pid: None
+        self._orphans = Listeners("orphaned worker")
         self._server = None
         self._standby = None
         self._children = {}
@@ -163,10 +176,17 @@ class ForkServerLauncher(service.Service):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._stopped = defer.Deferred()
         self._server = self.reactor.spawnProcess(
-            _ServerProtocol(self), self.python,
+            _ServerProtocol(self._message, self._server_ended, self.log), self.python,
             [self.python, "-m", "cyme.supervision.forkserver"], env=env,
             childFDs={0: "w", 1: "r", 2: "r"},
         )
+
+    def add_orphan_listener(self, listener):
+        """
+        Call C{listener(pid)} for each worker left running when the fork
+        server, its parent, ends: from then on only its pid tells of it.
+        """
+        self._orphans.add(listener)
 
     def stopService(self):
         super().stopService()
@@ -210,7 +230,7 @@ class ForkServerLauncher(service.Service):
         # supervisor watches them by pid from now on.
         children, self._children = self._children, {}
         for pid in children:
-            self.orphaned(pid)
+            self._orphans.notify(pid)
         stopped, self._stopped = self._stopped, defer.Deferred()
         stopped.callback(None)
         if self.running:

@@ -145,6 +145,21 @@ def write_file(path, text):
     os.replace(partial, path)
 
 
+def record_spawn(directory, pid, spec):
+    """Write a new worker's pid file and the fingerprint of its command."""
+    write_file(os.path.join(directory, "worker.pid"), f"{pid}\n")
+    write_file(os.path.join(directory, "worker.spec"), spec)
+
+
+def read_spec(directory):
+    """The fingerprint of the command a worker was started with, or None."""
+    try:
+        with open(os.path.join(directory, "worker.spec")) as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
 def remove_pidfile(path, pid):
     """Remove the pid file at C{path} if it still names C{pid}."""
     if read_pidfile(path) == pid:
@@ -152,6 +167,19 @@ def remove_pidfile(path, pid):
             os.remove(path)
         except FileNotFoundError:
             pass
+
+
+def worker_directories(instances_dir):
+    """C{(name, pid)} of each worker directory, the pid from its pid file."""
+    try:
+        names = sorted(os.listdir(instances_dir))
+    except FileNotFoundError:
+        return []
+    return [
+        (name, read_pidfile(os.path.join(instances_dir, name, "worker.pid")))
+        for name in names
+        if os.path.isdir(os.path.join(instances_dir, name))
+    ]
 
 
 def read_pidfile(path):

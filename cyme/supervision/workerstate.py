@@ -1,13 +1,16 @@
-"""What the supervisor knows of one worker, and its timing arithmetic.
+"""What the supervisor knows of one worker, and the figures it works by.
 
 A L{Worker} record per instance (state, pid, restarts, last error, ...),
-the states it goes through, and the pure functions of time the supervisor
-applies: the restart backoff and the timeouts of a ping round.
+the states it goes through and the events that move it, and the L{Policy}
+of supervision (timeouts, restart budget, backoff).  Only the worker's
+L{cyme.supervision.lifecycle.WorkerLifecycle} assigns its state.
 """
 
 import random
 
 import attrs
+
+from cyme.backoff import backoff_delay
 
 STARTING = "starting"
 RUNNING = "running"
@@ -16,28 +19,77 @@ STOPPING = "stopping"
 STOPPED = "stopped"
 QUARANTINED = "quarantined"
 
+#: The states in which a worker process is up and watched by pings.
+LIVE = (STARTING, RUNNING, UNRESPONSIVE)
+STATES = (*LIVE, STOPPING, STOPPED, QUARANTINED)
 
-def restart_delay(attempt, base=0.5, cap=60.0, jitter=random.random):
+# The events that move a worker from state to state (see
+# L{cyme.supervision.lifecycle.TRANSITIONS}).
+SPAWNED = "spawned"
+ADOPTED = "adopted"
+PONG = "pong"
+PING_MISSED = "ping missed"
+STOP_ASKED = "stop asked"
+RESTART_ASKED = "restart asked"
+EXITED = "exited"
+FAILED = "failed"
+FLAPPED = "flapped"
+KILL_TIMEOUT = "kill timeout"
+BACKOFF_ELAPSED = "backoff elapsed"
+QUARANTINE_ELAPSED = "quarantine elapsed"
+ORPHANED = "orphaned"
+WATCH = "watch"
+
+EVENTS = (
+    SPAWNED, ADOPTED, PONG, PING_MISSED, STOP_ASKED, RESTART_ASKED, EXITED,
+    FAILED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
+    ORPHANED, WATCH,
+)
+
+
+def restart_backoff(jitter=random.random):
     """
     Seconds to wait before restart number C{attempt} of a failing worker.
 
     The first restart is immediate (a worker killed once should be back at
-    once); then C{base} doubling to C{cap}, each drawn from the upper half
-    of its interval so that workers that failed together do not restart in
-    lockstep.
+    once); then 0.5 s doubling to 60 s, each drawn from the upper half of
+    its interval (C{jitter()} 1 is the top) so that workers that failed
+    together do not restart in lockstep.
     """
-    if attempt <= 0:
-        return 0.0
-    delay = min(cap, base * 2 ** (attempt - 1))
-    return delay * (0.5 + 0.5 * jitter())
+
+    def delay(attempt):
+        return backoff_delay(
+            attempt, initial=0.5, cap=60.0, jitter=0.5, rand=lambda: 1.0 - jitter()
+        )
+
+    return delay
 
 
-def ping_delays(first=0.1, cap=1.6):
-    """The ping timeouts of one liveness round: 0.1, 0.2, … up to C{cap}."""
-    delay = first
-    while delay <= cap:
-        yield delay
-        delay *= 2
+@attrs.frozen
+class Policy:
+    """How the supervisor judges and treats its workers (seconds, counts)."""
+
+    #: Seconds between two supervisor ticks.
+    interval: float = 5.0
+    #: Seconds a worker gets to finish its tasks after TERM before KILL.
+    kill_timeout: float = 10.0
+    #: Seconds a new worker gets to answer its first ping.
+    start_timeout: float = 30.0
+    #: Ping rounds a worker may miss in a row before it is replaced.
+    max_missed: int = 1
+    #: More than C{max_restarts} failures within C{restart_window} seconds
+    #: quarantine the instance for C{quarantine} seconds.
+    restart_window: float = 60.0
+    max_restarts: int = 5
+    quarantine: float = 300.0
+    #: A worker up this long has its backoff reset when it fails.
+    stable_after: float = 30.0
+    #: Seconds workers get to reconnect after the broker came back.
+    wait_after_broker_revived: float = 30.0
+    #: Stop the workers when the branch stops (else the next run adopts them).
+    stop_workers_on_exit: bool = False
+    #: C{attempt -> seconds} before a failed worker is started again.
+    backoff: object = attrs.field(factory=restart_backoff)
 
 
 @attrs.define(eq=False)
@@ -60,10 +112,11 @@ class Worker:
     next_start: float = 0.0
     quarantined_until: float | None = None
     last_error: str | None = None
+    #: Why the worker is being stopped, when the stop is a failure (it did
+    #: not answer): counted against the restart budget once it is gone.
+    failure: str | None = None
     verified: object = None
     retired: bool = False
-    kill_call: object = None
-    restart_call: object = None
     stop_waiters: list = attrs.field(factory=list)
     ready_waiters: list = attrs.field(factory=list)
     log_tail: object = None

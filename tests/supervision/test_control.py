@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 from zope.interface.verify import verifyObject
 
-from cyme.amqp import AMQPClientService
+from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter, NotConnected, PidboxControl
 from cyme.supervision.interfaces import IControl
 from cyme.state.models import Queue
@@ -80,11 +80,15 @@ class ControlTests(TestCase):
         self.addCleanup(lambda: defer.ensureDeferred(stop()))
         return name
 
+    def started_pool(self):
+        pool = BrokerPool(reactor, connection_name="cyme test control")
+        pool.startService()
+        self.addCleanup(pool.stopService)
+        return pool
+
     async def connected_control(self):
-        client = AMQPClientService(self.broker, reactor=reactor, connection_name="cyme test control")
-        control = PidboxControl(client, reactor)
-        client.startService()
-        self.addCleanup(client.stopService)
+        self.pool = self.started_pool()
+        control = PidboxControl(self.pool, self.broker, reactor)
         await self.wait_for(lambda: control.connected)
         return control
 
@@ -164,16 +168,12 @@ class ControlTests(TestCase):
 
     @defer.inlineCallbacks
     def test_not_connected_fails_at_once(self):
-        client = AMQPClientService(self.broker, reactor=reactor)
-        control = PidboxControl(client, reactor)
+        control = PidboxControl(BrokerPool(reactor), self.broker, reactor)
         yield self.assertFailure(control.ping(["x@y"], 1.0), NotConnected)
 
     @defer.inlineCallbacks
     def test_router_sends_to_the_default_broker(self):
-        router = ControlRouter(self.broker, reactor)
-        client = router._controls[self.broker].client
-        client.startService()
-        self.addCleanup(client.stopService)
+        router = ControlRouter(self.started_pool(), self.broker, reactor)
         self.assertTrue(verifyObject(IControl, router))
         node = self.start_worker()
         router.register(node, self.broker)
@@ -190,7 +190,7 @@ class ControlTests(TestCase):
         control, node = yield defer.ensureDeferred(self._up())
         changes = []
         control.add_connection_listener(changes.append)
-        control.client.connection.abort()
+        self.pool.client(self.broker).connection.abort()
         yield defer.ensureDeferred(self.wait_for(lambda: changes == [False, True]))
 
         async def pong():

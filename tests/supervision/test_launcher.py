@@ -42,7 +42,7 @@ class ForkServerLogicTests(SynchronousTestCase):
         self.reactor = FakeProcessReactor()
         self.launcher = ForkServerLauncher(self.reactor, python="/py")
         self.orphans = []
-        self.launcher.orphaned = self.orphans.append
+        self.launcher.add_orphan_listener(self.orphans.append)
         self.launcher.startService()
         self.server = self.reactor.processes[0]
         self.log = os.path.join(self.mktemp())

@@ -14,20 +14,24 @@ from cyme.supervision.interfaces import IControl, IProcessTable
 from cyme.state.models import App, Instance, Queue
 from cyme.state.store import MemoryStore
 from cyme.supervision.supervisor import Supervisor
-from cyme.supervision.workerstate import ping_delays, restart_delay
+from cyme.supervision.liveness import ping_delays
+from cyme.supervision.workerstate import Policy, restart_backoff
 
 
 class BackoffTests(SynchronousTestCase):
-    def test_first_restart_is_immediate(self):
-        self.assertEqual(restart_delay(0, jitter=lambda: 1.0), 0.0)
+    """The restart backoff (L{cyme.backoff} with the workers' figures)."""
 
-    def test_doubles_to_the_cap(self):
-        delays = [restart_delay(n, base=0.5, cap=4.0, jitter=lambda: 1.0) for n in range(1, 7)]
-        self.assertEqual(delays, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+    def test_first_restart_is_immediate(self):
+        self.assertEqual(restart_backoff(jitter=lambda: 1.0)(0), 0.0)
+
+    def test_doubles_to_the_cap_of_a_minute(self):
+        delay = restart_backoff(jitter=lambda: 1.0)
+        self.assertEqual([delay(n) for n in range(1, 5)], [0.5, 1.0, 2.0, 4.0])
+        self.assertEqual([delay(n) for n in (8, 9, 30)], [60.0, 60.0, 60.0])
 
     def test_jitter_stays_in_the_upper_half(self):
-        self.assertEqual(restart_delay(3, base=1.0, jitter=lambda: 0.0), 2.0)
-        self.assertEqual(restart_delay(3, base=1.0, jitter=lambda: 1.0), 4.0)
+        self.assertEqual(restart_backoff(jitter=lambda: 0.0)(3), 1.0)
+        self.assertEqual(restart_backoff(jitter=lambda: 1.0)(3), 2.0)
 
     def test_ping_delays_double_up_to_the_cap(self):
         self.assertEqual(list(ping_delays(0.1, 1.6)), [0.1, 0.2, 0.4, 0.8, 1.6])
@@ -47,14 +51,15 @@ class SupervisorTestCase(SynchronousTestCase):
         self.supervisor = None
 
     def make(self, **kwargs):
-        options = dict(
-            hostname="h", interval=5.0, kill_timeout=10.0, start_timeout=30.0,
-            processes=self.processes, jitter=lambda: 1.0,
-            wait_after_broker_revived=30.0, python="/py",
+        """A supervisor with the test's figures; C{kwargs} override L{Policy}'s."""
+        figures = dict(
+            interval=5.0, kill_timeout=10.0, start_timeout=30.0,
+            backoff=restart_backoff(jitter=lambda: 1.0), wait_after_broker_revived=30.0,
         )
-        options.update(kwargs)
+        figures.update(kwargs)
         self.supervisor = Supervisor(
-            self.store, self.control, self.reactor, self.root, **options
+            self.store, self.control, self.reactor, self.root, hostname="h",
+            python="/py", processes=self.processes, policy=Policy(**figures),
         )
         return self.supervisor
 
@@ -368,7 +373,7 @@ class QueueTests(SupervisorTestCase):
         self.boot()
         self.control.up("w1@h", queues=["dq.w1", "stray"])
         self.store.put_instance(Instance(name="w1", app="foo", max_concurrency=1))
-        self.supervisor.workers["w1"].verified = None
+        self.supervisor.workers["w1"].worker.verified = None
         self.pump(5)
         self.assertEqual(self.control.nodes["w1@h"].queue_names(), ["dq.w1"])
 
@@ -381,7 +386,7 @@ class QueueTests(SupervisorTestCase):
         self.add("w2")
         self.boot("w2")
         self.control.nodes["w2@h"].responsive = False
-        self.supervisor.workers["w2"].verified = None
+        self.supervisor.workers["w2"].worker.verified = None
         self.add("w1", queues=["tasks"])
         self.assertEqual(self.control.sent[-1][0], "active_queues")
 
@@ -608,5 +613,5 @@ class RoundTests(SupervisorTestCase):
         self.pump(0.5)  # the round's last ping (t=0.3) found no worker yet
         self.control.up("w1@h")  # the start-up poll gets the first pong
         self.pump(0.4)  # the round ends unanswered at t=0.7
-        worker = supervisor.workers["w1"]
+        worker = supervisor.workers["w1"].worker
         self.assertEqual((worker.state, worker.pid, worker.restarts), ("running", 1001, 0))

@@ -1,0 +1,450 @@
+"""One worker's lifecycle: an explicit state machine with its own timers.
+
+The supervisor decides what should run; a L{WorkerLifecycle} does it for
+one instance's worker.  Every state change goes through L{TRANSITIONS},
+a table of C{(state, event) -> (next state, actions)}: the record's
+C{state} is assigned in one place, L{WorkerLifecycle._fire}, and an event
+a state has no row for changes nothing.  The lifecycle owns the timers of
+its worker: the KILL that follows an unheeded TERM, the restart backoff,
+the end of a quarantine and the watch over an adopted worker that stops;
+its clock, launcher and process table are injected (the shape of
+Twisted's C{ClientService} machine).
+
+Events come from the supervisor, the process and the timers.  A process
+that ends is C{EXITED} after a stop that was asked, else a failure counted
+against the restart budget: C{FAILED} within it (restart after the
+backoff), C{FLAPPED} beyond it (quarantine).
+"""
+
+import os
+import signal
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from cyme import logs
+from cyme.supervision.workers import (
+    LogTail, WorkerProtocol, exit_description, failed_exit, read_spec, record_spawn,
+    remove_pidfile,
+)
+from cyme.supervision.workerstate import (
+    ADOPTED, BACKOFF_ELAPSED, EXITED, FAILED, FLAPPED, KILL_TIMEOUT, LIVE, ORPHANED,
+    PING_MISSED, PONG, QUARANTINE_ELAPSED, QUARANTINED, RESTART_ASKED, RUNNING,
+    SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
+)
+
+
+def _table():
+    rows = {
+        # Not running: started, adopted, or a start that failed.
+        (STOPPED, SPAWNED): (STARTING, ("_started",)),
+        (STOPPED, ADOPTED): (STARTING, ("_adopted",)),
+        (STOPPED, FAILED): (STOPPED, ("_back_off",)),
+        (STOPPED, FLAPPED): (QUARANTINED, ("_quarantine",)),
+        (STOPPED, STOP_ASKED): (STOPPED, ()),
+        (STOPPED, RESTART_ASKED): (STOPPED, ("_forgive",)),
+        (STOPPED, BACKOFF_ELAPSED): (STOPPED, ("_reconcile",)),
+        (STOPPED, PONG): (STOPPED, ("_ponged",)),
+        (QUARANTINED, STOP_ASKED): (QUARANTINED, ()),
+        (QUARANTINED, RESTART_ASKED): (STOPPED, ("_forgive",)),
+        (QUARANTINED, QUARANTINE_ELAPSED): (STOPPED, ("_leave_quarantine", "_reconcile")),
+        (QUARANTINED, PONG): (QUARANTINED, ("_ponged",)),
+        # Up: answering or not.
+        (STARTING, PONG): (RUNNING, ("_ponged", "_came_up")),
+        (UNRESPONSIVE, PONG): (RUNNING, ("_ponged",)),
+        (RUNNING, PONG): (RUNNING, ("_ponged",)),
+        # Stopping: TERM sent, KILL to follow.
+        (STOPPING, PONG): (STOPPING, ("_ponged",)),
+        (STOPPING, STOP_ASKED): (STOPPING, ()),
+        (STOPPING, RESTART_ASKED): (STOPPING, ("_forgive",)),
+        (STOPPING, KILL_TIMEOUT): (STOPPING, ("_kill",)),
+        (STOPPING, WATCH): (STOPPING, ("_look",)),
+        (STOPPING, ORPHANED): (STOPPING, ("_orphaned", "_look")),
+        (STOPPING, EXITED): (STOPPED, ("_stopped",)),
+        (STOPPING, FAILED): (STOPPED, ("_stopped", "_back_off", "_reconcile")),
+        (STOPPING, FLAPPED): (QUARANTINED, ("_stopped", "_quarantine")),
+    }
+    for state in LIVE:
+        rows.update({
+            (state, PING_MISSED): (UNRESPONSIVE, ("_missed",)),
+            (state, STOP_ASKED): (STOPPING, ("_terminate", "_look")),
+            (state, RESTART_ASKED): (STOPPING, ("_forgive", "_terminate", "_look")),
+            (state, FAILED): (STOPPED, ("_died", "_back_off", "_reconcile")),
+            (state, FLAPPED): (QUARANTINED, ("_died", "_quarantine")),
+            (state, ORPHANED): (state, ("_orphaned",)),
+        })
+    return rows
+
+
+#: C{(state, event) -> (next state, names of the actions run after it)}.
+TRANSITIONS = _table()
+
+
+def _cancel(call):
+    if call is not None and call.active():
+        call.cancel()
+
+
+class WorkerLifecycle:
+    """The worker of one instance: its process, its state, its timers."""
+
+    log = Logger(observer=logs.observer)
+
+    def __init__(self, worker, clock, launcher, processes, policy, reconcile):
+        #: The L{cyme.supervision.workerstate.Worker} record.
+        self.worker = worker
+        self._clock = clock
+        self._launcher = launcher
+        self._processes = processes
+        self._policy = policy
+        #: Asks the supervisor for a converge round (a restart is due).
+        self._reconcile_soon = reconcile
+        self._kill_call = None
+        self._restart_call = None
+        self._quarantine_call = None
+        self._watch_call = None
+
+    # The machine
+
+    def _fire(self, event, detail=None):
+        row = TRANSITIONS.get((self.worker.state, event))
+        if row is None:
+            return
+        self.worker.state, actions = row
+        for action in actions:
+            getattr(self, action)(detail)
+
+    # Inputs from the supervisor
+
+    def due(self):
+        """Whether the worker should be started now (not up, no backoff)."""
+        w = self.worker
+        return w.state == STOPPED and self._clock.seconds() >= w.next_start
+
+    def start(self, argv, env, spec):
+        """Spawn the worker with C{argv} and C{env}; whether it was spawned."""
+        w = self.worker
+        if (w.state, SPAWNED) not in TRANSITIONS:
+            return False
+        os.makedirs(w.directory, exist_ok=True)
+        log_path = os.path.join(w.directory, "worker.log")
+        if w.log_tail is None:
+            w.log_tail = LogTail(log_path)
+        # What an earlier run wrote is not this one's reason to fail.
+        self.tail()
+        w.last_line = None
+        try:
+            process = self._launcher.spawn(
+                WorkerProtocol(self.ended), argv, env, w.directory, log_path
+            )
+        except Exception as e:
+            self.log.failure("{instance} cannot start", instance=w.name)
+            self._fire(self._count_failure(f"cannot start: {e}"))
+            return False
+        # Written before anything else can happen: a branch stopped while
+        # the worker starts must find it on its next start, not start a
+        # second one beside it.
+        record_spawn(w.directory, process.pid, spec)
+        self._fire(SPAWNED, (process, spec))
+        return True
+
+    def cannot_start(self, reason):
+        """The worker cannot be started for C{reason} (its app is gone)."""
+        self.worker.last_error = reason
+
+    def verified(self, wanted):
+        """It consumes what C{wanted} says (C{None}: to be checked again)."""
+        self.worker.verified = wanted
+
+    def adopt(self, pid):
+        """Take over worker C{pid} that a previous run of the branch left."""
+        self._fire(ADOPTED, pid)
+
+    def pong(self):
+        """The worker answered a ping; whether it is up only now."""
+        before = self.worker.state
+        self._fire(PONG)
+        return before != RUNNING and self.worker.state == RUNNING
+
+    def ping_missed(self):
+        """The worker answered none of a round's pings; the rounds in a row."""
+        self._fire(PING_MISSED)
+        return self.worker.missed
+
+    def stop(self, why, failure=None):
+        """
+        TERM (and CONT), then KILL after the kill timeout; fires once the
+        process is gone.  A C{failure} (why the worker is replaced) is
+        counted against the restart budget once it is.
+        """
+        d = self.wait_stopped()
+        self._fire(STOP_ASKED, (why, failure))
+        return d
+
+    def wait_stopped(self):
+        """Fires once the process is gone."""
+        if self.worker.pid is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.worker.stop_waiters.append(d)
+        return d
+
+    def restart(self):
+        """Clear quarantine and backoff, stop the worker; fires once gone."""
+        d = self.wait_stopped()
+        self._fire(RESTART_ASKED, ("restart requested", None))
+        return d
+
+    def retire(self):
+        """The instance was deleted: nobody waits for it to be ready."""
+        self.worker.retired = True
+        self._release_ready()
+
+    def wait_ready(self, timeout):
+        """
+        Fire with the worker's status once it answered a ping, or after
+        C{timeout} seconds with whatever its status is then.
+        """
+        w = self.worker
+        if w.state not in (STARTING, UNRESPONSIVE, STOPPED):
+            return defer.succeed(w.to_json())
+        d = defer.Deferred(self._forget_ready)
+        w.ready_waiters.append(d)
+        return d.addTimeout(timeout, self._clock, onTimeoutCancel=self._status_now)
+
+    def check(self):
+        """An adopted worker is nobody's child here: see whether it is gone."""
+        self._look()
+
+    def cancel_timers(self):
+        """The supervisor stops: no restart or watch is to come."""
+        for call in (self._restart_call, self._quarantine_call, self._watch_call):
+            _cancel(call)
+        self._restart_call = self._quarantine_call = self._watch_call = None
+
+    def tail(self):
+        """Log what the worker wrote since the last look."""
+        w = self.worker
+        if w.log_tail is None:
+            return
+        for line in w.log_tail.lines():
+            self.log.info("{instance} | {line}", instance=w.name, line=line)
+            if line.strip():
+                w.last_line = line.strip()
+
+    # Inputs from the process
+
+    def ended(self, reason):
+        """The worker process is gone (ours, or an adopted one seen dead)."""
+        w = self.worker
+        if w.state not in (*LIVE, STOPPING):
+            return
+        self.tail()
+        how = exit_description(reason)
+        if w.last_line and failed_exit(reason):
+            # Celery's last words (an exception's message, most often)
+            # say more than the exit status.
+            how = f"{how}: {w.last_line[:300]}"
+        pid, w.process, w.pid = w.pid, None, None
+        if pid is not None:
+            remove_pidfile(os.path.join(w.directory, "worker.pid"), pid)
+        _cancel(self._kill_call)
+        _cancel(self._watch_call)
+        self._kill_call = self._watch_call = None
+        if w.state == STOPPING and (w.failure is None or w.retired):
+            self._fire(EXITED, (pid, how))
+        else:
+            why = w.failure if w.state == STOPPING else how
+            self._fire(self._count_failure(why), (pid, how))
+
+    def orphaned(self):
+        """The worker's parent (the fork server) is gone: watch it by pid."""
+        if self.worker.process is not None:
+            self._fire(ORPHANED)
+
+    # Guards and helpers
+
+    def _count_failure(self, why):
+        """Record a failure; L{FLAPPED} if it exceeds the budget, else L{FAILED}."""
+        w, policy = self.worker, self._policy
+        now = self._clock.seconds()
+        w.last_error = why
+        w.failure = None
+        if w.started_at is not None and now - w.started_at >= policy.stable_after:
+            w.attempt = 0
+        w.restart_times = [
+            t for t in w.restart_times if now - t < policy.restart_window
+        ] + [now]
+        return FLAPPED if len(w.restart_times) > policy.max_restarts else FAILED
+
+    def _forget_ready(self, d):
+        if d in self.worker.ready_waiters:
+            self.worker.ready_waiters.remove(d)
+
+    def _status_now(self, result, timeout):
+        return self.worker.to_json()
+
+    def _release_ready(self, detail=None):
+        waiters, self.worker.ready_waiters = self.worker.ready_waiters, []
+        for d in waiters:
+            d.callback(self.worker.to_json())
+
+    def _signal(self, signum):
+        w = self.worker
+        if w.process is not None:
+            try:
+                w.process.signalProcess(signum)
+            except Exception:
+                pass  # already gone: processEnded is on its way
+        elif w.pid is not None:
+            self._processes.signal(w.pid, signum)
+
+    # Actions (each takes the event's detail)
+
+    def _started(self, detail):
+        w = self.worker
+        w.process, w.spec = detail
+        w.pid = w.process.pid
+        w.started_at = self._clock.seconds()
+        w.missed = 0
+        w.verified = None
+        self.log.info(
+            "{instance} started as pid {pid} ({node})",
+            instance=w.name, pid=w.pid, node=w.node,
+        )
+
+    def _adopted(self, pid):
+        w = self.worker
+        w.pid = pid
+        w.started_at = self._clock.seconds()
+        w.log_tail = LogTail(os.path.join(w.directory, "worker.log"))
+        w.spec = read_spec(w.directory)
+        self.log.info("{instance} adopted (pid {pid})", instance=w.name, pid=pid)
+
+    def _ponged(self, detail):
+        self.worker.last_pong = self._clock.seconds()
+        self.worker.missed = 0
+        self._release_ready()
+
+    def _came_up(self, detail):
+        w = self.worker
+        now = self._clock.seconds()
+        self.log.info(
+            "{instance} is up (pid {pid}) after {seconds:.2f} s",
+            instance=w.name, pid=w.pid, seconds=now - (w.started_at or now),
+        )
+
+    def _missed(self, detail):
+        w = self.worker
+        w.missed += 1
+        self.log.warn(
+            "{instance} (pid {pid}) did not answer ping ({missed} in a row)",
+            instance=w.name, pid=w.pid, missed=w.missed,
+        )
+
+    def _terminate(self, detail):
+        why, failure = detail
+        w = self.worker
+        if failure is not None:
+            w.last_error = w.failure = failure
+        self.log.info(
+            "{instance} stopping (pid {pid}): {why}", instance=w.name, pid=w.pid, why=why,
+        )
+        self._release_ready()
+        self._kill_call = self._clock.callLater(
+            self._policy.kill_timeout, self._fire, KILL_TIMEOUT
+        )
+        self._signal(signal.SIGTERM)
+        # A stopped worker (SIGSTOP, a debugger let go) acts on the TERM
+        # only once continued: a warm shutdown now, not a KILL later.
+        self._signal(signal.SIGCONT)
+
+    def _kill(self, detail):
+        w = self.worker
+        self._kill_call = None
+        if w.pid is not None:
+            self.log.warn(
+                "{instance} (pid {pid}) did not stop in {seconds:g} s: KILL",
+                instance=w.name, pid=w.pid, seconds=self._policy.kill_timeout,
+            )
+            self._signal(signal.SIGKILL)
+
+    def _look(self, detail=None):
+        # An adopted worker is not our child: no processEnded comes, so
+        # look for its end (while it stops, every 100 ms).
+        w = self.worker
+        self._watch_call = None
+        if not w.adopted:
+            return
+        if not self._processes.alive(w.pid):
+            self.ended(None)
+        elif w.state == STOPPING:
+            self._watch_call = self._clock.callLater(0.1, self._fire, WATCH)
+
+    def _orphaned(self, detail):
+        self.worker.process = None
+
+    def _stopped(self, detail):
+        pid, how = detail
+        w = self.worker
+        self.log.info("{instance} stopped ({how})", instance=w.name, how=how)
+        waiters, w.stop_waiters = w.stop_waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def _died(self, detail):
+        pid, how = detail
+        self.log.warn(
+            "{instance} (pid {pid}) died: {how}", instance=self.worker.name,
+            pid=pid, how=how,
+        )
+
+    def _back_off(self, detail):
+        w = self.worker
+        now = self._clock.seconds()
+        w.restarts += 1
+        w.next_start = now + self._policy.backoff(w.attempt)
+        w.attempt += 1
+        if w.next_start > now:
+            _cancel(self._restart_call)
+            self._restart_call = self._clock.callLater(
+                w.next_start - now, self._fire, BACKOFF_ELAPSED
+            )
+
+    def _quarantine(self, detail):
+        w, policy = self.worker, self._policy
+        w.quarantined_until = self._clock.seconds() + policy.quarantine
+        w.last_error = (
+            f"quarantined: failed {len(w.restart_times)} times within "
+            f"{policy.restart_window:g} s (last: {w.last_error})"
+        )
+        self.log.error(
+            "{instance} {reason}; retrying in {seconds:g} s",
+            instance=w.name, reason=w.last_error, seconds=policy.quarantine,
+        )
+        self._release_ready()
+        _cancel(self._quarantine_call)
+        self._quarantine_call = self._clock.callLater(
+            policy.quarantine, self._fire, QUARANTINE_ELAPSED
+        )
+
+    def _leave_quarantine(self, detail):
+        w = self.worker
+        self._quarantine_call = None
+        self.log.info("{instance} leaves quarantine", instance=w.name)
+        w.quarantined_until = None
+        w.attempt = 0
+        w.restart_times.clear()
+
+    def _forgive(self, detail):
+        w = self.worker
+        w.quarantined_until = None
+        w.attempt = 0
+        w.next_start = 0.0
+        w.restart_times.clear()
+        _cancel(self._quarantine_call)
+        _cancel(self._restart_call)
+        self._quarantine_call = self._restart_call = None
+
+    def _reconcile(self, detail):
+        self._reconcile_soon()
