@@ -7,11 +7,15 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cyme.cluster.bus import Bus, IBusTransport, MemoryBusNetwork
+from cyme.cluster.bus import Bus, IBusTransport
+from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.presence import BeatContents
+from cyme.cluster.replication import Replication
 from cyme.operations.cluster import ClusterOperations
 from cyme.operations.controller import Controller
+from cyme.operations.interfaces import IOperations
 from cyme.state.models import App, Queue
-from cyme.operations.local import LocalOperations
+from cyme.operations.local import LocalOperations, load_figures
 from cyme.state.store import MemoryStore
 from cyme.api.testing import APIClient
 from cyme.api.routes import BranchAPI
@@ -25,11 +29,20 @@ class Branch:
         self.store = MemoryStore()
         self.controller = Controller(self.store, branch_id=branch_id)
         self.local = LocalOperations(self.controller, url=f"http://{branch_id}:8000/")
+        # As makeService wires a branch.
         self.bus = Bus(
             network.transport(branch_id), branch_id, clock,
-            describe=lambda: self.cluster.describe(), beat_interval=2.0,
+            BeatContents(self.store, self.local.url, load_figures), beat_interval=2.0,
         )
-        self.cluster = ClusterOperations(self.local, self.bus, self.store)
+        self.replication = Replication(self.store, self.bus)
+        self.cluster = ClusterOperations(
+            self.local, self.bus, self.store, self.replication,
+            ready_timeout=self.controller.ready_timeout,
+        )
+        self.bus.register(self.replication.handlers())
+        self.bus.register(self.cluster.handlers())
+        self.bus.subscribe(self.replication.peer_seen)
+        self.store.subscribe(self.bus.announce_soon)
         self.client = APIClient(BranchAPI(self.cluster).resource())
 
 
