@@ -361,19 +361,22 @@ class ClusterOperations:
             app, queue, method, url, query, body, content_type, timeout
         )
 
-    def _published_here(self, app, task_id):
-        """Whether this branch published task C{task_id} of C{app}."""
+    def _published(self, app, task_id):
+        """This branch's record of task C{task_id} of C{app}, or None."""
         record = None if self.tasks is None else self.tasks.get(task_id)
-        return record is not None and record.fields.get("app") in (None, app)
+        if record is None or record.fields.get("app") not in (None, app):
+            return None
+        return record
 
     def _task_local(self, args, sender):
-        return {"here": True} if self._published_here(args["app"], args["uuid"]) else None
+        record = self._published(args["app"], args["uuid"])
+        return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
         return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
 
     async def _task_owner(self, app, task_id):
-        if self._published_here(app, task_id):
+        if self._published(app, task_id) is not None:
             return self.bus.branch_id
         results, errors, missing = await self.bus.broadcast(
             "task.get", {"app": app, "uuid": task_id}, self.call_timeout
