@@ -1,8 +1,20 @@
 """The cluster: the bus between branches and what travels on it.
 
-Owns the bus (presence by heartbeat, broadcast with scatter-gather,
-direct calls), its AMQP and in-memory transports, replication of apps and
-queue declarations, and the placement of new instances.
+- L{cyme.cluster.bus}: the L{Bus} service (heartbeats, calls to one branch,
+  broadcasts gathered by ticket), the envelope format and L{IBusTransport}.
+- L{cyme.cluster.presence}: the peers as their heartbeats describe them
+  (online, offline, gone), and what this branch's own beats say.
+- L{cyme.cluster.transport}: the bus over RabbitMQ, on the branch's broker
+  pool; L{cyme.cluster.memory}: the bus in one process (a fake for tests).
+- L{cyme.cluster.replication}: apps and queue declarations on every branch
+  (replicate a write, merge, catch up by replica digest).
+- L{cyme.cluster.placement}: where a new instance goes and which branch
+  decides whether a name is new; L{cyme.cluster.rounds}: one broadcast
+  shared by concurrent listings.
 
-May import: ``cyme.state``, ``cyme.amqp``, ``cyme.errors``, ``cyme.logs``.
+Routing the API's operations to the branch that owns the record is
+L{cyme.operations.cluster}'s, above this package.
+
+May import: ``cyme.state``, ``cyme.amqp``, ``cyme.gather``,
+``cyme.listeners``, ``cyme.errors``, ``cyme.logs``.
 """

@@ -20,19 +20,18 @@ errbacks with L{GatewayTimeout} at its timeout.
 """
 
 import json
-import random
-import uuid
 
-import attrs
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface, implementer
+from zope.interface import Attribute, Interface
 
 from cyme import __version__, logs
-from cyme.amqp.private import open_inbox, setup_failed
 from cyme.errors import CymeError, GatewayTimeout
+from cyme.gather import Gatherings
+
+from .presence import Presence
 
 PROTOCOL_VERSION = 1
 
@@ -68,74 +67,48 @@ class RemoteError(CymeError):
         return self.body
 
 
-@attrs.define
-class Peer:
-    """What this branch knows of another one, from its heartbeats."""
-
-    id: str
-    url: str | None = None
-    instances: list = attrs.field(factory=list)  # [[app, name], ...]
-    load: dict = attrs.field(factory=dict)
-    version: str | None = None
-    started: float | None = None
-    last_seen: float = 0.0
-    digest: str | None = None
-    online: bool = True
-
-    def to_json(self, now):
-        return {
-            "id": self.id,
-            "url": self.url,
-            "instances": [name for _, name in self.instances],
-            "load": self.load,
-            "version": self.version,
-            "uptime": None if self.started is None else max(0.0, now - self.started),
-            "last_heartbeat": self.last_seen,
-            "online": self.online,
-        }
-
-
-class _Gather:
-    def __init__(self, expected):
-        self.expected = set(expected)
-        self.replies = {}
-        self.errors = {}
-        self.deferred = None
-        self.timer = None
-
-    def done(self):
-        return not (self.expected - set(self.replies) - set(self.errors))
-
-
 class Bus(service.Service):
     """
     Presence and calls between branches.
 
     C{describe()} returns this branch's own beat contents: C{url},
-    C{instances} (C{[[app, name], ...]}), C{load}, C{digest}.  C{handlers}
-    maps a method name to C{f(args, sender)} returning a JSON value (or a
-    Deferred/coroutine of one), raising L{CymeError} for an error reply.
+    C{instances} (C{[[app, name], ...]}), C{load}, C{digest} (see
+    L{cyme.cluster.presence.BeatContents}).  The methods other branches may
+    call are added with L{register}; peer events go to the listeners added
+    with L{subscribe}.
     """
 
     log = Logger(observer=logs.observer)
     name = "bus"
 
-    def __init__(self, transport, branch_id, clock, describe, handlers=None,
-                 beat_interval=2.0, expiry_beats=3, rng=random.random):
+    def __init__(self, transport, branch_id, clock, describe, beat_interval=2.0,
+                 expiry_beats=3):
         self.transport = transport
         self.branch_id = branch_id
         self.clock = clock
         self.describe = describe
-        self.handlers = dict(handlers or {})
         self.beat_interval = beat_interval
-        self.expiry = beat_interval * expiry_beats
-        self.rng = rng
-        self.peers = {}
+        self.presence = Presence(clock, beat_interval * expiry_beats)
         self.started = None
-        self.peer_listeners = []
-        self._pending = {}
+        self._handlers = {}
+        self._gatherings = Gatherings(clock)
         self._beat_loop = None
         self._announce_call = None
+
+    def register(self, handlers):
+        """
+        Answer the bus methods of C{handlers}: a dict of method name to
+        C{f(args, sender)} returning a JSON value (or a Deferred/coroutine
+        of one), raising L{CymeError} for an error reply.
+        """
+        taken = set(handlers) & set(self._handlers)
+        if taken:
+            raise ValueError(f"bus methods registered twice: {', '.join(sorted(taken))}")
+        self._handlers.update(handlers)
+
+    def subscribe(self, listener):
+        """Call C{listener(peer)} whenever a peer was seen, went offline or left."""
+        self.presence.subscribe(listener)
 
     # Service
 
@@ -158,8 +131,7 @@ class Bus(service.Service):
                 self.transport.broadcast(self._envelope("bye"))
             except Exception:
                 self.log.failure("cannot say goodbye")
-        for ticket in list(self._pending):
-            self._finish(ticket)
+        self._gatherings.finish_all()
         return self.transport.stop()
 
     # Presence
@@ -177,14 +149,19 @@ class Bus(service.Service):
 
     def _beat(self):
         try:
-            self._expire()
+            self.presence.expire()
             if self.transport.connected:
                 self.transport.broadcast(self._beat_envelope())
         except Exception:
             self.log.failure("heartbeat failed")
 
-    def announce_soon(self):
-        """Send a heartbeat on the next turn (many changes, one beat)."""
+    def announce_soon(self, *_event):
+        """
+        Send a heartbeat on the next turn (many changes, one beat).
+
+        A listener of the store's changes: the event's arguments, if any,
+        do not matter (the beat describes the state as it is then).
+        """
         if self._announce_call is None or not self._announce_call.active():
             self._announce_call = self.clock.callLater(0, self.announce)
 
@@ -201,49 +178,17 @@ class Bus(service.Service):
             self.log.info("bus connected: saying hello as {branch}", branch=self.branch_id)
             self.transport.broadcast(self._beat_envelope(hello=True))
 
-    def _expire(self):
-        now = self.clock.seconds()
-        for peer in self.peers.values():
-            if peer.online and now - peer.last_seen > self.expiry:
-                peer.online = False
-                self.log.warn(
-                    "branch {peer} is offline (no heartbeat for {seconds:.1f} s)",
-                    peer=peer.id, seconds=now - peer.last_seen,
-                )
-                self._peer_changed(peer)
+    def peer(self, branch_id):
+        """What the beats of C{branch_id} said, or None if never heard of."""
+        return self.presence.get(branch_id)
 
-    def _peer_changed(self, peer):
-        for listener in list(self.peer_listeners):
-            try:
-                listener(peer)
-            except Exception:
-                self.log.failure("peer listener failed")
-
-    def _seen(self, envelope):
-        sender = envelope["from"]
-        peer = self.peers.get(sender)
-        was_online = peer is not None and peer.online
-        if peer is None:
-            peer = self.peers[sender] = Peer(sender)
-        peer.url = envelope.get("url")
-        peer.instances = [list(i) for i in envelope.get("instances") or []]
-        peer.load = envelope.get("load") or {}
-        peer.version = envelope.get("version")
-        peer.started = envelope.get("started")
-        peer.digest = envelope.get("digest")
-        peer.last_seen = self.clock.seconds()
-        peer.online = True
-        if not was_online:
-            self.log.info("branch {peer} is online ({url})", peer=sender, url=peer.url)
-        self._peer_changed(peer)
-        if envelope.get("hello"):
-            # A branch (re)joined: answer with our beat, to it alone.
-            self.transport.send(sender, self._beat_envelope())
+    def known_peers(self):
+        """Every other branch ever heard of, online or not."""
+        return self.presence.known()
 
     def live_peers(self):
         """The other branches heard from recently."""
-        self._expire()
-        return [p for p in self.peers.values() if p.online]
+        return self.presence.live()
 
     def live_ids(self):
         return sorted([self.branch_id] + [p.id for p in self.live_peers()])
@@ -270,13 +215,12 @@ class Bus(service.Service):
         if sender == self.branch_id:
             return  # our own broadcast: answered locally already
         if kind == "beat":
-            self._seen(envelope)
+            self.presence.seen(sender, envelope)
+            if envelope.get("hello"):
+                # A branch (re)joined: answer with our beat, to it alone.
+                self.transport.send(sender, self._beat_envelope())
         elif kind == "bye":
-            peer = self.peers.get(sender)
-            if peer is not None and peer.online:
-                peer.online = False
-                self.log.info("branch {peer} left", peer=sender)
-                self._peer_changed(peer)
+            self.presence.left(sender)
         elif kind == "request":
             self._handle(envelope)
         elif kind == "reply":
@@ -284,7 +228,7 @@ class Bus(service.Service):
 
     def _handle(self, envelope):
         method = envelope.get("method")
-        handler = self.handlers.get(method)
+        handler = self._handlers.get(method)
         if handler is None:
             self._reply(envelope, error=(400, {"error": f"unknown bus method {method!r}"}))
             return
@@ -310,45 +254,34 @@ class Bus(service.Service):
             self.transport.send(envelope["from"], reply)
 
     def _collect(self, envelope):
-        gather = self._pending.get(envelope.get("ticket"))
-        if gather is None:
-            return
-        sender = envelope["from"]
+        ticket, sender = envelope.get("ticket"), envelope["from"]
         if "error" in envelope:
-            gather.errors[sender] = RemoteError(envelope.get("status", 500), envelope["error"])
+            error = RemoteError(envelope.get("status", 500), envelope["error"])
+            self._gatherings.error(ticket, sender, error)
         else:
-            gather.replies[sender] = envelope.get("result")
-        if gather.done():
-            self._finish(envelope["ticket"])
-
-    def _finish(self, ticket):
-        gather = self._pending.pop(ticket, None)
-        if gather is None:
-            return
-        if gather.timer is not None and gather.timer.active():
-            gather.timer.cancel()
-        gather.deferred.callback(gather)
+            self._gatherings.reply(ticket, sender, envelope.get("result"))
 
     # Calling
 
     def _local(self, method, args):
-        handler = self.handlers.get(method)
+        handler = self._handlers.get(method)
         if handler is None:
             return defer.fail(RemoteError(400, {"error": f"unknown bus method {method!r}"}))
         return defer.maybeDeferred(handler, args, self.branch_id)
 
     def _send_request(self, targets, method, args, timeout, to=None):
-        ticket = uuid.uuid4().hex
-        gather = _Gather(targets)
-        gather.deferred = defer.Deferred(lambda _: self._pending.pop(ticket, None))
-        self._pending[ticket] = gather
-        gather.timer = self.clock.callLater(timeout, self._finish, ticket)
+        """Send a request; a Deferred of its L{cyme.gather.Gathered}."""
+        ticket, gathered = self._gatherings.start(targets, timeout)
         envelope = self._envelope("request", ticket=ticket, method=method, args=args)
-        if to is None:
-            self.transport.broadcast(envelope)
-        else:
-            self.transport.send(to, envelope)
-        return gather.deferred
+        try:
+            if to is None:
+                self.transport.broadcast(envelope)
+            else:
+                self.transport.send(to, envelope)
+        except Exception:
+            self._gatherings.forget(ticket)
+            raise
+        return gathered
 
     async def broadcast(self, method, args, timeout):
         """
@@ -360,10 +293,10 @@ class Bus(service.Service):
         local = self._local(method, args)
         results, errors, missing = {}, {}, []
         if others and self.transport.connected:
-            gather = await self._send_request(others, method, args, timeout)
-            results.update(gather.replies)
-            errors.update(gather.errors)
-            missing = sorted(set(others) - set(gather.replies) - set(gather.errors))
+            gathered = await self._send_request(others, method, args, timeout)
+            results.update(gathered.replies)
+            errors.update(gathered.errors)
+            missing = gathered.missing
         else:
             missing = sorted(others)
         try:
@@ -380,14 +313,14 @@ class Bus(service.Service):
             raise GatewayTimeout(
                 f"branch {branch_id} cannot be reached: bus not connected", branch=branch_id
             )
-        gather = await self._send_request([branch_id], method, args, timeout, to=branch_id)
-        if branch_id in gather.errors:
-            raise gather.errors[branch_id]
-        if branch_id not in gather.replies:
+        gathered = await self._send_request([branch_id], method, args, timeout, to=branch_id)
+        if branch_id in gathered.errors:
+            raise gathered.errors[branch_id]
+        if branch_id not in gathered.replies:
             raise GatewayTimeout(
                 f"branch {branch_id} did not answer within {timeout:g} s", branch=branch_id
             )
-        return gather.replies[branch_id]
+        return gathered.replies[branch_id]
 
 
 def encode(envelope):
@@ -398,149 +331,26 @@ def decode(body):
     return json.loads(body)
 
 
-@implementer(IBusTransport)
-class AMQPBusTransport:
-    """The bus over RabbitMQ, through the branch's AMQP client."""
+# TEMP (B2): tap.py on this branch still builds the transport from the
+# remote control's client (``AMQPBusTransport(control.client(), id,
+# cluster)``).  Delete from here to the end at merge, once makeService
+# passes the broker pool to cyme.cluster.transport.AMQPBusTransport.
+class _OneClientPool:
+    def __init__(self, client):
+        self._client = client
 
-    log = Logger(observer=logs.observer)
+    def client(self, url):
+        return self._client
 
-    def __init__(self, client, branch_id, cluster="cyme"):
-        # Names under the cluster's name: several clusters share a broker.
-        self.client = client
-        self.branch_id = branch_id
-        self.broadcast_exchange = f"{cluster}.bus"
-        self.direct_exchange = f"{cluster}.bus.direct"
-        self.queue = f"{cluster}.branch.{branch_id}"
-        self.connected = False
-        self._channel = None
-        self._deliver = None
-        self._changed = None
+    def on_connection(self, url, setup, lost=None, *, what, log, locked=None):
+        from cyme.amqp.pool import _OnConnection
 
-    def start(self, deliver, connection_changed):
-        self._deliver = deliver
-        self._changed = connection_changed
-        self.client.add_listener(self)
-
-    def broker_connected(self, connection):
-        d = defer.ensureDeferred(self._setup(connection))
-        d.addErrback(self._setup_failed, connection)
-
-    async def _setup(self, connection):
-        # Exclusive: a second branch with the same id is refused by the broker.
-        self._channel = await open_inbox(
-            connection, self.queue,
-            exchanges=[(self.broadcast_exchange, "fanout"), (self.direct_exchange, "direct")],
-            bindings=[(self.broadcast_exchange, ""), (self.direct_exchange, self.branch_id)],
-            on_message=self._message, timeout=10,
-        )
-        self.connected = True
-        self._changed(True)
-
-    def _setup_failed(self, failure, connection):
-        setup_failed(
-            self.log, "bus", failure, connection,
-            locked=f"branch id {self.branch_id} is in use by another branch on this broker",
-        )
-
-    def broker_lost(self, reason):
-        self._channel = None
-        if self.connected:
-            self.connected = False
-            self._changed(False)
-
-    def _message(self, message):
-        try:
-            envelope = decode(message.body)
-        except ValueError:
-            self.log.warn("undecodable bus message")
-            return
-        self._deliver(envelope)
-
-    def _publish(self, exchange, routing_key, envelope):
-        if self._channel is None:
-            raise ConnectionError("bus not connected")
-        self._channel.publish(
-            exchange, routing_key, encode(envelope), content_type="application/json"
-        )
-
-    def broadcast(self, envelope):
-        self._publish(self.broadcast_exchange, "", envelope)
-
-    def send(self, branch_id, envelope):
-        self._publish(self.direct_exchange, branch_id, envelope)
-
-    def stop(self):
-        self.client.remove_listener(self)
-        self.connected = False
-        return defer.succeed(None)
+        listener = _OnConnection(setup, lost, what, log, locked)
+        self._client.add_listener(listener)
+        return listener
 
 
-class MemoryBusNetwork:
-    """
-    Several branches' bus transports in one process, for tests.
+def AMQPBusTransport(client, branch_id, cluster="cyme"):
+    from .transport import AMQPBusTransport as Transport
 
-    Delivery goes through the clock (C{callLater(0)}), as the network
-    would, never re-entrantly; C{partition(id)} cuts a branch off.
-    """
-
-    def __init__(self, clock):
-        self.clock = clock
-        self.transports = {}
-        self.cut = set()
-        self.sent = []
-
-    def transport(self, branch_id):
-        t = MemoryBusTransport(self, branch_id)
-        self.transports[branch_id] = t
-        return t
-
-    def partition(self, branch_id):
-        self.cut.add(branch_id)
-
-    def heal(self, branch_id):
-        self.cut.discard(branch_id)
-
-    def _deliver(self, sender, targets, envelope):
-        self.sent.append((sender, envelope.get("type"), envelope.get("method")))
-        if sender in self.cut:
-            return
-        body = encode(envelope)
-        for target in targets:
-            if target in self.cut:
-                continue
-            t = self.transports.get(target)
-            if t is not None and t.running:
-                self.clock.callLater(0, t.receive, body)
-
-
-@implementer(IBusTransport)
-class MemoryBusTransport:
-    def __init__(self, network, branch_id):
-        self.network = network
-        self.branch_id = branch_id
-        self.connected = False
-        self.running = False
-        self._deliver = None
-        self._changed = None
-
-    def start(self, deliver, connection_changed):
-        self._deliver = deliver
-        self._changed = connection_changed
-        self.running = True
-        self.connected = True
-        self.network.clock.callLater(0, connection_changed, True)
-
-    def receive(self, body):
-        if self.running:
-            self._deliver(decode(body))
-
-    def broadcast(self, envelope):
-        self.network._deliver(self.branch_id, list(self.network.transports), envelope)
-
-    def send(self, branch_id, envelope):
-        self.network._deliver(self.branch_id, [branch_id], envelope)
-
-    def stop(self):
-        self.running = False
-        self.connected = False
-        return defer.succeed(None)
+    return Transport(_OneClientPool(client), None, branch_id, cluster)

@@ -1,184 +1,131 @@
 """One API on every branch: each operation routed to where its record lives.
 
-Apps and queue declarations are replicated: every branch keeps them all in
-its store, with a version per record (last writer wins, ties by branch id).
-A write is applied here, then sent to every live branch before it is
-answered; a branch that was away catches up from a peer whose heartbeat
-shows a different replica digest (it pulls, and the peer pulls from it).
+Apps and queue declarations are replicated (L{cyme.cluster.replication}):
+they are read here, and a write is applied here then sent to every live
+branch before it is answered.
 
-An instance belongs to exactly one branch.  A new one goes to the least
-loaded live branch (fewest instances, ties at random) or to
-C{?branch=<id>}; every operation on it by name runs on its owner, found
+An instance belongs to exactly one branch.  A new one goes where
+L{cyme.cluster.placement} says (the least loaded live branch, or
+C{?branch=<id>}); every operation on it by name runs on its owner, found
 from the heartbeats and confirmed by the owner (or by asking everyone).
-Whether a name is new is decided by one branch, the same for every
-branch that asks (L{ClusterOperations._coordinator}), one request at a
-time: a name sent to several branches at once still makes one instance.
-Listings ask every live branch and add what offline branches last
-announced; a branch that did not answer is named in the answer.
+Whether a name is new is decided by one branch, the same for every branch
+that asks (its coordinator), one request at a time: a name sent to several
+branches at once still makes one instance.  Listings ask every live branch
+and add what offline branches last announced; a branch that did not answer
+is named in the answer.
+
+Wiring (once, where the branch is built)::
+
+    bus.register(replication.handlers())
+    bus.register(cluster.handlers())
+    bus.subscribe(replication.peer_seen)
+    store.subscribe(bus.announce_soon)
 """
 
-import hashlib
-import random
+import contextlib
 import uuid
 
 import attrs
 from twisted.internet import defer
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from cyme import logs
-from cyme.cluster.bus import RemoteError
+from cyme.cluster.placement import Placement
+from cyme.cluster.rounds import Rounds
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 
-
-class Rounds:
-    """
-    Concurrent requests for the same listing share one broadcast.
-
-    A request joins the next round, never one already under way, so its
-    answer still reflects every change made before it arrived; under load
-    one broadcast per round trip serves every client waiting meanwhile.
-    """
-
-    def __init__(self, run):
-        self._run = run
-        self._running = set()
-        self._next = {}
-
-    def request(self, key):
-        d = defer.Deferred()
-        if key in self._running:
-            self._next.setdefault(key, []).append(d)
-        else:
-            self._start(key, [d])
-        return d
-
-    def _start(self, key, waiters):
-        self._running.add(key)
-        round_ = defer.ensureDeferred(self._run(key))
-
-        def done(result):
-            self._running.discard(key)
-            following = self._next.pop(key, None)
-            if following:
-                self._start(key, following)
-            for d in waiters:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)
-
-        round_.addBoth(done)
+from .interfaces import IOperations
 
 
+@implementer(IOperations)
 @attrs.define
 class ClusterOperations:
-    local: object  # LocalOperations of this branch
+    #: This branch's own operations (an L{IOperations}).
+    local: object
     bus: object
     store: object
+    #: The L{cyme.cluster.replication.Replication} of this branch's store.
+    #: (TEMP None: tap.py's old wiring, see L{_legacy_wiring}.)
+    replication: object = None
+    #: The L{cyme.tasks.results.TaskService}, asked which queued URLs this
+    #: branch published; None if it queues none.
+    tasks: object = None
+    #: How long a create (or restart) waits for its worker's first pong.
+    #: (TEMP None: the controller's, for tap.py's old wiring.)
+    ready_timeout: float | None = None
     call_timeout: float = 5.0
-    write_timeout: float = 5.0
-    rng: object = random.random
-    log = Logger(observer=logs.observer)
-    _pulling: set = attrs.field(factory=set)
-    _creating: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
+    placement: object = attrs.field(
+        default=attrs.Factory(lambda self: Placement(self.bus, self.store), takes_self=True)
+    )
+    _deciding: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
     _listings: object = attrs.field(init=False, default=None)
+    _legacy_describe: object = attrs.field(init=False, default=None)  # TEMP
 
     def __attrs_post_init__(self):
         self._listings = Rounds(self._list_everywhere)
-        handlers = {
-            "replica.merge": self._merge,
-            "replica.dump": lambda args, sender: self.store.replica(),
+        if self.replication is None:
+            self._legacy_wiring()
+
+    def _legacy_wiring(self):
+        # TEMP (B2): tap.py on this branch still calls
+        # ClusterOperations(local, bus, store) and gives the bus
+        # ``describe=lambda: cluster.describe()``.  Delete this method, the
+        # describe and supervisor properties below, the TEMP defaults of the
+        # fields above and _legacy_describe at merge, once makeService wires
+        # the cluster as the module docstring says.
+        from cyme.cluster.presence import BeatContents
+        from cyme.cluster.replication import Replication
+        from cyme.operations.local import load_figures
+
+        controller = self.local.controller
+        self.replication = Replication(self.store, self.bus, self.call_timeout)
+        self.tasks = self.local.tasks
+        self.ready_timeout = controller.ready_timeout
+        self._legacy_describe = BeatContents(self.store, self.local.url, load_figures)
+        self.bus.register(self.replication.handlers())
+        self.bus.register(self.handlers())
+        self.bus.subscribe(self.replication.peer_seen)
+        self.store.subscribe(self.bus.announce_soon)
+        if controller.supervisor is not None:
+            self.store.subscribe(controller.supervisor.reconcile)
+
+    def describe(self):  # TEMP: see _legacy_wiring
+        return self._legacy_describe()
+
+    @property
+    def supervisor(self):  # TEMP: the /metrics route of this branch; ops.metrics() replaces it
+        return self.local.supervisor
+
+    def handlers(self):
+        """The bus methods other branches call on this one."""
+        return {
             "instances.list": self._list_local,
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
-            "instance.put": self._put_named_remote,
+            "instance.put": self._put_remote,
             "task.get": self._task_local,
             "task.wait": self._task_wait_local,
         }
-        self.bus.handlers.update(handlers)
-        self.bus.peer_listeners.append(self._peer_seen)
-        # Others see our instances change at once, not at the next beat.
-        self.local.controller.listeners.append(self.bus.announce_soon)
 
-    @property
-    def supervisor(self):
-        return self.local.supervisor
+    # The branch and the cluster
 
-    @property
     def branch_id(self):
         return self.bus.branch_id
 
-    # What this branch announces in its heartbeats
+    def metrics(self):
+        return self.local.metrics()
 
-    def describe(self):
-        """This branch's heartbeat: URL, instances, load, replica digest."""
-        return {
-            "url": self.local.url,
-            "instances": [[i.app, i.name] for i in self.store.instances()],
-            "load": self.local.load(),
-            "digest": self.store.digest(),
-        }
+    async def list_branches(self):
+        return self.bus.live_ids()
 
-    # Replication
-
-    async def _merge(self, args, sender):
-        before = self.store.digest()
-        removed = self.store.merge(args.get("replica") or {})
-        if self.store.digest() != before:
-            # Not for what this branch knew already (its own writes come
-            # back to it too): nothing to log or reconcile.
-            self.local.controller._changed(
-                "replica.merge", sender=sender, removed=[i.name for i in removed]
-            )
-        return {"ok": True, "digest": self.store.digest()}
-
-    def _peer_seen(self, peer):
-        if not peer.online or peer.digest is None or peer.digest == self.store.digest():
-            return
-        if peer.id in self._pulling:
-            return
-        self._pulling.add(peer.id)
-        d = defer.ensureDeferred(self._pull(peer.id))
-        d.addErrback(lambda f: self.log.warn(
-            "cannot pull the replica of {peer}: {error}", peer=peer.id,
-            error=f.getErrorMessage()))
-        d.addBoth(lambda _: self._pulling.discard(peer.id))
-
-    async def _pull(self, peer_id):
-        replica = await self.bus.call(peer_id, "replica.dump", {}, self.call_timeout)
-        before = self.store.digest()
-        removed = self.store.merge(replica)
-        if self.store.digest() != before:
-            self.log.info("caught up with {peer}", peer=peer_id)
-            self.local.controller._changed(
-                "replica.pull", peer=peer_id, removed=[i.name for i in removed]
-            )
-            self.bus.announce()
-
-    async def _replicate(self, *keys):
-        """Send the records under C{keys} (or their tombstones) to every branch."""
-        full = self.store.replica()
-        part = {"apps": {}, "queues": {}, "versions": {}}
-        for key in keys:
-            version = full["versions"].get(key)
-            if version is None:
-                continue
-            part["versions"][key] = version
-            kind, _, rest = key.partition("/")
-            if kind == "app" and rest in full["apps"]:
-                part["apps"][rest] = full["apps"][rest]
-            elif kind == "queue":
-                app, _, name = rest.partition("/")
-                record = full["queues"].get(app, {}).get(name)
-                if record is not None:
-                    part["queues"].setdefault(app, {})[name] = record
-        results, errors, missing = await self.bus.broadcast(
-            "replica.merge", {"replica": part}, self.write_timeout
-        )
-        return sorted(set(missing) | set(errors) - {self.branch_id})
+    async def get_branch(self, branch_id):
+        if branch_id == self.bus.branch_id:
+            return await self.local.get_branch(branch_id)
+        peer = self.bus.peer(branch_id)
+        if peer is None:
+            raise NotFound("branch", branch_id)
+        return peer.to_json(self.bus.clock.seconds())
 
     # Apps and queues: read here, written everywhere
 
@@ -190,12 +137,14 @@ class ClusterOperations:
 
     async def put_app(self, name, values):
         record, created, _ = await self.local.put_app(name, values)
-        return record, created, await self._replicate(app_key(name))
+        return record, created, await self.replication.replicate(app_key(name))
 
     async def delete_app(self, name):
         queues = [q.name for q in self.store.queues(check_name(name, "app"))]
         await self.local.delete_app(name)
-        return await self._replicate(app_key(name), *(queue_key(name, q) for q in queues))
+        return await self.replication.replicate(
+            app_key(name), *(queue_key(name, q) for q in queues)
+        )
 
     async def list_queues(self, app):
         return await self.local.list_queues(app)
@@ -205,27 +154,13 @@ class ClusterOperations:
 
     async def put_queue(self, app, name, values):
         record, created, _ = await self.local.put_queue(app, name, values)
-        return record, created, await self._replicate(queue_key(app, name))
+        return record, created, await self.replication.replicate(queue_key(app, name))
 
     async def delete_queue(self, app, name):
         await self.local.delete_queue(app, name)
-        return await self._replicate(queue_key(app, name))
+        return await self.replication.replicate(queue_key(app, name))
 
-    # Branches
-
-    async def list_branches(self):
-        return self.bus.live_ids()
-
-    async def get_branch(self, branch_id):
-        now = self.bus.clock.seconds()
-        if branch_id == self.branch_id:
-            return self.local.branch_info(now)
-        peer = self.bus.peers.get(branch_id)
-        if peer is None:
-            raise NotFound("branch", branch_id)
-        return peer.to_json(now)
-
-    # Instances
+    # Instances: listed everywhere
 
     def _list_local(self, args, sender):
         app = args.get("app")
@@ -243,11 +178,12 @@ class ClusterOperations:
         for listed in results.values():
             names.update(listed)
         # Offline branches' instances are not lost: list what they last said.
-        answered = set(results)
-        for peer in self.bus.peers.values():
-            if peer.id not in answered:
+        for peer in self.bus.known_peers():
+            if peer.id not in results:
                 names.update(n for a, n in peer.instances if a == app)
         return sorted(names), sorted(set(missing) | set(errors))
+
+    # Instances: found on their owner
 
     def _lookup_local(self, args, sender):
         try:
@@ -257,25 +193,21 @@ class ClusterOperations:
         return {"app": instance.app}
 
     async def _owner(self, name):
-        """The id of the branch that owns instance C{name}, and its peer."""
-        check_name(name, "instance")
+        """The id of the branch that owns instance C{name} (or None), and its peer."""
         try:
             self.store.get_instance(name)
-            return self.branch_id, None
+            return self.bus.branch_id, None
         except NotFound:
             pass
-        hinted = [
-            p for p in self.bus.peers.values() if any(n == name for _, n in p.instances)
-        ]
-        for peer in hinted:
-            if not peer.online:
+        for peer in self.bus.known_peers():
+            if not peer.online and any(n == name for _, n in peer.instances):
                 return peer.id, peer
         results, errors, missing = await self.bus.broadcast(
             "instance.lookup", {"name": name}, self.call_timeout
         )
         for branch, found in results.items():
             if found is not None:
-                return branch, self.bus.peers.get(branch)
+                return branch, self.bus.peer(branch)
         if missing:
             raise GatewayTimeout(
                 f"instance {name} not found; branches {', '.join(missing)} did not answer",
@@ -285,17 +217,20 @@ class ClusterOperations:
 
     async def _instance_op(self, args, sender):
         op = args.get("op")
-        method = getattr(self.local, op, None)
-        if op not in _INSTANCE_OPS or method is None:
+        if op not in _INSTANCE_OPS:
             raise NotFound("operation", str(op))
-        return await method(*args.get("args", []), **args.get("kwargs", {}))
+        return await getattr(self.local, op)(*args.get("args", []), **args.get("kwargs", {}))
 
     async def _route(self, op, app, name, *args, **kwargs):
-        owner, peer = await self._owner(name)
+        """Run C{local.<op>(app, name, ...)} on the owner of instance C{name}."""
+        owner, peer = await self._owner(check_name(name, "instance"))
         if owner is None:
             await self.local.get_app(app)
             raise NotFound("instance", name)
-        if owner == self.branch_id:
+        return await self._on_owner(owner, peer, op, app, name, *args, **kwargs)
+
+    async def _on_owner(self, owner, peer, op, app, name, *args, **kwargs):
+        if owner == self.bus.branch_id:
             return await getattr(self.local, op)(app, name, *args, **kwargs)
         if peer is not None and not peer.online:
             if op == "get_instance":
@@ -304,18 +239,17 @@ class ClusterOperations:
                 f"instance {name} is on branch {peer.id}, which is offline",
                 name=name, branch=peer.id,
             )
-        timeout = self.call_timeout + (self.local.controller.ready_timeout
-                                       if op in _WAITING_OPS else 0)
+        timeout = self.call_timeout + (self.ready_timeout if op in _WAITING_OPS else 0)
         return await self.bus.call(
             owner, "instance.op",
             {"op": op, "args": [app, name, *args], "kwargs": kwargs}, timeout,
         )
 
     async def app_of_instance(self, name):
-        owner, peer = await self._owner(name)
+        owner, peer = await self._owner(check_name(name, "instance"))
         if owner is None:
             raise NotFound("instance", name)
-        if owner == self.branch_id:
+        if owner == self.bus.branch_id:
             return await self.local.app_of_instance(name)
         known = [a for a, n in (peer.instances if peer is not None else []) if n == name]
         if known:
@@ -328,96 +262,70 @@ class ClusterOperations:
 
     async def put_instance(self, app, name, values, wait=True, branch=None):
         await self.local.get_app(app)
-        if name is None:
-            # A fresh UUID is nobody's yet: no one else can be creating it.
-            return await self._create(app, str(uuid.uuid4()), values, wait, branch)
-        check_name(name, "instance")
-        coordinator = self._coordinator(name)
-        if coordinator == self.branch_id:
-            return await self._put_named(app, name, values, wait, branch)
-        timeout = 2 * self.call_timeout + self.local.controller.ready_timeout
-        return await self.bus.call(
-            coordinator, "instance.put",
-            {"app": app, "name": name, "values": values, "wait": wait, "branch": branch},
-            timeout,
-        )
+        if name is not None:
+            coordinator = self.placement.coordinator(check_name(name, "instance"))
+            if coordinator != self.bus.branch_id:
+                return await self.bus.call(
+                    coordinator, "instance.put",
+                    {"app": app, "name": name, "values": values, "wait": wait,
+                     "branch": branch},
+                    2 * self.call_timeout + self.ready_timeout,
+                )
+        return await self._decide(app, name, values, wait, branch)
 
-    def _coordinator(self, name):
-        """
-        The live branch that decides where a new instance C{name} goes.
-
-        Every branch picks the same one from the same live set (the highest
-        hash of the name and a branch id), so that creates of one name sent
-        to several branches at once are decided in one place, in turn.
-        """
-        return max(
-            self.bus.live_ids(),
-            key=lambda b: hashlib.sha256(f"{name}\0{b}".encode("utf-8")).digest(),
-        )
-
-    async def _put_named_remote(self, args, sender):
+    async def _put_remote(self, args, sender):
         # The asking branch checked the app in its replica; this one's may
         # not have it yet (or any more).
         await self.local.get_app(args["app"])
-        return await self._put_named(
-            args["app"], args["name"], args.get("values") or {},
+        return await self._decide(
+            args["app"], check_name(args["name"], "instance"), args.get("values") or {},
             args.get("wait", True), args.get("branch"),
         )
 
-    async def _put_named(self, app, name, values, wait, branch):
-        lock = self._creating.setdefault(name, defer.DeferredLock())
-        await lock.acquire()
-        try:
-            owner, _ = await self._owner(name)
-            if owner is None:
-                return await self._create(app, name, values, wait, branch)
-            if branch not in (None, "", owner):
-                raise Conflict(
-                    f"instance {name} already exists on branch {owner}",
-                    name=name, branch=owner,
-                )
-            return await self._route("put_instance", app, name, values, wait=wait)
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._creating.pop(name, None)
-
-    async def _create(self, app, name, values, wait, branch):
-        target = self._place(branch)
-        if target == self.branch_id:
-            result = await self.local.put_instance(app, name, values, wait=wait)
+    async def _decide(self, app, name, values, wait, branch):
+        """
+        Create or change instance C{name} as the branch that decides for
+        it: one request at a time per name, so that of several creates of
+        one name, the first creates and the others change what it made.
+        """
+        fresh = name is None
+        if fresh:
+            # A fresh UUID is nobody's yet: no one else can be creating it.
+            name, lock = str(uuid.uuid4()), contextlib.nullcontext()
         else:
-            # Counted from now on, not once created (its worker may take a
-            # while) nor at the target's next beat: placements made
-            # meanwhile see it.
-            peer = self.bus.peers.get(target)
-            entry = [app, name]
-            counted = peer is not None and entry not in peer.instances
-            if counted:
-                peer.instances.append(entry)
-            timeout = self.call_timeout + self.local.controller.ready_timeout
-            try:
-                result = await self.bus.call(
-                    target, "instance.op",
-                    {"op": "put_instance", "args": [app, name, values],
-                     "kwargs": {"wait": wait}}, timeout,
-                )
-            except Exception:
-                if counted and entry in peer.instances:
-                    peer.instances.remove(entry)
-                raise
-        return result
-
-    def _place(self, branch):
-        live = {p.id: len(p.instances) for p in self.bus.live_peers()}
-        live[self.branch_id] = len(self.store.instances())
-        if branch not in (None, ""):
-            if branch not in live:
-                raise NotFound("branch", branch)
-            return branch
-        fewest = min(live.values())
-        candidates = sorted(b for b, n in live.items() if n == fewest)
-        return candidates[int(self.rng() * len(candidates)) % len(candidates)]
+            lock = self._deciding.setdefault(name, defer.DeferredLock())
+        try:
+            async with lock:
+                owner, peer = (None, None) if fresh else await self._owner(name)
+                if owner is None:
+                    target = self.placement.target(branch)
+                elif branch in (None, "", owner):
+                    target = owner
+                else:
+                    raise Conflict(
+                        f"instance {name} already exists on branch {owner}",
+                        name=name, branch=owner,
+                    )
+                if target == self.bus.branch_id:
+                    return await self.local.put_instance(app, name, values, wait=wait)
+                if owner is not None:
+                    return await self._on_owner(
+                        owner, peer, "put_instance", app, name, values, wait=wait
+                    )
+                release = self.placement.reserve(target, app, name)
+                try:
+                    return await self.bus.call(
+                        target, "instance.op",
+                        {"op": "put_instance", "args": [app, name, values],
+                         "kwargs": {"wait": wait}},
+                        self.call_timeout + self.ready_timeout,
+                    )
+                except Exception:
+                    release()
+                    raise
+        finally:
+            if not fresh and not (lock.locked or lock.waiting):
+                self._deciding.pop(name, None)
 
     async def delete_instance(self, app, name):
         return await self._route("delete_instance", app, name)
@@ -446,22 +354,30 @@ class ClusterOperations:
     async def stats(self, app, name):
         return await self._route("stats", app, name)
 
-
     # Queued URLs: published here, answered by the branch that published
 
-    async def queue_task(self, *args):
-        return await self.local.queue_task(*args)
+    async def queue_task(self, app, queue, method, url, query, body, content_type, timeout):
+        return await self.local.queue_task(
+            app, queue, method, url, query, body, content_type, timeout
+        )
+
+    def _published(self, app, task_id):
+        """This branch's record of task C{task_id} of C{app}, or None."""
+        record = None if self.tasks is None else self.tasks.get(task_id)
+        if record is None or record.fields.get("app") not in (None, app):
+            return None
+        return record
 
     def _task_local(self, args, sender):
-        record = self.local.task_record(args["app"], args["uuid"])
+        record = self._published(args["app"], args["uuid"])
         return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
         return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
 
     async def _task_owner(self, app, task_id):
-        if self.local.task_record(app, task_id) is not None:
-            return self.branch_id
+        if self._published(app, task_id) is not None:
+            return self.bus.branch_id
         results, errors, missing = await self.bus.broadcast(
             "task.get", {"app": app, "uuid": task_id}, self.call_timeout
         )
@@ -473,7 +389,7 @@ class ClusterOperations:
     async def task(self, app, task_id):
         await self.local.get_app(app)
         owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.branch_id:
+        if owner is None or owner == self.bus.branch_id:
             return await self.local.task(app, task_id)
         return await self.bus.call(
             owner, "instance.op", {"op": "task", "args": [app, task_id]}, self.call_timeout
@@ -482,7 +398,7 @@ class ClusterOperations:
     async def wait_task(self, app, task_id, timeout):
         await self.local.get_app(app)
         owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.branch_id:
+        if owner is None or owner == self.bus.branch_id:
             return await self.local.wait_task(app, task_id, timeout)
         return await self.bus.call(
             owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
@@ -504,4 +420,4 @@ def _offline(app, name, peer):
             "last_heartbeat": peer.last_seen}
 
 
-__all__ = ["ClusterOperations", "RemoteError"]
+__all__ = ["ClusterOperations"]

@@ -16,6 +16,7 @@ import attrs
 from zope.interface import Interface, implementer
 
 from cyme.errors import NotFound, StartupError
+from cyme.listeners import Listeners  # TEMP for B2
 from cyme.state.models import App, Instance, Queue
 
 SCHEMA_VERSION = 1
@@ -144,9 +145,15 @@ class MemoryStore:
 
     def __init__(self, state=None):
         self._state = state if state is not None else _State()
+        self._subscribers = Listeners("store change")  # TEMP for B2
+
+    def subscribe(self, listener):  # TEMP for B2: helper B1 writes the real one
+        """Call C{listener()} after every change."""
+        self._subscribers.add(listener)
 
     def _commit(self, state):
         self._state = state
+        self._subscribers.notify()  # TEMP for B2
 
     def _change(self, **changes):
         self._commit(attrs.evolve(self._state, **changes))

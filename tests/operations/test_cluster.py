@@ -3,15 +3,23 @@ apps and queues, placement and routing of instances, partial answers,
 offline branches, and catching up after a partition.
 """
 
+import traceback
+
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cyme.cluster.bus import Bus, IBusTransport, MemoryBusNetwork
+from cyme.cluster.bus import Bus, IBusTransport
+from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.presence import BeatContents
+from cyme.cluster.replication import Replication
+from cyme.operations import cluster as cluster_module
 from cyme.operations.cluster import ClusterOperations
 from cyme.operations.controller import Controller
+from cyme.operations.interfaces import IOperations
 from cyme.state.models import App, Queue
-from cyme.operations.local import LocalOperations
+from cyme.operations.local import LocalOperations, load_figures
 from cyme.state.store import MemoryStore
 from cyme.api.testing import APIClient
 from cyme.api.routes import BranchAPI
@@ -20,16 +28,25 @@ IDS = ("b1", "b2", "b3")
 
 
 class Branch:
-    def __init__(self, branch_id, network, clock):
+    def __init__(self, branch_id, network, clock, local_class=LocalOperations):
         self.id = branch_id
         self.store = MemoryStore()
         self.controller = Controller(self.store, branch_id=branch_id)
-        self.local = LocalOperations(self.controller, url=f"http://{branch_id}:8000/")
+        self.local = local_class(self.controller, url=f"http://{branch_id}:8000/")
+        # As makeService wires a branch.
         self.bus = Bus(
             network.transport(branch_id), branch_id, clock,
-            describe=lambda: self.cluster.describe(), beat_interval=2.0,
+            BeatContents(self.store, self.local.url, load_figures), beat_interval=2.0,
         )
-        self.cluster = ClusterOperations(self.local, self.bus, self.store)
+        self.replication = Replication(self.store, self.bus)
+        self.cluster = ClusterOperations(
+            self.local, self.bus, self.store, self.replication,
+            ready_timeout=self.controller.ready_timeout,
+        )
+        self.bus.register(self.replication.handlers())
+        self.bus.register(self.cluster.handlers())
+        self.bus.subscribe(self.replication.peer_seen)
+        self.store.subscribe(self.bus.announce_soon)
         self.client = APIClient(BranchAPI(self.cluster).resource())
 
 
@@ -74,6 +91,11 @@ class ClusterTestCase(SynchronousTestCase):
 class PresenceTests(ClusterTestCase):
     def test_memory_transport_implements_the_interface(self):
         self.assertTrue(verifyObject(IBusTransport, self.network.transports["b1"]))
+
+    def test_cluster_operations_implement_the_interface(self):
+        cluster = self.branches["b2"].cluster
+        self.assertTrue(verifyObject(IOperations, cluster))
+        self.assertEqual(cluster.branch_id(), "b2")
 
     def test_every_branch_sees_every_branch(self):
         for branch in IDS:
@@ -155,6 +177,18 @@ class ReplicationTests(ClusterTestCase):
         self.wait(3)
         self.assertEqual(self.branches["b3"].store.apps(), [])
         self.assertEqual(self.branches["b3"].store.instances(), [])
+
+    def test_a_merge_that_changed_the_state_is_logged_and_is_a_store_event(self):
+        events, changes = [], []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.branches["b2"].store.subscribe(lambda *event: changes.append(event))
+        self.request("b1", "PUT", "/foo/")
+        merges = [formatEvent(e) for e in events
+                  if e.get("log_namespace", "").startswith("cyme.cluster.replication")]
+        self.assertEqual(len(changes), 1)
+        # b2 and b3 log it; b1, whose write it is, does not.
+        self.assertEqual(merges, ["replica.merge sender=b1 removed=[]"] * 2)
 
     def test_concurrent_writes_resolve_the_same_everywhere(self):
         a, b = self.branches["b1"].store, self.branches["b2"].store
@@ -308,17 +342,15 @@ class ProtocolTests(ClusterTestCase):
         self.assertIn("unknown bus method", failure.value.message)
 
     def test_unknown_version_gets_an_error_reply_and_no_crash(self):
-        replies = []
-        b2 = self.branches["b2"].bus
-        original = b2._collect
         self.network.transports["b1"].send(
             "b2", {"v": 99, "type": "request", "from": "b1", "ticket": "t", "method": "x"}
         )
+        self.network.sent.clear()
         self.settle()
-        self.assertIsNotNone(original)
+        # b2 answered with an error (b1 waits for no ticket "t": dropped).
+        self.assertIn(("b2", "reply", None), self.network.sent)
         # b2 is still fine.
         self.assertEqual(self.request("b2", "GET", "/branches/").json, list(IDS))
-        self.assertEqual(replies, [])
 
     def test_garbage_is_ignored(self):
         self.network.transports["b2"].receive(b'"not an envelope"')
@@ -353,3 +385,34 @@ class InstanceByNameClusterTests(ClusterTestCase):
         self.assertEqual(self.request("b2", "DELETE", "/instances/w1/").code, 200)
         self.assertEqual(self.branches["b3"].store.instances(), [])
         self.assertEqual(self.request("b1", "DELETE", "/instances/w1/").code, 404)
+
+
+class StackRecordingLocal(LocalOperations):
+    """Local operations that note which functions of the cluster led to a create."""
+
+    async def put_instance(self, app, name, values, wait=True, branch=None):
+        self.chains.append([
+            frame.name for frame in traceback.extract_stack()
+            if frame.filename == cluster_module.__file__
+        ])
+        return await super().put_instance(app, name, values, wait=wait, branch=branch)
+
+
+class SingleBranchTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.branch = Branch("b1", MemoryBusNetwork(self.clock), self.clock,
+                             local_class=StackRecordingLocal)
+        self.branch.local.chains = []
+        self.branch.bus.startService()
+        self.addCleanup(self.branch.bus.stopService)
+        self.clock.advance(0)
+
+    def test_a_create_reaches_the_local_operations_in_two_functions(self):
+        client = self.branch.client
+        self.assertEqual(self.successResultOf(client.request("PUT", "/foo/")).code, 201)
+        for path in ("/foo/instances/w1/", "/foo/instances/"):
+            response = self.successResultOf(client.request("PUT", path))
+            self.assertEqual(response.code, 201)
+            self.assertEqual(response.json["branch"], "b1")
+        self.assertEqual(self.branch.local.chains, [["put_instance", "_decide"]] * 2)

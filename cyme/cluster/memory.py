@@ -1,0 +1,88 @@
+"""The bus in one process: several branches' transports on a memory network.
+
+A fake shipped with the package, for tests of the cluster (and of anything
+above it) without a broker: L{MemoryBusTransport} implements
+L{cyme.cluster.bus.IBusTransport} as the AMQP one does, and the
+L{MemoryBusNetwork} it sits on can cut a branch off and heal it.
+"""
+
+from twisted.internet import defer
+from zope.interface import implementer
+
+from .bus import IBusTransport, decode, encode
+
+
+class MemoryBusNetwork:
+    """
+    Several branches' bus transports in one process.
+
+    Delivery goes through the clock (C{callLater(0)}), as the network
+    would, never re-entrantly; C{partition(id)} cuts a branch off.
+    C{sent} records C{(sender, type, method)} of every envelope sent.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.transports = {}
+        self.cut = set()
+        self.sent = []
+
+    def transport(self, branch_id):
+        """A new transport for branch C{branch_id} on this network."""
+        t = MemoryBusTransport(self, branch_id)
+        self.transports[branch_id] = t
+        return t
+
+    def partition(self, branch_id):
+        self.cut.add(branch_id)
+
+    def heal(self, branch_id):
+        self.cut.discard(branch_id)
+
+    def deliver(self, sender, targets, envelope):
+        """Carry C{envelope} from C{sender} to the branches C{targets}."""
+        self.sent.append((sender, envelope.get("type"), envelope.get("method")))
+        if sender in self.cut:
+            return
+        # Encoded as on the wire: what cannot cross it fails here too.
+        body = encode(envelope)
+        for target in targets:
+            if target in self.cut:
+                continue
+            t = self.transports.get(target)
+            if t is not None and t.running:
+                self.clock.callLater(0, t.receive, body)
+
+
+@implementer(IBusTransport)
+class MemoryBusTransport:
+    """One branch's end of a L{MemoryBusNetwork}."""
+
+    def __init__(self, network, branch_id):
+        self.network = network
+        self.branch_id = branch_id
+        self.connected = False
+        self.running = False
+        self._deliver = None
+
+    def start(self, deliver, connection_changed):
+        self._deliver = deliver
+        self.running = True
+        self.connected = True
+        self.network.clock.callLater(0, connection_changed, True)
+
+    def receive(self, body):
+        """An envelope's bytes arrived."""
+        if self.running:
+            self._deliver(decode(body))
+
+    def broadcast(self, envelope):
+        self.network.deliver(self.branch_id, list(self.network.transports), envelope)
+
+    def send(self, branch_id, envelope):
+        self.network.deliver(self.branch_id, [branch_id], envelope)
+
+    def stop(self):
+        self.running = False
+        self.connected = False
+        return defer.succeed(None)

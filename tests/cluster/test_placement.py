@@ -1,0 +1,66 @@
+"""Placement: the least loaded branch, the coordinator of a name, and the
+count of a create in flight."""
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from cyme.cluster.bus import Bus
+from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.placement import Placement, coordinator, least_loaded
+from cyme.errors import NotFound
+from cyme.state.models import Instance
+from cyme.state.store import MemoryStore
+
+
+class FunctionTests(SynchronousTestCase):
+    def test_every_branch_picks_the_same_coordinator(self):
+        ids = ["b1", "b2", "b3", "b4"]
+        for name in ("w1", "w2", "w3", "web-7"):
+            chosen = coordinator(name, ids)
+            self.assertIn(chosen, ids)
+            self.assertEqual(coordinator(name, list(reversed(ids))), chosen)
+        # Spread over the branches, not always the same one.
+        self.assertGreater(len({coordinator(f"w{i}", ids) for i in range(40)}), 1)
+
+    def test_least_loaded_breaks_ties_at_random(self):
+        loads = {"b1": 2, "b2": 1, "b3": 1}
+        self.assertEqual(least_loaded(loads, lambda: 0.0), "b2")
+        self.assertEqual(least_loaded(loads, lambda: 0.99), "b3")
+        self.assertEqual(least_loaded({"b1": 0}, lambda: 0.5), "b1")
+
+
+class PlacementTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        network = MemoryBusNetwork(self.clock)
+        self.store = MemoryStore()
+        self.bus = Bus(network.transport("b1"), "b1", self.clock, self.beat)
+        other = Bus(network.transport("b2"), "b2", self.clock, self.beat)
+        for bus in (self.bus, other):
+            bus.startService()
+            self.addCleanup(bus.stopService)
+        self.clock.advance(2.0)
+        self.clock.advance(0)
+        self.placement = Placement(self.bus, self.store, rng=lambda: 0.0)
+
+    def beat(self):
+        return {"url": None, "instances": [], "load": {}, "digest": None}
+
+    def test_target_is_the_least_loaded_live_branch(self):
+        self.assertEqual(self.placement.target(), "b1")
+        self.store.put_instance(Instance("w1", "foo"))
+        self.assertEqual(self.placement.target(), "b2")
+
+    def test_named_branch_must_be_live(self):
+        self.assertEqual(self.placement.target("b2"), "b2")
+        self.assertRaises(NotFound, self.placement.target, "b9")
+
+    def test_a_create_in_flight_counts_until_released(self):
+        release = self.placement.reserve("b2", "foo", "w1")
+        self.assertEqual(self.bus.peer("b2").instances, [["foo", "w1"]])
+        self.assertEqual(self.placement.target(), "b1")
+        release()
+        release()
+        self.assertEqual(self.bus.peer("b2").instances, [])
+        # Unknown branches have nothing to count.
+        self.placement.reserve("b9", "foo", "w1")()
