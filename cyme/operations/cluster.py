@@ -101,7 +101,7 @@ class ClusterOperations:
         self.bus.handlers.update(handlers)
         self.bus.peer_listeners.append(self._peer_seen)
         # Others see our instances change at once, not at the next beat.
-        self.local.controller.listeners.append(self.bus.announce_soon)
+        self.store.subscribe(lambda change: self.bus.announce_soon())
 
     @property
     def supervisor(self):
@@ -110,6 +110,12 @@ class ClusterOperations:
     @property
     def branch_id(self):
         return self.bus.branch_id
+
+    def metrics(self):
+        return self.local.metrics()
+
+    async def local_instances(self):
+        return await self.local.local_instances()
 
     # What this branch announces in its heartbeats
 
@@ -130,9 +136,8 @@ class ClusterOperations:
         if self.store.digest() != before:
             # Not for what this branch knew already (its own writes come
             # back to it too): nothing to log or reconcile.
-            self.local.controller._changed(
-                "replica.merge", sender=sender, removed=[i.name for i in removed]
-            )
+            self.log.info("replica.merge sender={sender} removed={removed}",
+                          sender=sender, removed=[i.name for i in removed])
         return {"ok": True, "digest": self.store.digest()}
 
     def _peer_seen(self, peer):
@@ -153,9 +158,8 @@ class ClusterOperations:
         removed = self.store.merge(replica)
         if self.store.digest() != before:
             self.log.info("caught up with {peer}", peer=peer_id)
-            self.local.controller._changed(
-                "replica.pull", peer=peer_id, removed=[i.name for i in removed]
-            )
+            self.log.info("replica.pull peer={peer} removed={removed}",
+                          peer=peer_id, removed=[i.name for i in removed])
             self.bus.announce()
 
     async def _replicate(self, *keys):
@@ -304,7 +308,7 @@ class ClusterOperations:
                 f"instance {name} is on branch {peer.id}, which is offline",
                 name=name, branch=peer.id,
             )
-        timeout = self.call_timeout + (self.local.controller.ready_timeout
+        timeout = self.call_timeout + (self.local.ready_timeout
                                        if op in _WAITING_OPS else 0)
         return await self.bus.call(
             owner, "instance.op",
@@ -335,7 +339,7 @@ class ClusterOperations:
         coordinator = self._coordinator(name)
         if coordinator == self.branch_id:
             return await self._put_named(app, name, values, wait, branch)
-        timeout = 2 * self.call_timeout + self.local.controller.ready_timeout
+        timeout = 2 * self.call_timeout + self.local.ready_timeout
         return await self.bus.call(
             coordinator, "instance.put",
             {"app": app, "name": name, "values": values, "wait": wait, "branch": branch},
@@ -395,7 +399,7 @@ class ClusterOperations:
             counted = peer is not None and entry not in peer.instances
             if counted:
                 peer.instances.append(entry)
-            timeout = self.call_timeout + self.local.controller.ready_timeout
+            timeout = self.call_timeout + self.local.ready_timeout
             try:
                 result = await self.bus.call(
                     target, "instance.op",

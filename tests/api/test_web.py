@@ -13,7 +13,6 @@ from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cyme.operations.controller import Controller
 from cyme.api.http import MAX_BODY, LimitedRequest, make_site
 from cyme.state.models import App, Broker, Instance, Queue
 from cyme.state.store import IStore, MemoryStore
@@ -29,7 +28,7 @@ JSON = {"Content-Type": ["application/json"]}
 class APITestCase(SynchronousTestCase):
     def setUp(self):
         self.store = MemoryStore()
-        self.client, self.controller = api_client(self.store)
+        self.client, self.ops = api_client(self.store)
 
     def call(self, method, path, **kwargs):
         """Send a request; every answer must be JSON."""
@@ -911,6 +910,9 @@ class BrokenStore:
         self.calls.append(method)
         raise RuntimeError("secret internal detail /var/lib/cyme")
 
+    def subscribe(self, listener):
+        pass  # it never changes
+
     def apps(self):
         self._fail("apps")
 
@@ -964,7 +966,7 @@ class UnexpectedErrorTests(APITestCase):
     def setUp(self):
         self.store = BrokenStore()
         self.assertTrue(verifyObject(IStore, self.store))
-        self.client, self.controller = api_client(self.store)
+        self.client, self.ops = api_client(self.store)
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -1045,7 +1047,7 @@ class TooLargeTests(SynchronousTestCase):
 
     def setUp(self):
         self.store = MemoryStore()
-        self.api = BranchAPI(LocalOperations(Controller(self.store)))
+        self.api = BranchAPI(LocalOperations(self.store))
 
     def send(self, length, chunks, path=b"/foo/"):
         channel = DummyChannel()
@@ -1117,14 +1119,14 @@ class InstanceByNameTests(SynchronousTestCase):
     def test_get_and_delete_without_the_app(self):
         from cyme.api.testing import api_client
 
-        client, controller = api_client()
+        client, ops = api_client()
         self.successResultOf(client.request("PUT", "/foo/"))
         self.successResultOf(client.request("PUT", "/foo/instances/w1/"))
         shown = self.successResultOf(client.request("GET", "/instances/w1/"))
         self.assertEqual((shown.code, shown.json["app"]), (200, "foo"))
         deleted = self.successResultOf(client.request("DELETE", "/instances/w1/"))
         self.assertEqual(deleted.code, 200)
-        self.assertEqual(controller.store.instances(), [])
+        self.assertEqual(ops.store.instances(), [])
         missing = self.successResultOf(client.request("DELETE", "/instances/w1"))
         self.assertEqual(missing.code, 404)
 
@@ -1133,7 +1135,7 @@ class AdminPageTests(SynchronousTestCase):
     def test_admin_page_shows_apps_and_instances_escaped(self):
         from cyme.api.testing import api_client
 
-        client, controller = api_client()
+        client, ops = api_client()
         self.successResultOf(client.request("PUT", "/foo/", data={"hostname": "w1"}))
         self.successResultOf(client.request("PUT", "/foo/queues/tasks/"))
         self.successResultOf(client.request(

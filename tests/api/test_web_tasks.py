@@ -3,7 +3,6 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cyme.operations.controller import Controller
 from cyme.tasks.journal import ResultJournal
 from cyme.operations.local import LocalOperations
 from cyme.tasks.results import BrokerUnreachable, PublishFailed, check_url
@@ -42,8 +41,7 @@ class QueueRouteTests(SynchronousTestCase):
         self.journal = ResultJournal(path, self.clock)
         self.addCleanup(self.journal.close)
         self.tasks = FakeTasks(self.journal)
-        controller = Controller(MemoryStore())
-        ops = LocalOperations(controller, tasks=self.tasks, clock=self.clock)
+        ops = LocalOperations(MemoryStore(), tasks=self.tasks, clock=self.clock)
         self.client = APIClient(BranchAPI(ops).resource())
         self.call("PUT", "/foo/", data={"allowed_hosts": "m,127.0.0.1"})
         self.call("PUT", "/foo/queues/tasks/")

@@ -9,7 +9,6 @@ from zope.interface.verify import verifyObject
 
 from cyme.cluster.bus import Bus, IBusTransport, MemoryBusNetwork
 from cyme.operations.cluster import ClusterOperations
-from cyme.operations.controller import Controller
 from cyme.state.models import App, Queue
 from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
@@ -23,8 +22,9 @@ class Branch:
     def __init__(self, branch_id, network, clock):
         self.id = branch_id
         self.store = MemoryStore()
-        self.controller = Controller(self.store, branch_id=branch_id)
-        self.local = LocalOperations(self.controller, url=f"http://{branch_id}:8000/")
+        self.local = LocalOperations(
+            self.store, branch_id=branch_id, url=f"http://{branch_id}:8000/"
+        )
         self.bus = Bus(
             network.transport(branch_id), branch_id, clock,
             describe=lambda: self.cluster.describe(), beat_interval=2.0,
