@@ -25,10 +25,12 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from cyme import logs
 from cyme.cluster.bus import RemoteError
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
+from cyme.operations.interfaces import IOperations
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 
@@ -73,6 +75,7 @@ class Rounds:
         round_.addBoth(done)
 
 
+@implementer(IOperations)
 @attrs.define
 class ClusterOperations:
     local: object  # LocalOperations of this branch

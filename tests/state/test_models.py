@@ -13,9 +13,10 @@ from cyme.state.models import (
     Instance,
     Queue,
     check_name,
+    check_seconds,
 )
 
-#: The broker the seed shows for an app created without broker parameters.
+#: The broker the original Cyme shows for an app created without broker parameters.
 SEED_BROKER = {
     "password": "guest",
     "hostname": "127.0.0.1",
@@ -100,6 +101,35 @@ class NameTests(BadRequestAssertions, SynchronousTestCase):
 
     def test_reserved_words_are_case_sensitive(self):
         self.assertEqual(App(name="Ping").name, "Ping")
+
+
+class SecondsTests(BadRequestAssertions, SynchronousTestCase):
+    """L{check_seconds}: the one parser of durations."""
+
+    def test_numbers_and_their_text(self):
+        for value, seconds in [(5, 5.0), (2.5, 2.5), ("10", 10.0), (" 0.25 ", 0.25),
+                               ("1e2", 100.0), (3600, 3600.0)]:
+            self.assertEqual(check_seconds(value, "t", 3600), seconds, value)
+            self.assertIsInstance(check_seconds(value, "t"), float)
+
+    def test_not_a_duration(self):
+        for value in ["", "x", "nan", "inf", "-inf", float("nan"), float("inf"), None,
+                      True, False, [], {}, b"5", -1, "-0.5", 0, "0"]:
+            error = self.assertBadRequest("t", check_seconds, value, "t")
+            self.assertEqual(error.message, "t must be a positive number of seconds")
+
+    def test_upper_bound(self):
+        error = self.assertBadRequest("timeout", check_seconds, "300.5", "timeout", 300)
+        self.assertEqual(error.message, "timeout must be a number of seconds in (0, 300]")
+        self.assertEqual(check_seconds("300", "timeout", 300), 300.0)
+
+    def test_zero_allowed(self):
+        self.assertEqual(check_seconds("0", "--kill-timeout", zero=True), 0.0)
+        error = self.assertBadRequest("--kill-timeout", check_seconds, "-1",
+                                      "--kill-timeout", zero=True)
+        self.assertEqual(error.message, "--kill-timeout must be a number of seconds")
+        error = self.assertBadRequest("w", check_seconds, 11, "w", 10, zero=True)
+        self.assertEqual(error.message, "w must be a number of seconds in [0, 10]")
 
 
 class BrokerTests(BadRequestAssertions, SynchronousTestCase):
