@@ -44,8 +44,8 @@ class OptionsTestsMixin:
 
 
 class ParseTests(OptionsTestsMixin, SynchronousTestCase):
-    def test_seed_order(self):
-        """The seed's order: the address first, options after it."""
+    def test_original_order(self):
+        """The original Cyme's order: the address first, options after it."""
         root = self.root_path()
         options = self.parse([":8001", "-i", "branch1", "-D", root])
         self.assertEqual(options["address"], ":8001")

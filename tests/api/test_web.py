@@ -23,7 +23,7 @@ from cyme.api.testing import APIClient
 from cyme.operations.interfaces import IOperations
 from cyme.operations.local import LocalOperations
 from tests.api import against_every_ops
-from tests.state.test_models import SEED_BROKER
+from tests.state.test_models import ORIGINAL_BROKER
 
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}
 JSON = {"Content-Type": ["application/json"]}
@@ -88,13 +88,13 @@ class APITestCase:
 
 
 class WalkthroughTestsMixin(APITestCase):
-    """The seed's walkthrough, in its order."""
+    """The original Cyme's walkthrough, in its order."""
 
     def test_walkthrough(self):
         # Create a new application named foo.
         app = self.assertAnswer(self.call("POST", "/foo/"), 201)
         self.assertEqual(app["name"], "foo")
-        self.assertEqual(app["broker"], SEED_BROKER)
+        self.assertEqual(app["broker"], ORIGINAL_BROKER)
 
         # Edit the broker connection details with a POST, as curl -d does.
         bar = self.assertAnswer(
@@ -120,7 +120,7 @@ class WalkthroughTestsMixin(APITestCase):
                 "is_enabled": True,
                 "name": name,
                 "queues": [],
-                "broker": SEED_BROKER,
+                "broker": ORIGINAL_BROKER,
                 "max_concurrency": 1,
                 "min_concurrency": 1,
             },
@@ -201,7 +201,7 @@ class AppTestsMixin(APITestCase):
         self.call("PUT", "/foo/?hostname=w1&userid=me")
         updated = self.assertAnswer(self.call("PUT", "/foo/?hostname=w2"), 200)
         # A broker named anew starts from the defaults.
-        self.assertEqual(updated["broker"], {**SEED_BROKER, "hostname": "w2"})
+        self.assertEqual(updated["broker"], {**ORIGINAL_BROKER, "hostname": "w2"})
 
     def test_broker_fields(self):
         app = self.assertAnswer(
@@ -230,9 +230,9 @@ class AppTestsMixin(APITestCase):
         )
 
     def test_without_hostname_broker_fields_are_ignored(self):
-        # As the seed says: no hostname, the default broker.
+        # As the original Cyme says: no hostname, the default broker.
         app = self.assertAnswer(self.call("PUT", "/foo/?userid=me&port=1234"), 201)
-        self.assertEqual(app["broker"], SEED_BROKER)
+        self.assertEqual(app["broker"], ORIGINAL_BROKER)
 
     def test_default_broker_is_the_branchs(self):
         client, _ = self.client_of(MemoryStore(), default_broker=Broker(hostname="rabbit"))
@@ -276,7 +276,7 @@ class InstanceTestsMixin(APITestCase):
     def test_named(self):
         created = self.assertAnswer(self.call("PUT", "/foo/instances/w1/"), 201)
         self.assertEqual(created["name"], "w1")
-        self.assertEqual(created["broker"], SEED_BROKER)
+        self.assertEqual(created["broker"], ORIGINAL_BROKER)
         self.assertEqual(self.assertAnswer(self.call("GET", "/foo/instances/w1/"), 200), created)
         self.assertEqual(self.store.get_instance("w1"), Instance(name="w1", app="foo"))
 
@@ -322,7 +322,7 @@ class InstanceTestsMixin(APITestCase):
         created = self.assertAnswer(
             self.call("PUT", "/foo/instances/w1/?hostname=w9&vhost=prod"), 201
         )
-        self.assertEqual(created["broker"], {**SEED_BROKER, "hostname": "w9",
+        self.assertEqual(created["broker"], {**ORIGINAL_BROKER, "hostname": "w9",
                                              "virtual_host": "prod"})
         self.assertEqual(self.store.get_instance("w1").broker,
                          Broker(hostname="w9", virtual_host="prod"))
@@ -583,7 +583,7 @@ class RequestFormTestsMixin(APITestCase):
         app = self.assertAnswer(
             self.call("PUT", "/foo/", json={"hostname": "w1", "port": 5673, "vhost": "v"}), 201
         )
-        self.assertEqual(app["broker"], {**SEED_BROKER, "hostname": "w1", "port": 5673,
+        self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5673,
                                          "virtual_host": "v"})
         self.call("PUT", "/foo/queues/q/", json={"options": {"x-max-priority": 10}})
         self.assertEqual(self.store.get_queue("foo", "q").options, {"x-max-priority": 10})

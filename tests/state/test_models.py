@@ -17,7 +17,7 @@ from cyme.state.models import (
 )
 
 #: The broker the original Cyme shows for an app created without broker parameters.
-SEED_BROKER = {
+ORIGINAL_BROKER = {
     "password": "guest",
     "hostname": "127.0.0.1",
     "userid": "guest",
@@ -133,8 +133,8 @@ class SecondsTests(BadRequestAssertions, SynchronousTestCase):
 
 
 class BrokerTests(BadRequestAssertions, SynchronousTestCase):
-    def test_defaults_are_the_seeds(self):
-        self.assertEqual(Broker().to_json(), SEED_BROKER)
+    def test_defaults_are_the_original_cymes(self):
+        self.assertEqual(Broker().to_json(), ORIGINAL_BROKER)
 
     def test_round_trip(self):
         broker = Broker(
@@ -259,10 +259,10 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
 
 
 class AppTests(BadRequestAssertions, SynchronousTestCase):
-    def test_seed_shape(self):
+    def test_original_shape(self):
         data = App(name="foo").to_json()
         self.assertEqual(data["name"], "foo")
-        self.assertEqual(data["broker"], SEED_BROKER)
+        self.assertEqual(data["broker"], ORIGINAL_BROKER)
 
     def test_round_trip(self):
         app = App(
@@ -365,7 +365,7 @@ class InstanceTests(BadRequestAssertions, SynchronousTestCase):
         self.assertIsNone(instance.broker)
         self.assertEqual(instance.pool, "prefork")
 
-    def test_seed_fields(self):
+    def test_original_fields(self):
         data = Instance(name="w1", app="foo").to_json()
         self.assertEqual(
             {k: data[k] for k in ["name", "queues", "max_concurrency", "min_concurrency",
