@@ -168,9 +168,10 @@ class BranchAPI:
     async def list_instances(self, request, app):
         return self._listing(request, await self.ops.list_instances(app))
 
-    # PUT /<app>/instances/ creates an anonymous instance, and so does the
-    # original Cyme's no-wait form /<app>/instances/!/; /!/<name> creates
-    # <name> without waiting for its worker.
+    # One handler for every create: PUT /<app>/instances/ makes an anonymous
+    # instance, /<app>/instances/<name>/ a named one; the original Cyme's
+    # no-wait forms, /<app>/instances/!/ and /<app>/instances/!/<name>/,
+    # answer 202 without waiting for the worker.
     @route("/<app>/instances", CREATE, endpoint="add_anonymous_instance",
            defaults={"name": None})
     @route("/<app>/instances/!/<name>", CREATE, endpoint="put_instance_nowait",

@@ -294,6 +294,21 @@ class InstanceTestsMixin(APITestCase):
         self.assertEqual(len(names), 3)
         self.assertEqual(sorted(names), [i.name for i in self.store.instances("foo")])
 
+    def test_no_wait_forms_answer_202(self):
+        # Without a supervisor nothing is waited for; the status says which
+        # form was asked all the same.
+        named = self.assertAnswer(self.call("PUT", "/foo/instances/!/w2/?max_concurrency=2"), 202)
+        self.assertEqual((named["name"], named["max_concurrency"]), ("w2", 2))
+        anonymous = self.assertAnswer(self.call("POST", "/foo/instances/!/"), 202)
+        singular = self.assertAnswer(self.call("PUT", "/foo/instance/!/w3"), 202)
+        self.assertEqual(singular["name"], "w3")
+        self.assertEqual(
+            sorted(i.name for i in self.store.instances("foo")),
+            sorted(["w2", "w3", anonymous["name"]]),
+        )
+        self.assertAnswer(self.call("PUT", "/foo/instances/!/w2/?max_concurrency=3"), 202)
+        self.assertEqual(self.store.get_instance("w2").max_concurrency, 3)
+
     def test_anonymous_with_fields(self):
         created = self.assertAnswer(
             self.call("PUT", "/foo/instances/", json={"max_concurrency": 4, "queues": ["tasks"]}),
