@@ -3,7 +3,7 @@
 The routes of L{cyme.api} call this interface and only this interface; the
 local implementation performs an operation on this branch, the cluster one
 runs it on the branch that owns the record.  Every method is a coroutine
-(or returns a Deferred); values in are the request's parameters (a dict
+(or returns a Deferred) unless it says it is a plain method; values in are the request's parameters (a dict
 of strings or JSON values), values out are JSON-ready.  Writes to
 replicated records and listings also return C{missing}: the ids of the
 branches that did not answer (the answer is partial).  Errors are

@@ -86,7 +86,7 @@ class LocalOperations:
 
     log = Logger(observer=logs.observer)
 
-    def _done(self, what, **fields):
+    def _log_change(self, what, **fields):
         """The info line every change of the desired state writes."""
         self.log.info(
             "{what} {fields}", what=what,
@@ -172,14 +172,14 @@ class LocalOperations:
         else:
             app = attrs.evolve(existing, **changes)
         created = self.store.put_app(app, self._next_version(app_key(name)))
-        self._done("app.put", app=name, created=created)
+        self._log_change("app.put", app=name, created=created)
         return app.to_json(), created, []
 
     async def delete_app(self, name):
         removed = self.store.delete_app(
             check_name(name, "app"), self._next_version(app_key(name))
         )
-        self._done("app.delete", app=name, instances=[i.name for i in removed])
+        self._log_change("app.delete", app=name, instances=[i.name for i in removed])
         return []
 
     # Queue declarations
@@ -196,7 +196,7 @@ class LocalOperations:
         self._app(app)
         queue = params.queue(check_name(name, "queue"), values)
         created = self.store.put_queue(app, queue, self._next_version(queue_key(app, name)))
-        self._done("queue.put", app=app, queue=name, created=created)
+        self._log_change("queue.put", app=app, queue=name, created=created)
         return queue.to_json(), created, []
 
     async def delete_queue(self, app, name):
@@ -205,7 +205,7 @@ class LocalOperations:
         self.store.delete_queue(
             app, check_name(name, "queue"), self._next_version(queue_key(app, name))
         )
-        self._done("queue.delete", app=app, queue=name)
+        self._log_change("queue.delete", app=app, queue=name)
         return []
 
     # Instances
@@ -245,7 +245,7 @@ class LocalOperations:
         for queue in instance.queues:
             self.store.get_queue(app, queue)
         created = self.store.put_instance(instance)
-        self._done("instance.put", app=app, instance=name, created=created)
+        self._log_change("instance.put", app=app, instance=name, created=created)
         if wait and instance.is_enabled:
             await self._wait_ready(name)
         return self.describe(instance, record), created
@@ -257,7 +257,7 @@ class LocalOperations:
     async def delete_instance(self, app, name):
         self._instance(app, name)
         self.store.delete_instance(name)
-        self._done("instance.delete", app=app, instance=name)
+        self._log_change("instance.delete", app=app, instance=name)
 
     async def add_consumer(self, app, name, queue):
         _, instance = self._instance(app, name)
@@ -265,7 +265,7 @@ class LocalOperations:
         if queue in instance.queues:
             return False
         self.store.put_instance(attrs.evolve(instance, queues=instance.queues + (queue,)))
-        self._done("instance.consume", app=app, instance=name, queue=queue)
+        self._log_change("instance.consume", app=app, instance=name, queue=queue)
         return True
 
     async def cancel_consumer(self, app, name, queue):
@@ -275,7 +275,7 @@ class LocalOperations:
             self.store.put_instance(
                 attrs.evolve(instance, queues=[q for q in instance.queues if q != queue])
             )
-            self._done("instance.cancel", app=app, instance=name, queue=queue)
+            self._log_change("instance.cancel", app=app, instance=name, queue=queue)
 
     async def instance_queues(self, app, name):
         if self.supervisor is None:
@@ -289,7 +289,7 @@ class LocalOperations:
     async def set_autoscale(self, app, name, values):
         instance = params.autoscale(values, self._instance(app, name)[1])
         self.store.put_instance(instance)
-        self._done(
+        self._log_change(
             "instance.autoscale", app=app, instance=name,
             max=instance.max_concurrency, min=instance.min_concurrency,
         )
@@ -299,7 +299,7 @@ class LocalOperations:
         """Restart an instance's worker (clearing quarantine); wait for it."""
         record, instance = self._instance(app, name)
         supervisor = self._supervisor()
-        self._done("instance.restart", app=app, instance=name)
+        self._log_change("instance.restart", app=app, instance=name)
         await supervisor.restart(name)
         if instance.is_enabled:
             await self._wait_ready(name)
@@ -310,7 +310,7 @@ class LocalOperations:
         if instance.is_enabled != enabled:
             instance = attrs.evolve(instance, is_enabled=enabled)
             self.store.put_instance(instance)
-            self._done(
+            self._log_change(
                 "instance.enable" if enabled else "instance.disable", app=app, instance=name,
             )
         if enabled:
