@@ -61,6 +61,13 @@ def _autoscale(instance):
 @implementer(IOperations)
 @attrs.define
 class LocalOperations:
+    """
+    The operations of one branch over its C{store} (an L{IStore}); every
+    other collaborator is a keyword argument, None when this branch has
+    none (no supervisor: nothing waits for workers; no task service: no
+    queued URLs).
+    """
+
     store: object
     branch_id: str = attrs.field(default="branch", kw_only=True)
     #: The broker of an app created without one.
