@@ -46,9 +46,11 @@ class Gatherings:
 
         C{d} fires with a L{Gathered} when every expected sender answered,
         or after C{timeout} seconds with whatever arrived.  Cancelling C{d}
-        forgets the ticket.
+        forgets the ticket.  A C{ticket} given must not be open already.
         """
         ticket = ticket or uuid.uuid4().hex
+        if ticket in self._pending:
+            raise ValueError(f"ticket {ticket!r} is already open")
         gathered = Gathered(frozenset(expected))
         d = defer.Deferred(lambda _: self._pending.pop(ticket, None))
         self._pending[ticket] = (gathered, d)
@@ -66,7 +68,11 @@ class Gatherings:
         return self._record(ticket, sender, error, "errors")
 
     def forget(self, ticket):
-        """Drop a ticket whose request could not be sent: it never fires."""
+        """
+        Drop a ticket whose request could not be sent: its Deferred fails
+        with C{CancelledError} at once (its timer stopped), a failure that
+        is consumed when nobody waits for it; later replies are dropped.
+        """
         entry = self._pending.pop(ticket, None)
         if entry is not None:
             d = entry[1]

@@ -1,6 +1,6 @@
 """``twistd cyme-branch``: the branch's command line and its service tree.
 
-``Options`` parses the seed's command line (``cyme-branch :8001 -i branch1
+``Options`` parses the original Cyme's command line (``cyme-branch :8001 -i branch1
 -D cyme/branch1/``, options before or after the address) and opens the root
 directory, so that every start-up problem is a one-line usage error rather
 than a traceback; ``makeService`` assembles the services.
@@ -8,7 +8,6 @@ than a traceback; ``makeService`` assembles the services.
 
 import contextlib
 import getopt
-import math
 import os
 import re
 import socket
@@ -20,16 +19,15 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from cyme import __version__, logs
-from cyme.cluster.bus import AMQPBusTransport, Bus
-from cyme.operations.cluster import ClusterOperations
+from cyme.cluster.transport import AMQPBusTransport
+from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter
-from cyme.operations.controller import Controller
 from cyme.errors import BadRequest, StartupError
 from cyme.api.http import make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
-from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name
+from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.state.store import JSONFileStore
@@ -48,7 +46,8 @@ _ADDRESS = re.compile(
 
 def address_to_endpoint(address):
     """
-    The server endpoint string for the seed's C{[address]:port} argument.
+    The server endpoint string for the original Cyme's C{[address]:port}
+    argument.
 
     C{:8001} listens on every interface, C{localhost:8001} or
     C{[::1]:8001} on one.
@@ -148,9 +147,9 @@ class Options(usage.Options):
 
     def parseOptions(self, options=None):
         # usage.Options parses like getopt, taking every option after the
-        # first positional argument as positional; the seed writes options
-        # after the address, so parse the GNU way and hand back a normal
-        # order.
+        # first positional argument as positional; the original Cyme writes
+        # options after the address, so parse the GNU way and hand back a
+        # normal order.
         if options is None:
             options = sys.argv[1:]
         try:
@@ -177,19 +176,10 @@ class Options(usage.Options):
             self["address"] = address
 
     def postOptions(self):
-        try:
-            interval = float(self["sup-interval"])
-        except (TypeError, ValueError):
-            interval = math.nan
-        if not (math.isfinite(interval) and interval > 0):
-            raise usage.UsageError(
-                "--sup-interval must be a positive number of seconds, "
-                f"not {self['sup-interval']!r}"
-            )
-        self["sup-interval"] = interval
+        self["sup-interval"] = _seconds(self["sup-interval"], "--sup-interval")
         for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived",
                      "result-expires"):
-            self[name] = _seconds(self[name], "--" + name)
+            self[name] = _seconds(self[name], "--" + name, zero=True)
         try:
             self["log-level"] = logs.parse_level(self["loglevel"])
         except ValueError as e:
@@ -220,14 +210,12 @@ class Options(usage.Options):
         self["root"] = root
 
 
-def _seconds(value, option):
+def _seconds(value, option, zero=False):
+    """C{value} as seconds (L{check_seconds}), else a usage error naming it."""
     try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        seconds = math.nan
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise usage.UsageError(f"{option} must be a number of seconds, not {value!r}")
-    return seconds
+        return check_seconds(value, option, zero=zero)
+    except BadRequest as e:
+        raise usage.UsageError(f"{e.message}, not {value!r}") from None
 
 
 def _interface_addresses():
@@ -368,14 +356,8 @@ def makeService(options):
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
     )
     supervisor.setServiceParent(branch)
-    controller = Controller(
-        store=options["store"],
-        default_broker=options["default-broker"],
-        branch_id=options["branch-id"],
-        supervisor=supervisor,
-        ready_timeout=options["ready-timeout"],
-    )
-    controller.listeners.append(supervisor.reconcile)
+    # The supervisor converges on every change of the desired state.
+    options["store"].subscribe(supervisor.reconcile)
     disk = DiskThread(reactor)
     journal = ResultJournal(
         os.path.join(options["root"].path, "results.jsonl"), reactor,
@@ -385,15 +367,23 @@ def makeService(options):
         control, journal, options["branch-id"], reactor, options["store"], disk=disk
     )
     tasks.setServiceParent(branch)
-    local = LocalOperations(controller, url=options["url"], tasks=tasks, clock=reactor)
-    cluster = None
-    bus = Bus(
-        AMQPBusTransport(control.client(), options["branch-id"], options["cluster"]),
-        options["branch-id"],
-        reactor,
-        describe=lambda: cluster.describe(),
+    local = LocalOperations(
+        options["store"],
+        branch_id=options["branch-id"],
+        default_broker=options["default-broker"],
+        supervisor=supervisor,
+        tasks=tasks,
+        clock=reactor,
+        url=options["url"],
+        ready_timeout=options["ready-timeout"],
     )
-    cluster = ClusterOperations(local, bus, options["store"])
+    cluster, bus = build_cluster(
+        local,
+        AMQPBusTransport(pool, options["default-broker"].as_url(),
+                         options["branch-id"], options["cluster"]),
+        reactor,
+        ready_timeout=options["ready-timeout"],
+    )
     bus.setServiceParent(branch)
     if not options["without-http"]:
         # An access line per request is info; above it, none is written.

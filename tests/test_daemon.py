@@ -328,7 +328,7 @@ class TwistdBranchTests(DaemonTestCase):
 
 class ConsoleScriptTests(DaemonTestCase):
     @deferred
-    async def test_seed_order(self):
+    async def test_original_order(self):
         """C{cyme-branch :port -i id -D dir}: options after the address."""
         root = self.path("root")
         port = free_port()

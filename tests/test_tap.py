@@ -44,8 +44,8 @@ class OptionsTestsMixin:
 
 
 class ParseTests(OptionsTestsMixin, SynchronousTestCase):
-    def test_seed_order(self):
-        """The seed's order: the address first, options after it."""
+    def test_original_order(self):
+        """The original Cyme's order: the address first, options after it."""
         root = self.root_path()
         options = self.parse([":8001", "-i", "branch1", "-D", root])
         self.assertEqual(options["address"], ":8001")
@@ -196,6 +196,24 @@ class BadOptionTests(OptionsTestsMixin, SynchronousTestCase):
                                         self.root_path()])
             self.assertIn("--sup-interval must be a positive number", message,
                           value)
+
+    def test_bad_sup_interval_message(self):
+        message = self.usage_error(["--sup-interval", "x", "-D", self.root_path()])
+        self.assertEqual(message, "--sup-interval must be a positive number of seconds, not 'x'")
+
+    def test_bad_timeouts(self):
+        for option in ["--kill-timeout", "--ready-timeout", "--wait-after-broker-revived",
+                       "--result-expires"]:
+            for value in ["x", "", "-1", "nan", "inf"]:
+                message = self.usage_error([option, value, "-D", self.root_path()])
+                self.assertEqual(
+                    message, f"{option} must be a number of seconds, not {value!r}"
+                )
+
+    def test_timeouts_may_be_zero(self):
+        options = self.parse(["--kill-timeout", "0", "--ready-timeout", "2.5",
+                              "-D", self.root_path()])
+        self.assertEqual((options["kill-timeout"], options["ready-timeout"]), (0.0, 2.5))
 
     def test_bad_loglevel(self):
         message = self.usage_error(["-l", "loud", "-D", self.root_path()])

@@ -2,7 +2,8 @@
 
 Owns what crosses HTTP: the original Cyme's routes and JSON shapes
 (``routes``), the request class, JSON answers and form/multipart parsing
-(``http``), the admin page (``admin``) and an in-memory client for tests
+(``http``), the admin page (``admin``), the Prometheus text of
+``/metrics`` (``prometheus``) and an in-memory client for tests
 (``testing``).
 
 May import: ``cyme.operations`` (the routes call ``IOperations`` and

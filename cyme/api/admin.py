@@ -33,8 +33,9 @@ def _state(value):
     return f'<span class="{escape(value)}">{escape(value)}</span>'
 
 
-async def render(ops, branch_id):
-    """The page, as bytes."""
+async def render(ops):
+    """The page of the branch C{ops} answers for (an L{IOperations}), as bytes."""
+    branch_id = ops.branch_id
     branches = []
     for bid in await ops.list_branches():
         info = await ops.get_branch(bid)
@@ -48,7 +49,7 @@ async def render(ops, branch_id):
             escape(" ".join(f"{x:.2f}" for x in load.get("loadavg", []))),
             escape(info.get("version") or ""),
         ])
-    apps, instances = [], []
+    apps = []
     for name in (await ops.list_apps())[0]:
         app = await ops.get_app(name)
         broker = app["broker"]
@@ -58,17 +59,17 @@ async def render(ops, branch_id):
             escape(f"{broker['hostname']}:{broker['port']}{broker['virtual_host']}"),
             escape(", ".join(queues)),
         ])
-        local = getattr(ops, "local", ops)
-        for instance in local.controller.store.instances(name):
-            shown = local.controller.describe(instance)
-            instances.append([
-                escape(instance.name), escape(name), _state(shown.get("state")),
-                escape(str(shown.get("pid") or "")),
-                escape(", ".join(instance.queues)),
-                escape(f"{instance.min_concurrency}-{instance.max_concurrency}"),
-                escape(str(shown.get("restarts", 0))),
-                escape(shown.get("last_error") or ""),
-            ])
+    instances = [
+        [
+            escape(shown["name"]), escape(shown["app"]), _state(shown.get("state")),
+            escape(str(shown.get("pid") or "")),
+            escape(", ".join(shown["queues"])),
+            escape(f"{shown['min_concurrency']}-{shown['max_concurrency']}"),
+            escape(str(shown.get("restarts", 0))),
+            escape(shown.get("last_error") or ""),
+        ]
+        for shown in await ops.local_instances()
+    ]
     page = (
         "<!doctype html><html><head><meta charset=utf-8>"
         '<meta http-equiv="refresh" content="5">'

@@ -144,8 +144,9 @@ def request_params(request):
     """
     The request's parameters: the query string, then the body over it.
 
-    For POST, PUT and DELETE the seed lets the query carry the data, so both
-    are read; a body may be a form (urlencoded or multipart) or a JSON object.
+    For POST, PUT and DELETE the original Cyme lets the query carry the
+    data, so both are read; a body may be a form (urlencoded or multipart)
+    or a JSON object.
     """
     params = query_fields(request)
     if request.method in (b"GET", b"HEAD"):

@@ -1,7 +1,7 @@
 """The HTTP API of a branch: the original cyme's routes and JSON shapes.
 
-Routes only parse, call the L{Controller} and render JSON.  Every path
-works with and without its trailing slash, and the seed's singular
+Routes only parse, call L{IOperations} and render JSON.  Every path works
+with and without its trailing slash, and the original Cyme's singular
 ``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
 """
 
@@ -17,17 +17,13 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import logs
-from cyme.api import admin
-from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
+from cyme.api import admin, prometheus
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
-from cyme.operations.local import wait_seconds
+from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
+from cyme.state.models import check_seconds
 
 CREATE = ["PUT", "POST"]
 VERBS = ["HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH"]
-
-
-def names(records):
-    return [r.name for r in records]
 
 
 def created_status(created):
@@ -40,19 +36,32 @@ _klein = Klein()
 _klein.url_map.merge_slashes = False
 
 
-def route(path, methods):
-    """Route C{path}, and its singular C{/instance/} alias, for C{methods}."""
+#: The longest wait for a task (C{?timeout=} of C{/wait}), and the default.
+MAX_WAIT = 300.0
+DEFAULT_WAIT = 30.0
+#: The longest request a queued URL may make (its C{Cyme-Timeout} header).
+MAX_TASK_TIMEOUT = 3600.0
+
+
+def route(path, methods, endpoint=None, **rule):
+    """
+    Route C{path}, and its singular C{/instance/} alias, for C{methods};
+    C{rule} goes to werkzeug's C{Rule} (C{defaults} for the parameters the
+    path leaves out).
+    """
 
     def register(f):
+        name = endpoint or f.__name__
         f = _klein.route(
-            path, methods=methods, strict_slashes=False, endpoint=f.__name__
+            path, methods=methods, strict_slashes=False, endpoint=name, **rule
         )(f)
         if "/instances/" in path:
             f = _klein.route(
                 path.replace("/instances/", "/instance/"),
                 methods=methods,
                 strict_slashes=False,
-                endpoint=f.__name__ + "_singular",
+                endpoint=name + "_singular",
+                **rule,
             )(f)
         return f
 
@@ -66,8 +75,8 @@ class BranchAPI:
     log = Logger(observer=logs.observer)
 
     def __init__(self, ops):
-        # The operations: LocalOperations (this branch alone) or
-        # ClusterOperations (routed across the branches); both speak JSON.
+        #: The L{IOperations} served: this branch alone, or routed across
+        #: the cluster's branches.
         self.ops = ops
 
     def resource(self):
@@ -111,8 +120,7 @@ class BranchAPI:
     @route("/admin", ["GET"])
     async def admin(self, request):
         """The admin page: branches, apps and this branch's instances."""
-        local = getattr(self.ops, "local", self.ops)
-        page = await admin.render(self.ops, local.controller.branch_id)
+        page = await admin.render(self.ops)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         request.setHeader(b"Cache-Control", b"no-store")
         return page
@@ -120,26 +128,8 @@ class BranchAPI:
     @route("/metrics", ["GET"])
     def metrics(self, request):
         """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
-        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
-        supervisor = self.ops.supervisor
-        if supervisor is None:
-            return b""
-        m = supervisor.metrics()
-        lines = [
-            "# HELP cyme_supervisor_ticks_total Supervisor ticks since start.",
-            "# TYPE cyme_supervisor_ticks_total counter",
-            f"cyme_supervisor_ticks_total {m['ticks']}",
-            "# HELP cyme_amqp_messages_published_total Remote-control messages sent.",
-            "# TYPE cyme_amqp_messages_published_total counter",
-            f"cyme_amqp_messages_published_total {m['messages']}",
-            "# HELP cyme_worker_restarts_total Worker restarts since start.",
-            "# TYPE cyme_worker_restarts_total counter",
-            f"cyme_worker_restarts_total {m['restarts']}",
-            "# HELP cyme_workers Worker instances of this branch by state.",
-            "# TYPE cyme_workers gauge",
-        ]
-        lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(m["states"].items())]
-        return ("\n".join(lines) + "\n").encode("ascii")
+        request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
+        return prometheus.render(self.ops.metrics())
 
     # Branches
 
@@ -178,28 +168,24 @@ class BranchAPI:
     async def list_instances(self, request, app):
         return self._listing(request, await self.ops.list_instances(app))
 
-    @route("/<app>/instances", CREATE)
-    async def add_anonymous_instance(self, request, app):
-        return await self._put_instance(request, app, None)
-
+    # One handler for every create: PUT /<app>/instances/ makes an anonymous
+    # instance, /<app>/instances/<name>/ a named one; the original Cyme's
+    # no-wait forms, /<app>/instances/!/ and /<app>/instances/!/<name>/,
+    # answer 202 without waiting for the worker.
+    @route("/<app>/instances", CREATE, endpoint="add_anonymous_instance",
+           defaults={"name": None})
+    @route("/<app>/instances/!/<name>", CREATE, endpoint="put_instance_nowait",
+           defaults={"wait": False})
     @route("/<app>/instances/<name>", CREATE)
-    async def put_instance(self, request, app, name):
-        if name == "!":  # the seed's no-wait form, anonymous
-            return await self._put_instance(request, app, None, wait=False)
-        return await self._put_instance(request, app, name)
-
-    @route("/<app>/instances/!/<name>", CREATE)
-    async def put_instance_nowait(self, request, app, name):
-        return await self._put_instance(request, app, name, wait=False)
-
-    async def _put_instance(self, request, app, name, wait=True):
+    async def put_instance(self, request, app, name, wait=True):
+        if name == "!":
+            name, wait = None, False
         values = request_params(request)
         branch = values.pop("branch", None)
         instance, created = await self.ops.put_instance(
             app, name, values, wait=wait, branch=branch
         )
-        status = created_status(created) if wait else 202
-        return json_body(request, status, instance)
+        return json_body(request, created_status(created) if wait else 202, instance)
 
     @route("/<app>/instances/<name>/restart", CREATE)
     async def restart_instance(self, request, app, name):
@@ -221,7 +207,7 @@ class BranchAPI:
     async def get_instance(self, request, app, name):
         return json_body(request, 200, await self.ops.get_instance(app, name))
 
-    # The seed's walkthrough ends with DELETE /instances/<name>/: instance
+    # The original Cyme's walkthrough ends with DELETE /instances/<name>/: instance
     # names are unique, so the app may be left out.
 
     @_klein.route("/instances/<name>", methods=["GET"], strict_slashes=False,
@@ -300,7 +286,9 @@ class BranchAPI:
         body, content_type = task_body(request)
         timeout = request.getHeader(b"cyme-timeout")
         if timeout is not None:
-            timeout = _task_timeout(timeout)
+            timeout = check_seconds(
+                timeout.decode("latin-1"), "Cyme-Timeout", MAX_TASK_TIMEOUT
+            )
         accepted = await self.ops.queue_task(
             app, queue, request.method.decode("ascii"), raw_target(request),
             query, body, content_type, timeout,
@@ -322,7 +310,10 @@ class BranchAPI:
 
     @route("/<app>/query/<task_id>/wait", ["GET"])
     async def task_wait(self, request, app, task_id):
-        timeout = wait_seconds(request_params(request).get("timeout"))
+        timeout = request_params(request).get("timeout")
+        timeout = DEFAULT_WAIT if timeout in (None, "") else check_seconds(
+            timeout, "timeout", MAX_WAIT
+        )
         return json_body(
             request, 200, await self.ops.wait_task(app, _task_id(task_id), timeout)
         )
@@ -346,16 +337,6 @@ def _task_id(value):
     if not _TASK_ID.match(value):
         raise BadRequest("uuid", "a task id is 1-64 letters, digits and dashes")
     return value
-
-
-def _task_timeout(value):
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise BadRequest("Cyme-Timeout", "Cyme-Timeout must be seconds in (0, 3600]")
-    return seconds
 
 
 def raw_target(request):

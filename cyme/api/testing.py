@@ -11,11 +11,10 @@ import json
 import attrs
 from treq.testing import StubTreq
 
-from cyme.operations.controller import Controller
 from cyme.api.http import LimitedRequest
-from cyme.state.store import MemoryStore
-from cyme.operations.local import LocalOperations
 from cyme.api.routes import BranchAPI
+from cyme.operations.local import LocalOperations
+from cyme.state.store import MemoryStore
 
 
 @attrs.frozen
@@ -66,10 +65,11 @@ class APIClient:
         self.treq.flush()
 
 
-def api_client(store=None, **controller_fields):
+def api_client(store=None, **collaborators):
     """
     A client of a fresh branch API over C{store} (a new L{MemoryStore} if
-    none); returns C{(client, controller)}.
+    none); returns C{(client, ops)}, C{ops} the L{LocalOperations} it
+    serves, built with C{collaborators} (its keyword arguments).
     """
-    controller = Controller(store if store is not None else MemoryStore(), **controller_fields)
-    return APIClient(BranchAPI(LocalOperations(controller)).resource()), controller
+    ops = LocalOperations(store if store is not None else MemoryStore(), **collaborators)
+    return APIClient(BranchAPI(ops).resource()), ops

@@ -330,27 +330,3 @@ def encode(envelope):
 def decode(body):
     return json.loads(body)
 
-
-# TEMP (B2): tap.py on this branch still builds the transport from the
-# remote control's client (``AMQPBusTransport(control.client(), id,
-# cluster)``).  Delete from here to the end at merge, once makeService
-# passes the broker pool to cyme.cluster.transport.AMQPBusTransport.
-class _OneClientPool:
-    def __init__(self, client):
-        self._client = client
-
-    def client(self, url):
-        return self._client
-
-    def on_connection(self, url, setup, lost=None, *, what, log, locked=None):
-        from cyme.amqp.pool import _OnConnection
-
-        listener = _OnConnection(setup, lost, what, log, locked)
-        self._client.add_listener(listener)
-        return listener
-
-
-def AMQPBusTransport(client, branch_id, cluster="cyme"):
-    from .transport import AMQPBusTransport as Transport
-
-    return Transport(_OneClientPool(client), None, branch_id, cluster)

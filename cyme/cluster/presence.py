@@ -7,11 +7,30 @@ L{Presence} keeps what the beats said of every other branch and tells its
 subscribers whenever one of them changed.
 """
 
+import os
+
 import attrs
 from twisted.logger import Logger
 
 from cyme import logs
 from cyme.listeners import Listeners
+
+
+def load_figures(instances):
+    """What a heartbeat says of this machine's load."""
+    figures = {"instances": instances}
+    try:
+        figures["loadavg"] = list(os.getloadavg())
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    figures["mem_available"] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return figures
 
 
 @attrs.define
@@ -26,7 +45,7 @@ class BeatContents:
 
     store: object
     url: str | None
-    load_figures: object
+    load_figures: object = load_figures
 
     def __call__(self):
         instances = self.store.instances()

@@ -29,7 +29,10 @@ import attrs
 from twisted.internet import defer
 from zope.interface import implementer
 
+from cyme.cluster.bus import Bus
 from cyme.cluster.placement import Placement
+from cyme.cluster.presence import BeatContents
+from cyme.cluster.replication import Replication
 from cyme.cluster.rounds import Rounds
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.state.models import check_name
@@ -46,56 +49,18 @@ class ClusterOperations:
     bus: object
     store: object
     #: The L{cyme.cluster.replication.Replication} of this branch's store.
-    #: (TEMP None: tap.py's old wiring, see L{_legacy_wiring}.)
-    replication: object = None
-    #: The L{cyme.tasks.results.TaskService}, asked which queued URLs this
-    #: branch published; None if it queues none.
-    tasks: object = None
+    replication: object
     #: How long a create (or restart) waits for its worker's first pong.
-    #: (TEMP None: the controller's, for tap.py's old wiring.)
-    ready_timeout: float | None = None
+    ready_timeout: float
     call_timeout: float = 5.0
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(self.bus, self.store), takes_self=True)
     )
     _deciding: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
     _listings: object = attrs.field(init=False, default=None)
-    _legacy_describe: object = attrs.field(init=False, default=None)  # TEMP
 
     def __attrs_post_init__(self):
         self._listings = Rounds(self._list_everywhere)
-        if self.replication is None:
-            self._legacy_wiring()
-
-    def _legacy_wiring(self):
-        # TEMP (B2): tap.py on this branch still calls
-        # ClusterOperations(local, bus, store) and gives the bus
-        # ``describe=lambda: cluster.describe()``.  Delete this method, the
-        # describe and supervisor properties below, the TEMP defaults of the
-        # fields above and _legacy_describe at merge, once makeService wires
-        # the cluster as the module docstring says.
-        from cyme.cluster.presence import BeatContents
-        from cyme.cluster.replication import Replication
-        from cyme.operations.local import load_figures
-
-        controller = self.local.controller
-        self.replication = Replication(self.store, self.bus, self.call_timeout)
-        self.tasks = self.local.tasks
-        self.ready_timeout = controller.ready_timeout
-        self._legacy_describe = BeatContents(self.store, self.local.url, load_figures)
-        self.bus.register(self.replication.handlers())
-        self.bus.register(self.handlers())
-        self.bus.subscribe(self.replication.peer_seen)
-        self.store.subscribe(self.bus.announce_soon)
-        if controller.supervisor is not None:
-            self.store.subscribe(controller.supervisor.reconcile)
-
-    def describe(self):  # TEMP: see _legacy_wiring
-        return self._legacy_describe()
-
-    @property
-    def supervisor(self):  # TEMP: the /metrics route of this branch; ops.metrics() replaces it
-        return self.local.supervisor
 
     def handlers(self):
         """The bus methods other branches call on this one."""
@@ -110,11 +75,15 @@ class ClusterOperations:
 
     # The branch and the cluster
 
+    @property
     def branch_id(self):
         return self.bus.branch_id
 
     def metrics(self):
         return self.local.metrics()
+
+    async def local_instances(self):
+        return await self.local.local_instances()
 
     async def list_branches(self):
         return self.bus.live_ids()
@@ -361,22 +330,15 @@ class ClusterOperations:
             app, queue, method, url, query, body, content_type, timeout
         )
 
-    def _published(self, app, task_id):
-        """This branch's record of task C{task_id} of C{app}, or None."""
-        record = None if self.tasks is None else self.tasks.get(task_id)
-        if record is None or record.fields.get("app") not in (None, app):
-            return None
-        return record
-
     def _task_local(self, args, sender):
-        record = self._published(args["app"], args["uuid"])
+        record = self.local.task_record(args["app"], args["uuid"])
         return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
         return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
 
     async def _task_owner(self, app, task_id):
-        if self._published(app, task_id) is not None:
+        if self.local.task_record(app, task_id) is not None:
             return self.bus.branch_id
         results, errors, missing = await self.bus.broadcast(
             "task.get", {"app": app, "uuid": task_id}, self.call_timeout
@@ -415,9 +377,32 @@ _INSTANCE_OPS = frozenset([
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
+def build_cluster(local, transport, clock, *, ready_timeout, **bus_options):
+    """
+    This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
+    (L{cyme.operations.local.LocalOperations}) and the bus C{transport}.
+
+    The one place the cluster's parts are put together (makeService and
+    the tests build a branch alike); the bus is a service for the caller
+    to start.
+    """
+    store = local.store
+    bus = Bus(transport, local.branch_id, clock, BeatContents(store, local.url),
+              **bus_options)
+    replication = Replication(store, bus)
+    cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout)
+    bus.register(replication.handlers())
+    bus.register(cluster.handlers())
+    bus.subscribe(replication.peer_seen)
+    # Other branches see this one's instances change at once, not at its
+    # next heartbeat.
+    store.subscribe(bus.announce_soon)
+    return cluster, bus
+
+
 def _offline(app, name, peer):
     return {"name": name, "app": app, "branch": peer.id, "state": "offline",
             "last_heartbeat": peer.last_seen}
 
 
-__all__ = ["ClusterOperations"]
+__all__ = ["ClusterOperations", "build_cluster"]

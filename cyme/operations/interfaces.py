@@ -3,30 +3,40 @@
 The routes of L{cyme.api} call this interface and only this interface; the
 local implementation performs an operation on this branch, the cluster one
 runs it on the branch that owns the record.  Every method is a coroutine
-(or returns a Deferred); values in are the request's parameters (a dict
+(or returns a Deferred) unless it says it is a plain method; values in are the request's parameters (a dict
 of strings or JSON values), values out are JSON-ready.  Writes to
 replicated records and listings also return C{missing}: the ids of the
 branches that did not answer (the answer is partial).  Errors are
 L{cyme.errors.CymeError}s.
 """
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IOperations(Interface):
     # The branch and the cluster
 
-    def branch_id():
-        """The id of the branch answering (a plain method, not a coroutine)."""
+    branch_id = Attribute("The id of the branch answering (a string).")
 
     def metrics():
-        """This branch's figures for C{/metrics} (a plain method): a dict."""
+        """
+        This branch's supervision figures for C{/metrics} (a plain method,
+        not a coroutine): C{{"ticks", "messages", "restarts", "states"}} as
+        the supervisor counts them, or None when the branch runs no
+        supervisor.
+        """
 
     def list_branches():
         """The ids of the live branches."""
 
     def get_branch(branch_id):
         """A branch's JSON: id, url, instances, load, version, uptime, online."""
+
+    def local_instances():
+        """
+        The JSON of every instance this branch runs (as L{get_instance}
+        shows it), by app then name: the admin page's own table.
+        """
 
     # Apps
 

@@ -1,47 +1,31 @@
-"""The API's operations with JSON in and out, as this branch performs them.
+"""The API's operations as this branch performs them: records in, JSON out.
 
-The web layer and the bus both speak to an operations object: this one
-runs everything on the local branch (its store and supervisor);
-L{cyme.operations.cluster.ClusterOperations} has the same methods and routes each one
-to the branch that owns the record.  Listings return C{(names, missing)},
-C{missing} naming the branches that did not answer (none here).
+L{LocalOperations} implements L{IOperations} over this branch's store and
+supervisor: it checks each operation against the store (an unknown app is
+a 404, an instance name taken by another app a 409), applies it and
+answers JSON.  Each name is checked once and the app looked up once per
+operation.  It does not tell anyone about a change: the store does, to
+whoever subscribed (the supervisor, the bus).  Listings return C{(names,
+missing)}; C{missing} names the branches that did not answer (none here).
+L{cyme.operations.cluster.ClusterOperations} runs the same operations on
+the branch that owns each record.
 """
 
-import os
 import time
+import uuid
 
 import attrs
-
-from cyme import __version__
 from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
 
-from cyme.errors import BadRequest, GatewayTimeout, NotFound, Unavailable
-from cyme.state.models import check_name
-
-
-def _json(record):
-    return record.to_json()
-
-
-def load_figures(instances):
-    """What a heartbeat says of this machine's load."""
-    figures = {"instances": instances}
-    try:
-        figures["loadavg"] = list(os.getloadavg())
-    except OSError:
-        pass
-    try:
-        with open("/proc/meminfo", "rb") as f:
-            for line in f:
-                if line.startswith(b"MemAvailable:"):
-                    figures["mem_available"] = int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return figures
-
-
-MAX_WAIT = 300.0
-DEFAULT_WAIT = 30.0
+from cyme import __version__, logs
+from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
+from cyme.cluster.presence import load_figures
+from cyme.operations.interfaces import IOperations
+from cyme.state import params
+from cyme.state.models import App, Broker, check_name
+from cyme.state.store import app_key, queue_key
 
 
 def _task_json(task_id, record):
@@ -53,127 +37,320 @@ def _task_json(task_id, record):
     return body
 
 
-def wait_seconds(value):
-    """The C{?timeout=} of a wait: default 30 s, at most 300 s."""
-    if value in (None, ""):
-        return DEFAULT_WAIT
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest("timeout", "timeout must be a number of seconds") from None
-    if not 0 < seconds <= MAX_WAIT:
-        raise BadRequest("timeout", f"timeout must be more than 0 and at most {MAX_WAIT:g} s")
-    return seconds
+def _autoscale(instance):
+    return {"max": instance.max_concurrency, "min": instance.min_concurrency}
 
 
+@implementer(IOperations)
 @attrs.define
 class LocalOperations:
-    controller: object
-    url: str | None = None
-    started: float = attrs.field(factory=time.time)
+    """
+    The operations of one branch over its C{store} (an L{IStore}); every
+    other collaborator is a keyword argument, None when this branch has
+    none (no supervisor: nothing waits for workers; no task service: no
+    queued URLs).
+    """
+
+    store: object
+    branch_id: str = attrs.field(default="branch", kw_only=True)
+    #: The broker of an app created without one.
+    default_broker: Broker = attrs.field(factory=Broker, kw_only=True)
+    #: The L{cyme.supervision.supervisor.Supervisor} of this branch's workers, if any.
+    supervisor: object = attrs.field(default=None, kw_only=True)
     #: The L{cyme.tasks.results.TaskService} of this branch, if it queues tasks.
-    tasks: object = None
-    clock: object = None
+    tasks: object = attrs.field(default=None, kw_only=True)
+    #: Schedules the deadline of a wait for a task.
+    clock: object = attrs.field(default=None, kw_only=True)
+    #: Where other branches and clients reach this branch's API.
+    url: str | None = attrs.field(default=None, kw_only=True)
+    #: How long creating (enabling, restarting) an instance waits for its
+    #: worker's first pong.
+    ready_timeout: float = attrs.field(default=10.0, kw_only=True)
+    #: How long a live query (stats, queues) waits for the worker.
+    query_timeout: float = attrs.field(default=2.0, kw_only=True)
+    #: Wall clock: replication versions (last writer wins) and uptime.
+    now: object = attrs.field(default=time.time, kw_only=True)
+    started: float = attrs.field(
+        default=attrs.Factory(lambda self: self.now(), takes_self=True), kw_only=True
+    )
+
+    log = Logger(observer=logs.observer)
+
+    def _log_change(self, what, **fields):
+        """The info line every change of the desired state writes."""
+        self.log.info(
+            "{what} {fields}", what=what,
+            fields=" ".join(f"{k}={v}" for k, v in fields.items()), **fields,
+        )
+
+    def _next_version(self, key):
+        """A version newer than C{key}'s: (milliseconds, this branch's id)."""
+        current = self.store.version(key)
+        ms = int(self.now() * 1000)
+        if current is not None and ms <= current[0]:
+            ms = current[0] + 1
+        return (ms, self.branch_id)
+
+    def _app(self, name):
+        return self.store.get_app(check_name(name, "app"))
+
+    def _instance(self, app, name):
+        """C{(app record, instance)}: the instance C{name} of C{app}, or 404."""
+        record = self._app(app)
+        instance = self.store.get_instance(check_name(name, "instance"))
+        if instance.app != app:
+            raise NotFound("instance", name)
+        return record, instance
+
+    # The branch
 
     def load(self):
-        return load_figures(len(self.controller.store.instances()))
+        return load_figures(len(self.store.instances()))
 
     def branch_info(self, now):
+        """This branch's JSON, as C{/branches/<id>} shows it."""
         return {
-            "id": self.controller.branch_id,
+            "id": self.branch_id,
             "url": self.url,
-            "instances": [i.name for i in self.controller.store.instances()],
+            "instances": [i.name for i in self.store.instances()],
             "load": self.load(),
             "version": __version__,
-            "uptime": time.time() - self.started,
+            "uptime": self.now() - self.started,
             "last_heartbeat": now,
             "online": True,
         }
 
+    def metrics(self):
+        if self.supervisor is None:
+            return None
+        return self.supervisor.metrics()
+
     async def list_branches(self):
-        return [self.controller.branch_id]
+        return [self.branch_id]
 
     async def get_branch(self, branch_id):
-        if branch_id != self.controller.branch_id:
+        if branch_id != self.branch_id:
             raise NotFound("branch", branch_id)
-        return self.branch_info(time.time())
+        return self.branch_info(self.now())
 
-    @property
-    def supervisor(self):
-        return self.controller.supervisor
+    async def local_instances(self):
+        return [
+            self.describe(instance, app)
+            for app in self.store.apps()
+            for instance in self.store.instances(app.name)
+        ]
+
+    # Apps
 
     async def list_apps(self):
-        return [a.name for a in await self.controller.apps()], []
+        return [a.name for a in self.store.apps()], []
 
     async def get_app(self, name):
-        return _json(await self.controller.app(name))
+        return self._app(name).to_json()
 
     async def put_app(self, name, values):
-        app, created = await self.controller.put_app(name, values)
-        return _json(app), created, []
+        check_name(name, "app")
+        changes = params.app_changes(values)
+        try:
+            existing = self.store.get_app(name)
+        except NotFound:
+            existing = None
+        if existing is None or params.names_broker(values):
+            changes["broker"] = params.broker(values, self.default_broker)
+        if existing is None:
+            app = App(name=name, **changes)
+        else:
+            app = attrs.evolve(existing, **changes)
+        created = self.store.put_app(app, self._next_version(app_key(name)))
+        self._log_change("app.put", app=name, created=created)
+        return app.to_json(), created, []
 
     async def delete_app(self, name):
-        await self.controller.delete_app(name)
+        removed = self.store.delete_app(
+            check_name(name, "app"), self._next_version(app_key(name))
+        )
+        self._log_change("app.delete", app=name, instances=[i.name for i in removed])
         return []
+
+    # Queue declarations
 
     async def list_queues(self, app):
-        return [q.name for q in await self.controller.queues(app)], []
+        self._app(app)
+        return [q.name for q in self.store.queues(app)], []
 
     async def get_queue(self, app, name):
-        return _json(await self.controller.queue(app, name))
+        self._app(app)
+        return self.store.get_queue(app, check_name(name, "queue")).to_json()
 
     async def put_queue(self, app, name, values):
-        queue, created = await self.controller.put_queue(app, name, values)
-        return _json(queue), created, []
+        self._app(app)
+        queue = params.queue(check_name(name, "queue"), values)
+        created = self.store.put_queue(app, queue, self._next_version(queue_key(app, name)))
+        self._log_change("queue.put", app=app, queue=name, created=created)
+        return queue.to_json(), created, []
 
     async def delete_queue(self, app, name):
-        await self.controller.delete_queue(app, name)
+        self._app(app)
+        # Raises NotFound, writing nothing, for an unknown queue.
+        self.store.delete_queue(
+            app, check_name(name, "queue"), self._next_version(queue_key(app, name))
+        )
+        self._log_change("queue.delete", app=app, queue=name)
         return []
 
+    # Instances
+
     async def list_instances(self, app):
-        return [i.name for i in await self.controller.instances(app)], []
+        self._app(app)
+        return [i.name for i in self.store.instances(app)], []
 
     async def app_of_instance(self, name):
-        """The app of instance C{name} (names are unique: no app needed)."""
-        return self.controller.store.get_instance(check_name(name, "instance")).app
+        return self.store.get_instance(check_name(name, "instance")).app
 
     async def get_instance(self, app, name):
-        return self.controller.describe(await self.controller.instance(app, name))
+        record, instance = self._instance(app, name)
+        return self.describe(instance, record)
 
     async def put_instance(self, app, name, values, wait=True, branch=None):
-        if branch not in (None, "", self.controller.branch_id):
+        """
+        Create (or change) an instance.  Without a name it is anonymous and
+        gets a UUID, as in the original Cyme.  With C{wait}, answers once
+        its worker answered its first ping (or after C{ready_timeout},
+        still starting).
+        """
+        if branch not in (None, "", self.branch_id):
             raise NotFound("branch", branch)
-        instance, created = await self.controller.put_instance(app, name, values, wait=wait)
-        return self.controller.describe(instance), created
+        record = self._app(app)
+        name = check_name(name if name is not None else str(uuid.uuid4()), "instance")
+        try:
+            existing = self.store.get_instance(name)
+        except NotFound:
+            existing = None
+        if existing is not None and existing.app != app:
+            raise Conflict(
+                f"instance {name} already exists in app {existing.app}",
+                name=name, app=existing.app,
+            )
+        instance = params.instance(name, app, values, existing)
+        for queue in instance.queues:
+            self.store.get_queue(app, queue)
+        created = self.store.put_instance(instance)
+        self._log_change("instance.put", app=app, instance=name, created=created)
+        if wait and instance.is_enabled:
+            await self._wait_ready(name)
+        return self.describe(instance, record), created
+
+    async def _wait_ready(self, name):
+        if self.supervisor is not None:
+            await self.supervisor.wait_ready(name, self.ready_timeout)
 
     async def delete_instance(self, app, name):
-        await self.controller.delete_instance(app, name)
+        self._instance(app, name)
+        self.store.delete_instance(name)
+        self._log_change("instance.delete", app=app, instance=name)
 
     async def add_consumer(self, app, name, queue):
-        return await self.controller.add_consumer(app, name, queue)
+        _, instance = self._instance(app, name)
+        self.store.get_queue(app, check_name(queue, "queue"))
+        if queue in instance.queues:
+            return False
+        self.store.put_instance(attrs.evolve(instance, queues=instance.queues + (queue,)))
+        self._log_change("instance.consume", app=app, instance=name, queue=queue)
+        return True
 
     async def cancel_consumer(self, app, name, queue):
-        await self.controller.cancel_consumer(app, name, queue)
+        _, instance = self._instance(app, name)
+        self.store.get_queue(app, check_name(queue, "queue"))
+        if queue in instance.queues:
+            self.store.put_instance(
+                attrs.evolve(instance, queues=[q for q in instance.queues if q != queue])
+            )
+            self._log_change("instance.cancel", app=app, instance=name, queue=queue)
 
     async def instance_queues(self, app, name):
-        if self.controller.supervisor is None:
-            return list((await self.controller.instance(app, name)).queues)
-        return await self.controller.live_queues(app, name)
+        if self.supervisor is None:
+            return list(self._instance(app, name)[1].queues)
+        queues = await self._ask_worker(app, name, "active_queues")
+        return [q.get("name") for q in queues if isinstance(q, dict)]
 
     async def get_autoscale(self, app, name):
-        return _autoscale(await self.controller.instance(app, name))
+        return _autoscale(self._instance(app, name)[1])
 
     async def set_autoscale(self, app, name, values):
-        return _autoscale(await self.controller.set_autoscale(app, name, values))
+        instance = params.autoscale(values, self._instance(app, name)[1])
+        self.store.put_instance(instance)
+        self._log_change(
+            "instance.autoscale", app=app, instance=name,
+            max=instance.max_concurrency, min=instance.min_concurrency,
+        )
+        return _autoscale(instance)
 
     async def restart(self, app, name):
-        return self.controller.describe(await self.controller.restart(app, name))
+        """Restart an instance's worker (clearing quarantine); wait for it."""
+        record, instance = self._instance(app, name)
+        supervisor = self._supervisor()
+        self._log_change("instance.restart", app=app, instance=name)
+        await supervisor.restart(name)
+        if instance.is_enabled:
+            await self._wait_ready(name)
+        return self.describe(instance, record)
 
     async def set_enabled(self, app, name, enabled):
-        return self.controller.describe(await self.controller.set_enabled(app, name, enabled))
+        record, instance = self._instance(app, name)
+        if instance.is_enabled != enabled:
+            instance = attrs.evolve(instance, is_enabled=enabled)
+            self.store.put_instance(instance)
+            self._log_change(
+                "instance.enable" if enabled else "instance.disable", app=app, instance=name,
+            )
+        if enabled:
+            await self._wait_ready(name)
+        elif self.supervisor is not None:
+            await self.supervisor.wait_stopped(name)
+        return self.describe(instance, record)
 
     async def stats(self, app, name):
-        return await self.controller.stats(app, name)
+        """The worker's live statistics (Celery's C{stats} remote command)."""
+        return await self._ask_worker(app, name, "stats")
+
+    def _supervisor(self):
+        if self.supervisor is None:
+            raise Unavailable("this branch runs no supervisor")
+        return self.supervisor
+
+    async def _ask_worker(self, app, name, command):
+        self._instance(app, name)
+        supervisor = self._supervisor()
+        node = supervisor.node(name)
+        ask = getattr(supervisor.control, command)
+        replies = await ask([node], self.query_timeout)
+        if node not in replies:
+            raise GatewayTimeout(
+                f"instance {name} did not answer within {self.query_timeout:g} s",
+                name=name, state=supervisor.status(name)["state"],
+            )
+        return replies[node]
+
+    def describe(self, instance, app=None):
+        """
+        The instance's JSON with its broker resolved (its own, else its
+        app's, as the original Cyme shows it) and its worker's live state.
+        C{app} is its app's record when the caller has it already.
+        """
+        data = instance.to_json()
+        broker = instance.broker
+        if broker is None:
+            if app is None:
+                try:
+                    app = self.store.get_app(instance.app)
+                except NotFound:
+                    pass
+            broker = app.broker if app is not None else self.default_broker
+        data["broker"] = broker.to_json()
+        data["branch"] = self.branch_id
+        if self.supervisor is not None:
+            data.update(self.supervisor.status(instance.name))
+        return data
 
     # Queued URLs
 
@@ -183,8 +360,8 @@ class LocalOperations:
         return self.tasks
 
     async def queue_task(self, app, queue, method, url, query, body, content_type, timeout):
-        record = await self.controller.app(app)
-        declaration = await self.controller.queue(app, queue)
+        record = self._app(app)
+        declaration = self.store.get_queue(app, check_name(queue, "queue"))
         task_id = await self._tasks().queue(
             record, declaration, method, url, query=query, body=body,
             content_type=content_type, timeout=timeout,
@@ -201,12 +378,12 @@ class LocalOperations:
         return record
 
     async def task(self, app, task_id):
-        await self.controller.app(app)
+        self._app(app)
         return _task_json(task_id, self.task_record(app, task_id))
 
     async def wait_task(self, app, task_id, timeout):
         """The task once it is ready; 504 after C{timeout} seconds."""
-        await self.controller.app(app)
+        self._app(app)
         tasks = self._tasks()
         known = tasks.get(task_id)
         if known is not None and known.fields.get("app") not in (None, app):
@@ -215,20 +392,13 @@ class LocalOperations:
             d = defer.Deferred()
         else:
             d = tasks.journal.when_ready(task_id)
-        timer = self.clock.callLater(timeout, d.cancel)
+        d.addTimeout(timeout, self.clock)
         try:
             record = await d
-        except defer.CancelledError:
+        except defer.TimeoutError:
             record = self.task_record(app, task_id)
             raise GatewayTimeout(
                 f"task {task_id} not ready after {timeout:g} s",
                 uuid=task_id, state=record.state if record is not None else "PENDING",
             ) from None
-        finally:
-            if timer.active():
-                timer.cancel()
         return _task_json(task_id, record)
-
-
-def _autoscale(instance):
-    return {"max": instance.max_concurrency, "min": instance.min_concurrency}

@@ -5,6 +5,6 @@ parameters into them (``params``), the stores (``store``: ``IStore``, a
 JSON file or memory, with change events) and the branch's root directory
 (``rootdir``: lock, id, state file, worker directories).
 
-May import: ``cyme.errors``, ``cyme.logs``.  Nothing here knows of HTTP,
-the bus, the supervisor or queued URLs.
+May import: ``cyme.errors``, ``cyme.logs``, ``cyme.listeners``.  Nothing
+here knows of HTTP, the bus, the supervisor or queued URLs.
 """

@@ -6,6 +6,7 @@ when built (so an invalid one never exists), changed only through
 the store with ``to_json``/``from_json``.
 """
 
+import math
 import re
 from urllib.parse import quote, unquote, urlsplit
 
@@ -210,14 +211,31 @@ def _check_hosts(value):
     return tuple(h.lower() for h in value)
 
 
-def _check_seconds(value, field, high=3600.0):
+def check_seconds(value, field, high=None, *, zero=False):
+    """
+    Return C{value} (a number, or its decimal text) as a float of seconds.
+
+    The one parser of durations: the API's timeouts, the records' and the
+    command line's.  A duration is finite, more than 0 (at least 0 with
+    C{zero}) and at most C{high} when given; anything else is a
+    L{BadRequest} naming C{field}.
+    """
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            raise BadRequest(field, f"{field} must be a number of seconds") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value <= high):
-        raise BadRequest(field, f"{field} must be a number of seconds in (0, {high:g}]")
+            value = None
+    valid = (
+        isinstance(value, (int, float)) and not isinstance(value, bool)
+        and math.isfinite(value) and (value > 0 or (zero and value == 0))
+        and (high is None or value <= high)
+    )
+    if not valid:
+        if high is not None:
+            what = f"a number of seconds in {'[' if zero else '('}0, {high:g}]"
+        else:
+            what = "a number of seconds" if zero else "a positive number of seconds"
+        raise BadRequest(field, f"{field} must be {what}")
     return float(value)
 
 
@@ -241,7 +259,7 @@ class App:
     allowed_hosts: tuple = attrs.field(default=(), converter=lambda v: _check_hosts(v))
     #: Seconds a queued URL's request may take (per request: a header).
     task_timeout: float = attrs.field(
-        default=60.0, converter=lambda v: _check_seconds(v, "task_timeout")
+        default=60.0, converter=lambda v: check_seconds(v, "task_timeout", 3600.0)
     )
 
     def to_json(self):

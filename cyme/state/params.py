@@ -1,6 +1,6 @@
 """Request parameters (form fields, query arguments or JSON) made into models.
 
-Clients send the seed's flat parameters (``hostname=w1&userid=me``,
+Clients send the original Cyme's flat parameters (``hostname=w1&userid=me``,
 ``max_concurrency=4``); these functions turn such a mapping into the model
 records or changes, raising L{BadRequest} naming the first field at fault.
 """

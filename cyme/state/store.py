@@ -6,6 +6,10 @@ on every change; ``MemoryStore`` is the same store without the file, for
 tests.  The store checks nothing but its own consistency: a delete
 cascades (an app's instances and queues, a queue from its consumers) in
 the same single write, so a crash never leaves half of it behind.
+
+The store is also the source of change events: whoever acts on the desired
+state (the supervisor, the bus's announcements) subscribes to it rather
+than being called by whoever changed it.
 """
 
 import hashlib
@@ -16,14 +20,40 @@ import attrs
 from zope.interface import Interface, implementer
 
 from cyme.errors import NotFound, StartupError
-from cyme.listeners import Listeners  # TEMP for B2
+from cyme.listeners import Listeners
 from cyme.state.models import App, Instance, Queue
 
 SCHEMA_VERSION = 1
 
 
+@attrs.frozen
+class StoreChange:
+    """
+    What one successful write changed.
+
+    C{kind} names the write: C{put_app}, C{delete_app}, C{put_queue},
+    C{delete_queue}, C{put_instance}, C{delete_instance} or C{merge};
+    C{key} names the record: C{app/<name>}, C{queue/<app>/<name>},
+    C{instance/<name>}, or None for a merge (which may change many).
+    """
+
+    kind: str
+    key: str | None = None
+
+
 class IStore(Interface):
     """The desired state of this branch."""
+
+    def subscribe(listener):
+        """
+        Call C{listener(change)} after every successful write, with a
+        L{StoreChange}; a write that failed (or a merge that changed
+        nothing) calls nobody.  A listener that raises is logged and the
+        others are still called; the write stands.
+
+        Listeners that only need to know I{that} something changed ignore
+        the argument (C{supervisor.reconcile(change=None)}).
+        """
 
     def apps():
         """All apps, sorted by name."""
@@ -91,6 +121,10 @@ def queue_key(app, name):
     return f"queue/{app}/{name}"
 
 
+def instance_key(name):
+    return f"instance/{name}"
+
+
 @attrs.frozen
 class _State:
     apps: dict = attrs.field(factory=dict)
@@ -145,18 +179,18 @@ class MemoryStore:
 
     def __init__(self, state=None):
         self._state = state if state is not None else _State()
-        self._subscribers = Listeners("store change")  # TEMP for B2
+        self._listeners = Listeners("store change")
 
-    def subscribe(self, listener):  # TEMP for B2: helper B1 writes the real one
-        """Call C{listener()} after every change."""
-        self._subscribers.add(listener)
+    def subscribe(self, listener):
+        self._listeners.add(listener)
 
     def _commit(self, state):
         self._state = state
-        self._subscribers.notify()  # TEMP for B2
 
-    def _change(self, **changes):
+    def _change(self, change, **changes):
+        """Commit C{changes}, then tell the listeners about C{change}."""
         self._commit(attrs.evolve(self._state, **changes))
+        self._listeners.notify(change)
 
     def apps(self):
         return [self._state.apps[n] for n in sorted(self._state.apps)]
@@ -175,6 +209,7 @@ class MemoryStore:
     def put_app(self, app, version=None):
         created = app.name not in self._state.apps
         self._change(
+            StoreChange("put_app", app_key(app.name)),
             apps={**self._state.apps, app.name: app},
             versions=self._versions(version, app_key(app.name)),
         )
@@ -183,7 +218,7 @@ class MemoryStore:
     def delete_app(self, name, version=None):
         self.get_app(name)
         changes, removed = self._without_app(self._state, name, version)
-        self._change(**changes)
+        self._change(StoreChange("delete_app", app_key(name)), **changes)
         return removed
 
     def _without_app(self, state, name, version):
@@ -214,6 +249,7 @@ class MemoryStore:
         declared = self._state.queues.get(app, {})
         created = queue.name not in declared
         self._change(
+            StoreChange("put_queue", queue_key(app, queue.name)),
             queues={**self._state.queues, app: {**declared, queue.name: queue}},
             versions=self._versions(version, queue_key(app, queue.name)),
         )
@@ -221,7 +257,10 @@ class MemoryStore:
 
     def delete_queue(self, app, name, version=None):
         queue = self.get_queue(app, name)
-        self._change(**self._without_queue(self._state, app, name, version))
+        self._change(
+            StoreChange("delete_queue", queue_key(app, name)),
+            **self._without_queue(self._state, app, name, version),
+        )
         return queue
 
     def _without_queue(self, state, app, name, version):
@@ -254,14 +293,17 @@ class MemoryStore:
 
     def put_instance(self, instance):
         created = instance.name not in self._state.instances
-        self._change(instances={**self._state.instances, instance.name: instance})
+        self._change(
+            StoreChange("put_instance", instance_key(instance.name)),
+            instances={**self._state.instances, instance.name: instance},
+        )
         return created
 
     def delete_instance(self, name):
         instance = self.get_instance(name)
         instances = dict(self._state.instances)
         del instances[name]
-        self._change(instances=instances)
+        self._change(StoreChange("delete_instance", instance_key(name)), instances=instances)
         return instance
 
     # Replication
@@ -326,6 +368,7 @@ class MemoryStore:
                     )
         if changed:
             self._commit(state)
+            self._listeners.notify(StoreChange("merge"))
         return removed
 
     def digest(self):

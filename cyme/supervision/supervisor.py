@@ -135,8 +135,13 @@ class Supervisor(service.Service):
 
     # Public operations, used by the operations layer
 
-    def reconcile(self):
-        """Converge as soon as possible (several requests make one round)."""
+    def reconcile(self, change=None):
+        """
+        Converge as soon as possible (several requests make one round).
+
+        The store's change listener: whatever C{change} says, the round
+        compares every worker with the whole desired state.
+        """
         if self.running and (self._soon is None or not self._soon.active()):
             self._soon = self.reactor.callLater(0, self.converge)
 

@@ -1,35 +1,48 @@
 """Tests for the HTTP API (cyme.api.routes, cyme.api.http) through StubTreq.
 
 Every request goes through L{cyme.api.testing.APIClient}, and L{APITestCase.call}
-checks that every answer, error or not, is C{application/json}.
+checks that every answer, error or not, is C{application/json}.  The tests
+of the routes are mixins run against every L{IOperations} (see
+L{tests.api.against_every_ops}).
 """
 
 import json
 import uuid
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from cyme.operations.controller import Controller
 from cyme.api.http import MAX_BODY, LimitedRequest, make_site
 from cyme.state.models import App, Broker, Instance, Queue
 from cyme.state.store import IStore, MemoryStore
-from cyme.api.testing import APIClient, api_client
-from cyme.operations.local import LocalOperations
 from cyme.api.routes import BranchAPI, GuardResource
-from tests.state.test_models import SEED_BROKER
+from cyme.api.testing import APIClient
+from cyme.operations.interfaces import IOperations
+from cyme.operations.local import LocalOperations
+from tests.api import against_every_ops
+from tests.state.test_models import ORIGINAL_BROKER
 
 FORM = {"Content-Type": ["application/x-www-form-urlencoded"]}
 JSON = {"Content-Type": ["application/json"]}
 
 
-class APITestCase(SynchronousTestCase):
+class APITestCase:
+    """
+    A branch's API over a fresh L{MemoryStore}; C{makeOps(store,
+    **collaborators)} (mixed in) builds the operations it serves.
+    """
+
     def setUp(self):
         self.store = MemoryStore()
-        self.client, self.controller = api_client(self.store)
+        self.client, self.ops = self.client_of(self.store)
+
+    def client_of(self, store, **collaborators):
+        """A client of a new API over C{store}, and the operations it serves."""
+        ops = self.makeOps(store, **collaborators)
+        return APIClient(BranchAPI(ops).resource()), ops
 
     def call(self, method, path, **kwargs):
         """Send a request; every answer must be JSON."""
@@ -74,14 +87,14 @@ class APITestCase(SynchronousTestCase):
         self.assertAnswer(self.call("PUT", "/foo/instances/w1/"), 201)
 
 
-class WalkthroughTests(APITestCase):
-    """The seed's walkthrough, in its order."""
+class WalkthroughTestsMixin(APITestCase):
+    """The original Cyme's walkthrough, in its order."""
 
     def test_walkthrough(self):
         # Create a new application named foo.
         app = self.assertAnswer(self.call("POST", "/foo/"), 201)
         self.assertEqual(app["name"], "foo")
-        self.assertEqual(app["broker"], SEED_BROKER)
+        self.assertEqual(app["broker"], ORIGINAL_BROKER)
 
         # Edit the broker connection details with a POST, as curl -d does.
         bar = self.assertAnswer(
@@ -107,7 +120,7 @@ class WalkthroughTests(APITestCase):
                 "is_enabled": True,
                 "name": name,
                 "queues": [],
-                "broker": SEED_BROKER,
+                "broker": ORIGINAL_BROKER,
                 "max_concurrency": 1,
                 "min_concurrency": 1,
             },
@@ -159,13 +172,13 @@ class WalkthroughTests(APITestCase):
         self.assertAnswer(self.call("GET", "/"), 200, ["bar"])
 
 
-class PingTests(APITestCase):
+class PingTestsMixin(APITestCase):
     def test_ping(self):
         for path in ["/ping/", "/ping"]:
             self.assertAnswer(self.call("GET", path), 200, {"ok": "pong"})
 
 
-class AppTests(APITestCase):
+class AppTestsMixin(APITestCase):
     def test_list_sorted(self):
         self.assertAnswer(self.call("GET", "/"), 200, [])
         for name in ["zeta", "alpha", "beta"]:
@@ -188,7 +201,7 @@ class AppTests(APITestCase):
         self.call("PUT", "/foo/?hostname=w1&userid=me")
         updated = self.assertAnswer(self.call("PUT", "/foo/?hostname=w2"), 200)
         # A broker named anew starts from the defaults.
-        self.assertEqual(updated["broker"], {**SEED_BROKER, "hostname": "w2"})
+        self.assertEqual(updated["broker"], {**ORIGINAL_BROKER, "hostname": "w2"})
 
     def test_broker_fields(self):
         app = self.assertAnswer(
@@ -217,12 +230,12 @@ class AppTests(APITestCase):
         )
 
     def test_without_hostname_broker_fields_are_ignored(self):
-        # As the seed says: no hostname, the default broker.
+        # As the original Cyme says: no hostname, the default broker.
         app = self.assertAnswer(self.call("PUT", "/foo/?userid=me&port=1234"), 201)
-        self.assertEqual(app["broker"], SEED_BROKER)
+        self.assertEqual(app["broker"], ORIGINAL_BROKER)
 
     def test_default_broker_is_the_branchs(self):
-        client, _ = api_client(MemoryStore(), default_broker=Broker(hostname="rabbit"))
+        client, _ = self.client_of(MemoryStore(), default_broker=Broker(hostname="rabbit"))
         response = self.successResultOf(client.request("PUT", "/foo/"))
         self.assertEqual(response.json["broker"]["hostname"], "rabbit")
 
@@ -254,7 +267,7 @@ class AppTests(APITestCase):
         self.assertEqual(self.store.apps(), [])
 
 
-class InstanceTests(APITestCase):
+class InstanceTestsMixin(APITestCase):
     def setUp(self):
         super().setUp()
         self.call("PUT", "/foo/")
@@ -263,7 +276,7 @@ class InstanceTests(APITestCase):
     def test_named(self):
         created = self.assertAnswer(self.call("PUT", "/foo/instances/w1/"), 201)
         self.assertEqual(created["name"], "w1")
-        self.assertEqual(created["broker"], SEED_BROKER)
+        self.assertEqual(created["broker"], ORIGINAL_BROKER)
         self.assertEqual(self.assertAnswer(self.call("GET", "/foo/instances/w1/"), 200), created)
         self.assertEqual(self.store.get_instance("w1"), Instance(name="w1", app="foo"))
 
@@ -280,6 +293,21 @@ class InstanceTests(APITestCase):
         }
         self.assertEqual(len(names), 3)
         self.assertEqual(sorted(names), [i.name for i in self.store.instances("foo")])
+
+    def test_no_wait_forms_answer_202(self):
+        # Without a supervisor nothing is waited for; the status says which
+        # form was asked all the same.
+        named = self.assertAnswer(self.call("PUT", "/foo/instances/!/w2/?max_concurrency=2"), 202)
+        self.assertEqual((named["name"], named["max_concurrency"]), ("w2", 2))
+        anonymous = self.assertAnswer(self.call("POST", "/foo/instances/!/"), 202)
+        singular = self.assertAnswer(self.call("PUT", "/foo/instance/!/w3"), 202)
+        self.assertEqual(singular["name"], "w3")
+        self.assertEqual(
+            sorted(i.name for i in self.store.instances("foo")),
+            sorted(["w2", "w3", anonymous["name"]]),
+        )
+        self.assertAnswer(self.call("PUT", "/foo/instances/!/w2/?max_concurrency=3"), 202)
+        self.assertEqual(self.store.get_instance("w2").max_concurrency, 3)
 
     def test_anonymous_with_fields(self):
         created = self.assertAnswer(
@@ -309,7 +337,7 @@ class InstanceTests(APITestCase):
         created = self.assertAnswer(
             self.call("PUT", "/foo/instances/w1/?hostname=w9&vhost=prod"), 201
         )
-        self.assertEqual(created["broker"], {**SEED_BROKER, "hostname": "w9",
+        self.assertEqual(created["broker"], {**ORIGINAL_BROKER, "hostname": "w9",
                                              "virtual_host": "prod"})
         self.assertEqual(self.store.get_instance("w1").broker,
                          Broker(hostname="w9", virtual_host="prod"))
@@ -370,7 +398,7 @@ class InstanceTests(APITestCase):
         self.assertError(self.call("DELETE", "/foo/instances/w1/"), 404, kind="instance")
 
 
-class QueueTests(APITestCase):
+class QueueTestsMixin(APITestCase):
     def setUp(self):
         super().setUp()
         self.call("PUT", "/foo/")
@@ -423,7 +451,7 @@ class QueueTests(APITestCase):
         self.assertError(self.call("DELETE", "/foo/queues/tasks/"), 404, kind="queue")
 
 
-class ConsumerTests(APITestCase):
+class ConsumerTestsMixin(APITestCase):
     def setUp(self):
         super().setUp()
         self.setUpFoo()
@@ -479,7 +507,7 @@ class ConsumerTests(APITestCase):
         )
 
 
-class AutoscaleTests(APITestCase):
+class AutoscaleTestsMixin(APITestCase):
     def setUp(self):
         super().setUp()
         self.setUpFoo()
@@ -526,7 +554,7 @@ class AutoscaleTests(APITestCase):
                          name="nope")
 
 
-class RequestFormTests(APITestCase):
+class RequestFormTestsMixin(APITestCase):
     """POST and PUT, query strings, form and JSON bodies, trailing slashes."""
 
     def test_post_and_put_are_the_same(self):
@@ -570,7 +598,7 @@ class RequestFormTests(APITestCase):
         app = self.assertAnswer(
             self.call("PUT", "/foo/", json={"hostname": "w1", "port": 5673, "vhost": "v"}), 201
         )
-        self.assertEqual(app["broker"], {**SEED_BROKER, "hostname": "w1", "port": 5673,
+        self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5673,
                                          "virtual_host": "v"})
         self.call("PUT", "/foo/queues/q/", json={"options": {"x-max-priority": 10}})
         self.assertEqual(self.store.get_queue("foo", "q").options, {"x-max-priority": 10})
@@ -680,7 +708,7 @@ def attrs_without(record, *names):
     return data
 
 
-class BadInputTests(APITestCase):
+class BadInputTestsMixin(APITestCase):
     """400 naming the field, and nothing stored."""
 
     def setUp(self):
@@ -820,7 +848,7 @@ class BadInputTests(APITestCase):
         self.assertBad("PUT", "/foo/queues/a%2Fb/", "path")
 
 
-class NotFoundTests(APITestCase):
+class NotFoundTestsMixin(APITestCase):
     def setUp(self):
         super().setUp()
         self.setUpFoo()
@@ -872,7 +900,7 @@ class NotFoundTests(APITestCase):
         self.assertEqual(self.snapshot(), self.before)
 
 
-class MethodNotAllowedTests(APITestCase):
+class MethodNotAllowedTestsMixin(APITestCase):
     def test_allow_header(self):
         self.call("PUT", "/foo/")
         for method, path, allowed in [
@@ -910,6 +938,9 @@ class BrokenStore:
     def _fail(self, method, *args):
         self.calls.append(method)
         raise RuntimeError("secret internal detail /var/lib/cyme")
+
+    def subscribe(self, listener):
+        pass  # it never changes
 
     def apps(self):
         self._fail("apps")
@@ -960,11 +991,11 @@ class BrokenStore:
         self._fail("digest")
 
 
-class UnexpectedErrorTests(APITestCase):
+class UnexpectedErrorTestsMixin(APITestCase):
     def setUp(self):
         self.store = BrokenStore()
         self.assertTrue(verifyObject(IStore, self.store))
-        self.client, self.controller = api_client(self.store)
+        self.client, self.ops = self.client_of(self.store)
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -978,7 +1009,11 @@ class UnexpectedErrorTests(APITestCase):
                 self.assertLess(len(response.body), 200)
                 for secret in [b"secret", b"RuntimeError", b"/var/lib", b"File "]:
                     self.assertNotIn(secret, response.body)
-        self.assertEqual(self.store.calls, ["apps", "get_app", "get_app", "get_app"])
+        # Each request failed at its first read of the store (a cluster
+        # looks an instance up by name before its app).
+        calls = self.store.calls
+        self.assertEqual(calls[:2] + calls[3:], ["apps", "get_app", "get_app"])
+        self.assertIn(calls[2], ("get_app", "get_instance"))
         # Each failure was logged, with what was asked.
         failures = [e for e in self.events if "log_failure" in e]
         self.assertEqual(len(failures), 4)
@@ -1045,7 +1080,7 @@ class TooLargeTests(SynchronousTestCase):
 
     def setUp(self):
         self.store = MemoryStore()
-        self.api = BranchAPI(LocalOperations(Controller(self.store)))
+        self.api = BranchAPI(LocalOperations(self.store))
 
     def send(self, length, chunks, path=b"/foo/"):
         channel = DummyChannel()
@@ -1111,29 +1146,36 @@ class TooLargeTests(SynchronousTestCase):
         self.assertEqual(self.store.apps(), [])
 
 
-class InstanceByNameTests(SynchronousTestCase):
-    """The seed's DELETE /instances/<name>/: the app can be left out."""
+class InstanceByNameTestsMixin(APITestCase):
+    """The original Cyme's DELETE /instances/<name>/: the app can be left out."""
 
     def test_get_and_delete_without_the_app(self):
-        from cyme.api.testing import api_client
-
-        client, controller = api_client()
+        client = self.client
         self.successResultOf(client.request("PUT", "/foo/"))
         self.successResultOf(client.request("PUT", "/foo/instances/w1/"))
         shown = self.successResultOf(client.request("GET", "/instances/w1/"))
         self.assertEqual((shown.code, shown.json["app"]), (200, "foo"))
         deleted = self.successResultOf(client.request("DELETE", "/instances/w1/"))
         self.assertEqual(deleted.code, 200)
-        self.assertEqual(controller.store.instances(), [])
+        self.assertEqual(self.store.instances(), [])
         missing = self.successResultOf(client.request("DELETE", "/instances/w1"))
         self.assertEqual(missing.code, 404)
 
 
-class AdminPageTests(SynchronousTestCase):
-    def test_admin_page_shows_apps_and_instances_escaped(self):
-        from cyme.api.testing import api_client
+class BranchTestsMixin(APITestCase):
+    """The operations as an L{IOperations}, /admin and /metrics."""
 
-        client, controller = api_client()
+    def test_operations_implement_the_interface(self):
+        self.assertTrue(verifyObject(IOperations, self.ops))
+
+    def test_metrics_of_a_branch_without_supervisor_are_empty(self):
+        response = self.successResultOf(self.client.request("GET", "/metrics"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.header("content-type"), "text/plain; version=0.0.4")
+        self.assertEqual(response.body, b"")
+
+    def test_admin_page_shows_apps_and_instances_escaped(self):
+        client = self.client
         self.successResultOf(client.request("PUT", "/foo/", data={"hostname": "w1"}))
         self.successResultOf(client.request("PUT", "/foo/queues/tasks/"))
         self.successResultOf(client.request(
@@ -1145,3 +1187,44 @@ class AdminPageTests(SynchronousTestCase):
         for text in ("foo", "w1:5672/", "tasks", "<td>w1</td>"):
             self.assertIn(text, page)
         self.assertNotIn("<script", page)
+
+
+class ChangeLogTestsMixin(APITestCase):
+    """Every change of the desired state writes one info line saying what changed."""
+
+    def changes(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_each_change_is_logged_once(self):
+        events = self.changes()
+        self.setUpFoo()
+        self.call("PUT", "/foo/instances/w1/queues/tasks/")
+        self.call("PUT", "/foo/instances/w1/autoscale/", data={"max": "3"})
+        self.call("DELETE", "/foo/instances/w1/")
+        self.call("DELETE", "/foo/queues/tasks/")
+        self.call("DELETE", "/foo/")
+        self.call("GET", "/foo/")  # a read: no line
+        lines = [formatEvent(e) for e in events if "what" in e]
+        self.assertEqual(lines, [
+            "app.put app=foo created=True",
+            "queue.put app=foo queue=tasks created=True",
+            "instance.put app=foo instance=w1 created=True",
+            "instance.consume app=foo instance=w1 queue=tasks",
+            "instance.autoscale app=foo instance=w1 max=3 min=1",
+            "instance.delete app=foo instance=w1",
+            "queue.delete app=foo queue=tasks",
+            "app.delete app=foo instances=[]",
+        ])
+
+
+against_every_ops(
+    globals(),
+    WalkthroughTestsMixin, PingTestsMixin, AppTestsMixin, InstanceTestsMixin,
+    QueueTestsMixin, ConsumerTestsMixin, AutoscaleTestsMixin, RequestFormTestsMixin,
+    BadInputTestsMixin, NotFoundTestsMixin, MethodNotAllowedTestsMixin,
+    UnexpectedErrorTestsMixin, InstanceByNameTestsMixin, BranchTestsMixin,
+    ChangeLogTestsMixin,
+)

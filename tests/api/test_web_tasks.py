@@ -1,15 +1,15 @@
-"""The queueing and query routes through StubTreq, over a fake task service."""
+"""The queueing and query routes through StubTreq, over a fake task service,
+against every L{IOperations} (see L{tests.api.against_every_ops}).
+"""
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 
-from cyme.operations.controller import Controller
-from cyme.tasks.journal import ResultJournal
-from cyme.operations.local import LocalOperations
-from cyme.tasks.results import BrokerUnreachable, PublishFailed, check_url
-from cyme.state.store import MemoryStore
-from cyme.api.testing import APIClient
 from cyme.api.routes import BranchAPI
+from cyme.api.testing import APIClient
+from cyme.state.store import MemoryStore
+from cyme.tasks.journal import ResultJournal
+from cyme.tasks.results import BrokerUnreachable, PublishFailed, check_url
+from tests.api import against_every_ops
 
 
 class FakeTasks:
@@ -35,15 +35,14 @@ class FakeTasks:
         return self.journal.get(task_id)
 
 
-class QueueRouteTests(SynchronousTestCase):
+class QueueRouteTestsMixin:
     def setUp(self):
         self.clock = Clock()
         path = self.mktemp()
         self.journal = ResultJournal(path, self.clock)
         self.addCleanup(self.journal.close)
         self.tasks = FakeTasks(self.journal)
-        controller = Controller(MemoryStore())
-        ops = LocalOperations(controller, tasks=self.tasks, clock=self.clock)
+        ops = self.makeOps(MemoryStore(), tasks=self.tasks, clock=self.clock)
         self.client = APIClient(BranchAPI(ops).resource())
         self.call("PUT", "/foo/", data={"allowed_hosts": "m,127.0.0.1"})
         self.call("PUT", "/foo/queues/tasks/")
@@ -153,3 +152,5 @@ class QueueRouteTests(SynchronousTestCase):
         self.assertEqual(response.code, 504)
         self.assertEqual(self.call("GET", "/foo/query/x/wait/?timeout=301").code, 400)
 
+
+against_every_ops(globals(), QueueRouteTestsMixin)

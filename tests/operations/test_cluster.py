@@ -10,16 +10,13 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cyme.cluster.bus import Bus, IBusTransport
+from cyme.cluster.bus import IBusTransport
 from cyme.cluster.memory import MemoryBusNetwork
-from cyme.cluster.presence import BeatContents
-from cyme.cluster.replication import Replication
 from cyme.operations import cluster as cluster_module
-from cyme.operations.cluster import ClusterOperations
-from cyme.operations.controller import Controller
+from cyme.operations.cluster import build_cluster
 from cyme.operations.interfaces import IOperations
 from cyme.state.models import App, Queue
-from cyme.operations.local import LocalOperations, load_figures
+from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
 from cyme.api.testing import APIClient
 from cyme.api.routes import BranchAPI
@@ -31,22 +28,14 @@ class Branch:
     def __init__(self, branch_id, network, clock, local_class=LocalOperations):
         self.id = branch_id
         self.store = MemoryStore()
-        self.controller = Controller(self.store, branch_id=branch_id)
-        self.local = local_class(self.controller, url=f"http://{branch_id}:8000/")
+        self.local = local_class(
+            self.store, branch_id=branch_id, url=f"http://{branch_id}:8000/"
+        )
         # As makeService wires a branch.
-        self.bus = Bus(
-            network.transport(branch_id), branch_id, clock,
-            BeatContents(self.store, self.local.url, load_figures), beat_interval=2.0,
+        self.cluster, self.bus = build_cluster(
+            self.local, network.transport(branch_id), clock,
+            ready_timeout=self.local.ready_timeout, beat_interval=2.0,
         )
-        self.replication = Replication(self.store, self.bus)
-        self.cluster = ClusterOperations(
-            self.local, self.bus, self.store, self.replication,
-            ready_timeout=self.controller.ready_timeout,
-        )
-        self.bus.register(self.replication.handlers())
-        self.bus.register(self.cluster.handlers())
-        self.bus.subscribe(self.replication.peer_seen)
-        self.store.subscribe(self.bus.announce_soon)
         self.client = APIClient(BranchAPI(self.cluster).resource())
 
 
@@ -95,7 +84,7 @@ class PresenceTests(ClusterTestCase):
     def test_cluster_operations_implement_the_interface(self):
         cluster = self.branches["b2"].cluster
         self.assertTrue(verifyObject(IOperations, cluster))
-        self.assertEqual(cluster.branch_id(), "b2")
+        self.assertEqual(cluster.branch_id, "b2")
 
     def test_every_branch_sees_every_branch(self):
         for branch in IDS:

@@ -13,10 +13,11 @@ from cyme.state.models import (
     Instance,
     Queue,
     check_name,
+    check_seconds,
 )
 
-#: The broker the seed shows for an app created without broker parameters.
-SEED_BROKER = {
+#: The broker the original Cyme shows for an app created without broker parameters.
+ORIGINAL_BROKER = {
     "password": "guest",
     "hostname": "127.0.0.1",
     "userid": "guest",
@@ -102,9 +103,38 @@ class NameTests(BadRequestAssertions, SynchronousTestCase):
         self.assertEqual(App(name="Ping").name, "Ping")
 
 
+class SecondsTests(BadRequestAssertions, SynchronousTestCase):
+    """L{check_seconds}: the one parser of durations."""
+
+    def test_numbers_and_their_text(self):
+        for value, seconds in [(5, 5.0), (2.5, 2.5), ("10", 10.0), (" 0.25 ", 0.25),
+                               ("1e2", 100.0), (3600, 3600.0)]:
+            self.assertEqual(check_seconds(value, "t", 3600), seconds, value)
+            self.assertIsInstance(check_seconds(value, "t"), float)
+
+    def test_not_a_duration(self):
+        for value in ["", "x", "nan", "inf", "-inf", float("nan"), float("inf"), None,
+                      True, False, [], {}, b"5", -1, "-0.5", 0, "0"]:
+            error = self.assertBadRequest("t", check_seconds, value, "t")
+            self.assertEqual(error.message, "t must be a positive number of seconds")
+
+    def test_upper_bound(self):
+        error = self.assertBadRequest("timeout", check_seconds, "300.5", "timeout", 300)
+        self.assertEqual(error.message, "timeout must be a number of seconds in (0, 300]")
+        self.assertEqual(check_seconds("300", "timeout", 300), 300.0)
+
+    def test_zero_allowed(self):
+        self.assertEqual(check_seconds("0", "--kill-timeout", zero=True), 0.0)
+        error = self.assertBadRequest("--kill-timeout", check_seconds, "-1",
+                                      "--kill-timeout", zero=True)
+        self.assertEqual(error.message, "--kill-timeout must be a number of seconds")
+        error = self.assertBadRequest("w", check_seconds, 11, "w", 10, zero=True)
+        self.assertEqual(error.message, "w must be a number of seconds in [0, 10]")
+
+
 class BrokerTests(BadRequestAssertions, SynchronousTestCase):
-    def test_defaults_are_the_seeds(self):
-        self.assertEqual(Broker().to_json(), SEED_BROKER)
+    def test_defaults_are_the_original_cymes(self):
+        self.assertEqual(Broker().to_json(), ORIGINAL_BROKER)
 
     def test_round_trip(self):
         broker = Broker(
@@ -229,10 +259,10 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
 
 
 class AppTests(BadRequestAssertions, SynchronousTestCase):
-    def test_seed_shape(self):
+    def test_original_shape(self):
         data = App(name="foo").to_json()
         self.assertEqual(data["name"], "foo")
-        self.assertEqual(data["broker"], SEED_BROKER)
+        self.assertEqual(data["broker"], ORIGINAL_BROKER)
 
     def test_round_trip(self):
         app = App(
@@ -335,7 +365,7 @@ class InstanceTests(BadRequestAssertions, SynchronousTestCase):
         self.assertIsNone(instance.broker)
         self.assertEqual(instance.pool, "prefork")
 
-    def test_seed_fields(self):
+    def test_original_fields(self):
         data = Instance(name="w1", app="foo").to_json()
         self.assertEqual(
             {k: data[k] for k in ["name", "queues", "max_concurrency", "min_concurrency",

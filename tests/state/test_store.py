@@ -9,7 +9,9 @@ from zope.interface.verify import verifyObject
 
 from cyme.errors import NotFound, StartupError
 from cyme.state.models import App, Broker, Instance, Queue
-from cyme.state.store import SCHEMA_VERSION, IStore, JSONFileStore, MemoryStore
+from cyme.state.store import (
+    SCHEMA_VERSION, IStore, JSONFileStore, MemoryStore, StoreChange,
+)
 
 
 class StoreTestsMixin:
@@ -197,6 +199,70 @@ class StoreTestsMixin:
         self.assertEqual(self.store.get_queue("foo", "q"), queue)
         self.assertEqual(self.store.get_instance("w"), instance)
 
+    # Change events
+
+    def subscribed(self):
+        """The changes the store reports from now on."""
+        changes = []
+        self.store.subscribe(changes.append)
+        return changes
+
+    def test_every_write_is_reported_after_it_is_made(self):
+        seen = []
+        self.store.subscribe(lambda change: seen.append((change, self.store.apps())))
+        changes = self.subscribed()
+        self.store.put_app(App(name="foo"))
+        self.store.put_queue("foo", Queue(name="tasks"))
+        self.store.put_instance(Instance(name="w1", app="foo", queues=["tasks"]))
+        self.store.delete_queue("foo", "tasks")
+        self.store.delete_instance("w1")
+        self.store.put_instance(Instance(name="w2", app="foo"))
+        self.store.delete_app("foo")
+        self.assertEqual(changes, [
+            StoreChange("put_app", "app/foo"),
+            StoreChange("put_queue", "queue/foo/tasks"),
+            StoreChange("put_instance", "instance/w1"),
+            StoreChange("delete_queue", "queue/foo/tasks"),
+            StoreChange("delete_instance", "instance/w1"),
+            StoreChange("put_instance", "instance/w2"),
+            StoreChange("delete_app", "app/foo"),
+        ])
+        # A listener sees the store as the write left it.
+        self.assertEqual(seen[0][1], [App(name="foo")])
+        self.assertEqual(seen[-1][1], [])
+
+    def test_reads_and_failed_writes_are_not_reported(self):
+        self.populate()
+        changes = self.subscribed()
+        self.store.apps()
+        self.store.get_instance("w1")
+        self.store.replica()
+        self.assertRaises(NotFound, self.store.delete_app, "nope")
+        self.assertRaises(NotFound, self.store.delete_queue, "foo", "nope")
+        self.assertRaises(NotFound, self.store.delete_instance, "nope")
+        self.assertEqual(changes, [])
+
+    def test_merge_reported_once_and_only_when_it_changed_something(self):
+        other = MemoryStore()
+        other.put_app(App(name="foo"), (5, "b2"))
+        other.put_queue("foo", Queue(name="tasks"), (5, "b2"))
+        changes = self.subscribed()
+        self.store.merge(other.replica())
+        self.assertEqual(changes, [StoreChange("merge")])
+        self.store.merge(other.replica())
+        self.assertEqual(changes, [StoreChange("merge")])
+
+    def test_a_failing_listener_neither_stops_the_others_nor_the_write(self):
+        def broken(change):
+            raise RuntimeError("listener bug")
+
+        self.store.subscribe(broken)
+        changes = self.subscribed()
+        self.assertIs(self.store.put_app(App(name="foo")), True)
+        self.assertEqual(self.store.get_app("foo"), App(name="foo"))
+        self.assertEqual(changes, [StoreChange("put_app", "app/foo")])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
 
 class MemoryStoreTests(StoreTestsMixin, SynchronousTestCase):
     def makeStore(self):
@@ -312,6 +378,15 @@ class JSONFileStoreTests(StoreTestsMixin, SynchronousTestCase):
         self.assertEqual(
             [a.name for a in JSONFileStore(self.path).apps()], ["bar", "baz", "foo"]
         )
+
+    def test_interrupted_write_is_not_reported(self):
+        changes = []
+        self.store.subscribe(changes.append)
+        self.patch(os, "replace", FailingReplace())
+        self.assertRaises(OSError, self.store.put_app, App(name="foo"))
+        self.assertEqual(changes, [])
+        self.store.put_app(App(name="foo"))
+        self.assertEqual(changes, [StoreChange("put_app", "app/foo")])
 
     def test_interrupted_first_write(self):
         self.patch(os, "replace", FailingReplace())
