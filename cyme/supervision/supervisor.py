@@ -136,12 +136,7 @@ class Supervisor(service.Service):
     # Public operations, used by the operations layer
 
     def reconcile(self, change=None):
-        """
-        Converge as soon as possible (several requests make one round).
-
-        The store's change listener: whatever C{change} says, the round
-        compares every worker with the whole desired state.
-        """
+        """Converge soon (the store's change listener; one round for many)."""
         if self.running and (self._soon is None or not self._soon.active()):
             self._soon = self.reactor.callLater(0, self.converge)
 
