@@ -4,7 +4,8 @@ The remote control, the bus and the task service all talk to brokers; they
 share this pool, so that a branch holds one connection per broker however
 many of its parts use it, and a broker's faults stay with that broker's
 users.  L{BrokerPool.on_connection} is the one place that runs a set-up on
-every (re)connection and reports one that failed.
+every (re)connection and reports one that failed; L{BrokerPool.release}
+closes a connection once nobody uses it.
 """
 
 from twisted.application import service
@@ -51,9 +52,18 @@ class BrokerPool(service.MultiService):
             )
         )
         self._clients = {}
+        # Who uses each connection: the listeners of on_connection (given
+        # back by release), and whether client() was asked for it (a user
+        # that never gives it back).
+        self._listeners = {}
+        self._held = set()
 
     def client(self, url):
         """The client service of the broker at C{url}."""
+        self._held.add(url)
+        return self._client(url)
+
+    def _client(self, url):
         client = self._clients.get(url)
         if client is None:
             client = self._clients[url] = self._make_client(url)
@@ -73,5 +83,25 @@ class BrokerPool(service.MultiService):
         C{locked} is the log line for an exclusive queue held elsewhere.
         """
         listener = _OnConnection(setup, lost, what, log, locked)
-        self.client(url).add_listener(listener)
+        self._listeners.setdefault(url, []).append(listener)
+        self._client(url).add_listener(listener)
         return listener
+
+    def release(self, url, listener):
+        """
+        C{listener} (from L{on_connection}) no longer uses C{url}: it hears
+        of it no more, and once nobody uses the connection it is closed
+        (fires when it is).
+        """
+        client = self._clients.get(url)
+        users = self._listeners.get(url, [])
+        if listener in users:
+            users.remove(listener)
+        if client is None:
+            return defer.succeed(None)
+        client.remove_listener(listener)
+        if users or url in self._held:
+            return defer.succeed(None)
+        del self._clients[url]
+        self._listeners.pop(url, None)
+        return defer.maybeDeferred(self.removeService, client)

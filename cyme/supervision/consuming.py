@@ -1,16 +1,37 @@
 """What a running worker should consume, and the calls that make it so.
 
 L{verify} asks workers what they consume (C{active_queues}) and their
-autoscale bounds (C{stats}), one message for all of them, then hands each
-answer to L{fix}, which sends the C{cancel_consumer}, C{add_consumer} and
-C{autoscale} calls that close the gap to L{wanted}, what an instance asks
-for.  A worker's own C{dq.<name>} is never cancelled.
+autoscale bounds (C{stats}), one message for all of them (one per broker),
+then hands each answer to L{fix}, which sends the C{cancel_consumer},
+C{add_consumer} and C{autoscale} calls that close the gap to L{wanted},
+what an instance asks for.  A worker's own C{dq.<name>} is never
+cancelled.  L{check} is the supervisor's round: every running worker on a
+reachable broker each tick (changes made behind cyme's back are found on
+the next tick), or only those not verified since their instance changed.
+
+What was sent and what was verified are kept apart: a fix makes the
+worker unverified until it is asked again and found right, so a change
+back to what was verified before (A, B, A) is sent too.
 """
 
+import attrs
 from twisted.internet import defer
 
 from cyme.errors import NotFound
 from cyme.supervision.workers import dead_letter_queue
+from cyme.supervision.workerstate import RUNNING
+
+
+@attrs.frozen
+class Answer:
+    """What C{worker} said it consumes, and whether fixes were sent to it."""
+
+    worker: object
+    instance: object
+    queues: list
+    max: int | None
+    min: int | None
+    fixed: bool
 
 
 def wanted(store, instance):
@@ -79,7 +100,7 @@ async def verify(control, store, log, todo):
     """
     Ask the workers of C{todo} (C{[(worker, instance)]}) what they consume
     and their bounds (one C{active_queues} and one C{stats} message for
-    all of them) and fix what differs; the pairs found as they should be.
+    all of them) and fix what differs; an L{Answer} for each that answered.
     """
     nodes = [w.node for w, _ in todo]
     try:
@@ -93,18 +114,54 @@ async def verify(control, store, log, todo):
     except Exception:
         log.failure("cannot read the workers' queues")
         return []
-    right = []
+    answers = []
     for worker, instance in todo:
         if worker.node not in queues:
             continue
+        live = queues[worker.node] if isinstance(queues[worker.node], list) else []
+        scaler = ((stats.get(worker.node) or {}).get("autoscaler")) or {}
         try:
             changed = await fix(control, store, log, worker, instance,
-                                queues[worker.node], stats.get(worker.node))
+                                live, stats.get(worker.node))
         except defer.CancelledError:
             raise  # the branch is stopping
         except Exception:
             log.failure("{instance}: cannot fix queues", instance=worker.name)
+            changed = True  # maybe some sent: not verified
+        answers.append(Answer(
+            worker, instance,
+            [q.get("name") for q in live if isinstance(q, dict)],
+            scaler.get("max"), scaler.get("min"), changed,
+        ))
+    return answers
+
+
+async def check(control, store, log, lives, everyone):
+    """
+    Verify the running workers of C{lives} (lifecycles) whose broker is
+    reachable: all of them if C{everyone}, else only those not verified
+    as their instance is now.  Each answer is recorded on its lifecycle:
+    what it consumes, and verified, or fixes sent.
+    """
+    desired = {i.name: i for i in store.instances()}
+    todo, by_worker = [], {}
+    for life in lives:
+        worker = life.worker
+        instance = desired.get(worker.name)
+        if (worker.state != RUNNING or instance is None
+                or not control.reachable(worker.node)):
             continue
-        if not changed:
-            right.append((worker, instance))
-    return right
+        if everyone or worker.verified != wanted(store, instance):
+            todo.append((worker, instance))
+            by_worker[worker] = life
+    if not todo:
+        return
+    for answer in await verify(control, store, log, todo):
+        life = by_worker[answer.worker]
+        life.observed(answer.queues, answer.max, answer.min)
+        # As the instance was when asked: a change since is verified next.
+        want = wanted(store, answer.instance)
+        if answer.fixed:
+            life.sent(want)
+        else:
+            life.verified(want)

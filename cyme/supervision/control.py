@@ -6,8 +6,10 @@ the list of destination nodes; each worker answers on
 one message asks any number of workers and the replies are gathered until
 all answered or the timeout (L{cyme.gather.Gatherings}).
 ``PidboxControl`` talks to one broker; ``ControlRouter`` sends each node's
-commands to the broker of its app.  Both take their connections from the
-branch's L{cyme.amqp.BrokerPool}.
+commands to the broker of its app and says, broker by broker, which are
+reachable: one broker away stops nothing on the others.  Both take their
+connections from the branch's L{cyme.amqp.BrokerPool}; the router gives
+back the connection of a broker none of its nodes uses any more.
 """
 
 import json
@@ -35,6 +37,15 @@ class NotConnected(AMQPError, Unavailable):
     The broker connection is down: the command was not sent.  Through the
     API a 503 (a live query while the broker is away), not a 500.
     """
+
+
+def safe_url(url):
+    """C{url} without its password, for the log."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}{sep}{credentials.partition(':')[0]}:**@{host}"
 
 
 def _replies(gathered):
@@ -66,21 +77,37 @@ class PidboxControl:
         self._calls = Gatherings(clock)
         self._listeners = Listeners("remote-control connection")
         self._clock_value = 0
-        pool.on_connection(
+        self._pool = pool
+        self._closed = False
+        self._listener = pool.on_connection(
             url, self._setup, self._lost, what="remote-control channel", log=self.log
         )
+
+    def close(self):
+        """
+        No more commands: the connection goes back to the pool (closed if
+        nobody else uses it); fires when it is.
+        """
+        self._closed = True
+        self._channel = None
+        # Nobody is told: whoever closes it has stopped listening.
+        self.connected = False
+        return self._pool.release(self.url, self._listener)
 
     # The broker connection
 
     async def _setup(self, connection):
         # The pidbox exchanges are not durable: after a broker restart they
         # are gone until somebody declares them, with exactly Celery's flags.
-        self._channel = await open_inbox(
+        channel = await open_inbox(
             connection, self._oid,
             exchanges=[(PIDBOX_EXCHANGE, "fanout"), (REPLY_EXCHANGE, "direct")],
             bindings=[(REPLY_EXCHANGE, self._oid)],
             on_message=self._reply, timeout=10,
         )
+        if self._closed:
+            return
+        self._channel = channel
         self._set_connected(True)
 
     def _lost(self, reason):
@@ -90,7 +117,7 @@ class PidboxControl:
     def _set_connected(self, connected):
         if connected != self.connected:
             self.connected = connected
-            self._listeners.notify(connected)
+            self._listeners.notify(connected, self.url)
 
     # Replies
 
@@ -113,6 +140,15 @@ class PidboxControl:
 
     def register(self, node, broker_url):
         """Nothing to do: this control knows only its own broker."""
+
+    def unregister(self, node):
+        """Nothing to do: this control knows only its own broker."""
+
+    def broker(self, node):
+        return self.url
+
+    def reachable(self, node):
+        return self.connected
 
     def call(self, method, nodes, timeout, arguments=None, reply=True):
         """
@@ -200,7 +236,8 @@ class ControlRouter:
     broker C{pool}.
 
     The branch's own broker (C{default_url}) is always connected; another
-    broker gets its control the first time a worker on it is registered.
+    broker gets its control the first time a worker on it is registered,
+    and loses it when the last one is unregistered.
     """
 
     log = Logger(observer=logs.observer)
@@ -216,7 +253,19 @@ class ControlRouter:
 
     @property
     def connected(self):
-        return all(c.connected for c in self._controls.values())
+        """Whether the branch's own broker is connected (see L{reachable})."""
+        return self._controls[self.default_url].connected
+
+    def broker(self, node):
+        return self._nodes.get(node, self.default_url)
+
+    def reachable(self, node):
+        control = self._controls.get(self.broker(node))
+        return control is not None and control.connected
+
+    def brokers(self):
+        """The URLs of the brokers this router holds a connection to."""
+        return list(self._controls)
 
     @property
     def published(self):
@@ -238,15 +287,35 @@ class ControlRouter:
         """
         return self._pool.client(url or self.default_url)
 
-    def _changed(self, connected):
-        self._listeners.notify(self.connected)
+    def _changed(self, connected, url):
+        self._listeners.notify(connected, url)
 
     def add_connection_listener(self, listener):
         self._listeners.add(listener)
 
     def register(self, node, broker_url):
+        before = self._nodes.get(node)
         self._nodes[node] = broker_url
         self._control(broker_url)
+        if before is not None and before != broker_url:
+            self._release_unused(before)
+
+    def unregister(self, node):
+        url = self._nodes.pop(node, None)
+        if url is not None:
+            self._release_unused(url)
+
+    def _release_unused(self, url):
+        # The branch's own broker stays: the bus and the tasks use it.
+        if url == self.default_url or url in self._nodes.values():
+            return
+        control = self._controls.pop(url, None)
+        if control is not None:
+            self.log.info("no worker uses broker {broker} any more: connection closed",
+                          broker=safe_url(url))
+            control.close().addErrback(
+                lambda f: self.log.failure("closing a broker connection", f)
+            )
 
     def _spread(self, nodes, send):
         groups = {}

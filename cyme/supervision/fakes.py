@@ -41,15 +41,29 @@ class FakeControl:
     Remote control over L{FakeNode}s: nodes that are up and responsive
     answer at once; a call that misses a node waits out its timeout on
     the clock, as the real one does.
+
+    Like L{cyme.supervision.control.ControlRouter}, it sends a command to
+    each broker once for all of that broker's nodes (one entry of C{sent}
+    each), and each broker is connected or not on its own.  The
+    C{celery_*} methods play Celery's own remote control (or Flower)
+    changing a worker behind the supervisor's back.
     """
+
+    DEFAULT = "amqp://default//"
 
     def __init__(self, clock):
         self.clock = clock
-        self.connected = True
         self.nodes = {}
         self.sent = []
+        #: Node -> the URL of its broker (as registered).
         self.brokers = {}
+        #: Broker URL -> whether its connection is up (absent: up).
+        self.links = {}
         self._listeners = Listeners("remote-control connection")
+
+    @property
+    def connected(self):
+        return self.links.get(self.DEFAULT, True)
 
     # Test controls
 
@@ -65,12 +79,35 @@ class FakeControl:
     def down(self, node):
         self.nodes.pop(node, None)
 
-    def set_connected(self, connected):
-        self.connected = connected
-        self._listeners.notify(connected)
+    def set_connected(self, connected, broker=None):
+        """The connection to C{broker} (default: every broker) is lost or back."""
+        urls = [broker] if broker is not None else sorted(
+            {self.DEFAULT, *self.brokers.values(), *self.links}
+        )
+        for url in urls:
+            self.links[url] = connected
+            self._listeners.notify(connected, url)
 
     def messages(self, method=None):
         return [m for m in self.sent if method is None or m[0] == method]
+
+    def celery_cancel_consumer(self, node, queue_name):
+        """C{celery control cancel_consumer}, not through cyme."""
+        n = self.nodes[node]
+        n.queues = [q for q in n.queues if q["name"] != queue_name]
+
+    def celery_add_consumer(self, node, queue_name):
+        """C{celery control add_consumer}, not through cyme."""
+        n = self.nodes[node]
+        n.queues = [q for q in n.queues if q["name"] != queue_name] + [
+            {"name": queue_name, "exchange": {"name": queue_name},
+             "routing_key": queue_name}
+        ]
+
+    def celery_autoscale(self, node, max_concurrency, min_concurrency):
+        """C{celery control autoscale} (or Flower's), not through cyme."""
+        n = self.nodes[node]
+        n.max, n.min = max_concurrency, min_concurrency
 
     # IControl
 
@@ -80,9 +117,38 @@ class FakeControl:
     def register(self, node, broker_url):
         self.brokers[node] = broker_url
 
+    def unregister(self, node):
+        self.brokers.pop(node, None)
+
+    def broker(self, node):
+        return self.brokers.get(node, self.DEFAULT)
+
+    def reachable(self, node):
+        return self.links.get(self.broker(node), True)
+
     def _call(self, method, nodes, timeout, reply, *args):
+        groups = {}
+        for name in sorted(set(nodes), key=list(nodes).index):
+            groups.setdefault(self.broker(name), []).append(name)
+        calls = [
+            self._send(method, group, timeout, reply, url, *args)
+            for url, group in groups.items()
+        ]
+        if len(calls) == 1:
+            return calls[0]
+
+        def merge(results):
+            merged = {}
+            for ok, replies in results:
+                if ok:
+                    merged.update(replies)
+            return merged
+
+        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+    def _send(self, method, nodes, timeout, reply, url, *args):
         self.sent.append((method, list(nodes), args))
-        if not self.connected:
+        if not self.links.get(url, True):
             return defer.fail(ConnectionError("broker connection lost"))
         replies = {}
         for name in nodes:

@@ -21,13 +21,31 @@ class IControl(Interface):
     (a node that did not answer is simply absent).
     """
 
-    connected = Attribute("True while the broker connection is up.")
+    connected = Attribute(
+        "True while the connection to the branch's own broker is up "
+        "(another broker's: L{reachable})."
+    )
 
     def add_connection_listener(listener):
-        """Call C{listener(connected: bool)} when the broker is lost or back."""
+        """
+        Call C{listener(connected: bool, broker_url)} when the connection to
+        a broker is lost or back.
+        """
 
     def register(node, broker_url):
         """Send C{node}'s commands to the broker at C{broker_url} from now on."""
+
+    def unregister(node):
+        """
+        C{node} is gone: forget it; the connection to a broker no node uses
+        any more is closed.
+        """
+
+    def broker(node):
+        """The URL of the broker C{node}'s commands go to."""
+
+    def reachable(node):
+        """True while the connection to C{node}'s broker is up."""
 
     def ping(nodes, timeout):
         """C{{node: {"ok": "pong"}}} for the nodes that answered."""

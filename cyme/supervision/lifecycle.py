@@ -12,8 +12,10 @@ Twisted's C{ClientService} machine).
 
 Events come from the supervisor, the process and the timers.  A process
 that ends is C{EXITED} after a stop that was asked, else a failure counted
-against the restart budget: C{FAILED} within it (restart after the
-backoff), C{FLAPPED} beyond it (quarantine).
+against the restart budget: C{CRASHED} within it (restart after the
+backoff), C{FLAPPED} beyond it (quarantine).  What the worker writes is
+read once a tick (L{WorkerLifecycle.tail}): a line saying it cannot reach
+its broker makes it C{FAILED}, with the reason in C{last_error}.
 """
 
 import os
@@ -23,61 +25,18 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cyme import logs
+from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
-    LogTail, WorkerProtocol, exit_description, failed_exit, read_spec, record_spawn,
-    remove_pidfile,
+    LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, read_spec,
+    record_spawn, remove_pidfile,
 )
 from cyme.supervision.workerstate import (
-    ADOPTED, BACKOFF_ELAPSED, EXITED, FAILED, FLAPPED, KILL_TIMEOUT, LIVE, ORPHANED,
-    PING_MISSED, PONG, QUARANTINE_ELAPSED, QUARANTINED, RESTART_ASKED, RUNNING,
-    SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
+    ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
+    KILL_TIMEOUT, LIVE, ORPHANED, PING_MISSED, PONG, QUARANTINE_ELAPSED, RESTART_ASKED,
+    RUNNING, SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
 )
 
 
-def _table():
-    rows = {
-        # Not running: started, adopted, or a start that failed.
-        (STOPPED, SPAWNED): (STARTING, ("_started",)),
-        (STOPPED, ADOPTED): (STARTING, ("_adopted",)),
-        (STOPPED, FAILED): (STOPPED, ("_back_off",)),
-        (STOPPED, FLAPPED): (QUARANTINED, ("_quarantine",)),
-        (STOPPED, STOP_ASKED): (STOPPED, ()),
-        (STOPPED, RESTART_ASKED): (STOPPED, ("_forgive",)),
-        (STOPPED, BACKOFF_ELAPSED): (STOPPED, ("_reconcile",)),
-        (STOPPED, PONG): (STOPPED, ("_ponged",)),
-        (QUARANTINED, STOP_ASKED): (QUARANTINED, ()),
-        (QUARANTINED, RESTART_ASKED): (STOPPED, ("_forgive",)),
-        (QUARANTINED, QUARANTINE_ELAPSED): (STOPPED, ("_leave_quarantine", "_reconcile")),
-        (QUARANTINED, PONG): (QUARANTINED, ("_ponged",)),
-        # Up: answering or not.
-        (STARTING, PONG): (RUNNING, ("_ponged", "_came_up")),
-        (UNRESPONSIVE, PONG): (RUNNING, ("_ponged",)),
-        (RUNNING, PONG): (RUNNING, ("_ponged",)),
-        # Stopping: TERM sent, KILL to follow.
-        (STOPPING, PONG): (STOPPING, ("_ponged",)),
-        (STOPPING, STOP_ASKED): (STOPPING, ()),
-        (STOPPING, RESTART_ASKED): (STOPPING, ("_forgive",)),
-        (STOPPING, KILL_TIMEOUT): (STOPPING, ("_kill",)),
-        (STOPPING, WATCH): (STOPPING, ("_look",)),
-        (STOPPING, ORPHANED): (STOPPING, ("_orphaned", "_look")),
-        (STOPPING, EXITED): (STOPPED, ("_stopped",)),
-        (STOPPING, FAILED): (STOPPED, ("_stopped", "_back_off", "_reconcile")),
-        (STOPPING, FLAPPED): (QUARANTINED, ("_stopped", "_quarantine")),
-    }
-    for state in LIVE:
-        rows.update({
-            (state, PING_MISSED): (UNRESPONSIVE, ("_missed",)),
-            (state, STOP_ASKED): (STOPPING, ("_terminate", "_look")),
-            (state, RESTART_ASKED): (STOPPING, ("_forgive", "_terminate", "_look")),
-            (state, FAILED): (STOPPED, ("_died", "_back_off", "_reconcile")),
-            (state, FLAPPED): (QUARANTINED, ("_died", "_quarantine")),
-            (state, ORPHANED): (state, ("_orphaned",)),
-        })
-    return rows
-
-
-#: C{(state, event) -> (next state, names of the actions run after it)}.
-TRANSITIONS = _table()
 
 
 def _cancel(call):
@@ -153,8 +112,29 @@ class WorkerLifecycle:
         self.worker.last_error = reason
 
     def verified(self, wanted):
-        """It consumes what C{wanted} says (C{None}: to be checked again)."""
+        """
+        Asked just now, it consumes what C{wanted} says (C{None}: to be
+        asked again); what was sent before is confirmed or moot.
+        """
         self.worker.verified = wanted
+        self.worker.sent = self.worker.sent_at = None
+
+    def sent(self, wanted):
+        """
+        Fixes towards C{wanted} were sent: nothing is verified until the
+        worker is asked again (a change back to what was verified before
+        must not look done).
+        """
+        w = self.worker
+        w.verified = None
+        w.sent, w.sent_at = wanted, self._clock.seconds()
+
+    def observed(self, queues, max_concurrency, min_concurrency):
+        """What the worker said it consumes and its bounds, just now."""
+        self.worker.live = {
+            "queues": sorted(queues), "max": max_concurrency, "min": min_concurrency,
+            "seen_at": self._clock.seconds(),
+        }
 
     def adopt(self, pid):
         """Take over worker C{pid} that a previous run of the branch left."""
@@ -231,6 +211,9 @@ class WorkerLifecycle:
             self.log.info("{instance} | {line}", instance=w.name, line=line)
             if line.strip():
                 w.last_line = line.strip()
+                reason = broker_failure(w.last_line)
+                if reason is not None:
+                    self._fire(CANNOT_CONNECT, reason)
 
     # Inputs from the process
 
@@ -241,7 +224,11 @@ class WorkerLifecycle:
             return
         self.tail()
         how = exit_description(reason)
-        if w.last_line and failed_exit(reason):
+        if w.state == FAILED and failed_exit(reason):
+            # Its broker out of reach, Celery gave up: the reason it gave
+            # says more than a traceback's last line.
+            how = f"{how}: {w.last_error}"
+        elif w.last_line and failed_exit(reason):
             # Celery's last words (an exception's message, most often)
             # say more than the exit status.
             how = f"{how}: {w.last_line[:300]}"
@@ -265,7 +252,7 @@ class WorkerLifecycle:
     # Guards and helpers
 
     def _count_failure(self, why):
-        """Record a failure; L{FLAPPED} if it exceeds the budget, else L{FAILED}."""
+        """Record a failure; L{FLAPPED} if it exceeds the budget, else L{CRASHED}."""
         w, policy = self.worker, self._policy
         now = self._clock.seconds()
         w.last_error = why
@@ -275,7 +262,7 @@ class WorkerLifecycle:
         w.restart_times = [
             t for t in w.restart_times if now - t < policy.restart_window
         ] + [now]
-        return FLAPPED if len(w.restart_times) > policy.max_restarts else FAILED
+        return FLAPPED if len(w.restart_times) > policy.max_restarts else CRASHED
 
     def _forget_ready(self, d):
         if d in self.worker.ready_waiters:
@@ -307,7 +294,7 @@ class WorkerLifecycle:
         w.pid = w.process.pid
         w.started_at = self._clock.seconds()
         w.missed = 0
-        w.verified = None
+        w.verified = w.sent = w.sent_at = w.live = None
         self.log.info(
             "{instance} started as pid {pid} ({node})",
             instance=w.name, pid=w.pid, node=w.node,
@@ -319,6 +306,7 @@ class WorkerLifecycle:
         w.started_at = self._clock.seconds()
         w.log_tail = LogTail(os.path.join(w.directory, "worker.log"))
         w.spec = read_spec(w.directory)
+        w.verified = w.sent = w.sent_at = w.live = None
         self.log.info("{instance} adopted (pid {pid})", instance=w.name, pid=pid)
 
     def _ponged(self, detail):
@@ -341,6 +329,15 @@ class WorkerLifecycle:
             "{instance} (pid {pid}) did not answer ping ({missed} in a row)",
             instance=w.name, pid=w.pid, missed=w.missed,
         )
+
+    def _cannot_connect(self, reason):
+        w = self.worker
+        if w.last_error != reason:
+            w.last_error = reason
+            self.log.warn("{instance} (pid {pid}) {reason}", instance=w.name,
+                          pid=w.pid, reason=reason)
+        # Whoever waits for it to come up is told now, not at the timeout.
+        self._release_ready()
 
     def _terminate(self, detail):
         why, failure = detail

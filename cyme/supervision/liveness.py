@@ -28,7 +28,9 @@ async def ping_rounds(control, watched, delays, answered, log):
     pongs = set()
     waiting = dict(watched)
     for timeout in delays:
-        if not waiting or not control.connected:
+        # A broker lost during the round: its nodes are not asked again.
+        waiting = {n: life for n, life in waiting.items() if control.reachable(n)}
+        if not waiting:
             break
         try:
             replies = await control.ping(sorted(waiting), timeout)
@@ -85,8 +87,10 @@ class StartupPoll:
 
     def _once(self):
         self._call = None
-        starting = self._starting()
-        if not starting or not self._control.connected:
+        starting = {
+            n: life for n, life in self._starting().items() if self._control.reachable(n)
+        }
+        if not starting:
             return
         now = self._clock.seconds()
         young = min(

@@ -6,11 +6,13 @@ events call L{Supervisor.reconcile}) it converges the workers with the
 store: it starts new or dead workers, stops removed and disabled ones,
 restarts those whose command line changed.  In the background it pings
 the workers (L{cyme.supervision.liveness}; a worker silent for
-C{max_missed} rounds is replaced, nobody is judged while the broker is
-away nor for C{wait_after_broker_revived} seconds after) and makes the
-live ones consume the right queues at the right autoscale bounds
-(L{cyme.supervision.consuming}).  After a restart of the branch, the
-workers it left running are adopted, not restarted.
+C{max_missed} rounds is replaced) and makes the live ones consume the
+right queues at the right autoscale bounds, asking every one each tick
+(L{cyme.supervision.consuming}).  Liveness is judged broker by broker:
+while one broker is away its workers are not judged (nor for
+C{wait_after_broker_revived} seconds after it is back), and the others
+go on as usual.  After a restart of the branch, the workers it left
+running are adopted, not restarted.
 """
 
 import os
@@ -25,7 +27,8 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.errors import NotFound
-from cyme.supervision.consuming import verify, wanted
+from cyme.supervision.consuming import check
+from cyme.supervision.control import safe_url
 from cyme.supervision.launcher import ExecLauncher
 from cyme.supervision.lifecycle import WorkerLifecycle
 from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
@@ -37,7 +40,6 @@ from cyme.supervision.workers import (
 )
 from cyme.supervision.workerstate import (
     LIVE,
-    RUNNING,
     STARTING,
     STOPPED,
     STOPPING,
@@ -88,11 +90,16 @@ class Supervisor(service.Service):
         self._soon = None
         self._checks = {}
         self._rerun = set()
-        self._judge_after = 0.0
+        #: Broker URL -> when its workers may be judged again (after a revival).
+        self._judge_after = {}
+        #: The brokers whose connection was lost once (a connection after
+        #: that is a revival).
+        self._lost = set()
+        #: Whether the next verification asks every running worker.
+        self._everyone = False
         self._startup = StartupPoll(
             reactor, control, self._starting, self._pong_current, self._check_failed
         )
-        self._broker_seen = bool(control.connected)
         self._ticks = 0
         control.add_connection_listener(self._broker_changed)
         self.launcher.add_orphan_listener(self._orphaned)
@@ -204,8 +211,10 @@ class Supervisor(service.Service):
         try:
             self.converge(verify=False)
             self._background("pinging", self._ping_round)
+            # Every worker, for changes made behind cyme's back.
+            self._everyone = True
             self._background("verifying", self._verify)
-            for life in self.workers.values():
+            for life in list(self.workers.values()):
                 life.tail()
         except Exception:
             # The LoopingCall would stop for good on an exception.
@@ -304,7 +313,7 @@ class Supervisor(service.Service):
                 self._remove(life)
                 continue
             # Stop taking new tasks before the warm shutdown.
-            for queue in (worker.verified or ((), 0, 0))[0]:
+            for queue in (worker.live or {}).get("queues", ()):
                 self.control.cancel_consumer([worker.node], queue, 1.0).addErrback(_ignore)
             life.stop("deleted").addCallback(lambda _, life=life: self._remove(life))
 
@@ -312,6 +321,8 @@ class Supervisor(service.Service):
         worker = life.worker
         if self.workers.get(worker.name) is life:
             del self.workers[worker.name]
+            if not any(l.worker.node == worker.node for l in self.workers.values()):
+                self.control.unregister(worker.node)
         shutil.rmtree(worker.directory, ignore_errors=True)
         self.log.info("{instance} removed", instance=worker.name)
         self.reconcile()
@@ -348,56 +359,56 @@ class Supervisor(service.Service):
 
     # Liveness
 
-    def _broker_changed(self, connected):
+    def _broker_changed(self, connected, url):
         if not connected:
-            self._broker_seen = True
-            self.log.warn("broker connection lost: not judging workers meanwhile")
+            self._lost.add(url)
+            self.log.warn("broker {broker} connection lost: not judging its workers "
+                          "meanwhile", broker=safe_url(url))
             return
-        if self._broker_seen:
-            # A revival (the first connection cut nothing off): the
+        if url in self._lost:
+            # A revival (the first connection cut nothing off): its
             # workers get time to reconnect before they are judged.
             wait = self.policy.wait_after_broker_revived
-            self._judge_after = self.reactor.seconds() + wait
-            self.log.info("broker revived: judging workers again in {seconds:g} s",
-                          seconds=wait)
+            self._judge_after[url] = self.reactor.seconds() + wait
+            self.log.info("broker {broker} revived: judging its workers again in "
+                          "{seconds:g} s", broker=safe_url(url), seconds=wait)
             for life in self.workers.values():
-                life.verified(None)
-        self._broker_seen = True
+                if self.control.broker(life.worker.node) == url:
+                    life.verified(None)
         self.reconcile()
         # Starting (and adopted) workers need no grace period: a pong is a pong.
         self._startup.poll()
 
-    def _can_judge(self):
-        return self.control.connected and self.reactor.seconds() >= self._judge_after
+    def _can_judge(self, node):
+        return self.control.reachable(node) and (
+            self.reactor.seconds() >= self._judge_after.get(self.control.broker(node), 0.0)
+        )
 
     def _pong(self, life):
         if life.pong() and self.running:
             self._background("verifying", self._verify)
 
     async def _ping_round(self):
-        # Pongs are taken whenever the broker is up; only judging the
+        # Pongs are taken from every reachable broker; only judging the
         # silent waits for the grace period after a revival.
-        if not self.control.connected:
-            return
-        watched = [
-            life for life in self.workers.values()
+        watched = {
+            life.worker.node: life for life in self.workers.values()
             if life.worker.pid is not None and life.worker.state in LIVE
-        ]
+            and self.control.reachable(life.worker.node)
+        }
         if not watched:
             return
         # The retries of a round fit well within one tick.
         cap = max(0.1, min(1.6, self.policy.interval / 2))
         began = self.reactor.seconds()
         answered = await ping_rounds(
-            self.control, {life.worker.node: life for life in watched},
-            ping_delays(0.1, cap), self._pong, self.log,
+            self.control, watched, ping_delays(0.1, cap), self._pong, self.log,
         )
-        if not self._can_judge():
-            return
         now = self.reactor.seconds()
-        for life in watched:
+        for node, life in watched.items():
             worker = life.worker
-            if worker.node in answered or worker.pid is None or worker.state == STOPPING:
+            if (node in answered or worker.pid is None or worker.state == STOPPING
+                    or not self._can_judge(node)):
                 continue
             if worker.last_pong is not None and worker.last_pong >= began:
                 # It answered another ping meanwhile (the start-up poll's):
@@ -415,6 +426,7 @@ class Supervisor(service.Service):
         return {
             life.worker.node: life for life in self.workers.values()
             if life.worker.state == STARTING and life.worker.pid is not None
+            and self.control.reachable(life.worker.node)
         }
 
     def _pong_current(self, life):
@@ -426,25 +438,10 @@ class Supervisor(service.Service):
 
     async def _verify(self):
         """
-        Make running workers consume the right queues at the right bounds.
-
-        Only workers not verified since their last change are asked (one
-        active_queues and one stats message for all of them); each fix is
-        verified on the next tick.  Every twelfth tick all are re-checked.
+        Make running workers consume the right queues at the right bounds:
+        on a tick every one of them, else those not verified as their
+        instance is now (L{cyme.supervision.consuming.check}).
         """
-        if not self.control.connected:
-            return
-        desired = {i.name: i for i in self.store.instances()}
-        full = self._ticks % 12 == 0
-        todo, lives = [], {}
-        for life in self.workers.values():
-            worker = life.worker
-            instance = desired.get(worker.name)
-            if worker.state != RUNNING or instance is None:
-                continue
-            if full or worker.verified != wanted(self.store, instance):
-                todo.append((worker, instance))
-                lives[worker] = life
-        if todo:
-            for worker, instance in await verify(self.control, self.store, self.log, todo):
-                lives[worker].verified(wanted(self.store, instance))
+        everyone, self._everyone = self._everyone, False
+        await check(self.control, self.store, self.log,
+                    list(self.workers.values()), everyone)

@@ -263,3 +263,34 @@ class LogTail:
             complete.append(self._partial)
             self._partial = b""
         return [line.decode("utf-8", "replace").rstrip() for line in complete if line.strip()]
+
+
+# What Celery writes when it cannot reach its broker: "consumer: Cannot
+# connect to <url, password masked>: <error>." while it retries, and
+# "Unrecoverable error: AccessRefused(...)" when it gives up.
+_CANNOT_CONNECT = re.compile(r"Cannot connect to \S+: (?P<error>.*?)\.?$")
+_UNRECOVERABLE = re.compile(r"Unrecoverable error: (?P<error>.*ACCESS_REFUSED.*)$")
+_BROKER_FAILURES = (
+    ("the host does not resolve", (
+        "Name or service not known", "Temporary failure in name resolution",
+        "No address associated with hostname", "Errno -2]", "Errno -3]", "Errno -5]",
+    )),
+    ("connection refused", ("Connection refused", "Errno 111]")),
+    ("access refused", ("ACCESS_REFUSED", "AccessRefused")),
+    ("TLS failure", ("SSL", "TLS", "CERTIFICATE", "certificate")),
+)
+
+
+def broker_failure(line):
+    """
+    Why the worker cannot reach its broker, if C{line} (of its log) says
+    it cannot; None for any other line.  The broker's URL is left out.
+    """
+    found = _CANNOT_CONNECT.search(line) or _UNRECOVERABLE.search(line)
+    if found is None:
+        return None
+    error = found.group("error").strip()[:200]
+    for kind, marks in _BROKER_FAILURES:
+        if any(mark in error for mark in marks):
+            return f"cannot reach its broker: {kind} ({error})"
+    return f"cannot reach its broker: {error}"

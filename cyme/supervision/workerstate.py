@@ -18,9 +18,11 @@ UNRESPONSIVE = "unresponsive"
 STOPPING = "stopping"
 STOPPED = "stopped"
 QUARANTINED = "quarantined"
+#: Up, but it says it cannot reach its broker (its log or its exit).
+FAILED = "failed"
 
 #: The states in which a worker process is up and watched by pings.
-LIVE = (STARTING, RUNNING, UNRESPONSIVE)
+LIVE = (STARTING, RUNNING, UNRESPONSIVE, FAILED)
 STATES = (*LIVE, STOPPING, STOPPED, QUARANTINED)
 
 # The events that move a worker from state to state (see
@@ -32,18 +34,21 @@ PING_MISSED = "ping missed"
 STOP_ASKED = "stop asked"
 RESTART_ASKED = "restart asked"
 EXITED = "exited"
-FAILED = "failed"
+#: The process ended without being asked to (counted against the budget).
+CRASHED = "crashed"
 FLAPPED = "flapped"
 KILL_TIMEOUT = "kill timeout"
 BACKOFF_ELAPSED = "backoff elapsed"
 QUARANTINE_ELAPSED = "quarantine elapsed"
 ORPHANED = "orphaned"
 WATCH = "watch"
+#: The worker wrote that it cannot connect to its broker.
+CANNOT_CONNECT = "cannot connect"
 
 EVENTS = (
     SPAWNED, ADOPTED, PONG, PING_MISSED, STOP_ASKED, RESTART_ASKED, EXITED,
-    FAILED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
-    ORPHANED, WATCH,
+    CRASHED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
+    ORPHANED, WATCH, CANNOT_CONNECT,
 )
 
 
@@ -115,7 +120,16 @@ class Worker:
     #: Why the worker is being stopped, when the stop is a failure (it did
     #: not answer): counted against the restart budget once it is gone.
     failure: str | None = None
+    #: What the worker was last found consuming as its instance asks
+    #: (L{cyme.supervision.consuming.wanted}); None: to be asked again.
     verified: object = None
+    #: What the fixes sent last were to make it consume, and when: not
+    #: known to be true until the worker is asked again.
+    sent: object = None
+    sent_at: float | None = None
+    #: What the worker said it consumes, when last asked (the JSON's
+    #: C{live}); None before its first answer.
+    live: dict | None = None
     retired: bool = False
     stop_waiters: list = attrs.field(factory=list)
     ready_waiters: list = attrs.field(factory=list)
@@ -136,4 +150,5 @@ class Worker:
             "restarts": self.restarts,
             "last_error": self.last_error,
             "quarantined_until": self.quarantined_until,
+            "live": dict(self.live) if self.live is not None else None,
         }

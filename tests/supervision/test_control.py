@@ -189,7 +189,7 @@ class ControlTests(TestCase):
     def test_survives_a_dropped_connection(self):
         control, node = yield defer.ensureDeferred(self._up())
         changes = []
-        control.add_connection_listener(changes.append)
+        control.add_connection_listener(lambda connected, url: changes.append(connected))
         self.pool.client(self.broker).connection.abort()
         yield defer.ensureDeferred(self.wait_for(lambda: changes == [False, True]))
 
@@ -198,3 +198,63 @@ class ControlTests(TestCase):
 
         reply = yield defer.ensureDeferred(self.wait_for(pong))
         self.assertEqual(reply, {"ok": "pong"})
+
+
+class RouterBrokerTests(TestCase):
+    """The router's brokers one by one: one out of reach stops nothing."""
+
+    timeout = 60
+    setUp = ControlTests.setUp
+    wait_for = ControlTests.wait_for
+    start_worker = ControlTests.start_worker
+    started_pool = ControlTests.started_pool
+
+    UNREACHABLE = "amqp://me:me@w1.invalid:5672//"
+
+    @defer.inlineCallbacks
+    def test_an_unreachable_broker_leaves_the_others_working(self):
+        pool = self.started_pool()
+        router = ControlRouter(pool, self.broker, reactor)
+        changes = []
+        router.add_connection_listener(lambda connected, url: changes.append((connected, url)))
+        node = self.start_worker()
+        router.register(node, self.broker)
+        router.register("bar@elsewhere", self.UNREACHABLE)
+        yield defer.ensureDeferred(self.wait_for(lambda: router.connected))
+        self.assertTrue(router.reachable(node))
+        self.assertFalse(router.reachable("bar@elsewhere"))
+        self.assertEqual(router.broker("bar@elsewhere"), self.UNREACHABLE)
+        self.assertIn((True, self.broker), changes)
+
+        async def pong():
+            # Both nodes in one call: the reachable one answers.
+            return (await router.ping([node, "bar@elsewhere"], 0.3)).get(node)
+
+        reply = yield defer.ensureDeferred(self.wait_for(pong))
+        self.assertEqual(reply, {"ok": "pong"})
+
+    @defer.inlineCallbacks
+    def test_the_connection_of_a_broker_nobody_uses_is_closed(self):
+        pool = self.started_pool()
+        router = ControlRouter(pool, self.broker, reactor)
+        router.register("bar@elsewhere", self.UNREACHABLE)
+        router.register("baz@elsewhere", self.UNREACHABLE)
+        self.assertEqual(sorted(pool.urls()), sorted([self.broker, self.UNREACHABLE]))
+        router.unregister("bar@elsewhere")
+        self.assertIn(self.UNREACHABLE, pool.urls())
+        router.unregister("baz@elsewhere")
+        yield deferLater(reactor, 0, lambda: None)
+        self.assertEqual(pool.urls(), [self.broker])
+        self.assertEqual(router.brokers(), [self.broker])
+        # Its own broker stays, whoever uses it.
+        router.register("foo@here", self.broker)
+        router.unregister("foo@here")
+        self.assertEqual(pool.urls(), [self.broker])
+
+    def test_a_connection_someone_else_holds_stays(self):
+        pool = self.started_pool()
+        router = ControlRouter(pool, self.broker, reactor)
+        router.register("bar@elsewhere", self.UNREACHABLE)
+        pool.client(self.UNREACHABLE)  # the task service publishes there
+        router.unregister("bar@elsewhere")
+        self.assertIn(self.UNREACHABLE, pool.urls())

@@ -20,6 +20,7 @@ from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
 from cyme.supervision.lifecycle import TRANSITIONS, WorkerLifecycle
 from cyme.supervision.workerstate import (
     EVENTS,
+    FAILED,
     QUARANTINED,
     RUNNING,
     STARTING,
@@ -34,6 +35,14 @@ from cyme.supervision.workerstate import (
 
 ARGV = ["/py", "-m", "cyme.supervision.workerexec", "worker", "-n", "w1@h"]
 TERM_CONT = [signal.SIGTERM, signal.SIGCONT]
+CANNOT_RESOLVE = (
+    "[2026-12-02 01:10:14,744: ERROR/MainProcess] consumer: Cannot connect to "
+    "amqp://me:**@w1:5672//: [Errno -2] Name or service not known."
+)
+RESOLVE_ERROR = (
+    "cannot reach its broker: the host does not resolve "
+    "([Errno -2] Name or service not known)"
+)
 
 
 class LifecycleTestCase(SynchronousTestCase):
@@ -84,6 +93,18 @@ class LifecycleTestCase(SynchronousTestCase):
         process = self.starting()
         self.life.ping_missed()
         return process
+
+    def failed(self, arrive=None):
+        process = (arrive or self.starting)()
+        self.writes(CANNOT_RESOLVE)
+        self.assertState(FAILED)
+        return process
+
+    def writes(self, *lines):
+        """The worker writes C{lines} to its log; the tick reads them."""
+        with open(os.path.join(self.directory, "worker.log"), "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+        self.life.tail()
 
     def stopping(self, failure=None):
         process = self.running()
@@ -159,7 +180,7 @@ class RowTests(LifecycleTestCase):
         self.assertEqual((self.worker.pid, self.worker.spec), (4242, "old"))
         self.assertTrue(self.worker.adopted)
 
-    def test_stopped_failed(self):
+    def test_stopped_crashed(self):
         self.make(max_restarts=5)
         self.launcher.fail = OSError("no such file")
         self.assertFalse(self.life.start(ARGV, {}, "spec1"))
@@ -324,23 +345,23 @@ class RowTests(LifecycleTestCase):
     def test_unresponsive_restart_asked(self):
         self.check_restart_asked(self.unresponsive)
 
-    def check_failed(self, arrive):
+    def check_crashed(self, arrive, error="exited with status 1"):
         process = arrive()
         process.exit(status=1)
         self.assertState(STOPPED)
-        self.assertEqual(self.worker.last_error, "exited with status 1")
+        self.assertEqual(self.worker.last_error, error)
         self.assertEqual((self.worker.restarts, self.worker.pid), (1, None))
         self.assertFalse(os.path.exists(os.path.join(self.directory, "worker.pid")))
         self.assertEqual(self.reconciles, [0.0])
 
-    def test_starting_failed(self):
-        self.check_failed(self.starting)
+    def test_starting_crashed(self):
+        self.check_crashed(self.starting)
 
-    def test_running_failed(self):
-        self.check_failed(self.running)
+    def test_running_crashed(self):
+        self.check_crashed(self.running)
 
-    def test_unresponsive_failed(self):
-        self.check_failed(self.unresponsive)
+    def test_unresponsive_crashed(self):
+        self.check_crashed(self.unresponsive)
 
     def check_flapped(self, arrive):
         self.make(max_restarts=0)
@@ -382,6 +403,90 @@ class RowTests(LifecycleTestCase):
 
     def test_unresponsive_orphaned(self):
         self.check_orphaned(self.unresponsive, UNRESPONSIVE)
+
+    # failed: up, but it says it cannot reach its broker
+
+    def check_cannot_connect(self, arrive):
+        arrive()
+        ready = self.life.wait_ready(10)
+        self.writes("[x: INFO/MainProcess] Connected to nothing yet", CANNOT_RESOLVE)
+        self.assertState(FAILED)
+        self.assertEqual(self.worker.last_error, RESOLVE_ERROR)
+        # Whoever waits for it to come up is told now, not at the timeout.
+        told = self.successResultOf(ready)["state"]
+        self.assertEqual(told, "running" if arrive == self.running else "failed")
+        self.assertEqual(self.pending_calls(), [])
+
+    def test_starting_cannot_connect(self):
+        self.check_cannot_connect(self.starting)
+
+    def test_running_cannot_connect(self):
+        self.check_cannot_connect(self.running)
+
+    def test_unresponsive_cannot_connect(self):
+        self.check_cannot_connect(self.unresponsive)
+
+    def test_failed_cannot_connect(self):
+        self.failed()
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqp://me:**@w1:5672//: "
+            "[Errno 111] Connection refused."
+        )
+        self.assertState(FAILED)
+        self.assertEqual(
+            self.worker.last_error,
+            "cannot reach its broker: connection refused ([Errno 111] Connection refused)",
+        )
+
+    def test_failed_pong(self):
+        self.failed()
+        self.assertTrue(self.life.pong())
+        self.assertState(RUNNING)
+        # Why it failed stays until something else goes wrong.
+        self.assertEqual(self.worker.last_error, RESOLVE_ERROR)
+
+    def test_failed_ping_missed(self):
+        self.failed()
+        self.assertEqual(self.life.ping_missed(), 1)
+        self.assertState(FAILED)
+        self.assertEqual(self.worker.process.signals, [])
+
+    def test_failed_stop_asked(self):
+        self.check_stop_asked(self.failed)
+
+    def test_failed_restart_asked(self):
+        self.check_restart_asked(self.failed)
+
+    def test_failed_crashed(self):
+        # Celery gives up (access refused is unrecoverable): its reason,
+        # not a traceback's last line, says why.
+        self.check_crashed(self.failed, f"exited with status 1: {RESOLVE_ERROR}")
+
+    def test_failed_flapped(self):
+        self.check_flapped(self.failed)
+
+    def test_failed_orphaned(self):
+        self.check_orphaned(self.failed, FAILED)
+
+    def test_access_refused_and_tls_failures_are_named(self):
+        self.starting()
+        self.writes(
+            "[x: CRITICAL/MainProcess] Unrecoverable error: AccessRefused(403, "
+            "'ACCESS_REFUSED - Login was refused using authentication mechanism "
+            "PLAIN.', (0, 0), '')"
+        )
+        self.assertTrue(self.worker.last_error.startswith(
+            "cannot reach its broker: access refused (AccessRefused(403"))
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqps://g:**@h:5671//: "
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed."
+        )
+        self.assertEqual(
+            self.worker.last_error,
+            "cannot reach its broker: TLS failure ([SSL: CERTIFICATE_VERIFY_FAILED] "
+            "certificate verify failed)",
+        )
+        self.assertNotIn("**", self.worker.last_error)
 
     # stopping
 
@@ -444,7 +549,7 @@ class RowTests(LifecycleTestCase):
         self.assertEqual((self.worker.restarts, self.worker.last_error), (0, None))
         self.assertEqual((self.reconciles, self.pending_calls()), ([], []))
 
-    def test_stopping_failed(self):
+    def test_stopping_crashed(self):
         process = self.stopping(failure="did not answer ping")
         process.exit(signum=signal.SIGTERM)
         self.assertState(STOPPED)
