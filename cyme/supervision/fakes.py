@@ -142,6 +142,9 @@ class FakeControl:
             for ok, replies in results:
                 if ok:
                     merged.update(replies)
+                elif replies.check(defer.CancelledError):
+                    # Cancelled (the branch stops): not an empty answer.
+                    return replies
             return merged
 
         return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)

@@ -150,7 +150,8 @@ class Supervisor(service.Service):
     def status(self, name):
         life = self.workers.get(name)
         if life is None:
-            return {"state": STOPPED, "pid": None, "restarts": 0, "last_error": None}
+            return {"state": STOPPED, "pid": None, "restarts": 0, "last_error": None,
+                    "live": None}
         return life.worker.to_json()
 
     def wait_ready(self, name, timeout):
