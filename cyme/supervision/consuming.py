@@ -136,7 +136,7 @@ async def verify(control, store, log, todo):
     return answers
 
 
-async def check(control, store, log, lives, everyone):
+async def check(control, store, log, clock, lives, everyone):
     """
     Verify the running workers of C{lives} (lifecycles) whose broker is
     reachable: all of them if C{everyone}, else only those not verified
@@ -162,6 +162,12 @@ async def check(control, store, log, lives, everyone):
         # As the instance was when asked: a change since is verified next.
         want = wanted(store, answer.instance)
         if answer.fixed:
+            worker = answer.worker
+            if worker.sent == want and worker.sent_at is not None:
+                # Told before and asked since: it did not take (or it was
+                # changed back behind cyme's back meanwhile).
+                log.warn("{instance} still not as asked {seconds:.1f} s after it was told",
+                         instance=worker.name, seconds=clock.seconds() - worker.sent_at)
             life.sent(want)
         else:
             life.verified(want)

@@ -30,6 +30,9 @@ class FakeNode:
     max: int = 1
     min: int = 1
     responsive: bool = True
+    #: Acknowledges the changes it is told (add_consumer, autoscale, ...)
+    #: but does not make them: Celery answers before it applies one.
+    stubborn: bool = False
 
     def queue_names(self):
         return [q["name"] for q in self.queues]
@@ -181,6 +184,8 @@ class FakeControl:
 
     def add_consumer(self, nodes, queue, timeout):
         def apply(node):
+            if node.stubborn:
+                return {"ok": "told"}
             node.queues = [q for q in node.queues if q["name"] != queue.name] + [
                 {"name": queue.name, "exchange": {"name": queue.exchange},
                  "routing_key": queue.routing_key}
@@ -191,6 +196,8 @@ class FakeControl:
 
     def cancel_consumer(self, nodes, queue_name, timeout):
         def apply(node):
+            if node.stubborn:
+                return {"ok": "told"}
             node.queues = [q for q in node.queues if q["name"] != queue_name]
             return {"ok": f"no longer consuming from {queue_name}"}
 
@@ -198,6 +205,8 @@ class FakeControl:
 
     def autoscale(self, nodes, max_concurrency, min_concurrency, timeout):
         def apply(node):
+            if node.stubborn:
+                return {"ok": "told"}
             node.max, node.min = max_concurrency, min_concurrency
             return {"ok": f"autoscale now max={max_concurrency} min={min_concurrency}"}
 

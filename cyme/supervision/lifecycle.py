@@ -127,7 +127,8 @@ class WorkerLifecycle:
         """
         w = self.worker
         w.verified = None
-        w.sent, w.sent_at = wanted, self._clock.seconds()
+        if w.sent != wanted:  # sent_at: when the first fix towards it went
+            w.sent, w.sent_at = wanted, self._clock.seconds()
 
     def observed(self, queues, max_concurrency, min_concurrency):
         """What the worker said it consumes and its bounds, just now."""

@@ -444,5 +444,5 @@ class Supervisor(service.Service):
         instance is now (L{cyme.supervision.consuming.check}).
         """
         everyone, self._everyone = self._everyone, False
-        await check(self.control, self.store, self.log,
+        await check(self.control, self.store, self.log, self.reactor,
                     list(self.workers.values()), everyone)

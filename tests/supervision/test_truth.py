@@ -8,6 +8,7 @@ by broker, the C{failed} state and the instance's C{live} field.
 import os
 import signal
 
+from twisted.logger import globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from cyme.state.models import App, Broker, Instance
@@ -139,6 +140,23 @@ class BehindCymesBackTests(TruthTestCase):
         self.tick()
         self.assertEqual(self.live(), {"queues": ["dq.w1", "tasks"], "max": 1, "min": 1})
         self.assertIsNotNone(self.supervisor.workers["w1"].worker.verified)
+
+    def test_a_fix_that_does_not_take_is_told_again_and_logged(self):
+        self.running_w1(queues=["tasks"])
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.control.celery_cancel_consumer("w1@h", "tasks")
+        self.node().stubborn = True
+        self.control.sent.clear()
+        self.tick(3)
+        adds = [m for m in self.control.messages("add_consumer")]
+        self.assertEqual(adds, [("add_consumer", ["w1@h"], ("tasks",))] * 3)
+        worker = self.supervisor.workers["w1"].worker
+        self.assertIsNone(worker.verified)
+        self.assertAlmostEqual(worker.sent_at, 2 * TICK, places=6)  # the first fix
+        warnings = [e for e in events if "still not as asked" in e.get("log_format", "")]
+        self.assertEqual(len(warnings), 2)
 
     def test_no_answer_yet_no_live(self):
         self.start(interval=TICK)
