@@ -10,12 +10,10 @@ the end of a quarantine and the watch over an adopted worker that stops;
 its clock, launcher and process table are injected (the shape of
 Twisted's C{ClientService} machine).
 
-Events come from the supervisor, the process and the timers.  A process
-that ends is C{EXITED} after a stop that was asked, else a failure counted
-against the restart budget: C{CRASHED} within it (restart after the
-backoff), C{FLAPPED} beyond it (quarantine).  What the worker writes is
-read once a tick (L{WorkerLifecycle.tail}): a line saying it cannot reach
-its broker makes it C{FAILED}, with the reason in C{last_error}.
+Events come from the supervisor, the process and the timers (the table
+and its events: L{cyme.supervision.transitions}).  What the worker writes
+is read once a tick (L{WorkerLifecycle.tail}): a line saying it cannot
+reach its broker makes it C{FAILED}, with the reason in C{last_error}.
 """
 
 import os
@@ -28,7 +26,7 @@ from cyme import logs
 from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
     LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, read_spec,
-    record_spawn, remove_pidfile,
+    record_spawn, remove_pidfile, still_failing,
 )
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
@@ -140,6 +138,9 @@ class WorkerLifecycle:
     def adopt(self, pid):
         """Take over worker C{pid} that a previous run of the branch left."""
         self._fire(ADOPTED, pid)
+        reason = still_failing(os.path.join(self.worker.directory, "worker.log"))
+        if reason is not None:
+            self._fire(CANNOT_CONNECT, reason)
 
     def pong(self):
         """The worker answered a ping; whether it is up only now."""

@@ -294,3 +294,23 @@ def broker_failure(line):
         if any(mark in error for mark in marks):
             return f"cannot reach its broker: {kind} ({error})"
     return f"cannot reach its broker: {error}"
+
+
+def still_failing(path, tail=8192):
+    """
+    Why the worker writing log C{path} cannot reach its broker, if the end
+    of the log says it still cannot (a worker adopted after a branch
+    restart, whose next attempt may be half a minute away); else None.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - tail))
+            lines = f.read(tail).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    reason = None
+    for line in lines:
+        if "Connected to " in line:
+            reason = None
+        reason = broker_failure(line) or reason
+    return reason

@@ -468,6 +468,26 @@ class RowTests(LifecycleTestCase):
     def test_failed_orphaned(self):
         self.check_orphaned(self.failed, FAILED)
 
+    def adopt_with_log(self, *lines):
+        os.makedirs(self.directory)
+        with open(os.path.join(self.directory, "worker.log"), "w") as f:
+            f.write("".join(line + "\n" for line in lines))
+        self.processes.table[4242] = "w1@h"
+        self.life.adopt(4242)
+
+    def test_adopted_still_failing_is_failed_at_once(self):
+        # Its next attempt may be half a minute away: the log says it now.
+        self.adopt_with_log(CANNOT_RESOLVE, "Trying again in 30.00 seconds... (9/100)")
+        self.assertState(FAILED)
+        self.assertEqual(self.worker.last_error, RESOLVE_ERROR)
+
+    def test_adopted_after_it_connected_is_starting(self):
+        self.adopt_with_log(
+            CANNOT_RESOLVE, "[x: INFO/MainProcess] Connected to amqp://guest:**@h:5672//",
+        )
+        self.assertState(STARTING)
+        self.assertIsNone(self.worker.last_error)
+
     def test_access_refused_and_tls_failures_are_named(self):
         self.starting()
         self.writes(
