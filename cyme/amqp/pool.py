@@ -90,18 +90,18 @@ class BrokerPool(service.MultiService):
     def release(self, url, listener):
         """
         C{listener} (from L{on_connection}) no longer uses C{url}: it hears
-        of it no more, and once nobody uses the connection it is closed
-        (fires when it is).
+        of it no more, and once nobody uses the connection it is closed.
+        Fires with whether it was (once it is), or kept for its other users.
         """
         client = self._clients.get(url)
         users = self._listeners.get(url, [])
         if listener in users:
             users.remove(listener)
         if client is None:
-            return defer.succeed(None)
+            return defer.succeed(False)
         client.remove_listener(listener)
         if users or url in self._held:
-            return defer.succeed(None)
+            return defer.succeed(False)
         del self._clients[url]
         self._listeners.pop(url, None)
-        return defer.maybeDeferred(self.removeService, client)
+        return defer.maybeDeferred(self.removeService, client).addCallback(lambda _: True)

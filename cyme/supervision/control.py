@@ -86,7 +86,7 @@ class PidboxControl:
     def close(self):
         """
         No more commands: the connection goes back to the pool (closed if
-        nobody else uses it); fires when it is.
+        nobody else uses it); fires with whether it was closed.
         """
         self._closed = True
         self._channel = None
@@ -248,6 +248,7 @@ class ControlRouter:
         self._pool = pool
         self._controls = {}
         self._nodes = {}
+        self._published_closed = 0
         self._listeners = Listeners("remote-control connection")
         self._control(default_url)
 
@@ -269,7 +270,8 @@ class ControlRouter:
 
     @property
     def published(self):
-        return sum(c.published for c in self._controls.values())
+        # A counter: the messages of the controls closed since count too.
+        return self._published_closed + sum(c.published for c in self._controls.values())
 
     def _control(self, url):
         control = self._controls.get(url)
@@ -311,10 +313,13 @@ class ControlRouter:
             return
         control = self._controls.pop(url, None)
         if control is not None:
-            self.log.info("no worker uses broker {broker} any more: connection closed",
-                          broker=safe_url(url))
-            control.close().addErrback(
-                lambda f: self.log.failure("closing a broker connection", f)
+            self._published_closed += control.published
+            control.close().addCallbacks(
+                lambda closed: self.log.info(
+                    "no worker uses broker {broker} any more: {what}", broker=safe_url(url),
+                    what="connection closed" if closed else "kept for the task service",
+                ),
+                lambda f: self.log.failure("closing a broker connection", f),
             )
 
     def _spread(self, nodes, send):
