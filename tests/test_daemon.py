@@ -309,7 +309,7 @@ class TwistdBranchTests(DaemonTestCase):
         self.assertEqual(await self.request("GET", f"{base}/"), (200, ["foo"]))
         code, shown_again = await self.request("GET", f"{base}/foo/instances/{name}/")
         self.assertEqual(code, 200)
-        live = ("state", "pid", "restarts", "last_error", "quarantined_until")
+        live = ("state", "pid", "restarts", "last_error", "quarantined_until", "live")
         self.assertEqual(
             {k: v for k, v in shown_again.items() if k not in live},
             {k: v for k, v in shown.items() if k not in live},
