@@ -16,13 +16,11 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from cyme import logs
 from cyme.tasks import webhook
-from cyme.amqp import AMQPError, IBrokerListener
+from cyme.amqp import AMQPError
 from cyme.amqp.codec import PartlyEncoded, encode_fields
-from cyme.amqp.private import setup_failed
 from cyme.errors import BadRequest, CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
 
@@ -86,28 +84,25 @@ def task_message(task_id, kwargs, origin):
     return headers, json.dumps(body).encode("utf-8")
 
 
-@implementer(IBrokerListener)
 class BrokerLink:
     """One app broker: a confirming channel to publish, the result consumer."""
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, tasks, url, client):
-        self.tasks = tasks
+    def __init__(self, url, pool, results_queue, journal, clock):
         self.url = url
-        self.client = client
+        self.results_queue = results_queue
         self.channel = None
+        self._journal = journal
+        self._clock = clock
         self._declared = set()
         self._waiting = []  # a Deferred per publish waiting for the channel
-        client.add_listener(self)
-
-    def broker_connected(self, connection):
-        d = defer.ensureDeferred(self._setup(connection))
-        d.addErrback(self._setup_failed, connection)
+        pool.on_connection(url, self._setup, self._lost,
+                           what=f"task publishing on {url}", log=self.log)
 
     async def _setup(self, connection):
         results = await connection.channel(timeout=10)
-        queue = self.tasks.results_queue
+        queue = self.results_queue
         await results.queue_declare(queue, durable=True, auto_delete=False, timeout=10)
         await results.basic_qos(prefetch_count=512, timeout=10)
         await results.consume(queue, self._result, no_ack=False, timeout=10)
@@ -119,27 +114,22 @@ class BrokerLink:
         for d in waiting:
             d.callback(channel)
 
-    def _setup_failed(self, failure, connection):
-        setup_failed(self.log, f"task publishing on {self.url}", failure, connection)
-
-    def broker_lost(self, reason):
+    def _lost(self, reason):
         self.channel = None
 
-    async def _channel(self, timeout):
+    def _channel(self, timeout):
         if self.channel is not None and self.channel.is_open:
-            return self.channel
+            return defer.succeed(self.channel)
         # One Deferred each: a Deferred's result goes down one chain of
         # callbacks, and one publish timing out must not fail the others.
         d = defer.Deferred(self._waiting.remove)
         self._waiting.append(d)
-        timer = self.tasks.clock.callLater(timeout, d.cancel)
-        try:
-            return await d
-        except defer.CancelledError:
-            raise BrokerUnreachable(f"broker {self.url} not reachable") from None
-        finally:
-            if timer.active():
-                timer.cancel()
+        d.addTimeout(timeout, self._clock)
+        return d.addErrback(self._unreachable)
+
+    def _unreachable(self, failure):
+        failure.trap(defer.TimeoutError)
+        raise BrokerUnreachable(f"broker {self.url} not reachable")
 
     async def publish(self, queue, task_id, headers, body, timeout):
         channel = await self._channel(timeout)
@@ -152,7 +142,7 @@ class BrokerLink:
                 queue.exchange, queue.routing_key, body,
                 content_type="application/json", content_encoding="utf-8",
                 delivery_mode=2, priority=0, correlation_id=task_id,
-                reply_to=self.tasks.results_queue, headers=headers, timeout=timeout,
+                reply_to=self.results_queue, headers=headers, timeout=timeout,
             )
         except AMQPError as e:
             raise PublishFailed(f"the broker did not confirm the task: {e}") from None
@@ -191,7 +181,7 @@ class BrokerLink:
             self.log.warn("dropping an unreadable result message")
             message.reject(requeue=False)
             return None
-        d = self.tasks.journal.record(
+        d = self._journal.record(
             task_id, status,
             result=body.get("result"),
             traceback=body.get("traceback"),
@@ -219,9 +209,10 @@ class TaskService(service.Service):
     log = Logger(observer=logs.observer)
     name = "tasks"
 
-    def __init__(self, router, journal, branch_id, clock, store, publish_timeout=10.0,
+    def __init__(self, pool, journal, branch_id, clock, store, publish_timeout=10.0,
                  disk=None):
-        self.router = router
+        # The branch's broker connections (L{cyme.amqp.BrokerPool}).
+        self.pool = pool
         self.journal = journal
         # The journal's thread (L{cyme.tasks.journal.DiskThread}), if it has one.
         self.disk = disk
@@ -277,7 +268,9 @@ class TaskService(service.Service):
     def link(self, url):
         link = self.links.get(url)
         if link is None:
-            link = self.links[url] = BrokerLink(self, url, self.router.client(url))
+            link = self.links[url] = BrokerLink(
+                url, self.pool, self.results_queue, self.journal, self.clock
+            )
         return link
 
     async def queue(self, app, queue, method, url, query=None, body=None,

@@ -1,19 +1,91 @@
-"""The task service around the journal: the expiry sweep, and what it does
-while the branch stops (queue nothing it could not record).
+"""The task service around the journal: the expiry sweep, what it does
+while the branch stops (queue nothing it could not record), and its broker
+links on the branch's broker pool (wait for the connection's set-up, within
+the publish timeout).
 """
 
+from twisted.application.service import Service
 from twisted.internet import defer
+from zope.interface.verify import verifyObject
 
+from cyme.amqp import BrokerPool, IBrokerListener
 from cyme.errors import Unavailable
 from cyme.state.models import App, Queue
-from cyme.tasks.results import PublishFailed, TaskService
+from cyme.tasks.results import BrokerUnreachable, PublishFailed, TaskService
 from cyme.state.store import MemoryStore
 from tests.tasks.test_journal import JournalTestCase
 
 
+class FakeClient(Service):
+    """An AMQP client service that connects when told to."""
+
+    def __init__(self):
+        self.listeners = []
+        self.connection = None
+
+    def add_listener(self, listener):
+        verifyObject(IBrokerListener, listener)
+        self.listeners.append(listener)
+        if self.connection is not None:
+            listener.broker_connected(self.connection)
+
+    def connect(self, connection):
+        self.connection = connection
+        for listener in self.listeners:
+            listener.broker_connected(connection)
+
+
+class FakeChannel:
+    """The calls of L{cyme.amqp.Channel} that the task service makes."""
+
+    is_open = True
+
+    def __init__(self):
+        self.calls = []
+        self.consumers = {}
+
+    def _call(self, name, *args, **kwargs):
+        self.calls.append((name, args, kwargs))
+        return defer.succeed(None)
+
+    def queue_declare(self, queue, **kwargs):
+        return self._call("queue_declare", queue, **kwargs)
+
+    def basic_qos(self, prefetch_count, **kwargs):
+        return self._call("basic_qos", prefetch_count, **kwargs)
+
+    def confirm_select(self, **kwargs):
+        return self._call("confirm_select", **kwargs)
+
+    def exchange_declare(self, exchange, type="direct", **kwargs):
+        return self._call("exchange_declare", exchange, type, **kwargs)
+
+    def queue_bind(self, queue, exchange, routing_key="", **kwargs):
+        return self._call("queue_bind", queue, exchange, routing_key, **kwargs)
+
+    def consume(self, queue, on_message, **kwargs):
+        self.consumers[queue] = on_message
+        return self._call("consume", queue, **kwargs)
+
+    def publish(self, exchange, routing_key, body, **kwargs):
+        return self._call("publish", exchange, routing_key, body, **kwargs)
+
+
+class FakeConnection:
+    is_open = True
+
+    def __init__(self):
+        self.channels = []
+
+    def channel(self, *, timeout=None):
+        self.channels.append(FakeChannel())
+        return defer.succeed(self.channels[-1])
+
+
 class TaskServiceTests(JournalTestCase):
-    def tasks(self, journal):
-        return TaskService(None, journal, "b1", self.clock, MemoryStore())
+    def tasks(self, journal, pool=None):
+        return TaskService(pool, journal, "b1", self.clock, MemoryStore(),
+                           publish_timeout=10)
 
     def test_the_branch_sweeps_expired_results(self):
         journal = self.journal(retention=60)
@@ -60,3 +132,71 @@ class TaskServiceTests(JournalTestCase):
         # Its PENDING line was on its way before the stop: it is on disk.
         self.assertEqual([line["state"] for line in self.lines()], ["PENDING"])
         self.assertEqual(error.to_json()["uuid"], self.lines()[0]["id"])
+
+
+class BrokerLinkTests(JournalTestCase):
+    """A publish on the broker pool: it waits for the set-up, not forever."""
+
+    def setUp(self):
+        super().setUp()
+        self.clients = {}
+        self.pool = BrokerPool(self.clock, make_client=self.client)
+        self.tasks = TaskService(self.pool, self.journal(), "b1", self.clock,
+                                 MemoryStore(), publish_timeout=10)
+        self.app = App("foo")
+
+    def client(self, url):
+        self.clients[url] = FakeClient()
+        return self.clients[url]
+
+    def queue(self):
+        return defer.ensureDeferred(
+            self.tasks.queue(self.app, Queue("tasks"), "GET", "http://example.com/")
+        )
+
+    def test_no_broker_within_the_publish_timeout_is_a_503(self):
+        d = self.queue()
+        self.clock.advance(9.9)
+        self.assertNoResult(d)
+        self.clock.advance(0.1)
+        error = self.failureResultOf(d, BrokerUnreachable).value
+        self.assertEqual(error.status, 503)
+        self.assertIn(self.app.broker.as_url(), str(error))
+        self.clock.advance(0)
+        # The failure is recorded; no timer is left behind.
+        self.assertEqual([line["state"] for line in self.lines()], ["PENDING", "FAILURE"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_publish_waits_for_the_set_up_of_the_connection(self):
+        d = self.queue()
+        self.clock.advance(5)
+        connection = FakeConnection()
+        self.clients[self.app.broker.as_url()].connect(connection)
+        self.clock.advance(0)
+        task_id = self.successResultOf(d)
+        results, publishing = connection.channels
+        self.assertIn("cyme.results.b1", results.consumers)
+        published = [c for c in publishing.calls if c[0] == "publish"]
+        self.assertEqual(len(published), 1)
+        _, (exchange, routing_key, _body), options = published[0]
+        self.assertEqual((exchange, routing_key), ("tasks", "tasks"))
+        self.assertEqual(options["correlation_id"], task_id)
+        self.assertEqual(options["reply_to"], "cyme.results.b1")
+        # The timer of the wait is gone with the wait.
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_one_publish_timing_out_leaves_the_others_waiting(self):
+        first = self.queue()
+        self.clock.advance(5)
+        second = self.queue()
+        self.clock.advance(5)
+        self.failureResultOf(first, BrokerUnreachable)
+        self.assertNoResult(second)
+        self.clients[self.app.broker.as_url()].connect(FakeConnection())
+        self.clock.advance(0)
+        self.successResultOf(second)
+
+    def test_a_link_per_broker_on_the_pool(self):
+        self.assertIs(self.tasks.link("amqp://a//"), self.tasks.link("amqp://a//"))
+        self.tasks.link("amqp://b//")
+        self.assertEqual(sorted(self.pool.urls()), ["amqp://a//", "amqp://b//"])
