@@ -364,7 +364,7 @@ def makeService(options):
         retention=options["result-expires"], run=disk,
     )
     tasks = TaskService(
-        control, journal, options["branch-id"], reactor, options["store"], disk=disk
+        pool, journal, options["branch-id"], reactor, options["store"], disk=disk
     )
     tasks.setServiceParent(branch)
     local = LocalOperations(
