@@ -36,6 +36,7 @@ import concurrent.futures
 import http.client
 import http.server
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -151,11 +152,18 @@ def baseline_end_to_end(queue, target_port, count):
 
 
 def purge(queue, settle=0.0):
-    """Empty C{queue}; then give the broker C{settle} seconds to clean up."""
-    subprocess.run(
-        ["rabbitmqctl", "-q", "purge_queue", "-p", c.VHOST, queue],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False,
-    )
+    """Empty C{queue}; then give the broker C{settle} seconds to clean up.
+
+    Over AMQP, so that it empties the queue on whichever broker the bench
+    uses (a private node too).
+    """
+    from kombu import Connection
+
+    try:
+        with Connection(c.BROKER, connect_timeout=10) as conn:
+            conn.default_channel.queue_purge(queue)
+    except Exception as e:  # noqa: BLE001 - a queue never declared, a broker gone
+        print(f"  cannot purge {queue}: {e!r}", file=sys.stderr)
     time.sleep(settle)
 
 
@@ -233,6 +241,8 @@ def main():
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tasks", type=int, default=400)
+    parser.add_argument("--parts", default="latency,accept,e2e",
+                        help="which figures (comma-separated: latency, accept, e2e)")
     c.add_branch_options(parser)
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -247,6 +257,9 @@ def main():
     queues = {name: f"{name}-{tag}" for name in names}
     paced = {key: [] for key in ("cyme-consumed", "base-consumed", "cyme-backlog",
                                  "base-backlog")}
+    parts = set(args.parts.split(","))
+    rate = p50 = p99 = math.nan
+    e2e = {"cyme": [], "base": []}
     try:
         branch.start()
         c.ensure_app(branch)
@@ -262,49 +275,51 @@ def main():
         # The latency rounds first, on a quiet broker: the saturated run
         # leaves it tens of thousands of persistent messages to purge,
         # whose clean-up on disk would stall the rounds after it.
-        celery_paced = CeleryPaced(target.server_port)
-        celery_paced(queues["base-consumed"], args.rate, 1)  # connects its clients
-        with Drainer(queues["consumed"]), Drainer(queues["base-consumed"]):
+        if "latency" in parts:
+            celery_paced = CeleryPaced(target.server_port)
+            celery_paced(queues["base-consumed"], args.rate, 1)  # connects its clients
+            with Drainer(queues["consumed"]), Drainer(queues["base-consumed"]):
+                for _ in range(args.rounds):
+                    paced["cyme-consumed"].append(c.undisturbed(
+                        branch, cyme_paced, branch, queues["consumed"], target.server_port,
+                        args.rate, args.seconds,
+                    ))
+                    paced["base-consumed"].append(c.undisturbed(
+                        branch, celery_paced, queues["base-consumed"], args.rate, args.seconds
+                    ))
             for _ in range(args.rounds):
-                paced["cyme-consumed"].append(c.undisturbed(
-                    branch, cyme_paced, branch, queues["consumed"], target.server_port,
+                paced["cyme-backlog"].append(c.undisturbed(
+                    branch, cyme_paced, branch, queues["backlog"], target.server_port,
                     args.rate, args.seconds,
                 ))
-                paced["base-consumed"].append(c.undisturbed(
-                    branch, celery_paced, queues["base-consumed"], args.rate, args.seconds
+                purge(queues["backlog"], settle=3)
+                paced["base-backlog"].append(c.undisturbed(
+                    branch, celery_paced, queues["base-backlog"], args.rate, args.seconds
                 ))
-        for _ in range(args.rounds):
-            paced["cyme-backlog"].append(c.undisturbed(
-                branch, cyme_paced, branch, queues["backlog"], target.server_port,
-                args.rate, args.seconds,
-            ))
-            purge(queues["backlog"], settle=3)
-            paced["base-backlog"].append(c.undisturbed(
-                branch, celery_paced, queues["base-backlog"], args.rate, args.seconds
-            ))
-            purge(queues["base-backlog"], settle=3)
-        rate, p50, p99 = accept_rate(branch, queues["accept"], target.server_port, args.seconds)
-        purge(queues["accept"], settle=5)
+                purge(queues["base-backlog"], settle=3)
+        if "accept" in parts:
+            rate, p50, p99 = accept_rate(branch, queues["accept"], target.server_port, args.seconds)
+            purge(queues["accept"], settle=5)
 
-        for n in range(2):
-            status, body = branch.request(
-                "PUT", f"/{c.APP}/instances/tp-{tag}-{n}/",
-                params={"queues": queues["work"], "max_concurrency": "1",
-                        "min_concurrency": "1"},
-                timeout=60,
-            )
-            if status not in (200, 201) or body.get("state") != "running":
-                raise RuntimeError(f"worker {n}: {status} {body}")
-        busy = queues["work"]
-        cyme_end_to_end(branch, busy, target.server_port, 20)  # warm-up
-        e2e = {"cyme": [], "base": []}
-        for _ in range(args.rounds):
-            e2e["cyme"].append(c.undisturbed(
-                branch, cyme_end_to_end, branch, busy, target.server_port, args.tasks
-            ))
-            e2e["base"].append(c.undisturbed(
-                branch, baseline_end_to_end, busy, target.server_port, args.tasks
-            ))
+        if "e2e" in parts:
+            for n in range(2):
+                status, body = branch.request(
+                    "PUT", f"/{c.APP}/instances/tp-{tag}-{n}/",
+                    params={"queues": queues["work"], "max_concurrency": "1",
+                            "min_concurrency": "1"},
+                    timeout=60,
+                )
+                if status not in (200, 201) or body.get("state") != "running":
+                    raise RuntimeError(f"worker {n}: {status} {body}")
+            busy = queues["work"]
+            cyme_end_to_end(branch, busy, target.server_port, 20)  # warm-up
+            for _ in range(args.rounds):
+                e2e["cyme"].append(c.undisturbed(
+                    branch, cyme_end_to_end, branch, busy, target.server_port, args.tasks
+                ))
+                e2e["base"].append(c.undisturbed(
+                    branch, baseline_end_to_end, busy, target.server_port, args.tasks
+                ))
         cyme_e2e, base_e2e = c.median(e2e["cyme"]), c.median(e2e["base"])
     finally:
         branch.stop()
@@ -332,7 +347,7 @@ def main():
         ],
     )
     p99 = ms("cyme-consumed", 1)
-    ratio = cyme_e2e / base_e2e
+    ratio = cyme_e2e / base_e2e if base_e2e else math.nan
     print("rounds of the latency figures (p50/p99 ms): "
           + "; ".join(f"{k} " + ", ".join(f"{a:.1f}/{b:.1f}" for a, b in v)
                       for k, v in paced.items()))
