@@ -115,17 +115,6 @@ class Channel:
             arguments=arguments or {},
         ).addCallback(_none)
 
-    def exchange_delete(
-        self,
-        exchange: str,
-        *,
-        if_unused: bool = False,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> Deferred[None]:
-        return self._call(
-            "exchange_delete", timeout, exchange=exchange, if_unused=if_unused
-        ).addCallback(_none)
-
     def queue_declare(
         self,
         queue: str = "",
@@ -168,32 +157,6 @@ class Channel:
             routing_key=routing_key,
             arguments=arguments or {},
         ).addCallback(_none)
-
-    def queue_unbind(
-        self,
-        queue: str,
-        exchange: str,
-        routing_key: str = "",
-        *,
-        arguments: dict[str, Any] | None = None,
-        timeout: float | None = DEFAULT_TIMEOUT,
-    ) -> Deferred[None]:
-        return self._call(
-            "queue_unbind",
-            timeout,
-            queue=queue,
-            exchange=exchange,
-            routing_key=routing_key,
-            arguments=arguments or {},
-        ).addCallback(_none)
-
-    def queue_purge(
-        self, queue: str, *, timeout: float | None = DEFAULT_TIMEOUT
-    ) -> Deferred[int]:
-        """Empty a queue; fires with the number of messages removed."""
-        return self._call("queue_purge", timeout, queue=queue).addCallback(
-            lambda ok: ok.message_count
-        )
 
     def queue_delete(
         self,
