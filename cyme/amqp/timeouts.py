@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from .errors import AMQPTimeout
 
@@ -34,24 +35,16 @@ def within(
     """
     if timeout is None:
         return d
-
-    def stop_waiting(_: Deferred[Any]) -> None:
-        if timer.active():
-            timer.cancel()
-
-    result: Deferred[T] = Deferred(canceller=stop_waiting)
-
-    def expire() -> None:
-        if not result.called:
-            result.errback(AMQPTimeout(what, timeout))
+    # The deadline is on a Deferred of our own: addTimeout cancels it, and
+    # never the original.
+    result: Deferred[T] = Deferred()
 
     def relay(outcome: Any) -> None:
-        if timer.active():
-            timer.cancel()
         if not result.called:
             result.callback(outcome)
         # Otherwise a late outcome: dropping it (errors included) is the point.
 
-    timer = clock.callLater(timeout, expire)
     d.addBoth(relay)
-    return result
+    return result.addTimeout(
+        timeout, clock, onTimeoutCancel=lambda _, __: Failure(AMQPTimeout(what, timeout))
+    )
