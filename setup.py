@@ -30,6 +30,8 @@ setup(
         "attrs>=23.1",
         "service-identity>=24.1",
         "treq>=24.9",
+        # The webhook's HTTP transport (cyme.tasks.webhook).
+        "urllib3>=2.0",
         # Workers forked by the fork server take their own names (ps, and
         # the branch recognising them after a restart).
         "setproctitle>=1.3",

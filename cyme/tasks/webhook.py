@@ -1,8 +1,11 @@
 """Perform one HTTP request for the C{cyme.tasks.webhook} task.
 
-Pure standard library (C{http.client}), importable without Celery: the
-worker's task in L{cyme.tasks.worker} calls L{perform}, and the branch may use
-L{check_url} to refuse a URL before it queues it.
+The transport is urllib3's connection and response (TLS with the system's
+trust store and host name checks, request framing, chunked bodies), one
+connection per hop; the URL policy is ours, so redirects are never left to
+urllib3: each hop is checked before it is requested.  Importable without
+Celery: the worker's task in L{cyme.tasks.worker} calls L{perform}, and the
+branch may use L{check_url} to refuse a URL before it queues it.
 
 What L{perform} guarantees:
 
@@ -26,6 +29,9 @@ import socket
 import ssl
 import time
 from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
+
+from urllib3 import exceptions as u3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from cyme import __version__
 
@@ -220,11 +226,9 @@ class _Deadline:
 
 
 def _connection(parts, timeout):
-    host = parts.hostname
-    port = parts.port
-    if parts.scheme.lower() == "https":
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
-    return http.client.HTTPConnection(host, port, timeout=timeout)
+    # Certificates and host names are checked (urllib3's default context).
+    kind = HTTPSConnection if parts.scheme.lower() == "https" else HTTPConnection
+    return kind(parts.hostname, parts.port, timeout=timeout)
 
 
 def _target(method, parts):
@@ -257,12 +261,14 @@ def _host_header(parts):
 
 
 def _read_body(response, sock, url, deadline, limit):
-    length = response.getheader("content-length")
+    length = response.headers.get("content-length")
     if length is not None and length.strip().isdigit() and int(length) > limit:
         raise WebhookError(f"response larger than {limit} bytes: {url}")
     chunks = []
     size = 0
-    while True:
+    # Closed once the whole body is read (its socket with it).
+    while not response.closed:
+        # The deadline is overall: each read may wait only what is left.
         sock.settimeout(deadline.remaining(url))
         chunk = response.read1(min(_CHUNK, limit - size + 1))
         if not chunk:
@@ -274,40 +280,72 @@ def _read_body(response, sock, url, deadline, limit):
     return b"".join(chunks)
 
 
-def _headers(message):
-    result = {}
-    for name, value in message.items():
-        result[name] = f"{result[name]}, {value}" if name in result else value
-    return result
-
-
 def _request(method, url, parts, data, headers, deadline, limit):
-    """One hop: C{(status, headers message, body or None if redirect)}."""
+    """One hop: C{(status, headers, body or None if redirect)}."""
     conn = _connection(parts, deadline.remaining(url))
     try:
-        conn.putrequest(method, _target(method, parts), skip_host=True, skip_accept_encoding=True)
-        conn.putheader("Host", _host_header(parts))
-        for name, value in headers.items():
-            conn.putheader(name, value)
+        headers = dict(headers, Host=_host_header(parts))
         if data is not None:
-            conn.putheader("Content-Length", str(len(data)))
+            headers["Content-Length"] = str(len(data))
         elif method in ("POST", "PUT", "PATCH"):
-            conn.putheader("Content-Length", "0")
-        conn.endheaders(data)
-        # getresponse() drops conn.sock when the server will close the
-        # connection; the response keeps reading from this socket.
+            headers["Content-Length"] = "0"
+        conn.request(method, _target(method, parts), body=data, headers=headers,
+                     preload_content=False, decode_content=False)
+        # The response may take the socket from the connection (when the
+        # server will close it): keep it to shorten its timeout.
         sock = conn.sock
-        sock.settimeout(deadline.remaining(url))
+        # Read by getresponse() for the status line and headers.
+        conn.timeout = deadline.remaining(url)
         response = conn.getresponse()
-        if response.status in _REDIRECTS and response.getheader("location"):
-            return response.status, response.msg, None
-        if method == "HEAD":
-            body = b""
-        else:
-            body = _read_body(response, sock, url, deadline, limit)
-        return response.status, response.msg, body
+        if response.status in _REDIRECTS and response.headers.get("location"):
+            return response.status, response.headers, None
+        body = b"" if method == "HEAD" else _read_body(response, sock, url, deadline, limit)
+        return response.status, response.headers, body
     finally:
         conn.close()
+
+
+def _failure(exc, url, parts, deadline):
+    """The L{WebhookError} for what the transport raised on C{url}."""
+    if isinstance(exc, WebhookError):
+        return exc
+    if isinstance(exc, u3.NameResolutionError):
+        cause = exc.__cause__
+        reason = getattr(cause, "strerror", None) or cause or exc
+        return WebhookError(f"cannot resolve host {parts.hostname!r} ({reason}): {url}")
+    if isinstance(exc, u3.NewConnectionError):
+        # urllib3 wraps the socket's error: judge that one.
+        exc = exc.__cause__ or exc
+    elif isinstance(exc, u3.ProtocolError) and len(exc.args) > 1:
+        exc = exc.args[1]
+    elif isinstance(exc, u3.SSLError):
+        exc = exc.__cause__ or exc
+    if isinstance(exc, (TimeoutError, socket.timeout, u3.TimeoutError)):
+        return deadline.error(url)
+    if isinstance(exc, socket.gaierror):
+        return WebhookError(f"cannot resolve host {parts.hostname!r} ({exc.strerror}): {url}")
+    if isinstance(exc, ConnectionRefusedError):
+        return WebhookError(f"connection refused: {url}")
+    if isinstance(exc, (ssl.SSLError, u3.SSLError)):
+        return WebhookError(f"TLS error ({getattr(exc, 'reason', None) or exc}): {url}")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return WebhookError(f"connection closed without a response: {url}")
+    if isinstance(exc, (http.client.IncompleteRead, u3.IncompleteRead)):
+        got = exc.partial if isinstance(exc.partial, int) else len(exc.partial)
+        return WebhookError(f"response body incomplete ({got} bytes received): {url}")
+    if isinstance(exc, (http.client.HTTPException, u3.HTTPError)):
+        return WebhookError(f"bad HTTP response ({type(exc).__name__}: {exc}): {url}")
+    if isinstance(exc, ConnectionError):
+        return WebhookError(f"connection failed ({exc.strerror or exc}): {url}")
+    if isinstance(exc, OSError):
+        return WebhookError(f"network error ({exc.strerror or exc}): {url}")
+    # An invalid header name or value, a URL the client refuses.
+    return WebhookError(f"invalid request ({exc}): {url}")
+
+
+def _headers(headers):
+    """Response headers as a dict, repeated ones joined with commas."""
+    return dict(headers.itermerged())
 
 
 def perform(
@@ -375,29 +413,12 @@ def perform(
     redirects = 0
     while True:
         try:
-            status, message, content = _request(method, url, parts, data, request_headers, deadline, limit)
-        except WebhookError:
-            raise
-        except TimeoutError:
-            raise deadline.error(url) from None
-        except socket.gaierror as exc:
-            raise WebhookError(f"cannot resolve host {parts.hostname!r} ({exc.strerror}): {url}") from None
-        except ConnectionRefusedError:
-            raise WebhookError(f"connection refused: {url}") from None
-        except ssl.SSLError as exc:
-            raise WebhookError(f"TLS error ({exc.reason or exc}): {url}") from None
-        except http.client.RemoteDisconnected:
-            raise WebhookError(f"connection closed without a response: {url}") from None
-        except http.client.IncompleteRead as exc:
-            raise WebhookError(f"response body incomplete ({len(exc.partial)} bytes received): {url}") from None
-        except http.client.HTTPException as exc:
-            raise WebhookError(f"bad HTTP response ({type(exc).__name__}: {exc}): {url}") from None
-        except ConnectionError as exc:
-            raise WebhookError(f"connection failed ({exc.strerror or exc}): {url}") from None
-        except OSError as exc:
-            raise WebhookError(f"network error ({exc.strerror or exc}): {url}") from None
-        except ValueError as exc:  # invalid header name/value, URL rejected by http.client
-            raise WebhookError(f"invalid request ({exc}): {url}") from None
+            status, message, content = _request(
+                method, url, parts, data, request_headers, deadline, limit
+            )
+        except (WebhookError, ValueError, OSError, http.client.HTTPException,
+                u3.HTTPError) as exc:
+            raise _failure(exc, url, parts, deadline) from None
 
         if content is not None:
             text, encoding = decode_content(content, message.get("content-type"))

@@ -123,6 +123,14 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"y" * 65536)
             except OSError:
                 pass
+        elif path == "/hang-up":
+            self.close_connection = True
+        elif path == "/short":
+            self.send_response(200)
+            self.send_header("Content-Length", "10")
+            self.end_headers()
+            self.wfile.write(b"abc")
+            self.close_connection = True
         elif path == "/exact":
             self._answer(200, b"z" * 1000)
         else:
@@ -321,6 +329,19 @@ class FailureTests(WebhookTestBase):
         start = time.monotonic()
         self.assertFails("timed out after 0.4 s", "GET", self.url("/trickle"), timeout=0.4)
         self.assertLess(time.monotonic() - start, 1.5)
+
+    def test_closed_without_a_response(self):
+        self.assertFails(f"connection closed without a response: {self.url('/hang-up')}",
+                         "GET", self.url("/hang-up"))
+
+    def test_body_shorter_than_its_length(self):
+        self.assertFails(f"response body incomplete (3 bytes received): {self.url('/short')}",
+                         "GET", self.url("/short"))
+
+    def test_tls_to_a_plain_http_server(self):
+        url = f"https://127.0.0.1:{self.port}/text"
+        self.assertFails("TLS error (", "GET", url)
+        self.assertFails(f"): {url}", "GET", url)
 
     def test_scheme_check(self):
         self.assertFails("only http and https URLs are allowed, not ftp:", "GET", "ftp://127.0.0.1/x")
