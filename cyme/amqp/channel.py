@@ -24,7 +24,7 @@ from txamqp.content import Content
 from .errors import AMQPError, AMQPTimeout, ChannelClosedError
 from .fastpublish import publish_frames
 from .message import Message, to_spec
-from .protocol import AMQPChannel, to_message
+from .rawchannel import AMQPChannel, to_message
 from .timeouts import DEFAULT_TIMEOUT, within
 
 __all__ = ["Channel", "Consumer", "QueueDeclared"]
