@@ -413,11 +413,8 @@ def perform(
     redirects = 0
     while True:
         try:
-            status, message, content = _request(
-                method, url, parts, data, request_headers, deadline, limit
-            )
-        except (WebhookError, ValueError, OSError, http.client.HTTPException,
-                u3.HTTPError) as exc:
+            status, message, content = _request(method, url, parts, data, request_headers, deadline, limit)
+        except (ValueError, OSError, http.client.HTTPException, u3.HTTPError) as exc:
             raise _failure(exc, url, parts, deadline) from None
 
         if content is not None:
