@@ -4,82 +4,15 @@ links on the branch's broker pool (wait for the connection's set-up, within
 the publish timeout).
 """
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from zope.interface.verify import verifyObject
 
-from cyme.amqp import BrokerPool, IBrokerListener
+from cyme.amqp import BrokerPool
 from cyme.errors import Unavailable
 from cyme.state.models import App, Queue
 from cyme.tasks.results import BrokerUnreachable, PublishFailed, TaskService
 from cyme.state.store import MemoryStore
+from tests.amqp.fakes import FakeClient, FakeConnection
 from tests.tasks.test_journal import JournalTestCase
-
-
-class FakeClient(Service):
-    """An AMQP client service that connects when told to."""
-
-    def __init__(self):
-        self.listeners = []
-        self.connection = None
-
-    def add_listener(self, listener):
-        verifyObject(IBrokerListener, listener)
-        self.listeners.append(listener)
-        if self.connection is not None:
-            listener.broker_connected(self.connection)
-
-    def connect(self, connection):
-        self.connection = connection
-        for listener in self.listeners:
-            listener.broker_connected(connection)
-
-
-class FakeChannel:
-    """The calls of L{cyme.amqp.Channel} that the task service makes."""
-
-    is_open = True
-
-    def __init__(self):
-        self.calls = []
-        self.consumers = {}
-
-    def _call(self, name, *args, **kwargs):
-        self.calls.append((name, args, kwargs))
-        return defer.succeed(None)
-
-    def queue_declare(self, queue, **kwargs):
-        return self._call("queue_declare", queue, **kwargs)
-
-    def basic_qos(self, prefetch_count, **kwargs):
-        return self._call("basic_qos", prefetch_count, **kwargs)
-
-    def confirm_select(self, **kwargs):
-        return self._call("confirm_select", **kwargs)
-
-    def exchange_declare(self, exchange, type="direct", **kwargs):
-        return self._call("exchange_declare", exchange, type, **kwargs)
-
-    def queue_bind(self, queue, exchange, routing_key="", **kwargs):
-        return self._call("queue_bind", queue, exchange, routing_key, **kwargs)
-
-    def consume(self, queue, on_message, **kwargs):
-        self.consumers[queue] = on_message
-        return self._call("consume", queue, **kwargs)
-
-    def publish(self, exchange, routing_key, body, **kwargs):
-        return self._call("publish", exchange, routing_key, body, **kwargs)
-
-
-class FakeConnection:
-    is_open = True
-
-    def __init__(self):
-        self.channels = []
-
-    def channel(self, *, timeout=None):
-        self.channels.append(FakeChannel())
-        return defer.succeed(self.channels[-1])
 
 
 class TaskServiceTests(JournalTestCase):
