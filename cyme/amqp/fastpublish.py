@@ -6,7 +6,18 @@ through a generic, spec-driven codec; this module writes the three frames
 of a publish directly from the AMQP 0-9-1 layout, which is fixed, so a
 message costs one pass over its fields.  Everything is encoded before
 anything is written: a value that cannot be encoded raises and nothing
-reaches the wire.
+reaches the wire.  With it goes L{cyme.amqp.codec.PartlyEncoded}: a task's
+headers that are the same for every task are encoded once.
+
+Why it stays (issue 8: a hand-written part earns its place with a gain of
+at least 10%), measured side by side with C{bench/tasks_throughput.py
+--parts accept} (16 wrk clients as fast as they go, 10 s, private
+RabbitMQ), 14 rounds alternating this tree and one where C{Channel.publish}
+always takes txAMQP's path and the headers are a plain dict, on a shared
+2-core machine (load 1-3.8): accepted tasks/s, median 2,169 with it
+against 1,733 without (x1.25; the median of the rounds' ratios x1.31,
+with it ahead by more than 10% in 12 of the 14 rounds); the saturated
+run's p50 latency 6.0 ms against 8.1 ms.
 """
 
 import struct
