@@ -374,21 +374,21 @@ class QueueTests(TaskTestCase):
                 branch, verb, self.target_url(f"/echo/{verb.lower()}"), QUERY,
                 headers=headers, data=data,
             )
-        # The seed's examples, as curl sends them.
-        seed = {}
+        # The original Cyme's examples, as curl sends them.
+        original = {}
         if CURL:
             out, err, code = await getProcessOutputAndValue(CURL, [
                 "-sS", self.queue_url(branch, self.target_url("/import_contacts"),
                                       query="user=133"),
             ])
             self.assertEqual(code, 0, err)
-            seed["GET"] = json.loads(out)
+            original["GET"] = json.loads(out)
             out, err, code = await getProcessOutputAndValue(CURL, [
                 "-sS", "-X", "POST", self.queue_url(branch, self.target_url("/import_user")),
                 "-d", "username=George Costanza", "-d", "company=Vandelay Industries",
             ])
             self.assertEqual(code, 0, err)
-            seed["POST"] = json.loads(out)
+            original["POST"] = json.loads(out)
         # Each kind of answer of the target.
         answers = {
             path: await self.queue(branch, "GET", self.target_url(path))
@@ -427,10 +427,10 @@ class QueueTests(TaskTestCase):
         [connect] = self.target.find(method="CONNECT")
         self.assertEqual(connect["path"], f"127.0.0.1:{self.target_port}")
 
-        for verb, accepted in seed.items():
+        for verb, accepted in original.items():
             result = await self.wait_result(branch, accepted["uuid"])
             self.assertEqual(accepted["method"], verb)
-        if seed:
+        if original:
             [contacts] = self.target.find("/import_contacts")
             self.assertEqual((contacts["method"], contacts["args"]), ("GET", {"user": ["133"]}))
             [user] = self.target.find("/import_user")
@@ -447,7 +447,7 @@ class QueueTests(TaskTestCase):
         self.assertEqual(binary["encoding"], "base64")
         self.assertEqual(base64.b64decode(binary["content"]), BINARY)
         # Every task ran once.
-        self.assertEqual(len(self.target.requests), len(VERBS) + len(seed) + 3)
+        self.assertEqual(len(self.target.requests), len(VERBS) + len(original) + 3)
 
     @deferred
     async def test_first_tasks_queued_at_once(self):
