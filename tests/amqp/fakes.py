@@ -20,6 +20,10 @@ class FakeClient(Service):
         if self.connection is not None:
             listener.broker_connected(self.connection)
 
+    def remove_listener(self, listener):
+        if listener in self.listeners:
+            self.listeners.remove(listener)
+
     def connect(self, connection):
         self.connection = connection
         for listener in self.listeners:

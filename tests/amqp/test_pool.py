@@ -74,3 +74,14 @@ class BrokerPoolTests(SynchronousTestCase):
         [event] = self.events
         self.assertNotIn("log_failure", event)
         self.assertIn("interrupted", event["log_format"])
+
+    def test_a_connection_is_kept_for_its_other_users_when_one_releases(self):
+        async def setup(connection):
+            pass
+
+        other = self.pool.on_connection("amqp://a//", setup, what="bus", log=self.log)
+        self.pool.on_connection("amqp://a//", setup, what="tasks", log=self.log)
+        client = self.clients["amqp://a//"]
+        self.assertFalse(self.successResultOf(self.pool.release("amqp://a//", other)))
+        self.assertEqual(len(client.listeners), 1)
+        self.assertEqual(self.pool.urls(), ["amqp://a//"])
