@@ -393,7 +393,10 @@ class GuardResource(Resource):
     The API's root: checks the path and body size, then hands to Klein.
 
     Both checks answer JSON like every route does.  Queueing a URL, the
-    one route under load, is handed straight to its handler.
+    one route under load, is handed straight to its handler: measured
+    against a Klein route (issue 8, bench/tasks_throughput.py, 14
+    alternating rounds), 2,169 against 1,657 accepted/s (x1.31), and a p99
+    at 1,000/s of 11.2 ms against 24.6 ms.
     """
 
     isLeaf = True

@@ -280,15 +280,6 @@ class ControlRouter:
             control.add_connection_listener(self._changed)
         return control
 
-    def client(self, url=None):
-        """
-        The client service of C{url} (default: the branch's broker).
-
-        Kept only while the bus and the task service are wired with the
-        router instead of the broker pool itself.
-        """
-        return self._pool.client(url or self.default_url)
-
     def _changed(self, connected, url):
         self._listeners.notify(connected, url)
 
