@@ -367,6 +367,7 @@ def makeService(options):
         pool, journal, options["branch-id"], reactor, options["store"], disk=disk
     )
     tasks.setServiceParent(branch)
+    options["store"].subscribe(tasks.release_unused)
     local = LocalOperations(
         options["store"],
         branch_id=options["branch-id"],

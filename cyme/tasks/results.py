@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.tasks import webhook
-from cyme.amqp import AMQPError
+from cyme.amqp import AMQPError, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.errors import BadRequest, CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
@@ -93,12 +93,23 @@ class BrokerLink:
         self.url = url
         self.results_queue = results_queue
         self.channel = None
+        self._pool = pool
         self._journal = journal
         self._clock = clock
         self._declared = set()
         self._waiting = []  # a Deferred per publish waiting for the channel
-        pool.on_connection(url, self._setup, self._lost,
-                           what=f"task publishing on {url}", log=self.log)
+        self._listener = pool.on_connection(url, self._setup, self._lost,
+                                            what=f"task publishing on {url}", log=self.log)
+
+    @property
+    def busy(self):
+        """Whether a publish waits for this link's channel."""
+        return bool(self._waiting)
+
+    def close(self):
+        """Give the connection back to the pool (closed once nobody uses it)."""
+        self.channel = None
+        return self._pool.release(self.url, self._listener)
 
     async def _setup(self, connection):
         results = await connection.channel(timeout=10)
@@ -264,6 +275,19 @@ class TaskService(service.Service):
 
             closed.addBoth(stop_disk)
         return closed
+
+    def release_unused(self, change=None):
+        """
+        Close the links to brokers that no app uses any more (a store
+        listener): a deleted app, or an app moved to another broker, leaves
+        no connection open behind it.  A link a publish waits on stays until
+        the next change.
+        """
+        used = {app.broker.as_url() for app in self.store.apps()}
+        for url in [u for u, link in self.links.items() if u not in used and not link.busy]:
+            self.log.info("task publishing on {url} released: no app uses it",
+                          url=parse_broker_url(url).to_url())
+            self.links.pop(url).close()
 
     def link(self, url):
         link = self.links.get(url)

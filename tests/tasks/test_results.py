@@ -8,7 +8,7 @@ from twisted.internet import defer
 
 from cyme.amqp import BrokerPool
 from cyme.errors import Unavailable
-from cyme.state.models import App, Queue
+from cyme.state.models import App, Broker, Queue
 from cyme.tasks.results import BrokerUnreachable, PublishFailed, TaskService
 from cyme.state.store import MemoryStore
 from tests.amqp.fakes import FakeClient, FakeConnection
@@ -86,6 +86,42 @@ class BrokerLinkTests(JournalTestCase):
         return defer.ensureDeferred(
             self.tasks.queue(self.app, Queue("tasks"), "GET", "http://example.com/")
         )
+
+    def test_a_broker_no_app_uses_any_more_is_closed(self):
+        store = self.tasks.store
+        store.put_app(self.app)
+        other = App("bar", broker=Broker(hostname="elsewhere"))
+        store.put_app(other)
+        store.subscribe(self.tasks.release_unused)
+        for app in (self.app, other):
+            self.tasks.link(app.broker.as_url())
+        self.pool.startService()
+        self.addCleanup(self.pool.stopService)
+        url = other.broker.as_url()
+        self.assertTrue(self.clients[url].running)
+        # Another app's change leaves it; deleting the only app using it
+        # closes it.
+        store.put_app(App("baz"))
+        self.assertIn(url, self.pool.urls())
+        store.delete_app("bar")
+        self.assertNotIn(url, self.pool.urls())
+        self.assertNotIn(url, self.tasks.links)
+        self.assertFalse(self.clients[url].running)
+        self.assertEqual(self.clients[url].listeners, [])
+        # The default broker, still used by foo and baz, stays.
+        self.assertIn(self.app.broker.as_url(), self.pool.urls())
+
+    def test_a_link_a_publish_waits_on_is_kept_until_the_next_change(self):
+        store = self.tasks.store
+        store.put_app(self.app)
+        store.subscribe(self.tasks.release_unused)
+        waiting = self.queue()
+        store.delete_app("foo")
+        self.assertIn(self.app.broker.as_url(), self.tasks.links)
+        self.clock.advance(10)
+        self.failureResultOf(waiting, BrokerUnreachable)
+        store.put_app(App("baz", broker=Broker(hostname="elsewhere")))
+        self.assertNotIn(self.app.broker.as_url(), self.tasks.links)
 
     def test_no_broker_within_the_publish_timeout_is_a_503(self):
         d = self.queue()
