@@ -89,10 +89,19 @@ class PidboxControl:
         nobody else uses it); fires with whether it was closed.
         """
         self._closed = True
-        self._channel = None
+        channel, self._channel = self._channel, None
         # Nobody is told: whoever closes it has stopped listening.
         self.connected = False
+        # The connection may stay for its other users: the channel, its
+        # exclusive reply queue and consumer go now.
+        self._close_channel(channel)
         return self._pool.release(self.url, self._listener)
+
+    def _close_channel(self, channel):
+        if channel is not None and channel.is_open:
+            channel.close(timeout=5).addErrback(
+                lambda f: self.log.info("remote-control channel not closed: {error}",
+                                        error=f.getErrorMessage()))
 
     # The broker connection
 
@@ -106,6 +115,7 @@ class PidboxControl:
             on_message=self._reply, timeout=10,
         )
         if self._closed:
+            self._close_channel(channel)
             return
         self._channel = channel
         self._set_connected(True)

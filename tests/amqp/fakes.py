@@ -4,7 +4,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from cyme.amqp import IBrokerListener
+from cyme.amqp import IBrokerListener, QueueDeclared
 
 
 class FakeClient(Service):
@@ -36,20 +36,24 @@ class FakeClient(Service):
 
 
 class FakeChannel:
-    """The calls of L{cyme.amqp.Channel} that the task service makes."""
-
-    is_open = True
+    """The calls of L{cyme.amqp.Channel} that the branch's parts make."""
 
     def __init__(self):
         self.calls = []
         self.consumers = {}
+        self.is_open = True
+
+    def close(self, *, timeout=None):
+        self.is_open = False
+        return self._call("close")
 
     def _call(self, name, *args, **kwargs):
         self.calls.append((name, args, kwargs))
         return defer.succeed(None)
 
     def queue_declare(self, queue, **kwargs):
-        return self._call("queue_declare", queue, **kwargs)
+        self._call("queue_declare", queue, **kwargs)
+        return defer.succeed(QueueDeclared(queue, 0, 0))
 
     def basic_qos(self, prefetch_count, **kwargs):
         return self._call("basic_qos", prefetch_count, **kwargs)
