@@ -87,8 +87,18 @@ class AMQPBusTransport:
         self._publish(self.direct_exchange, branch_id, envelope)
 
     def stop(self):
-        if self._listener is not None:
-            self.pool.client(self.url).remove_listener(self._listener)
-            self._listener = None
+        """
+        Leave the bus: the channel (and so the branch's exclusive queue)
+        closes, and the connection goes back to the pool.
+        """
         self.connected = False
-        return defer.succeed(None)
+        channel, self._channel = self._channel, None
+        listener, self._listener = self._listener, None
+        closing = defer.succeed(None)
+        if channel is not None and channel.is_open:
+            closing = channel.close(timeout=5)
+            closing.addErrback(lambda f: self.log.info(
+                "bus channel not closed: {error}", error=f.getErrorMessage()))
+        if listener is not None:
+            closing.addCallback(lambda _: self.pool.release(self.url, listener))
+        return closing.addCallback(lambda _: None)

@@ -38,22 +38,26 @@ class FakeClient(Service):
 class FakeChannel:
     """The calls of L{cyme.amqp.Channel} that the branch's parts make."""
 
-    def __init__(self):
+    def __init__(self, fail=None):
         self.calls = []
         self.consumers = {}
         self.is_open = True
+        #: Method name -> the error that call fails with.
+        self.fail = dict(fail or {})
 
     def close(self, *, timeout=None):
         self.is_open = False
         return self._call("close")
 
     def _call(self, name, *args, **kwargs):
+        if name in self.fail:
+            return defer.fail(self.fail[name])
         self.calls.append((name, args, kwargs))
         return defer.succeed(None)
 
     def queue_declare(self, queue, **kwargs):
-        self._call("queue_declare", queue, **kwargs)
-        return defer.succeed(QueueDeclared(queue, 0, 0))
+        d = self._call("queue_declare", queue, **kwargs)
+        return d.addCallback(lambda _: QueueDeclared(queue, 0, 0))
 
     def basic_qos(self, prefetch_count, **kwargs):
         return self._call("basic_qos", prefetch_count, **kwargs)
@@ -80,13 +84,15 @@ class FakeConnection:
 
     is_open = True
 
-    def __init__(self):
+    def __init__(self, fail=None):
         self.channels = []
         self.aborted = False
+        #: What the calls on its channels fail with (see L{FakeChannel}).
+        self.fail = fail
 
     def abort(self):
         self.aborted = True
 
     def channel(self, *, timeout=None):
-        self.channels.append(FakeChannel())
+        self.channels.append(FakeChannel(self.fail))
         return defer.succeed(self.channels[-1])

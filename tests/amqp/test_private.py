@@ -7,14 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.amqp.errors import ChannelClosedError, ConnectionClosedError
 from cyme.amqp.private import setup_failed
-
-
-class FakeConnection:
-    is_open = True
-    aborted = False
-
-    def abort(self):
-        self.aborted = True
+from tests.amqp.fakes import FakeConnection
 
 
 class SetupFailedTests(SynchronousTestCase):
