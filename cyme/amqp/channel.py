@@ -56,6 +56,22 @@ class Channel:
     def id(self) -> int:
         return self._raw.id
 
+    def basic_cancel(self, tag: str, *, timeout: float | None = DEFAULT_TIMEOUT) -> Deferred[None]:
+        """basic.cancel of consumer C{tag}, which hears of nothing after."""
+        return self._call("basic_cancel", timeout, consumer_tag=tag).addBoth(
+            self._forget, tag
+        )
+
+    def _forget(self, result: Any, tag: str) -> Any:
+        # A cancel that failed otherwise (a timeout) leaves the consumer on.
+        if not isinstance(result, Failure) or result.check(ChannelClosedError):
+            self._raw.forget_consumer(tag)
+        return result
+
+    def open(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> Deferred["Channel"]:
+        """channel.open; fires with this channel once the broker opened it."""
+        return self._call("channel_open", timeout).addCallback(lambda _: self)
+
     @property
     def is_open(self) -> bool:
         return not self._raw.closed
@@ -302,7 +318,7 @@ class Channel:
             timeout,
             "basic.consume",
         )
-        return d.addCallback(consumer._started)
+        return d.addCallback(consumer.started)
 
     def get(
         self, queue: str, *, no_ack: bool = False, timeout: float | None = DEFAULT_TIMEOUT
@@ -388,13 +404,10 @@ class Consumer:
         def cancelled(result: Any) -> Any:
             if isinstance(result, Failure) and not result.check(ChannelClosedError):
                 return result
-            self.channel._raw.forget_consumer(self.tag or "")
             self.consumer_stopped(None)
             return None
 
-        return self.channel._call("basic_cancel", timeout, consumer_tag=self.tag).addBoth(
-            cancelled
-        )
+        return self.channel.basic_cancel(self.tag or "", timeout=timeout).addBoth(cancelled)
 
     # -- ConsumerSink --------------------------------------------------------
 
@@ -422,7 +435,8 @@ class Consumer:
         for d in waiters:
             d.callback(error)
 
-    def _started(self, tag: str) -> Consumer:
+    def started(self, tag: str) -> Consumer:
+        """basic.consume-ok came: the broker named this consumer C{tag}."""
         self.tag = tag
         return self
 

@@ -45,8 +45,7 @@ class Connection:
             raw = self._protocol.allocate_channel()
         except AMQPError:
             return fail()
-        channel = Channel(raw, self._clock)
-        return channel._call("channel_open", timeout).addCallback(lambda _: channel)
+        return Channel(raw, self._clock).open(timeout=timeout)
 
     def close(self, *, timeout: float = DEFAULT_TIMEOUT) -> Deferred[None]:
         """Close cleanly (connection.close, at most C{timeout} s to answer);

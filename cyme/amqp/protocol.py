@@ -88,7 +88,7 @@ class AMQPDelegate(TwistedDelegate):
     """
 
     def connection_start(self, ch: AMQPChannel, msg: Any) -> None:
-        self.client.server_properties = dict(msg.server_properties or {})
+        self.client.broker_said_start(msg.server_properties)
         ch.connection_start_ok(
             client_properties=self.client.client_properties,
             mechanism=self.client.mechanism,
@@ -97,7 +97,7 @@ class AMQPDelegate(TwistedDelegate):
         )
 
     def connection_tune(self, ch: AMQPChannel, msg: Any) -> None:
-        self.client.channel_max = msg.channel_max or 65535
+        self.client.broker_said_tune(msg.channel_max)
         super().connection_tune(ch, msg)
 
     def basic_deliver(self, ch: AMQPChannel, msg: Any) -> None:
@@ -160,6 +160,14 @@ class AMQPProtocol(AMQClient):
     _sent_recently = False
     _last_received = 0.0
     _checking = False
+
+    def broker_said_start(self, server_properties: Any) -> None:
+        """connection.start came: what the broker says of itself."""
+        self.server_properties = dict(server_properties or {})
+
+    def broker_said_tune(self, channel_max: int) -> None:
+        """connection.tune came: the channels the broker allows (0: no limit)."""
+        self.channel_max = channel_max or 65535
 
     def reschedule_send_heartbeat(self) -> None:
         self._sent_recently = True
