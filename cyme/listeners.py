@@ -6,6 +6,7 @@ of them raising must neither stop the others nor reach the caller that
 caused the event.
 """
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from cyme import logs
@@ -34,9 +35,20 @@ class Listeners:
         return len(self._listeners)
 
     def notify(self, *args, **kwargs):
-        """Call every listener; a failure is logged, never raised."""
+        """
+        Call every listener; a failure is logged, never raised, and so is
+        the failure of a Deferred a listener returns.
+        """
         for listener in list(self._listeners):
-            try:
-                listener(*args, **kwargs)
-            except Exception:
-                self.log.failure("{what} listener failed", what=self.what)
+            self.notify_one(listener, *args, **kwargs)
+
+    def notify_one(self, listener, *args, **kwargs):
+        """Call one listener as L{notify} calls each (a late subscriber)."""
+        try:
+            result = listener(*args, **kwargs)
+        except Exception:
+            self.log.failure("{what} listener failed", what=self.what)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(lambda f: self.log.failure(
+                "{what} listener failed", f, what=self.what))

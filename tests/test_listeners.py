@@ -1,6 +1,6 @@
 """Tests for cyme.listeners: every listener called, failures logged, never raised."""
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.listeners import Listeners
@@ -72,3 +72,17 @@ class ListenersTests(SynchronousTestCase):
         self.listeners.remove(adder)
         self.listeners.notify(2)
         self.assertEqual(self.calls, [("new", (2,), {})])
+
+
+class DeferredListenerTests(SynchronousTestCase):
+    def test_a_failing_deferred_of_a_listener_is_logged(self):
+        from twisted.internet import defer
+
+        events = []
+        listeners = Listeners("thing")
+        self.patch(Listeners, "log", Logger(observer=events.append))
+        listeners.add(lambda: defer.fail(ValueError("later")))
+        listeners.notify()
+        [event] = events
+        self.assertIsInstance(event["log_failure"].value, ValueError)
+        self.assertEqual(event["what"], "thing")

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import Interface
 
 from cyme.backoff import backoff_policy
+from cyme.listeners import Listeners
 from .connection import Connection
 from .errors import AMQPError, AMQPTimeout, as_amqp_error
 from .protocol import AMQPProtocol, AMQPProtocolFactory, default_client_properties
@@ -94,7 +95,9 @@ class AMQPClientService(Service):
             clock=self._reactor,
             client_properties=default_client_properties(connection_name),
         )
-        self._listeners: list[Any] = []
+        # Each listener's two methods, so that one failing is logged alone.
+        self._connected = Listeners("broker connected")
+        self._lost_listeners = Listeners("broker lost")
         self._waiters: list[Deferred[Connection]] = []
         self._live: set[AMQPProtocol] = set()
         self._connection: Connection | None = None
@@ -114,13 +117,14 @@ class AMQPClientService(Service):
     def add_listener(self, listener: IBrokerListener) -> None:
         """Tell C{listener} about connections from now on (and about the
         current one, if any, right away)."""
-        self._listeners.append(listener)
+        self._connected.add(listener.broker_connected)
+        self._lost_listeners.add(listener.broker_lost)
         if self._connection is not None:
-            self._notify(listener, "broker_connected", self._connection)
+            self._connected.notify_one(listener.broker_connected, self._connection)
 
     def remove_listener(self, listener: IBrokerListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
+        self._connected.remove(listener.broker_connected)
+        self._lost_listeners.remove(listener.broker_lost)
 
     def whenConnected(self, timeout: float | None = None) -> Deferred[Connection]:
         """The ready connection, or the next one.
@@ -240,8 +244,7 @@ class AMQPClientService(Service):
         protocol.when_lost().addCallback(self._lost, connection)
         # Listeners first: they keep standing state (consumers, "broker is
         # up" flags) that one-off waiters may rely on.
-        for listener in list(self._listeners):
-            self._notify(listener, "broker_connected", connection)
+        self._connected.notify(connection)
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(connection)
@@ -279,30 +282,13 @@ class AMQPClientService(Service):
             error=str(error),
             delay=delay,
         )
-        for listener in list(self._listeners):
-            self._notify(listener, "broker_lost", error)
+        self._lost_listeners.notify(error)
         if self.running and self._connection is None and self._retry is None:
             self._retry = self._reactor.callLater(delay, self._connect)
 
     def _forget_waiter(self, d: Deferred[Connection]) -> None:
         if d in self._waiters:
             self._waiters.remove(d)
-
-    def _notify(self, listener: Any, event: str, argument: Any) -> None:
-        try:
-            result = getattr(listener, event)(argument)
-        except Exception:
-            log.failure("broker listener {listener!r} failed on {event}", listener=listener, event=event)
-            return
-        if isinstance(result, Deferred):
-            result.addErrback(
-                lambda f: log.failure(
-                    "broker listener {listener!r} failed on {event}",
-                    f,
-                    listener=listener,
-                    event=event,
-                )
-            )
 
 
 def _connect_timed_out(result: Any, timeout: float) -> Failure:
