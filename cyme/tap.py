@@ -373,6 +373,7 @@ def makeService(options):
         branch_id=options["branch-id"],
         default_broker=options["default-broker"],
         supervisor=supervisor,
+        control=control,
         tasks=tasks,
         clock=reactor,
         url=options["url"],

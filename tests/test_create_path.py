@@ -63,14 +63,15 @@ class CreatePathTests(SynchronousTestCase):
         os.makedirs(root)
         self.launcher = RecordingLauncher(self.reactor)
         self.launcher.chains = []
+        control = FakeControl(self.reactor)
         self.supervisor = RecordingSupervisor(
-            store, FakeControl(self.reactor), self.reactor, root, hostname="h",
+            store, control, self.reactor, root, hostname="h",
             python="/py", launcher=self.launcher,
         )
         self.supervisor.chains = []
         store.subscribe(self.supervisor.reconcile)
         local = LocalOperations(store, branch_id="b1", supervisor=self.supervisor,
-                                clock=self.reactor)
+                                control=control, clock=self.reactor)
         cluster, bus = build_cluster(
             local, MemoryBusNetwork(self.reactor).transport("b1"), self.reactor,
             ready_timeout=local.ready_timeout,

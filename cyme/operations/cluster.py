@@ -44,7 +44,8 @@ from .interfaces import IOperations
 @implementer(IOperations)
 @attrs.define
 class ClusterOperations:
-    #: This branch's own operations (an L{IOperations}).
+    #: This branch's own operations: a L{cyme.operations.local.LocalOperations}
+    #: (its IOperations, and what only this branch knows: C{task_record}).
     local: object
     bus: object
     store: object

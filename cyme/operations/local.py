@@ -57,6 +57,8 @@ class LocalOperations:
     default_broker: Broker = attrs.field(factory=Broker, kw_only=True)
     #: The L{cyme.supervision.supervisor.Supervisor} of this branch's workers, if any.
     supervisor: object = attrs.field(default=None, kw_only=True)
+    #: Celery's remote control of those workers (an L{IControl}): live queries.
+    control: object = attrs.field(default=None, kw_only=True)
     #: The L{cyme.tasks.results.TaskService} of this branch, if it queues tasks.
     tasks: object = attrs.field(default=None, kw_only=True)
     #: Schedules the deadline of a wait for a task.
@@ -322,7 +324,7 @@ class LocalOperations:
         self._instance(app, name)
         supervisor = self._supervisor()
         node = supervisor.node(name)
-        ask = getattr(supervisor.control, command)
+        ask = getattr(self.control, command)
         replies = await ask([node], self.query_timeout)
         if node not in replies:
             raise GatewayTimeout(
@@ -391,7 +393,7 @@ class LocalOperations:
             # state says): it never gets ready here.
             d = defer.Deferred()
         else:
-            d = tasks.journal.when_ready(task_id)
+            d = tasks.when_ready(task_id)
         d.addTimeout(timeout, self.clock)
         try:
             record = await d

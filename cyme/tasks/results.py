@@ -276,6 +276,10 @@ class TaskService(service.Service):
             closed.addBoth(stop_disk)
         return closed
 
+    def when_ready(self, task_id):
+        """A Deferred of the task's record once it is ready (its result came)."""
+        return self.journal.when_ready(task_id)
+
     def release_unused(self, change=None):
         """
         Close the links to brokers that no app uses any more (a store

@@ -29,9 +29,10 @@ class SupervisedAPITests(SynchronousTestCase):
         self.supervisor.startService()
         self.addCleanup(self.supervisor.stopService)
         self.client, self.ops = api_client(
-            self.store, supervisor=self.supervisor, ready_timeout=10.0, query_timeout=2.0
+            self.store, supervisor=self.supervisor, control=self.control,
+            ready_timeout=10.0, query_timeout=2.0
         )
-        self.store.subscribe(lambda change: self.supervisor.reconcile())
+        self.store.subscribe(self.supervisor.reconcile)
         self.result(self.client.request("PUT", "/foo/"))
 
     def advance(self, seconds):

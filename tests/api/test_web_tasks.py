@@ -34,6 +34,9 @@ class FakeTasks:
     def get(self, task_id):
         return self.journal.get(task_id)
 
+    def when_ready(self, task_id):
+        return self.journal.when_ready(task_id)
+
 
 class QueueRouteTestsMixin:
     def setUp(self):
