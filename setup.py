@@ -31,7 +31,7 @@ setup(
         "service-identity>=24.1",
         "treq>=24.9",
         # The webhook's HTTP transport (cyme.tasks.webhook).
-        "urllib3>=2.0",
+        "urllib3>=2.6",
         # Workers forked by the fork server take their own names (ps, and
         # the branch recognising them after a restart).
         "setproctitle>=1.3",
