@@ -2,7 +2,10 @@
 
 A few counters and one gauge in the text exposition format (version
 0.0.4), written out directly: the figures are the supervisor's own counts,
-read at each scrape, so there is no registry to keep.
+read at each scrape, so there is no registry to keep.  Kept by hand only
+while the page is these four series with the bytes the restructure had to
+keep; the metrics of issue 13 (histograms, HTTP and bus series) move it to
+prometheus_client and a collector over the live state.
 """
 
 CONTENT_TYPE = b"text/plain; version=0.0.4"
