@@ -10,5 +10,6 @@ worker consumes (``consuming``).
 
 May import: ``cyme.state``, ``cyme.amqp``, and the base modules
 (``cyme.errors``, ``cyme.logs``, ``cyme.backoff``, ``cyme.gather``,
-``cyme.listeners``).
+``cyme.listeners``); the fork server, which runs in the workers' process,
+also imports the task code of ``cyme.tasks`` before it forks.
 """
