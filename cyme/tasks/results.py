@@ -3,7 +3,7 @@
 The branch publishes each task itself (Celery's message protocol 2, over
 txAMQP, with publisher confirms) to the queue's exchange on the app's
 broker, naming as C{reply_to} its own durable result queue on that broker
-(C{cyme.tasks.results.<branch id>}).  Workers send every state update there
+(C{cyme.results.<branch id>}).  Workers send every state update there
 (STARTED, SUCCESS, FAILURE, RETRY); the branch writes each to its
 L{ResultJournal} and acknowledges the message only once it is on disk.
 """
