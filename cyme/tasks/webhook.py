@@ -1,4 +1,4 @@
-"""Perform one HTTP request for the C{cyme.tasks.webhook} task.
+"""Perform one HTTP request for the C{cyme.webhook} task.
 
 The transport is urllib3's connection and response (TLS with the system's
 trust store and host name checks, request framing, chunked bodies), one

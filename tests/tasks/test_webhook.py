@@ -1,4 +1,4 @@
-"""The webhook task (L{cyme.tasks.webhook.perform} and the C{cyme.tasks.webhook} Celery
+"""The webhook task (L{cyme.tasks.webhook.perform} and the C{cyme.webhook} Celery
 task) against a real local HTTP server running in a thread.
 """
 
