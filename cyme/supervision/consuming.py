@@ -32,6 +32,8 @@ class Answer:
     max: int | None
     min: int | None
     fixed: bool
+    #: False for a prefork worker whose bounds did not come (no stats).
+    complete: bool = True
 
 
 def wanted(store, instance):
@@ -59,7 +61,9 @@ async def fix(control, store, log, worker, instance, live_queues, stats):
     tick checks it took).
     """
     node = [worker.node]
-    live = {q.get("name"): q for q in live_queues if isinstance(q, dict)}
+    # Replies come off the broker: anything but a named queue is ignored.
+    live = {q["name"]: q for q in live_queues
+            if isinstance(q, dict) and isinstance(q.get("name"), str)}
     dq = dead_letter_queue(worker.name)
     changed = False
     for name in sorted(set(live) - set(instance.queues) - {dq}):
@@ -130,8 +134,9 @@ async def verify(control, store, log, todo):
             changed = True  # maybe some sent: not verified
         answers.append(Answer(
             worker, instance,
-            [q.get("name") for q in live if isinstance(q, dict)],
+            [q["name"] for q in live if isinstance(q, dict) and isinstance(q.get("name"), str)],
             scaler.get("max"), scaler.get("min"), changed,
+            complete=instance.pool != "prefork" or worker.node in stats,
         ))
     return answers
 
@@ -156,13 +161,22 @@ async def check(control, store, log, clock, lives, everyone):
             by_worker[worker] = life
     if not todo:
         return
+    # The process each was asked as: one started since is not answered for.
+    asked = {worker: worker.pid for worker, _ in todo}
     for answer in await verify(control, store, log, todo):
-        life = by_worker[answer.worker]
-        life.observed(answer.queues, answer.max, answer.min)
+        worker, life = answer.worker, by_worker[answer.worker]
+        if worker.pid != asked[worker] or worker.state != RUNNING:
+            continue
+        bounds = (answer.max, answer.min)
+        if not answer.complete and worker.live is not None:
+            # Its bounds did not come: what was last seen of them stands.
+            bounds = (worker.live["max"], worker.live["min"])
+        life.observed(answer.queues, *bounds)
+        if not (answer.complete or answer.fixed):
+            continue  # neither confirmed nor told: asked again next tick
         # As the instance was when asked: a change since is verified next.
         want = wanted(store, answer.instance)
         if answer.fixed:
-            worker = answer.worker
             if worker.sent == want and worker.sent_at is not None:
                 # Told before and asked since: it did not take (or it was
                 # changed back behind cyme's back meanwhile).

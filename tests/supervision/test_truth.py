@@ -317,3 +317,42 @@ class PerBrokerTests(TruthTestCase):
         self.assertNotIn("b1", self.supervisor.workers)
         self.assertNotIn(bar, self.control.brokers.values())
         self.assertIn("w1@h", self.control.brokers)
+
+
+class PartialAnswerTests(TruthTestCase):
+    """An answer that says less than it should is not taken for more."""
+
+    def test_bounds_that_did_not_come_are_neither_verified_nor_shown_empty(self):
+        self.running_w1(max_concurrency=3, min_concurrency=1)
+        self.tick(2)
+        self.assertEqual(self.supervisor.status("w1")["live"]["max"], 3)
+        node = self.node()
+        node.ignores = frozenset({"stats"})
+        # Changed behind cyme's back while its stats do not come.
+        self.control.celery_autoscale("w1@h", 5, 2)
+        self.tick(3)
+        live = self.supervisor.status("w1")["live"]
+        self.assertEqual((live["max"], live["min"]), (3, 1))
+        node.ignores = frozenset()
+        self.ticks_until(lambda: self.bounds() == (3, 1), 2)
+        self.tick()
+        live = self.supervisor.status("w1")["live"]
+        self.assertEqual((live["max"], live["min"]), (3, 1))
+
+    def test_an_answer_of_a_replaced_process_is_dropped(self):
+        self.running_w1()
+        self.tick()
+        old = self.process()
+        # The round waits for stats that do not come; the worker dies and
+        # is started again meanwhile.
+        self.node().ignores = frozenset({"stats"})
+        self.control.down("w1@h")
+        self.control.up("w1@h", queues=["other"])
+        self.node().ignores = frozenset({"stats"})
+        self.reactor.advance(TICK)
+        old.exit(1)
+        self.reactor.advance(0)
+        new = self.process()
+        self.assertNotEqual(new.pid, old.pid)
+        self.reactor.advance(1.0)
+        self.assertIsNone(self.supervisor.status("w1")["live"])
