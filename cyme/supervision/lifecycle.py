@@ -35,8 +35,6 @@ from cyme.supervision.workerstate import (
 )
 
 
-
-
 def _cancel(call):
     if call is not None and call.active():
         call.cancel()
@@ -60,6 +58,7 @@ class WorkerLifecycle:
         self._restart_call = None
         self._quarantine_call = None
         self._watch_call = None
+        self._closed = False
 
     # The machine
 
@@ -199,10 +198,18 @@ class WorkerLifecycle:
         self._look()
 
     def cancel_timers(self):
-        """The supervisor stops: no restart or watch is to come."""
-        for call in (self._restart_call, self._quarantine_call, self._watch_call):
+        """The supervisor stopped: no timer is to come (not even after a late
+        exit), and who waits for the worker to be ready is answered now."""
+        self._closed = True
+        for call in (self._restart_call, self._quarantine_call, self._watch_call,
+                     self._kill_call):
             _cancel(call)
-        self._restart_call = self._quarantine_call = self._watch_call = None
+        self._restart_call = self._quarantine_call = self._watch_call = self._kill_call = None
+        self._release_ready()
+
+    def _later(self, delay, event):
+        """C{event} after C{delay} seconds; nothing once the supervisor stopped."""
+        return None if self._closed else self._clock.callLater(delay, self._fire, event)
 
     def tail(self):
         """Log what the worker wrote since the last look."""
@@ -350,9 +357,7 @@ class WorkerLifecycle:
             "{instance} stopping (pid {pid}): {why}", instance=w.name, pid=w.pid, why=why,
         )
         self._release_ready()
-        self._kill_call = self._clock.callLater(
-            self._policy.kill_timeout, self._fire, KILL_TIMEOUT
-        )
+        self._kill_call = self._later(self._policy.kill_timeout, KILL_TIMEOUT)
         self._signal(signal.SIGTERM)
         # A stopped worker (SIGSTOP, a debugger let go) acts on the TERM
         # only once continued: a warm shutdown now, not a KILL later.
@@ -378,7 +383,7 @@ class WorkerLifecycle:
         if not self._processes.alive(w.pid):
             self.ended(None)
         elif w.state == STOPPING:
-            self._watch_call = self._clock.callLater(0.1, self._fire, WATCH)
+            self._watch_call = self._later(0.1, WATCH)
 
     def _orphaned(self, detail):
         self.worker.process = None
@@ -406,9 +411,7 @@ class WorkerLifecycle:
         w.attempt += 1
         if w.next_start > now:
             _cancel(self._restart_call)
-            self._restart_call = self._clock.callLater(
-                w.next_start - now, self._fire, BACKOFF_ELAPSED
-            )
+            self._restart_call = self._later(w.next_start - now, BACKOFF_ELAPSED)
 
     def _quarantine(self, detail):
         w, policy = self.worker, self._policy
@@ -423,9 +426,7 @@ class WorkerLifecycle:
         )
         self._release_ready()
         _cancel(self._quarantine_call)
-        self._quarantine_call = self._clock.callLater(
-            policy.quarantine, self._fire, QUARANTINE_ELAPSED
-        )
+        self._quarantine_call = self._later(policy.quarantine, QUARANTINE_ELAPSED)
 
     def _leave_quarantine(self, detail):
         w = self.worker

@@ -682,3 +682,23 @@ class TimerTests(LifecycleTestCase):
         self.assertEqual(len(self.pending_calls()), 1)  # the backoff
         self.life.cancel_timers()
         self.assertEqual(self.pending_calls(), [])
+
+
+class ClosedTests(LifecycleTestCase):
+    """After the supervisor stopped, nothing of a worker's is scheduled."""
+
+    def test_an_exit_after_the_stop_schedules_no_restart(self):
+        self.make(max_restarts=5)
+        self.starting().exit(status=1)
+        process = self.starting()
+        self.life.cancel_timers()
+        process.exit(status=1)
+        self.assertEqual(self.pending_calls(), [])
+
+    def test_who_waits_for_ready_is_answered_at_the_stop(self):
+        self.make()
+        self.starting()
+        ready = self.life.wait_ready(10)
+        self.life.cancel_timers()
+        self.assertEqual(self.successResultOf(ready)["state"], STARTING)
+        self.assertEqual(self.pending_calls(), [])
