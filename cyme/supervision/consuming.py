@@ -118,27 +118,38 @@ async def verify(control, store, log, todo):
     except Exception:
         log.failure("cannot read the workers' queues")
         return []
+    # Each worker's fixes go at once: one slow worker holds up no other.
+    answering = [(w, i) for w, i in todo if w.node in queues]
+    outcomes = await defer.DeferredList([
+        defer.ensureDeferred(_answer(control, store, log, w, i, queues, stats))
+        for w, i in answering
+    ], consumeErrors=True)
     answers = []
-    for worker, instance in todo:
-        if worker.node not in queues:
-            continue
-        live = queues[worker.node] if isinstance(queues[worker.node], list) else []
-        scaler = ((stats.get(worker.node) or {}).get("autoscaler")) or {}
-        try:
-            changed = await fix(control, store, log, worker, instance,
-                                live, stats.get(worker.node))
-        except defer.CancelledError:
-            raise  # the branch is stopping
-        except Exception:
-            log.failure("{instance}: cannot fix queues", instance=worker.name)
-            changed = True  # maybe some sent: not verified
-        answers.append(Answer(
-            worker, instance,
-            [q["name"] for q in live if isinstance(q, dict) and isinstance(q.get("name"), str)],
-            scaler.get("max"), scaler.get("min"), changed,
-            complete=instance.pool != "prefork" or worker.node in stats,
-        ))
+    for (worker, _), (ok, result) in zip(answering, outcomes):
+        if ok:
+            answers.append(result)
+        elif result.check(defer.CancelledError):
+            raise defer.CancelledError()  # the branch is stopping
     return answers
+
+
+async def _answer(control, store, log, worker, instance, queues, stats):
+    live = queues[worker.node] if isinstance(queues[worker.node], list) else []
+    scaler = ((stats.get(worker.node) or {}).get("autoscaler")) or {}
+    try:
+        changed = await fix(control, store, log, worker, instance,
+                            live, stats.get(worker.node))
+    except defer.CancelledError:
+        raise
+    except Exception:
+        log.failure("{instance}: cannot fix queues", instance=worker.name)
+        changed = True  # maybe some sent: not verified
+    return Answer(
+        worker, instance,
+        [q["name"] for q in live if isinstance(q, dict) and isinstance(q.get("name"), str)],
+        scaler.get("max"), scaler.get("min"), changed,
+        complete=instance.pool != "prefork" or worker.node in stats,
+    )
 
 
 async def check(control, store, log, clock, lives, everyone):

@@ -356,3 +356,20 @@ class PartialAnswerTests(TruthTestCase):
         self.assertNotEqual(new.pid, old.pid)
         self.reactor.advance(1.0)
         self.assertIsNone(self.supervisor.status("w1")["live"])
+
+
+class ConcurrentFixTests(TruthTestCase):
+    def test_a_worker_slow_to_answer_a_fix_holds_up_no_other(self):
+        self.start(interval=TICK)
+        for name in ("w1", "w2"):
+            self.add(name, queues=["tasks"])
+            self.boot(name)
+        self.tick(2)
+        for name in ("w1", "w2"):
+            self.assertIn("tasks", self.node(name).queue_names())
+            self.control.celery_cancel_consumer(f"{name}@h", "tasks")
+        # w1 (asked first) does not answer the add, which waits its timeout.
+        self.node("w1").ignores = frozenset({"add_consumer"})
+        self.pump(TICK, step=TICK)
+        self.reactor.advance(0.1)
+        self.assertIn("tasks", self.node("w2").queue_names())
