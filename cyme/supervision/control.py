@@ -62,6 +62,27 @@ def _command_arguments(method, arguments):
     return arguments
 
 
+def merged_replies(calls):
+    """
+    One answer from the calls of one command to several brokers: the
+    replies of all that answered; a broker out of reach adds none.
+    """
+    if len(calls) == 1:
+        return calls[0]
+
+    def merge(results):
+        merged = {}
+        for ok, replies in results:
+            if ok:
+                merged.update(replies)
+            elif replies.check(defer.CancelledError):
+                # Cancelled (the branch stops): not an empty answer.
+                return replies
+        return merged
+
+    return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+
+
 @implementer(IControl)
 class PidboxControl:
     """Remote control of the workers of the broker at C{url} in C{pool}."""
@@ -327,22 +348,8 @@ class ControlRouter:
         groups = {}
         for node in nodes:
             groups.setdefault(self._nodes.get(node, self.default_url), []).append(node)
-        if len(groups) == 1:
-            (url, group), = groups.items()
-            return send(self._control(url), group)
-        calls = [send(self._control(url), group) for url, group in groups.items()]
-
-        def merge(results):
-            merged = {}
-            for ok, replies in results:
-                if ok:
-                    merged.update(replies)
-                elif replies.check(defer.CancelledError):
-                    # Cancelled (the branch stops): not an empty answer.
-                    return replies
-            return merged
-
-        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+        return merged_replies([send(self._control(url), group)
+                               for url, group in groups.items()])
 
     def ping(self, nodes, timeout):
         return self._spread(nodes, lambda c, n: c.ping(n, timeout))

@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cyme.listeners import Listeners
+from cyme.supervision.control import merged_replies
 from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
 from cyme.supervision.launcher import InertProcessTransport
 
@@ -135,24 +136,10 @@ class FakeControl:
         groups = {}
         for name in sorted(set(nodes), key=list(nodes).index):
             groups.setdefault(self.broker(name), []).append(name)
-        calls = [
+        return merged_replies([
             self._send(method, group, timeout, reply, url, *args)
             for url, group in groups.items()
-        ]
-        if len(calls) == 1:
-            return calls[0]
-
-        def merge(results):
-            merged = {}
-            for ok, replies in results:
-                if ok:
-                    merged.update(replies)
-                elif replies.check(defer.CancelledError):
-                    # Cancelled (the branch stops): not an empty answer.
-                    return replies
-            return merged
-
-        return defer.DeferredList(calls, consumeErrors=True).addCallback(merge)
+        ])
 
     def _send(self, method, nodes, timeout, reply, url, *args):
         self.sent.append((method, list(nodes), args))
