@@ -24,7 +24,8 @@ from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter
 from cyme.errors import BadRequest, StartupError
-from cyme.api.http import make_site
+from cyme.api.auth import Gate
+from cyme.api.http import ConnectionCap, make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
@@ -97,6 +98,10 @@ class Options(usage.Options):
         ["stop-workers-on-exit", None,
          "Stop the worker instances when the branch stops (by default they "
          "keep running and the next start adopts them)."],
+        ["no-trust-loopback", None,
+         "Require a token from callers on this machine too (by default a "
+         "request from a loopback address or on a unix: endpoint has every "
+         "scope)."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -390,8 +395,10 @@ def makeService(options):
     if not options["without-http"]:
         # An access line per request is info; above it, none is written.
         access_log = options["log-level"] <= LogLevel.info
-        site = make_site(BranchAPI(cluster).resource(), access_log=access_log)
-        http = strports.service(options["endpoint"], site, reactor=reactor)
+        gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
+                    url=options["url"])
+        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
     return branch

@@ -1,0 +1,50 @@
+"""The login form: a browser exchanges a token for a cookie.
+
+A browser cannot add an C{Authorization} header to a page it navigates
+to, so C{POST /login/} with a valid token sets it as the C{cyme_token}
+cookie: C{HttpOnly} (no script reads it), C{SameSite=Strict} (no other
+site's page sends it) and C{Secure} over TLS, living as long as the
+token.  A write authenticated by that cookie must also carry the branch's
+own C{Origin} (L{cyme.api.auth.Gate}).
+"""
+
+import time
+from html import escape
+
+from cyme.api.auth import COOKIE, Unauthorized
+from cyme.api.http import json_body
+
+_FORM = """<!doctype html><html><head><meta charset=utf-8><title>cyme · log in</title>
+</head><body><h1>cyme</h1><form method=post action="/login/">
+<label>Token <input type=password name=token autocomplete=off required></label>
+<input type=hidden name=next value="{next}"><button>Log in</button></form></body></html>
+"""
+
+
+def form(request):
+    request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+    request.setHeader(b"Cache-Control", b"no-store")
+    return _FORM.format(next=escape("/admin/")).encode("utf-8")
+
+
+def cookie_header(secret, secure, max_age=None):
+    """The C{Set-Cookie} value that carries C{secret}."""
+    parts = [f"{COOKIE.decode('ascii')}={secret}", "Path=/", "HttpOnly", "SameSite=Strict"]
+    if secure:
+        parts.append("Secure")
+    if max_age is not None:
+        parts.append(f"Max-Age={max(0, int(max_age))}")
+    return "; ".join(parts).encode("ascii")
+
+
+def log_in(request, ops, values, now=time.time):
+    """Set the cookie of a valid C{token}; 303 to the admin page."""
+    secret = values.get("token")
+    token = ops.authenticate(secret) if isinstance(secret, str) else None
+    if token is None:
+        raise Unauthorized("invalid, expired or revoked token")
+    # The secret goes back only as the cookie: in no log line and no body.
+    max_age = None if token.expires is None else token.expires - now()
+    request.setHeader(b"Set-Cookie", cookie_header(secret, request.isSecure(), max_age))
+    request.setHeader(b"Location", b"/admin/")
+    return json_body(request, 303, {"ok": "ok", "name": token.name})
