@@ -3,13 +3,14 @@
 A browser cannot add an C{Authorization} header to a page it navigates
 to, so C{POST /login/} with a valid token sets it as the C{cyme_token}
 cookie: C{HttpOnly} (no script reads it), C{SameSite=Strict} (no other
-site's page sends it) and C{Secure} over TLS, living as long as the
-token.  A write authenticated by that cookie must also carry the branch's
+site's page sends it) and C{Secure} over TLS, expiring with the token
+(C{Expires}: the token's own date, so no clock is read here).  A write authenticated by that cookie must also carry the branch's
 own C{Origin} (L{cyme.api.auth.Gate}).
 """
 
-import time
 from html import escape
+
+from twisted.web.http import datetimeToString
 
 from cyme.api.auth import COOKIE, Unauthorized
 from cyme.api.http import json_body
@@ -27,24 +28,26 @@ def form(request):
     return _FORM.format(next=escape("/admin/")).encode("utf-8")
 
 
-def cookie_header(secret, secure, max_age=None):
-    """The C{Set-Cookie} value that carries C{secret}."""
+def cookie_header(secret, secure, expires=None):
+    """The C{Set-Cookie} value that carries C{secret} (until C{expires},
+    seconds since the epoch, if given)."""
     parts = [f"{COOKIE.decode('ascii')}={secret}", "Path=/", "HttpOnly", "SameSite=Strict"]
     if secure:
         parts.append("Secure")
-    if max_age is not None:
-        parts.append(f"Max-Age={max(0, int(max_age))}")
+    if expires is not None:
+        parts.append("Expires=" + datetimeToString(int(expires)).decode("ascii"))
     return "; ".join(parts).encode("ascii")
 
 
-def log_in(request, ops, values, now=time.time):
+def log_in(request, ops, values):
     """Set the cookie of a valid C{token}; 303 to the admin page."""
     secret = values.get("token")
     token = ops.authenticate(secret) if isinstance(secret, str) else None
     if token is None:
         raise Unauthorized("invalid, expired or revoked token")
     # The secret goes back only as the cookie: in no log line and no body.
-    max_age = None if token.expires is None else token.expires - now()
-    request.setHeader(b"Set-Cookie", cookie_header(secret, request.isSecure(), max_age))
+    request.setHeader(
+        b"Set-Cookie", cookie_header(secret, request.isSecure(), token.expires)
+    )
     request.setHeader(b"Location", b"/admin/")
     return json_body(request, 303, {"ok": "ok", "name": token.name})
