@@ -74,6 +74,9 @@ def token_main(argv, out=sys.stdout, err=sys.stderr):
     """C{cyme-branch token ...}; returns the exit status."""
     options = _parser().parse_args(argv)
     root = os.path.abspath(options.instance_dir)
+    if not os.path.isdir(root):
+        err.write(f"cyme-branch token: no root directory {root}\n")
+        return 1
     request = {
         "create": ("POST", "/tokens/", {"name": options.__dict__.get("name"),
                                         "scope": options.__dict__.get("scope"),

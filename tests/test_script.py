@@ -17,6 +17,7 @@ from cyme.tap import loopback_url
 class OfflineTokenTests(SynchronousTestCase):
     def setUp(self):
         self.root = os.path.abspath(self.mktemp())
+        os.makedirs(self.root)
 
     def run_token(self, *argv):
         out, err = io.StringIO(), io.StringIO()
@@ -70,6 +71,13 @@ class OfflineTokenTests(SynchronousTestCase):
     def test_the_root_is_released(self):
         self.run_token("list")
         RootDir.open(self.root).close()  # not left locked
+
+    def test_no_root(self):
+        out, err = io.StringIO(), io.StringIO()
+        missing = os.path.join(self.root, "typo")
+        self.assertEqual(token_main(["list", "-D", missing], out=out, err=err), 1)
+        self.assertIn("no root directory", err.getvalue())
+        self.assertFalse(os.path.exists(missing))
 
     def test_usage(self):
         with self.assertRaises(SystemExit):

@@ -14,7 +14,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cyme import logs
-from cyme.api.auth import ANONYMOUS, SAFE_METHODS, ICaller
+from cyme.api.auth import ANONYMOUS, SAFE_METHODS, ICaller, Unauthorized
 from cyme.api.http import error_body, json_body
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, PayloadTooLarge
 
@@ -71,6 +71,12 @@ def audit_target(path):
     return "/" + "/".join(segments) + "/", fields
 
 
+def _browser_at_admin(request):
+    accept = request.getHeader(b"accept") or b""
+    return (request.method == b"GET" and request.path.rstrip(b"/") == b"/admin"
+            and b"text/html" in accept)
+
+
 def audit(request, caller):
     """Log the audit line of a write once it is answered: who, what, on what."""
     if request.method in SAFE_METHODS:
@@ -117,6 +123,10 @@ class GuardResource(Resource):
             caller = self._gate.admit(request)
         except CymeError as e:
             audit(request, caller)
+            if isinstance(e, Unauthorized) and _browser_at_admin(request):
+                # A person at the admin page: to the login form.
+                request.setHeader(b"Location", b"/login/")
+                return json_body(request, 303, e.to_json())
             return error_body(request, e)
         request.setComponent(ICaller, caller)
         audit(request, caller)

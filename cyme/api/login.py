@@ -8,8 +8,6 @@ site's page sends it) and C{Secure} over TLS, expiring with the token
 own C{Origin} (L{cyme.api.auth.Gate}).
 """
 
-from html import escape
-
 from twisted.web.http import datetimeToString
 
 from cyme.api.auth import COOKIE, Unauthorized
@@ -18,14 +16,14 @@ from cyme.api.http import json_body
 _FORM = """<!doctype html><html><head><meta charset=utf-8><title>cyme · log in</title>
 </head><body><h1>cyme</h1><form method=post action="/login/">
 <label>Token <input type=password name=token autocomplete=off required></label>
-<input type=hidden name=next value="{next}"><button>Log in</button></form></body></html>
+<button>Log in</button></form></body></html>
 """
 
 
 def form(request):
     request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
     request.setHeader(b"Cache-Control", b"no-store")
-    return _FORM.format(next=escape("/admin/")).encode("utf-8")
+    return _FORM.encode("utf-8")
 
 
 def cookie_header(secret, secure, expires=None):

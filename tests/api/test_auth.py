@@ -266,6 +266,12 @@ class LoginTests(AuthTestCase):
         self.assertEqual(self.call(browser, "PUT", "/foo/",
                                    headers={"Origin": ["http://localhost"]}).code, 201)
 
+    def test_admin_page_sends_a_browser_to_the_form(self):
+        response = self.call(self.client(REMOTE), "GET", "/admin/", allow_redirects=False,
+                             headers={"Accept": ["text/html,*/*"]})
+        self.assertEqual((response.code, response.header("Location")), (303, "/login/"))
+        self.assertRefused(self.call(self.client(REMOTE), "GET", "/admin/"), 401)
+
     def test_revoked_cookie(self):
         secret = self.token("read")
         browser = self.client(REMOTE, headers={"Cookie": [f"cyme_token={secret}"]})
