@@ -8,7 +8,10 @@ branch and against its idle root, and TLS through the ``ssl:`` endpoint
 import datetime
 import ipaddress
 import os
+import shutil
 import socket
+import stat
+import tempfile
 
 import treq
 from cryptography import x509
@@ -209,3 +212,23 @@ class AuthDaemonTests(DaemonTestCase):
         self.assertEqual((code, out.split("\t")[0]), (0, "browser"), err)
         await self.stop(process)
 
+    @deferred
+    async def test_unix_endpoint_is_trusted_like_loopback(self):
+        directory = tempfile.mkdtemp(prefix="cyme-")  # short: a socket path is <108 bytes
+        self.addCleanup(shutil.rmtree, directory, True)
+        sock = os.path.join(directory, "api.sock")
+        process = self.twistd(f"127.0.0.1:{free_port()}", "-D", self.path("root"),
+                              f"--http=unix:{sock}:mode=600")
+        deadline = reactor.seconds() + 15
+        while not os.path.exists(sock):
+            if not process.running or reactor.seconds() > deadline:
+                self.fail(f"no socket:\n{process.describe()}")
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(stat.S_IMODE(os.stat(sock).st_mode), 0o600)
+        # No token: the command is trusted on the socket.
+        code, out, err = await self.token("create", "--name", "u", "--scope", "admin",
+                                          "-D", self.path("root"))
+        self.assertEqual(code, 0, err)
+        code, out, err = await self.token("list", "-D", self.path("root"))
+        self.assertEqual((code, out.split("\t")[0]), (0, "u"), err)
+        await self.stop(process)
