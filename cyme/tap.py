@@ -436,7 +436,7 @@ def makeService(options):
         # An access line per request is info; above it, none is written.
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
-                    url=options["url"])
+                    url=options["url"], names=frozenset([socket.gethostname()]))
         site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")

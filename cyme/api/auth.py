@@ -15,8 +15,8 @@ L{Gate} decides for every request, before any route runs:
 - Against browsers on this machine: a state-changing request whose
   C{Origin} is not the branch's own is a 403 (and a write authenticated by
   cookie must carry an C{Origin}); a loopback-trusted request whose C{Host}
-  is not a loopback name or address, nor the host of the branch's C{--url},
-  is a 403 (DNS rebinding: a page from elsewhere whose name now resolves
+  is not a loopback name or address, the machine's host name, nor the host
+  of the branch's C{--url}, is a 403 (DNS rebinding: a page from elsewhere whose name now resolves
   to 127.0.0.1).
 
 The caller is kept on the request (L{ICaller}) for the routes and for
@@ -139,6 +139,10 @@ class Gate:
     trust_loopback: bool = True
     #: The branch's own URL (C{--url}): its host and origin are its own.
     url: str | None = None
+    #: Other names of this machine a local caller may use (its host
+    #: name, which Debian resolves to 127.0.1.1): no rebinding attacker
+    #: controls them.
+    names: frozenset = frozenset()
 
     def local_peer(self, request):
         """Whether C{request} comes from this machine (loopback or unix)."""
@@ -189,7 +193,7 @@ class Gate:
         return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=cookie)
 
     def own_hosts(self):
-        hosts = {"localhost"}
+        hosts = {"localhost", *(n.lower() for n in self.names)}
         if self.url:
             hosts.add(host_name(urlsplit(self.url).netloc))
         return hosts

@@ -37,9 +37,10 @@ class AuthTestCase(SynchronousTestCase):
         self.clock.advance(1_000_000)
         self.store = MemoryStore()
         self.ops = LocalOperations(self.store, now=self.clock.seconds)
-        self.api = BranchAPI(
-            self.ops, Gate(self.ops, trust_loopback=self.trust_loopback, url=self.url)
-        )
+        self.api = BranchAPI(self.ops, Gate(
+            self.ops, trust_loopback=self.trust_loopback, url=self.url,
+            names=frozenset(["MyHost"]),
+        ))
         self.resource = self.api.resource()
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
@@ -170,7 +171,7 @@ class LoopbackTests(AuthTestCase):
             self.assertRefused(self.call(client, "GET", "/"), 403)
         self.assertEqual(self.store.apps(), [])
         for host in ("localhost:8000", "127.0.0.1:8000", "[::1]:8000", "LOCALHOST",
-                     "branch1.example:8000", "127.1.2.3"):
+                     "branch1.example:8000", "127.1.2.3", "myhost:8000"):
             client = self.client("127.0.0.1", headers={"Host": [host]})
             self.assertEqual(self.call(client, "GET", "/").code, 200, host)
         client = self.client("127.0.0.1", headers={"Host": ["[::2]:8000"]})
