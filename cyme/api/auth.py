@@ -4,8 +4,8 @@ L{Gate} decides for every request, before any route runs:
 
 - A request from a loopback address, or on a C{unix:} endpoint, is trusted
   with every scope (like RabbitMQ's C{guest}), unless the branch runs with
-  C{--no-trust-loopback}; one that carries C{X-Forwarded-For} or
-  C{Forwarded} never is: a reverse proxy on this machine would otherwise
+  C{--no-trust-loopback}; one that carries C{X-Forwarded-For},
+  C{Forwarded} (or C{X-Forwarded-Host}, C{X-Real-IP}, C{Via}) never is: a reverse proxy on this machine would otherwise
   make every caller behind it an admin.
 - Every other request needs C{Authorization: Bearer <token>} (or the
   cookie the login form sets): none is a 401, a token without the
@@ -35,6 +35,9 @@ from cyme.errors import CymeError
 SCOPES = ("read", "write", "admin")
 COOKIE = b"cyme_token"
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+#: Headers a reverse proxy adds: a request with any of them came through
+#: one, from anywhere, even when its connection comes from loopback.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
 #: Routes anyone may call: the liveness probe and the login form.
 OPEN_ROUTES = (b"ping", b"login")
 
@@ -179,8 +182,8 @@ class Gate:
         cookie = request.getCookie(COOKIE)
         if cookie:
             return self._token_caller(cookie.decode("latin-1"), cookie=True)
-        if self.trust_loopback and self.local_peer(request) and not (
-            request.getHeader(b"x-forwarded-for") or request.getHeader(b"forwarded")
+        if self.trust_loopback and self.local_peer(request) and not any(
+            request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
         ):
             unix = isinstance(request.getClientAddress(), UNIXAddress)
             return Caller("unix" if unix else "loopback", TRUSTED)

@@ -152,7 +152,9 @@ class LoopbackTests(AuthTestCase):
     def test_proxy_headers_are_never_trusted(self):
         for header in ({"X-Forwarded-For": ["198.51.100.1"]},
                        {"Forwarded": ["for=198.51.100.1"]},
-                       {"X-Forwarded-For": ["127.0.0.1"]}):
+                       {"X-Forwarded-For": ["127.0.0.1"]}, {"Forwarded": [""]},
+                       {"X-Real-IP": ["198.51.100.1"]}, {"Via": ["1.1 proxy"]},
+                       {"X-Forwarded-Host": ["localhost"]}):
             client = self.client("127.0.0.1", headers=header)
             self.assertRefused(self.call(client, "PUT", "/foo/"), 401)
             self.assertRefused(self.call(client, "GET", "/tokens/"), 401)
