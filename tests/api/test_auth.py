@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import datetimeToString
 
 from cyme.api.auth import Gate
+from cyme.api.guard import audit_target
 from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.operations.local import LocalOperations
@@ -432,3 +433,20 @@ class BoundsTests(AuthTestCase):
         headers = {"Content-Type": ["multipart/form-data"]}
         response = self.call(self.client(), "PUT", "/foo/", headers=headers, data=b"x")
         self.assertRefused(response, 400)
+
+
+class AuditTargetTests(SynchronousTestCase):
+    def test_targets(self):
+        for path, expected in [
+            (b"/foo/", ("/foo/", {"app": "foo"})),
+            (b"/foo/instances/", ("/foo/instances/", {"app": "foo", "instance": None})),
+            (b"/foo/instances/!/w1/", ("/foo/instances/!/w1/", {"app": "foo", "instance": "w1"})),
+            (b"/foo/instance/w1/queues/q/",
+             ("/foo/instance/w1/queues/q/", {"app": "foo", "instance": "w1"})),
+            (b"/foo/queues/q/", ("/foo/queues/q/", {"app": "foo", "queue": "q"})),
+            (b"/foo/queue/q/http://u:p@h/x?y", ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            (b"/instances/w%31/", ("/instances/w1/", {"instance": "w1"})),
+            (b"/tokens/ci/", ("/tokens/ci/", {"token": "ci"})),
+            (b"/tokens/", ("/tokens/", {"token": None})),
+        ]:
+            self.assertEqual(audit_target(path), expected, path)
