@@ -190,6 +190,10 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
+        if self["endpoint"].startswith("unix:") and ":mode=" not in self["endpoint"]:
+            # Its callers are trusted like loopback: only the branch's own
+            # user may connect, not Twisted's default of everyone (0666).
+            self["endpoint"] += ":mode=600"
         check_endpoint(self["endpoint"])
         if self["url"] is None:
             self["url"] = advertised_url(self["endpoint"])

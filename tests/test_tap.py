@@ -166,7 +166,7 @@ class AddressTests(OptionsTestsMixin, SynchronousTestCase):
         options = self.parse(
             [":8001", "--http", f"unix:{sock}", "-D", self.root_path()]
         )
-        self.assertEqual(options["endpoint"], f"unix:{sock}")
+        self.assertEqual(options["endpoint"], f"unix:{sock}:mode=600")
         options = self.parse(["--http=tcp:9001:interface=127.0.0.1", "-D",
                               self.root_path()])
         self.assertEqual(options["endpoint"], "tcp:9001:interface=127.0.0.1")
@@ -431,3 +431,13 @@ class APIURLFileTests(SynchronousTestCase):
         branch.startService()
         self.assertFalse(os.path.exists(os.path.join(root.path, "api.url")))
         branch.stopService()
+
+
+class UnixEndpointTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_only_the_owner_by_default(self):
+        options = self.parse(["-D", self.root_path(), "--http", "unix:/tmp/x.sock"])
+        self.assertEqual(options["endpoint"], "unix:/tmp/x.sock:mode=600")
+
+    def test_mode_given(self):
+        options = self.parse(["-D", self.root_path(), "--http", "unix:/tmp/x.sock:mode=660"])
+        self.assertEqual(options["endpoint"], "unix:/tmp/x.sock:mode=660")
