@@ -3,6 +3,9 @@
 Routes only parse, call L{IOperations} and render JSON.  Every path works
 with and without its trailing slash, and the original Cyme's singular
 ``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
+Every request reaches them through L{GuardResource} (L{cyme.api.guard}),
+which has admitted its caller (L{cyme.api.auth}); C{/tokens/} and
+C{/login/} are this module's too.
 """
 
 import re
