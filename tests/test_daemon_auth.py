@@ -156,6 +156,7 @@ class AuthDaemonTests(DaemonTestCase):
         self.assertEqual(code, 401)
         # Idle root: the command edits it; the next start serves the token.
         await self.stop(process)
+        self.assertNotIn(secret, process.output)
         self.assertFalse(os.path.exists(self.path("root", "api.url")))
         code, out, err = await self.token("create", "--name", "ops", "--scope", "read,write",
                                           "-D", self.path("root"))
@@ -186,6 +187,7 @@ class AuthDaemonTests(DaemonTestCase):
         """The README's example: ssl:PORT:privateKey=key.pem:certKey=cert.pem."""
         key, cert = self_signed(self.cwd)
         port = free_port()
+        os.makedirs(self.path("root"))
         code, out, err = await self.token("create", "--name", "browser", "--scope", "read",
                                           "-D", self.path("root"))
         self.assertEqual(code, 0, err)
