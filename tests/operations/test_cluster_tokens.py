@@ -51,3 +51,18 @@ class ClusterTokenTests(ClusterTestCase):
         self.network.heal("b3")
         self.wait(3)
         self.assertEqual(self.remote("b3", "GET", "/", secret).code, 401)
+
+    def test_passwords_masked_in_answers_from_another_branch(self):
+        secret = self.make("b1", scope="read,write")
+        broker = "amqp://alice:s3cret-pw@rabbit.example:5672/prod"
+        self.request("b1", "PUT", "/foo/", data={"broker": broker})
+        self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
+        for branch in IDS:
+            for path in ("/foo/", "/foo/instances/w1/", "/instances/w1/"):
+                response = self.remote(branch, "GET", path, secret)
+                self.assertEqual(response.code, 200, response.body)
+                self.assertNotIn(b"s3cret-pw", response.body)
+                self.assertIsNone(response.json["broker"]["password"])
+            # Loopback callers (every scope) see it.
+            shown = self.request(branch, "GET", "/foo/instances/w1/")
+            self.assertEqual(shown.json["broker"]["password"], "s3cret-pw")
