@@ -24,7 +24,8 @@ from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool
 from cyme.supervision.control import ControlRouter
 from cyme.errors import BadRequest, StartupError
-from cyme.api.http import make_site
+from cyme.api.auth import Gate
+from cyme.api.http import ConnectionCap, make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
@@ -97,6 +98,10 @@ class Options(usage.Options):
         ["stop-workers-on-exit", None,
          "Stop the worker instances when the branch stops (by default they "
          "keep running and the next start adopts them)."],
+        ["no-trust-loopback", None,
+         "Require a token from callers on this machine too (by default a "
+         "request from a loopback address or on a unix: endpoint has every "
+         "scope)."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -185,6 +190,10 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
+        if self["endpoint"].startswith("unix:") and ":mode=" not in self["endpoint"]:
+            # Its callers are trusted like loopback: only the branch's own
+            # user may connect, not Twisted's default of everyone (0666).
+            self["endpoint"] += ":mode=600"
         check_endpoint(self["endpoint"])
         if self["url"] is None:
             self["url"] = advertised_url(self["endpoint"])
@@ -287,24 +296,61 @@ def check_endpoint(description):
         ) from None
 
 
+def loopback_url(endpoint):
+    """
+    Where a command on this machine reaches the API served on C{endpoint}
+    (C{cyme-branch token} reads it from the root's C{api.url}), or None.
+    """
+    parts = [p.replace("\\:", ":") for p in re.split(r"(?<!\\):", endpoint)]
+    fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    if parts[0] == "unix" and len(parts) > 1:
+        return "unix:" + fields.get("address", parts[1])
+    port = fields.get("port") or next((p for p in parts[1:] if p.isdigit()), None)
+    if parts[0] not in ("tcp", "tcp6", "ssl") or port in (None, "0"):
+        return None
+    host = fields.get("interface", "")
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{'https' if parts[0] == 'ssl' else 'http'}://{host}:{port}/"
+
+
 class BranchService(service.MultiService):
     """The branch: its root directory held for as long as it runs."""
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, root, branch_id):
+    def __init__(self, root, branch_id, api_url=None):
         super().__init__()
         self.root = root
         self.branch_id = branch_id
+        #: Written to the root's C{api.url} while the branch runs.
+        self.api_url = api_url
+
+    def _api_file(self):
+        return os.path.join(self.root.path, "api.url")
 
     def startService(self):
         self.root.record_pid()
+        if self.api_url is not None:
+            fd = os.open(self._api_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.api_url + "\n")
         self.log.info(
             "cyme branch {branch} (cyme {version}) in {root}",
             branch=self.branch_id, version=__version__, root=self.root.path,
         )
         with _exit_if_cannot_listen(self.log):
             super().startService()
+
+    def stopService(self):
+        if self.api_url is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._api_file())
+        return super().stopService()
 
     def privilegedStartService(self):
         # twistd listens here, before it drops privileges.
@@ -329,7 +375,10 @@ def makeService(options):
     from twisted.internet import reactor
 
     logs.set_level(options["log-level"])
-    branch = BranchService(options["root"], options["branch-id"])
+    branch = BranchService(
+        options["root"], options["branch-id"],
+        api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
+    )
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
     pool = BrokerPool(reactor)
@@ -390,8 +439,10 @@ def makeService(options):
     if not options["without-http"]:
         # An access line per request is info; above it, none is written.
         access_log = options["log-level"] <= LogLevel.info
-        site = make_site(BranchAPI(cluster).resource(), access_log=access_log)
-        http = strports.service(options["endpoint"], site, reactor=reactor)
+        gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
+                    url=options["url"], names=frozenset([socket.gethostname()]))
+        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
     return branch

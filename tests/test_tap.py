@@ -9,6 +9,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme import logs, tap
+from cyme.state.rootdir import RootDir
 
 
 class PluginTests(SynchronousTestCase):
@@ -165,7 +166,7 @@ class AddressTests(OptionsTestsMixin, SynchronousTestCase):
         options = self.parse(
             [":8001", "--http", f"unix:{sock}", "-D", self.root_path()]
         )
-        self.assertEqual(options["endpoint"], f"unix:{sock}")
+        self.assertEqual(options["endpoint"], f"unix:{sock}:mode=600")
         options = self.parse(["--http=tcp:9001:interface=127.0.0.1", "-D",
                               self.root_path()])
         self.assertEqual(options["endpoint"], "tcp:9001:interface=127.0.0.1")
@@ -395,3 +396,48 @@ class WorkerLogLevelTests(SynchronousTestCase):
                 CELERY_LEVELS[parse_level(name).name],
                 ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
             )
+
+
+class AuthOptionTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_no_trust_loopback(self):
+        root = self.root_path()
+        self.assertFalse(self.parse(["-D", root])["no-trust-loopback"])
+        self.assertIn("--no-trust-loopback", tap.Options().getUsage())
+
+    def test_flag(self):
+        options = self.parse(["-D", self.root_path(), "--no-trust-loopback"])
+        self.assertTrue(options["no-trust-loopback"])
+
+
+class APIURLFileTests(SynchronousTestCase):
+    """The branch writes where its API is for ``cyme-branch token``."""
+
+    def test_written_while_running(self):
+        root = RootDir.open(os.path.abspath(self.mktemp()))
+        self.addCleanup(root.close)
+        path = os.path.join(root.path, "api.url")
+        branch = tap.BranchService(root, "b1", api_url="http://127.0.0.1:8001/")
+        branch.startService()
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "http://127.0.0.1:8001/\n")
+        self.assertEqual(os.stat(path).st_mode & 0o777, 0o600)
+        branch.stopService()
+        self.assertFalse(os.path.exists(path))
+
+    def test_none_without_http(self):
+        root = RootDir.open(os.path.abspath(self.mktemp()))
+        self.addCleanup(root.close)
+        branch = tap.BranchService(root, "b1")
+        branch.startService()
+        self.assertFalse(os.path.exists(os.path.join(root.path, "api.url")))
+        branch.stopService()
+
+
+class UnixEndpointTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_only_the_owner_by_default(self):
+        options = self.parse(["-D", self.root_path(), "--http", "unix:/tmp/x.sock"])
+        self.assertEqual(options["endpoint"], "unix:/tmp/x.sock:mode=600")
+
+    def test_mode_given(self):
+        options = self.parse(["-D", self.root_path(), "--http", "unix:/tmp/x.sock:mode=660"])
+        self.assertEqual(options["endpoint"], "unix:/tmp/x.sock:mode=660")

@@ -1,18 +1,27 @@
-"""HTTP plumbing under the API: a request that caps its body, JSON answers,
-and the parameters of a request read from its query, form or JSON body.
+"""HTTP plumbing under the API: a request that caps its body, a site that
+caps its connections, JSON answers, and the parameters of a request read
+from its query, form or JSON body, each bounded before it is parsed.
 """
 
 import json
+import re
 from email import policy
 from email.parser import BytesParser
 from urllib.parse import parse_qsl, urlsplit
 
+from twisted.internet.protocol import Protocol
+from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
 
+from cyme.api.auth import masked
 from cyme.errors import BadRequest, CymeError
 
 MAX_BODY = 1 << 20
 MAX_FIELDS = 1000
+#: The deepest nesting of arrays and objects a JSON body may have.
+MAX_JSON_DEPTH = 32
+#: The most connections a branch's API holds open at once (a 503 beyond).
+MAX_CONNECTIONS = 1024
 
 
 class LimitedRequest(server.Request):
@@ -57,7 +66,39 @@ class QuietSite(server.Site):
         pass
 
 
+class _Busy(Protocol):
+    """Answers a connection beyond the cap with a 503, then closes it."""
+
+    def connectionMade(self):
+        body = json.dumps({"error": "too many connections: retry later"}).encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        self.transport.loseConnection()
+
+
+class ConnectionCap(WrappingFactory):
+    """
+    The site's factory with at most C{limit} connections open at once:
+    each one beyond is answered 503 and closed, so that idle or slow
+    clients cannot hold every file descriptor of the branch.
+    """
+
+    def __init__(self, site, limit=MAX_CONNECTIONS):
+        super().__init__(site)
+        self.limit = limit
+
+    def buildProtocol(self, addr):
+        if len(self.protocols) >= self.limit:
+            return _Busy()
+        return super().buildProtocol(addr)
+
+
 def make_site(resource, access_log=True, **kwargs):
+    """The API's site: its requests are L{LimitedRequest}s.  (The daemon
+    serves it behind a L{ConnectionCap}.)"""
     site = (server.Site if access_log else QuietSite)(resource, **kwargs)
     site.requestFactory = LimitedRequest
     return site
@@ -65,7 +106,8 @@ def make_site(resource, access_log=True, **kwargs):
 
 def json_body(request, status, data):
     """Set C{status} and the JSON headers; return the encoded body."""
-    body = json.dumps(data).encode("utf-8") + b"\n"
+    # A broker's password only for a caller with the admin scope.
+    body = json.dumps(masked(request, data)).encode("utf-8") + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
@@ -115,7 +157,13 @@ def fields(text, what):
 
 
 def multipart_fields(body, content_type):
-    """The fields of a C{multipart/form-data} body."""
+    """The fields of a C{multipart/form-data} body (at most L{MAX_FIELDS},
+    counted before the parser runs; no part may nest another)."""
+    boundary = re.search(rb'boundary="?([^";]{1,70})"?', content_type)
+    if boundary is None:
+        raise BadRequest("body", "malformed multipart/form-data body: no boundary")
+    if body.count(b"--" + boundary.group(1)) > MAX_FIELDS + 1:
+        raise BadRequest("body", f"body has more than {MAX_FIELDS} fields")
     message = BytesParser(policy=policy.HTTP).parsebytes(
         b"Content-Type: " + content_type + b"\r\n\r\n" + body
     )
@@ -123,6 +171,8 @@ def multipart_fields(body, content_type):
         raise BadRequest("body", "malformed multipart/form-data body")
     pairs = []
     for part in message.iter_parts():
+        if part.is_multipart():
+            raise BadRequest("body", "a multipart/form-data part may not nest parts")
         name = part.get_param("name", header="content-disposition")
         if not isinstance(name, str) or not name:
             raise BadRequest("body", "a multipart/form-data part without a field name")
@@ -133,6 +183,23 @@ def multipart_fields(body, content_type):
         if len(pairs) > MAX_FIELDS:
             raise BadRequest("body", f"body has more than {MAX_FIELDS} fields")
     return _merge(pairs)
+
+
+_JSON_TOKENS = re.compile(rb'[\[\]{}]|"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+
+
+def check_json_depth(body, limit=MAX_JSON_DEPTH):
+    """Refuse a JSON text nested deeper than C{limit}, before parsing it
+    (the parser would recurse as deep as the text says)."""
+    depth = 0
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                raise BadRequest("body", f"the JSON body is nested deeper than {limit}")
+        elif token in (b"]", b"}"):
+            depth -= 1
 
 
 def query_fields(request):
@@ -157,6 +224,7 @@ def request_params(request):
     if ctype == b"application/json" or ctype.endswith(b"+json"):
         if not body.strip():
             return params
+        check_json_depth(body)
         try:
             data = json.loads(body)
         except ValueError as e:

@@ -3,27 +3,28 @@
 Routes only parse, call L{IOperations} and render JSON.  Every path works
 with and without its trailing slash, and the original Cyme's singular
 ``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
+Every request reaches them through L{GuardResource} (L{cyme.api.guard}),
+which has admitted its caller (L{cyme.api.auth}); C{/tokens/} and
+C{/login/} are this module's too.
 """
 
 import re
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote
 
 from klein import Klein
 from twisted.logger import Logger
-from twisted.internet import defer
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import logs
-from cyme.api import admin, prometheus
+from cyme.api import admin, login, prometheus
+from cyme.api.auth import Gate
+from cyme.api.guard import GuardResource
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
-from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
+from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
 from cyme.state.models import check_seconds
 
 CREATE = ["PUT", "POST"]
-VERBS = ["HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH"]
 
 
 def created_status(created):
@@ -41,6 +42,8 @@ MAX_WAIT = 300.0
 DEFAULT_WAIT = 30.0
 #: The longest request a queued URL may make (its C{Cyme-Timeout} header).
 MAX_TASK_TIMEOUT = 3600.0
+#: The most C{/wait} long-polls a branch holds open at once (a 503 beyond).
+MAX_WAITS = 1000
 
 
 def route(path, methods, endpoint=None, **rule):
@@ -74,13 +77,17 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops):
+    def __init__(self, ops, gate=None, max_waits=MAX_WAITS):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
+        #: Who may call (L{cyme.api.auth.Gate}): loopback trusted by default.
+        self.gate = gate if gate is not None else Gate(ops)
+        self.max_waits = max_waits
+        self._waits = 0
 
     def resource(self):
-        return GuardResource(self.app.resource(), self.queue_task)
+        return GuardResource(self.app.resource(), self.gate, self.queue_task)
 
     # Errors: every one is JSON, and no traceback ever reaches a client.
 
@@ -130,6 +137,32 @@ class BranchAPI:
         """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
         request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
         return prometheus.render(self.ops.metrics())
+
+    @route("/login", ["GET"])
+    def login_form(self, request):
+        """The login form: a browser exchanges a token for a cookie."""
+        return login.form(request)
+
+    @route("/login", ["POST"])
+    def login(self, request):
+        return login.log_in(request, self.ops, request_params(request))
+
+    # Tokens (admin)
+
+    @route("/tokens", ["GET"])
+    async def list_tokens(self, request):
+        return json_body(request, 200, await self.ops.list_tokens())
+
+    @route("/tokens", ["POST"])
+    async def create_token(self, request):
+        token, missing = await self.ops.create_token(request_params(request))
+        _mark_partial(request, missing)
+        return json_body(request, 201, token)
+
+    @route("/tokens/<name>", ["DELETE"])
+    async def revoke_token(self, request, name):
+        _mark_partial(request, await self.ops.revoke_token(name))
+        return json_body(request, 200, {"ok": "ok"})
 
     # Branches
 
@@ -314,9 +347,19 @@ class BranchAPI:
         timeout = DEFAULT_WAIT if timeout in (None, "") else check_seconds(
             timeout, "timeout", MAX_WAIT
         )
-        return json_body(
-            request, 200, await self.ops.wait_task(app, _task_id(task_id), timeout)
-        )
+        task_id = _task_id(task_id)
+        if self._waits >= self.max_waits:
+            raise Unavailable(
+                f"this branch holds {self.max_waits} waits already: poll "
+                f"/{app}/query/{task_id}/state/ or retry later",
+                limit=self.max_waits,
+            )
+        self._waits += 1
+        try:
+            task = await self.ops.wait_task(app, task_id, timeout)
+        finally:
+            self._waits -= 1
+        return json_body(request, 200, task)
 
     def _listing(self, request, result):
         names, missing = result
@@ -364,87 +407,3 @@ def task_body(request):
             raise BadRequest("body", "a form body must be URL-encoded") from None
         return fields(text, "body"), None
     return raw, ctype or "application/octet-stream"
-
-
-def check_path(path):
-    """
-    Refuse a path whose segments could name something outside a name.
-
-    Twisted decodes C{%2F} and C{%2e%2e} inside a segment before routing, so
-    C{a%2Fb} would route as two segments and C{%2e%2e} as C{..}: both are
-    refused here, before any route sees them.
-    """
-    segments = path.split(b"/")[1:]
-    if len(segments) > 3 and segments[1] == b"queue":
-        # /<app>/queue/<queue>/<url>: the URL is data, not names.
-        segments = segments[:3]
-    for raw in segments:
-        segment = unquote_to_bytes(raw)
-        try:
-            text = segment.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("path", "the path is not valid UTF-8") from None
-        if text in (".", "..") or any(c in text for c in "/\\\0"):
-            raise BadRequest("path", f"invalid path segment: {text!r}")
-
-
-class GuardResource(Resource):
-    """
-    The API's root: checks the path and body size, then hands to Klein.
-
-    Both checks answer JSON like every route does.  Queueing a URL, the
-    one route under load, is handed straight to its handler: measured
-    against a Klein route (issue 8, bench/tasks_throughput.py, 14
-    alternating rounds), 2,169 against 1,657 accepted/s (x1.31), and a p99
-    at 1,000/s of 11.2 ms against 24.6 ms.
-    """
-
-    isLeaf = True
-
-    def __init__(self, klein_resource, queue_task=None):
-        super().__init__()
-        self._klein = klein_resource
-        self._queue_task = queue_task
-
-    def render(self, request):
-        try:
-            if getattr(request, "too_large", False):
-                raise PayloadTooLarge("the request body is larger than 1 MiB")
-            check_path(request.path)
-        except CymeError as e:
-            return error_body(request, e)
-        parts = request.path.split(b"/", 4)
-        if self._queue_task is not None and len(parts) == 5 and parts[2] == b"queue":
-            return self._render_queue(request, parts)
-        return self._klein.render(request)
-
-    def _render_queue(self, request, parts):
-        method = request.method.decode("latin-1")
-        if method not in VERBS:
-            request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
-            return error_body(
-                request, MethodNotAllowed(f"{method} is not allowed here", allowed=VERBS)
-            )
-        # check_path made sure both are UTF-8 and plain names.
-        app, queue = unquote(parts[1].decode("utf-8")), unquote(parts[3].decode("utf-8"))
-        done = []
-        request.notifyFinish().addBoth(done.append)
-        d = defer.ensureDeferred(self._queue_task(request, app, queue))
-
-        def failed(failure):
-            if failure.check(CymeError):
-                return error_body(request, failure.value)
-            BranchAPI.log.failure(
-                "unexpected error on {method} {path}", failure,
-                method=request.method, path=request.path,
-            )
-            return json_body(request, 500, {"error": "internal error"})
-
-        def answer(body):
-            if not done:
-                request.write(body)
-                request.finish()
-
-        d.addErrback(failed).addCallback(answer)
-        d.addErrback(lambda f: BranchAPI.log.failure("cannot answer", f))
-        return NOT_DONE_YET

@@ -1,6 +1,7 @@
-"""Apps and queue declarations on every branch: replicate, merge, catch up.
+"""Apps, queue declarations and API tokens on every branch: replicate,
+merge, catch up.
 
-Every branch keeps every app and queue declaration in its store, with a
+Every branch keeps every app, queue declaration and token in its store, with a
 version per record (last writer wins, ties by branch id: see
 L{cyme.state.store.MemoryStore.merge}).  A write is applied on the branch
 that took it, then sent to every live branch (L{Replication.replicate})
@@ -82,15 +83,15 @@ class Replication:
         branch; the ids of the branches that did not take them.
         """
         full = self.store.replica()
-        part = {"apps": {}, "queues": {}, "versions": {}}
+        part = {"apps": {}, "queues": {}, "tokens": {}, "versions": {}}
         for key in keys:
             version = full["versions"].get(key)
             if version is None:
                 continue
             part["versions"][key] = version
             kind, _, rest = key.partition("/")
-            if kind == "app" and rest in full["apps"]:
-                part["apps"][rest] = full["apps"][rest]
+            if kind in ("app", "token") and rest in full[kind + "s"]:
+                part[kind + "s"][rest] = full[kind + "s"][rest]
             elif kind == "queue":
                 app, _, name = rest.partition("/")
                 record = full["queues"].get(app, {}).get(name)

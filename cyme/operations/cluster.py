@@ -39,11 +39,12 @@ from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 
 from .interfaces import IOperations
+from .tokens import ClusterTokens
 
 
 @implementer(IOperations)
 @attrs.define
-class ClusterOperations:
+class ClusterOperations(ClusterTokens):
     #: This branch's own operations: a L{cyme.operations.local.LocalOperations}
     #: (its IOperations, and what only this branch knows: C{task_record}).
     local: object

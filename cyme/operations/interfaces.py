@@ -120,3 +120,24 @@ class IOperations(Interface):
 
     def wait_task(app, task_id, timeout):
         """The task's JSON once it is ready; 504 after C{timeout} seconds."""
+
+    # Tokens (the admin scope)
+
+    def list_tokens():
+        """Every token's JSON: name, scopes, created, expires (no secret)."""
+
+    def create_token(values):
+        """
+        Make a token from C{name}, C{scope} (C{read,write}) and C{expires}
+        (C{30d}): C{(json, missing)}, the JSON with the secret (C{token}),
+        which is shown this once.
+        """
+
+    def revoke_token(name):
+        """Revoke a token everywhere: C{missing}."""
+
+    def authenticate(secret):
+        """
+        The L{cyme.state.tokens.Token} of C{secret} if it is valid (known,
+        not expired), else None (a plain method, not a coroutine).
+        """

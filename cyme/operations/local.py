@@ -23,6 +23,7 @@ from cyme import __version__, logs
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.cluster.presence import load_figures
 from cyme.operations.interfaces import IOperations
+from cyme.operations.tokens import LocalTokens
 from cyme.state import params
 from cyme.state.models import App, Broker, check_name
 from cyme.state.store import app_key, queue_key
@@ -43,7 +44,7 @@ def _autoscale(instance):
 
 @implementer(IOperations)
 @attrs.define
-class LocalOperations:
+class LocalOperations(LocalTokens):
     """
     The operations of one branch over its C{store} (an L{IStore}); every
     other collaborator is a keyword argument, None when this branch has

@@ -17,10 +17,11 @@ import json
 import os
 
 import attrs
-from zope.interface import Interface, implementer
+from zope.interface import implementer
 
 from cyme.errors import NotFound, StartupError
 from cyme.listeners import Listeners
+from cyme.state import tokens as _tokens
 from cyme.state.models import App, Instance, Queue
 
 SCHEMA_VERSION = 1
@@ -32,16 +33,17 @@ class StoreChange:
     What one successful write changed.
 
     C{kind} names the write: C{put_app}, C{delete_app}, C{put_queue},
-    C{delete_queue}, C{put_instance}, C{delete_instance} or C{merge};
-    C{key} names the record: C{app/<name>}, C{queue/<app>/<name>},
-    C{instance/<name>}, or None for a merge (which may change many).
+    C{delete_queue}, C{put_instance}, C{delete_instance}, C{put_token},
+    C{delete_token} or C{merge}; C{key} names the record: C{app/<name>},
+    C{queue/<app>/<name>}, C{instance/<name>}, C{token/<name>}, or None for
+    a merge (which may change many).
     """
 
     kind: str
     key: str | None = None
 
 
-class IStore(Interface):
+class IStore(_tokens.ITokenStore):
     """The desired state of this branch."""
 
     def subscribe(listener):
@@ -96,7 +98,7 @@ class IStore(Interface):
         C{queue/<app>/<name>}): C{(milliseconds, branch id)}, or None."""
 
     def replica():
-        """Apps, queues and their versions (tombstones included), as JSON."""
+        """Apps, queues, tokens and their versions (tombstones included), as JSON."""
 
     def merge(replica):
         """Apply what in C{replica} is newer; returns the instances removed."""
@@ -130,6 +132,7 @@ class _State:
     apps: dict = attrs.field(factory=dict)
     queues: dict = attrs.field(factory=dict)  # app name -> {queue name: Queue}
     instances: dict = attrs.field(factory=dict)
+    tokens: dict = attrs.field(factory=dict)  # name -> Token
     # Replication: "app/<name>" or "queue/<app>/<name>" -> (ms, branch id),
     # kept after a delete as its tombstone.
     versions: dict = attrs.field(factory=dict)
@@ -144,6 +147,7 @@ class _State:
                 for app, qs in sorted(self.queues.items())
             },
             "instances": {n: i.to_json() for n, i in sorted(self.instances.items())},
+            "tokens": {n: t.to_json() for n, t in sorted(self.tokens.items())},
         }
 
     @classmethod
@@ -156,10 +160,11 @@ class _State:
             },
             instances={n: Instance.from_json(i) for n, i in data["instances"].items()},
             versions={k: _version(v) for k, v in data.get("versions", {}).items()},
+            tokens={n: _tokens.Token.from_json(t) for n, t in data.get("tokens", {}).items()},
         )
         # Records are looked up by their key: one stored under another
         # name would be served under the wrong name.
-        keyed = [state.apps, state.instances, *state.queues.values()]
+        keyed = [state.apps, state.instances, state.tokens, *state.queues.values()]
         for records in keyed:
             for key, record in records.items():
                 if key != record.name:
@@ -168,7 +173,7 @@ class _State:
 
 
 @implementer(IStore)
-class MemoryStore:
+class MemoryStore(_tokens.TokenRecords):
     """
     The store's logic over an in-memory state.
 
@@ -320,6 +325,7 @@ class MemoryStore:
                 for app, qs in state.queues.items()
             },
             "versions": {k: list(v) for k, v in state.versions.items()},
+            "tokens": {n: t.to_json() for n, t in state.tokens.items()},
         }
 
     def merge(self, replica):
@@ -366,6 +372,8 @@ class MemoryStore:
                     state = attrs.evolve(
                         state, **self._without_queue(state, app, name, version)
                     )
+            elif kind == "token":
+                state = _tokens.merged(state, rest, replica, version)
         if changed:
             self._commit(state)
             self._listeners.notify(StoreChange("merge"))

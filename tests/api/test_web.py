@@ -9,6 +9,7 @@ L{tests.api.against_every_ops}).
 import json
 import uuid
 
+from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyChannel
@@ -18,7 +19,8 @@ from zope.interface.verify import verifyObject
 from cyme.api.http import MAX_BODY, LimitedRequest, make_site
 from cyme.state.models import App, Broker, Instance, Queue
 from cyme.state.store import IStore, MemoryStore
-from cyme.api.routes import BranchAPI, GuardResource
+from cyme.api.guard import GuardResource
+from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.operations.interfaces import IOperations
 from cyme.operations.local import LocalOperations
@@ -990,6 +992,21 @@ class BrokenStore:
     def digest(self):
         self._fail("digest")
 
+    def tokens(self):
+        self._fail("tokens")
+
+    def get_token(self, name):
+        self._fail("get_token", name)
+
+    def put_token(self, token, version):
+        self._fail("put_token", token)
+
+    def delete_token(self, name, version):
+        self._fail("delete_token", name)
+
+    def find_token(self, secret):
+        self._fail("find_token")
+
 
 class UnexpectedErrorTestsMixin(APITestCase):
     def setUp(self):
@@ -1080,7 +1097,12 @@ class TooLargeTests(SynchronousTestCase):
 
     def setUp(self):
         self.store = MemoryStore()
-        self.api = BranchAPI(LocalOperations(self.store))
+        ops = LocalOperations(self.store)
+        self.api = BranchAPI(ops)
+        # DummyChannel's peer is 192.168.1.1: a remote caller, with a token.
+        token, _ = self.successResultOf(defer.ensureDeferred(
+            ops.create_token({"name": "t", "scope": "write"})))
+        self.secret = token["token"]
 
     def send(self, length, chunks, path=b"/foo/"):
         channel = DummyChannel()
@@ -1089,6 +1111,9 @@ class TooLargeTests(SynchronousTestCase):
         self.assertIsInstance(request, LimitedRequest)
         request.requestHeaders.setRawHeaders(
             b"content-type", [b"application/x-www-form-urlencoded"]
+        )
+        request.requestHeaders.setRawHeaders(
+            b"authorization", [b"Bearer " + self.secret.encode("ascii")]
         )
         request.gotLength(length)
         for chunk in chunks:
@@ -1117,7 +1142,7 @@ class TooLargeTests(SynchronousTestCase):
 
     def test_guard_answers_413_for_a_flagged_request(self):
         # Any request the site marks too large, whatever its route.
-        guard = GuardResource(self.api.app.resource())
+        guard = GuardResource(self.api.app.resource(), self.api.gate)
         request = LimitedRequest(DummyChannel())
         request.too_large = True
         request.method = b"PUT"
@@ -1132,14 +1157,14 @@ class TooLargeTests(SynchronousTestCase):
     def test_through_stubtreq(self):
         # StubTreq's own site has plain requests: a flag set on the way in
         # is enough for the guard.
-        guard = GuardResource(self.api.app.resource())
+        guard = GuardResource(self.api.app.resource(), self.api.gate)
 
         class Flagging(GuardResource):
             def render(self, request):
                 request.too_large = True
                 return guard.render(request)
 
-        client = APIClient(Flagging(None))
+        client = APIClient(Flagging(None, None))
         response = self.successResultOf(client.request("PUT", "/foo/", data={"hostname": "w1"}))
         self.assertEqual(response.code, 413)
         self.assertEqual(response.header("Content-Type"), "application/json")

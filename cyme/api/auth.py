@@ -1,0 +1,240 @@
+"""Who may call the API, and what each caller may see.
+
+L{Gate} decides for every request, before any route runs:
+
+- A request from a loopback address, or on a C{unix:} endpoint, is trusted
+  with every scope (like RabbitMQ's C{guest}), unless the branch runs with
+  C{--no-trust-loopback}; one that carries C{X-Forwarded-For},
+  C{Forwarded} (or C{X-Forwarded-Host}, C{X-Real-IP}, C{Via}) never is: a reverse proxy on this machine would otherwise
+  make every caller behind it an admin.
+- Every other request needs C{Authorization: Bearer <token>} (or the
+  cookie the login form sets): none is a 401, a token without the
+  scope the route needs a 403.
+- Scopes: C{read} for GET and HEAD; C{write} for every other method, and
+  for queueing a URL whatever its verb; C{admin} for C{/tokens/}.
+- Against browsers on this machine: a state-changing request whose
+  C{Origin} is not the branch's own is a 403 (and a write authenticated by
+  cookie must carry an C{Origin}); a loopback-trusted request whose C{Host}
+  is not a loopback name or address, the machine's host name, nor the host
+  of the branch's C{--url}, is a 403 (DNS rebinding: a page from elsewhere whose name now resolves
+  to 127.0.0.1).
+
+The caller is kept on the request (L{ICaller}) for the routes and for
+L{masked}: broker passwords are shown only to callers with C{admin}.
+"""
+
+import ipaddress
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.address import UNIXAddress
+from zope.interface import Interface
+
+from cyme.errors import CymeError
+
+SCOPES = ("read", "write", "admin")
+COOKIE = b"cyme_token"
+SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+#: Headers a reverse proxy adds: a request with any of them came through
+#: one, from anywhere, even when its connection comes from loopback.
+PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
+#: Routes anyone may call: the liveness probe and the login form.
+OPEN_ROUTES = (b"ping", b"login")
+
+
+class Unauthorized(CymeError):
+    status = 401
+
+
+class Forbidden(CymeError):
+    status = 403
+
+
+class ICaller(Interface):
+    """The L{Caller} of a request (a component of the request)."""
+
+
+@attrs.frozen
+class Caller:
+    #: C{loopback}, C{unix}, C{token:<name>}, or C{anonymous}.
+    who: str
+    scopes: frozenset = frozenset()
+    #: Authenticated by the login form's cookie.
+    cookie: bool = False
+
+
+ANONYMOUS = Caller("anonymous")
+TRUSTED = frozenset(SCOPES)
+
+
+def caller_of(request):
+    """The L{Caller} the gate admitted for C{request}, else L{ANONYMOUS}."""
+    return request.getComponent(ICaller) or ANONYMOUS
+
+
+def masked(request, data):
+    """
+    C{data} as C{request}'s caller may see it: every C{password} (of a
+    broker) is None unless the caller has the C{admin} scope.
+    """
+    if "admin" in caller_of(request).scopes:
+        return data
+    return _mask(data)
+
+
+def _mask(value):
+    if isinstance(value, dict):
+        return {k: None if k == "password" else _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
+def required_scope(request):
+    """The scope C{request} needs, or None for an open route."""
+    parts = request.path.split(b"/")
+    first = parts[1] if len(parts) > 1 else b""
+    if first in OPEN_ROUTES:
+        return None
+    if first == b"tokens":
+        return "admin"
+    if len(parts) > 3 and parts[2] == b"queue":
+        return "write"  # queueing a URL, whatever its verb
+    return "read" if request.method in (b"GET", b"HEAD") else "write"
+
+
+def _ip(host):
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip
+
+
+def host_name(value):
+    """The host of a C{Host} header value (or a URL's netloc), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _header(request, name):
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+@attrs.frozen
+class Gate:
+    """
+    Admits or refuses each request (see the module docstring); C{ops}
+    checks tokens (L{cyme.operations.interfaces.IOperations.authenticate}).
+    """
+
+    ops: object
+    trust_loopback: bool = True
+    #: The branch's own URL (C{--url}): its host and origin are its own.
+    url: str | None = None
+    #: Other names of this machine a local caller may use (its host
+    #: name, which Debian resolves to 127.0.1.1): no rebinding attacker
+    #: controls them.
+    names: frozenset = frozenset()
+
+    def local_peer(self, request):
+        """Whether C{request} comes from this machine (loopback or unix)."""
+        peer = request.getClientAddress()
+        if isinstance(peer, UNIXAddress):
+            return True
+        ip = _ip(getattr(peer, "host", "") or "")
+        return ip is not None and ip.is_loopback
+
+    def admit(self, request):
+        """The request's L{Caller}; raises L{Unauthorized} or L{Forbidden}."""
+        caller = self._identify(request)
+        scope = required_scope(request)
+        if caller.who == "loopback" and scope is not None:
+            self._check_host(request)
+        self._check_origin(request, caller)
+        if scope is not None and scope not in caller.scopes:
+            if caller is ANONYMOUS:
+                request.setHeader(b"WWW-Authenticate", b'Bearer realm="cyme"')
+                raise Unauthorized(
+                    "authentication required: send Authorization: Bearer <token> "
+                    "(or log in at /login/)"
+                )
+            raise Forbidden(f"this token has no {scope} scope", scope=scope)
+        return caller
+
+    def _identify(self, request):
+        authorization = _header(request, b"authorization")
+        if authorization is not None:
+            kind, _, secret = authorization.strip().partition(" ")
+            if kind.lower() != "bearer" or not secret.strip():
+                raise Unauthorized("the Authorization header must be: Bearer <token>")
+            return self._token_caller(secret.strip(), cookie=False)
+        cookie = request.getCookie(COOKIE)
+        if cookie:
+            return self._token_caller(cookie.decode("latin-1"), cookie=True)
+        if self.trust_loopback and self.local_peer(request) and not any(
+            request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
+        ):
+            unix = isinstance(request.getClientAddress(), UNIXAddress)
+            return Caller("unix" if unix else "loopback", TRUSTED)
+        return ANONYMOUS
+
+    def _token_caller(self, secret, cookie):
+        token = self.ops.authenticate(secret)
+        if token is None:
+            raise Unauthorized("invalid, expired or revoked token")
+        return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=cookie)
+
+    def own_hosts(self):
+        hosts = {"localhost", *(n.lower() for n in self.names)}
+        if self.url:
+            hosts.add(host_name(urlsplit(self.url).netloc))
+        return hosts
+
+    def _check_host(self, request):
+        host = _header(request, b"host")
+        if host is None:
+            return
+        name = host_name(host)
+        ip = _ip(name)
+        if name in self.own_hosts() or (ip is not None and ip.is_loopback):
+            return
+        raise Forbidden(
+            f"Host {name!r} is not this branch's: a loopback request must name "
+            "localhost, a loopback address or the branch's --url host",
+            host=name,
+        )
+
+    def own_origins(self, request):
+        scheme = "https" if request.isSecure() else "http"
+        origins = set()
+        host = _header(request, b"host")
+        if host:
+            origins.add(f"{scheme}://{host.strip()}".lower())
+        if self.url:
+            origins.add(_origin(self.url))
+        return origins
+
+    def _check_origin(self, request, caller):
+        if request.method in SAFE_METHODS:
+            return
+        origin = _header(request, b"origin")
+        if origin is None:
+            if caller.cookie:
+                raise Forbidden("a write authenticated by cookie must carry an Origin")
+            return
+        if origin.strip().lower() not in self.own_origins(request):
+            raise Forbidden(
+                f"Origin {origin!r} is not this branch's: cross-site writes are refused",
+                origin=origin,
+            )
