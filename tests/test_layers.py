@@ -13,7 +13,7 @@ import cyme
 
 #: From the top down; a module may import its own layer and those below it.
 LAYERS = [
-    {"cyme.__main__", "cyme.script", "cyme.tap"},
+    {"cyme.__main__", "cyme.script", "cyme.tap", "cyme.addresses"},
     {"cyme.api"},
     {"cyme.operations"},
     {"cyme.cluster"},

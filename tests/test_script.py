@@ -1,6 +1,6 @@
 """``cyme-branch token`` on a root directory where no branch runs (it edits
 the state file, holding the root's lock), and where to reach a running
-branch (L{cyme.tap.loopback_url}).  With a running branch: tests/test_daemon_tokens.py.
+branch (L{cyme.addresses.loopback_url}).  With a running branch: tests/test_daemon_tokens.py.
 """
 
 import io
@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.script import token_main
 from cyme.state.rootdir import RootDir
 from cyme.state.store import JSONFileStore
-from cyme.tap import loopback_url
+from cyme.addresses import loopback_url
 
 
 class OfflineTokenTests(SynchronousTestCase):
