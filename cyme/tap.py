@@ -97,6 +97,10 @@ class Options(usage.Options):
         ["stop-workers-on-exit", None,
          "Stop the worker instances when the branch stops (by default they "
          "keep running and the next start adopts them)."],
+        ["webhook-deny-private", None,
+         "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
+         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
+         "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -364,7 +368,9 @@ def makeService(options):
         retention=options["result-expires"], run=disk,
     )
     tasks = TaskService(
-        pool, journal, options["branch-id"], reactor, options["store"], disk=disk
+        pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
+        # Names of queued URLs are judged by their addresses (the fence).
+        resolver=reactor.nameResolver, deny_private=options["webhook-deny-private"],
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)
