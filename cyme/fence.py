@@ -86,7 +86,7 @@ def _number(text):
     else:
         digits, base = text, 10
     if not digits:
-        return 0 if base == 16 else None
+        return None  # "0x" alone
     try:
         return int(digits, base) if digits.isalnum() and digits.isascii() else None
     except ValueError:
@@ -172,8 +172,8 @@ class _Entry:
 
 def _split_port(text):
     if text.startswith("["):
-        inner, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
             raise ValueError(f"{text!r} is not a host")
         return inner, rest[1:] if rest else None
     if text.count(":") == 1:

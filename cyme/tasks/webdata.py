@@ -1,5 +1,6 @@
-"""What a webhook sends and gets back: query strings, request bodies in
-their encodings, response bodies as text or base64.
+"""What a webhook sends and gets back: the request target and Host header,
+query strings, request bodies in their encodings, response bodies as text
+or base64.
 
 Pure functions of L{cyme.tasks.webhook}'s request; a C{ValueError} says
 what is wrong with the data (the webhook reports it as its own error).
@@ -8,9 +9,12 @@ what is wrong with the data (the webhook reports it as its own error).
 import base64
 import codecs
 import email.message
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+
+from cyme.fence import literal_address
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+_URL_SAFE = "/%:@!$&'()*+,;=?~-._"
 
 
 def _pairs(data, what):
@@ -90,3 +94,45 @@ def decode_content(data, content_type):
         return data.decode(charset), "text"
     except (LookupError, UnicodeDecodeError):
         return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def target(method, parts):
+    """The request target of C{method} on the URL C{parts}."""
+    if method == "CONNECT":  # authority-form (RFC 9110 9.3.6)
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{host}:{port}"
+    path = _ascii(parts.path or "/")
+    return f"{path}?{_ascii(parts.query)}" if parts.query else path
+
+
+def _ascii(text):
+    """Percent-encode the non-ASCII characters of a path or query."""
+    return text if text.isascii() else quote(text, safe=_URL_SAFE)
+
+
+def ascii_host(parts):
+    """The host as it goes on the wire: IDNA-encoded, an address bare."""
+    host = parts.hostname
+    literal = literal_address(host)
+    if literal is not None:
+        # "2130706433" or "0x7f.1" is 127.0.0.1: the address as others write it.
+        return str(literal)
+    if not host.isascii():
+        try:
+            return host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"invalid host name: {parts.hostname}") from None
+    return host
+
+
+def host_header(parts):
+    """The Host header for the URL C{parts}: the name, never the address
+    the connection goes to."""
+    host = ascii_host(parts)
+    if ":" in host:
+        host = f"[{host}]"
+    default = 443 if parts.scheme.lower() == "https" else 80
+    if parts.port and parts.port != default:
+        host = f"{host}:{parts.port}"
+    return host

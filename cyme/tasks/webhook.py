@@ -29,14 +29,16 @@ import http.client
 import socket
 import ssl
 import time
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from cyme import __version__
 from cyme.fence import Fence, Refused, literal_address
-from cyme.tasks.webdata import FORM_CONTENT_TYPE, add_query, decode_content, encode_body
+from cyme.tasks.webdata import (
+    FORM_CONTENT_TYPE, add_query, ascii_host, decode_content, encode_body, host_header, target,
+)
 
 METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH")
 SCHEMES = ("http", "https")
@@ -45,7 +47,6 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 USER_AGENT = f"cyme-webhook/{__version__}"
 
-_URL_SAFE = "/%:@!$&'()*+,;=?~-._"
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 # Headers the client computes itself; a caller's value for them is ignored.
@@ -180,7 +181,7 @@ def _connect(parts, addresses, url, deadline):
     A connection to the first of C{addresses} (checked by the fence) that
     takes it.  The socket goes to an address, never to the name again, so
     that a second lookup cannot lead elsewhere (DNS rebinding); the Host
-    header (L{_host_header}), TLS's server name and its certificate check
+    header (L{host_header}), TLS's server name and its certificate check
     stay on the name.
     """
     https = parts.scheme.lower() == "https"
@@ -189,7 +190,7 @@ def _connect(parts, addresses, url, deadline):
         if https:
             # Certificates and host names are checked (urllib3's default context).
             conn = HTTPSConnection(address, port_of(parts), timeout=deadline.remaining(url),
-                                   server_hostname=_ascii_host(parts))
+                                   server_hostname=ascii_host(parts))
         else:
             conn = HTTPConnection(address, port_of(parts), timeout=deadline.remaining(url))
         try:
@@ -203,45 +204,6 @@ def _connect(parts, addresses, url, deadline):
             conn.close()
             raise
     raise error
-
-
-def _target(method, parts):
-    if method == "CONNECT":  # authority-form (RFC 9110 9.3.6)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return f"{host}:{port}"
-    path = _ascii(parts.path or "/")
-    return f"{path}?{_ascii(parts.query)}" if parts.query else path
-
-
-def _ascii(text):
-    """Percent-encode the non-ASCII characters of a path or query."""
-    return text if text.isascii() else quote(text, safe=_URL_SAFE)
-
-
-def _ascii_host(parts):
-    """The host as it goes on the wire: IDNA-encoded, an address bare."""
-    host = parts.hostname
-    literal = literal_address(host)
-    if literal is not None:
-        # "2130706433" or "0x7f.1" is 127.0.0.1: the address as others write it.
-        return str(literal)
-    if not host.isascii():
-        try:
-            return host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise WebhookError(f"invalid host name: {parts.hostname}") from None
-    return host
-
-
-def _host_header(parts):
-    host = _ascii_host(parts)
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme.lower() == "https" else 80
-    if parts.port and parts.port != default:
-        host = f"{host}:{parts.port}"
-    return host
 
 
 def _read_body(response, sock, url, deadline, limit):
@@ -268,12 +230,12 @@ def _request(method, url, parts, addresses, data, headers, deadline, limit):
     """One hop: C{(status, headers, body or None if redirect)}."""
     conn = _connect(parts, addresses, url, deadline)
     try:
-        headers = dict(headers, Host=_host_header(parts))
+        headers = dict(headers, Host=host_header(parts))
         if data is not None:
             headers["Content-Length"] = str(len(data))
         elif method in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = "0"
-        conn.request(method, _target(method, parts), body=data, headers=headers,
+        conn.request(method, target(method, parts), body=data, headers=headers,
                      preload_content=False, decode_content=False)
         # The response may take the socket from the connection (when the
         # server will close it): keep it to shorten its timeout.
@@ -325,6 +287,13 @@ def _failure(exc, url, parts, deadline):
         return WebhookError(f"network error ({exc.strerror or exc}): {url}")
     # An invalid header name or value, a URL the client refuses.
     return WebhookError(f"invalid request ({exc}): {url}")
+
+
+def _redirect_refused(exc, came_from):
+    # Still a HostRefused (with its host and rule) when the fence said no.
+    refused = type(exc)(f"redirect refused: {exc} (from {came_from})")
+    refused.__dict__.update(exc.__dict__)
+    return refused
 
 
 def _headers(headers):
@@ -403,10 +372,14 @@ def perform(
 
     deadline = _Deadline(timeout)
     original_host = parts.hostname
+    came_from = None  # the URL that redirected here
     redirects = 0
     while True:
         try:
-            addresses = _addresses(url, parts, fence, resolve)
+            try:
+                addresses = _addresses(url, parts, fence, resolve)
+            except WebhookError as exc:
+                raise exc if came_from is None else _redirect_refused(exc, came_from)
             status, message, content = _request(method, url, parts, addresses, data,
                                                 request_headers, deadline, limit)
         except (ValueError, OSError, http.client.HTTPException, u3.HTTPError) as exc:
@@ -435,10 +408,7 @@ def perform(
         try:
             new_parts = _check(location, fence)
         except WebhookError as exc:
-            # Still a HostRefused (with its host and rule) when the fence said no.
-            refused = type(exc)(f"redirect refused: {exc} (from {url})")
-            refused.__dict__.update(exc.__dict__)
-            raise refused from None
+            raise _redirect_refused(exc, url) from None
         if status == 303 or (status in (301, 302) and method == "POST"):
             if method != "HEAD":
                 method = "GET"
@@ -446,4 +416,4 @@ def perform(
             request_headers = {k: v for k, v in request_headers.items() if k.lower() != "content-type"}
         if (new_parts.hostname or "").lower() != (original_host or "").lower():
             request_headers = {k: v for k, v in request_headers.items() if k.lower() not in _CREDENTIALS}
-        url, parts = location, new_parts
+        url, parts, came_from = location, new_parts, url
