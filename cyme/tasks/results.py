@@ -410,8 +410,10 @@ class TaskService(service.Service):
         """
         parts = check_url(url, allowed_hosts, self.deny_private)
         host, port = parts.hostname, webhook.port_of(parts)
-        if self.resolver is None or fence.literal_address(host) is not None:
-            return
+        policy = fence.Fence(allowed_hosts, self.deny_private)
+        if (self.resolver is None or fence.literal_address(host) is not None
+                or not policy.needs_addresses(host, port)):
+            return  # judged already, or by the worker alone
         try:
             addresses = await self._lookup(host, port)
         except defer.TimeoutError:
@@ -420,8 +422,7 @@ class TaskService(service.Service):
             return
         if addresses:
             try:
-                webhook.judge(url, parts, port, fence.Fence(allowed_hosts, self.deny_private),
-                              addresses)
+                webhook.judge(url, parts, port, policy, addresses)
             except webhook.HostRefused as e:
                 raise URLRefused(e) from None
 
