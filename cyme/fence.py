@@ -14,17 +14,17 @@ one (IPv4-mapped, IPv4-compatible, 6to4, NAT64), and a host written as a
 number (C{2130706433}, C{0x7f.1}, C{017700000001}) by the address the
 system's resolver would make of it.
 
-An app's C{allowed_hosts}, when not empty, replaces that policy: a hop is
-allowed only when an entry covers it, and what an entry covers is allowed
-even inside a refused range.  Entries (see L{parse_entry}):
+An app's C{allowed_hosts}, when not empty, replaces that policy: a URL's
+host must match an entry, and what an entry matches is allowed even inside
+a refused range.  Entries (see L{parse_entry}):
 
   - C{example.com}: that host name, whatever it resolves to;
   - C{*.example.com}: its subdomains, at addresses the default policy
-    allows (their names are not known one by one, so none of them may
-    lead into a refused range);
-  - C{127.0.0.1}, C{[::1]}, C{10.0.0.0/8}, C{fd00::/8}: an address or a
-    network, whatever name leads there;
-  - any host form followed by C{:port}: that port only.
+    allows or a listed network holds (their names are not known one by
+    one, so none of them may lead into a refused range unasked);
+  - C{127.0.0.1}, C{[::1]}, C{10.0.0.0/8}, C{fd00::/8}: a URL whose host is
+    an address (in any form) within it;
+  - any of these but a network followed by C{:port}: that port only.
 """
 
 import ipaddress
@@ -227,20 +227,17 @@ class Fence:
 
     def needs_addresses(self, host, port):
         """
-        Whether judging C{host} takes the addresses it resolves to (False
-        when the name alone settles it: a listed name, or a list with no
-        entry that could allow it).  Raise L{Refused} when the name alone
-        refuses it.
+        Whether judging C{host} (a name) takes the addresses it resolves to:
+        not for a name listed as such.  Raise L{Refused} when the name alone
+        refuses it (a list that no entry of matches it).
         """
         host = host.lower().rstrip(".")
         if not self.entries:
             return True
-        entries = self._entries(port)
-        if any(e.names(host) and not e.wildcard for e in entries):
-            return False
-        if not any(e.network is not None or e.names(host) for e in entries):
+        matching = [e for e in self._entries(port) if e.names(host)]
+        if not matching:
             raise Refused(host, f"not in the app's allowed_hosts ({self._listed()})")
-        return True
+        return all(e.wildcard for e in matching)
 
     def check(self, host, port, address):
         """Raise L{Refused} unless a connection to C{host} (a name or the
@@ -253,14 +250,15 @@ class Fence:
                 raise Refused(host, f"{default}; list it in the app's allowed_hosts to allow it",
                               address)
             return
-        reached = effective(address)
-        for entry in self._entries(port):
-            if entry.network is not None:
-                if any(a.version == entry.network.version and a in entry.network
-                       for a in {address, reached}):
-                    return
-            elif entry.names(host) and (not entry.wildcard or default is None):
+        entries = self._entries(port)
+        reached = {address, effective(address)}
+        listed = any(e.network is not None and a.version == e.network.version and a in e.network
+                     for e in entries for a in reached)
+        if literal_address(host) is not None:
+            if listed:  # an address: a listed address or network holds it
                 return
+        elif any(e.names(host) and (not e.wildcard or default is None or listed) for e in entries):
+            return
         rule = f"not in the app's allowed_hosts ({self._listed()})"
         if default is not None:
             rule = f"{default}, not in the app's allowed_hosts ({self._listed()})"

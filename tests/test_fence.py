@@ -86,17 +86,20 @@ class FenceTests(SynchronousTestCase):
         fence = Fence(["127.0.0.1", "10.0.0.0/8", "[::1]:8080"])
         fence.check("127.0.0.1", 80, "127.0.0.1")
         fence.check("2130706433", 80, "127.0.0.1")  # the same address
-        fence.check("localhost", 80, "127.0.0.1")  # any name that leads there
-        fence.check("localhost", 80, "::ffff:127.0.0.1")
-        fence.check("intranet", 80, "10.9.9.9")
+        fence.check("::ffff:127.0.0.1", 80, "::ffff:127.0.0.1")
+        fence.check("10.9.9.9", 80, "10.9.9.9")
         fence.check("::1", 8080, "::1")
         self.assertRefused(fence, "::1", 80, "::1", "not in the app's allowed_hosts")
         self.assertRefused(fence, "127.0.0.2", 80, "127.0.0.2", "loopback", "not in the app's")
+        # Addresses match hosts written as addresses; names need entries of their own.
+        self.assertRefused(fence, "localhost", 80, "127.0.0.1", "host localhost (at 127.0.0.1)")
+        self.assertRefused(fence, "intranet", 80, "10.9.9.9", "not in the app's allowed_hosts")
         # Only what it lists: an address the default would allow is refused.
-        self.assertRefused(fence, "example.com", 80, "93.184.216.34", "not in the app's allowed_hosts")
+        self.assertRefused(fence, "93.184.216.34", 80, "93.184.216.34", "not in the app's")
 
     def test_deny_private_yields_to_the_list(self):
-        Fence(["10.0.0.0/8"], deny_private=True).check("intranet", 80, "10.0.0.5")
+        Fence(["10.0.0.0/8"], deny_private=True).check("10.0.0.5", 80, "10.0.0.5")
+        Fence(["intranet"], deny_private=True).check("intranet", 80, "10.0.0.5")
 
     def test_a_listed_name_is_allowed_whatever_it_resolves_to(self):
         fence = Fence(["localhost", "api.example.com:8443"])
@@ -121,10 +124,12 @@ class FenceTests(SynchronousTestCase):
     def test_the_name_alone_settles_what_it_can(self):
         self.assertTrue(Fence().needs_addresses("example.com", 80))
         self.assertFalse(Fence(["example.com"]).needs_addresses("example.com", 80))
+        self.assertFalse(Fence(["example.com", "*.com"]).needs_addresses("example.com", 80))
         self.assertTrue(Fence(["*.example.com"]).needs_addresses("a.example.com", 80))
-        self.assertTrue(Fence(["10.0.0.0/8"]).needs_addresses("intranet", 80))
-        error = self.assertRaises(Refused, Fence(["example.com"]).needs_addresses, "evil.com", 80)
-        self.assertEqual(str(error), "host evil.com refused (not in the app's allowed_hosts (example.com))")
+        error = self.assertRaises(Refused, Fence(["example.com", "10.0.0.0/8"]).needs_addresses,
+                                  "evil.com", 80)
+        self.assertEqual(str(error), "host evil.com refused (not in the app's allowed_hosts "
+                                     "(example.com, 10.0.0.0/8))")
         self.assertRaises(Refused, Fence(["example.com:8080"]).needs_addresses, "example.com", 80)
 
     def test_one_refused_address_refuses_the_name(self):

@@ -138,28 +138,31 @@ class BranchFenceTests(JournalTestCase):
         self.assertEqual(list(self.tasks.links), [App("foo").broker.as_url()])
 
     def test_the_allow_list_opens_what_it_lists_and_only_that(self):
-        self.queue("http://local.test:8080/x", allowed_hosts=["127.0.0.1"])
+        self.queue("http://local.test:8080/x", allowed_hosts=["local.test"])  # no lookup needed
         self.queue("http://127.0.0.1/x", allowed_hosts=["127.0.0.0/8"])
-        self.queue("http://localhost/x", allowed_hosts=["localhost"])  # no lookup needed
+        self.queue("http://local.test/x", allowed_hosts=["*.test", "127.0.0.1"])
         self.assertEqual(self.recorded(), 3)
         self.assertEqual(self.resolver.asked, ["local.test"])
-        self.refused("http://public.test/", "public.test", "not in the app's allowed_hosts",
+        # A wildcard's names may not lead into a refused range unlisted.
+        self.refused("http://local.test/", "local.test", "a loopback address, not in the app's",
+                     allowed_hosts=["*.test"])
+        # A name the list does not match is refused without a lookup.
+        self.refused("http://local.test/", "local.test", "not in the app's allowed_hosts (127.0.0.1)",
                      allowed_hosts=["127.0.0.1"])
-        # A name the list cannot allow is refused without a lookup.
         self.refused("http://evil.test/", "evil.test", "not in the app's allowed_hosts (example.com)",
                      allowed_hosts=["example.com"])
-        self.assertEqual(self.resolver.asked, ["local.test", "public.test"])
+        self.assertEqual(self.resolver.asked, ["local.test"])  # its lookup kept
 
     def test_deny_private(self):
         tasks = self.make_tasks(deny_private=True)
         self.refused("http://intranet.test/", "intranet.test", "a private address", tasks=tasks)
         self.refused("http://10.1.2.3/", "10.1.2.3", "a private address", tasks=tasks)
         self.assertNothingQueued(tasks)
-        d = self.queue("http://intranet.test/", tasks, allowed_hosts=["10.0.0.0/8"])
+        d = self.queue("http://intranet.test/", tasks, allowed_hosts=["intranet.test", "10.0.0.0/8"])
         # The workers are told too: they judge every hop with the same policy.
         kwargs = self.published_kwargs(tasks)
         self.successResultOf(d)
-        self.assertEqual((kwargs["deny_private"], kwargs["allowed_hosts"]), (True, ["10.0.0.0/8"]))
+        self.assertEqual((kwargs["deny_private"], kwargs["allowed_hosts"]), (True, ["intranet.test", "10.0.0.0/8"]))
 
     def test_the_default_task_carries_no_deny_private(self):
         d = self.queue("http://public.test/")

@@ -111,7 +111,7 @@ class RefusedFormsTests(FenceTestBase):
         for host, listed in [("127.0.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
                              ("0x7f.1", "127.0.0.0/8"), ("[::1]", "::1"),
                              ("[::ffff:127.0.0.1]", "127.0.0.1"), ("localhost", "localhost"),
-                             ("localhost", f"127.0.0.1:{self.port}")]:
+                             ("localhost", f"localhost:{self.port}")]:
             request = self.reached(self.url(host), allowed_hosts=[listed])
             self.assertIn(request["to"], ("::1", "::ffff:127.0.0.1"), (host, listed))
         self.assertEqual(len(self.server.requests), 7)
@@ -126,6 +126,8 @@ class RefusedFormsTests(FenceTestBase):
         # A wildcard opens names, not the ranges the default policy refuses.
         self.refused(self.url("a.example.com"), "a loopback address, not in the app's",
                      allowed_hosts=["*.example.com"], resolve=lambda host, port: ["127.0.0.1"])
+        # An address entry matches hosts written as addresses, not names.
+        self.refused(self.url("localhost"), "not in the app's allowed_hosts", allowed_hosts=["127.0.0.1"])
         outside = self.outside()
         self.refused(self.url(outside), "not in the app's allowed_hosts", allowed_hosts=["127.0.0.1"])
         self.assertEqual(self.server.requests, [])
@@ -178,8 +180,10 @@ class RebindingTests(FenceTestBase):
         self.patch(socket, "getaddrinfo", getaddrinfo)
 
     def test_one_lookup_the_connection_to_the_address_checked(self):
+        # Its names may lead to 127.0.0.1 (listed), not to 127.0.0.2.
+        allowed = ["*.test", "127.0.0.1"]
         self.resolver("127.0.0.1", "127.0.0.2")
-        request = self.reached(self.url("rebind.test"), allowed_hosts=["127.0.0.1"])
+        request = self.reached(self.url("rebind.test"), allowed_hosts=allowed)
         self.assertEqual(self.names, ["rebind.test"])
         # What else was looked up was the checked address, never the name.
         self.assertEqual(self.others, ["127.0.0.1"])
@@ -199,7 +203,7 @@ class RebindingTests(FenceTestBase):
     def test_every_hop_is_looked_up_and_judged(self):
         self.resolver("127.0.0.1", "127.0.0.2")
         url = self.url("rebind.test", "/redirect-to") + "?to=" + self.url("rebind.test")
-        self.refused(url, "host rebind.test (at 127.0.0.2) refused", allowed_hosts=["127.0.0.1"])
+        self.refused(url, "host rebind.test (at 127.0.0.2) refused", allowed_hosts=["*.test", "127.0.0.1"])
         self.assertEqual(self.names, ["rebind.test", "rebind.test"])
         self.assertEqual([r["path"] for r in self.server.requests], ["/redirect-to"])
 
