@@ -30,6 +30,7 @@ from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
+from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
@@ -369,8 +370,9 @@ def makeService(options):
     )
     tasks = TaskService(
         pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
-        # Names of queued URLs are judged by their addresses (the fence).
-        resolver=reactor.nameResolver, deny_private=options["webhook-deny-private"],
+        # The fence at queue time: names judged by the addresses they resolve to.
+        url_check=URLCheck(reactor, resolver=reactor.nameResolver,
+                           deny_private=options["webhook-deny-private"]),
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)

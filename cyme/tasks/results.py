@@ -14,19 +14,17 @@ import uuid
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.interfaces import IResolutionReceiver
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from cyme import fence, logs
-from cyme.tasks import webhook
+from cyme import logs
 from cyme.amqp import AMQPError, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
-from cyme.errors import BadRequest, CymeError, Unavailable
+from cyme.errors import CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
+# check_url and URLRefused: the API's fakes check URLs as the service does.
+from cyme.tasks.urlcheck import URLCheck, URLRefused, check_url  # noqa: F401
 
-MAX_URL = 4096
 TASK_NAME = "cyme.webhook"
 
 
@@ -40,52 +38,6 @@ class BrokerUnreachable(PublishFailed):
     """No connection to the app's broker in time: try again later."""
 
     status = 503
-
-
-class URLRefused(BadRequest):
-    """The fence refuses the URL's host: the answer names it and the rule."""
-
-    def __init__(self, error):
-        super().__init__("url", str(error))
-        self.detail.update(host=error.host, rule=error.rule)
-
-
-def check_url(url, allowed_hosts, deny_private=False):
-    """
-    Refuse anything but an http(s) URL the fence allows on its face (an
-    address literal judged, a name that C{allowed_hosts} may allow): 400.
-    Return the URL's parts.
-
-    L{TaskService.queue} also judges the addresses a name resolves to; the
-    worker judges every hop again, redirects included
-    (L{cyme.tasks.webhook.perform}).
-    """
-    try:
-        return webhook.check_url(url, allowed_hosts, max_length=MAX_URL,
-                                 deny_private=deny_private)
-    except webhook.HostRefused as e:
-        raise URLRefused(e) from None
-    except webhook.WebhookError as e:
-        raise BadRequest("url", str(e)) from None
-
-
-@implementer(IResolutionReceiver)
-class _Lookup:
-    """Collects the addresses of one name resolution."""
-
-    def __init__(self):
-        self.addresses = []
-        self.done = defer.Deferred()
-
-    def resolutionBegan(self, resolution):
-        pass
-
-    def addressResolved(self, address):
-        self.addresses.append(address.host)
-
-    def resolutionComplete(self):
-        if not self.done.called:  # not timed out meanwhile
-            self.done.callback(self.addresses)
 
 
 # The task headers that are the same for every task, encoded once.
@@ -258,7 +210,7 @@ class TaskService(service.Service):
     name = "tasks"
 
     def __init__(self, pool, journal, branch_id, clock, store, publish_timeout=10.0,
-                 disk=None, resolver=None, deny_private=False, resolve_timeout=5.0):
+                 disk=None, url_check=None):
         # The branch's broker connections (L{cyme.amqp.BrokerPool}).
         self.pool = pool
         self.journal = journal
@@ -269,13 +221,8 @@ class TaskService(service.Service):
         self.store = store
         self.publish_timeout = publish_timeout
         self.results_queue = f"cyme.results.{branch_id}"
-        # The fence (L{cyme.fence}): an C{IHostnameResolver} for the names
-        # of queued URLs (None: the workers alone judge names), and whether
-        # private ranges are refused too (--webhook-deny-private).
-        self.resolver = resolver
-        self.deny_private = deny_private
-        self.resolve_timeout = resolve_timeout
-        self._resolved = {}  # (host, port) -> (until, addresses)
+        # The fence at queue time (L{cyme.tasks.urlcheck.URLCheck}).
+        self.url_check = url_check if url_check is not None else URLCheck(clock)
         self.links = {}
         self._expiry = None
 
@@ -351,7 +298,7 @@ class TaskService(service.Service):
         Publish a webhook task; its id once the broker confirmed it and the
         branch recorded it.
         """
-        await self.check(url, app.allowed_hosts)
+        await self.url_check.check(url, app.allowed_hosts)
         if self.journal.closed:
             # Stopping: a task published now could not be recorded, and its
             # sender, told it failed, would send it again.
@@ -366,7 +313,7 @@ class TaskService(service.Service):
             "timeout": timeout or app.task_timeout,
             "allowed_hosts": list(app.allowed_hosts),
         }
-        if self.deny_private:
+        if self.url_check.deny_private:
             # Only when set: a worker of an older cyme takes no such argument.
             kwargs["deny_private"] = True
         if isinstance(body, bytes):
@@ -400,52 +347,6 @@ class TaskService(service.Service):
             raise
         await recorded
         return task_id
-
-    async def check(self, url, allowed_hosts):
-        """
-        Refuse (400, naming the host and the rule) a URL that the fence
-        refuses: on its face, or by an address its name resolves to here.
-        A name this branch cannot resolve is left to the worker, whose
-        resolver may know it; the worker judges every hop again anyway.
-        """
-        parts = check_url(url, allowed_hosts, self.deny_private)
-        host, port = parts.hostname, webhook.port_of(parts)
-        policy = fence.Fence(allowed_hosts, self.deny_private)
-        if (self.resolver is None or fence.literal_address(host) is not None
-                or not policy.needs_addresses(host, port)):
-            return  # judged already, or by the worker alone
-        try:
-            addresses = await self._lookup(host, port)
-        except defer.TimeoutError:
-            self.log.info("queued URL: {host} not resolved in time; the worker judges it",
-                          host=host)
-            return
-        if addresses:
-            try:
-                webhook.judge(url, parts, port, policy, addresses)
-            except webhook.HostRefused as e:
-                raise URLRefused(e) from None
-
-    #: Seconds a lookup's answer serves the checks of later URLs.  Only the
-    #: branch's early refusal relies on it: the worker looks the name up
-    #: again when it connects, and judges what it connects to.
-    resolve_cache = 5.0
-
-    def _lookup(self, host, port):
-        now = self.clock.seconds()
-        cached = self._resolved.get((host, port))
-        if cached is not None and cached[0] > now:
-            return defer.succeed(cached[1])
-        lookup = _Lookup()
-        self.resolver.resolveHostName(lookup, host, port)
-
-        def keep(addresses):
-            if len(self._resolved) >= 1024:
-                self._resolved.clear()
-            self._resolved[(host, port)] = (now + self.resolve_cache, addresses)
-            return addresses
-
-        return lookup.done.addTimeout(self.resolve_timeout, self.clock).addCallback(keep)
 
     def get(self, task_id):
         return self.journal.get(task_id)

@@ -1,4 +1,4 @@
-"""The branch's fence (L{cyme.tasks.results.TaskService.check}): a queued URL
+"""The branch's fence (L{cyme.tasks.urlcheck.URLCheck}, in L{TaskService.queue}): a queued URL
 the fence refuses is a 400 naming the host and the rule, and nothing is
 queued; a name is judged by the addresses the branch's resolver finds.
 """
@@ -14,7 +14,8 @@ from cyme.amqp import BrokerPool
 from cyme.errors import BadRequest
 from cyme.state.models import App, Queue
 from cyme.state.store import MemoryStore
-from cyme.tasks.results import TaskService, URLRefused, _Lookup
+from cyme.tasks.results import TaskService
+from cyme.tasks.urlcheck import URLCheck, URLRefused, _Lookup
 from tests.amqp.fakes import FakeClient, FakeConnection
 from tests.tasks.test_journal import JournalTestCase
 
@@ -65,8 +66,9 @@ class BranchFenceTests(JournalTestCase):
 
     def make_tasks(self, **kwargs):
         pool = BrokerPool(self.clock, make_client=self.client)
+        check = URLCheck(self.clock, resolver=self.resolver, **kwargs)
         return TaskService(pool, self.journal(), "b1", self.clock, MemoryStore(),
-                           publish_timeout=10, resolver=self.resolver, **kwargs)
+                           publish_timeout=10, url_check=check)
 
     def client(self, url):
         self.clients[url] = FakeClient()
@@ -173,7 +175,7 @@ class BranchFenceTests(JournalTestCase):
         self.queue("http://nowhere.test/")
         self.assertEqual(self.recorded(), 1)
         d = self.queue("http://slow.test/")
-        self.clock.advance(self.tasks.resolve_timeout - 0.1)
+        self.clock.advance(self.tasks.url_check.timeout - 0.1)
         self.assertEqual(self.recorded(), 1)
         self.clock.advance(0.1)
         self.assertEqual(self.recorded(), 2)
@@ -185,7 +187,7 @@ class BranchFenceTests(JournalTestCase):
         self.refused("http://local.test/", "local.test")
         self.refused("http://local.test/", "local.test")
         self.assertEqual(self.resolver.asked, ["public.test", "local.test"])
-        self.clock.advance(self.tasks.resolve_cache)
+        self.clock.advance(self.tasks.url_check.cache_seconds)
         self.queue("http://public.test/c")
         self.assertEqual(self.resolver.asked, ["public.test", "local.test", "public.test"])
 
