@@ -7,6 +7,7 @@ the publish timeout).
 import json
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 from cyme.amqp import BrokerPool
 from cyme.errors import Unavailable
@@ -161,6 +162,25 @@ class BrokerLinkTests(JournalTestCase):
         self.assertEqual(options["reply_to"], "cyme.results.b1")
         # The timer of the wait is gone with the wait.
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_failed_set_up_is_logged_without_the_password(self):
+        self.app = App("foo", broker=Broker(hostname="mq", userid="u", password="s3cret"))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        class Refusing(FakeConnection):
+            def channel(self, *, timeout=None):
+                return defer.fail(ValueError("no channel for you"))
+
+        self.tasks.link(self.app.broker.as_url())
+        connection = Refusing()
+        self.clients[self.app.broker.as_url()].connect(connection)
+        self.assertTrue(connection.aborted)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("cannot set up the task publishing on amqp://u:**@mq:5672/", "\n".join(lines))
+        self.assertNotIn("s3cret", "\n".join(lines))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_one_publish_timing_out_leaves_the_others_waiting(self):
         first = self.queue()
