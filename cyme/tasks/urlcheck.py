@@ -80,7 +80,7 @@ class URLCheck:
     cache_seconds = 5.0
     cache_size = 1024
 
-    def __init__(self, clock, resolver=None, deny_private=False, timeout=5.0):
+    def __init__(self, clock, resolver=None, deny_private=False, timeout=3.0):
         self.clock = clock
         self.resolver = resolver
         self.deny_private = deny_private
@@ -96,7 +96,7 @@ class URLCheck:
         """
         parts = check_url(url, allowed_hosts, self.deny_private)
         host, port = parts.hostname, webhook.port_of(parts)
-        policy = fence.Fence(allowed_hosts, self.deny_private)
+        policy = webhook.fence_for(tuple(allowed_hosts), self.deny_private)
         if (self.resolver is None or fence.literal_address(host) is not None
                 or not policy.needs_addresses(host, port)):
             return  # judged already, or by the worker alone

@@ -25,6 +25,7 @@ What L{perform} guarantees:
 """
 
 import base64
+import functools
 import http.client
 import socket
 import ssl
@@ -112,9 +113,15 @@ def _check(url, fence, max_length=None):
 
 def _fence(allowed_hosts, deny_private):
     try:
-        return Fence(allowed_hosts, deny_private)
-    except ValueError as e:
+        return fence_for(tuple(allowed_hosts), bool(deny_private))
+    except (ValueError, TypeError) as e:
         raise WebhookError(f"invalid allowed_hosts: {e}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def fence_for(allowed_hosts, deny_private):
+    """The L{Fence} of an allow-list (a tuple), parsed once for its tasks."""
+    return Fence(allowed_hosts, deny_private)
 
 
 def port_of(parts, port=None):
