@@ -69,9 +69,11 @@ class Refused(ValueError):
     """A hop the fence refuses: C{host}, the C{address} it leads to (None
     when the name alone is refused) and the C{rule} that refuses it."""
 
-    def __init__(self, host, rule, address=None):
-        at = "" if address is None or literal_address(host) == address else f" (at {address})"
-        super().__init__(f"host {host}{at} refused ({rule})")
+    def __init__(self, host, rule, address=None, hint=None):
+        # The address as it is judged: "2130706433 (at 127.0.0.1)".
+        shown = None if address is None else str(effective(address))
+        at = "" if shown in (None, host) else f" (at {shown})"
+        super().__init__(f"host {host}{at} refused ({rule}{'; ' + hint if hint else ''})")
         self.host = host
         self.rule = rule
         self.address = address
@@ -247,8 +249,8 @@ class Fence:
         default = refused_by_default(address, self.deny_private)
         if not self.entries:
             if default is not None:
-                raise Refused(host, f"{default}; list it in the app's allowed_hosts to allow it",
-                              address)
+                raise Refused(host, default, address,
+                              hint="list it in the app's allowed_hosts to allow it")
             return
         entries = self._entries(port)
         reached = {address, effective(address)}

@@ -77,7 +77,11 @@ class FenceTests(SynchronousTestCase):
                                    "host localhost (at 127.0.0.1) refused (a loopback address;",
                                    "allowed_hosts")
         self.assertEqual(str(error.address), "127.0.0.1")
-        self.assertRefused(Fence(), "2130706433", 80, "127.0.0.1", "host 2130706433 refused")
+        self.assertRefused(Fence(), "2130706433", 80, "127.0.0.1",
+                           "host 2130706433 (at 127.0.0.1) refused")
+        self.assertRefused(Fence(), "::ffff:7f00:1", 80, "::ffff:7f00:1",
+                           "host ::ffff:7f00:1 (at 127.0.0.1) refused")
+        self.assertRefused(Fence(), "127.0.0.1", 80, "127.0.0.1", "host 127.0.0.1 refused")
         Fence().check("example.com", 80, "93.184.216.34")
         Fence().check("intranet", 80, "10.0.0.5")
         self.assertRefused(Fence(deny_private=True), "intranet", 80, "10.0.0.5", "private")
