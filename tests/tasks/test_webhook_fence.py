@@ -7,7 +7,9 @@ the fence let it through; the same forms, once the app's allow-list names
 them, do reach it.
 """
 
+import os
 import socket
+import ssl
 import threading
 import unittest
 
@@ -240,3 +242,68 @@ class TaskTests(FenceTestBase):
         conf.cyme_webhook_deny_private = True
         self.addCleanup(conf.pop, "cyme_webhook_deny_private", None)
         self.assertRaises(HostRefused, self.task.run, "GET", url)
+
+
+def self_signed(directory, name):
+    """A key and a certificate for C{name} (its own CA): their paths."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+class TLSTests(FenceTestBase):
+    """The connection goes to the address checked; TLS still names the host:
+    its server name (SNI) and the certificate check are on the URL's name."""
+
+    def setUp(self):
+        super().setUp()
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key, cert = self_signed(directory, "localhost")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key)
+        self.server_names = []
+        context.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        # The client trusts this certificate as it trusts the system's.
+        before = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = cert
+        self.addCleanup(lambda: os.environ.pop("SSL_CERT_FILE") if before is None
+                        else os.environ.__setitem__("SSL_CERT_FILE", before))
+
+    def test_certificate_checked_on_the_name(self):
+        url = f"https://localhost:{self.port}/text"
+        result = wh.perform("GET", url, timeout=5, allowed_hosts=["localhost"])
+        self.assertEqual(result["status_code"], 200)
+        self.assertEqual(self.server_names, ["localhost"])
+        self.assertEqual(self.server.requests[-1]["headers"]["host"], f"localhost:{self.port}")
+
+    def test_the_address_is_not_the_name(self):
+        # The same server by its address: the certificate names localhost only.
+        exc = self.assertRaises(wh.WebhookError, wh.perform, "GET", f"https://127.0.0.1:{self.port}/",
+                                timeout=5, allowed_hosts=["127.0.0.1"])
+        self.assertIn("TLS error", str(exc))
+        self.assertEqual(self.server.requests, [])
