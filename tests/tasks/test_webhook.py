@@ -445,6 +445,13 @@ class AllowedHostsTests(WebhookTestBase):
         self.assertFails("host 127.0.0.1 refused", "GET", self.url("/text"), allowed_hosts=["127.0.0.1:1"])
         self.assertEqual(self.server.requests, [])
 
+    def test_the_next_checked_address_when_one_refuses(self):
+        # Nothing listens on 127.0.0.2: the name's next address (checked too) is tried.
+        result = perform("GET", f"http://two.test:{self.port}/text", allowed_hosts=["*.test", "127.0.0.0/8"],
+                         resolve=lambda host, port: ["127.0.0.2", "127.0.0.1"])
+        self.assertEqual(result["status_code"], 200)
+        self.assertEqual(self.last["headers"]["host"], f"two.test:{self.port}")
+
     def test_check_url_length(self):
         check_url("http://example.com/abc", max_length=22)
         exc = self.assertRaises(WebhookError, check_url, "http://example.com/abcd", max_length=22)
