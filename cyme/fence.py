@@ -277,4 +277,6 @@ class Fence:
         return addresses
 
     def _listed(self):
-        return ", ".join(e.text for e in self.entries)
+        # A long list is named by its start: the answer stays readable.
+        shown = ", ".join(e.text for e in self.entries[:5])
+        return shown if len(self.entries) <= 5 else f"{shown}, ... {len(self.entries)} entries"

@@ -136,6 +136,12 @@ class FenceTests(SynchronousTestCase):
                                      "(example.com, 10.0.0.0/8))")
         self.assertRaises(Refused, Fence(["example.com:8080"]).needs_addresses, "example.com", 80)
 
+    def test_a_long_list_is_named_by_its_start(self):
+        fence = Fence([f"h{n}.example.com" for n in range(300)])
+        error = self.assertRaises(Refused, fence.check, "10.0.0.1", 80, "10.0.0.1")
+        self.assertEqual(error.rule, "not in the app's allowed_hosts (h0.example.com, h1.example.com, "
+                                     "h2.example.com, h3.example.com, h4.example.com, ... 300 entries)")
+
     def test_one_refused_address_refuses_the_name(self):
         fence = Fence()
         self.assertEqual(fence.check_all("x", 80, ["93.184.216.34"]), ["93.184.216.34"])
