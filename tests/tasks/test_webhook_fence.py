@@ -23,7 +23,7 @@ from tests.tasks.test_webhook import Handler, Server
 LOOPBACK_FORMS = [
     "127.0.0.1", "127.1", "127.0.1", "2130706433", "0x7f000001", "0x7f.1", "017700000001",
     "0177.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:7f00:1]",
-    "localhost", "LocalHost",
+    "localhost", "LocalHost", "１２７.０.０.１",
 ]
 
 
