@@ -7,6 +7,7 @@ the fence let it through; the same forms, once the app's allow-list names
 them, do reach it.
 """
 
+import json
 import os
 import socket
 import ssl
@@ -307,3 +308,19 @@ class TLSTests(FenceTestBase):
                                 timeout=5, allowed_hosts=["127.0.0.1"])
         self.assertIn("TLS error", str(exc))
         self.assertEqual(self.server.requests, [])
+
+
+class ResultTests(SynchronousTestCase):
+    def test_a_refusal_travels_as_a_result(self):
+        """Through a result message (JSON, Celery's exception fields) a
+        refusal keeps its type and its message, host and rule included."""
+        from cyme.tasks import worker
+
+        exc = self.assertRaises(HostRefused, wh.perform, "GET", "http://0x7f.1/")
+        backend = worker.app.backend
+        meta = backend.prepare_exception(exc, "json")
+        self.assertEqual((meta["exc_type"], meta["exc_module"]), ("HostRefused", "cyme.tasks.webhook"))
+        back = backend.exception_to_python(json.loads(json.dumps(meta)))
+        self.assertIsInstance(back, HostRefused)
+        self.assertEqual(str(back), "host 0x7f.1 (at 127.0.0.1) refused (a loopback address; list it in "
+                                    "the app's allowed_hosts to allow it): http://0x7f.1/")
