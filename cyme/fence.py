@@ -7,8 +7,9 @@ Both use the same rules, from here.
 
 The default policy refuses the addresses that reach the machine itself or
 its cloud provider rather than a service: loopback, link-local (cloud
-metadata at 169.254.169.254 and fd00:ec2::254 included), unspecified,
-multicast and reserved ones; with C{deny_private} the private ranges too.
+metadata at 169.254.169.254 and fd00:ec2::254 included; Alibaba's
+100.100.100.200 too), unspecified, multicast and reserved ones; with
+C{deny_private} the private ranges too.
 An address is judged by the IPv4 address it stands for when it carries
 one (IPv4-mapped, IPv4-compatible, 6to4, NAT64), and a host written as a
 number (C{2130706433}, C{0x7f.1}, C{017700000001}) by the address the
@@ -47,6 +48,8 @@ _REFUSED = [
     (_V4("169.254.0.0/16"), "a link-local address (cloud metadata lives there)"),
     (_V6("fe80::/10"), "a link-local address"),
     (_V6("fd00:ec2::254/128"), "a cloud metadata address"),
+    # Alibaba Cloud's metadata, inside the shared range 100.64.0.0/10.
+    (_V4("100.100.100.200/32"), "a cloud metadata address"),
     (_V4("224.0.0.0/4"), "a multicast address"),
     (_V6("ff00::/8"), "a multicast address"),
     (_V4("240.0.0.0/4"), "a reserved address"),

@@ -38,6 +38,7 @@ class DefaultPolicyTests(SynchronousTestCase):
             ("127.0.0.1", "loopback"), ("127.255.0.9", "loopback"), ("::1", "loopback"),
             ("169.254.169.254", "link-local"), ("169.254.0.1", "link-local"),
             ("fe80::1", "link-local"), ("fd00:ec2::254", "cloud metadata"),
+            ("100.100.100.200", "cloud metadata"),
             ("0.0.0.0", "unspecified"), ("0.1.2.3", "unspecified"), ("::", "unspecified"),
             ("224.0.0.1", "multicast"), ("239.1.1.1", "multicast"), ("ff02::1", "multicast"),
             ("255.255.255.255", "reserved"),
