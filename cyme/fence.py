@@ -9,11 +9,11 @@ The default policy refuses the addresses that reach the machine itself or
 its cloud provider rather than a service: loopback, link-local (cloud
 metadata at 169.254.169.254 and fd00:ec2::254 included; Alibaba's
 100.100.100.200 too), unspecified, multicast and reserved ones; with
-C{deny_private} the private ranges too.
-An address is judged by the IPv4 address it stands for when it carries
-one (IPv4-mapped, IPv4-compatible, 6to4, NAT64), and a host written as a
-number (C{2130706433}, C{0x7f.1}, C{017700000001}) by the address the
-system's resolver would make of it.
+C{deny_private} the private ranges too.  An address is judged by the
+IPv4 address it stands for when it carries one (IPv4-mapped,
+IPv4-compatible, 6to4, NAT64), and a host written as a number
+(C{2130706433}, C{0x7f.1}, C{017700000001}) by the address the system's
+resolver would make of it.
 
 An app's C{allowed_hosts}, when not empty, replaces that policy: a URL's
 host must match an entry, and what an entry matches is allowed even inside
