@@ -634,6 +634,11 @@ class FenceTests(TaskTestCase):
         if task_id:
             _, result, _ = await self.call("GET", branch.url(f"/nobroker/query/{task_id}/result/"))
             self.assertNotIn("s3cret", json.dumps(result))
+        # Nor in the task's recorded failure, nor in the branch's log.
+        failures = [line for line in branch.journal() if line.get("state") == "FAILURE"]
+        self.assertIn("amqp://u:**@127.0.0.1", json.dumps(failures))
+        self.assertNotIn("s3cret", json.dumps(branch.journal()))
+        self.assertNotIn("s3cret", branch.process.output)
 
     async def test_deny_private(self):
         """--webhook-deny-private: private ranges are refused too, unless listed."""
