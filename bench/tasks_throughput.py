@@ -140,7 +140,8 @@ def baseline_end_to_end(queue, target_port, count):
     app = Celery("cyme-bench-client", broker=c.BROKER, backend="rpc://")
     app.conf.result_persistent = True
     url = f"http://127.0.0.1:{target_port}/x"
-    kwargs = {"method": "GET", "url": url, "timeout": 60}
+    # The target is on loopback: listed, as the branch lists the app's allow-list.
+    kwargs = {"method": "GET", "url": url, "timeout": 60, "allowed_hosts": ["127.0.0.1"]}
     # Connect first, as the branch is connected before it is timed.
     app.send_task("cyme.webhook", kwargs=kwargs, queue=queue).get(timeout=60)
     t0 = time.monotonic()
@@ -211,7 +212,7 @@ class CeleryPaced:
         # One connection per client thread, as cyme's clients each have one.
         self.app.conf.broker_pool_limit = self.clients
         self.kwargs = {"method": "GET", "url": f"http://127.0.0.1:{target_port}/x?n=1",
-                       "timeout": 60}
+                       "timeout": 60, "allowed_hosts": ["127.0.0.1"]}
 
     def __call__(self, queue, rate, seconds):
         total = int(rate * seconds)

@@ -18,8 +18,9 @@ The package is laid out as its layers, each calling only the ones below it
                  workers' Celery app and webhook
 ``state``        the desired state: models, stores, the root directory
 ``amqp``         the txAMQP adapter and the branch's broker pool
-base modules     ``errors``, ``logs``, ``backoff``, ``gather`` (scatter-gather)
-                 and ``listeners``, used by every layer
+base modules     ``errors``, ``logs``, ``backoff``, ``gather`` (scatter-gather),
+                 ``listeners`` and ``fence`` (the addresses queued URLs may
+                 reach), used by every layer
 """
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
+from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
@@ -72,6 +73,10 @@ class Options(usage.Options):
          "Require a token from callers on this machine too (by default a "
          "request from a loopback address or on a unix: endpoint has every "
          "scope)."],
+        ["webhook-deny-private", None,
+         "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
+         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
+         "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -292,7 +297,10 @@ def makeService(options):
         retention=options["result-expires"], run=disk,
     )
     tasks = TaskService(
-        pool, journal, options["branch-id"], reactor, options["store"], disk=disk
+        pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
+        # The fence at queue time: names judged by the addresses they resolve to.
+        url_check=URLCheck(reactor, resolver=reactor.nameResolver,
+                           deny_private=options["webhook-deny-private"]),
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)

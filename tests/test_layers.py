@@ -22,7 +22,7 @@ LAYERS = [
     {"cyme.state"},
     {"cyme.amqp"},
     {"cyme", "cyme.errors", "cyme.logs", "cyme.backoff", "cyme.gather",
-     "cyme.listeners"},
+     "cyme.listeners", "cyme.fence"},
 ]
 
 

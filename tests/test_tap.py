@@ -380,6 +380,17 @@ class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
         branch = tap.makeService(options)
         self.assertRaises(KeyError, branch.getServiceNamed, "http")
 
+    def test_webhook_fence(self):
+        """The task service judges queued URLs by their addresses, with the
+        reactor's resolver; --webhook-deny-private refuses private ranges."""
+        from twisted.internet import reactor
+
+        check = tap.makeService(self.parse(["-D", self.root_path()])).getServiceNamed("tasks").url_check
+        self.assertIs(check.resolver, reactor.nameResolver)
+        self.assertFalse(check.deny_private)
+        options = self.parse(["--webhook-deny-private", "-D", self.root_path()])
+        self.assertTrue(tap.makeService(options).getServiceNamed("tasks").url_check.deny_private)
+
     def test_sets_log_level(self):
         options = self.parse(["-l", "error", "-D", self.root_path()])
         tap.makeService(options)

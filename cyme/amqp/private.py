@@ -47,13 +47,16 @@ def setup_failed(log, what, failure, connection, locked=None):
     exclusive queue held elsewhere (RESOURCE_LOCKED) is C{locked}.
     """
     from .errors import ConnectionClosedError
+    from .url import mask_passwords
 
+    # Set-ups are named after their broker: never with its password.
+    what = mask_passwords(what)
     if failure.check(ConnectionClosedError) or not getattr(connection, "is_open", True):
         log.info("{what} set-up interrupted: {error}", what=what,
-                 error=failure.getErrorMessage())
+                 error=mask_passwords(failure.getErrorMessage()))
         return
     if getattr(failure.value, "reply_code", None) == 405 and locked is not None:
-        log.error(locked)
+        log.error(mask_passwords(locked))
     else:
         log.failure("cannot set up the {what}", failure, what=what)
     try:

@@ -8,11 +8,21 @@ or ``/``) meaning the default vhost ``/``.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import attrs
 
-__all__ = ["BrokerURL", "parse_broker_url"]
+__all__ = ["BrokerURL", "parse_broker_url", "mask_passwords"]
+
+# The password of any "scheme://user:password@" in a text.
+_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^@\s]*@")
+
+
+def mask_passwords(text: str) -> str:
+    """C{text} with the password of every URL in it replaced by C{**}: for
+    a log line or an error that may quote a broker URL."""
+    return _USERINFO.sub(r"\1**@", str(text))
 
 _PLAIN_SCHEMES = {"amqp", "pyamqp", "librabbitmq"}
 _TLS_SCHEMES = {"amqps", "pyamqps"}

@@ -199,7 +199,12 @@ class Bus(service.Service):
         try:
             self._dispatch(envelope)
         except Exception:
-            self.log.failure("bad bus message {envelope!r}", envelope=envelope)
+            # Named, not quoted: an envelope may carry apps and their
+            # broker passwords, which no log line shows.
+            described = envelope if isinstance(envelope, dict) else {}
+            self.log.failure("bad bus message ({kind} {method} from {sender})",
+                             kind=described.get("type"), method=described.get("method"),
+                             sender=described.get("from"))
 
     def _dispatch(self, envelope):
         if not isinstance(envelope, dict) or "from" not in envelope:

@@ -13,6 +13,7 @@ from urllib.parse import quote, unquote, urlsplit
 import attrs
 
 from cyme.errors import BadRequest
+from cyme.fence import parse_entry
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
 
@@ -193,22 +194,20 @@ def _check_broker(instance, attribute, value):
         raise BadRequest("broker", "broker must be a broker object")
 
 
-# A host name or address, "*.domain" (its subdomains), "[v6]", each with an
-# optional ":port": the forms the webhook task's allow-list understands.
-HOST_RE = re.compile(
-    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?(:\d{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:\d{1,5})?\Z"
-)
-
-
 def _check_hosts(value):
+    # Names, "*.domain", addresses and networks (CIDR), each with an
+    # optional ":port": the webhook fence's entries (cyme.fence.parse_entry).
     if isinstance(value, str):
         value = [h.strip() for h in value.split(",") if h.strip()]
     if not isinstance(value, (list, tuple)) or len(value) > 1000:
-        raise BadRequest("allowed_hosts", "allowed_hosts must be a list of host names")
+        raise BadRequest("allowed_hosts", "allowed_hosts must be a list of host names, "
+                                          "addresses or networks")
     for host in value:
-        if not isinstance(host, str) or not HOST_RE.match(host):
-            raise BadRequest("allowed_hosts", f"allowed_hosts: {host!r} is not a host name")
-    return tuple(h.lower() for h in value)
+        try:
+            parse_entry(host)
+        except ValueError as e:
+            raise BadRequest("allowed_hosts", f"allowed_hosts: {e}") from None
+    return tuple(h.strip().lower() for h in value)
 
 
 def check_seconds(value, field, high=None, *, zero=False):

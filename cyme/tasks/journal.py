@@ -89,7 +89,7 @@ class ResultJournal:
         self._flush_call = None
         self._file = None
         self._load()
-        self._file = open(self.path, "ab")
+        self._file = _open_private(self.path, append=True)
 
     # Loading
 
@@ -333,7 +333,7 @@ def _append(file, data):
 def _rewrite(path, snapshot):
     """Replace C{path} by C{snapshot}'s lines; the new file, open to append."""
     temp = path + ".tmp"
-    with open(temp, "wb") as f:
+    with _open_private(temp, append=False) as f:
         for line in snapshot:
             f.write(json.dumps(line, separators=(",", ":")).encode("utf-8"))
             f.write(b"\n")
@@ -345,7 +345,23 @@ def _rewrite(path, snapshot):
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
-    return open(path, "ab")
+    return _open_private(path, append=True)
+
+
+def _open_private(path, append):
+    """
+    C{path} open to write, readable by this user alone (0600): results
+    carry what workers fetched.  A file an older cyme left readable by
+    others is closed to them too.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "ab" if append else "wb")
 
 
 def run_at_once(f, *args):

@@ -18,13 +18,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
-from cyme.tasks import webhook
 from cyme.amqp import AMQPError, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
-from cyme.errors import BadRequest, CymeError, Unavailable
+from cyme.errors import CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
+from cyme.tasks.urlcheck import URLCheck
 
-MAX_URL = 4096
 TASK_NAME = "cyme.webhook"
 
 
@@ -38,19 +37,6 @@ class BrokerUnreachable(PublishFailed):
     """No connection to the app's broker in time: try again later."""
 
     status = 503
-
-
-def check_url(url, allowed_hosts):
-    """Refuse anything but an http(s) URL to an allowed host (400).
-
-    The worker applies the same rules (L{cyme.tasks.webhook.check_url}) to every
-    redirect it follows.
-    """
-    try:
-        webhook.check_url(url, allowed_hosts, max_length=MAX_URL)
-    except webhook.WebhookError as e:
-        raise BadRequest("url", str(e)) from None
-    return url
 
 
 # The task headers that are the same for every task, encoded once.
@@ -98,8 +84,10 @@ class BrokerLink:
         self._clock = clock
         self._declared = set()
         self._waiting = []  # a Deferred per publish waiting for the channel
+        # Named without its password, which no log line or error carries.
+        self.shown = parse_broker_url(url).to_url()
         self._listener = pool.on_connection(url, self._setup, self._lost,
-                                            what=f"task publishing on {url}", log=self.log)
+                                            what=f"task publishing on {self.shown}", log=self.log)
 
     @property
     def busy(self):
@@ -140,7 +128,7 @@ class BrokerLink:
 
     def _unreachable(self, failure):
         failure.trap(defer.TimeoutError)
-        raise BrokerUnreachable(f"broker {self.url} not reachable")
+        raise BrokerUnreachable(f"broker {self.shown} not reachable")
 
     async def publish(self, queue, task_id, headers, body, timeout):
         channel = await self._channel(timeout)
@@ -221,7 +209,7 @@ class TaskService(service.Service):
     name = "tasks"
 
     def __init__(self, pool, journal, branch_id, clock, store, publish_timeout=10.0,
-                 disk=None):
+                 disk=None, url_check=None):
         # The branch's broker connections (L{cyme.amqp.BrokerPool}).
         self.pool = pool
         self.journal = journal
@@ -232,6 +220,8 @@ class TaskService(service.Service):
         self.store = store
         self.publish_timeout = publish_timeout
         self.results_queue = f"cyme.results.{branch_id}"
+        # The fence at queue time (L{cyme.tasks.urlcheck.URLCheck}).
+        self.url_check = url_check if url_check is not None else URLCheck(clock)
         self.links = {}
         self._expiry = None
 
@@ -307,7 +297,7 @@ class TaskService(service.Service):
         Publish a webhook task; its id once the broker confirmed it and the
         branch recorded it.
         """
-        check_url(url, app.allowed_hosts)
+        await self.url_check.check(url, app.allowed_hosts)
         if self.journal.closed:
             # Stopping: a task published now could not be recorded, and its
             # sender, told it failed, would send it again.
@@ -322,6 +312,9 @@ class TaskService(service.Service):
             "timeout": timeout or app.task_timeout,
             "allowed_hosts": list(app.allowed_hosts),
         }
+        if self.url_check.deny_private:
+            # Only when set: a worker of an older cyme takes no such argument.
+            kwargs["deny_private"] = True
         if isinstance(body, bytes):
             # Raw bodies travel byte for byte, whatever their charset.
             kwargs["body"] = base64.b64encode(body).decode("ascii")

@@ -11,8 +11,11 @@ What L{perform} guarantees:
 
   - only C{http} and C{https} URLs, for the request and for every redirect
     hop (a redirect to C{file:}, C{ftp:}, ... is refused, never followed);
-  - at most L{MAX_REDIRECTS} redirects, each hop checked against
-    C{allowed_hosts} when that is non-empty;
+  - at most L{MAX_REDIRECTS} redirects;
+  - every hop fenced (L{cyme.fence}): its host looked up once, each address
+    found judged by the app's C{allowed_hosts} or else the default policy,
+    and the connection made to an address judged, never to the name (so a
+    second lookup cannot lead elsewhere: no DNS rebinding);
   - one overall deadline of C{timeout} seconds for the whole exchange
     (connect, redirects, headers and body), not per socket operation;
   - at most C{max_response_bytes} of response body read;
@@ -22,28 +25,29 @@ What L{perform} guarantees:
 """
 
 import base64
-import codecs
-import email.message
+import functools
 import http.client
 import socket
 import ssl
 import time
-from urllib.parse import quote, urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from cyme import __version__
+from cyme.fence import Fence, Refused, literal_address
+from cyme.tasks.webdata import (
+    add_query, ascii_host, decode_content, encode_body, host_header, target,
+)
 
 METHODS = ("HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH")
 SCHEMES = ("http", "https")
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
-FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 USER_AGENT = f"cyme-webhook/{__version__}"
 
-_URL_SAFE = "/%:@!$&'()*+,;=?~-._"
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 # Headers the client computes itself; a caller's value for them is ignored.
@@ -60,154 +64,93 @@ class WebhookError(ValueError):
     """
 
 
+class HostRefused(WebhookError):
+    """The fence refused a hop: C{host} and C{rule} say which and why (None
+    once the error went through a result message, which keeps the text)."""
+
+    host = rule = None
+
+
 def _fmt_seconds(seconds):
     return f"{seconds:g}"
 
 
-def _parse_entry(entry):
-    """An allowed-hosts entry as (host, port or None)."""
-    entry = str(entry).strip().lower()
-    if entry.startswith("["):  # [::1] or [::1]:8080
-        inner, _, rest = entry[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-        return inner, int(port) if port.isdigit() else None
-    if entry.count(":") == 1:
-        name, _, port = entry.partition(":")
-        return name, int(port) if port.isdigit() else -1
-    return entry, None
-
-
-def host_allowed(url, allowed_hosts):
-    """Whether C{url}'s host is in C{allowed_hosts} (empty allows every host).
-
-    An entry is a host name or address (any port), C{host:port} (that port
-    only), or C{*.example.com} (every subdomain of example.com, not
-    example.com itself).  Comparison ignores case.
-    """
-    if not allowed_hosts:
-        return True
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return False
-    for entry in allowed_hosts:
-        name, entry_port = _parse_entry(entry)
-        if entry_port is not None and entry_port != port:
-            continue
-        if name.startswith("*."):
-            if host.endswith(name[1:]):
-                return True
-        elif host == name:
-            return True
-    return False
-
-
-def check_url(url, allowed_hosts=(), max_length=None):
+def check_url(url, allowed_hosts=(), max_length=None, deny_private=False):
     """Refuse C{url} unless it is an absolute http(s) URL with a host, within
-    C{max_length} characters and C{allowed_hosts}; raise L{WebhookError}.
+    C{max_length} characters, that the fence (L{cyme.fence.Fence}) does not
+    refuse on its face (an address literal, or a name that no entry of a
+    non-empty C{allowed_hosts} could allow); raise L{WebhookError}.
     Return the L{urllib.parse.SplitResult}.
     """
+    return _check(url, _fence(allowed_hosts, deny_private), max_length)
+
+
+def _check(url, fence, max_length=None):
     if not isinstance(url, str) or not url:
         raise WebhookError(f"URL must be a non-empty string, not {url!r}")
     if max_length is not None and len(url) > max_length:
         raise WebhookError(f"URL longer than {max_length} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
         raise WebhookError(f"URL contains whitespace or control characters: {url!r}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        # The parser's own refusals ("http://[::1/": an unclosed bracket).
+        raise WebhookError(f"invalid URL ({e}): {url}") from None
+    try:
+        port = parts.port
+    except ValueError:
+        raise WebhookError(f"URL has an invalid port: {url}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         shown = f"{scheme}:" if scheme else "no scheme"
         raise WebhookError(f"only http and https URLs are allowed, not {shown}: {url}")
     if not parts.hostname:
         raise WebhookError(f"URL has no host: {url}")
-    try:
-        parts.port
-    except ValueError:
-        raise WebhookError(f"URL has an invalid port: {url}") from None
-    if not host_allowed(url, allowed_hosts):
-        raise WebhookError(f"host not allowed: {parts.hostname} ({url})")
+    judge(url, parts, port_of(parts, port), fence)
     return parts
 
 
-def _pairs(data, what):
-    """C{data} (a dict or a list of pairs; values may be lists) as pairs."""
-    if isinstance(data, dict):
-        items = data.items()
-    else:
-        try:
-            items = [tuple(pair) for pair in data]
-        except TypeError:
-            raise WebhookError(f"{what} must be a dict or a list of pairs") from None
-        if any(len(pair) != 2 for pair in items):
-            raise WebhookError(f"{what} must be a dict or a list of pairs")
-    pairs = []
-    for key, value in items:
-        values = value if isinstance(value, (list, tuple)) else [value]
-        for v in values:
-            if v is None:
-                v = ""
-            elif isinstance(v, bool):
-                v = "true" if v else "false"
-            pairs.append((str(key), v if isinstance(v, (str, bytes)) else str(v)))
-    return pairs
-
-
-def add_query(url, query):
-    """C{url} with C{query} (a dict or list of pairs) appended to its query."""
-    if not query:
-        return url
-    encoded = urlencode(_pairs(query, "query"))
-    if not encoded:
-        return url
-    parts = urlsplit(url)
-    joined = f"{parts.query}&{encoded}" if parts.query else encoded
-    return urlunsplit(parts._replace(query=joined))
-
-
-def _charset(content_type):
-    if not content_type:
-        return None
-    msg = email.message.Message()
-    msg["content-type"] = content_type
-    return msg.get_content_charset()
-
-
-def encode_body(body, content_type=None):
-    """The request body as (bytes or None, content type or None).
-
-    A dict (or a list of pairs) is form data; a str is encoded with the
-    charset of C{content_type} (default utf-8; default type text/plain);
-    bytes are sent as they are (default type application/octet-stream).
-    """
-    if body is None:
-        return None, content_type
-    if isinstance(body, (dict, list, tuple)):
-        return urlencode(_pairs(body, "body")).encode("ascii"), content_type or FORM_CONTENT_TYPE
-    if isinstance(body, str):
-        charset = _charset(content_type) or "utf-8"
-        try:
-            data = body.encode(charset)
-        except LookupError:
-            raise WebhookError(f"unknown charset in content type: {content_type}") from None
-        except UnicodeEncodeError as exc:
-            raise WebhookError(f"body cannot be encoded as {charset}: {exc}") from None
-        return data, content_type or "text/plain; charset=utf-8"
-    if isinstance(body, (bytes, bytearray, memoryview)):
-        return bytes(body), content_type or "application/octet-stream"
-    raise WebhookError(f"body must be a dict, a list of pairs, str or bytes, not {type(body).__name__}")
-
-
-def decode_content(data, content_type):
-    """C{(content, "text")} when C{data} decodes with the charset of
-    C{content_type} (utf-8 if none), else C{(base64 text, "base64")}."""
-    charset = _charset(content_type) or "utf-8"
+def _fence(allowed_hosts, deny_private):
     try:
-        codecs.lookup(charset)
-        return data.decode(charset), "text"
-    except (LookupError, UnicodeDecodeError):
-        return base64.b64encode(data).decode("ascii"), "base64"
+        return fence_for(tuple(allowed_hosts), bool(deny_private))
+    except (ValueError, TypeError) as e:
+        raise WebhookError(f"invalid allowed_hosts: {e}") from None
+
+
+@functools.lru_cache(maxsize=256)
+def fence_for(allowed_hosts, deny_private):
+    """The L{Fence} of an allow-list (a tuple), parsed once for its tasks."""
+    return Fence(allowed_hosts, deny_private)
+
+
+def port_of(parts, port=None):
+    """The port a hop connects to (the scheme's default if none is given)."""
+    return port or parts.port or (443 if parts.scheme.lower() == "https" else 80)
+
+
+def judge(url, parts, port, fence, addresses=None):
+    """
+    The addresses the hop to C{parts} may connect to, as strings: the host's
+    own when it is an address literal, else C{addresses} (what one lookup
+    of the name found; None: not looked up yet, then only what the name
+    alone settles is judged and None is returned).  Raise L{WebhookError}
+    for a hop that the fence refuses.
+    """
+    host = parts.hostname
+    try:
+        literal = literal_address(host)
+        if literal is not None:
+            fence.check(host, port, literal)
+            return [str(literal)]
+        if addresses is None:
+            fence.needs_addresses(host, port)
+            return None
+        return fence.check_all(host, port, addresses)
+    except Refused as e:
+        error = HostRefused(f"{e}: {url}")
+        error.host, error.rule = e.host, e.rule
+        raise error from None
 
 
 class _Deadline:
@@ -225,39 +168,49 @@ class _Deadline:
         return WebhookError(f"timed out after {_fmt_seconds(self.timeout)} s: {url}")
 
 
-def _connection(parts, timeout):
-    # Certificates and host names are checked (urllib3's default context).
-    kind = HTTPSConnection if parts.scheme.lower() == "https" else HTTPConnection
-    return kind(parts.hostname, parts.port, timeout=timeout)
+def system_resolve(host, port):
+    """The addresses of C{host}, from one lookup by the system's resolver."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
 
 
-def _target(method, parts):
-    if method == "CONNECT":  # authority-form (RFC 9110 9.3.6)
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return f"{host}:{port}"
-    path = _ascii(parts.path or "/")
-    return f"{path}?{_ascii(parts.query)}" if parts.query else path
+def _addresses(url, parts, fence, resolve):
+    """The checked addresses of the hop to C{parts}: one lookup, judged."""
+    port = port_of(parts)
+    found = judge(url, parts, port, fence)
+    if found is None:
+        found = judge(url, parts, port, fence, resolve(parts.hostname, port))
+    return found
 
 
-def _ascii(text):
-    """Percent-encode the non-ASCII characters of a path or query."""
-    return text if text.isascii() else quote(text, safe=_URL_SAFE)
-
-
-def _host_header(parts):
-    host = parts.hostname
-    if not host.isascii():
+def _connect(parts, addresses, url, deadline):
+    """
+    A connection to the first of C{addresses} (checked by the fence) that
+    takes it.  The socket goes to an address, never to the name again, so
+    that a second lookup cannot lead elsewhere (DNS rebinding); the Host
+    header (L{host_header}), TLS's server name and its certificate check
+    stay on the name.
+    """
+    https = parts.scheme.lower() == "https"
+    error = None
+    for address in addresses:
+        if https:
+            # Certificates and host names are checked (urllib3's default context).
+            conn = HTTPSConnection(address, port_of(parts), timeout=deadline.remaining(url),
+                                   server_hostname=ascii_host(parts))
+        else:
+            conn = HTTPConnection(address, port_of(parts), timeout=deadline.remaining(url))
         try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise WebhookError(f"invalid host name: {parts.hostname}") from None
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if parts.scheme.lower() == "https" else 80
-    if parts.port and parts.port != default:
-        host = f"{host}:{parts.port}"
-    return host
+            conn.connect()
+            return conn
+        except (u3.NewConnectionError, ConnectionError) as e:
+            # Not listening there: the name's next address may be.
+            conn.close()
+            error = e
+        except BaseException:
+            conn.close()
+            raise
+    raise error
 
 
 def _read_body(response, sock, url, deadline, limit):
@@ -280,16 +233,16 @@ def _read_body(response, sock, url, deadline, limit):
     return b"".join(chunks)
 
 
-def _request(method, url, parts, data, headers, deadline, limit):
+def _request(method, url, parts, addresses, data, headers, deadline, limit):
     """One hop: C{(status, headers, body or None if redirect)}."""
-    conn = _connection(parts, deadline.remaining(url))
+    conn = _connect(parts, addresses, url, deadline)
     try:
-        headers = dict(headers, Host=_host_header(parts))
+        headers = dict(headers, Host=host_header(parts))
         if data is not None:
             headers["Content-Length"] = str(len(data))
         elif method in ("POST", "PUT", "PATCH"):
             headers["Content-Length"] = "0"
-        conn.request(method, _target(method, parts), body=data, headers=headers,
+        conn.request(method, target(method, parts), body=data, headers=headers,
                      preload_content=False, decode_content=False)
         # The response may take the socket from the connection (when the
         # server will close it): keep it to shorten its timeout.
@@ -343,6 +296,13 @@ def _failure(exc, url, parts, deadline):
     return WebhookError(f"invalid request ({exc}): {url}")
 
 
+def _redirect_refused(exc, came_from):
+    # Still a HostRefused (with its host and rule) when the fence said no.
+    refused = type(exc)(f"redirect refused: {exc} (from {came_from})")
+    refused.__dict__.update(exc.__dict__)
+    return refused
+
+
 def _headers(headers):
     """Response headers as a dict, repeated ones joined with commas."""
     return dict(headers.itermerged())
@@ -358,6 +318,8 @@ def perform(
     timeout=DEFAULT_TIMEOUT,
     max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES,
     allowed_hosts=(),
+    deny_private=False,
+    resolve=system_resolve,
 ):
     """Perform the HTTP request and return its outcome as a JSON-able dict.
 
@@ -372,8 +334,12 @@ def perform(
         hop-by-hop headers are the client's and ignored).
     @param timeout: seconds for the whole exchange, redirects included.
     @param max_response_bytes: the largest response body accepted.
-    @param allowed_hosts: when non-empty, the only hosts the request and
-        its redirects may go to (see L{host_allowed}).
+    @param allowed_hosts: when non-empty, the only hosts and networks the
+        request and its redirects may go to (see L{cyme.fence}); when empty,
+        the default policy refuses loopback, link-local, unspecified,
+        multicast (and with C{deny_private} private) addresses.
+    @param resolve: C{(host, port) -> [address]}, called once per hop: the
+        connection goes to the addresses it returned and the fence checked.
 
     @return: C{{"status_code": int, "url": final URL, "headers": {name:
         value}, "content": str, "encoding": "text" or "base64"}}.
@@ -391,11 +357,14 @@ def perform(
         raise WebhookError(f"timeout must be positive, not {timeout!r}")
     if limit < 0:
         raise WebhookError(f"max_response_bytes must not be negative, not {limit!r}")
-    allowed_hosts = tuple(allowed_hosts or ())
+    fence = _fence(allowed_hosts or (), deny_private)
 
-    url = add_query(url, query) if isinstance(url, str) else url
-    parts = check_url(url, allowed_hosts)
-    data, content_type = encode_body(body, content_type)
+    try:
+        url = add_query(url, query) if isinstance(url, str) else url
+        data, content_type = encode_body(body, content_type)
+    except ValueError as e:
+        raise WebhookError(str(e)) from None
+    parts = _check(url, fence)
 
     request_headers = {"User-Agent": USER_AGENT}
     for name, value in (headers or {}).items():
@@ -410,10 +379,16 @@ def perform(
 
     deadline = _Deadline(timeout)
     original_host = parts.hostname
+    came_from = None  # the URL that redirected here
     redirects = 0
     while True:
         try:
-            status, message, content = _request(method, url, parts, data, request_headers, deadline, limit)
+            try:
+                addresses = _addresses(url, parts, fence, resolve)
+            except WebhookError as exc:
+                raise exc if came_from is None else _redirect_refused(exc, came_from)
+            status, message, content = _request(method, url, parts, addresses, data,
+                                                request_headers, deadline, limit)
         except (ValueError, OSError, http.client.HTTPException, u3.HTTPError) as exc:
             raise _failure(exc, url, parts, deadline) from None
 
@@ -430,14 +405,17 @@ def perform(
         redirects += 1
         if redirects > MAX_REDIRECTS:
             raise WebhookError(f"too many redirects (more than {MAX_REDIRECTS}): {url}")
-        location = urljoin(url, message.get("location").strip())
-        scheme = urlsplit(location).scheme.lower()
+        try:
+            location = urljoin(url, message.get("location").strip())
+            scheme = urlsplit(location).scheme.lower()
+        except ValueError:
+            raise WebhookError(f"redirect to an invalid URL refused (from {url})") from None
         if scheme not in SCHEMES:
             raise WebhookError(f"redirect to a non-http(s) URL refused: {location} (from {url})")
         try:
-            new_parts = check_url(location, allowed_hosts)
+            new_parts = _check(location, fence)
         except WebhookError as exc:
-            raise WebhookError(f"redirect refused: {exc} (from {url})") from None
+            raise _redirect_refused(exc, url) from None
         if status == 303 or (status in (301, 302) and method == "POST"):
             if method != "HEAD":
                 method = "GET"
@@ -445,4 +423,4 @@ def perform(
             request_headers = {k: v for k, v in request_headers.items() if k.lower() != "content-type"}
         if (new_parts.hostname or "").lower() != (original_host or "").lower():
             request_headers = {k: v for k, v in request_headers.items() if k.lower() not in _CREDENTIALS}
-        url, parts = location, new_parts
+        url, parts, came_from = location, new_parts, url

@@ -76,6 +76,7 @@ def webhook(
     allowed_hosts=(),
     headers=None,
     body_encoding=None,
+    deny_private=False,
 ):
     """Perform an HTTP request (see L{cyme.tasks.webhook.perform}) and return
     C{{"status_code", "url", "headers", "content", "encoding"}}.
@@ -86,6 +87,10 @@ def webhook(
     body that is not text travels in the JSON message as base64 with
     C{body_encoding="base64"}.  A L{WebhookError} (refused, timeout, size
     cap, forbidden redirect, ...) makes the task fail with its message.
+
+    Every hop is fenced (L{cyme.fence}): C{allowed_hosts}, else the default
+    policy, private ranges refused too when the queueing branch said so
+    (C{deny_private}) or the app setting C{cyme_webhook_deny_private} does.
     """
     if timeout is None:
         timeout = self.app.conf.get("cyme_webhook_timeout") or DEFAULT_TIMEOUT
@@ -108,4 +113,5 @@ def webhook(
         timeout=timeout,
         max_response_bytes=max_response_bytes,
         allowed_hosts=allowed_hosts,
+        deny_private=bool(deny_private or self.app.conf.get("cyme_webhook_deny_private")),
     )

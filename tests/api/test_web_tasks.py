@@ -8,7 +8,8 @@ from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.state.store import MemoryStore
 from cyme.tasks.journal import ResultJournal
-from cyme.tasks.results import BrokerUnreachable, PublishFailed, check_url
+from cyme.tasks.results import BrokerUnreachable, PublishFailed
+from cyme.tasks.urlcheck import check_url
 from tests.api import against_every_ops
 
 

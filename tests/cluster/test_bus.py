@@ -3,6 +3,7 @@ and broadcasts gathered by ticket, timeouts, peer events and beats."""
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.cluster.bus import Bus, RemoteError
@@ -133,3 +134,20 @@ class PresenceEventTests(BusTestCase):
         bus.announce_soon("instance.put")
         self.settle()
         self.assertEqual(self.network.sent, [("b1", "beat", None)])
+
+
+class BadMessageTests(BusTestCase):
+    def test_a_bad_message_is_logged_by_name_not_by_contents(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        # A reply whose ticket cannot be looked up, carrying an app's broker.
+        self.network.deliver("b2", ["b1"], {
+            "v": 1, "from": "b2", "type": "reply", "ticket": ["not", "hashable"],
+            "result": {"broker": "amqp://u:s3cret@mq:5672//"},
+        })
+        self.settle()
+        lines = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("bad bus message (reply None from b2)", lines)
+        self.assertNotIn("s3cret", lines)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)

@@ -26,8 +26,9 @@ import json
 import os
 import shutil
 import signal
+import socket
 import uuid
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.utils import getProcessOutputAndValue
@@ -139,6 +140,9 @@ class Target(resource.Resource):
             delay = float(record["args"].get("delay", ["60"])[0])
             self.later(request, record, delay, b"slow and steady")
             return server.NOT_DONE_YET
+        if path == "/redirect":
+            request.setHeader(b"Location", record["args"]["to"][0].encode("latin-1"))
+            return self.answer(request, 302, "text/plain", b"moved")
         if path == "/block":
             if self.released:
                 return self.answer(request, 200, "text/plain", b"released")
@@ -182,7 +186,7 @@ class Target(resource.Resource):
 
     # Life
 
-    def listen(self):
+    def listen(self, interface="127.0.0.1"):
         site = server.Site(self, timeout=None)
         build = site.buildProtocol
 
@@ -192,7 +196,7 @@ class Target(resource.Resource):
             return channel
 
         site.buildProtocol = buildProtocol
-        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, site, interface=interface)
         return self.port.getHost().port
 
     async def close(self):
@@ -305,8 +309,13 @@ class TaskTestCase(IntegrationTestCase):
     # Set-up through the API
 
     async def declare(self, branch, app="foo"):
-        """C{PUT /<app>/} and C{PUT /<app>/queues/tasks/}."""
-        await self.ok("PUT", branch, f"/{app}/")
+        """C{PUT /<app>/} and C{PUT /<app>/queues/tasks/}.
+
+        The target listens on loopback, which the webhook fence refuses
+        unless the app's C{allowed_hosts} lists it (L{FenceTests} test the
+        fence itself).
+        """
+        await self.ok("PUT", branch, f"/{app}/", data={"allowed_hosts": "127.0.0.1"})
         await self.ok("PUT", branch, f"/{app}/queues/{QUEUE}/")
 
     async def create_worker(self, via, name=None, consume=True, **params):
@@ -552,6 +561,125 @@ class QueueTests(TaskTestCase):
         code, body, _ = await self.call("GET", branch.url(f"/nosuchapp/query/{unknown}/state/"))
         self.assertEqual(code, 404, body)
         self.assertEqual(len(self.target.requests), before)
+
+
+class FenceTests(TaskTestCase):
+    async def test_queued_urls_fenced_by_the_branch_and_the_worker(self):
+        """
+        With the default policy the branch refuses (400, naming the host and
+        the rule) every form of a loopback, unspecified or metadata address,
+        and a name that resolves to loopback; a worker refuses a redirect
+        from an allowed address to loopback; the app's allow-list opens
+        what it lists; no answer or result names a broker password; the
+        results journal is the branch user's alone.
+        """
+        outside = outside_address()
+        branch = await self.start_branch("a")
+        await self.ok("PUT", branch, "/foo/")  # no allowed_hosts: the default policy
+        await self.ok("PUT", branch, f"/foo/queues/{QUEUE}/")
+        port = self.target_port
+        for host, rule in [("127.0.0.1", "loopback"), ("2130706433", "loopback"),
+                           ("0x7f.1", "loopback"), ("[::ffff:127.0.0.1]", "loopback"),
+                           ("[::1]", "loopback"), ("localhost", "loopback"),
+                           ("0.0.0.0", "unspecified"), ("169.254.169.254", "link-local"),
+                           ("[fd00:ec2::254]", "cloud metadata"), ("224.0.0.1", "multicast")]:
+            url = f"http://{host}:{port}/text"
+            code, body = await raw_get(branch, f"/foo/queue/{QUEUE}/{url}")
+            self.assertEqual(code, 400, body)
+            self.assertEqual((body["field"], body.get("host")), ("url", host.strip("[]").lower()), body)
+            self.assertIn(rule, body["rule"])
+            self.assertIn(f"host {host.strip('[]')}", body["error"])
+        # A URL the parser rejects is a 400 too, not a 500.
+        code, body = await raw_get(branch, f"/foo/queue/{QUEUE}/http://[::1/x")
+        self.assertEqual((code, body["field"]), (400, "url"), body)
+        self.assertIn("invalid URL", body["error"])
+        self.assertEqual(self.target.requests, [])
+
+        # The worker judges every hop: a redirect to loopback is refused.
+        await self.create_worker(branch)
+        if outside is not None:
+            first = Target()
+            first_port = first.listen(interface=outside)
+            self.addCleanup(lambda: defer.ensureDeferred(first.close()))
+            start = f"http://{outside}:{first_port}/redirect"
+            task = await self.queue(branch, "GET", start,
+                                    query="to=" + quote(self.target_url("/text"), safe=""))
+            failed = await self.wait(branch, task["uuid"], state="FAILURE")
+            self.assertEqual(failed["result"]["exc_type"], "HostRefused", failed)
+            self.assertIn("redirect refused: host 127.0.0.1 refused (a loopback address",
+                          str(failed["result"]["exc_message"]))
+            self.assertEqual(len(first.find("/redirect")), 1)
+            self.assertEqual(self.target.requests, [])
+
+        # Listed, loopback is open to this app.
+        await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": "127.0.0.1"})
+        task = await self.queue(branch, "GET", self.target_url("/text"))
+        await self.wait_result(branch, task["uuid"])
+        self.assertEqual(len(self.target.find("/text")), 1)
+        code, body, _ = await self.call("GET", self.queue_url(branch, f"http://localhost:{port}/"))
+        self.assertEqual(code, 400, body)  # a name needs an entry of its own
+        self.assertEqual(
+            os.stat(os.path.join(branch.root, "results.jsonl")).st_mode & 0o777, 0o600)
+
+        # A broker that does not answer: its password is in no answer.
+        await self.ok("PUT", branch, "/nobroker/",
+                      data={"broker": f"amqp://u:s3cret@127.0.0.1:{free_port()}//",
+                            "allowed_hosts": "127.0.0.1"})
+        await self.ok("PUT", branch, f"/nobroker/queues/{QUEUE}/")
+        code, body, _ = await self.call(
+            "GET", branch.url(f"/nobroker/queue/{QUEUE}/{self.target_url('/text')}"), timeout=30)
+        self.assertEqual(code, 503, body)
+        self.assertIn("amqp://u:**@127.0.0.1", body["error"])
+        self.assertNotIn("s3cret", json.dumps(body))
+        task_id = body.get("uuid")
+        if task_id:
+            _, result, _ = await self.call("GET", branch.url(f"/nobroker/query/{task_id}/result/"))
+            self.assertNotIn("s3cret", json.dumps(result))
+        # Nor in the task's recorded failure, nor in the branch's log.
+        failures = [line for line in branch.journal() if line.get("state") == "FAILURE"]
+        self.assertIn("amqp://u:**@127.0.0.1", json.dumps(failures))
+        self.assertNotIn("s3cret", json.dumps(branch.journal()))
+        self.assertNotIn("s3cret", branch.process.output)
+
+    async def test_deny_private(self):
+        """--webhook-deny-private: private ranges are refused too, unless listed."""
+        branch = await self.start_branch("a", "--webhook-deny-private")
+        await self.ok("PUT", branch, "/foo/")
+        await self.ok("PUT", branch, f"/foo/queues/{QUEUE}/")
+        for host in ("10.1.2.3", "192.168.0.1", "[fd00::1]"):
+            code, body = await raw_get(branch, f"/foo/queue/{QUEUE}/http://{host}/x")
+            self.assertEqual(code, 400, body)
+            self.assertIn("private", body["rule"])
+        await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": "10.0.0.0/8"})
+        await self.queue(branch, "GET", "http://10.1.2.3/x")
+
+
+async def raw_get(branch, path):
+    """C{(code, JSON body)} of C{GET path} sent as written, brackets and
+    all, as curl sends it (treq would percent-encode them)."""
+    import http.client
+
+    def get():
+        conn = http.client.HTTPConnection("127.0.0.1", branch.port, timeout=20)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+    return await threads.deferToThread(get)
+
+
+def outside_address():
+    """This machine's IPv4 address towards the world (no packet sent), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("203.0.113.1", 9))
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
 
 
 class ClusterTaskTests(TaskTestCase):

@@ -4,6 +4,7 @@ retention, compaction, and waiting for a result.
 
 import json
 import os
+import stat
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
@@ -313,3 +314,40 @@ class ThreadedJournalTests(TestCase):
             await again.close()
 
         return defer.ensureDeferred(go())
+
+
+class FileModeTests(JournalTestCase):
+    """Results carry what workers fetched: the journal is readable by its
+    user alone, from its creation, after a compaction, and once opened
+    again when an older cyme had left it readable by others."""
+
+    def mode(self):
+        return stat.S_IMODE(os.stat(self.path).st_mode)
+
+    def test_created_0600(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        journal = self.journal()
+        journal.record("t1", "SUCCESS")
+        self.clock.advance(0)
+        self.assertEqual(self.mode(), 0o600)
+
+    def test_compacted_0600(self):
+        old = os.umask(0)
+        self.addCleanup(os.umask, old)
+        journal = self.journal()
+        journal.record("t1", "SUCCESS")
+        self.clock.advance(0)
+        journal.compact()
+        self.clock.advance(0)
+        self.assertEqual(len(self.lines()), 1)
+        self.assertEqual(self.mode(), 0o600)
+        self.assertFalse(os.path.exists(self.path + ".tmp"))
+
+    def test_an_older_readable_journal_is_closed_to_others(self):
+        with open(self.path, "wb") as f:
+            f.write(json.dumps({"id": "t1", "state": "SUCCESS", "updated": 1_000_000}).encode() + b"\n")
+        os.chmod(self.path, 0o644)
+        journal = self.journal()
+        self.assertEqual(self.mode(), 0o600)
+        self.assertEqual(journal.get("t1").state, "SUCCESS")

@@ -4,7 +4,10 @@ links on the branch's broker pool (wait for the connection's set-up, within
 the publish timeout).
 """
 
+import json
+
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 
 from cyme.amqp import BrokerPool
 from cyme.errors import Unavailable
@@ -124,16 +127,22 @@ class BrokerLinkTests(JournalTestCase):
         self.assertNotIn(self.app.broker.as_url(), self.tasks.links)
 
     def test_no_broker_within_the_publish_timeout_is_a_503(self):
+        self.app = App("foo", broker=Broker(hostname="mq", userid="u", password="s3cret"))
         d = self.queue()
         self.clock.advance(9.9)
         self.assertNoResult(d)
         self.clock.advance(0.1)
         error = self.failureResultOf(d, BrokerUnreachable).value
         self.assertEqual(error.status, 503)
-        self.assertIn(self.app.broker.as_url(), str(error))
+        # The broker is named, its password never: not in the answer, not
+        # in the task's recorded result.
+        self.assertIn("amqp://u:**@mq:5672/", str(error))
+        self.assertNotIn("s3cret", str(error))
         self.clock.advance(0)
         # The failure is recorded; no timer is left behind.
         self.assertEqual([line["state"] for line in self.lines()], ["PENDING", "FAILURE"])
+        self.assertNotIn("s3cret", json.dumps(self.lines()))
+        self.assertIn("amqp://u:**@mq", json.dumps(self.lines()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_publish_waits_for_the_set_up_of_the_connection(self):
@@ -153,6 +162,25 @@ class BrokerLinkTests(JournalTestCase):
         self.assertEqual(options["reply_to"], "cyme.results.b1")
         # The timer of the wait is gone with the wait.
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_failed_set_up_is_logged_without_the_password(self):
+        self.app = App("foo", broker=Broker(hostname="mq", userid="u", password="s3cret"))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+
+        class Refusing(FakeConnection):
+            def channel(self, *, timeout=None):
+                return defer.fail(ValueError("no channel for you"))
+
+        self.tasks.link(self.app.broker.as_url())
+        connection = Refusing()
+        self.clients[self.app.broker.as_url()].connect(connection)
+        self.assertTrue(connection.aborted)
+        lines = [formatEvent(e) for e in events]
+        self.assertIn("cannot set up the task publishing on amqp://u:**@mq:5672/", "\n".join(lines))
+        self.assertNotIn("s3cret", "\n".join(lines))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
 
     def test_one_publish_timing_out_leaves_the_others_waiting(self):
         first = self.queue()

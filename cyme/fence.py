@@ -1,0 +1,285 @@
+"""The fence around queued URLs: which addresses a webhook may connect to.
+
+Pure functions, no I/O: the branch judges a URL when it is queued (with
+the addresses its resolver found), and the worker judges every hop again
+with the addresses it is about to connect to (see L{cyme.tasks.webhook}).
+Both use the same rules, from here.
+
+The default policy refuses the addresses that reach the machine itself or
+its cloud provider rather than a service: loopback, link-local (cloud
+metadata at 169.254.169.254 and fd00:ec2::254 included; Alibaba's
+100.100.100.200 too), unspecified, multicast and reserved ones; with
+C{deny_private} the private ranges too.  An address is judged by the
+IPv4 address it stands for when it carries one (IPv4-mapped,
+IPv4-compatible, 6to4, NAT64), and a host written as a number
+(C{2130706433}, C{0x7f.1}, C{017700000001}) by the address the system's
+resolver would make of it.
+
+An app's C{allowed_hosts}, when not empty, replaces that policy: a URL's
+host must match an entry, and what an entry matches is allowed even inside
+a refused range.  Entries (see L{parse_entry}):
+
+  - C{example.com}: that host name, whatever it resolves to;
+  - C{*.example.com}: its subdomains, at addresses the default policy
+    allows or a listed network holds (their names are not known one by
+    one, so none of them may lead into a refused range unasked);
+  - C{127.0.0.1}, C{[::1]}, C{10.0.0.0/8}, C{fd00::/8}: a URL whose host is
+    an address (in any form) within it;
+  - any of these but a network followed by C{:port}: that port only.
+"""
+
+import ipaddress
+import re
+
+__all__ = [
+    "Refused", "parse_entry", "parse_allowed", "literal_address", "refused_by_default",
+    "Fence",
+]
+
+_V4 = ipaddress.IPv4Network
+_V6 = ipaddress.IPv6Network
+
+# (network, rule) refused by default; the first match names the rule.
+_REFUSED = [
+    (_V4("0.0.0.0/8"), "an unspecified address"),
+    (_V6("::/128"), "an unspecified address"),
+    (_V4("127.0.0.0/8"), "a loopback address"),
+    (_V6("::1/128"), "a loopback address"),
+    (_V4("169.254.0.0/16"), "a link-local address (cloud metadata lives there)"),
+    (_V6("fe80::/10"), "a link-local address"),
+    (_V6("fd00:ec2::254/128"), "a cloud metadata address"),
+    # Alibaba Cloud's metadata, inside the shared range 100.64.0.0/10.
+    (_V4("100.100.100.200/32"), "a cloud metadata address"),
+    (_V4("224.0.0.0/4"), "a multicast address"),
+    (_V6("ff00::/8"), "a multicast address"),
+    (_V4("240.0.0.0/4"), "a reserved address"),
+]
+# Refused too when the branch runs with --webhook-deny-private.
+_PRIVATE = [
+    (_V4("10.0.0.0/8"), "a private address"),
+    (_V4("172.16.0.0/12"), "a private address"),
+    (_V4("192.168.0.0/16"), "a private address"),
+    (_V4("100.64.0.0/10"), "a private (shared, carrier-grade NAT) address"),
+    (_V6("fc00::/7"), "a private (unique local) address"),
+    (_V6("fec0::/10"), "a private (site-local) address"),
+]
+_NAT64 = _V6("64:ff9b::/96")
+_NAME = re.compile(r"[a-z0-9_][a-z0-9._-]{0,252}\Z")
+_COMPATIBLE = _V6("::/96")
+
+
+class Refused(ValueError):
+    """A hop the fence refuses: C{host}, the C{address} it leads to (None
+    when the name alone is refused) and the C{rule} that refuses it."""
+
+    def __init__(self, host, rule, address=None, hint=None):
+        # The address as it is judged: "2130706433 (at 127.0.0.1)".
+        shown = None if address is None else str(effective(address))
+        at = "" if shown in (None, host) else f" (at {shown})"
+        super().__init__(f"host {host}{at} refused ({rule}{'; ' + hint if hint else ''})")
+        self.host = host
+        self.rule = rule
+        self.address = address
+
+
+def _number(text):
+    """One part of a numeric IPv4 host, as C{inet_aton} reads it."""
+    if text[:2] in ("0x", "0X"):
+        digits, base = text[2:], 16
+    elif len(text) > 1 and text[0] == "0":
+        digits, base = text[1:], 8
+    else:
+        digits, base = text, 10
+    if not digits:
+        return None  # "0x" alone
+    try:
+        return int(digits, base) if digits.isalnum() and digits.isascii() else None
+    except ValueError:
+        return None
+
+
+def _numeric_v4(host):
+    """C{host} in any of C{inet_aton}'s forms (1 to 4 parts, each decimal,
+    octal or hex, the last filling the bytes left), else None."""
+    parts = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    numbers = [_number(p) for p in parts]
+    if None in numbers or any(n > 255 for n in numbers[:-1]):
+        return None
+    last_bits = 8 * (5 - len(numbers))
+    if numbers[-1] >= 1 << last_bits:
+        return None
+    value = numbers[-1]
+    for index, number in enumerate(numbers[:-1]):
+        value |= number << (24 - 8 * index)
+    return ipaddress.IPv4Address(value)
+
+
+def literal_address(host):
+    """The address C{host} (a URL's host, brackets removed) stands for when
+    it is an IP literal in any form, else None (a name)."""
+    host = host.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        # A zone ("fe80::1%eth0", "%25" in a URL) does not change the address.
+        try:
+            return ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+    if host and (host[0].isdigit()):
+        return _numeric_v4(host)
+    return None
+
+
+def effective(address):
+    """The address that C{address} reaches: the IPv4 address an IPv6 one
+    carries (mapped, 6to4, NAT64, the old compatible form), else itself."""
+    if isinstance(address, str):
+        address = ipaddress.ip_address(address.split("%", 1)[0])
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64 or (address in _COMPATIBLE and int(address) > 1):
+            return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address
+
+
+def refused_by_default(address, deny_private=False):
+    """The rule of the default policy that refuses C{address}, else None."""
+    address = effective(address)
+    for network, rule in _REFUSED + (_PRIVATE if deny_private else []):
+        if address.version == network.version and address in network:
+            return rule
+    return None
+
+
+class _Entry:
+    """One parsed C{allowed_hosts} entry: a name, a wildcard or a network."""
+
+    def __init__(self, text, name=None, wildcard=False, network=None, port=None):
+        self.text = text
+        self.name = name
+        self.wildcard = wildcard
+        self.network = network
+        self.port = port
+
+    def names(self, host):
+        if self.name is None:
+            return False
+        if self.wildcard:
+            return host.endswith("." + self.name)
+        return host == self.name
+
+
+def _split_port(text):
+    if text.startswith("["):
+        inner, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not a host")
+        return inner, rest[1:] if rest else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, port
+    return text, None
+
+
+def parse_entry(text):
+    """One C{allowed_hosts} entry, parsed; C{ValueError} says what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{text!r} is not a host name, address or network")
+    text = text.strip().lower()
+    if "/" in text:
+        try:
+            network = ipaddress.ip_network(text.strip("[]"), strict=False)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a network (address/prefix)") from None
+        return _Entry(text, network=network)
+    host, port = _split_port(text)
+    if port is not None:
+        # Any 1-5 digits, as allow-lists were written before the fence.
+        if not (port.isdigit() and port.isascii() and len(port) <= 5):
+            raise ValueError(f"{text!r} has an invalid port")
+        port = int(port)
+    address = literal_address(host)
+    if address is not None:
+        return _Entry(text, network=ipaddress.ip_network(address), port=port)
+    wildcard = host.startswith("*.")
+    name = host[2:] if wildcard else host
+    if not _NAME.match(name):
+        raise ValueError(f"{text!r} is not a host name, address or network")
+    return _Entry(text, name=name, wildcard=wildcard, port=port)
+
+
+def parse_allowed(entries):
+    """Every entry of an C{allowed_hosts} list, parsed (see L{parse_entry})."""
+    return tuple(parse_entry(e) for e in entries or ())
+
+
+class Fence:
+    """The rules for one app: its C{allowed_hosts} and the branch's
+    C{deny_private}."""
+
+    def __init__(self, allowed_hosts=(), deny_private=False):
+        self.entries = parse_allowed(allowed_hosts)
+        self.deny_private = bool(deny_private)
+
+    def _entries(self, port):
+        return [e for e in self.entries if e.port is None or e.port == port]
+
+    def needs_addresses(self, host, port):
+        """
+        Whether judging C{host} (a name) takes the addresses it resolves to:
+        not for a name listed as such.  Raise L{Refused} when the name alone
+        refuses it (a list that no entry of matches it).
+        """
+        host = host.lower().rstrip(".")
+        if not self.entries:
+            return True
+        matching = [e for e in self._entries(port) if e.names(host)]
+        if not matching:
+            raise Refused(host, f"not in the app's allowed_hosts ({self._listed()})")
+        return all(e.wildcard for e in matching)
+
+    def check(self, host, port, address):
+        """Raise L{Refused} unless a connection to C{host} (a name or the
+        literal) on C{port} may go to C{address} (an IP address)."""
+        host = host.lower().rstrip(".")
+        address = ipaddress.ip_address(str(address).split("%", 1)[0])
+        default = refused_by_default(address, self.deny_private)
+        if not self.entries:
+            if default is not None:
+                raise Refused(host, default, address,
+                              hint="list it in the app's allowed_hosts to allow it")
+            return
+        entries = self._entries(port)
+        reached = {address, effective(address)}
+        listed = any(e.network is not None and a.version == e.network.version and a in e.network
+                     for e in entries for a in reached)
+        if literal_address(host) is not None:
+            if listed:  # an address: a listed address or network holds it
+                return
+        elif any(e.names(host) and (not e.wildcard or default is None or listed) for e in entries):
+            return
+        rule = f"not in the app's allowed_hosts ({self._listed()})"
+        if default is not None:
+            rule = f"{default}, not in the app's allowed_hosts ({self._listed()})"
+        raise Refused(host, rule, address)
+
+    def check_all(self, host, port, addresses):
+        """L{check} every address of C{addresses}; return them as strings.
+        A name with one refused address is refused whole."""
+        addresses = [str(a) for a in addresses]
+        if not addresses:
+            raise Refused(host, "it resolves to no address")
+        for address in addresses:
+            self.check(host, port, address)
+        return addresses
+
+    def _listed(self):
+        # A long list is named by its start: the answer stays readable.
+        shown = ", ".join(e.text for e in self.entries[:5])
+        return shown if len(self.entries) <= 5 else f"{shown}, ... {len(self.entries)} entries"
