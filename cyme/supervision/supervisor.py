@@ -126,8 +126,8 @@ class Supervisor(service.Service):
         _cancel(self._soon)
         self._rerun.clear()
         self._startup.stop()
-        for check in filter(None, self._checks.values()):
-            check.cancel()
+        for running in filter(None, self._checks.values()):
+            running.cancel()
         pending = []
         for life in self.workers.values():
             if self.policy.stop_workers_on_exit and life.worker.pid is not None:
