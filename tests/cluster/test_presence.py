@@ -13,10 +13,12 @@ class BeatContentsTests(SynchronousTestCase):
         store = MemoryStore()
         store.put_app(App("foo"))
         store.put_instance(Instance("w1", "foo"))
-        contents = BeatContents(store, "http://b1:8000/", lambda n: {"instances": n})()
+        contents = BeatContents(store, "http://b1:8000/", lambda n: {"instances": n},
+                                limits={"max_instances": 3, "max_concurrency": 8})()
         self.assertEqual(contents, {
             "url": "http://b1:8000/", "instances": [["foo", "w1"]],
             "load": {"instances": 1}, "digest": store.digest(),
+            "limits": {"max_instances": 3, "max_concurrency": 8},
         })
 
 
