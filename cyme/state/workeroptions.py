@@ -199,7 +199,7 @@ def parse_arguments(text, field="arguments"):
     try:
         words = shlex.split(text)
     except ValueError as e:
-        raise BadRequest(field, f"{field} cannot be read as a command line ({e})") from None
+        raise BadRequest(field, f"{field} cannot be read as a command line ({e}); {SEE}") from None
     i = 0
     while i < len(words):
         word, i = words[i], i + 1

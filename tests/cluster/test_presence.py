@@ -41,6 +41,21 @@ class PresenceTests(SynchronousTestCase):
         self.presence.seen("b2", {})
         self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])
 
+    def test_limits_from_beats_are_kept_if_well_formed(self):
+        self.presence.seen("b2", {"limits": {"max_instances": 2, "max_concurrency": 4}})
+        peer = self.presence.get("b2")
+        self.assertEqual(peer.limits, {"max_instances": 2, "max_concurrency": 4})
+        self.assertIsNone(peer.room())
+        self.assertEqual(peer.room(5), "max_concurrency")
+        peer.instances = [["a", "w1"], ["a", "w2"]]
+        self.assertEqual(peer.room(), "max_instances")
+        for limits in ("x", ["max_instances"], {"max_instances": "2", "other": 1},
+                       {"max_instances": True}, None):
+            with self.subTest(limits=limits):
+                self.presence.seen("b2", {"limits": limits})
+                self.assertEqual(self.presence.get("b2").limits, {})
+                self.assertIsNone(self.presence.get("b2").room(1000))
+
     def test_goodbye(self):
         self.presence.left("b9")
         self.presence.seen("b2", {})
