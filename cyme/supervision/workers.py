@@ -105,7 +105,9 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
         if key in os.environ:
             env[key] = os.environ[key]
     spec_parts = [broker.as_url(), instance.pool, app.arguments, instance.arguments,
-                  json.dumps(extra, sort_keys=True), ",".join(app.imports)]
+                  json.dumps(extra, sort_keys=True)]
+    if app.imports:  # only then: the workers of an older version stay current
+        spec_parts.append(",".join(app.imports))
     if instance.pool not in ("prefork", "solo"):
         spec_parts.append(str(instance.max_concurrency))
     spec = hashlib.sha256("\0".join(spec_parts).encode("utf-8")).hexdigest()[:16]

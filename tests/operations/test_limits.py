@@ -36,10 +36,8 @@ class OneBranchTestCase(SynchronousTestCase):
         return body
 
     def snapshot(self):
-        return self.store.to_json() if hasattr(self.store, "to_json") else (
-            [a.to_json() for a in self.store.apps()],
-            [i.to_json() for i in self.store.instances()],
-        )
+        return ([a.to_json() for a in self.store.apps()],
+                [i.to_json() for i in self.store.instances()])
 
 
 class WrittenValuesTests(OneBranchTestCase):

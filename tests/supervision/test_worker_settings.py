@@ -211,7 +211,7 @@ class WorkerCommandTests(PolicySupervisorTestCase):
 
 
 
-class LogFileTests(PolicySupervisorTestCase):
+class FilesAndSpecTests(PolicySupervisorTestCase):
     def test_the_exec_launchers_worker_log_is_0600(self):
         from cyme.supervision.fakes import FakeProcessReactor
         from cyme.supervision.launcher import ExecLauncher
@@ -221,3 +221,13 @@ class LogFileTests(PolicySupervisorTestCase):
         ExecLauncher(FakeProcessReactor()).spawn(
             WorkerProtocol(lambda reason: None), ["/py"], {}, self.root, log_path)
         self.assertEqual(mode(log_path), 0o600)
+
+    def test_the_spec_of_a_worker_without_imports_is_as_before(self):
+        # A branch upgraded to this version does not restart its workers.
+        import hashlib
+
+        app, instance = App("foo"), Instance("w1", "foo")
+        _, _, spec = worker_command(instance, app, [], "/d", "h", "/py")
+        before = hashlib.sha256("\0".join(
+            [app.broker.as_url(), "prefork", "", "", "{}"]).encode("utf-8")).hexdigest()[:16]
+        self.assertEqual(spec, before)
