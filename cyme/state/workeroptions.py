@@ -379,12 +379,13 @@ class WorkerPolicy:
         Whether C{app}'s and C{instance}'s worker may start here: every
         value parsed and within this policy; else L{BadRequest}.  For
         records that did not come through this branch's API (replicated,
-        or from an older state file).
+        or from an older state file).  The caps are not checked here: they
+        hold for what is written, and an instance written before the
+        operator lowered one keeps running as it was.
         """
         parse_arguments(app.arguments, "app arguments")
         parse_arguments(instance.arguments, "arguments")
         self.check_settings(parse_settings(app.extra_config, "app extra_config"),
                             "app extra_config")
         self.check_settings(parse_settings(instance.extra_config))
-        self.check_imports(getattr(app, "imports", ()))
-        self.check_concurrency(instance.max_concurrency)
+        self.check_imports(app.imports)

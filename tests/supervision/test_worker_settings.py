@@ -179,13 +179,11 @@ class PolicyAtSpawnTests(PolicySupervisorTestCase):
         self.assertEqual(self.reactor.live(), [])
         self.assertIn("pickle is not accepted", self.supervisor.status("w1")["last_error"])
 
-    def test_concurrency_above_this_branchs_cap(self):
+    def test_an_instance_written_before_the_cap_was_lowered_still_starts(self):
         self.worker_policy = WorkerPolicy(max_concurrency=2)
         self.start()
         self.add("w1", max_concurrency=3)
-        self.assertEqual(self.reactor.live(), [])
-        self.assertIn("max_concurrency must be at most 2",
-                      self.supervisor.status("w1")["last_error"])
+        self.assertIn("--autoscale=3,1", self.process("w1").args)
 
 
 class WorkerCommandTests(PolicySupervisorTestCase):
