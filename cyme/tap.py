@@ -187,9 +187,8 @@ class Options(usage.Options):
 
     def opt_accept_content(self, serializers):
         """
-        Serializers besides json that an app's workers may accept
-        (accept_content): pickle, yaml, msgpack; repeatable or
-        comma-separated.
+        Serializers besides json an app's workers may accept (pickle, yaml,
+        msgpack); repeatable or comma-separated.
         """
         self["accept-contents"].append(serializers)
 
