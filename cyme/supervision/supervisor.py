@@ -12,7 +12,8 @@ right queues at the right autoscale bounds, asking every one each tick
 while one broker is away its workers are not judged (nor for
 C{wait_after_broker_revived} seconds after it is back), and the others
 go on as usual.  After a restart of the branch, the workers it left
-running are adopted, not restarted.
+running are adopted, not restarted.  A record that cannot make a worker's
+command fails its own instance (backoff, quarantine), never the round.
 """
 
 import os
