@@ -50,8 +50,7 @@ def check_name(value, field="name"):
     return value
 
 
-# A DNS name: dot-separated labels of letters, digits and inner hyphens
-# (underscores too, which some internal names carry).
+# A DNS label: letters, digits, inner hyphens (and underscores, as some hosts have).
 _LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 
 
@@ -308,15 +307,17 @@ class App:
     imports: tuple = attrs.field(default=(), converter=parse_imports)
 
     def to_json(self):
-        return {
+        data = {
             "name": self.name,
             "broker": self.broker.to_json(),
             "arguments": self.arguments,
             "extra_config": self.extra_config,
             "allowed_hosts": list(self.allowed_hosts),
             "task_timeout": self.task_timeout,
-            "imports": list(self.imports),
         }
+        if self.imports:  # only then: older branches read the rest, replicated
+            data["imports"] = list(self.imports)
+        return data
 
     @classmethod
     def from_json(cls, data):

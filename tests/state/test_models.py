@@ -288,6 +288,14 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
 
 
 class AppTests(BadRequestAssertions, SynchronousTestCase):
+    def test_imports_shown_only_when_there_are_some(self):
+        # An app without task modules is the JSON older branches know.
+        self.assertNotIn("imports", App("foo").to_json())
+        app = App("foo", imports="myproject.tasks, other.tasks")
+        self.assertEqual(app.to_json()["imports"], ["myproject.tasks", "other.tasks"])
+        self.assertEqual(App.from_json(app.to_json()), app)
+        self.assertBadRequest("imports", App, "foo", imports=["not a module"])
+
     def test_original_shape(self):
         data = App(name="foo").to_json()
         self.assertEqual(data["name"], "foo")
