@@ -343,9 +343,6 @@ class BranchService(service.MultiService):
         self.branch_id = branch_id
 
     def startService(self):
-        # Whatever the branch and its workers create is theirs alone: the state
-        # and worker files hold broker passwords and task arguments.
-        os.umask(0o077)
         self.root.record_pid()
         self.log.info(
             "cyme branch {branch} (cyme {version}) in {root}",
@@ -377,6 +374,9 @@ def makeService(options):
     from twisted.internet import reactor
 
     logs.set_level(options["log-level"])
+    # Whatever the branch (its journal, made below, included) and its workers
+    # create is theirs alone: the files hold passwords and task arguments.
+    os.umask(0o077)
     for name in reserved_apps(options["store"].apps()):
         BranchService.log.warn("app {app} has a name reserved for the API's routes: "
                                "recreate it under another name (README: Security)", app=name)

@@ -359,10 +359,26 @@ class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
         self.assertEqual([a.name for a in second["store"].apps()], ["foo"])
 
 
+def keep_umask(test):
+    """makeService sets the process's umask (077): give the test process its own back."""
+    old = os.umask(0o022)
+    os.umask(old)
+    test.addCleanup(os.umask, old)
+
+
 class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
     def setUp(self):
         # makeService sets cyme's log level for the whole process.
         self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+
+    def test_files_made_from_now_on_are_the_branchs_alone(self):
+        import stat
+
+        root = self.root_path()
+        tap.makeService(self.parse(["--without-http", "-D", root]))
+        journal = os.path.join(root, "results.jsonl")
+        self.assertEqual(stat.S_IMODE(os.stat(journal).st_mode), 0o600)
 
     def test_http_child(self):
         options = self.parse(["127.0.0.1:0", "-D", self.root_path(), "-i", "b1"])
@@ -427,6 +443,7 @@ class WorkerPolicyOptionTests(OptionsTestsMixin, SynchronousTestCase):
 
     def test_the_policy_reaches_supervisor_and_operations(self):
         self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
         options = self.parse(["--without-http", "-D", self.root_path(),
                               "--task-module", "t.*", "--max-instances", "3"])
         branch = tap.makeService(options)
@@ -476,6 +493,7 @@ class RootModeTests(OptionsTestsMixin, SynchronousTestCase):
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
         tap.makeService(options)
         warnings = [e for e in events if e.get("app") == "tokens"]
         self.assertEqual(len(warnings), 1)

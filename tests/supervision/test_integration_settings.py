@@ -150,11 +150,14 @@ class SecretTests(SettingsTestCase):
         self.assertEqual(mode(root), 0o700)
         self.assertEqual(mode(os.path.join(root, "instances")), 0o700)
         self.assertEqual(mode(directory), 0o700)
-        for path in (os.path.join(root, "state.json"), os.path.join(root, "branch.id"),
-                     *(os.path.join(directory, n) for n in os.listdir(directory)
-                       if n.startswith("worker."))):
+        files = [os.path.join(root, n) for n in os.listdir(root)
+                 if os.path.isfile(os.path.join(root, n))]
+        files += [os.path.join(directory, n) for n in os.listdir(directory)]
+        self.assertIn(os.path.join(root, "state.json"), files)
+        self.assertIn(os.path.join(directory, "worker.log"), files)
+        for path in files:
             with self.subTest(path=path):
-                self.assertEqual(mode(path), 0o600)
+                self.assertEqual(mode(path), 0o600, path)
         # Nor is it in what the branch and the worker wrote in their logs.
         with open(os.path.join(directory, "worker.log"), encoding="utf-8",
                   errors="replace") as f:
@@ -174,11 +177,13 @@ class BadRecordTests(SettingsTestCase):
         # What an older version let through its API.
         store.put_app(App("good", broker=good))
         store.put_app(App("quote", broker=good, arguments='"'))
-        store.put_app(App("bracket", broker=Broker(hostname="[")))
+        # On the instance: an app's broker is also the task service's (its
+        # start-up, cyme.tasks.results, is not the supervisor's to guard).
+        store.put_app(App("bracket", broker=good))
         store.put_queue("good", Queue("jobs"))
         store.put_instance(Instance("ok", "good"))
         store.put_instance(Instance("bad1", "quote"))
-        store.put_instance(Instance("bad2", "bracket"))
+        store.put_instance(Instance("bad2", "bracket", broker=Broker(hostname="[")))
         store.put_instance(Instance("bad3", "good", arguments="--logfile=/tmp/x"))
         del store
 
