@@ -461,6 +461,9 @@ class RootModeTests(OptionsTestsMixin, SynchronousTestCase):
         with open(os.path.join(root, "state.json"), "w") as f:
             f.write('{"schema": 0}')
         os.chmod(os.path.join(root, "state.json"), 0o644)
+        with open(os.path.join(root, "results.jsonl"), "w") as f:
+            f.write("")
+        os.chmod(os.path.join(root, "results.jsonl"), 0o644)
         from cyme.state.rootdir import RootDir
 
         opened = RootDir.open(root)
@@ -469,7 +472,7 @@ class RootModeTests(OptionsTestsMixin, SynchronousTestCase):
         mode = lambda *p: stat.S_IMODE(os.stat(os.path.join(root, *p)).st_mode)  # noqa: E731
         self.assertEqual(mode(), 0o700)
         self.assertEqual(mode("instances"), 0o700)
-        for name in ("state.json", "branch.lock", "branch.id"):
+        for name in ("state.json", "branch.lock", "branch.id", "results.jsonl"):
             with self.subTest(file=name):
                 self.assertEqual(mode(name), 0o600)
 

@@ -59,7 +59,7 @@ class RootDir:
             for directory in (path, os.path.join(path, "instances")):
                 os.makedirs(directory, mode=0o700, exist_ok=True)
                 os.chmod(directory, 0o700)
-            for name in ("state.json", "branch.lock", "branch.id"):
+            for name in ("state.json", "branch.lock", "branch.id", "results.jsonl"):
                 if os.path.exists(os.path.join(path, name)):
                     os.chmod(os.path.join(path, name), 0o600)
             # A name of its own: two branches starting at once on one root
