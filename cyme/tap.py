@@ -28,7 +28,11 @@ from cyme.api.auth import Gate
 from cyme.api.http import ConnectionCap, make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
-from cyme.state.models import DEFAULT_BROKER_URL, Broker, check_name, check_seconds
+from cyme.state.models import (
+    DEFAULT_BROKER_URL, MAX_CONCURRENCY, Broker, check_int, check_name, check_seconds,
+    reserved_apps,
+)
+from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
@@ -111,11 +115,18 @@ class Options(usage.Options):
         ["wait-after-broker-revived", None, 30.0,
          "Seconds workers get to reconnect after the broker came back before "
          "they are judged unresponsive."],
+        ["max-concurrency", None, None,
+         "Highest max_concurrency of an instance on this branch (default: 4 "
+         "times the number of CPUs)."],
+        ["max-instances", None, 100,
+         "Most instances this branch runs; placement skips a branch at its limit."],
     ]
 
     def __init__(self):
         super().__init__()
         self["address"] = ":8000"
+        self["task-modules"] = []
+        self["accept-contents"] = []
         self._startup_failed = False
 
     def getUsage(self, width=None):
@@ -146,6 +157,21 @@ class Options(usage.Options):
             ordered.extend([opt, value] if takes_value else [opt])
         return super().parseOptions(ordered + ["--"] + args)
 
+    def opt_task_module(self, pattern):
+        """
+        Task modules an app may import (its imports), as a pattern such as
+        'myproject.tasks*'; repeatable (default: none, workers run cyme's
+        own tasks only).
+        """
+        self["task-modules"].append(pattern)
+
+    def opt_accept_content(self, serializers):
+        """
+        Serializers besides json an app's workers may accept (pickle, yaml,
+        msgpack); repeatable or comma-separated.
+        """
+        self["accept-contents"].append(serializers)
+
     def opt_version(self):
         """Print cyme's version and exit."""
         print(f"cyme {__version__}")
@@ -172,6 +198,7 @@ class Options(usage.Options):
         check_endpoint(self["endpoint"])
         if self["url"] is None:
             self["url"] = advertised_url(self["endpoint"])
+        self["worker-policy"] = _worker_policy(self)
         try:
             check_name(self["cluster"], "--cluster")
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
@@ -192,6 +219,24 @@ class Options(usage.Options):
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
         self["root"] = root
+
+
+def _worker_policy(options):
+    """The L{WorkerPolicy} the options give, else a usage error naming one."""
+    counts = {}
+    for name in ("max-concurrency", "max-instances"):
+        if options[name] is not None:
+            try:
+                counts[name] = check_int(options[name], "--" + name, 1, MAX_CONCURRENCY)
+            except BadRequest as e:
+                raise usage.UsageError(f"{e.message}, not {options[name]!r}") from None
+    try:
+        return WorkerPolicy.from_options(
+            options["task-modules"], options["accept-contents"],
+            counts.get("max-concurrency"), counts["max-instances"],
+        )
+    except BadRequest as e:
+        raise usage.UsageError(e.message) from None
 
 
 def _seconds(value, option, zero=False):
@@ -259,6 +304,12 @@ def makeService(options):
     from twisted.internet import reactor
 
     logs.set_level(options["log-level"])
+    # Whatever the branch (its journal, made below, included) and its workers
+    # create is theirs alone: the files hold passwords and task arguments.
+    os.umask(0o077)
+    for name in reserved_apps(options["store"].apps()):
+        BranchService.log.warn("app {app} has a name reserved for the API's routes: "
+                               "recreate it under another name (README: Security)", app=name)
     branch = BranchService(
         options["root"], options["branch-id"],
         api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
@@ -287,6 +338,7 @@ def makeService(options):
             stop_workers_on_exit=options["stop-workers-on-exit"],
         ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
+        worker_policy=options["worker-policy"],
     )
     supervisor.setServiceParent(branch)
     # The supervisor converges on every change of the desired state.
@@ -314,6 +366,7 @@ def makeService(options):
         clock=reactor,
         url=options["url"],
         ready_timeout=options["ready-timeout"],
+        worker_policy=options["worker-policy"],
     )
     cluster, bus = build_cluster(
         local,

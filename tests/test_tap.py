@@ -360,10 +360,26 @@ class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
         self.assertEqual([a.name for a in second["store"].apps()], ["foo"])
 
 
+def keep_umask(test):
+    """makeService sets the process's umask (077): give the test process its own back."""
+    old = os.umask(0o022)
+    os.umask(old)
+    test.addCleanup(os.umask, old)
+
+
 class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
     def setUp(self):
         # makeService sets cyme's log level for the whole process.
         self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+
+    def test_files_made_from_now_on_are_the_branchs_alone(self):
+        import stat
+
+        root = self.root_path()
+        tap.makeService(self.parse(["--without-http", "-D", root]))
+        journal = os.path.join(root, "results.jsonl")
+        self.assertEqual(stat.S_IMODE(os.stat(journal).st_mode), 0o600)
 
     def test_http_child(self):
         options = self.parse(["127.0.0.1:0", "-D", self.root_path(), "-i", "b1"])
@@ -452,3 +468,93 @@ class UnixEndpointTests(OptionsTestsMixin, SynchronousTestCase):
     def test_mode_given(self):
         options = self.parse(["-D", self.root_path(), "--http", "unix:/tmp/x.sock:mode=660"])
         self.assertEqual(options["endpoint"], "unix:/tmp/x.sock:mode=660")
+
+
+class WorkerPolicyOptionTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_defaults_open_nothing(self):
+        policy = self.parse(["-D", self.root_path()])["worker-policy"]
+        self.assertEqual(policy.task_modules, ())
+        self.assertEqual(policy.accept_content, frozenset())
+        self.assertEqual(policy.max_concurrency, 4 * (os.cpu_count() or 1))
+        self.assertEqual(policy.max_instances, 100)
+
+    def test_repeatable_task_modules_and_serializers(self):
+        policy = self.parse([
+            "-D", self.root_path(), "--task-module", "myproject.tasks*",
+            "--task-module=shared.jobs", "--accept-content", "pickle,yaml",
+            "--accept-content=msgpack", "--max-concurrency", "16", "--max-instances=5",
+        ])["worker-policy"]
+        self.assertEqual(policy.task_modules, ("myproject.tasks*", "shared.jobs"))
+        self.assertEqual(policy.accept_content, {"pickle", "yaml", "msgpack"})
+        self.assertEqual((policy.max_concurrency, policy.max_instances), (16, 5))
+
+    def test_bad_values_are_usage_errors(self):
+        for argv, says in [
+            (["--task-module", "my project"], "--task-module"),
+            (["--accept-content", "marshal"], "--accept-content"),
+            (["--max-concurrency", "0"], "--max-concurrency"),
+            (["--max-instances", "many"], "--max-instances"),
+        ]:
+            with self.subTest(argv=argv):
+                self.assertIn(says, self.usage_error(argv + ["-D", self.root_path()]))
+
+    def test_the_policy_reaches_supervisor_and_operations(self):
+        self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+        options = self.parse(["--without-http", "-D", self.root_path(),
+                              "--task-module", "t.*", "--max-instances", "3"])
+        branch = tap.makeService(options)
+        supervisor = branch.getServiceNamed("supervisor")
+        self.assertIs(supervisor.worker_policy, options["worker-policy"])
+
+
+class RootModeTests(OptionsTestsMixin, SynchronousTestCase):
+    def test_root_and_its_files_are_the_branchs_alone(self):
+        import stat
+
+        root = self.root_path()
+        os.makedirs(os.path.join(root, "instances"), mode=0o755)
+        os.chmod(root, 0o755)
+        with open(os.path.join(root, "state.json"), "w") as f:
+            f.write('{"schema": 0}')
+        os.chmod(os.path.join(root, "state.json"), 0o644)
+        with open(os.path.join(root, "results.jsonl"), "w") as f:
+            f.write("")
+        os.chmod(os.path.join(root, "results.jsonl"), 0o644)
+        from cyme.state.rootdir import RootDir
+
+        opened = RootDir.open(root)
+        self.addCleanup(opened.close)
+        opened.branch_id()
+        mode = lambda *p: stat.S_IMODE(os.stat(os.path.join(root, *p)).st_mode)  # noqa: E731
+        self.assertEqual(mode(), 0o700)
+        self.assertEqual(mode("instances"), 0o700)
+        for name in ("state.json", "branch.lock", "branch.id", "results.jsonl"):
+            with self.subTest(file=name):
+                self.assertEqual(mode(name), 0o600)
+
+    def test_a_state_file_with_a_reserved_app_name_still_loads_with_a_warning(self):
+        import json
+
+        from twisted.logger import globalLogPublisher
+
+        from cyme.state.store import SCHEMA_VERSION
+
+        root = self.root_path()
+        os.makedirs(root)
+        app = {"name": "tokens", "broker": {"hostname": "h", "port": 5672, "userid": "u",
+               "password": "p", "virtual_host": "/"}}
+        with open(os.path.join(root, "state.json"), "w") as f:
+            json.dump({"schema": SCHEMA_VERSION, "apps": {"tokens": app}, "queues": {},
+                       "instances": {}}, f)
+        options = self.parse(["--without-http", "-D", root])
+        self.assertEqual([a.name for a in options["store"].apps()], ["tokens"])
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+        tap.makeService(options)
+        warnings = [e for e in events if e.get("app") == "tokens"]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["log_level"], LogLevel.warn)

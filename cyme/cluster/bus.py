@@ -72,7 +72,7 @@ class Bus(service.Service):
     Presence and calls between branches.
 
     C{describe()} returns this branch's own beat contents: C{url},
-    C{instances} (C{[[app, name], ...]}), C{load}, C{digest} (see
+    C{instances} (C{[[app, name], ...]}), C{load}, C{limits}, C{digest} (see
     L{cyme.cluster.presence.BeatContents}).  The methods other branches may
     call are added with L{register}; peer events go to the listeners added
     with L{subscribe}.
@@ -143,7 +143,8 @@ class Bus(service.Service):
         info = self.describe()
         return self._envelope(
             "beat", hello=hello, url=info.get("url"), instances=info.get("instances", []),
-            load=info.get("load", {}), digest=info.get("digest"), version=__version__,
+            load=info.get("load", {}), limits=info.get("limits", {}),
+            digest=info.get("digest"), version=__version__,
             started=self.started,
         )
 

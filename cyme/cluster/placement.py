@@ -1,7 +1,10 @@
 """Where a new instance goes, and which branch decides it.
 
 A new instance goes to the least loaded live branch (fewest instances, ties
-at random) unless the request names one.  Whether a name is new is decided
+at random) unless the request names one, among the branches whose limits
+(their ``--max-instances`` and ``--max-concurrency``, which their
+heartbeats carry) leave room for it; when none does, the create is a 409
+naming the limits.  Whether a name is new is decided
 by one branch, the same for every branch that asks: the live branch with
 the highest hash of the name and its id (rendezvous hashing), so that
 creates of one name sent to several branches at once are decided in one
@@ -13,7 +16,9 @@ import random
 
 import attrs
 
-from cyme.errors import NotFound
+from cyme.cluster.presence import full
+from cyme.errors import BadRequest, Conflict, NotFound
+from cyme.state.models import check_int
 
 
 def coordinator(name, live_ids):
@@ -32,24 +37,47 @@ def least_loaded(loads, rng=random.random):
 
 @attrs.define
 class Placement:
-    """Placement over the live branches of C{bus}, this one counted from C{store}."""
+    """
+    Placement over the live branches of C{bus}, this one counted from
+    C{store} and held to its own C{limits} (L{cyme.cluster.presence.full}).
+    """
 
     bus: object
     store: object
     rng: object = random.random
+    limits: dict = attrs.field(factory=dict, kw_only=True)
 
     def coordinator(self, name):
         return coordinator(name, self.bus.live_ids())
 
-    def target(self, branch=None):
-        """The branch a new instance goes to; C{branch} if given (404 if not live)."""
-        loads = {p.id: len(p.instances) for p in self.bus.live_peers()}
-        loads[self.bus.branch_id] = len(self.store.instances())
+    def target(self, branch=None, max_concurrency=None):
+        """
+        The branch a new instance (of C{max_concurrency}, as the request
+        gave it) goes to; C{branch} if given (404 if not live).  A 409 if
+        the named branch, or every live one, is at a limit.
+        """
+        try:
+            wanted = check_int(1 if max_concurrency in (None, "") else max_concurrency,
+                               "max_concurrency", 1)
+        except BadRequest:
+            wanted = 1  # the branch it goes to says what is wrong with it
+        loads, limited = {}, {}
+        for peer in self.bus.live_peers():
+            loads[peer.id] = len(peer.instances)
+            limited[peer.id] = peer.room(wanted)
+        here = self.bus.branch_id
+        loads[here] = len(self.store.instances())
+        limited[here] = full(self.limits, loads[here], wanted)
         if branch not in (None, ""):
             if branch not in loads:
                 raise NotFound("branch", branch)
+            if limited[branch] is not None:
+                raise _no_room({branch: limited[branch]})
             return branch
-        return least_loaded(loads, self.rng)
+        room = {b: n for b, n in loads.items() if limited[b] is None}
+        if not room:
+            raise _no_room(limited)
+        return least_loaded(room, self.rng)
 
     def reserve(self, branch_id, app, name):
         """
@@ -73,3 +101,13 @@ class Placement:
 
 def _nothing():
     pass
+
+
+def _no_room(limited):
+    """The 409 of a create no live branch (of C{limited}: id -> limit) can take."""
+    names = sorted(set(limited.values()))
+    said = ", ".join(f"{b} ({limit})" for b, limit in sorted(limited.items()))
+    return Conflict(
+        f"no live branch can take the instance: each is at its limit: {said}",
+        limit=names[0] if len(names) == 1 else names, branches=dict(limited),
+    )

@@ -1,7 +1,7 @@
 """Presence: which branches are there, from their heartbeats.
 
 Every branch broadcasts a heartbeat every few seconds (L{BeatContents}
-says what goes in it: URL, instances, load, replica digest); a branch not
+says what goes in it: URL, instances, load, limits, replica digest); a branch not
 heard from for a few beats is offline, one that says goodbye has left.
 L{Presence} keeps what the beats said of every other branch and tells its
 subscribers whenever one of them changed.
@@ -33,19 +33,37 @@ def load_figures(instances):
     return figures
 
 
+def full(limits, count, max_concurrency=1):
+    """
+    The name of the limit of C{limits} (a branch's C{max_instances} and
+    C{max_concurrency}) that keeps a branch with C{count} instances from
+    taking another one of C{max_concurrency}, or None if none does; a
+    branch that did not say its limits is taken to have none.
+    """
+    limit = limits.get("max_instances")
+    if isinstance(limit, int) and count >= limit:
+        return "max_instances"
+    cap = limits.get("max_concurrency")
+    if isinstance(cap, int) and max_concurrency > cap:
+        return "max_concurrency"
+    return None
+
+
 @attrs.define
 class BeatContents:
     """
     What this branch says of itself in each heartbeat.
 
     Needs no bus: the store (instances, replica digest), the URL others
-    reach this branch's API at, and C{load_figures(instance_count)}, the
-    load of this machine as a dict.
+    reach this branch's API at, C{load_figures(instance_count)}, the
+    load of this machine as a dict, and C{limits}, what placement needs to
+    know of this branch's own (C{max_instances}, C{max_concurrency}).
     """
 
     store: object
     url: str | None
     load_figures: object = load_figures
+    limits: dict = attrs.field(factory=dict)
 
     def __call__(self):
         instances = self.store.instances()
@@ -53,6 +71,7 @@ class BeatContents:
             "url": self.url,
             "instances": [[i.app, i.name] for i in instances],
             "load": self.load_figures(len(instances)),
+            "limits": dict(self.limits),
             "digest": self.store.digest(),
         }
 
@@ -70,6 +89,12 @@ class Peer:
     last_seen: float = 0.0
     digest: str | None = None
     online: bool = True
+    #: Its C{max_instances} and C{max_concurrency}, as its beats said.
+    limits: dict = attrs.field(factory=dict)
+
+    def room(self, max_concurrency=1):
+        """The limit that keeps it from taking another instance, or None."""
+        return full(self.limits, len(self.instances), max_concurrency)
 
     def to_json(self, now):
         return {
@@ -77,6 +102,7 @@ class Peer:
             "url": self.url,
             "instances": [name for _, name in self.instances],
             "load": self.load,
+            "limits": self.limits,
             "version": self.version,
             "uptime": None if self.started is None else max(0.0, now - self.started),
             "last_heartbeat": self.last_seen,
@@ -129,6 +155,11 @@ class Presence:
         peer.version = beat.get("version")
         peer.started = beat.get("started")
         peer.digest = beat.get("digest")
+        limits = beat.get("limits")
+        peer.limits = {
+            k: v for k, v in (limits.items() if isinstance(limits, dict) else ())
+            if k in ("max_instances", "max_concurrency") and type(v) is int
+        }
         peer.last_seen = self.clock.seconds()
         peer.online = True
         if not was_online:

@@ -56,7 +56,8 @@ class ClusterOperations(ClusterTokens):
     ready_timeout: float
     call_timeout: float = 5.0
     placement: object = attrs.field(
-        default=attrs.Factory(lambda self: Placement(self.bus, self.store), takes_self=True)
+        default=attrs.Factory(lambda self: Placement(
+            self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
     )
     _deciding: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
     _listings: object = attrs.field(init=False, default=None)
@@ -269,7 +270,7 @@ class ClusterOperations(ClusterTokens):
             async with lock:
                 owner, peer = (None, None) if fresh else await self._owner(name)
                 if owner is None:
-                    target = self.placement.target(branch)
+                    target = self.placement.target(branch, values.get("max_concurrency"))
                 elif branch in (None, "", owner):
                     target = owner
                 else:
@@ -389,8 +390,8 @@ def build_cluster(local, transport, clock, *, ready_timeout, **bus_options):
     to start.
     """
     store = local.store
-    bus = Bus(transport, local.branch_id, clock, BeatContents(store, local.url),
-              **bus_options)
+    beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
+    bus = Bus(transport, local.branch_id, clock, beat, **bus_options)
     replication = Replication(store, bus)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout)
     bus.register(replication.handlers())

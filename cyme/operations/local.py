@@ -25,7 +25,8 @@ from cyme.cluster.presence import load_figures
 from cyme.operations.interfaces import IOperations
 from cyme.operations.tokens import LocalTokens
 from cyme.state import params
-from cyme.state.models import App, Broker, check_name
+from cyme.state.models import App, Broker, check_app_name, check_name
+from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.store import app_key, queue_key
 
 
@@ -64,6 +65,8 @@ class LocalOperations(LocalTokens):
     tasks: object = attrs.field(default=None, kw_only=True)
     #: Schedules the deadline of a wait for a task.
     clock: object = attrs.field(default=None, kw_only=True)
+    #: What this branch's operator opened and capped (worker settings).
+    worker_policy: WorkerPolicy = attrs.field(factory=WorkerPolicy, kw_only=True)
     #: Where other branches and clients reach this branch's API.
     url: str | None = attrs.field(default=None, kw_only=True)
     #: How long creating (enabling, restarting) an instance waits for its
@@ -117,6 +120,7 @@ class LocalOperations(LocalTokens):
             "url": self.url,
             "instances": [i.name for i in self.store.instances()],
             "load": self.load(),
+            "limits": self.worker_policy.limits(),
             "version": __version__,
             "uptime": self.now() - self.started,
             "last_heartbeat": now,
@@ -153,10 +157,11 @@ class LocalOperations(LocalTokens):
 
     async def put_app(self, name, values):
         check_name(name, "app")
-        changes = params.app_changes(values)
+        changes = params.app_changes(values, self.worker_policy)
         try:
             existing = self.store.get_app(name)
         except NotFound:
+            check_app_name(name)  # a new app; old ones may keep a reserved name
             existing = None
         if existing is None or params.names_broker(values):
             changes["broker"] = params.broker(values, self.default_broker)
@@ -234,7 +239,9 @@ class LocalOperations(LocalTokens):
                 f"instance {name} already exists in app {existing.app}",
                 name=name, app=existing.app,
             )
-        instance = params.instance(name, app, values, existing)
+        instance = params.instance(name, app, values, existing, self.worker_policy)
+        if existing is None:
+            self._check_room()
         for queue in instance.queues:
             self.store.get_queue(app, queue)
         created = self.store.put_instance(instance)
@@ -242,6 +249,14 @@ class LocalOperations(LocalTokens):
         if wait and instance.is_enabled:
             await self._wait_ready(name)
         return self.describe(instance, record), created
+
+    def _check_room(self):
+        limit = self.worker_policy.max_instances
+        if len(self.store.instances()) >= limit:
+            raise Conflict(
+                f"branch {self.branch_id} has {limit} instances, its --max-instances",
+                limit="max_instances", branch=self.branch_id, max_instances=limit,
+            )
 
     async def _wait_ready(self, name):
         if self.supervisor is not None:
@@ -280,7 +295,7 @@ class LocalOperations(LocalTokens):
         return _autoscale(self._instance(app, name)[1])
 
     async def set_autoscale(self, app, name, values):
-        instance = params.autoscale(values, self._instance(app, name)[1])
+        instance = params.autoscale(values, self._instance(app, name)[1], self.worker_policy)
         self.store.put_instance(instance)
         self._log_change(
             "instance.autoscale", app=app, instance=name,

@@ -6,6 +6,7 @@ when built (so an invalid one never exists), changed only through
 the store with ``to_json``/``from_json``.
 """
 
+import ipaddress
 import math
 import re
 from urllib.parse import quote, unquote, urlsplit
@@ -14,13 +15,16 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.fence import parse_entry
+from cyme.state.workeroptions import parse_imports
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
 
-#: Words that are routes of the HTTP API and so cannot name an app.
-RESERVED_APP_NAMES = frozenset(
-    ["ping", "admin", "branches", "metrics", "instances", "queues", "queue", "query"]
-)
+#: Top-level routes of the HTTP API (now or to come): no new app takes one;
+#: an older state file's app still loads (L{reserved_apps}: a warning).
+RESERVED_APP_NAMES = frozenset([
+    "ping", "admin", "branches", "metrics", "instances", "queues", "queue", "query",
+    "tokens", "openapi.json", "events", "drift", "restarts", "health", "login",
+])
 
 EXCHANGE_TYPES = ("direct", "topic", "fanout", "headers")
 POOLS = ("prefork", "solo", "threads", "eventlet", "gevent")
@@ -45,6 +49,24 @@ def check_name(value, field="name"):
             "not starting with '.' or '-' and without '..'",
         )
     return value
+
+
+# A DNS label: letters, digits, inner hyphens (and underscores, as some hosts have).
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
+
+
+def check_hostname(value, field="hostname"):
+    """C{value} if a host name or IP address (IPv6 returned bare), else L{BadRequest}."""
+    check_text(value, field, 255)
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
+    if bare is value and len(value) <= 253 and all(_LABEL_RE.match(l) for l in labels):
+        return value
+    raise BadRequest(field, f"{field} must be a host name or an IP address, not {value!r}")
 
 
 def check_int(value, field, low, high=None):
@@ -151,17 +173,23 @@ class Broker:
     def from_url(cls, url, field="broker"):
         """Parse C{amqp://user:password@host:port/vhost}; C{//} means C{/}."""
         check_text(url, field, 1024)
-        parts = urlsplit(url)
-        if parts.scheme not in ("amqp", "pyamqp") or not parts.hostname:
-            raise BadRequest(field, f"{field} must be an amqp://user:pass@host:port/vhost URL")
+        shape = f"{field} must be an amqp://user:pass@host:port/vhost URL"
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # "amqp://[/": an IPv6 literal never closed
+            raise BadRequest(field, shape) from None
+        if parts.scheme not in ("amqp", "pyamqp") or not hostname:
+            raise BadRequest(field, shape)
         try:
             port = parts.port if parts.port is not None else 5672
         except ValueError:
             raise BadRequest(field, f"{field} has an invalid port") from None
+        hostname = check_hostname(hostname, field)
         vhost = parts.path[1:] if parts.path.startswith("/") else parts.path
         return cls.from_json(
             {
-                "hostname": parts.hostname,
+                "hostname": hostname,
                 "port": port,
                 "userid": unquote(parts.username or "guest"),
                 "password": unquote(parts.password or "guest"),
@@ -238,17 +266,31 @@ def check_seconds(value, field, high=None, *, zero=False):
     return float(value)
 
 
-def _check_app_name(instance, attribute, value):
-    check_name(value, "name")
+def check_app_name(value, field="name"):
+    """C{value} if it may name a new app: a name, and not one of the API's routes."""
+    check_name(value, field)
     if value in RESERVED_APP_NAMES:
-        raise BadRequest("name", f"{value!r} is a route of the API and cannot name an app")
+        raise BadRequest(
+            field, f"{value!r} is a route of the API and cannot name an app "
+            f"(reserved: {', '.join(sorted(RESERVED_APP_NAMES))})",
+        )
+    return value
+
+
+def reserved_apps(apps):
+    """The names of C{apps} that are reserved words (kept from older versions)."""
+    return sorted(a.name for a in apps if a.name in RESERVED_APP_NAMES)
+
+
 
 
 @attrs.frozen
 class App:
     """An application: a named group of instances sharing a default broker."""
 
-    name: str = attrs.field(validator=_check_app_name)
+    # Checked against the reserved words where a new app is made
+    # (check_app_name), not here: an older state file may hold one.
+    name: str = attrs.field(validator=_validator(check_name))
     broker: Broker = attrs.field(factory=Broker, validator=_check_broker)
     arguments: str = attrs.field(default="", validator=_validator(check_text, 4096, True))
     extra_config: dict = attrs.field(
@@ -260,9 +302,11 @@ class App:
     task_timeout: float = attrs.field(
         default=60.0, converter=lambda v: check_seconds(v, "task_timeout", 3600.0)
     )
+    #: Task modules its workers import (within the branch's --task-module).
+    imports: tuple = attrs.field(default=(), converter=parse_imports)
 
     def to_json(self):
-        return {
+        data = {
             "name": self.name,
             "broker": self.broker.to_json(),
             "arguments": self.arguments,
@@ -270,6 +314,9 @@ class App:
             "allowed_hosts": list(self.allowed_hosts),
             "task_timeout": self.task_timeout,
         }
+        if self.imports:  # only then: older branches read the rest, replicated
+            data["imports"] = list(self.imports)
+        return data
 
     @classmethod
     def from_json(cls, data):

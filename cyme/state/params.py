@@ -3,6 +3,9 @@
 Clients send the original Cyme's flat parameters (``hostname=w1&userid=me``,
 ``max_concurrency=4``); these functions turn such a mapping into the model
 records or changes, raising L{BadRequest} naming the first field at fault.
+Here the values that reach a worker are parsed, once, when written: worker
+options and settings against the allow-list, task modules, serializers and
+concurrency against the branch's L{WorkerPolicy}, the broker's host.
 """
 
 import json
@@ -10,7 +13,13 @@ import json
 import attrs
 
 from cyme.errors import BadRequest
-from cyme.state.models import Broker, Instance, Queue, check_json_object
+from cyme.state.models import Broker, Instance, Queue, check_hostname, check_json_object
+from cyme.state.workeroptions import (
+    WorkerPolicy, parse_arguments, parse_imports, parse_settings,
+)
+
+#: The policy of a branch whose operator opened nothing.
+CLOSED = WorkerPolicy()
 
 BROKER_FIELDS = ("hostname", "port", "userid", "password", "virtual_host")
 
@@ -41,29 +50,43 @@ def broker(params, default):
     """
     if params.get("broker") not in (None, ""):
         if isinstance(params["broker"], dict):
-            return Broker.from_json(params["broker"])
-        return Broker.from_url(params["broker"])
-    if params.get("hostname") in (None, ""):
+            found = Broker.from_json(params["broker"])
+        else:
+            return Broker.from_url(params["broker"])
+    elif params.get("hostname") in (None, ""):
         return default
-    fields = {k: params[k] for k in BROKER_FIELDS if params.get(k) not in (None, "")}
-    if params.get("vhost") not in (None, "") and "virtual_host" not in fields:
-        fields["virtual_host"] = params["vhost"]
-    return Broker.from_json(fields)
+    else:
+        fields = {k: params[k] for k in BROKER_FIELDS if params.get(k) not in (None, "")}
+        if params.get("vhost") not in (None, "") and "virtual_host" not in fields:
+            fields["virtual_host"] = params["vhost"]
+        found = Broker.from_json(fields)
+    return attrs.evolve(found, hostname=check_hostname(found.hostname))
 
 
 APP_PARAMS = set(BROKER_FIELDS) | {
     "vhost", "broker", "arguments", "extra_config", "allowed_hosts", "task_timeout",
+    "imports",
 }
 
 
-def app_changes(params):
+def worker_settings(params, changes, policy):
+    """Parse the C{arguments} and C{extra_config} the parameters set into C{changes}."""
+    if "arguments" in params:
+        changes["arguments"] = parse_arguments(params["arguments"] or "")
+    if "extra_config" in params:
+        settings = parse_settings(json_object(params["extra_config"], "extra_config"))
+        policy.check_settings(settings)
+        changes["extra_config"] = settings
+
+
+def app_changes(params, policy=CLOSED):
     """The non-broker fields of an app that the parameters set."""
     _check_known(params, APP_PARAMS)
     changes = {}
-    if "arguments" in params:
-        changes["arguments"] = params["arguments"]
-    if "extra_config" in params:
-        changes["extra_config"] = json_object(params["extra_config"], "extra_config")
+    worker_settings(params, changes, policy)
+    if "imports" in params:
+        changes["imports"] = parse_imports(params["imports"] or ())
+        policy.check_imports(changes["imports"])
     for key in ("allowed_hosts", "task_timeout"):
         if key in params:
             changes[key] = params[key]
@@ -103,29 +126,34 @@ def queue_names(value):
     raise BadRequest("queues", "queues must be a list of queue names")
 
 
-def instance(name, app, params, existing=None):
+def instance(name, app, params, existing=None, policy=CLOSED):
     """
     The instance the parameters describe: a new one, or C{existing} changed.
 
     Fields the parameters leave out keep their current value (or default).
     """
     _check_known(params, INSTANCE_PARAMS)
+    if params.get("arguments") in (None, ""):  # as the other fields: left out
+        params = {k: v for k, v in params.items() if k != "arguments"}
     changes = {}
-    for key in ("max_concurrency", "min_concurrency", "is_enabled", "pool", "arguments"):
+    for key in ("max_concurrency", "min_concurrency", "is_enabled", "pool"):
         if params.get(key) not in (None, ""):
             changes[key] = params[key]
     if "queues" in params:
         changes["queues"] = queue_names(params["queues"])
-    if "extra_config" in params:
-        changes["extra_config"] = json_object(params["extra_config"], "extra_config")
+    worker_settings(params, changes, policy)
     if names_broker(params):
         changes["broker"] = broker(params, None)
     if existing is None:
-        return Instance(name=name, app=app, **changes)
-    return attrs.evolve(existing, **changes)
+        made = Instance(name=name, app=app, **changes)
+    else:
+        made = attrs.evolve(existing, **changes)
+    if existing is None or made.max_concurrency != existing.max_concurrency:
+        policy.check_concurrency(made.max_concurrency)
+    return made
 
 
-def autoscale(params, existing):
+def autoscale(params, existing, policy=CLOSED):
     """The instance with the C{max}/C{min} the parameters set."""
     _check_known(params, {"max", "min"})
     changes = {}
@@ -136,7 +164,10 @@ def autoscale(params, existing):
     if not changes:
         raise BadRequest("max", "autoscale needs max or min")
     try:
-        return attrs.evolve(existing, **changes)
+        changed = attrs.evolve(existing, **changes)
+        if changed.max_concurrency != existing.max_concurrency:
+            policy.check_concurrency(changed.max_concurrency)
+        return changed
     except BadRequest as e:
         # Name the parameter the client sent, not the model's field.
         field = {"max_concurrency": "max", "min_concurrency": "min"}.get(e.field, e.field)

@@ -6,6 +6,10 @@ Layout under the root::
     branch.id       the id generated at the first start, kept for the next
     state.json      the desired state (see cyme.state.store)
     instances/<n>/  one directory per worker instance
+
+Only the branch's user may read any of it (directories 0700, files 0600):
+the state holds broker passwords, the workers' logs their tasks.  Opening
+a root made by an older version tightens its modes.
 """
 
 import errno
@@ -21,7 +25,8 @@ from cyme.errors import StartupError
 
 def _atomic_write(path, data):
     temp = path + ".tmp"
-    with open(temp, "wb") as f:
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -51,7 +56,12 @@ class RootDir:
         """
         path = os.path.abspath(path)
         try:
-            os.makedirs(os.path.join(path, "instances"), exist_ok=True)
+            for directory in (path, os.path.join(path, "instances")):
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                os.chmod(directory, 0o700)
+            for name in ("state.json", "branch.lock", "branch.id", "results.jsonl"):
+                if os.path.exists(os.path.join(path, name)):
+                    os.chmod(os.path.join(path, name), 0o600)
             # A name of its own: two branches starting at once on one root
             # must not remove each other's probe (the second one is to hear
             # "in use", not "not writable").
@@ -71,7 +81,7 @@ class RootDir:
 
     def _lock(self):
         lock_path = os.path.join(self.path, "branch.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

@@ -69,7 +69,7 @@ def _become_worker(read_fd, keep=()):
 
         setproctitle.setproctitle(" ".join(request["argv"]))
         os.setsid()
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.dup2(log, 1)

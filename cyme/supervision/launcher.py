@@ -40,7 +40,7 @@ class ExecLauncher:
         """Nothing to tell: the reactor's children stay its children."""
 
     def spawn(self, protocol, argv, env, path, log_path):
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             return self.reactor.spawnProcess(
                 protocol, argv[0], argv, env=env, path=path,

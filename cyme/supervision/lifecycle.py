@@ -25,8 +25,8 @@ from twisted.logger import Logger
 from cyme import logs
 from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
-    LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, read_spec,
-    record_spawn, remove_pidfile, still_failing,
+    LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, make_directory,
+    read_spec, record_spawn, remove_pidfile, still_failing,
 )
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
@@ -82,7 +82,7 @@ class WorkerLifecycle:
         w = self.worker
         if (w.state, SPAWNED) not in TRANSITIONS:
             return False
-        os.makedirs(w.directory, exist_ok=True)
+        make_directory(w.directory)
         log_path = os.path.join(w.directory, "worker.log")
         if w.log_tail is None:
             w.log_tail = LogTail(log_path)
@@ -97,22 +97,24 @@ class WorkerLifecycle:
             self.log.failure("{instance} cannot start", instance=w.name)
             self._fire(self._count_failure(f"cannot start: {e}"))
             return False
-        # Written before anything else can happen: a branch stopped while
-        # the worker starts must find it on its next start, not start a
-        # second one beside it.
+        # Written at once: a branch stopped while the worker starts must
+        # find it on its next start, not start a second one beside it.
         record_spawn(w.directory, process.pid, spec)
         self._fire(SPAWNED, (process, spec))
         return True
+
+    def spawn_failed(self, reason):
+        """Its command could not be made: a failure (backoff, then quarantine)."""
+        self.log.warn("{instance} cannot start: {reason}", instance=self.worker.name,
+                      reason=reason)
+        self._fire(self._count_failure(f"cannot start: {reason}"))
 
     def cannot_start(self, reason):
         """The worker cannot be started for C{reason} (its app is gone)."""
         self.worker.last_error = reason
 
     def verified(self, wanted):
-        """
-        Asked just now, it consumes what C{wanted} says (C{None}: to be
-        asked again); what was sent before is confirmed or moot.
-        """
+        """It consumes C{wanted} (None: ask again); what was sent is confirmed or moot."""
         self.worker.verified = wanted
         self.worker.sent = self.worker.sent_at = None
 
@@ -182,10 +184,7 @@ class WorkerLifecycle:
         self._release_ready()
 
     def wait_ready(self, timeout):
-        """
-        Fire with the worker's status once it answered a ping, or after
-        C{timeout} seconds with whatever its status is then.
-        """
+        """Its status once it answered a ping, or whatever it is after C{timeout} s."""
         w = self.worker
         if w.state not in (STARTING, UNRESPONSIVE, STOPPED):
             return defer.succeed(w.to_json())

@@ -12,13 +12,15 @@ right queues at the right autoscale bounds, asking every one each tick
 while one broker is away its workers are not judged (nor for
 C{wait_after_broker_revived} seconds after it is back), and the others
 go on as usual.  After a restart of the branch, the workers it left
-running are adopted, not restarted.
+running are adopted, not restarted.  A record that cannot make a worker's
+command fails its own instance (backoff, quarantine), never the round.
 """
 
 import os
 import shutil
 import socket
 import sys
+from collections import Counter
 
 from twisted.application import service
 from twisted.internet import defer
@@ -26,26 +28,18 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
-from cyme.errors import NotFound
+from cyme.errors import BadRequest, NotFound
+from cyme.state.models import check_hostname
+from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.consuming import check
 from cyme.supervision.control import safe_url
 from cyme.supervision.launcher import ExecLauncher
 from cyme.supervision.lifecycle import WorkerLifecycle
 from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
 from cyme.supervision.workers import (
-    ProcessTable,
-    node_name,
-    worker_command,
-    worker_directories,
+    ProcessTable, node_name, worker_command, worker_directories,
 )
-from cyme.supervision.workerstate import (
-    LIVE,
-    STARTING,
-    STOPPED,
-    STOPPING,
-    Policy,
-    Worker,
-)
+from cyme.supervision.workerstate import LIVE, STARTING, STOPPED, STOPPING, Policy, Worker
 
 
 def _cancel(call):
@@ -72,7 +66,7 @@ class Supervisor(service.Service):
     def __init__(
         self, store, control, reactor, instances_dir, hostname=None,
         python=sys.executable, processes=None, launcher=None, policy=None,
-        worker_loglevel="info",
+        worker_loglevel="info", worker_policy=None,
     ):
         self.store = store
         self.control = control
@@ -84,6 +78,8 @@ class Supervisor(service.Service):
         self.launcher = launcher if launcher is not None else ExecLauncher(reactor)
         self.policy = policy if policy is not None else Policy()
         self.worker_loglevel = worker_loglevel
+        #: What this branch's operator allows workers (L{WorkerPolicy}).
+        self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
         self._loop = None
@@ -155,20 +151,13 @@ class Supervisor(service.Service):
         return life.worker.to_json()
 
     def wait_ready(self, name, timeout):
-        """
-        Fire with the instance's state once its worker answered a ping, or
-        after C{timeout} seconds with whatever state it is in then.
-        """
+        """The instance's state once its worker answered a ping, or after C{timeout} s."""
         # Created a moment ago, the tick that starts it may not have run.
         life = self.workers.get(name) or self._lifecycle(name)
         return life.wait_ready(timeout)
 
     def restart(self, name):
-        """
-        Restart an instance's worker now, clearing quarantine and backoff.
-
-        Fires once the old worker is gone; the new one starts at once.
-        """
+        """Restart its worker now, clearing quarantine; fires once the old one is gone."""
         life = self.workers.get(name)
         if life is None:
             self.reconcile()
@@ -185,12 +174,9 @@ class Supervisor(service.Service):
 
     def metrics(self):
         """Counters for C{/metrics}: ticks, workers by state, restarts."""
-        states = {}
-        for life in self.workers.values():
-            states[life.worker.state] = states.get(life.worker.state, 0) + 1
         return {
             "ticks": self._ticks,
-            "states": states,
+            "states": dict(Counter(life.worker.state for life in self.workers.values())),
             "restarts": sum(life.worker.restarts for life in self.workers.values()),
             "messages": getattr(self.control, "published", 0),
         }
@@ -204,10 +190,7 @@ class Supervisor(service.Service):
     # The tick and converging
 
     def tick(self):
-        """
-        One round: converge now, check liveness and queues in the
-        background (a slow ping round never delays starting or stopping).
-        """
+        """Converge now; check liveness and queues in the background (never delaying it)."""
         self._ticks += 1
         try:
             self.converge(verify=False)
@@ -222,44 +205,21 @@ class Supervisor(service.Service):
             self.log.failure("supervisor tick failed")
 
     def converge(self, verify=True):
-        """
-        Make the workers what the store wants now: start the missing, stop
-        the deleted and disabled, restart those whose command changed; then
-        (unless C{verify} is false) check the live ones' queues.
-        """
+        """Make the workers what the store wants now (start, stop, restart); then,
+        unless C{verify} is false, check the live ones' queues."""
         started = False
         try:
             desired = {i.name: i for i in self.store.instances()}
             self._retire_deleted(desired)
             for instance in desired.values():
-                life = self.workers.get(instance.name) or self._lifecycle(instance.name)
-                worker = life.worker
-                if worker.retired:
-                    continue  # the old one is still stopping; start after it
-                if not instance.is_enabled:
-                    life.stop("disabled")
-                    continue
-                if worker.state == STOPPING or (worker.pid is None and not life.due()):
-                    continue
                 try:
-                    app = self.store.get_app(instance.app)
-                    queues = [self.store.get_queue(instance.app, q) for q in instance.queues]
-                except NotFound as e:
-                    if worker.pid is None:
-                        life.cannot_start(e.message)
-                    continue
-                # Commands to this worker go to its broker from now on.
-                self.control.register(worker.node, (instance.broker or app.broker).as_url())
-                argv, env, spec = worker_command(
-                    instance, app, queues, worker.directory, self.hostname,
-                    self.python, self.worker_loglevel,
-                )
-                if worker.pid is None:
-                    started = life.start(argv, env, spec) or started
-                elif worker.spec is not None and worker.spec != spec:
-                    self.log.info("{instance} configuration changed: restarting",
-                                  instance=worker.name)
-                    life.stop("configuration changed").addCallback(self._reconcile_after)
+                    start = self._plan(instance)
+                    if start is not None:
+                        life, command = start
+                        started = life.start(*command) or started
+                except Exception:
+                    # One instance's fault must not stop the others' round.
+                    self.log.failure("{instance}: converging failed", instance=instance.name)
             for life in list(self.workers.values()):
                 if life.worker.adopted and life.worker.state != STOPPING:
                     life.check()
@@ -269,6 +229,43 @@ class Supervisor(service.Service):
             self._startup.poll()
         if verify:
             self._background("verifying", self._verify)
+
+    def _plan(self, instance):
+        """Stop or restart C{instance}'s worker as the store wants; hand a start
+        back to converge: C{(lifecycle, (argv, env, spec))}."""
+        life = self.workers.get(instance.name) or self._lifecycle(instance.name)
+        worker = life.worker
+        if not instance.is_enabled and not worker.retired:
+            life.stop("disabled")
+        # A retired one is still stopping: start after it.
+        if worker.retired or not instance.is_enabled or worker.state == STOPPING or (
+                worker.pid is None and not life.due()):
+            return None
+        try:
+            app = self.store.get_app(instance.app)
+            queues = [self.store.get_queue(instance.app, q) for q in instance.queues]
+        except NotFound as e:
+            if worker.pid is None:
+                life.cannot_start(e.message)
+            return None
+        try:
+            argv, env, spec = worker_command(
+                instance, app, queues, worker.directory, self.hostname,
+                self.python, self.worker_loglevel, self.worker_policy,
+            )
+        except BadRequest as e:  # a record this branch's API would refuse
+            if worker.pid is None:
+                life.spawn_failed(e.message)
+            return None
+        # Commands to this worker go to its broker from now on.
+        self.control.register(worker.node, env["CELERY_BROKER_URL"])
+        if worker.pid is None:
+            return life, (argv, env, spec)
+        if worker.spec is not None and worker.spec != spec:
+            self.log.info("{instance} configuration changed: restarting",
+                          instance=worker.name)
+            life.stop("configuration changed").addCallback(self._reconcile_after)
+        return None
 
     def _reconcile_after(self, _):
         self.reconcile()
@@ -338,19 +335,24 @@ class Supervisor(service.Service):
         """
         desired = {i.name: i for i in self.store.instances()}
         for name, pid in worker_directories(self.instances_dir):
-            life = self._lifecycle(name)
-            if pid is not None and self.processes.is_worker(pid, life.worker.node):
-                life.adopt(pid)
-            instance = desired.get(name)
-            if instance is not None and life.worker.pid is not None:
-                try:
-                    app = self.store.get_app(instance.app)
-                except NotFound:
-                    continue
-                self.control.register(
-                    life.worker.node, (instance.broker or app.broker).as_url()
-                )
+            try:
+                self._adopt_one(name, pid, desired.get(name))
+            except Exception:  # a bad record is skipped, not the start
+                self.log.failure("{instance}: cannot adopt its worker", instance=name)
         self._retire_deleted(desired)
+
+    def _adopt_one(self, name, pid, instance):
+        life = self._lifecycle(name)
+        if pid is not None and self.processes.is_worker(pid, life.worker.node):
+            life.adopt(pid)
+        if instance is not None and life.worker.pid is not None:
+            try:
+                app = self.store.get_app(instance.app)
+            except NotFound:
+                return
+            broker = instance.broker or app.broker
+            check_hostname(broker.hostname, "broker hostname")
+            self.control.register(life.worker.node, broker.as_url())
 
     def _orphaned(self, pid):
         """Worker C{pid} is nobody's child here any more: watch it by pid."""

@@ -8,6 +8,10 @@ that a branch stopped while the worker starts still finds it next time),
 ``worker.state`` (Celery's state db, revoked tasks survive restarts) and
 ``worker.spec`` (the fingerprint of the command line it was started with,
 so that a restarted branch knows whether an adopted worker is current).
+The directory is 0700 and the files 0600: a worker's log may show its
+tasks' arguments.  The broker's URL, password included, goes to the worker
+in its environment (``CELERY_BROKER_URL``, readable only by its owner),
+never on its command line, which ``ps`` shows to everyone.
 """
 
 import errno
@@ -22,6 +26,8 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
 
+from cyme.state.models import check_hostname
+from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.interfaces import IProcessTable
 
 
@@ -44,21 +50,26 @@ def _queue_declaration(queue):
     }
 
 
-def worker_command(instance, app, queues, directory, hostname, python, loglevel="info"):
+def worker_command(instance, app, queues, directory, hostname, python, loglevel="info",
+                   policy=None):
     """
     The argv, environment and spec fingerprint of an instance's worker.
 
     C{queues} are the L{cyme.state.models.Queue} declarations the instance
     consumes.  The spec covers what can only change by a restart (broker,
-    pool, arguments, settings, and concurrency where there is no
+    pool, arguments, settings, imports, and concurrency where there is no
     autoscaler); queues and autoscale bounds change live and are left out.
+    Raises L{cyme.errors.BadRequest} if the records are outside this
+    branch's C{policy} (a L{WorkerPolicy}): replicated from a branch that
+    allows more, or written by an older version.
     """
+    (policy or WorkerPolicy()).check(app, instance)
     broker = instance.broker or app.broker
+    check_hostname(broker.hostname, "broker hostname")
     dq = dead_letter_queue(instance.name)
     argv = [
         python, "-m", "cyme.supervision.workerexec",
         "-A", "cyme.tasks.worker",
-        "-b", broker.as_url(),
         "--workdir", directory,
         "worker",
         "-n", node_name(instance.name, hostname),
@@ -81,8 +92,10 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
             *(_queue_declaration(q) for q in queues),
         ],
         "extra_config": extra,
+        "imports": list(app.imports),
     }
     env = {
+        "CELERY_BROKER_URL": broker.as_url(),
         "CYME_WORKER_CONFIG": json.dumps(config, sort_keys=True),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -93,6 +106,8 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
             env[key] = os.environ[key]
     spec_parts = [broker.as_url(), instance.pool, app.arguments, instance.arguments,
                   json.dumps(extra, sort_keys=True)]
+    if app.imports:  # only then: the workers of an older version stay current
+        spec_parts.append(",".join(app.imports))
     if instance.pool not in ("prefork", "solo"):
         spec_parts.append(str(instance.max_concurrency))
     spec = hashlib.sha256("\0".join(spec_parts).encode("utf-8")).hexdigest()[:16]
@@ -140,9 +155,16 @@ class WorkerProtocol(ProcessProtocol):
 def write_file(path, text):
     """Replace C{path} with C{text} at once: a reader sees old or new, never half."""
     partial = path + ".tmp"
-    with open(partial, "w") as f:
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(partial, path)
+
+
+def make_directory(path):
+    """Create C{path} (and its parents) 0700, or make it 0700 if it exists."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def record_spawn(directory, pid, spec):

@@ -1,9 +1,14 @@
 """The Celery app that cyme's worker instances load (``celery -A cyme.tasks.worker``).
 
 It runs inside the workers, never in the branch.  The branch passes the
-instance's queue declarations and extra settings in the environment
-(``CYME_WORKER_CONFIG``, JSON), so a worker starts consuming exactly the
-declared queues, with their exchanges, without a round trip after start.
+instance's queue declarations, extra settings and the app's task modules
+in the environment (``CYME_WORKER_CONFIG``, JSON), so a worker starts
+consuming exactly the declared queues, with their exchanges, without a
+round trip after start, and imports the task modules the branch's
+operator allowed (``--task-module``) and nothing else.  Messages are JSON
+only unless the settings, vetted by the branch against its
+``--accept-content``, say otherwise.  The broker's URL comes in
+``CELERY_BROKER_URL``, which Celery reads itself.
 """
 
 import base64
@@ -31,6 +36,11 @@ app.conf.update(
     worker_send_task_events=True,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
+    # Nothing but JSON unless the branch's operator opened more.
+    accept_content=["json"],
+    result_accept_content=["json"],
+    task_serializer="json",
+    result_serializer="json",
 )
 
 
@@ -52,6 +62,9 @@ def configure(config):
     if config.get("queues"):
         app.conf.task_queues = _queues(config["queues"])
     app.conf.update(config.get("extra_config") or {})
+    # Imported by the worker as it starts (Celery's own "imports" setting):
+    # their tasks register with this app (shared_task, or current_app.task).
+    app.conf.imports = tuple(config.get("imports") or ())
 
 
 configure(json.loads(os.environ.get("CYME_WORKER_CONFIG") or "{}"))

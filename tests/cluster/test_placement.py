@@ -7,7 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.cluster.bus import Bus
 from cyme.cluster.memory import MemoryBusNetwork
 from cyme.cluster.placement import Placement, coordinator, least_loaded
-from cyme.errors import NotFound
+from cyme.errors import Conflict, NotFound
 from cyme.state.models import Instance
 from cyme.state.store import MemoryStore
 
@@ -64,3 +64,60 @@ class PlacementTests(SynchronousTestCase):
         self.assertEqual(self.bus.peer("b2").instances, [])
         # Unknown branches have nothing to count.
         self.placement.reserve("b9", "foo", "w1")()
+
+
+class LimitTests(SynchronousTestCase):
+    """b1 (this one) and b2, whose beat says it holds at most 2 instances of 4."""
+
+    def setUp(self):
+        self.clock = Clock()
+        network = MemoryBusNetwork(self.clock)
+        self.store = MemoryStore()
+        self.peer_instances = []
+        self.bus = Bus(network.transport("b1"), "b1", self.clock, lambda: {})
+        other = Bus(network.transport("b2"), "b2", self.clock, self.beat)
+        for bus in (self.bus, other):
+            bus.startService()
+            self.addCleanup(bus.stopService)
+        self.clock.advance(2.0)
+        self.clock.advance(0)
+        self.placement = Placement(self.bus, self.store, rng=lambda: 0.0,
+                                   limits={"max_instances": 1, "max_concurrency": 8})
+
+    def beat(self):
+        return {"url": None, "instances": self.peer_instances, "load": {}, "digest": None,
+                "limits": {"max_instances": 2, "max_concurrency": 4}}
+
+    def test_full_branches_are_skipped(self):
+        self.store.put_instance(Instance("w1", "foo"))
+        self.assertEqual(self.placement.target(), "b2")
+        self.peer_instances.extend([["foo", "w2"], ["foo", "w3"]])
+        self.clock.advance(2.0)
+        self.clock.advance(0)
+        with self.assertRaises(Conflict) as caught:
+            self.placement.target()
+        body = caught.exception.to_json()
+        self.assertEqual(body["limit"], "max_instances")
+        self.assertEqual(body["branches"], {"b1": "max_instances", "b2": "max_instances"})
+
+    def test_a_create_in_flight_counts_against_the_limit(self):
+        self.store.put_instance(Instance("w1", "foo"))
+        self.placement.reserve("b2", "foo", "w2")
+        self.placement.reserve("b2", "foo", "w3")
+        self.assertRaises(Conflict, self.placement.target)
+
+    def test_branches_whose_cap_is_below_the_request_are_skipped(self):
+        self.assertEqual(self.placement.target(max_concurrency="6"), "b1")
+        self.assertEqual(self.placement.target(max_concurrency=2), "b1")
+        self.store.put_instance(Instance("w1", "foo"))
+        with self.assertRaises(Conflict) as caught:
+            self.placement.target(max_concurrency=6)
+        self.assertEqual(caught.exception.to_json()["limit"],
+                         ["max_concurrency", "max_instances"])
+        # A value the target branch will refuse anyway places as 1.
+        self.assertEqual(self.placement.target(max_concurrency="lots"), "b2")
+
+    def test_a_named_branch_at_its_limit_is_a_409(self):
+        self.store.put_instance(Instance("w1", "foo"))
+        self.assertRaises(Conflict, self.placement.target, "b1")
+        self.assertEqual(self.placement.target("b2"), "b2")

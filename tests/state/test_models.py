@@ -12,8 +12,11 @@ from cyme.state.models import (
     Broker,
     Instance,
     Queue,
+    check_app_name,
+    check_hostname,
     check_name,
     check_seconds,
+    reserved_apps,
 )
 
 #: The broker the original Cyme shows for an app created without broker parameters.
@@ -89,15 +92,24 @@ class NameTests(BadRequestAssertions, SynchronousTestCase):
     def test_reserved_app_names(self):
         expected = {
             "ping", "admin", "branches", "metrics", "instances", "queues", "queue", "query",
+            "tokens", "openapi.json", "events", "drift", "restarts", "health", "login",
         }
         self.assertEqual(RESERVED_APP_NAMES, expected)
         for name in expected:
             with self.subTest(name=name):
-                error = self.assertBadRequest("name", App, name=name)
+                error = self.assertBadRequest("name", check_app_name, name)
                 self.assertIn(name, error.message)
                 # Only apps sit at the root of the URL space.
                 self.assertEqual(Queue(name=name).name, name)
                 self.assertEqual(Instance(name=name, app="foo").name, name)
+        self.assertEqual(check_app_name("foo"), "foo")
+
+    def test_an_app_of_a_reserved_name_still_loads(self):
+        # Written by an older version: the state file must load, and the
+        # start warns about it (reserved_apps).
+        old = App.from_json({"name": "tokens"})
+        self.assertEqual(old.name, "tokens")
+        self.assertEqual(reserved_apps([old, App("foo")]), ["tokens"])
 
     def test_reserved_words_are_case_sensitive(self):
         self.assertEqual(App(name="Ping").name, "Ping")
@@ -233,11 +245,28 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
             "amqp://h:port/",
             "",
             "amqp://h/\n",
+            "amqp://[/",  # an IPv6 literal never closed: urlsplit raises
+            "amqp://[::1/",
+            "amqp://a%20b/",
+            "amqp://u:p@-h/",
         ]:
             with self.subTest(url=url):
                 self.assertBadRequest("broker", Broker.from_url, url)
         self.assertBadRequest("broker", Broker.from_url, 5)
         self.assertBadRequest("url", Broker.from_url, "http://h/", "url")
+
+    def test_hostnames(self):
+        for good, canonical in [
+            ("rabbit.example.com", "rabbit.example.com"), ("w1", "w1"),
+            ("my_host.lan", "my_host.lan"), ("10.0.0.1", "10.0.0.1"),
+            ("::1", "::1"), ("[fe80::1]", "fe80::1"), ("host.", "host."),
+        ]:
+            with self.subTest(host=good):
+                self.assertEqual(check_hostname(good), canonical)
+        for bad in ["[", "]", "a b", "a..b", "-h", "h-", "u@h", "h:1", "[h]", ".", "",
+                    "a" * 64 + ".com", "h/x", "[::1"]:
+            with self.subTest(host=bad):
+                self.assertBadRequest("hostname", check_hostname, bad)
 
     def test_from_url_port_zero(self):
         # Port 0 is no port at all, not "the default port".
@@ -259,6 +288,14 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
 
 
 class AppTests(BadRequestAssertions, SynchronousTestCase):
+    def test_imports_shown_only_when_there_are_some(self):
+        # An app without task modules is the JSON older branches know.
+        self.assertNotIn("imports", App("foo").to_json())
+        app = App("foo", imports="myproject.tasks, other.tasks")
+        self.assertEqual(app.to_json()["imports"], ["myproject.tasks", "other.tasks"])
+        self.assertEqual(App.from_json(app.to_json()), app)
+        self.assertBadRequest("imports", App, "foo", imports=["not a module"])
+
     def test_original_shape(self):
         data = App(name="foo").to_json()
         self.assertEqual(data["name"], "foo")
