@@ -313,7 +313,7 @@ class ClusterTests(ClusterTestCase):
         await self.ok("PUT", a, "/foo/queues/late/", expected=(201,))
         bar = await self.ok(
             "POST", c, "/bar/", expected=(200,),
-            data={"arguments": "--without-mingle", "extra_config": '{"x": 1}'},
+            data={"arguments": "--without-mingle", "extra_config": '{"worker_prefetch_multiplier": 1}'},
         )
         self.assertEqual(bar["arguments"], "--without-mingle")
         self.assertEqual(await self.get(a, "/bar/"), (200, bar))
