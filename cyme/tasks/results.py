@@ -240,7 +240,13 @@ class TaskService(service.Service):
         # Results that came while the branch was down wait on every broker
         # it ever published to: consume them all again.
         for app in self.store.apps():
-            self.link(app.broker.as_url())
+            try:
+                self.link(app.broker.as_url())
+            except Exception as e:
+                # A record an older version let in (a broker host no URL can
+                # carry) must not stop the branch: its app's tasks wait.
+                self.log.error("app {app}: cannot consume its results: {error}",
+                               app=app.name, error=e)
 
     def _expire(self):
         try:

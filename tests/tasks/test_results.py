@@ -197,3 +197,34 @@ class BrokerLinkTests(JournalTestCase):
         self.assertIs(self.tasks.link("amqp://a//"), self.tasks.link("amqp://a//"))
         self.tasks.link("amqp://b//")
         self.assertEqual(sorted(self.pool.urls()), ["amqp://a//", "amqp://b//"])
+
+
+class _UnusableBroker:
+    def as_url(self):
+        raise ValueError("Invalid IPv6 URL")
+
+
+class _OlderStateStore(MemoryStore):
+    """A state file of an older version: one app whose broker has no URL."""
+
+    def apps(self):
+        bad = type("Record", (), {"name": "bad", "broker": _UnusableBroker()})()
+        return [bad] + super().apps()
+
+
+class StartTests(JournalTestCase):
+    def test_an_app_whose_broker_has_no_url_stops_no_start(self):
+        store = _OlderStateStore()
+        store.put_app(App("good"))
+        asked = []
+
+        def client(url):
+            asked.append(url)
+            return FakeClient()
+
+        tasks = TaskService(BrokerPool(self.clock, make_client=client), self.journal(),
+                            "b1", self.clock, store)
+        tasks.startService()
+        self.addCleanup(tasks.stopService)
+        self.assertEqual(asked, [App("good").broker.as_url()])
+        self.assertTrue(tasks.running)
