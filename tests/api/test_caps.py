@@ -63,7 +63,8 @@ class ConnectionCapTests(SynchronousTestCase):
         return protocol, transport
 
     def test_connections_beyond_the_cap_get_503(self):
-        site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource())
+        # No idle timeout: its timer would outlive this synchronous test.
+        site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource(), timeout=None)
         cap = ConnectionCap(site, limit=2)
         first, _ = self.connect(cap)
         second, _ = self.connect(cap)
