@@ -15,7 +15,7 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 1.5em; }
 table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; }
 th { border-bottom: 1px solid #999; } tr:nth-child(even) { background: #f4f4f4; }
-.running { color: #070; } .offline, .quarantined, .unresponsive { color: #b00; }
+.running { color: #070; } .offline, .quarantined, .unresponsive, .failed { color: #b00; }
 .starting, .stopping { color: #a60; } small { color: #666; }
 """
 
