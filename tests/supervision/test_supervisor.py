@@ -38,6 +38,9 @@ class BackoffTests(SynchronousTestCase):
 
 
 class SupervisorTestCase(SynchronousTestCase):
+    #: The branch's worker policy (None: the default one).
+    worker_policy = None
+
     def setUp(self):
         self.reactor = FakeProcessReactor()
         self.control = FakeControl(self.reactor)
@@ -60,6 +63,7 @@ class SupervisorTestCase(SynchronousTestCase):
         self.supervisor = Supervisor(
             self.store, self.control, self.reactor, self.root, hostname="h",
             python="/py", processes=self.processes, policy=Policy(**figures),
+            worker_policy=self.worker_policy,
         )
         return self.supervisor
 

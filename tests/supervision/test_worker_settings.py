@@ -16,9 +16,7 @@ import attrs
 
 from cyme.state.models import App, Broker, Instance
 from cyme.state.workeroptions import WorkerPolicy
-from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workers import worker_command
-from cyme.supervision.workerstate import Policy, restart_backoff
 
 from tests.supervision.test_supervisor import SupervisorTestCase
 
@@ -31,19 +29,6 @@ def mode(path):
 
 class PolicySupervisorTestCase(SupervisorTestCase):
     worker_policy = None
-
-    def make(self, **kwargs):
-        figures = dict(
-            interval=5.0, kill_timeout=10.0, start_timeout=30.0,
-            backoff=restart_backoff(jitter=lambda: 1.0), wait_after_broker_revived=30.0,
-        )
-        figures.update(kwargs)
-        self.supervisor = Supervisor(
-            self.store, self.control, self.reactor, self.root, hostname="h",
-            python="/py", processes=self.processes, policy=Policy(**figures),
-            worker_policy=self.worker_policy,
-        )
-        return self.supervisor
 
     def put(self, name, app, **fields):
         """Instance C{name} of C{app}, as a change of the store tells the supervisor."""
