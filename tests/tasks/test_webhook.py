@@ -170,21 +170,27 @@ def closed_port():
     return port
 
 
+def serve(testcase, server):
+    """Run C{server} (a L{Server} of L{Handler}s) in a thread for C{testcase}."""
+    server.requests = []
+    server.release = threading.Event()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+
+    def stop():
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    testcase.addCleanup(stop)
+    return server
+
+
 class WebhookTestBase(SynchronousTestCase):
     def setUp(self):
-        server = Server(("127.0.0.1", 0), Handler)
-        server.requests = []
-        server.release = threading.Event()
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-
-        def stop():
-            server.release.set()
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
+        server = serve(self, Server(("127.0.0.1", 0), Handler))
         self.server = server
         self.port = server.server_address[1]
         self.base = f"http://127.0.0.1:{self.port}"

@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import ssl
-import threading
 import unittest
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.fence import literal_address
 from cyme.tasks import webhook as wh
 from cyme.tasks.webhook import HostRefused
-from tests.tasks.test_webhook import Handler, Server
+from tests.tasks.test_webhook import Handler, Server, serve
 
 LOOPBACK_FORMS = [
     "127.0.0.1", "127.1", "127.0.1", "2130706433", "0x7f000001", "0x7f.1", "017700000001",
@@ -49,20 +48,7 @@ def outside_address(family, probe):
 
 class FenceTestBase(SynchronousTestCase):
     def setUp(self):
-        server = DualStackServer(("::", 0), Handler)
-        server.requests = []
-        server.release = threading.Event()
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
-        thread.start()
-
-        def stop():
-            server.release.set()
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
+        server = serve(self, DualStackServer(("::", 0), Handler))
         self.server = server
         self.port = server.server_address[1]
 
