@@ -89,8 +89,10 @@ class Options(usage.Options):
         ["instance-dir", "D", "instances/",
          "Root directory of the branch: its state, and the logs and pid files "
          "of its worker instances. Created if missing."],
-        ["broker", "b", DEFAULT_BROKER_URL,
-         "Broker URL of the branch bus, and default broker of new apps."],
+        ["broker", "b", None,
+         "Broker URL of the branch bus, and default broker of new apps "
+         "(default: $CYME_BROKER_URL, else " + DEFAULT_BROKER_URL + "; the "
+         "environment keeps its password out of ps)."],
         ["http", None, None,
          "Listen on this Twisted endpoint instead of the address "
          "(tcp:8001, ssl:8443:privateKey=key.pem, unix:/run/cyme.sock, "
@@ -201,6 +203,8 @@ class Options(usage.Options):
         self["worker-policy"] = _worker_policy(self)
         try:
             check_name(self["cluster"], "--cluster")
+            if self["broker"] is None:
+                self["broker"] = os.environ.get("CYME_BROKER_URL") or DEFAULT_BROKER_URL
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
             if self["id"] is not None:
                 check_name(self["id"], "--id")

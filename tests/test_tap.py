@@ -113,6 +113,15 @@ class ParseTests(OptionsTestsMixin, SynchronousTestCase):
         broker = options["default-broker"]
         self.assertEqual((broker.hostname, broker.port), ("127.0.0.1", 5672))
 
+    def test_broker_from_the_environment(self):
+        # Out of the command line, the password stays out of ps.
+        self.patch(os, "environ", dict(os.environ, CYME_BROKER_URL="amqp://u:secret@envhost//"))
+        broker = self.parse(["-D", self.root_path()])["default-broker"]
+        self.assertEqual((broker.hostname, broker.password), ("envhost", "secret"))
+        # The command line still wins.
+        broker = self.parse(["-D", self.root_path(), "-b", "amqp://u:p@cli//"])["default-broker"]
+        self.assertEqual(broker.hostname, "cli")
+
     def test_argv_default_parses_gnu_way(self):
         """Without an argument, parseOptions reads sys.argv the same way."""
         import sys
