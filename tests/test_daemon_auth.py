@@ -5,19 +5,12 @@ branch and against its idle root, and TLS through the ``ssl:`` endpoint
 (the README's example).
 """
 
-import datetime
-import ipaddress
 import os
 import shutil
-import socket
 import stat
 import tempfile
 
 import treq
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import deferLater
@@ -27,44 +20,8 @@ from twisted.web.client import Agent
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from tests.localhost import outside_address, self_signed
 from tests.test_daemon import CYME_BRANCH, DaemonTestCase, deferred, free_port
-
-
-def self_signed(directory):
-    """A key and a certificate for localhost and 127.0.0.1: their paths."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
-        ]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
-
-
-def machine_address():
-    """This machine's address on its network (no packet is sent), or None."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))
-            address = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if ipaddress.ip_address(address).is_loopback else address
 
 
 @implementer(IPolicyForHTTPS)
@@ -112,7 +69,7 @@ class AuthDaemonTests(DaemonTestCase):
 
     @deferred
     async def test_loopback_network_and_token_command(self):
-        machine = machine_address()
+        machine = outside_address()
         if machine is None:
             raise SkipTest("this machine has no network address besides loopback")
         port = free_port()
@@ -185,7 +142,7 @@ class AuthDaemonTests(DaemonTestCase):
     @deferred
     async def test_tls(self):
         """The README's example: ssl:PORT:privateKey=key.pem:certKey=cert.pem."""
-        key, cert = self_signed(self.cwd)
+        key, cert = self_signed(self.cwd, "localhost", addresses=["127.0.0.1"])
         port = free_port()
         os.makedirs(self.path("root"))
         code, out, err = await self.token("create", "--name", "browser", "--scope", "read",

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.fence import literal_address
 from cyme.tasks import webhook as wh
 from cyme.tasks.webhook import HostRefused
+from tests.localhost import outside_address, self_signed
 from tests.tasks.test_webhook import Handler, Server, serve
 
 LOOPBACK_FORMS = [
@@ -33,17 +34,6 @@ class DualStackServer(Server):
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
-
-
-def outside_address(family, probe):
-    """This machine's address towards C{probe} (no packet is sent), or None."""
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((probe, 9))
-            address = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if literal_address(address).is_loopback else address
 
 
 class FenceTestBase(SynchronousTestCase):
@@ -229,36 +219,6 @@ class TaskTests(FenceTestBase):
         conf.cyme_webhook_deny_private = True
         self.addCleanup(conf.pop, "cyme_webhook_deny_private", None)
         self.assertRaises(HostRefused, self.task.run, "GET", url)
-
-
-def self_signed(directory, name):
-    """A key and a certificate for C{name} (its own CA): their paths."""
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    key_path, cert_path = os.path.join(directory, "key.pem"), os.path.join(directory, "cert.pem")
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    return key_path, cert_path
 
 
 class TLSTests(FenceTestBase):
