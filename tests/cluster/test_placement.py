@@ -29,22 +29,33 @@ class FunctionTests(SynchronousTestCase):
         self.assertEqual(least_loaded({"b1": 0}, lambda: 0.5), "b1")
 
 
-class PlacementTests(SynchronousTestCase):
+class TwoBranchesTestCase(SynchronousTestCase):
+    """b1 (this one, placing) and b2 on the memory bus, both beaten once."""
+
+    #: What this branch's L{Placement} is told of its own limits.
+    limits = {}
+
+    def own_beat(self):
+        return self.beat()
+
+    def beat(self):
+        return {"url": None, "instances": [], "load": {}, "digest": None}
+
     def setUp(self):
         self.clock = Clock()
         network = MemoryBusNetwork(self.clock)
         self.store = MemoryStore()
-        self.bus = Bus(network.transport("b1"), "b1", self.clock, self.beat)
+        self.bus = Bus(network.transport("b1"), "b1", self.clock, self.own_beat)
         other = Bus(network.transport("b2"), "b2", self.clock, self.beat)
         for bus in (self.bus, other):
             bus.startService()
             self.addCleanup(bus.stopService)
         self.clock.advance(2.0)
         self.clock.advance(0)
-        self.placement = Placement(self.bus, self.store, rng=lambda: 0.0)
+        self.placement = Placement(self.bus, self.store, rng=lambda: 0.0, limits=self.limits)
 
-    def beat(self):
-        return {"url": None, "instances": [], "load": {}, "digest": None}
+
+class PlacementTests(TwoBranchesTestCase):
 
     def test_target_is_the_least_loaded_live_branch(self):
         self.assertEqual(self.placement.target(), "b1")
@@ -66,23 +77,17 @@ class PlacementTests(SynchronousTestCase):
         self.placement.reserve("b9", "foo", "w1")()
 
 
-class LimitTests(SynchronousTestCase):
+class LimitTests(TwoBranchesTestCase):
     """b1 (this one) and b2, whose beat says it holds at most 2 instances of 4."""
 
+    limits = {"max_instances": 1, "max_concurrency": 8}
+
     def setUp(self):
-        self.clock = Clock()
-        network = MemoryBusNetwork(self.clock)
-        self.store = MemoryStore()
         self.peer_instances = []
-        self.bus = Bus(network.transport("b1"), "b1", self.clock, lambda: {})
-        other = Bus(network.transport("b2"), "b2", self.clock, self.beat)
-        for bus in (self.bus, other):
-            bus.startService()
-            self.addCleanup(bus.stopService)
-        self.clock.advance(2.0)
-        self.clock.advance(0)
-        self.placement = Placement(self.bus, self.store, rng=lambda: 0.0,
-                                   limits={"max_instances": 1, "max_concurrency": 8})
+        super().setUp()
+
+    def own_beat(self):
+        return {}
 
     def beat(self):
         return {"url": None, "instances": self.peer_instances, "load": {}, "digest": None,
