@@ -51,7 +51,11 @@ def audit_target(path):
     fields naming its app, instance, queue or token.  A queued URL's target
     is left out of the line (it may carry credentials of its own).
     """
-    segments = [unquote(s.decode("utf-8", "replace")) for s in path.split(b"/")[1:]]
+    raw = path.split(b"/")
+    if len(raw) > 4 and raw[1] and raw[2] == b"queue" and raw[3]:
+        # The hot path: the queued URL is never named, so never decoded.
+        raw = raw[:4]
+    segments = [unquote(s.decode("utf-8", "replace")) for s in raw[1:]]
     segments = [s for s in segments if s]
     fields = {}
     if segments[:1] == ["tokens"]:
