@@ -35,9 +35,14 @@ setup(
         # Workers forked by the fork server take their own names (ps, and
         # the branch recognising them after a restart).
         "setproctitle>=1.3",
+        # The cyme command (cyme.cli).
+        "click>=8.1",
     ],
     entry_points={
-        "console_scripts": ["cyme-branch = cyme.script:main"],
+        "console_scripts": [
+            "cyme-branch = cyme.script:main",
+            "cyme = cyme.cli:main",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",
