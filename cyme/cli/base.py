@@ -110,6 +110,8 @@ class Section(click.Group):
         self.list_takes_args = list_takes_args
 
     def parse_args(self, ctx, args):
+        if ctx.resilient_parsing:  # shell completion: the subcommands are the choices
+            return super().parse_args(ctx, args)
         if not args or (self.list_takes_args and args[0] not in self.commands
                         and args[0] != "all" and not args[0].startswith("-")):
             args = ["list", *args]
@@ -141,13 +143,14 @@ def complete_apps(ctx, param, incomplete):
 def shared(command):
     """Accept C{-a}, C{-F} and C{-n} after the command's name too."""
     options = [
-        click.option("-a", "--app", metavar="APP", expose_value=False,
+        click.option("-a", "--app", "app_option", metavar="APP", expose_value=False,
                      callback=_setter("app"), shell_complete=complete_apps,
                      help="The app (for the app's instances, queues, tasks)."),
-        click.option("-F", "--format", "fmt", type=click.Choice(FORMATS),
+        click.option("-F", "--format", "format_option", type=click.Choice(FORMATS),
                      expose_value=False, callback=_setter("format"),
                      help="pretty: aligned text; json: the API's JSON."),
-        click.option("-n", "--nowait", is_flag=True, default=False, expose_value=False,
+        click.option("-n", "--nowait", "nowait_option", is_flag=True, default=False,
+                     expose_value=False,
                      callback=_setter("nowait"),
                      help="Do not wait for the worker (the branch answers 202 at once)."),
     ]

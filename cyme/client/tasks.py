@@ -56,7 +56,7 @@ class Task:
             step = max(min(left, LONGEST_WAIT), 0.1)
             try:
                 answer = self.app.transport.request(
-                    "GET", self._path("wait"), params={"timeout": f"{step:g}"},
+                    "GET", self._path("wait"), params={"timeout": f"{round(step, 3):g}"},
                     timeout=step + SLACK,
                 )
             except GatewayTimeout:
