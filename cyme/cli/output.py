@@ -3,6 +3,7 @@
 
 import datetime
 import json
+from urllib.parse import quote
 
 #: Fields that hold a moment, in seconds since the epoch.
 MOMENTS = ("seen_at", "last_heartbeat", "quarantined_until", "created", "expires")
@@ -51,8 +52,9 @@ def is_broker(value):
 
 def broker_url(broker):
     """A broker as an amqp:// URL without its password: a terminal is no place for it."""
-    vhost = broker.get("virtual_host")
-    vhost = "" if vhost == "/" else (vhost or "")
+    vhost = quote(str(broker.get("virtual_host") or "/"), safe="")
+    # As amqp:// URLs write it, the default virtual host "/" is a second slash.
+    vhost = "/" if vhost == "%2F" else vhost
     return f"amqp://{broker.get('userid')}@{broker.get('hostname')}:{broker.get('port')}/{vhost}"
 
 

@@ -23,7 +23,7 @@ class RenderTests(SynchronousTestCase):
         lines = text.splitlines()
         self.assertEqual([line.split() for line in lines], [
             ["name", "foo"],
-            ["broker", "amqp://guest@127.0.0.1:5672/"],
+            ["broker", "amqp://guest@127.0.0.1:5672//"],
             ["arguments", "-"],
             ["extra_config.task_acks_late", "yes"],
             ["allowed_hosts", "-"],
