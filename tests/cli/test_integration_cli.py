@@ -79,6 +79,10 @@ class EveryCommandTests(CommandTestCase):
         self.assertEqual(await self.js("apps.get", "bar"), bar)
         self.assertEqual(await self.ok("apps"), "bar\nfoo\n")
         self.assertEqual(sorted(await self.js("apps.all")), ["bar", "foo"])
+        # Shell completion knows the apps (asked of the branch of CYME_URL).
+        completion = {"_CYME_COMPLETE": "bash_complete", "COMP_WORDS": "cyme -a f",
+                      "COMP_CWORD": "2"}
+        self.assertEqual(await self.cyme(url=self.url, env=completion), (0, "plain,foo\n", ""))
 
         # Queues
         await self.ok("-a", "foo", "queues.add", "tasks")
