@@ -7,7 +7,7 @@ from cyme.cli import status as status_view
 from cyme.cli.base import Section, key_values, pass_settings, shared
 from cyme.cli import output
 from cyme.cli.output import table
-from cyme.client import TaskFailed
+from cyme.client import APIError, NotFound, TaskFailed
 
 
 def when(seconds):
@@ -47,7 +47,16 @@ def status(settings):
     found = []
     for app in client.all():
         section = client.app(app).instances
-        found.extend(section.get(name).info for name in section.names())
+        for name in section.names():
+            try:
+                found.append(section.get(name).info)
+            except NotFound:
+                pass  # deleted since it was listed
+            except APIError as e:
+                # Its branch did not answer in time: one line says so, the
+                # others are shown.
+                found.append({"name": name, "app": app, "state": "unknown",
+                              "last_error": e.message})
     rows = status_view.rows(found)
     settings.emit({"branches": ids, "instances": rows}, status_view.pretty(ids, rows))
 

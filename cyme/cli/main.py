@@ -26,6 +26,8 @@ def check_url(ctx, param, value):
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise click.BadParameter(f"{value!r} is not an http:// or https:// URL")
+    if "@" in parts.netloc:
+        raise click.BadParameter("a branch's URL takes no user or password: use --token")
     return value
 
 

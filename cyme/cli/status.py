@@ -17,13 +17,14 @@ def row(instance):
     and C{differs}, the names of the fields where they part.
     """
     name = instance.get("name")
-    if instance.get("state") == "offline":
-        # All that is known of an instance of an offline branch.
+    if "is_enabled" not in instance:
+        # All that is known of an instance of an offline branch (its state
+        # "offline"), or of one whose branch did not answer ("unknown").
         return {"instance": name, "app": instance.get("app"), "branch": instance.get("branch"),
-                "wanted": None, "state": "offline", "pid": None, "queues": None,
+                "wanted": None, "state": instance.get("state"), "pid": None, "queues": None,
                 "live_queues": None, "autoscale": None, "live_autoscale": None,
-                "restarts": None, "last_error": None, "quarantined_until": None,
-                "differs": ["state"]}
+                "restarts": None, "last_error": instance.get("last_error"),
+                "quarantined_until": None, "differs": ["state"]}
     wanted = "running" if instance.get("is_enabled", True) else "stopped"
     queues = list(instance.get("queues") or [])
     autoscale = {"max": instance.get("max_concurrency"), "min": instance.get("min_concurrency")}

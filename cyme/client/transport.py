@@ -56,6 +56,9 @@ class Transport:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ClientError(f"not an http:// or https:// URL: {url}")
+        if "@" in parts.netloc:
+            # It would be repeated in every error message; a branch takes a token.
+            raise ClientError("a branch's URL takes no user or password: give a token")
         self.url = url.rstrip("/")
         self.prefix = parts.path.rstrip("/")
         self.timeout = timeout

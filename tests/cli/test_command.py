@@ -40,6 +40,10 @@ class UsageTests(SynchronousTestCase):
         self.assertUsage(["-F", "xml", "apps"], "'xml' is not one of 'pretty', 'json'")
         self.assertUsage(["--url", "notaurl", "apps"], "is not an http:// or https:// URL")
         self.assertUsage(["--url", "ftp://h/", "apps"], "is not an http:// or https:// URL")
+        code, out, err = run("--url", "http://me:s3cret@localhost:8000", "apps")
+        self.assertEqual(code, 2)
+        self.assertIn("takes no user or password", err)
+        self.assertNotIn("s3cret", err)
         self.assertUsage(["-a", "foo", "queues", "add", "q", "x", "direct", "q", "{bad"],
                          "is not a JSON object")
         self.assertUsage(["-a", "foo", "instances", "autoscale", "w1", "lots"],

@@ -40,6 +40,12 @@ class RowTests(SynchronousTestCase):
                  "last_heartbeat": 1.0})
         self.assertEqual((r["state"], r["wanted"], r["differs"]), ("offline", None, ["state"]))
 
+    def test_an_instance_whose_branch_did_not_answer(self):
+        r = row({"name": "w9", "app": "foo", "state": "unknown",
+                 "last_error": "instance w9 did not answer within 2 s"})
+        self.assertEqual((r["state"], r["differs"], r["last_error"]),
+                         ("unknown", ["state"], "instance w9 did not answer within 2 s"))
+
 
 class PrettyTests(SynchronousTestCase):
     def test_one_line_each_the_differing_ones_marked(self):

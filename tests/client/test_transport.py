@@ -115,6 +115,6 @@ class TransportTests(SynchronousTestCase):
                          ("bad value", {"field": "x"}))
 
     def test_only_http_urls(self):
-        for url in ("ftp://h/", "localhost:8000", "http://"):
+        for url in ("ftp://h/", "localhost:8000", "http://", "http://me:s3cret@h:8000"):
             self.assertRaises(ClientError, Transport, url)
         self.assertEqual(path("foo", "instances", "!", "a b"), "/foo/instances/!/a%20b/")
