@@ -31,7 +31,8 @@ from cyme.supervision.workers import (
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
     KILL_TIMEOUT, LIVE, ORPHANED, PING_MISSED, PONG, QUARANTINE_ELAPSED, RESTART_ASKED,
-    RUNNING, SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
+    RUNNING, SPAWN_FAILED, SPAWNED, START_FAILED, STARTING, STOP_ASKED, STOPPED, STOPPING,
+    UNRESPONSIVE, WATCH,
 )
 
 
@@ -75,7 +76,8 @@ class WorkerLifecycle:
     def due(self):
         """Whether the worker should be started now (not up, no backoff)."""
         w = self.worker
-        return w.state == STOPPED and self._clock.seconds() >= w.next_start
+        return (w.state in (STOPPED, START_FAILED)
+                and self._clock.seconds() >= w.next_start)
 
     def start(self, argv, env, spec):
         """Spawn the worker with C{argv} and C{env}; whether it was spawned."""
@@ -95,7 +97,7 @@ class WorkerLifecycle:
             )
         except Exception as e:
             self.log.failure("{instance} cannot start", instance=w.name)
-            self._fire(self._count_failure(f"cannot start: {e}"))
+            self._start_failed(f"cannot start: {e}")
             return False
         # Written at once: a branch stopped while the worker starts must
         # find it on its next start, not start a second one beside it.
@@ -107,7 +109,11 @@ class WorkerLifecycle:
         """Its command could not be made: a failure (backoff, then quarantine)."""
         self.log.warn("{instance} cannot start: {reason}", instance=self.worker.name,
                       reason=reason)
-        self._fire(self._count_failure(f"cannot start: {reason}"))
+        self._start_failed(f"cannot start: {reason}")
+
+    def _start_failed(self, why):
+        event = self._count_failure(why)
+        self._fire(SPAWN_FAILED if event == CRASHED else event)
 
     def cannot_start(self, reason):
         """The worker cannot be started for C{reason} (its app is gone)."""

@@ -84,7 +84,7 @@ class BadRecordTests(PolicySupervisorTestCase):
         self.boot("w2")
         self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
         status = self.supervisor.status("w1")
-        self.assertEqual(status["state"], "stopped")
+        self.assertEqual((status["state"], status["pid"]), ("failed", None))
         self.assertIn("cannot start: app arguments cannot be read as a command line",
                       status["last_error"])
         self.assertGreaterEqual(status["restarts"], 1)  # the first retry is at once
