@@ -74,8 +74,11 @@ def caller_of(request):
 
 def masked(request, data):
     """
-    C{data} as C{request}'s caller may see it: every C{password} (of a
-    broker) is None unless the caller has the C{admin} scope.
+    C{data} as C{request}'s caller may see it: the C{password} of every
+    broker (an object under a C{broker} key, at any depth, so lists and
+    answers relayed from other branches are covered) is None unless the
+    caller has the C{admin} scope.  Other fields named C{password} are
+    not cyme's secrets and are left alone.
     """
     if "admin" in caller_of(request).scopes:
         return data
@@ -84,10 +87,16 @@ def masked(request, data):
 
 def _mask(value):
     if isinstance(value, dict):
-        return {k: None if k == "password" else _mask(v) for k, v in value.items()}
+        return {k: _broker(v) if k == "broker" else _mask(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v) for v in value]
     return value
+
+
+def _broker(value):
+    if isinstance(value, dict) and "password" in value:
+        return _mask({**value, "password": None})
+    return _mask(value)
 
 
 def required_scope(request):

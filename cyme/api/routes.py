@@ -339,7 +339,8 @@ class BranchAPI:
 
     @route("/<app>/query/<task_id>/result", ["GET"])
     async def task_result(self, request, app, task_id):
-        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)))
+        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)),
+                         records=False)
 
     @route("/<app>/query/<task_id>/wait", ["GET"])
     async def task_wait(self, request, app, task_id):
@@ -359,7 +360,7 @@ class BranchAPI:
             task = await self.ops.wait_task(app, task_id, timeout)
         finally:
             self._waits -= 1
-        return json_body(request, 200, task)
+        return json_body(request, 200, task, records=False)
 
     def _listing(self, request, result):
         names, missing = result
