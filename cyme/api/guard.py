@@ -121,10 +121,12 @@ class GuardResource(Resource):
     def render(self, request):
         caller = ANONYMOUS
         try:
-            if getattr(request, "too_large", False):
-                raise PayloadTooLarge("the request body is larger than 1 MiB")
             check_path(request.path)
             caller = self._gate.admit(request)
+            # After the gate: a stranger learns nothing of the limits, and
+            # the audit line names who sent too much.
+            if getattr(request, "too_large", False):
+                raise PayloadTooLarge("the request body is larger than 1 MiB")
         except CymeError as e:
             audit(request, caller)
             if isinstance(e, Unauthorized) and _browser_at_admin(request):

@@ -1130,6 +1130,15 @@ class TooLargeTests(SynchronousTestCase):
         self.assertIn("1 MiB", json.loads(body)["error"])
         self.assertEqual(self.store.apps(), [])
 
+    def test_audited_with_its_sender(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        head, body = self.send(MAX_BODY + 1, [b"x" * 10])
+        self.assertEqual(head[0], b"HTTP/1.1 413 Request Entity Too Large")
+        self.assertEqual([(e["who"], e["status"]) for e in events if e.get("audit")],
+                         [("token:t", 413)])
+
     def test_chunked(self):
         chunk = b"arguments=" + b"x" * MAX_BODY
         head, body = self.send(None, [b"hostname=w1&", chunk])
@@ -1148,6 +1157,15 @@ class TooLargeTests(SynchronousTestCase):
         request.too_large = True
         request.method = b"PUT"
         request.uri = request.path = b"/foo/instances/w1/"
+        body = guard.render(request)
+        self.assertEqual(request.code, 401)  # a stranger learns nothing more
+        request = LimitedRequest(DummyChannel())
+        request.too_large = True
+        request.method = b"PUT"
+        request.uri = request.path = b"/foo/instances/w1/"
+        request.requestHeaders.setRawHeaders(
+            b"authorization", [b"Bearer " + self.secret.encode("ascii")]
+        )
         body = guard.render(request)
         self.assertEqual(request.code, 413)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),
