@@ -74,6 +74,7 @@ class ClusterOperations(ClusterTokens):
             "instance.put": self._put_remote,
             "task.get": self._task_local,
             "task.wait": self._task_wait_local,
+            **self.token_handlers(),
         }
 
     # The branch and the cluster
