@@ -37,6 +37,7 @@ from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
+from cyme.waits import WaitCap
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
 from cyme.operations.local import LocalOperations
@@ -372,12 +373,15 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
     )
+    # One cap on the waits this branch holds: its clients' and other branches'.
+    waits = WaitCap()
     cluster, bus = build_cluster(
         local,
         AMQPBusTransport(pool, options["default-broker"].as_url(),
                          options["branch-id"], options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
+        waits=waits,
     )
     bus.setServiceParent(branch)
     if not options["without-http"]:
@@ -385,7 +389,7 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        site = make_site(BranchAPI(cluster, gate, waits).resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
