@@ -370,6 +370,7 @@ def makeService(options):
         tasks=tasks,
         clock=reactor,
         url=options["url"],
+        cluster=options["cluster"],
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
     )

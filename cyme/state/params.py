@@ -14,6 +14,7 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.state.models import Broker, Instance, Queue, check_hostname, check_json_object
+from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import (
     WorkerPolicy, parse_arguments, parse_imports, parse_settings,
 )
@@ -100,13 +101,19 @@ def names_broker(params):
 QUEUE_PARAMS = {"exchange", "exchange_type", "routing_key", "options"}
 
 
-def queue(name, params):
-    """A queue declaration; exchange and routing key default to the name."""
+def queue(name, params, cluster="cyme"):
+    """
+    A queue declaration; exchange and routing key default to the name.
+    Neither may be one of the names cyme and Celery keep (C{cluster}: the
+    name of the branches' cluster, whose bus is theirs too).
+    """
     _check_known(params, QUEUE_PARAMS)
     fields = {k: params[k] for k in QUEUE_PARAMS if params.get(k) not in (None, "")}
     if "options" in fields:
-        fields["options"] = json_object(fields["options"], "options")
-    return Queue(name=name, **fields)
+        fields["options"] = check_options(json_object(fields["options"], "options"))
+    declared = Queue(name=name, **fields)
+    check_names(declared, cluster)
+    return declared
 
 
 INSTANCE_PARAMS = (

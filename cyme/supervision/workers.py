@@ -27,6 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
 
 from cyme.state.models import check_hostname
+from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.interfaces import IProcessTable
 
@@ -41,6 +42,10 @@ def node_name(instance_name, hostname):
 
 
 def _queue_declaration(queue):
+    # A record an older version let through (a bindings option, a
+    # reserved name) fails its instance here, not the worker's broker.
+    check_names(queue)
+    check_options(queue.options)
     return {
         "name": queue.name,
         "exchange": queue.exchange,

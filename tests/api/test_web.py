@@ -414,13 +414,15 @@ class QueueTestsMixin(APITestCase):
 
     def test_fields(self):
         expected = {"name": "img", "exchange": "media", "routing_key": "img.#",
-                    "exchange_type": "topic", "options": {"x-max-priority": 10}}
+                    "exchange_type": "topic",
+                    "options": {"max_priority": 10, "queue_arguments": {"x-queue-mode": "lazy"}}}
         self.assertAnswer(
             self.call(
                 "POST",
                 "/foo/queues/img/",
                 data={"exchange": "media", "routing_key": "img.#", "exchange_type": "topic",
-                      "options": '{"x-max-priority": 10}'},
+                      "options": '{"max_priority": 10, '
+                                  '"queue_arguments": {"x-queue-mode": "lazy"}}'},
             ),
             201,
             expected,
@@ -603,8 +605,8 @@ class RequestFormTestsMixin(APITestCase):
         )
         self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5673,
                                          "virtual_host": "v"})
-        self.call("PUT", "/foo/queues/q/", json={"options": {"x-max-priority": 10}})
-        self.assertEqual(self.store.get_queue("foo", "q").options, {"x-max-priority": 10})
+        self.call("PUT", "/foo/queues/q/", json={"options": {"max_priority": 10}})
+        self.assertEqual(self.store.get_queue("foo", "q").options, {"max_priority": 10})
         instance = self.assertAnswer(
             self.call(
                 "PUT",
@@ -744,6 +746,37 @@ class BadInputTestsMixin(APITestCase):
         self.assertBad("PUT", "/foo/instances/new/?pool=fork", "pool")
         self.assertBad("PUT", "/foo/instances/new/?queues=a/b", "queues")
         self.assertBad("PUT", "/foo/instances/?max_concurrency=0", "max_concurrency")
+
+    def test_reserved_queue_and_exchange_names(self):
+        """An app's queue cannot take the results, the remote control, the events or the bus."""
+        for path in ("/foo/queues/cyme.results.b1/", "/foo/queues/cyme.branch.b2/",
+                     "/foo/queues/dq.w1/", "/foo/queues/celery.pidbox/",
+                     "/foo/queues/celeryev.x/", "/foo/queues/reply.celery.pidbox/",
+                     "/foo/queues/amq.gen-1/"):
+            response = self.assertBad("PUT", path, "name")
+            self.assertIn("reserved", response["error"])
+        for exchange in ("cyme.bus", "cyme.bus.direct", "celeryev", "celery.pidbox",
+                         "reply.celery.pidbox", "amq.rabbitmq.trace", "amq.topic"):
+            response = self.assertBad("PUT", f"/foo/queues/spy/?exchange={exchange}",
+                                      "exchange")
+            self.assertIn("reserved", response["error"])
+        # Names that merely contain them are the app's.
+        self.assertEqual(self.call("PUT", "/foo/queues/my.cyme.jobs/").code, 201)
+
+    def test_queue_options_are_kombus_with_their_types(self):
+        for options in ({"bindings": [{"exchange": "cyme.bus", "routing_key": "#"}]},
+                        {"exchange": "cyme.bus"}, {"routing_key": "#"},
+                        {"binding_key": "#"}, {"on_declared": "x"},
+                        {"durable": "yes"}, {"max_priority": -1}, {"max_priority": True},
+                        {"message_ttl": "1h"}, {"queue_arguments": {"x-a": [1]}},
+                        {"queue_arguments": []}):
+            response = self.assertBad("PUT", "/foo/queues/q/", "options",
+                                      json={"options": options})
+            self.assertIn("option", response["error"])
+        self.assertEqual(self.call("PUT", "/foo/queues/q/", json={"options": {
+            "durable": False, "auto_delete": True, "message_ttl": 60000, "max_length": 10,
+            "queue_arguments": {"x-queue-type": "quorum"},
+            "consumer_arguments": {"x-priority": 5}}}).code, 201)
 
     def test_wrong_json_types(self):
         for path, body, field in [
