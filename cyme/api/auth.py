@@ -23,6 +23,7 @@ The caller is kept on the request (L{ICaller}) for the routes and for
 L{masked}: broker passwords are shown only to callers with C{admin}.
 """
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -112,6 +113,7 @@ def required_scope(request):
     return "read" if request.method in (b"GET", b"HEAD") else "write"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(host):
     try:
         ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
@@ -120,6 +122,14 @@ def _ip(host):
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip
+
+
+@functools.lru_cache(maxsize=16)
+def _own_hosts(names, url):
+    hosts = {"localhost", *(n.lower() for n in names)}
+    if url:
+        hosts.add(host_name(urlsplit(url).netloc))
+    return frozenset(hosts)
 
 
 def host_name(value):
@@ -205,10 +215,7 @@ class Gate:
         return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=cookie)
 
     def own_hosts(self):
-        hosts = {"localhost", *(n.lower() for n in self.names)}
-        if self.url:
-            hosts.add(host_name(urlsplit(self.url).netloc))
-        return hosts
+        return _own_hosts(self.names, self.url)
 
     def _check_host(self, request):
         host = _header(request, b"host")

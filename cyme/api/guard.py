@@ -36,7 +36,7 @@ def check_path(path):
         # /<app>/queue/<queue>/<url>: the URL is data, not names.
         segments = segments[:3]
     for raw in segments:
-        segment = unquote_to_bytes(raw)
+        segment = unquote_to_bytes(raw) if b"%" in raw else raw
         try:
             text = segment.decode("utf-8")
         except UnicodeDecodeError:
