@@ -255,7 +255,7 @@ class Fence:
     def check(self, host, port, address):
         """Raise L{Refused} unless a connection to C{host} (a name or the
         literal) on C{port} may go to C{address} (an IP address)."""
-        key = (host, port, str(address))
+        key = (host, port, address)
         if key in self._allowed:
             return
         self._check(host, port, address)
