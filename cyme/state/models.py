@@ -56,12 +56,25 @@ def check_name(value, field="name"):
 
 @attrs.frozen
 class Broker:
-    """Connection parameters of an AMQP broker."""
+    """
+    Connection parameters of an AMQP broker.
+
+    C{ssl}: over TLS (C{amqps://}), the broker's certificate and host name
+    verified; its port defaults to 5671 then, else to 5672.
+    """
 
     hostname: str = attrs.field(
         default="127.0.0.1", validator=_validator(check_text, 255)
     )
-    port: int = attrs.field(default=5672, converter=_converter(check_int, "port", 1, 65535))
+    # Before the port, whose default it decides; a keyword only, so that
+    # the fields keep their positions.
+    ssl: bool = attrs.field(
+        default=False, kw_only=True, converter=_converter(check_bool, "ssl")
+    )
+    port: int = attrs.field(
+        default=attrs.Factory(lambda self: 5671 if self.ssl else 5672, takes_self=True),
+        converter=_converter(check_int, "port", 1, 65535),
+    )
     userid: str = attrs.field(
         default="guest", validator=_validator(check_text, 255, True)
     )
@@ -74,18 +87,23 @@ class Broker:
 
     @classmethod
     def from_url(cls, url, field="broker"):
-        """Parse C{amqp://user:password@host:port/vhost}; C{//} means C{/}."""
+        """
+        Parse C{amqp://user:password@host:port/vhost} (C{amqps://}: over
+        TLS, port 5671 by default); C{//} means C{/}.
+        """
         check_text(url, field, 1024)
-        shape = f"{field} must be an amqp://user:pass@host:port/vhost URL"
+        shape = f"{field} must be an amqp:// or amqps://user:pass@host:port/vhost URL"
         try:
             parts = urlsplit(url)
             hostname = parts.hostname
         except ValueError:  # "amqp://[/": an IPv6 literal never closed
             raise BadRequest(field, shape) from None
-        if parts.scheme not in ("amqp", "pyamqp") or not hostname:
+        scheme = parts.scheme.lower()
+        if scheme not in ("amqp", "pyamqp", "amqps", "pyamqps") or not hostname:
             raise BadRequest(field, shape)
+        ssl = scheme.endswith("s")
         try:
-            port = parts.port if parts.port is not None else 5672
+            port = parts.port if parts.port is not None else (5671 if ssl else 5672)
         except ValueError:
             raise BadRequest(field, f"{field} has an invalid port") from None
         hostname = check_hostname(hostname, field)
@@ -97,6 +115,7 @@ class Broker:
                 "userid": unquote(parts.username or "guest"),
                 "password": unquote(parts.password or "guest"),
                 "virtual_host": unquote(vhost) or "/",
+                "ssl": ssl,
             }
         )
 
@@ -104,7 +123,8 @@ class Broker:
         hostname = self.hostname
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"  # an IPv6 address
-        return "amqp://{}:{}@{}:{}/{}".format(
+        return "{}://{}:{}@{}:{}/{}".format(
+            "amqps" if self.ssl else "amqp",
             quote(self.userid, safe=""),
             quote(self.password, safe=""),
             hostname,
@@ -113,7 +133,14 @@ class Broker:
         )
 
     def to_json(self):
-        return attrs.asdict(self)
+        return {
+            "hostname": self.hostname,
+            "port": self.port,
+            "userid": self.userid,
+            "password": self.password,
+            "virtual_host": self.virtual_host,
+            "ssl": self.ssl,
+        }
 
     @classmethod
     def from_json(cls, data, field="broker"):
