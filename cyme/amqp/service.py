@@ -93,7 +93,8 @@ class AMQPClientService(Service):
         self._stable_after = stable_after
         self._mechanism = mechanism
         self._endpoint = endpoint
-        self._tls = tls if tls is not None else BrokerTLS()
+        #: How an amqps:// broker's certificate is verified (L{BrokerTLS}).
+        self.tls = tls if tls is not None else BrokerTLS()
         self._factory = AMQPProtocolFactory(
             vhost=self.broker.vhost,
             heartbeat=int(heartbeat),
@@ -215,7 +216,7 @@ class AMQPClientService(Service):
         if self.broker.tls:
             # Verified or refused: a broker that fails the check is retried
             # over TLS, never spoken to in plain AMQP.
-            endpoint = endpoints.wrapClientTLS(self._tls.client_options(host), endpoint)
+            endpoint = endpoints.wrapClientTLS(self.tls.client_options(host), endpoint)
         return endpoint
 
     def _handshake(self, protocol: AMQPProtocol) -> Deferred[AMQPProtocol]:
