@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.internet import reactor, ssl
+from twisted.internet.task import deferLater
 from twisted.protocols import portforward
 
 from tests.vhosts import HOST, PORT
@@ -76,11 +77,14 @@ class PrivateCA:
 class _Counting(portforward.ProxyFactory):
     def __init__(self, host, port, accepted):
         super().__init__(host, port)
-        self._accepted = accepted
+        self.accepted = accepted
+        self.built = []
 
     def buildProtocol(self, addr):
-        self._accepted.append(addr)
-        return super().buildProtocol(addr)
+        self.accepted.append(addr)
+        protocol = super().buildProtocol(addr)
+        self.built.append(protocol)
+        return protocol
 
 
 class TLSProxy:
@@ -94,8 +98,8 @@ class TLSProxy:
         key_pem, cert_pem = ca.issue(*names)
         options = ssl.PrivateCertificate.loadPEM(key_pem + cert_pem).options()
         self.accepted = []
-        self._port = reactor.listenSSL(0, _Counting(HOST, PORT, self.accepted), options,
-                                       interface="127.0.0.1")
+        self._factory = _Counting(HOST, PORT, self.accepted)
+        self._port = reactor.listenSSL(0, self._factory, options, interface="127.0.0.1")
         self.port = self._port.getHost().port
 
     def url(self, vhost, host="localhost"):
@@ -103,5 +107,13 @@ class TLSProxy:
         return (f"amqps://guest:guest@{host}:{self.port}/"
                 f"{'%2F' if vhost == '/' else vhost}")
 
-    def close(self):
-        return self._port.stopListening()
+    async def close(self):
+        """No more connections, and those it has are cut (both sides)."""
+        await self._port.stopListening()
+        for protocol in self._factory.built:
+            for side in (protocol, getattr(protocol, "peer", None)):
+                transport = getattr(side, "transport", None)
+                if transport is not None and transport.connected:
+                    transport.abortConnection()
+        # The reactor sees them go before the test ends.
+        await deferLater(reactor, 0.1, lambda: None)
