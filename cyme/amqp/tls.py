@@ -16,6 +16,8 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import ssl
 from twisted.python.failure import Failure
 
@@ -77,17 +79,15 @@ def tls_refusal(reason: Any, host: str) -> TLSRefused | None:
 def _describe(reason: Any, host: str) -> str | None:
     if isinstance(reason, Failure):
         reason = reason.value
-    from OpenSSL import SSL
-    from service_identity import VerificationError
-
     if isinstance(reason, VerificationError):
         return (f"TLS: the broker's certificate is not for {host}: refused "
                 "(it names other hosts)")
     if isinstance(reason, SSL.Error):
         text = _openssl_text(reason)
         if "certificate verify failed" in text:
-            return (f"TLS: the broker's certificate is not signed by a trusted CA: refused "
-                    f"({text}; a private CA is given with --broker-ca)")
+            return (f"TLS: the broker's certificate is not trusted: refused ({text}: not "
+                    "signed by a CA of this branch's, or expired; a private CA is given "
+                    "with --broker-ca)")
         return (f"TLS handshake with {host} failed ({text or 'refused'}): does the broker "
                 "speak TLS on that port?")
     return None

@@ -314,7 +314,7 @@ _BROKER_FAILURES = (
     # amqps://: the worker refused the broker's certificate, as the branch does.
     ("TLS: the broker's certificate is not for its host name: refused",
      ("Hostname mismatch", "IP address mismatch")),
-    ("TLS: the broker's certificate is not signed by a trusted CA: refused",
+    ("TLS: the broker's certificate is not trusted: refused",
      ("CERTIFICATE_VERIFY_FAILED",)),
     ("TLS failure", ("SSL", "TLS", "CERTIFICATE", "certificate")),
 )

@@ -67,8 +67,9 @@ class RefusalTextTests(SynchronousTestCase):
         error = SSL.Error([("SSL routines", "", "certificate verify failed")])
         self.assertEqual(
             str(tls_refusal(error, "rabbit")),
-            "TLS: the broker's certificate is not signed by a trusted CA: refused "
-            "(certificate verify failed; a private CA is given with --broker-ca)",
+            "TLS: the broker's certificate is not trusted: refused (certificate verify "
+            "failed: not signed by a CA of this branch's, or expired; a private CA is given "
+            "with --broker-ca)",
         )
 
     def test_a_peer_that_speaks_no_tls(self):
@@ -176,7 +177,7 @@ class HandshakeTests(TestCase):
         stranger = PrivateCA(self.directory, "stranger")
         port, received = self.listen(ca=stranger)
         error = yield defer.ensureDeferred(self.refused(port))
-        self.assertIn("TLS: the broker's certificate is not signed by a trusted CA: refused",
+        self.assertIn("TLS: the broker's certificate is not trusted: refused",
                       error)
         self.logged(error)
         self.assertEqual(received, [])

@@ -503,8 +503,8 @@ class RowTests(LifecycleTestCase):
         )
         self.assertEqual(
             self.worker.last_error,
-            "cannot reach its broker: TLS: the broker's certificate is not signed by a "
-            "trusted CA: refused ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed)",
+            "cannot reach its broker: TLS: the broker's certificate is not trusted: refused "
+            "([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed)",
         )
         self.assertNotIn("**", self.worker.last_error)
         self.writes(
