@@ -103,12 +103,15 @@ def build(cls, data, what):
 
 
 def as_converter(check, field, *args):
+    """An attrs converter: C{check(value, field, *args)}."""
     # Converters run before validators and see raw form strings: they turn
     # "8" into 8 and "true" into True, or raise BadRequest naming the field.
     return lambda value: check(value, field, *args)
 
 
 def as_validator(check, *args):
+    """An attrs validator: C{check(value, <the field's name>, *args)}."""
+
     def validate(instance, attribute, value):
         check(value, attribute.name, *args)
 
