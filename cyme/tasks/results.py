@@ -131,7 +131,9 @@ class BrokerLink:
 
     def _unreachable(self, failure):
         failure.trap(defer.TimeoutError)
-        raise BrokerUnreachable(f"broker {self.shown} not reachable")
+        why = self._pool.last_error(self.url)
+        raise BrokerUnreachable(
+            f"broker {self.shown} not reachable" + (f": {why}" if why else ""))
 
     async def publish(self, queue, task_id, headers, body, timeout):
         channel = await self._channel(timeout)

@@ -108,7 +108,7 @@ class WalkthroughTestsMixin(APITestCase):
         self.assertEqual(
             bar["broker"],
             {"hostname": "w1", "userid": "me", "password": "me", "port": 5672,
-             "virtual_host": "/"},
+             "virtual_host": "/", "ssl": False},
         )
 
         # Create a new (anonymous) worker instance.
@@ -218,7 +218,7 @@ class AppTestsMixin(APITestCase):
         self.assertEqual(
             app["broker"],
             {"hostname": "w1", "port": 5673, "userid": "me", "password": "pw",
-             "virtual_host": "prod"},
+             "virtual_host": "prod", "ssl": False},
         )
 
     def test_broker_url(self):
@@ -228,8 +228,41 @@ class AppTestsMixin(APITestCase):
         self.assertEqual(
             app["broker"],
             {"hostname": "w1", "port": 5673, "userid": "me", "password": "p@ss",
-             "virtual_host": "/"},
+             "virtual_host": "/", "ssl": False},
         )
+
+    def test_a_broker_over_tls(self):
+        # The form field: TLS on 5671 unless a port is named.
+        app = self.assertAnswer(self.call("PUT", "/foo/", data={"hostname": "w1",
+                                                                "ssl": "true"}), 201)
+        self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5671,
+                                         "ssl": True})
+        self.assertEqual(self.store.get_app("foo").broker.as_url(),
+                         "amqps://guest:guest@w1:5671/%2F")
+        # An amqps:// URL, for an instance's own broker too.
+        instance = self.assertAnswer(self.call(
+            "PUT", "/foo/instances/w1/",
+            data={"broker": "amqps://me:pw@w2:5999/prod", "ssl": "yes"}), 201)
+        self.assertEqual(instance["broker"], {"hostname": "w2", "port": 5999, "userid": "me",
+                                              "password": "pw", "virtual_host": "prod",
+                                              "ssl": True})
+        # JSON, and a port of its own.
+        app = self.assertAnswer(self.call("PUT", "/bar/", json={
+            "hostname": "w3", "port": 5672, "ssl": True}), 201)
+        self.assertEqual((app["broker"]["port"], app["broker"]["ssl"]), (5672, True))
+
+    def test_a_broker_tls_cannot_be_said_twice_two_ways(self):
+        for data, field in [
+            ({"broker": "amqps://w1/", "ssl": "false"}, "ssl"),
+            ({"broker": "amqp://w1/", "ssl": "true"}, "ssl"),
+            ({"hostname": "w1", "ssl": "maybe"}, "ssl"),
+            ({"broker": "amqpx://w1/"}, "broker"),
+        ]:
+            with self.subTest(data=data):
+                response = self.successResultOf(self.client.request("PUT", "/foo/", data=data))
+                self.assertEqual(response.code, 400, response.json)
+                self.assertEqual(response.json["field"], field)
+        self.assertEqual(self.store.apps(), [])
 
     def test_without_hostname_broker_fields_are_ignored(self):
         # As the original Cyme says: no hostname, the default broker.

@@ -575,10 +575,24 @@ class RowTests(LifecycleTestCase):
         )
         self.assertEqual(
             self.worker.last_error,
-            "cannot reach its broker: TLS failure ([SSL: CERTIFICATE_VERIFY_FAILED] "
-            "certificate verify failed)",
+            "cannot reach its broker: TLS: the broker's certificate is not trusted: refused "
+            "([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed)",
         )
         self.assertNotIn("**", self.worker.last_error)
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqps://g:**@h:5671//: "
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+            "certificate is not valid for 'h'. (_ssl.c:1006)."
+        )
+        self.assertTrue(self.worker.last_error.startswith(
+            "cannot reach its broker: TLS: the broker's certificate is not for its host "
+            "name: refused ([SSL: CERTIFICATE_VERIFY_FAILED]"), self.worker.last_error)
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqps://g:**@h:5672//: "
+            "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)."
+        )
+        self.assertTrue(self.worker.last_error.startswith(
+            "cannot reach its broker: TLS failure ([SSL: WRONG_VERSION_NUMBER]"))
 
     # stopping
 
