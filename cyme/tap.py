@@ -21,7 +21,7 @@ from cyme import __version__, logs
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
-from cyme.amqp import BrokerPool
+from cyme.amqp import BrokerPool, BrokerTLS
 from cyme.supervision.control import ControlRouter
 from cyme.errors import BadRequest, StartupError
 from cyme.api.auth import Gate
@@ -37,6 +37,7 @@ from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
+from cyme.waits import WaitCap
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
 from cyme.operations.local import LocalOperations
@@ -92,7 +93,11 @@ class Options(usage.Options):
         ["broker", "b", None,
          "Broker URL of the branch bus, and default broker of new apps "
          "(default: $CYME_BROKER_URL, else " + DEFAULT_BROKER_URL + "; the "
-         "environment keeps its password out of ps)."],
+         "environment keeps its password out of ps; amqps:// for TLS)."],
+        ["broker-ca", None, None,
+         "PEM file of the CA certificates that amqps:// brokers' certificates "
+         "must be signed by, for the branch and its workers (default: the "
+         "system's CAs)."],
         ["http", None, None,
          "Listen on this Twisted endpoint instead of the address "
          "(tcp:8001, ssl:8443:privateKey=key.pem, unix:/run/cyme.sock, "
@@ -200,6 +205,7 @@ class Options(usage.Options):
         check_endpoint(self["endpoint"])
         if self["url"] is None:
             self["url"] = advertised_url(self["endpoint"])
+        self["broker-tls"] = _broker_tls(self["broker-ca"])
         self["worker-policy"] = _worker_policy(self)
         try:
             check_name(self["cluster"], "--cluster")
@@ -238,9 +244,22 @@ def _worker_policy(options):
         return WorkerPolicy.from_options(
             options["task-modules"], options["accept-contents"],
             counts.get("max-concurrency"), counts["max-instances"],
+            options["broker-tls"].ca_file,
         )
     except BadRequest as e:
         raise usage.UsageError(e.message) from None
+
+
+def _broker_tls(ca_file):
+    """How amqps:// brokers are verified (L{BrokerTLS}), else a usage error."""
+    if ca_file is None:
+        return BrokerTLS()
+    # Absolute: the workers, which run in directories of their own, read it too.
+    ca_file = os.path.abspath(ca_file)
+    try:
+        return BrokerTLS(ca_file)
+    except ValueError as e:
+        raise usage.UsageError(f"--broker-ca: {e}") from None
 
 
 def _seconds(value, option, zero=False):
@@ -320,7 +339,7 @@ def makeService(options):
     )
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
-    pool = BrokerPool(reactor)
+    pool = BrokerPool(reactor, tls=options["broker-tls"])
     pool.setServiceParent(branch)
     control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
     if options["without-fork-server"]:
@@ -369,15 +388,19 @@ def makeService(options):
         tasks=tasks,
         clock=reactor,
         url=options["url"],
+        cluster=options["cluster"],
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
     )
+    # One cap on the waits this branch holds: its clients' and other branches'.
+    waits = WaitCap()
     cluster, bus = build_cluster(
         local,
         AMQPBusTransport(pool, options["default-broker"].as_url(),
                          options["branch-id"], options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
+        waits=waits,
     )
     bus.setServiceParent(branch)
     if not options["without-http"]:
@@ -385,7 +408,7 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        site = make_site(BranchAPI(cluster, gate, waits).resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

@@ -14,7 +14,8 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 def render(figures):
     """
     The text of C{figures} (L{IOperations.metrics}: C{ticks}, C{messages},
-    C{restarts}, C{states}), as bytes; empty when there are none (a branch
+    C{restarts}, C{states}, and C{results_dropped} where the branch queues
+    tasks), as bytes; empty when there are none (a branch
     without a supervisor).
     """
     if figures is None:
@@ -33,4 +34,11 @@ def render(figures):
         "# TYPE cyme_workers gauge",
     ]
     lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(figures["states"].items())]
+    if "results_dropped" in figures:
+        lines += [
+            "# HELP cyme_results_dropped_total Messages on the branch's result queues that "
+            "were no result of a task it waits for.",
+            "# TYPE cyme_results_dropped_total counter",
+            f"cyme_results_dropped_total {figures['results_dropped']}",
+        ]
     return ("\n".join(lines) + "\n").encode("ascii")
