@@ -47,15 +47,17 @@ BROKER_KEYS = {"hostname", "port", "userid", "password", "virtual_host"}
 
 
 def is_broker(value):
-    return isinstance(value, dict) and set(value) == BROKER_KEYS
+    return isinstance(value, dict) and BROKER_KEYS <= set(value) <= BROKER_KEYS | {"ssl"}
 
 
 def broker_url(broker):
     """A broker as an amqp:// URL without its password: a terminal is no place for it."""
+    scheme = "amqps" if broker.get("ssl") else "amqp"
     vhost = quote(str(broker.get("virtual_host") or "/"), safe="")
     # As amqp:// URLs write it, the default virtual host "/" is a second slash.
     vhost = "/" if vhost == "%2F" else vhost
-    return f"amqp://{broker.get('userid')}@{broker.get('hostname')}:{broker.get('port')}/{vhost}"
+    where = f"{broker.get('userid')}@{broker.get('hostname')}:{broker.get('port')}"
+    return f"{scheme}://{where}/{vhost}"
 
 
 def when(seconds):

@@ -87,9 +87,9 @@ class EveryCommandTests(CommandTestCase):
         # Queues
         await self.ok("-a", "foo", "queues.add", "tasks")
         t2 = await self.js("-a", "foo", "queues", "add", "t2", "x2", "topic", "t2.#",
-                           '{"x-note": "kept"}')
+                           '{"max_priority": 10}')
         self.assertEqual(t2, {"name": "t2", "exchange": "x2", "exchange_type": "topic",
-                              "routing_key": "t2.#", "options": {"x-note": "kept"}})
+                              "routing_key": "t2.#", "options": {"max_priority": 10}})
         self.assertEqual(sorted(await self.js("-a", "foo", "queues")), ["t2", "tasks"])
         self.assertEqual(self.fields(await self.ok("-a", "foo", "queues.get", "tasks")),
                          {"name": "tasks", "exchange": "tasks", "exchange_type": "direct",

@@ -35,6 +35,13 @@ class RenderTests(SynchronousTestCase):
         self.assertNotIn(" ", {line[column] for line in lines})
         self.assertNotIn("guest:guest", text)
 
+    def test_a_broker_over_tls(self):
+        broker = {**APP["broker"], "ssl": True, "port": 5671, "virtual_host": "ops/a"}
+        self.assertEqual(render({"broker": broker}, "pretty"),
+                         "broker  amqps://guest@127.0.0.1:5671/ops%2Fa")
+        self.assertEqual(render({"broker": {**broker, "ssl": False}}, "pretty"),
+                         "broker  amqp://guest@127.0.0.1:5671/ops%2Fa")
+
     def test_a_listing_is_one_name_a_line(self):
         self.assertEqual(render(["foo", "bar"], "pretty"), "foo\nbar")
         self.assertEqual(render([], "pretty"), "")
