@@ -14,7 +14,7 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 def render(figures):
     """
     The text of C{figures} (L{IOperations.metrics}: C{ticks}, C{messages},
-    C{restarts}, C{states}), as bytes; empty when there are none (a branch
+    C{restarts}, C{states}, and on a cluster C{bus_dropped}), as bytes; empty when there are none (a branch
     without a supervisor).
     """
     if figures is None:
@@ -33,4 +33,12 @@ def render(figures):
         "# TYPE cyme_workers gauge",
     ]
     lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(figures["states"].items())]
+    if "bus_dropped" in figures:
+        lines += [
+            "# HELP cyme_bus_messages_dropped_total Bus messages dropped unread, by reason "
+            "(unsealed, unopened, expired, replayed, invalid, undecodable).",
+            "# TYPE cyme_bus_messages_dropped_total counter",
+        ]
+        lines += [f'cyme_bus_messages_dropped_total{{reason="{k}"}} {v}'
+                  for k, v in sorted(figures["bus_dropped"].items())]
     return ("\n".join(lines) + "\n").encode("ascii")

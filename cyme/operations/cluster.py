@@ -38,6 +38,7 @@ from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 
+from . import calls
 from .interfaces import IOperations
 from .tokens import ClusterTokens
 
@@ -83,7 +84,10 @@ class ClusterOperations(ClusterTokens):
         return self.bus.branch_id
 
     def metrics(self):
-        return self.local.metrics()
+        figures = self.local.metrics()
+        if figures is not None:
+            figures = {**figures, "bus_dropped": self.bus.drops.figures()}
+        return figures
 
     async def local_instances(self):
         return await self.local.local_instances()
@@ -93,7 +97,7 @@ class ClusterOperations(ClusterTokens):
 
     async def get_branch(self, branch_id):
         if branch_id == self.bus.branch_id:
-            return await self.local.get_branch(branch_id)
+            return {**await self.local.get_branch(branch_id), "bus": self.bus.figures()}
         peer = self.bus.peer(branch_id)
         if peer is None:
             raise NotFound("branch", branch_id)
@@ -135,7 +139,7 @@ class ClusterOperations(ClusterTokens):
     # Instances: listed everywhere
 
     def _list_local(self, args, sender):
-        app = args.get("app")
+        app = calls.checked(args, calls.INSTANCES_LIST)["app"]
         return [i.name for i in self.store.instances() if app is None or i.app == app]
 
     async def list_instances(self, app):
@@ -159,7 +163,7 @@ class ClusterOperations(ClusterTokens):
 
     def _lookup_local(self, args, sender):
         try:
-            instance = self.store.get_instance(args["name"])
+            instance = self.store.get_instance(calls.checked(args, calls.INSTANCE_LOOKUP)["name"])
         except NotFound:
             return None
         return {"app": instance.app}
@@ -188,10 +192,8 @@ class ClusterOperations(ClusterTokens):
         return None, None
 
     async def _instance_op(self, args, sender):
-        op = args.get("op")
-        if op not in _INSTANCE_OPS:
-            raise NotFound("operation", str(op))
-        return await getattr(self.local, op)(*args.get("args", []), **args.get("kwargs", {}))
+        op, positional, keywords = calls.instance_op(args)
+        return await getattr(self.local, op)(*positional, **keywords)
 
     async def _route(self, op, app, name, *args, **kwargs):
         """Run C{local.<op>(app, name, ...)} on the owner of instance C{name}."""
@@ -246,12 +248,13 @@ class ClusterOperations(ClusterTokens):
         return await self._decide(app, name, values, wait, branch)
 
     async def _put_remote(self, args, sender):
+        args = calls.checked(args, calls.INSTANCE_PUT)
         # The asking branch checked the app in its replica; this one's may
         # not have it yet (or any more).
         await self.local.get_app(args["app"])
         return await self._decide(
-            args["app"], check_name(args["name"], "instance"), args.get("values") or {},
-            args.get("wait", True), args.get("branch"),
+            args["app"], check_name(args["name"], "instance"), args["values"],
+            args["wait"], args["branch"],
         )
 
     async def _decide(self, app, name, values, wait, branch):
@@ -334,11 +337,13 @@ class ClusterOperations(ClusterTokens):
         )
 
     def _task_local(self, args, sender):
+        args = calls.checked(args, calls.TASK_GET)
         record = self.local.task_record(args["app"], args["uuid"])
         return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
-        return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
+        args = calls.checked(args, calls.TASK_WAIT)
+        return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
 
     async def _task_owner(self, app, task_id):
         if self.local.task_record(app, task_id) is not None:
@@ -371,19 +376,14 @@ class ClusterOperations(ClusterTokens):
         )
 
 
-# The instance operations another branch may ask this one to run.
-_INSTANCE_OPS = frozenset([
-    "get_instance", "put_instance", "delete_instance", "add_consumer",
-    "cancel_consumer", "instance_queues", "get_autoscale", "set_autoscale",
-    "restart", "set_enabled", "stats", "task",
-])
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
-def build_cluster(local, transport, clock, *, ready_timeout, **bus_options):
+def build_cluster(local, transport, clock, *, ready_timeout, seal, **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
-    (L{cyme.operations.local.LocalOperations}) and the bus C{transport}.
+    (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
+    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
@@ -391,7 +391,7 @@ def build_cluster(local, transport, clock, *, ready_timeout, **bus_options):
     """
     store = local.store
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
-    bus = Bus(transport, local.branch_id, clock, beat, **bus_options)
+    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout)
     bus.register(replication.handlers())

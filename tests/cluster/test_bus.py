@@ -1,6 +1,8 @@
 """The bus on its own, over the memory network: registered methods, calls
 and broadcasts gathered by ticket, timeouts, peer events and beats."""
 
+import json
+
 from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
@@ -8,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.cluster.bus import Bus, RemoteError
 from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.seal import OpenSeal
 from cyme.errors import GatewayTimeout, NotFound
 
 
@@ -24,7 +27,7 @@ class BusTestCase(SynchronousTestCase):
         self.buses = {}
         for branch_id in ("b1", "b2"):
             bus = Bus(self.network.transport(branch_id), branch_id, self.clock,
-                      describe(branch_id))
+                      describe(branch_id), seal=OpenSeal())
             bus.register({
                 "echo": lambda args, sender, me=branch_id: {"me": me, "from": sender, **args},
                 "missing": self.not_found,
@@ -82,7 +85,7 @@ class CallTests(BusTestCase):
         self.assertIsInstance(self.failureResultOf(d).value, GatewayTimeout)
         # A reply to a ticket nobody waits for any more: nothing happens.
         self.network.transports["b1"].receive(
-            b'{"v": 1, "type": "reply", "from": "b2", "ticket": "gone", "result": 1}'
+            b'{"v": 2, "type": "reply", "from": "b2", "ticket": "gone", "result": 1}'
         )
 
     def test_broadcast_names_who_did_not_answer(self):
@@ -137,17 +140,18 @@ class PresenceEventTests(BusTestCase):
 
 
 class BadMessageTests(BusTestCase):
-    def test_a_bad_message_is_logged_by_name_not_by_contents(self):
+    def test_a_bad_message_is_dropped_counted_and_logged_by_name_not_by_contents(self):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         # A reply whose ticket cannot be looked up, carrying an app's broker.
-        self.network.deliver("b2", ["b1"], {
-            "v": 1, "from": "b2", "type": "reply", "ticket": ["not", "hashable"],
+        self.network.deliver("b2", ["b1"], json.dumps({
+            "v": 2, "from": "b2", "type": "reply", "ticket": ["not", "hashable"],
             "result": {"broker": "amqp://u:s3cret@mq:5672//"},
-        })
+        }).encode())
         self.settle()
         lines = "\n".join(formatEvent(e) for e in events)
-        self.assertIn("bad bus message (reply None from b2)", lines)
+        self.assertIn("dropped an invalid bus message from b2 (reply): ticket must be", lines)
         self.assertNotIn("s3cret", lines)
-        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+        self.assertEqual(self.buses["b1"].figures()["dropped"]["invalid"], 1)
+        self.assertEqual(self.flushLoggedErrors(), [])
