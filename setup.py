@@ -35,6 +35,8 @@ setup(
         # Workers forked by the fork server take their own names (ps, and
         # the branch recognising them after a restart).
         "setproctitle>=1.3",
+        # The bus's seal: Fernet (MultiFernet for key rotation, dated tokens).
+        "cryptography>=42",
     ],
     entry_points={
         "console_scripts": ["cyme-branch = cyme.script:main"],

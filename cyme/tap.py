@@ -19,6 +19,8 @@ from twisted.python import usage
 
 from cyme import __version__, logs
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
+from cyme.cluster import keys
+from cyme.cluster.seal import FernetSeal, OpenSeal
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool
@@ -36,6 +38,7 @@ from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
+from cyme.state.schema import SCHEMA_VERSION, old_file
 from cyme.state.store import JSONFileStore
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
@@ -81,6 +84,9 @@ class Options(usage.Options):
          "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
          "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
          "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
+        ["insecure-open-bus", None,
+         "Run the bus between branches unsealed, without a cluster key: anyone "
+         "who can publish on its exchanges can steer the cluster."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -122,6 +128,16 @@ class Options(usage.Options):
          "times the number of CPUs)."],
         ["max-instances", None, 100,
          "Most instances this branch runs; placement skips a branch at its limit."],
+        ["cluster-key-file", None, None,
+         "The cluster key: every bus message is sealed with it, and only branches "
+         "holding it form the cluster (default: $XDG_CONFIG_HOME/cyme/cluster.key, "
+         "else ~/.cyme/cluster.key, made at the first start if missing)."],
+        ["previous-cluster-key-file", None, None,
+         "A key this branch still accepts on the bus but no longer seals with "
+         "(while a new cluster key is rolled out)."],
+        ["bus-broker", None, None,
+         "Broker URL of the bus between branches (default: $CYME_BUS_BROKER_URL, "
+         "else the broker of --broker)."],
     ]
 
     def __init__(self):
@@ -206,10 +222,16 @@ class Options(usage.Options):
             if self["broker"] is None:
                 self["broker"] = os.environ.get("CYME_BROKER_URL") or DEFAULT_BROKER_URL
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
+            bus_broker = self["bus-broker"] or os.environ.get("CYME_BUS_BROKER_URL")
+            self["bus-broker-url"] = (
+                Broker.from_url(bus_broker, "--bus-broker") if bus_broker
+                else self["default-broker"]
+            ).as_url()
             if self["id"] is not None:
                 check_name(self["id"], "--id")
         except BadRequest as e:
             raise usage.UsageError(e.message) from None
+        self._cluster_keys()
         root = None
         try:
             root = RootDir.open(self["instance-dir"])
@@ -223,6 +245,22 @@ class Options(usage.Options):
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
         self["root"] = root
+
+
+    def _cluster_keys(self):
+        """The keys of the bus (the default one made if missing), or none."""
+        self["cluster-keys"], self["cluster-key-made"] = [], False
+        if self["insecure-open-bus"]:
+            if self["cluster-key-file"] or self["previous-cluster-key-file"]:
+                raise usage.UsageError("--insecure-open-bus runs the bus without a key: "
+                                       "give it no cluster key file")
+            return
+        try:
+            self["cluster-keys"], self["cluster-key-made"] = keys.keys_at_start(
+                self["cluster-key-file"], self["previous-cluster-key-file"])
+        except StartupError as e:
+            self._startup_failed = True
+            raise StartupFailed(str(e)) from None
 
 
 def _worker_policy(options):
@@ -314,6 +352,7 @@ def makeService(options):
     for name in reserved_apps(options["store"].apps()):
         BranchService.log.warn("app {app} has a name reserved for the API's routes: "
                                "recreate it under another name (README: Security)", app=name)
+    _log_start_up_changes(options)
     branch = BranchService(
         options["root"], options["branch-id"],
         api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
@@ -374,10 +413,12 @@ def makeService(options):
     )
     cluster, bus = build_cluster(
         local,
-        AMQPBusTransport(pool, options["default-broker"].as_url(),
-                         options["branch-id"], options["cluster"]),
+        AMQPBusTransport(pool, options["bus-broker-url"], options["branch-id"],
+                         options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
+        seal=FernetSeal(options["cluster-keys"], reactor) if options["cluster-keys"]
+        else OpenSeal(),
     )
     bus.setServiceParent(branch)
     if not options["without-http"]:
@@ -390,3 +431,20 @@ def makeService(options):
         http.setName("http")
         http.setServiceParent(branch)
     return branch
+
+
+def _log_start_up_changes(options):
+    """What this start changed on disk, or will: a new key, a migrated state file."""
+    log = BranchService.log
+    if options["cluster-key-made"]:
+        log.info("made the cluster key {path}: copy it to the machines of the other "
+                 "branches of this cluster (README: Security)",
+                 path=options["cluster-keys"][0].path)
+    store = options["store"]
+    if store.migrated_from is not None:
+        log.warn("state file {path} is of schema {schema}, an older cyme's: it is "
+                 "rewritten in schema {current} at the first change, the old one kept "
+                 "as {old}", path=store.path, schema=store.migrated_from,
+                 current=SCHEMA_VERSION, old=old_file(store.path, store.migrated_from))
+    for note in store.migration_notes:
+        log.warn("state file {path}: {note}", path=store.path, note=note)

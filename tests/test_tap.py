@@ -25,7 +25,15 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTestsMixin:
-    """Helpers: a fresh root directory, and Options whose root gets closed."""
+    """
+    Helpers: a fresh root directory, and Options whose root gets closed;
+    each test has a home of its own for its default cluster key.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.config_home = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, XDG_CONFIG_HOME=self.config_home))
 
     def root_path(self):
         return os.path.abspath(self.mktemp())
@@ -378,6 +386,7 @@ def keep_umask(test):
 
 class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
     def setUp(self):
+        super().setUp()
         # makeService sets cyme's log level for the whole process.
         self.addCleanup(logs.set_level, LogLevel.info)
         keep_umask(self)
