@@ -91,8 +91,8 @@ def read_key_file(path, option="--cluster-key-file"):
     except OSError as e:
         raise StartupError(f"{option}: cannot read the cluster key file {path}: "
                            f"{e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StartupError(f"{option}: {path} is not a regular file")
         if info.st_mode & 0o077:
@@ -100,8 +100,9 @@ def read_key_file(path, option="--cluster-key-file"):
                 f"{option}: the cluster key file {path} may be read by others "
                 f"(mode {stat.S_IMODE(info.st_mode):04o}): chmod 600 {path}"
             )
-        data = f.read(1024)
-    secret = data.strip()
+        secret = os.read(fd, 1024).strip()
+    finally:
+        os.close(fd)
     try:
         Fernet(secret)
     except (ValueError, TypeError):
