@@ -5,7 +5,7 @@ import json
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.cluster.bus import Bus, RemoteError
@@ -316,3 +316,27 @@ class SealedBusTests(SealedBusTestCase):
         self.assertEqual(len(self.network.bodies), 1)
         reply = self.buses["b2"].seal.open(self.network.bodies[0])
         self.assertEqual((reply["type"], reply["status"]), ("reply", 400))
+
+
+class StartTests(SynchronousTestCase):
+    def started(self, bus_seal):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        bus = Bus(MemoryBusNetwork(clock).transport("b1"), "b1", clock, describe("b1"),
+                  seal=bus_seal)
+        bus.startService()
+        self.addCleanup(bus.stopService)
+        return [e for e in events if e.get("log_namespace", "").startswith("cyme.cluster.bus")]
+
+    def test_an_open_bus_warns_at_start(self):
+        [event] = self.started(OpenSeal())
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertIn("the bus is OPEN (--insecure-open-bus)", formatEvent(event))
+        self.assertFalse(OpenSeal().sealed)
+
+    def test_a_sealed_bus_names_its_key_file_not_its_key(self):
+        [event] = self.started(seal(Clock()))
+        self.assertEqual(formatEvent(event), "bus sealed with the cluster key in test.key")
+        self.assertNotIn(KEY.secret.decode(), repr(event))
