@@ -243,7 +243,7 @@ class Bus(service.Service):
         try:
             envelope = self.seal.open(body)
         except Unopened as e:
-            self.drops.drop(e.reason, window=getattr(self.seal, "window", 0.0), **e.fields)
+            self.drops.drop(e.reason, **e.fields)
             return
         try:
             self._dispatch(envelope)
@@ -257,11 +257,11 @@ class Bus(service.Service):
                              sender=envelope.get("from"))
 
     def _invalid(self, envelope, error, method=None):
-        sender = envelope.get("from")
-        kind = envelope.get("type")
+        sender, kind = envelope.get("from"), envelope.get("type")
         self.drops.drop(
-            "invalid", sender=sender[:64] if isinstance(sender, str) else None,
-            what=f"{kind} {method}" if method else str(kind)[:16], why=error.message,
+            "invalid", sender=sender if error.field != "from" else None,
+            what=f"{kind} {method}" if method else kind if kind in messages.TYPES else "?",
+            why=error.message,
         )
 
     def _dispatch(self, envelope):

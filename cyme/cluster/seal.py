@@ -24,6 +24,9 @@ import uuid
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from zope.interface import Attribute, Interface, implementer
 
+from cyme.errors import BadRequest
+from cyme.state.models import check_name
+
 #: The largest body a branch reads: a replica of thousands of apps fits.
 MAX_BODY = 16 * 1024 * 1024
 
@@ -75,13 +78,19 @@ def _encode(data):
     return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 
+def _named(sender):
+    """C{sender} if it may name a branch, else None: a log line quotes no odd text."""
+    try:
+        return check_name(sender, "from")
+    except BadRequest:
+        return None
+
+
 def _claimed(data):
     """What an envelope that cannot be trusted says of itself, for a log line."""
-    sender, version = data.get("from"), data.get("v")
-    return {
-        "sender": sender[:64] if isinstance(sender, str) else None,
-        "protocol": version if type(version) is int else None,
-    }
+    version = data.get("v")
+    return {"sender": _named(data.get("from")),
+            "protocol": version if type(version) is int else None}
 
 
 @implementer(ISeal)
@@ -166,7 +175,7 @@ class FernetSeal:
             raise Unopened("invalid", why="no sender, id or date")
         now = self.clock.seconds()
         if abs(now - at) > self.window:
-            raise Unopened("expired", sender=sender[:64], skew=at - now)
+            raise Unopened("expired", sender=_named(sender), skew=at - now, window=self.window)
         if not self._seen.add(envelope_id, at + self.window, now):
-            raise Unopened("replayed", sender=sender[:64])
+            raise Unopened("replayed", sender=_named(sender))
         return inner

@@ -139,3 +139,13 @@ class OpenSealTests(SynchronousTestCase):
         self.assertEqual(self.assertRaises(Unopened, OpenSeal().open, body).reason, "unopened")
         self.assertEqual(self.assertRaises(Unopened, OpenSeal().open, b"[]").reason,
                          "undecodable")
+
+
+class LogSafetyTests(SynchronousTestCase):
+    def test_what_an_unsealed_envelope_claims_is_quoted_only_if_it_names_a_branch(self):
+        receiver = seal(Clock())
+        for sender in ("b1\nERROR forged log line", "x" * 100, 5, None):
+            body = json.dumps({"v": 1, "type": "beat", "from": sender}).encode()
+            with self.subTest(sender=sender):
+                error = self.assertRaises(Unopened, receiver.open, body)
+                self.assertEqual(error.fields, {"sender": None, "protocol": 1})
