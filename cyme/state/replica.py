@@ -62,12 +62,14 @@ class Replica:
         checked = {"apps": {}, "queues": {}, "tokens": {}, "versions": {}}
         refused = []
         for key, version in _section(data, "versions").items():
+            # Named in a log line: never odd characters.
+            said = str(key)[:200] if str(key).isprintable() else ascii(key)[:200]
             try:
                 _add(checked, key, check_version(version), given)
             except BadRequest as e:
-                refused.append((str(key)[:200], e.message))
+                refused.append((said, e.message))
             except Exception as e:  # noqa: BLE001 - anything a record may hold
-                refused.append((str(key)[:200], f"not a record ({type(e).__name__})"))
+                refused.append((said, f"not a record ({type(e).__name__})"))
         return cls(**checked, refused=tuple(refused))
 
 
