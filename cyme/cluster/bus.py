@@ -245,6 +245,9 @@ class Bus(service.Service):
         except Unopened as e:
             self.drops.drop(e.reason, **e.fields)
             return
+        except Exception:
+            self.log.failure("a bus message could not be opened")
+            return
         try:
             self._dispatch(envelope)
         except messages.BadMessage as e:

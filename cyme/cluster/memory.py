@@ -63,7 +63,7 @@ def _kind(body):
     """The type and method of an open envelope; C{("sealed", None)} else."""
     try:
         envelope = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, None
     if not isinstance(envelope, dict) or "sealed" in envelope:
         return "sealed", None

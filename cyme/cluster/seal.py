@@ -67,7 +67,7 @@ def _json(body):
         raise Unopened("undecodable")
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested deep
         raise Unopened("undecodable") from None
     if not isinstance(data, dict):
         raise Unopened("undecodable")
@@ -164,7 +164,7 @@ class FernetSeal:
             raise Unopened("unopened", why="not a token")
         try:
             inner = json.loads(self._fernet.decrypt(token.encode("ascii", "replace")))
-        except (InvalidToken, ValueError):
+        except (InvalidToken, ValueError, RecursionError):
             raise Unopened("unopened", why="not sealed with this cluster's key") from None
         if not isinstance(inner, dict):
             raise Unopened("invalid", why="not an envelope")
