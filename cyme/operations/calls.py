@@ -1,4 +1,5 @@
-"""The arguments of the bus methods another branch calls on this one, checked.
+"""The arguments of the bus methods another branch calls on this one, and the
+replies this branch computes with, checked.
 
 A request that opened on the bus came from a holder of the cluster key,
 yet it is still data: each method's arguments are checked here, by type
@@ -77,3 +78,15 @@ def instance_op(args):
         raise BadMessage("kwargs", f"{op} takes no keyword {unknown[0]!r}")
     kwargs = {k: keywords[k](v, k) for k, v in given["kwargs"].items()}
     return op, values, kwargs
+
+
+def names(reply):
+    """The instance names of an C{instances.list} reply; what is no name is left out."""
+    return [n for n in reply if isinstance(n, str)] if isinstance(reply, list) else []
+
+
+def app_of(reply):
+    """The app of an C{instance.lookup} reply."""
+    if not isinstance(reply, dict) or not isinstance(reply.get("app"), str):
+        raise BadMessage("app", "instance.lookup answered no app")
+    return reply["app"]

@@ -152,7 +152,7 @@ class ClusterOperations(ClusterTokens):
         )
         names = set()
         for listed in results.values():
-            names.update(listed)
+            names.update(calls.names(listed))
         # Offline branches' instances are not lost: list what they last said.
         for peer in self.bus.known_peers():
             if peer.id not in results:
@@ -228,8 +228,8 @@ class ClusterOperations(ClusterTokens):
         known = [a for a, n in (peer.instances if peer is not None else []) if n == name]
         if known:
             return known[0]
-        return (await self.bus.call(owner, "instance.lookup", {"name": name},
-                                    self.call_timeout))["app"]
+        return calls.app_of(await self.bus.call(owner, "instance.lookup", {"name": name},
+                                                self.call_timeout))
 
     async def get_instance(self, app, name):
         return await self._route("get_instance", app, name)

@@ -187,3 +187,27 @@ class PullTests(MessagesTestCase):
         self.assertLessEqual(len(dumps), 4, dumps)
         self.assertEqual(self.request("b1", "GET", "/").json, ["bar", "foo"])
         self.still_fine()
+
+
+class ReplyTests(MessagesTestCase):
+    def listing_answered_by_b2_with(self, result):
+        """GET /foo/instances/ on b1, b2 answering (as another build might) C{result}."""
+        self.network.partition("b2")
+        self.network.bodies.clear()
+        d = self.branches["b1"].client.request("GET", "/foo/instances/")
+        self.settle()
+        [ticket] = [json.loads(b)["ticket"] for b in self.network.bodies
+                    if json.loads(b).get("method") == "instances.list"]
+        self.network.heal("b2")
+        self.inject({"v": 2, "type": "reply", "from": "b2", "ticket": ticket, "result": result})
+        return self.successResultOf(d)
+
+    def test_odd_replies_never_make_a_listing_fail(self):
+        self.request("b1", "PUT", "/foo/instances/w1/?branch=b1")
+        for result, names in ((["w2", 7, None, ["w3"]], ["w1", "w2"]), ({"w4": 1}, ["w1"]),
+                              ("w5", ["w1"])):
+            with self.subTest(result=result):
+                response = self.listing_answered_by_b2_with(result)
+                self.assertEqual(response.code, 200, response.body)
+                self.assertEqual(response.json, names)
+        self.still_fine()
