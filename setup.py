@@ -22,13 +22,17 @@ setup(
     },
     include_package_data=True,
     install_requires=[
-        # 25.5: a Request can leave POST bodies to the API (JSON errors).
-        "twisted>=25.5",
+        # 25.5: a Request can leave POST bodies to the API (JSON errors);
+        # [tls]: pyOpenSSL for amqps:// brokers (cyme.amqp.tls).
+        "twisted[tls]>=25.5",
         "klein>=24.8",
         "txamqp>=0.8.2",
         "celery>=5.3",
         "attrs>=23.1",
+        # The host name check of amqps:// brokers' certificates.
         "service-identity>=24.1",
+        # 39: load_pem_x509_certificates (a --broker-ca bundle).
+        "cryptography>=39",
         "treq>=24.9",
         # The webhook's HTTP transport (cyme.tasks.webhook).
         "urllib3>=2.6",

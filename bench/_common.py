@@ -222,7 +222,9 @@ def rss_mib(pid):
 class Branch:
     """One ``cyme-branch`` process on a free port with a temporary root."""
 
-    def __init__(self, name, *options, keep_root=False):
+    def __init__(self, name, *options, keep_root=False, executable=None):
+        #: The cyme-branch to run: this tree's, or a baseline checkout's.
+        self.executable = executable or CYME_BRANCH
         self.name = name
         self.options = list(options)
         self.tmp = tempfile.mkdtemp(prefix=f"cyme-bench-{name}-")
@@ -241,7 +243,7 @@ class Branch:
             ensure_vhost()
             Branch._vhost_ready = True
         argv = [
-            CYME_BRANCH, f"127.0.0.1:{self.port}", "-i", f"bench-{self.name}",
+            self.executable, f"127.0.0.1:{self.port}", "-i", f"bench-{self.name}",
             "-D", self.root, "-b", BROKER, *self.options,
         ]
         log = open(self.log_path, "ab")

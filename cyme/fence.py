@@ -28,6 +28,7 @@ a refused range.  Entries (see L{parse_entry}):
   - any of these but a network followed by C{:port}: that port only.
 """
 
+import functools
 import ipaddress
 import re
 
@@ -116,9 +117,11 @@ def _numeric_v4(host):
     return ipaddress.IPv4Address(value)
 
 
+@functools.lru_cache(maxsize=4096)
 def literal_address(host):
     """The address C{host} (a URL's host, brackets removed) stands for when
-    it is an IP literal in any form, else None (a name)."""
+    it is an IP literal in any form, else None (a name).  Remembered: it is
+    asked of every queued URL, twice, and a branch's URLs name few hosts."""
     host = host.strip().lower()
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -223,9 +226,14 @@ class Fence:
     """The rules for one app: its C{allowed_hosts} and the branch's
     C{deny_private}."""
 
+    #: How many allowed (host, port, address) a fence remembers: every
+    #: queued URL is judged, and an app's URLs name few hosts.
+    remembered = 1024
+
     def __init__(self, allowed_hosts=(), deny_private=False):
         self.entries = parse_allowed(allowed_hosts)
         self.deny_private = bool(deny_private)
+        self._allowed = set()
 
     def _entries(self, port):
         return [e for e in self.entries if e.port is None or e.port == port]
@@ -247,6 +255,15 @@ class Fence:
     def check(self, host, port, address):
         """Raise L{Refused} unless a connection to C{host} (a name or the
         literal) on C{port} may go to C{address} (an IP address)."""
+        key = (host, port, address)
+        if key in self._allowed:
+            return
+        self._check(host, port, address)
+        if len(self._allowed) >= self.remembered:
+            self._allowed.clear()
+        self._allowed.add(key)
+
+    def _check(self, host, port, address):
         host = host.lower().rstrip(".")
         address = ipaddress.ip_address(str(address).split("%", 1)[0])
         default = refused_by_default(address, self.deny_private)

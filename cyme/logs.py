@@ -30,3 +30,27 @@ def parse_level(name):
 
 def set_level(level):
     _predicate.defaultLogLevel = level
+
+
+class Occasional:
+    """
+    At most one log line per C{interval} seconds about one kind of thing
+    (a flood of bad messages must not flood the log): L{due} says whether
+    a line may be written now, and how many were held back since the last.
+    """
+
+    def __init__(self, clock, interval=60.0):
+        self._clock = clock
+        self.interval = interval
+        self._last = None
+        self._held = 0
+
+    def due(self):
+        """The number held back since the last line if one is due now, else None."""
+        now = self._clock.seconds()
+        if self._last is not None and now - self._last < self.interval:
+            self._held += 1
+            return None
+        self._last = now
+        held, self._held = self._held, 0
+        return held

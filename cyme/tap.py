@@ -20,10 +20,10 @@ from twisted.python import usage
 from cyme import __version__, logs
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
 from cyme.cluster import keys
-from cyme.cluster.seal import FernetSeal, OpenSeal
+from cyme.cluster.seal import bus_seal
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
-from cyme.amqp import BrokerPool
+from cyme.amqp import BrokerPool, BrokerTLS
 from cyme.supervision.control import ControlRouter
 from cyme.errors import BadRequest, StartupError
 from cyme.api.auth import Gate
@@ -38,8 +38,8 @@ from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.rootdir import RootDir
 from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
-from cyme.state.schema import SCHEMA_VERSION, old_file
 from cyme.state.store import JSONFileStore
+from cyme.waits import WaitCap
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
 from cyme.operations.local import LocalOperations
@@ -98,7 +98,11 @@ class Options(usage.Options):
         ["broker", "b", None,
          "Broker URL of the branch bus, and default broker of new apps "
          "(default: $CYME_BROKER_URL, else " + DEFAULT_BROKER_URL + "; the "
-         "environment keeps its password out of ps)."],
+         "environment keeps its password out of ps; amqps:// for TLS)."],
+        ["broker-ca", None, None,
+         "PEM file of the CA certificates that amqps:// brokers' certificates "
+         "must be signed by, for the branch and its workers (default: the "
+         "system's CAs)."],
         ["http", None, None,
          "Listen on this Twisted endpoint instead of the address "
          "(tcp:8001, ssl:8443:privateKey=key.pem, unix:/run/cyme.sock, "
@@ -216,6 +220,7 @@ class Options(usage.Options):
         check_endpoint(self["endpoint"])
         if self["url"] is None:
             self["url"] = advertised_url(self["endpoint"])
+        self["broker-tls"] = _broker_tls(self["broker-ca"])
         self["worker-policy"] = _worker_policy(self)
         try:
             check_name(self["cluster"], "--cluster")
@@ -246,18 +251,14 @@ class Options(usage.Options):
             raise StartupFailed(str(e)) from None
         self["root"] = root
 
-
     def _cluster_keys(self):
         """The keys of the bus (the default one made if missing), or none."""
-        self["cluster-keys"], self["cluster-key-made"] = [], False
-        if self["insecure-open-bus"]:
-            if self["cluster-key-file"] or self["previous-cluster-key-file"]:
-                raise usage.UsageError("--insecure-open-bus runs the bus without a key: "
-                                       "give it no cluster key file")
-            return
         try:
-            self["cluster-keys"], self["cluster-key-made"] = keys.keys_at_start(
-                self["cluster-key-file"], self["previous-cluster-key-file"])
+            self["cluster-keys"] = keys.bus_keys(
+                self["cluster-key-file"], self["previous-cluster-key-file"],
+                self["insecure-open-bus"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         except StartupError as e:
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
@@ -276,9 +277,22 @@ def _worker_policy(options):
         return WorkerPolicy.from_options(
             options["task-modules"], options["accept-contents"],
             counts.get("max-concurrency"), counts["max-instances"],
+            options["broker-tls"].ca_file,
         )
     except BadRequest as e:
         raise usage.UsageError(e.message) from None
+
+
+def _broker_tls(ca_file):
+    """How amqps:// brokers are verified (L{BrokerTLS}), else a usage error."""
+    if ca_file is None:
+        return BrokerTLS()
+    # Absolute: the workers, which run in directories of their own, read it too.
+    ca_file = os.path.abspath(ca_file)
+    try:
+        return BrokerTLS(ca_file)
+    except ValueError as e:
+        raise usage.UsageError(f"--broker-ca: {e}") from None
 
 
 def _seconds(value, option, zero=False):
@@ -352,14 +366,13 @@ def makeService(options):
     for name in reserved_apps(options["store"].apps()):
         BranchService.log.warn("app {app} has a name reserved for the API's routes: "
                                "recreate it under another name (README: Security)", app=name)
-    _log_start_up_changes(options)
     branch = BranchService(
         options["root"], options["branch-id"],
         api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
     )
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
-    pool = BrokerPool(reactor)
+    pool = BrokerPool(reactor, tls=options["broker-tls"])
     pool.setServiceParent(branch)
     control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
     if options["without-fork-server"]:
@@ -408,17 +421,20 @@ def makeService(options):
         tasks=tasks,
         clock=reactor,
         url=options["url"],
+        cluster=options["cluster"],
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
     )
+    # One cap on the waits this branch holds: its clients' and other branches'.
+    waits = WaitCap()
     cluster, bus = build_cluster(
         local,
         AMQPBusTransport(pool, options["bus-broker-url"], options["branch-id"],
                          options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
-        seal=FernetSeal(options["cluster-keys"], reactor) if options["cluster-keys"]
-        else OpenSeal(),
+        seal=bus_seal(options["cluster-keys"], reactor),
+        waits=waits,
     )
     bus.setServiceParent(branch)
     if not options["without-http"]:
@@ -426,25 +442,9 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        site = make_site(BranchAPI(cluster, gate, waits).resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
     return branch
 
-
-def _log_start_up_changes(options):
-    """What this start changed on disk, or will: a new key, a migrated state file."""
-    log = BranchService.log
-    if options["cluster-key-made"]:
-        log.info("made the cluster key {path}: copy it to the machines of the other "
-                 "branches of this cluster (README: Security)",
-                 path=options["cluster-keys"][0].path)
-    store = options["store"]
-    if store.migrated_from is not None:
-        log.warn("state file {path} is of schema {schema}, an older cyme's: it is "
-                 "rewritten in schema {current} at the first change, the old one kept "
-                 "as {old}", path=store.path, schema=store.migrated_from,
-                 current=SCHEMA_VERSION, old=old_file(store.path, store.migrated_from))
-    for note in store.migration_notes:
-        log.warn("state file {path}: {note}", path=store.path, note=note)

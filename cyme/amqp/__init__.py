@@ -12,6 +12,8 @@ so that no other module ever touches txAMQP.  Start here:
 - L{Channel}: declare/bind/publish/consume/get with a timeout on each call;
   publisher confirms with C{confirm_select()}.
 - L{Message}: a consumed message (bytes body, headers, properties, ack/nack).
+- L{BrokerTLS}: how C{amqps://} brokers are verified (certificate and host
+  name, against the system's or a private CA); a refusal is L{TLSRefused}.
 - L{cyme.amqp.codec}: AMQP 0-9-1 field tables (RabbitMQ's dialect).
 """
 
@@ -32,6 +34,7 @@ from .pool import BrokerPool
 from .service import AMQPClientService, IBrokerListener
 from .spec import load_spec
 from .timeouts import DEFAULT_TIMEOUT
+from .tls import BrokerTLS, TLSRefused
 from .url import BrokerURL, parse_broker_url
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "AMQPError",
     "AMQPTimeout",
     "BrokerPool",
+    "BrokerTLS",
     "BrokerURL",
     "Channel",
     "ChannelClosedError",
@@ -52,6 +56,7 @@ __all__ = [
     "Message",
     "PublishNacked",
     "QueueDeclared",
+    "TLSRefused",
     "backoff_delay",
     "backoff_policy",
     "decode_table",

@@ -43,12 +43,16 @@ class BrokerPool(service.MultiService):
     pool runs.
     """
 
-    def __init__(self, reactor, make_client=None, connection_name="cyme branch"):
+    def __init__(self, reactor, make_client=None, connection_name="cyme branch", tls=None):
+        """
+        @param tls: how the certificates of C{amqps://} brokers are checked
+            (a L{cyme.amqp.tls.BrokerTLS}; default: against the system's CAs).
+        """
         super().__init__()
         self._reactor = reactor
         self._make_client = make_client or (
             lambda url: AMQPClientService(
-                url, reactor=reactor, connection_name=connection_name
+                url, reactor=reactor, connection_name=connection_name, tls=tls
             )
         )
         self._clients = {}
@@ -72,6 +76,11 @@ class BrokerPool(service.MultiService):
 
     def urls(self):
         return list(self._clients)
+
+    def last_error(self, url):
+        """Why the last attempt to connect to C{url} failed (None: it did not)."""
+        client = self._clients.get(url)
+        return None if client is None else client.last_error
 
     def on_connection(self, url, setup, lost=None, *, what, log, locked=None):
         """

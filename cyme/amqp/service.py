@@ -33,6 +33,7 @@ from .connection import Connection
 from .errors import AMQPError, AMQPTimeout, as_amqp_error
 from .protocol import AMQPProtocol, AMQPProtocolFactory, default_client_properties
 from .timeouts import DEFAULT_TIMEOUT, within
+from .tls import BrokerTLS, TLSRefused, tls_refusal
 from .url import BrokerURL, parse_broker_url
 
 __all__ = ["AMQPClientService", "IBrokerListener"]
@@ -67,6 +68,7 @@ class AMQPClientService(Service):
         mechanism: str = "AMQPLAIN",
         connection_name: str | None = None,
         endpoint: IStreamClientEndpoint | None = None,
+        tls: BrokerTLS | None = None,
     ) -> None:
         """
         @param broker: an C{amqp://user:pass@host:port/vhost} URL, or parts.
@@ -77,6 +79,8 @@ class AMQPClientService(Service):
         @param retry_policy: C{attempt -> seconds} before attempt (1-based).
         @param endpoint: where to connect instead of the broker's host and
             port (tests).
+        @param tls: how an C{amqps://} broker's certificate is verified
+            (default: against the system's CAs).
         """
         self.broker = parse_broker_url(broker) if isinstance(broker, str) else broker
         self._reactor = reactor
@@ -89,6 +93,8 @@ class AMQPClientService(Service):
         self._stable_after = stable_after
         self._mechanism = mechanism
         self._endpoint = endpoint
+        #: How an amqps:// broker's certificate is verified (L{BrokerTLS}).
+        self.tls = tls if tls is not None else BrokerTLS()
         self._factory = AMQPProtocolFactory(
             vhost=self.broker.vhost,
             heartbeat=int(heartbeat),
@@ -106,6 +112,8 @@ class AMQPClientService(Service):
         self._attempts = 0
         self._connected_at = 0.0
         self._stopped = False
+        #: Why the last attempt to connect failed; None once connected.
+        self.last_error: str | None = None
 
     # -- public ------------------------------------------------------------
 
@@ -139,7 +147,7 @@ class AMQPClientService(Service):
         d: Deferred[Connection] = Deferred(canceller=self._forget_waiter)
         self._waiters.append(d)
         if timeout is not None:
-            d.addTimeout(timeout, self._reactor, onTimeoutCancel=_connect_timed_out)
+            d.addTimeout(timeout, self._reactor, onTimeoutCancel=self._timed_out)
         return d
 
     def open_channel(self, *, timeout: float | None = DEFAULT_TIMEOUT) -> Deferred[Any]:
@@ -206,9 +214,9 @@ class AMQPClientService(Service):
                 self._reactor, host, port, timeout=self._connect_timeout
             )
         if self.broker.tls:
-            from twisted.internet.ssl import optionsForClientTLS
-
-            endpoint = endpoints.wrapClientTLS(optionsForClientTLS(host), endpoint)
+            # Verified or refused: a broker that fails the check is retried
+            # over TLS, never spoken to in plain AMQP.
+            endpoint = endpoints.wrapClientTLS(self.tls.client_options(host), endpoint)
         return endpoint
 
     def _handshake(self, protocol: AMQPProtocol) -> Deferred[AMQPProtocol]:
@@ -222,7 +230,10 @@ class AMQPClientService(Service):
         def failed(failure: Failure) -> Failure:
             if protocol.lost_reason is None:
                 protocol.transport.abortConnection()
-            return failure
+                return failure
+            # The TLS layer's reason, which the AMQP one reduces to text.
+            refused = tls_refusal(protocol.lost_reason, self.broker.host)
+            return failure if refused is None else Failure(refused)
 
         return within(authenticated, self._handshake_timeout, self._reactor, what).addCallbacks(
             lambda _: protocol, failed
@@ -234,6 +245,7 @@ class AMQPClientService(Service):
             protocol.shutdown(self._close_timeout)
             return
         connection = self._connection = Connection(protocol, self.broker, self._reactor)
+        self.last_error = None
         self._connected_at = self._reactor.seconds()
         log.info(
             "connected to AMQP broker {host}:{port} (vhost {vhost})",
@@ -255,13 +267,16 @@ class AMQPClientService(Service):
             return
         self._attempts += 1
         delay = self._policy(self._attempts)
-        log.warn(
+        self.last_error = _describe(failure)
+        # A refused certificate is the operator's to fix, not the network's.
+        emit = log.error if failure.check(TLSRefused) else log.warn
+        emit(
             "cannot connect to AMQP broker {host}:{port} (attempt {attempt}):"
             " {error}; retrying in {delay:.2f} s",
             host=self.broker.host,
             port=self.broker.port,
             attempt=self._attempts,
-            error=_describe(failure),
+            error=self.last_error,
             delay=delay,
         )
         self._retry = self._reactor.callLater(delay, self._connect)
@@ -286,13 +301,15 @@ class AMQPClientService(Service):
         if self.running and self._connection is None and self._retry is None:
             self._retry = self._reactor.callLater(delay, self._connect)
 
+    def _timed_out(self, result: Any, timeout: float) -> Failure:
+        what = "waiting for the AMQP broker"
+        if self.last_error is not None:
+            what = f"{what} (last attempt: {self.last_error})"
+        return Failure(AMQPTimeout(what, timeout))
+
     def _forget_waiter(self, d: Deferred[Connection]) -> None:
         if d in self._waiters:
             self._waiters.remove(d)
-
-
-def _connect_timed_out(result: Any, timeout: float) -> Failure:
-    return Failure(AMQPTimeout("waiting for the AMQP broker", timeout))
 
 
 def _describe(failure: Failure) -> str:

@@ -23,6 +23,7 @@ The caller is kept on the request (L{ICaller}) for the routes and for
 L{masked}: broker passwords are shown only to callers with C{admin}.
 """
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -74,8 +75,11 @@ def caller_of(request):
 
 def masked(request, data):
     """
-    C{data} as C{request}'s caller may see it: every C{password} (of a
-    broker) is None unless the caller has the C{admin} scope.
+    C{data} as C{request}'s caller may see it: the C{password} of every
+    broker (an object under a C{broker} key, at any depth, so lists and
+    answers relayed from other branches are covered) is None unless the
+    caller has the C{admin} scope.  Other fields named C{password} are
+    not cyme's secrets and are left alone.
     """
     if "admin" in caller_of(request).scopes:
         return data
@@ -84,10 +88,16 @@ def masked(request, data):
 
 def _mask(value):
     if isinstance(value, dict):
-        return {k: None if k == "password" else _mask(v) for k, v in value.items()}
+        return {k: _broker(v) if k == "broker" else _mask(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_mask(v) for v in value]
     return value
+
+
+def _broker(value):
+    if isinstance(value, dict) and "password" in value:
+        return _mask({**value, "password": None})
+    return _mask(value)
 
 
 def required_scope(request):
@@ -103,6 +113,7 @@ def required_scope(request):
     return "read" if request.method in (b"GET", b"HEAD") else "write"
 
 
+@functools.lru_cache(maxsize=1024)
 def _ip(host):
     try:
         ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
@@ -111,6 +122,14 @@ def _ip(host):
     if ip.version == 6 and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return ip
+
+
+@functools.lru_cache(maxsize=16)
+def _own_hosts(names, url):
+    hosts = {"localhost", *(n.lower() for n in names)}
+    if url:
+        hosts.add(host_name(urlsplit(url).netloc))
+    return frozenset(hosts)
 
 
 def host_name(value):
@@ -196,10 +215,7 @@ class Gate:
         return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=cookie)
 
     def own_hosts(self):
-        hosts = {"localhost", *(n.lower() for n in self.names)}
-        if self.url:
-            hosts.add(host_name(urlsplit(self.url).netloc))
-        return hosts
+        return _own_hosts(self.names, self.url)
 
     def _check_host(self, request):
         host = _header(request, b"host")

@@ -36,7 +36,7 @@ def check_path(path):
         # /<app>/queue/<queue>/<url>: the URL is data, not names.
         segments = segments[:3]
     for raw in segments:
-        segment = unquote_to_bytes(raw)
+        segment = unquote_to_bytes(raw) if b"%" in raw else raw
         try:
             text = segment.decode("utf-8")
         except UnicodeDecodeError:
@@ -121,10 +121,12 @@ class GuardResource(Resource):
     def render(self, request):
         caller = ANONYMOUS
         try:
-            if getattr(request, "too_large", False):
-                raise PayloadTooLarge("the request body is larger than 1 MiB")
             check_path(request.path)
             caller = self._gate.admit(request)
+            # After the gate: a stranger learns nothing of the limits, and
+            # the audit line names who sent too much.
+            if getattr(request, "too_large", False):
+                raise PayloadTooLarge("the request body is larger than 1 MiB")
         except CymeError as e:
             audit(request, caller)
             if isinstance(e, Unauthorized) and _browser_at_admin(request):

@@ -14,8 +14,9 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 def render(figures):
     """
     The text of C{figures} (L{IOperations.metrics}: C{ticks}, C{messages},
-    C{restarts}, C{states}, and on a cluster C{bus_dropped}), as bytes; empty when there are none (a branch
-    without a supervisor).
+    C{restarts}, C{states}, C{results_dropped} where the branch queues
+    tasks, and C{bus_dropped} on a cluster), as bytes; empty when there are
+    none (a branch without a supervisor).
     """
     if figures is None:
         return b""
@@ -33,6 +34,13 @@ def render(figures):
         "# TYPE cyme_workers gauge",
     ]
     lines += [f'cyme_workers{{state="{k}"}} {v}' for k, v in sorted(figures["states"].items())]
+    if "results_dropped" in figures:
+        lines += [
+            "# HELP cyme_results_dropped_total Messages on the branch's result queues that "
+            "were no result of a task it waits for.",
+            "# TYPE cyme_results_dropped_total counter",
+            f"cyme_results_dropped_total {figures['results_dropped']}",
+        ]
     if "bus_dropped" in figures:
         lines += [
             "# HELP cyme_bus_messages_dropped_total Bus messages dropped unread, by reason "

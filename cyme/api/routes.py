@@ -23,6 +23,7 @@ from cyme.api.guard import GuardResource
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
 from cyme.state.models import check_seconds
+from cyme.waits import WaitCap
 
 CREATE = ["PUT", "POST"]
 
@@ -42,8 +43,6 @@ MAX_WAIT = 300.0
 DEFAULT_WAIT = 30.0
 #: The longest request a queued URL may make (its C{Cyme-Timeout} header).
 MAX_TASK_TIMEOUT = 3600.0
-#: The most C{/wait} long-polls a branch holds open at once (a 503 beyond).
-MAX_WAITS = 1000
 
 
 def route(path, methods, endpoint=None, **rule):
@@ -77,14 +76,15 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops, gate=None, max_waits=MAX_WAITS):
+    def __init__(self, ops, gate=None, waits=None):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
         #: Who may call (L{cyme.api.auth.Gate}): loopback trusted by default.
         self.gate = gate if gate is not None else Gate(ops)
-        self.max_waits = max_waits
-        self._waits = 0
+        #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared
+        #: with the waits other branches send it.
+        self.waits = waits if waits is not None else WaitCap()
 
     def resource(self):
         return GuardResource(self.app.resource(), self.gate, self.queue_task)
@@ -339,7 +339,8 @@ class BranchAPI:
 
     @route("/<app>/query/<task_id>/result", ["GET"])
     async def task_result(self, request, app, task_id):
-        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)))
+        return json_body(request, 200, await self.ops.task(app, _task_id(task_id)),
+                         records=False)
 
     @route("/<app>/query/<task_id>/wait", ["GET"])
     async def task_wait(self, request, app, task_id):
@@ -348,18 +349,9 @@ class BranchAPI:
             timeout, "timeout", MAX_WAIT
         )
         task_id = _task_id(task_id)
-        if self._waits >= self.max_waits:
-            raise Unavailable(
-                f"this branch holds {self.max_waits} waits already: poll "
-                f"/{app}/query/{task_id}/state/ or retry later",
-                limit=self.max_waits,
-            )
-        self._waits += 1
-        try:
+        with self.waits.hold(app, task_id):
             task = await self.ops.wait_task(app, task_id, timeout)
-        finally:
-            self._waits -= 1
-        return json_body(request, 200, task)
+        return json_body(request, 200, task, records=False)
 
     def _listing(self, request, result):
         names, missing = result

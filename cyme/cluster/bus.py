@@ -311,7 +311,9 @@ class Bus(service.Service):
         if handler is None:
             self._reply(envelope, error=(400, {"error": f"unknown bus method {method!r}"}))
             return
-        d = defer.maybeDeferred(handler, envelope.get("args") or {}, envelope["from"])
+        # Arguments that are no object are a 400 to the caller, as any bad one.
+        d = defer.maybeDeferred(
+            lambda: handler(messages.obj(envelope.get("args", {}), "args"), envelope["from"]))
         d.addCallbacks(
             lambda result: self._reply(envelope, result=result),
             lambda failure: self._reply(envelope, error=self._error_of(failure, envelope)),

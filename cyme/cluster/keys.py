@@ -17,8 +17,12 @@ import stat
 
 import attrs
 from cryptography.fernet import Fernet
+from twisted.logger import Logger
 
+from cyme import logs
 from cyme.errors import StartupError
+
+log = Logger(observer=logs.observer)
 
 #: What every key error ends with: how to make a good one.
 _HOW = "make one with: cyme-branch cluster-key new FILE"
@@ -126,6 +130,8 @@ def keys_at_start(path=None, previous=None, environ=None):
         if not os.path.lexists(path):
             try:
                 key, made = new_key_file(path), True
+                log.info("made the cluster key {path}: copy it to the machines of the other "
+                         "branches of this cluster (README: Security)", path=path)
             except StartupError:
                 if not os.path.lexists(path):
                     raise
@@ -134,3 +140,16 @@ def keys_at_start(path=None, previous=None, environ=None):
     if previous is None:
         return [key], made
     return [key, read_key_file(previous, "--previous-cluster-key-file")], made
+
+
+def bus_keys(path=None, previous=None, open_bus=False):
+    """
+    The keys of a starting branch's bus (L{keys_at_start}), or none for an
+    open bus, which takes no key file (ValueError).
+    """
+    if not open_bus:
+        return keys_at_start(path, previous)[0]
+    if path or previous:
+        raise ValueError("--insecure-open-bus runs the bus without a key: "
+                         "give it no cluster key file")
+    return []

@@ -123,7 +123,6 @@ def envelope(data):
     if data["type"] == "request":
         text(data.get("ticket"), "ticket", 128)
         text(data.get("method"), "method", 128)
-        obj(data.get("args", {}), "args")
     elif data["type"] == "reply":
         text(data.get("ticket"), "ticket", 128)
         if "error" in data:

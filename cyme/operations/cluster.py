@@ -37,6 +37,7 @@ from cyme.cluster.rounds import Rounds
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
+from cyme.waits import WaitCap
 
 from . import calls
 from .interfaces import IOperations
@@ -56,6 +57,9 @@ class ClusterOperations(ClusterTokens):
     #: How long a create (or restart) waits for its worker's first pong.
     ready_timeout: float
     call_timeout: float = 5.0
+    #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared with
+    #: its API: the waits other branches send here count against it.
+    waits: object = attrs.field(factory=WaitCap)
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(
             self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
@@ -75,6 +79,7 @@ class ClusterOperations(ClusterTokens):
             "instance.put": self._put_remote,
             "task.get": self._task_local,
             "task.wait": self._task_wait_local,
+            **self.token_handlers(),
         }
 
     # The branch and the cluster
@@ -343,7 +348,8 @@ class ClusterOperations(ClusterTokens):
 
     async def _task_wait_local(self, args, sender):
         args = calls.checked(args, calls.TASK_WAIT)
-        return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
+        with self.waits.hold(args["app"], args["uuid"]):
+            return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
 
     async def _task_owner(self, app, task_id):
         if self.local.task_record(app, task_id) is not None:
@@ -379,7 +385,8 @@ class ClusterOperations(ClusterTokens):
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
-def build_cluster(local, transport, clock, *, ready_timeout, seal, **bus_options):
+def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
+                  **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
     (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
@@ -393,7 +400,8 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, **bus_options
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
     bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
-    cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout)
+    cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
+                                waits=waits if waits is not None else WaitCap())
     bus.register(replication.handlers())
     bus.register(cluster.handlers())
     bus.subscribe(replication.peer_seen)

@@ -69,6 +69,9 @@ class LocalOperations(LocalTokens):
     worker_policy: WorkerPolicy = attrs.field(factory=WorkerPolicy, kw_only=True)
     #: Where other branches and clients reach this branch's API.
     url: str | None = attrs.field(default=None, kw_only=True)
+    #: The name of the branches' cluster: its bus's queues and exchanges
+    #: are no app's to declare.
+    cluster: str = attrs.field(default="cyme", kw_only=True)
     #: How long creating (enabling, restarting) an instance waits for its
     #: worker's first pong.
     ready_timeout: float = attrs.field(default=10.0, kw_only=True)
@@ -131,7 +134,10 @@ class LocalOperations(LocalTokens):
     def metrics(self):
         if self.supervisor is None:
             return None
-        return self.supervisor.metrics()
+        figures = self.supervisor.metrics()
+        if self.tasks is not None:
+            figures["results_dropped"] = self.tasks.dropped
+        return figures
 
     async def list_branches(self):
         return [self.branch_id]
@@ -193,7 +199,7 @@ class LocalOperations(LocalTokens):
 
     async def put_queue(self, app, name, values):
         self._app(app)
-        queue = params.queue(check_name(name, "queue"), values)
+        queue = params.queue(check_name(name, "queue"), values, self.cluster)
         created = self.store.put_queue(app, queue, self._next_version(queue_key(app, name)))
         self._log_change("queue.put", app=app, queue=name, created=created)
         return queue.to_json(), created, []

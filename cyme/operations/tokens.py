@@ -3,12 +3,16 @@
 L{LocalTokens} is the part of L{cyme.operations.local.LocalOperations}
 that works on this branch's store; L{ClusterTokens}, the part of
 L{cyme.operations.cluster.ClusterOperations}, sends each change to every
-live branch before answering, as it does for apps.  The secret of a new
-token is in the answer to its creation and nowhere else: the store keeps
-its hash (L{cyme.state.tokens}).
+live branch before answering, as it does for apps.  Whether a token name
+is free is decided by one branch, the same for every branch that asks (the
+name's coordinator, as for instances): of two creates of one name on two
+branches at once, one gets a 409.  The secret of a new token is made by
+the branch that was asked, is in the answer to its creation and nowhere
+else: the store keeps its hash (L{cyme.state.tokens}), and only the hash
+crosses the bus.
 """
 
-from cyme.errors import Conflict, NotFound
+from cyme.errors import BadRequest, Conflict, NotFound
 from cyme.state.models import check_name
 from cyme.state.tokens import Token, check_duration, check_scopes, hash_secret, new_secret
 from cyme.state.tokens import token_key
@@ -21,23 +25,31 @@ class LocalTokens:
     async def list_tokens(self):
         return [t.public_json() for t in self.store.tokens()]
 
-    async def create_token(self, values):
+    def new_token(self, values):
+        """A token from the API's C{values}: C{(record, secret)}; nothing stored."""
         name = check_name(values.get("name"), "name")
         scopes = check_scopes(values.get("scope", values.get("scopes")))
         expires = values.get("expires")
         now = self.now()
         expires = None if expires in (None, "") else now + check_duration(expires)
+        secret = new_secret()
+        return Token(name=name, scopes=scopes, hash=hash_secret(secret), created=now,
+                     expires=expires), secret
+
+    def add_token(self, token):
+        """Store the new C{token}; a 409 if its name is taken."""
         try:
-            self.store.get_token(name)
+            self.store.get_token(token.name)
         except NotFound:
             pass
         else:
-            raise Conflict(f"token {name} exists: revoke it first", name=name)
-        secret = new_secret()
-        token = Token(name=name, scopes=scopes, hash=hash_secret(secret), created=now,
-                      expires=expires)
-        self.store.put_token(token, self._next_version(token_key(name)))
-        self._log_change("token.create", token=name, scopes=",".join(scopes))
+            raise Conflict(f"token {token.name} exists: revoke it first", name=token.name)
+        self.store.put_token(token, self._next_version(token_key(token.name)))
+        self._log_change("token.create", token=token.name, scopes=",".join(token.scopes))
+
+    async def create_token(self, values):
+        token, secret = self.new_token(values)
+        self.add_token(token)
         return {**token.public_json(), "token": secret}, []
 
     async def revoke_token(self, name):
@@ -58,9 +70,29 @@ class ClusterTokens:
     async def list_tokens(self):
         return await self.local.list_tokens()
 
+    def token_handlers(self):
+        return {"token.add": self._add_remote}
+
     async def create_token(self, values):
-        record, _ = await self.local.create_token(values)
-        return record, await self.replication.replicate(token_key(record["name"]))
+        token, secret = self.local.new_token(values)
+        coordinator = self.placement.coordinator(token.name)
+        if coordinator == self.bus.branch_id:
+            missing = await self._add_token(token)
+        else:
+            missing = await self.bus.call(coordinator, "token.add", token.to_json(),
+                                          2 * self.call_timeout)
+        return {**token.public_json(), "token": secret}, missing
+
+    async def _add_token(self, token):
+        self.local.add_token(token)
+        return await self.replication.replicate(token_key(token.name))
+
+    async def _add_remote(self, args, sender):
+        try:
+            token = Token.from_json(args)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadRequest("token", "not a token record")
+        return await self._add_token(token)
 
     async def revoke_token(self, name):
         await self.local.revoke_token(name)

@@ -6,8 +6,6 @@ when built (so an invalid one never exists), changed only through
 the store with ``to_json``/``from_json``.
 """
 
-import ipaddress
-import math
 import re
 from urllib.parse import quote, unquote, urlsplit
 
@@ -15,6 +13,11 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.fence import parse_entry
+# The field checks, which callers have long imported from here.
+from cyme.state.fields import (  # noqa: F401
+    as_converter as _converter, as_validator as _validator, build, check_bool,
+    check_hostname, check_int, check_json_object, check_seconds, check_text,
+)
 from cyme.state.workeroptions import parse_imports
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
@@ -51,114 +54,27 @@ def check_name(value, field="name"):
     return value
 
 
-# A DNS label: letters, digits, inner hyphens (and underscores, as some hosts have).
-_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
-
-
-def check_hostname(value, field="hostname"):
-    """C{value} if a host name or IP address (IPv6 returned bare), else L{BadRequest}."""
-    check_text(value, field, 255)
-    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
-    try:
-        return str(ipaddress.ip_address(bare))
-    except ValueError:
-        pass
-    labels = value[:-1].split(".") if value.endswith(".") else value.split(".")
-    if bare is value and len(value) <= 253 and all(_LABEL_RE.match(l) for l in labels):
-        return value
-    raise BadRequest(field, f"{field} must be a host name or an IP address, not {value!r}")
-
-
-def check_int(value, field, low, high=None):
-    """Return C{value} as an int in [low, high], accepting decimal strings."""
-    if isinstance(value, bool):
-        raise BadRequest(field, f"{field} must be an integer")
-    if isinstance(value, str):
-        try:
-            value = int(value.strip(), 10)
-        except ValueError:
-            raise BadRequest(field, f"{field} must be an integer") from None
-    if not isinstance(value, int):
-        raise BadRequest(field, f"{field} must be an integer")
-    if value < low or (high is not None and value > high):
-        bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise BadRequest(field, f"{field} must be {bounds}")
-    return value
-
-
-def check_bool(value, field):
-    """Return C{value} as a bool, accepting the usual spellings from forms."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise BadRequest(field, f"{field} must be a boolean (true or false)")
-
-
-def check_text(value, field, max_length=255, allow_empty=False):
-    if not isinstance(value, str):
-        raise BadRequest(field, f"{field} must be a string")
-    if not allow_empty and not value:
-        raise BadRequest(field, f"{field} must not be empty")
-    if len(value) > max_length or any(ord(c) < 32 for c in value):
-        raise BadRequest(
-            field, f"{field} must be at most {max_length} printable characters"
-        )
-    return value
-
-
-def check_json_object(value, field):
-    """Return C{value} if it is a JSON object whose keys are strings."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise BadRequest(field, f"{field} must be a JSON object")
-    return value
-
-
-def build(cls, data, what):
-    """Build C{cls} from a JSON object, naming unknown or missing fields."""
-    data = check_json_object(data, what)
-    known = {a.name for a in attrs.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise BadRequest(unknown[0], f"unknown {what} field: {unknown[0]}")
-    missing = [
-        a.name for a in attrs.fields(cls)
-        if a.default is attrs.NOTHING and a.name not in data
-    ]
-    if missing:
-        raise BadRequest(missing[0], f"{what} needs {missing[0]}")
-    return cls(**data)
-
-
-def _converter(check, field, *args):
-    # Converters run before validators and see raw form strings: they turn
-    # "8" into 8 and "true" into True, or raise BadRequest naming the field.
-    return lambda value: check(value, field, *args)
-
-
-def _validator(check, *args):
-    def validate(instance, attribute, value):
-        check(value, attribute.name, *args)
-
-    return validate
-
-
 @attrs.frozen
 class Broker:
-    """Connection parameters of an AMQP broker."""
+    """
+    Connection parameters of an AMQP broker.
+
+    C{ssl}: over TLS (C{amqps://}), the broker's certificate and host name
+    verified; its port defaults to 5671 then, else to 5672.
+    """
 
     hostname: str = attrs.field(
         default="127.0.0.1", validator=_validator(check_text, 255)
     )
-    port: int = attrs.field(default=5672, converter=_converter(check_int, "port", 1, 65535))
+    # Before the port, whose default it decides; a keyword only, so that
+    # the fields keep their positions.
+    ssl: bool = attrs.field(
+        default=False, kw_only=True, converter=_converter(check_bool, "ssl")
+    )
+    port: int = attrs.field(
+        default=attrs.Factory(lambda self: 5671 if self.ssl else 5672, takes_self=True),
+        converter=_converter(check_int, "port", 1, 65535),
+    )
     userid: str = attrs.field(
         default="guest", validator=_validator(check_text, 255, True)
     )
@@ -171,18 +87,23 @@ class Broker:
 
     @classmethod
     def from_url(cls, url, field="broker"):
-        """Parse C{amqp://user:password@host:port/vhost}; C{//} means C{/}."""
+        """
+        Parse C{amqp://user:password@host:port/vhost} (C{amqps://}: over
+        TLS, port 5671 by default); C{//} means C{/}.
+        """
         check_text(url, field, 1024)
-        shape = f"{field} must be an amqp://user:pass@host:port/vhost URL"
+        shape = f"{field} must be an amqp:// or amqps://user:pass@host:port/vhost URL"
         try:
             parts = urlsplit(url)
             hostname = parts.hostname
         except ValueError:  # "amqp://[/": an IPv6 literal never closed
             raise BadRequest(field, shape) from None
-        if parts.scheme not in ("amqp", "pyamqp") or not hostname:
+        scheme = parts.scheme.lower()
+        if scheme not in ("amqp", "pyamqp", "amqps", "pyamqps") or not hostname:
             raise BadRequest(field, shape)
+        ssl = scheme.endswith("s")
         try:
-            port = parts.port if parts.port is not None else 5672
+            port = parts.port if parts.port is not None else (5671 if ssl else 5672)
         except ValueError:
             raise BadRequest(field, f"{field} has an invalid port") from None
         hostname = check_hostname(hostname, field)
@@ -194,6 +115,7 @@ class Broker:
                 "userid": unquote(parts.username or "guest"),
                 "password": unquote(parts.password or "guest"),
                 "virtual_host": unquote(vhost) or "/",
+                "ssl": ssl,
             }
         )
 
@@ -201,7 +123,8 @@ class Broker:
         hostname = self.hostname
         if ":" in hostname and not hostname.startswith("["):
             hostname = f"[{hostname}]"  # an IPv6 address
-        return "amqp://{}:{}@{}:{}/{}".format(
+        return "{}://{}:{}@{}:{}/{}".format(
+            "amqps" if self.ssl else "amqp",
             quote(self.userid, safe=""),
             quote(self.password, safe=""),
             hostname,
@@ -210,7 +133,14 @@ class Broker:
         )
 
     def to_json(self):
-        return attrs.asdict(self)
+        return {
+            "hostname": self.hostname,
+            "port": self.port,
+            "userid": self.userid,
+            "password": self.password,
+            "virtual_host": self.virtual_host,
+            "ssl": self.ssl,
+        }
 
     @classmethod
     def from_json(cls, data, field="broker"):
@@ -236,34 +166,6 @@ def _check_hosts(value):
         except ValueError as e:
             raise BadRequest("allowed_hosts", f"allowed_hosts: {e}") from None
     return tuple(h.strip().lower() for h in value)
-
-
-def check_seconds(value, field, high=None, *, zero=False):
-    """
-    Return C{value} (a number, or its decimal text) as a float of seconds.
-
-    The one parser of durations: the API's timeouts, the records' and the
-    command line's.  A duration is finite, more than 0 (at least 0 with
-    C{zero}) and at most C{high} when given; anything else is a
-    L{BadRequest} naming C{field}.
-    """
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            value = None
-    valid = (
-        isinstance(value, (int, float)) and not isinstance(value, bool)
-        and math.isfinite(value) and (value > 0 or (zero and value == 0))
-        and (high is None or value <= high)
-    )
-    if not valid:
-        if high is not None:
-            what = f"a number of seconds in {'[' if zero else '('}0, {high:g}]"
-        else:
-            what = "a number of seconds" if zero else "a positive number of seconds"
-        raise BadRequest(field, f"{field} must be {what}")
-    return float(value)
 
 
 def check_app_name(value, field="name"):

@@ -13,7 +13,10 @@ import json
 import attrs
 
 from cyme.errors import BadRequest
-from cyme.state.models import Broker, Instance, Queue, check_hostname, check_json_object
+from cyme.state.models import (
+    Broker, Instance, Queue, check_bool, check_hostname, check_json_object,
+)
+from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import (
     WorkerPolicy, parse_arguments, parse_imports, parse_settings,
 )
@@ -21,7 +24,7 @@ from cyme.state.workeroptions import (
 #: The policy of a branch whose operator opened nothing.
 CLOSED = WorkerPolicy()
 
-BROKER_FIELDS = ("hostname", "port", "userid", "password", "virtual_host")
+BROKER_FIELDS = ("hostname", "port", "userid", "password", "virtual_host", "ssl")
 
 
 def _check_known(params, allowed):
@@ -45,14 +48,21 @@ def broker(params, default):
     The broker the parameters name, or C{default} when they name none.
 
     As in the original cyme, a broker is named by C{hostname} (with the
-    other fields defaulting to guest on 5672, vhost C{/}) or by an amqp://
-    URL in C{broker}; without either, the other fields are ignored.
+    other fields defaulting to guest on 5672, or 5671 with C{ssl}, vhost
+    C{/}) or by an amqp:// or amqps:// URL in C{broker}; without either,
+    the other fields are ignored.
     """
     if params.get("broker") not in (None, ""):
         if isinstance(params["broker"], dict):
             found = Broker.from_json(params["broker"])
         else:
-            return Broker.from_url(params["broker"])
+            found = Broker.from_url(params["broker"])
+            if params.get("ssl") not in (None, "") and \
+                    check_bool(params["ssl"], "ssl") != found.ssl:
+                # Which one was meant is anybody's guess: neither is taken.
+                raise BadRequest("ssl", f"ssl={params['ssl']} contradicts the broker URL's "
+                                        "scheme (amqps:// is TLS, amqp:// is not)")
+            return found
     elif params.get("hostname") in (None, ""):
         return default
     else:
@@ -100,13 +110,19 @@ def names_broker(params):
 QUEUE_PARAMS = {"exchange", "exchange_type", "routing_key", "options"}
 
 
-def queue(name, params):
-    """A queue declaration; exchange and routing key default to the name."""
+def queue(name, params, cluster="cyme"):
+    """
+    A queue declaration; exchange and routing key default to the name.
+    Neither may be one of the names cyme and Celery keep (C{cluster}: the
+    name of the branches' cluster, whose bus is theirs too).
+    """
     _check_known(params, QUEUE_PARAMS)
     fields = {k: params[k] for k in QUEUE_PARAMS if params.get(k) not in (None, "")}
     if "options" in fields:
-        fields["options"] = json_object(fields["options"], "options")
-    return Queue(name=name, **fields)
+        fields["options"] = check_options(json_object(fields["options"], "options"))
+    declared = Queue(name=name, **fields)
+    check_names(declared, cluster)
+    return declared
 
 
 INSTANCE_PARAMS = (

@@ -19,7 +19,12 @@ Schemas:
 import json
 import os
 
+from twisted.logger import Logger
+
+from cyme import logs
 from cyme.errors import StartupError
+
+log = Logger(observer=logs.observer)
 
 SCHEMA_VERSION = 2
 
@@ -110,6 +115,12 @@ def read(raw, path):
         raise
     except Exception as e:
         raise corrupt(path, e) from e
+    if schema != SCHEMA_VERSION:
+        log.warn("state file {path} is of schema {schema}, an older cyme's: it is rewritten "
+                 "in schema {current} at the first change, the old one kept as {old}",
+                 path=path, schema=schema, current=SCHEMA_VERSION, old=old_file(path, schema))
+    for note in notes:
+        log.warn("state file {path}: {note}", path=path, note=note)
     return data, notes, schema
 
 

@@ -318,17 +318,20 @@ class WorkerPolicy:
     C{task_modules}: patterns (C{fnmatch}, as C{myproject.tasks*}) the
     modules of an app's imports must match; C{accept_content}: the
     serializers workers may use besides json; C{max_concurrency} caps an
-    instance's, C{max_instances} the number of instances on the branch.
+    instance's, C{max_instances} the number of instances on the branch;
+    C{broker_ca}: the CA bundle workers check an C{amqps://} broker's
+    certificate with (C{--broker-ca}; None: the system's CAs).
     """
 
     task_modules: tuple = ()
     accept_content: frozenset = frozenset()
     max_concurrency: int = attrs.field(factory=default_max_concurrency)
     max_instances: int = 100
+    broker_ca: str | None = None
 
     @classmethod
     def from_options(cls, task_modules=(), accept_content=(), max_concurrency=None,
-                     max_instances=100):
+                     max_instances=100, broker_ca=None):
         """The policy from the command line's values; L{BadRequest} names the option."""
         for pattern in task_modules:
             if not PATTERN_RE.match(pattern):
@@ -340,7 +343,7 @@ class WorkerPolicy:
         return cls(
             tuple(task_modules), frozenset(serializers - {"json"}),
             default_max_concurrency() if max_concurrency is None else max_concurrency,
-            max_instances,
+            max_instances, broker_ca,
         )
 
     def limits(self):

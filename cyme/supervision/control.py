@@ -26,6 +26,7 @@ from cyme.amqp.private import open_inbox
 from cyme.errors import Unavailable
 from cyme.gather import Gatherings
 from cyme.listeners import Listeners
+from cyme.state.queues import check_options
 from cyme.supervision.interfaces import IControl
 
 PIDBOX_EXCHANGE = "celery.pidbox"
@@ -242,7 +243,7 @@ class PidboxControl:
             "routing_key": queue.routing_key,
         }
         arguments.update(
-            {k: v for k, v in queue.options.items() if k not in arguments}
+            {k: v for k, v in check_options(queue.options).items() if k not in arguments}
         )
         return self.call("add_consumer", nodes, timeout, arguments)
 

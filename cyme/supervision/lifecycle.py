@@ -31,7 +31,8 @@ from cyme.supervision.workers import (
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
     KILL_TIMEOUT, LIVE, ORPHANED, PING_MISSED, PONG, QUARANTINE_ELAPSED, RESTART_ASKED,
-    RUNNING, SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING, UNRESPONSIVE, WATCH,
+    RUNNING, SPAWN_FAILED, SPAWNED, START_FAILED, STARTING, STOP_ASKED, STOPPED, STOPPING,
+    UNRESPONSIVE, WATCH,
 )
 
 
@@ -75,7 +76,7 @@ class WorkerLifecycle:
     def due(self):
         """Whether the worker should be started now (not up, no backoff)."""
         w = self.worker
-        return w.state == STOPPED and self._clock.seconds() >= w.next_start
+        return w.state in (STOPPED, START_FAILED) and self._clock.seconds() >= w.next_start
 
     def start(self, argv, env, spec):
         """Spawn the worker with C{argv} and C{env}; whether it was spawned."""
@@ -95,7 +96,7 @@ class WorkerLifecycle:
             )
         except Exception as e:
             self.log.failure("{instance} cannot start", instance=w.name)
-            self._fire(self._count_failure(f"cannot start: {e}"))
+            self._fire(self._count_failure(f"cannot start: {e}", SPAWN_FAILED))
             return False
         # Written at once: a branch stopped while the worker starts must
         # find it on its next start, not start a second one beside it.
@@ -107,7 +108,7 @@ class WorkerLifecycle:
         """Its command could not be made: a failure (backoff, then quarantine)."""
         self.log.warn("{instance} cannot start: {reason}", instance=self.worker.name,
                       reason=reason)
-        self._fire(self._count_failure(f"cannot start: {reason}"))
+        self._fire(self._count_failure(f"cannot start: {reason}", SPAWN_FAILED))
 
     def cannot_start(self, reason):
         """The worker cannot be started for C{reason} (its app is gone)."""
@@ -259,8 +260,8 @@ class WorkerLifecycle:
 
     # Guards and helpers
 
-    def _count_failure(self, why):
-        """Record a failure; L{FLAPPED} if it exceeds the budget, else L{CRASHED}."""
+    def _count_failure(self, why, within=CRASHED):
+        """Record a failure; L{FLAPPED} if it exceeds the budget, else C{within}."""
         w, policy = self.worker, self._policy
         now = self._clock.seconds()
         w.last_error = why
@@ -270,7 +271,7 @@ class WorkerLifecycle:
         w.restart_times = [
             t for t in w.restart_times if now - t < policy.restart_window
         ] + [now]
-        return FLAPPED if len(w.restart_times) > policy.max_restarts else CRASHED
+        return FLAPPED if len(w.restart_times) > policy.max_restarts else within
 
     def _forget_ready(self, d):
         if d in self.worker.ready_waiters:

@@ -176,7 +176,7 @@ class Supervisor(service.Service):
         """Counters for C{/metrics}: ticks, workers by state, restarts."""
         return {
             "ticks": self._ticks,
-            "states": dict(Counter(life.worker.state for life in self.workers.values())),
+            "states": dict(Counter(life.worker.shown_state for life in self.workers.values())),
             "restarts": sum(life.worker.restarts for life in self.workers.values()),
             "messages": getattr(self.control, "published", 0),
         }

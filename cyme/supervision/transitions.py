@@ -5,14 +5,16 @@ only way a worker's state changes (L{cyme.supervision.lifecycle}).  A
 process that ends is C{EXITED} after a stop that was asked, else
 C{CRASHED} within the restart budget (restart after the backoff) or
 C{FLAPPED} beyond it (quarantine).  A live worker that writes that it
-cannot reach its broker is C{FAILED} until it answers a ping.
+cannot reach its broker is C{FAILED} until it answers a ping; one whose
+process could not be made at all is C{START_FAILED} (shown as C{failed})
+until its backoff ends and a start succeeds.
 """
 
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
     KILL_TIMEOUT, LIVE, ORPHANED, PING_MISSED, PONG, QUARANTINE_ELAPSED, QUARANTINED,
-    RESTART_ASKED, RUNNING, SPAWNED, STARTING, STOP_ASKED, STOPPED, STOPPING,
-    UNRESPONSIVE, WATCH,
+    RESTART_ASKED, RUNNING, SPAWN_FAILED, SPAWNED, START_FAILED, STARTING, STOP_ASKED,
+    STOPPED, STOPPING, UNRESPONSIVE, WATCH,
 )
 
 
@@ -21,12 +23,21 @@ def _table():
         # Not running: started, adopted, or a start that failed.
         (STOPPED, SPAWNED): (STARTING, ("_started",)),
         (STOPPED, ADOPTED): (STARTING, ("_adopted",)),
-        (STOPPED, CRASHED): (STOPPED, ("_back_off",)),
         (STOPPED, FLAPPED): (QUARANTINED, ("_quarantine",)),
         (STOPPED, STOP_ASKED): (STOPPED, ()),
         (STOPPED, RESTART_ASKED): (STOPPED, ("_forgive",)),
         (STOPPED, BACKOFF_ELAPSED): (STOPPED, ("_reconcile",)),
         (STOPPED, PONG): (STOPPED, ("_ponged",)),
+        # A create waiting for its worker hears at once that it failed.
+        (STOPPED, SPAWN_FAILED): (START_FAILED, ("_back_off", "_release_ready")),
+        # Its process could not be made: tried again after the backoff.
+        (START_FAILED, SPAWNED): (STARTING, ("_started",)),
+        (START_FAILED, SPAWN_FAILED): (START_FAILED, ("_back_off", "_release_ready")),
+        (START_FAILED, FLAPPED): (QUARANTINED, ("_quarantine",)),
+        (START_FAILED, STOP_ASKED): (STOPPED, ()),
+        (START_FAILED, RESTART_ASKED): (STOPPED, ("_forgive",)),
+        (START_FAILED, BACKOFF_ELAPSED): (START_FAILED, ("_reconcile",)),
+        (START_FAILED, PONG): (START_FAILED, ("_ponged",)),
         (QUARANTINED, STOP_ASKED): (QUARANTINED, ()),
         (QUARANTINED, RESTART_ASKED): (STOPPED, ("_forgive",)),
         (QUARANTINED, QUARANTINE_ELAPSED): (STOPPED, ("_leave_quarantine", "_reconcile")),

@@ -27,6 +27,7 @@ from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
 
 from cyme.state.models import check_hostname
+from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.interfaces import IProcessTable
 
@@ -41,6 +42,10 @@ def node_name(instance_name, hostname):
 
 
 def _queue_declaration(queue):
+    # A record an older version let through (a bindings option, a
+    # reserved name) fails its instance here, not the worker's broker.
+    check_names(queue)
+    check_options(queue.options)
     return {
         "name": queue.name,
         "exchange": queue.exchange,
@@ -55,6 +60,10 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     """
     The argv, environment and spec fingerprint of an instance's worker.
 
+    A broker over TLS (C{ssl}) is verified by the worker as by the branch:
+    its certificate against the policy's C{broker_ca} (the branch's
+    C{--broker-ca}; None: the system's CAs) and its host name.
+
     C{queues} are the L{cyme.state.models.Queue} declarations the instance
     consumes.  The spec covers what can only change by a restart (broker,
     pool, arguments, settings, imports, and concurrency where there is no
@@ -63,7 +72,8 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     branch's C{policy} (a L{WorkerPolicy}): replicated from a branch that
     allows more, or written by an older version.
     """
-    (policy or WorkerPolicy()).check(app, instance)
+    policy = policy or WorkerPolicy()
+    policy.check(app, instance)
     broker = instance.broker or app.broker
     check_hostname(broker.hostname, "broker hostname")
     dq = dead_letter_queue(instance.name)
@@ -94,6 +104,11 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
         "extra_config": extra,
         "imports": list(app.imports),
     }
+    if broker.ssl:
+        # The name the certificate must carry: the URL's, which Celery
+        # would otherwise replace (localhost by 127.0.0.1).
+        config["broker_tls"] = {"ca_certs": policy.broker_ca,
+                                "server_hostname": broker.hostname}
     env = {
         "CELERY_BROKER_URL": broker.as_url(),
         "CYME_WORKER_CONFIG": json.dumps(config, sort_keys=True),
@@ -108,6 +123,8 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
                   json.dumps(extra, sort_keys=True)]
     if app.imports:  # only then: the workers of an older version stay current
         spec_parts.append(",".join(app.imports))
+    if broker.ssl:  # a new CA bundle restarts the workers that use it
+        spec_parts.append(f"ca={policy.broker_ca or ''}")
     if instance.pool not in ("prefork", "solo"):
         spec_parts.append(str(instance.max_concurrency))
     spec = hashlib.sha256("\0".join(spec_parts).encode("utf-8")).hexdigest()[:16]
@@ -299,6 +316,11 @@ _BROKER_FAILURES = (
     )),
     ("connection refused", ("Connection refused", "Errno 111]")),
     ("access refused", ("ACCESS_REFUSED", "AccessRefused")),
+    # amqps://: the worker refused the broker's certificate, as the branch does.
+    ("TLS: the broker's certificate is not for its host name: refused",
+     ("Hostname mismatch", "IP address mismatch")),
+    ("TLS: the broker's certificate is not trusted: refused",
+     ("CERTIFICATE_VERIFY_FAILED",)),
     ("TLS failure", ("SSL", "TLS", "CERTIFICATE", "certificate")),
 )
 

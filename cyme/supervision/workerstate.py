@@ -20,10 +20,13 @@ STOPPED = "stopped"
 QUARANTINED = "quarantined"
 #: Up, but it says it cannot reach its broker (its log or its exit).
 FAILED = "failed"
+#: Not up: its process could not be made (a command, a fork); shown as
+#: C{FAILED} (with no pid) and started again after the backoff.
+START_FAILED = "start failed"
 
 #: The states in which a worker process is up and watched by pings.
 LIVE = (STARTING, RUNNING, UNRESPONSIVE, FAILED)
-STATES = (*LIVE, STOPPING, STOPPED, QUARANTINED)
+STATES = (*LIVE, STOPPING, STOPPED, START_FAILED, QUARANTINED)
 
 # The events that move a worker from state to state (see
 # L{cyme.supervision.lifecycle.TRANSITIONS}).
@@ -44,11 +47,13 @@ ORPHANED = "orphaned"
 WATCH = "watch"
 #: The worker wrote that it cannot connect to its broker.
 CANNOT_CONNECT = "cannot connect"
+#: Its process could not be made (within the restart budget).
+SPAWN_FAILED = "spawn failed"
 
 EVENTS = (
     SPAWNED, ADOPTED, PONG, PING_MISSED, STOP_ASKED, RESTART_ASKED, EXITED,
     CRASHED, FLAPPED, KILL_TIMEOUT, BACKOFF_ELAPSED, QUARANTINE_ELAPSED,
-    ORPHANED, WATCH, CANNOT_CONNECT,
+    ORPHANED, WATCH, CANNOT_CONNECT, SPAWN_FAILED,
 )
 
 
@@ -142,9 +147,14 @@ class Worker:
     def adopted(self):
         return self.pid is not None and self.process is None
 
+    @property
+    def shown_state(self):
+        """The state users see: a start that failed is C{failed}, with no pid."""
+        return FAILED if self.state == START_FAILED else self.state
+
     def to_json(self):
         return {
-            "state": self.state,
+            "state": self.shown_state,
             "pid": self.pid,
             "node": self.node,
             "restarts": self.restarts,

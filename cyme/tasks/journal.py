@@ -27,6 +27,7 @@ per task, 0.18 s less at a start with 100,000 results), so the simpler
 store stays.
 """
 
+import collections
 import json
 import os
 
@@ -86,6 +87,8 @@ class ResultJournal:
         self.lines = 0
         self._waiters = {}
         self._batch = []
+        # Task ids of lines recorded but not yet on disk (nor in records).
+        self._unwritten = collections.Counter()
         self._flush_call = None
         self._file = None
         self._load()
@@ -139,10 +142,14 @@ class ResultJournal:
             # Closed: a result delivered while the branch stops stays
             # unacknowledged in its queue, for the next start.
             return defer.fail(JournalClosed(f"{self.path} is closed"))
+        if not (isinstance(task_id, str) and isinstance(state, str)):
+            # Never into a batch: one bad line would fail every line with it.
+            return defer.fail(TypeError("a task id and a state are strings"))
         line = {"id": task_id, "state": state, "updated": self.clock.seconds(), **fields}
         encoded = json.dumps(line, separators=(",", ":")).encode("utf-8") + b"\n"
         d = defer.Deferred()
         self._batch.append((line, encoded, d))
+        self._unwritten[task_id] += 1
         if self._flush_call is None and self._busy is None:
             self._flush_call = self.clock.callLater(0, self.flush)
         return d
@@ -177,6 +184,7 @@ class ResultJournal:
         self.lines += len(batch)
         for line, _, _ in batch:
             self._apply(line)
+        self._written(batch)
         # The next work starts before anyone hears of this write: a caller
         # may close the journal from its callback.
         self._next()
@@ -185,8 +193,15 @@ class ResultJournal:
         for _, _, d in batch:
             d.callback(None)
 
+    def _written(self, batch):
+        for line, _, _ in batch:
+            self._unwritten[line["id"]] -= 1
+            if self._unwritten[line["id"]] <= 0:
+                del self._unwritten[line["id"]]
+
     def _not_appended(self, failure, batch):
         self._busy = None
+        self._written(batch)
         self.log.failure("cannot write {path}", failure, path=self.path)
         self._next()
         for _, _, d in batch:
@@ -295,6 +310,13 @@ class ResultJournal:
             del self.records[task_id]
             return None
         return record
+
+    def awaits(self, task_id):
+        """Whether task C{task_id} is known here with no result yet (or its line is on its way)."""
+        record = self.get(task_id)
+        if record is not None:
+            return record.state not in READY_STATES
+        return task_id in self._unwritten
 
     def when_ready(self, task_id):
         """A Deferred of the task's record once it is ready (or now)."""

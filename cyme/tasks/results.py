@@ -22,6 +22,7 @@ from cyme.amqp import AMQPError, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.errors import CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
+from cyme.tasks.resultmessage import read_result
 from cyme.tasks.urlcheck import URLCheck
 
 TASK_NAME = "cyme.webhook"
@@ -75,8 +76,10 @@ class BrokerLink:
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, url, pool, results_queue, journal, clock):
+    def __init__(self, url, pool, results_queue, journal, clock, dropped):
         self.url = url
+        #: Called with the broker's name for each message dropped.
+        self._dropped = dropped
         self.results_queue = results_queue
         self.channel = None
         self._pool = pool
@@ -128,7 +131,9 @@ class BrokerLink:
 
     def _unreachable(self, failure):
         failure.trap(defer.TimeoutError)
-        raise BrokerUnreachable(f"broker {self.shown} not reachable")
+        why = self._pool.last_error(self.url)
+        raise BrokerUnreachable(
+            f"broker {self.shown} not reachable" + (f": {why}" if why else ""))
 
     async def publish(self, queue, task_id, headers, body, timeout):
         channel = await self._channel(timeout)
@@ -174,18 +179,17 @@ class BrokerLink:
     def _result(self, message):
         try:
             body = json.loads(message.body)
-            task_id = body.get("task_id") or message.correlation_id
-            status = body["status"]
-        except (ValueError, KeyError, TypeError, AttributeError):
-            self.log.warn("dropping an unreadable result message")
-            message.reject(requeue=False)
+        except ValueError:
+            body = None
+        reading = read_result(body, message.correlation_id)
+        if reading is None or not self._journal.awaits(reading[0]):
+            # Not a result of a task this branch published and waits for:
+            # anyone with the broker can publish here.
+            message.ack()
+            self._dropped(self.shown)
             return None
-        d = self._journal.record(
-            task_id, status,
-            result=body.get("result"),
-            traceback=body.get("traceback"),
-            date_done=body.get("date_done"),
-        )
+        task_id, status, fields = reading
+        d = self._journal.record(task_id, status, **fields)
         # Acknowledged only once it is on disk: a crash before that leaves
         # the result in the queue for the next start.
         d.addCallbacks(lambda _: message.ack(), self._not_recorded,
@@ -224,6 +228,10 @@ class TaskService(service.Service):
         self.url_check = url_check if url_check is not None else URLCheck(clock)
         self.links = {}
         self._expiry = None
+        #: Messages on the result queue that were no result of this
+        #: branch's pending tasks (L{cyme.tasks.resultmessage}).
+        self.dropped = 0
+        self._drop_log = logs.Occasional(clock)
 
     #: Seconds between two sweeps of the results past their retention.
     expire_interval = 600.0
@@ -293,9 +301,19 @@ class TaskService(service.Service):
         link = self.links.get(url)
         if link is None:
             link = self.links[url] = BrokerLink(
-                url, self.pool, self.results_queue, self.journal, self.clock
+                url, self.pool, self.results_queue, self.journal, self.clock, self._dropped
             )
         return link
+
+    def _dropped(self, broker):
+        self.dropped += 1
+        held = self._drop_log.due()
+        if held is not None:
+            self.log.warn(
+                "dropped a message on {queue} at {broker} that is no result of a task "
+                "this branch waits for ({count} dropped since start)",
+                queue=self.results_queue, broker=broker, count=self.dropped,
+            )
 
     async def queue(self, app, queue, method, url, query=None, body=None,
                     content_type=None, timeout=None):

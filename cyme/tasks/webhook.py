@@ -27,6 +27,7 @@ What L{perform} guarantees:
 import base64
 import functools
 import http.client
+import re
 import socket
 import ssl
 import time
@@ -75,6 +76,10 @@ def _fmt_seconds(seconds):
     return f"{seconds:g}"
 
 
+#: Whitespace and control characters, which no URL may carry.
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+
+
 def check_url(url, allowed_hosts=(), max_length=None, deny_private=False):
     """Refuse C{url} unless it is an absolute http(s) URL with a host, within
     C{max_length} characters, that the fence (L{cyme.fence.Fence}) does not
@@ -90,7 +95,7 @@ def _check(url, fence, max_length=None):
         raise WebhookError(f"URL must be a non-empty string, not {url!r}")
     if max_length is not None and len(url) > max_length:
         raise WebhookError(f"URL longer than {max_length} characters")
-    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+    if _CONTROL.search(url):
         raise WebhookError(f"URL contains whitespace or control characters: {url!r}")
     try:
         parts = urlsplit(url)

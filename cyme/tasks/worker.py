@@ -8,12 +8,15 @@ round trip after start, and imports the task modules the branch's
 operator allowed (``--task-module``) and nothing else.  Messages are JSON
 only unless the settings, vetted by the branch against its
 ``--accept-content``, say otherwise.  The broker's URL comes in
-``CELERY_BROKER_URL``, which Celery reads itself.
+``CELERY_BROKER_URL``, which Celery reads itself; a broker over TLS
+(``amqps://``) comes with ``broker_tls`` in the configuration, and its
+certificate and host name are verified, as the branch verifies them.
 """
 
 import base64
 import json
 import os
+import ssl
 
 from celery import Celery
 from kombu import Queue
@@ -65,6 +68,14 @@ def configure(config):
     # Imported by the worker as it starts (Celery's own "imports" setting):
     # their tasks register with this app (shared_task, or current_app.task).
     app.conf.imports = tuple(config.get("imports") or ())
+    tls = config.get("broker_tls")
+    if tls is not None:
+        app.conf.broker_use_ssl = {
+            "cert_reqs": ssl.CERT_REQUIRED,
+            # None: the system's CAs.
+            "ca_certs": tls.get("ca_certs"),
+            "server_hostname": tls["server_hostname"],
+        }
 
 
 configure(json.loads(os.environ.get("CYME_WORKER_CONFIG") or "{}"))

@@ -13,6 +13,8 @@ class FakeClient(Service):
     def __init__(self):
         self.listeners = []
         self.connection = None
+        #: Why the last attempt to connect failed (None: it did not).
+        self.last_error = None
 
     def add_listener(self, listener):
         verifyObject(IBrokerListener, listener)

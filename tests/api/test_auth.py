@@ -17,6 +17,8 @@ from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
+from cyme.tasks.journal import ResultJournal
+from tests.api.test_web_tasks import FakeTasks
 
 REMOTE = "203.0.113.7"
 JSON = {"Content-Type": ["application/json"]}
@@ -360,6 +362,30 @@ class PasswordTests(AuthTestCase):
         for client in (self.client(), self.client(REMOTE, self.token("read,admin"))):
             for response in self.answers(client):
                 self.assertEqual(response.json["broker"]["password"], "s3cret-pw")
+
+    def test_listings_and_lists_mask_every_broker(self):
+        reader = self.client(REMOTE, self.token("read,write"))
+        self.call(self.client(), "PUT", "/bar/", data={"broker": BROKER})
+        for path in ("/", "/foo/instances/", "/foo/queues/", "/branches/"):
+            response = self.call(reader, "GET", path)
+            self.assertEqual(response.code, 200, response.body)
+            self.assertNotIn(b"s3cret-pw", response.body)
+
+    def test_a_tasks_own_password_field_is_its_own(self):
+        """What a queued URL answered is shown as it is: only brokers are masked."""
+        journal = ResultJournal(self.mktemp(), self.clock)
+        self.addCleanup(journal.close)
+        ops = LocalOperations(self.store, now=self.clock.seconds, tasks=FakeTasks(journal),
+                              clock=self.clock)
+        api = BranchAPI(ops, Gate(ops, trust_loopback=True, names=frozenset()))
+        reader = APIClient(api.resource(), peer=REMOTE, headers=bearer(self.token("read")))
+        journal.record("t-1", "SUCCESS", app="foo",
+                       result={"body": {"password": "reset-me", "broker": "none"}})
+        self.clock.advance(0)
+        response = self.call(reader, "GET", "/foo/query/t-1/result/")
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json["result"]["body"],
+                         {"password": "reset-me", "broker": "none"})
 
     def test_admin_page_shows_none(self):
         reader = self.client(REMOTE, self.token("read"))

@@ -12,6 +12,9 @@ from cyme.api.testing import APIClient
 from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
 from cyme.tasks.journal import ResultJournal
+from cyme.cluster.memory import MemoryBusNetwork
+from cyme.waits import WaitCap
+from tests.operations.test_cluster import Branch, ClusterTestCase
 from tests.api.test_web_tasks import FakeTasks
 
 
@@ -21,7 +24,7 @@ class WaitCapTests(SynchronousTestCase):
         journal = ResultJournal(self.mktemp(), self.clock)
         self.addCleanup(journal.close)
         ops = LocalOperations(MemoryStore(), tasks=FakeTasks(journal), clock=self.clock)
-        self.client = APIClient(BranchAPI(ops, max_waits=2).resource())
+        self.client = APIClient(BranchAPI(ops, waits=WaitCap(2)).resource())
         self.successResultOf(self.client.request("PUT", "/foo/"))
 
     def wait(self):
@@ -53,6 +56,50 @@ class WaitCapTests(SynchronousTestCase):
             self.assertEqual(bad.code, 400)
         d = self.wait()
         self.assertNoResult(d)
+
+
+class ClusterWaitCapTests(ClusterTestCase):
+    """A wait sent to the task's owner counts against the owner's cap too."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.network = MemoryBusNetwork(self.clock)
+        self.branches = {}
+        for branch_id in ("b1", "b2"):
+            journal = ResultJournal(self.mktemp(), self.clock)
+            self.addCleanup(journal.close)
+            self.branches[branch_id] = Branch(branch_id, self.network, self.clock,
+                                              tasks=FakeTasks(journal), waits=WaitCap(2))
+            self.branches[branch_id].journal = journal
+        for branch in self.branches.values():
+            branch.bus.startService()
+            self.addCleanup(branch.bus.stopService)
+        self.settle()
+        self.request("b1", "PUT", "/foo/")
+        # A task b2 queued: b2 owns its result.
+        self.branches["b2"].journal.record("t-1", "PENDING", app="foo")
+        self.settle()
+
+    def wait(self, branch):
+        d = self.branches[branch].client.request("GET", "/foo/query/t-1/wait/?timeout=10")
+        self.settle()
+        return d
+
+    def test_waits_relayed_to_the_owner_count_there(self):
+        relayed = [self.wait("b1"), self.wait("b1")]
+        for d in relayed:
+            self.assertNoResult(d)
+        # b2 serves two waits for b1: its own clients find it full.
+        refused = self.successResultOf(self.wait("b2"))
+        self.assertEqual(refused.code, 503, refused.body)
+        self.assertEqual(refused.json["limit"], 2)
+        # And so would a third client of b1 (b1's own cap is full as well).
+        self.assertEqual(self.successResultOf(self.wait("b1")).code, 503)
+        self.branches["b2"].journal.record("t-1", "SUCCESS", app="foo", result=1)
+        self.settle()
+        for d in relayed:
+            self.assertEqual(self.successResultOf(d).json["state"], "SUCCESS")
+        self.assertEqual(self.successResultOf(self.wait("b2")).json["state"], "SUCCESS")
 
 
 class ConnectionCapTests(SynchronousTestCase):

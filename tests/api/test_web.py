@@ -108,7 +108,7 @@ class WalkthroughTestsMixin(APITestCase):
         self.assertEqual(
             bar["broker"],
             {"hostname": "w1", "userid": "me", "password": "me", "port": 5672,
-             "virtual_host": "/"},
+             "virtual_host": "/", "ssl": False},
         )
 
         # Create a new (anonymous) worker instance.
@@ -218,7 +218,7 @@ class AppTestsMixin(APITestCase):
         self.assertEqual(
             app["broker"],
             {"hostname": "w1", "port": 5673, "userid": "me", "password": "pw",
-             "virtual_host": "prod"},
+             "virtual_host": "prod", "ssl": False},
         )
 
     def test_broker_url(self):
@@ -228,8 +228,41 @@ class AppTestsMixin(APITestCase):
         self.assertEqual(
             app["broker"],
             {"hostname": "w1", "port": 5673, "userid": "me", "password": "p@ss",
-             "virtual_host": "/"},
+             "virtual_host": "/", "ssl": False},
         )
+
+    def test_a_broker_over_tls(self):
+        # The form field: TLS on 5671 unless a port is named.
+        app = self.assertAnswer(self.call("PUT", "/foo/", data={"hostname": "w1",
+                                                                "ssl": "true"}), 201)
+        self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5671,
+                                         "ssl": True})
+        self.assertEqual(self.store.get_app("foo").broker.as_url(),
+                         "amqps://guest:guest@w1:5671/%2F")
+        # An amqps:// URL, for an instance's own broker too.
+        instance = self.assertAnswer(self.call(
+            "PUT", "/foo/instances/w1/",
+            data={"broker": "amqps://me:pw@w2:5999/prod", "ssl": "yes"}), 201)
+        self.assertEqual(instance["broker"], {"hostname": "w2", "port": 5999, "userid": "me",
+                                              "password": "pw", "virtual_host": "prod",
+                                              "ssl": True})
+        # JSON, and a port of its own.
+        app = self.assertAnswer(self.call("PUT", "/bar/", json={
+            "hostname": "w3", "port": 5672, "ssl": True}), 201)
+        self.assertEqual((app["broker"]["port"], app["broker"]["ssl"]), (5672, True))
+
+    def test_a_broker_tls_cannot_be_said_twice_two_ways(self):
+        for data, field in [
+            ({"broker": "amqps://w1/", "ssl": "false"}, "ssl"),
+            ({"broker": "amqp://w1/", "ssl": "true"}, "ssl"),
+            ({"hostname": "w1", "ssl": "maybe"}, "ssl"),
+            ({"broker": "amqpx://w1/"}, "broker"),
+        ]:
+            with self.subTest(data=data):
+                response = self.successResultOf(self.client.request("PUT", "/foo/", data=data))
+                self.assertEqual(response.code, 400, response.json)
+                self.assertEqual(response.json["field"], field)
+        self.assertEqual(self.store.apps(), [])
 
     def test_without_hostname_broker_fields_are_ignored(self):
         # As the original Cyme says: no hostname, the default broker.
@@ -414,13 +447,15 @@ class QueueTestsMixin(APITestCase):
 
     def test_fields(self):
         expected = {"name": "img", "exchange": "media", "routing_key": "img.#",
-                    "exchange_type": "topic", "options": {"x-max-priority": 10}}
+                    "exchange_type": "topic",
+                    "options": {"max_priority": 10, "queue_arguments": {"x-queue-mode": "lazy"}}}
         self.assertAnswer(
             self.call(
                 "POST",
                 "/foo/queues/img/",
                 data={"exchange": "media", "routing_key": "img.#", "exchange_type": "topic",
-                      "options": '{"x-max-priority": 10}'},
+                      "options": '{"max_priority": 10, '
+                                  '"queue_arguments": {"x-queue-mode": "lazy"}}'},
             ),
             201,
             expected,
@@ -603,8 +638,8 @@ class RequestFormTestsMixin(APITestCase):
         )
         self.assertEqual(app["broker"], {**ORIGINAL_BROKER, "hostname": "w1", "port": 5673,
                                          "virtual_host": "v"})
-        self.call("PUT", "/foo/queues/q/", json={"options": {"x-max-priority": 10}})
-        self.assertEqual(self.store.get_queue("foo", "q").options, {"x-max-priority": 10})
+        self.call("PUT", "/foo/queues/q/", json={"options": {"max_priority": 10}})
+        self.assertEqual(self.store.get_queue("foo", "q").options, {"max_priority": 10})
         instance = self.assertAnswer(
             self.call(
                 "PUT",
@@ -744,6 +779,37 @@ class BadInputTestsMixin(APITestCase):
         self.assertBad("PUT", "/foo/instances/new/?pool=fork", "pool")
         self.assertBad("PUT", "/foo/instances/new/?queues=a/b", "queues")
         self.assertBad("PUT", "/foo/instances/?max_concurrency=0", "max_concurrency")
+
+    def test_reserved_queue_and_exchange_names(self):
+        """An app's queue cannot take the results, the remote control, the events or the bus."""
+        for path in ("/foo/queues/cyme.results.b1/", "/foo/queues/cyme.branch.b2/",
+                     "/foo/queues/dq.w1/", "/foo/queues/celery.pidbox/",
+                     "/foo/queues/celeryev.x/", "/foo/queues/reply.celery.pidbox/",
+                     "/foo/queues/amq.gen-1/"):
+            response = self.assertBad("PUT", path, "name")
+            self.assertIn("reserved", response["error"])
+        for exchange in ("cyme.bus", "cyme.bus.direct", "celeryev", "celery.pidbox",
+                         "reply.celery.pidbox", "amq.rabbitmq.trace", "amq.topic"):
+            response = self.assertBad("PUT", f"/foo/queues/spy/?exchange={exchange}",
+                                      "exchange")
+            self.assertIn("reserved", response["error"])
+        # Names that merely contain them are the app's.
+        self.assertEqual(self.call("PUT", "/foo/queues/my.cyme.jobs/").code, 201)
+
+    def test_queue_options_are_kombus_with_their_types(self):
+        for options in ({"bindings": [{"exchange": "cyme.bus", "routing_key": "#"}]},
+                        {"exchange": "cyme.bus"}, {"routing_key": "#"},
+                        {"binding_key": "#"}, {"on_declared": "x"},
+                        {"durable": "yes"}, {"max_priority": -1}, {"max_priority": True},
+                        {"message_ttl": "1h"}, {"queue_arguments": {"x-a": [1]}},
+                        {"queue_arguments": []}):
+            response = self.assertBad("PUT", "/foo/queues/q/", "options",
+                                      json={"options": options})
+            self.assertIn("option", response["error"])
+        self.assertEqual(self.call("PUT", "/foo/queues/q/", json={"options": {
+            "durable": False, "auto_delete": True, "message_ttl": 60000, "max_length": 10,
+            "queue_arguments": {"x-queue-type": "quorum"},
+            "consumer_arguments": {"x-priority": 5}}}).code, 201)
 
     def test_wrong_json_types(self):
         for path, body, field in [
@@ -1130,6 +1196,15 @@ class TooLargeTests(SynchronousTestCase):
         self.assertIn("1 MiB", json.loads(body)["error"])
         self.assertEqual(self.store.apps(), [])
 
+    def test_audited_with_its_sender(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        head, body = self.send(MAX_BODY + 1, [b"x" * 10])
+        self.assertEqual(head[0], b"HTTP/1.1 413 Request Entity Too Large")
+        self.assertEqual([(e["who"], e["status"]) for e in events if e.get("audit")],
+                         [("token:t", 413)])
+
     def test_chunked(self):
         chunk = b"arguments=" + b"x" * MAX_BODY
         head, body = self.send(None, [b"hostname=w1&", chunk])
@@ -1148,6 +1223,15 @@ class TooLargeTests(SynchronousTestCase):
         request.too_large = True
         request.method = b"PUT"
         request.uri = request.path = b"/foo/instances/w1/"
+        body = guard.render(request)
+        self.assertEqual(request.code, 401)  # a stranger learns nothing more
+        request = LimitedRequest(DummyChannel())
+        request.too_large = True
+        request.method = b"PUT"
+        request.uri = request.path = b"/foo/instances/w1/"
+        request.requestHeaders.setRawHeaders(
+            b"authorization", [b"Bearer " + self.secret.encode("ascii")]
+        )
         body = guard.render(request)
         self.assertEqual(request.code, 413)
         self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"),

@@ -20,6 +20,7 @@ class FakeTasks:
         self.journal = journal
         self.queued = []
         self.fail_with = None
+        self.dropped = 0
 
     async def queue(self, app, queue, method, url, query=None, body=None,
                     content_type=None, timeout=None):

@@ -73,7 +73,6 @@ class EnvelopeTests(SynchronousTestCase):
             {"v": "2", "type": "bye", "from": "b1"},
             {"v": 2, "type": "request", "from": "b1", "ticket": ["t"], "method": "m"},
             {"v": 2, "type": "request", "from": "b1", "ticket": "t", "method": None},
-            {"v": 2, "type": "request", "from": "b1", "ticket": "t", "method": "m", "args": []},
             {"v": 2, "type": "reply", "from": "b1", "ticket": {"t": 1}},
             {"v": 2, "type": "reply", "from": "b1", "ticket": "t", "status": 200,
              "error": "no"},

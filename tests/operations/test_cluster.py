@@ -27,19 +27,21 @@ IDS = ("b1", "b2", "b3")
 
 
 class Branch:
-    def __init__(self, branch_id, network, clock, local_class=LocalOperations, seal=None):
+    def __init__(self, branch_id, network, clock, local_class=LocalOperations, tasks=None,
+                 waits=None, seal=None):
         self.id = branch_id
         self.store = MemoryStore()
         self.local = local_class(
-            self.store, branch_id=branch_id, url=f"http://{branch_id}:8000/"
+            self.store, branch_id=branch_id, url=f"http://{branch_id}:8000/", tasks=tasks,
+            clock=clock,
         )
         # As makeService wires a branch.
         self.cluster, self.bus = build_cluster(
             self.local, network.transport(branch_id), clock,
-            ready_timeout=self.local.ready_timeout, beat_interval=2.0,
+            ready_timeout=self.local.ready_timeout, beat_interval=2.0, waits=waits,
             seal=seal or OpenSeal(),
         )
-        self.client = APIClient(BranchAPI(self.cluster).resource())
+        self.client = APIClient(BranchAPI(self.cluster, waits=waits).resource())
 
 
 class ClusterTestCase(SynchronousTestCase):

@@ -2,6 +2,8 @@
 branch works on every branch at once, a revoked one stops everywhere, and
 a branch that was away during a revocation learns it when it returns."""
 
+from twisted.internet import defer
+
 from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from tests.operations.test_cluster import IDS, ClusterTestCase
@@ -32,6 +34,32 @@ class ClusterTokenTests(ClusterTestCase):
             self.assertEqual(self.request(branch, "GET", "/tokens/").json[0]["name"], "ci")
         self.assertEqual(self.remote("b3", "PUT", "/foo/", secret).code, 201)
         self.assertEqual(self.remote("b2", "GET", "/tokens/", secret).code, 403)
+
+    def test_one_name_made_on_every_branch_at_once_is_made_once(self):
+        asked = [self.branches[b].client.request("POST", "/tokens/",
+                                                 data={"name": "ci", "scope": "read"})
+                 for b in IDS]
+        self.settle()
+        answers = [self.successResultOf(d) for d in asked]
+        self.assertEqual(sorted(a.code for a in answers), [201, 409, 409],
+                         [a.body for a in answers])
+        made = next(a for a in answers if a.code == 201)
+        secret = made.json["token"]
+        # Every branch holds the one the caller was given, and it works there.
+        for branch in IDS:
+            self.assertEqual(self.remote(branch, "GET", "/", secret).code, 200, branch)
+        for refused in (a for a in answers if a.code == 409):
+            self.assertIn("exists", refused.json["error"])
+            self.assertNotIn("token", refused.json)
+
+    def test_a_malformed_token_record_on_the_bus_is_refused(self):
+        for args in ({}, {"name": "x", "scopes": ["root"], "hash": "0" * 64},
+                     {"name": "../x", "scopes": ["admin"], "hash": "0" * 64}, [1]):
+            d = defer.ensureDeferred(self.branches["b1"].bus.call("b2", "token.add", args, 1.0))
+            self.settle()
+            self.assertEqual(self.failureResultOf(d).value.status, 400, args)
+        for branch in IDS:
+            self.assertEqual(self.branches[branch].store.tokens(), [])
 
     def test_revoked_on_one_branch_stops_on_every_branch(self):
         secret = self.make("b1")

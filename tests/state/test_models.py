@@ -19,13 +19,15 @@ from cyme.state.models import (
     reserved_apps,
 )
 
-#: The broker the original Cyme shows for an app created without broker parameters.
+#: The broker the original Cyme shows for an app created without broker
+#: parameters, and whether it is over TLS (cyme's own field).
 ORIGINAL_BROKER = {
     "password": "guest",
     "hostname": "127.0.0.1",
     "userid": "guest",
     "port": 5672,
     "virtual_host": "/",
+    "ssl": False,
 }
 
 GOOD_NAMES = ["a", "A", "0", "_x", "w1.example.com", "tasks-2_b.c", "a" * 64, "x."]
@@ -161,6 +163,7 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
                 "userid": "me",
                 "password": "",
                 "virtual_host": "prod",
+                "ssl": False,
             },
         )
 
@@ -212,6 +215,7 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
                 "userid": "me",
                 "password": "secret",
                 "virtual_host": "/",
+                "ssl": False,
             },
         )
 
@@ -285,6 +289,53 @@ class BrokerTests(BadRequestAssertions, SynchronousTestCase):
     def test_as_url(self):
         self.assertEqual(Broker().as_url(), "amqp://guest:guest@127.0.0.1:5672/%2F")
         self.assertEqual(Broker(hostname="::1").as_url(), "amqp://guest:guest@[::1]:5672/%2F")
+
+
+class BrokerTLSTests(BadRequestAssertions, SynchronousTestCase):
+    """C{ssl}: a broker over TLS (amqps://), on 5671 unless told otherwise."""
+
+    def test_tls_defaults_the_port_to_5671(self):
+        self.assertEqual((Broker().ssl, Broker().port), (False, 5672))
+        self.assertEqual(Broker(ssl=True).port, 5671)
+        self.assertEqual(Broker(ssl=True, port=5672).port, 5672)
+        self.assertEqual(Broker.from_json({"hostname": "w1", "ssl": True}).port, 5671)
+        self.assertEqual(Broker.from_json({"ssl": "true", "port": "5999"}).port, 5999)
+
+    def test_a_record_of_an_older_version_is_plain_amqp(self):
+        old = {k: v for k, v in ORIGINAL_BROKER.items() if k != "ssl"}
+        self.assertEqual(Broker.from_json(old), Broker())
+        self.assertEqual(App.from_json({"name": "foo", "broker": old}).broker.ssl, False)
+
+    def test_ssl_is_a_boolean(self):
+        self.assertEqual(Broker(ssl="yes").ssl, True)
+        self.assertEqual(Broker.from_json({"ssl": "0"}).ssl, False)
+        for value in ["maybe", 2, None, [], "", {"x": 1}]:
+            with self.subTest(ssl=value):
+                self.assertBadRequest("ssl", Broker, ssl=value)
+                self.assertBadRequest("ssl", Broker.from_json, {"ssl": value})
+
+    def test_amqps_urls(self):
+        broker = Broker.from_url("amqps://me:pw@rabbit.example.com/prod")
+        self.assertEqual(broker.to_json(), {
+            "hostname": "rabbit.example.com", "port": 5671, "userid": "me",
+            "password": "pw", "virtual_host": "prod", "ssl": True,
+        })
+        self.assertEqual(Broker.from_url("pyamqps://h:5999//"),
+                         Broker(hostname="h", port=5999, ssl=True))
+        self.assertEqual(Broker.from_url("AMQPS://h").ssl, True)
+        self.assertEqual(Broker.from_url("amqp://h").ssl, False)
+        for url, field in [("amqps://", "broker"), ("amqpss://h/", "broker"),
+                           ("https://h/", "broker"), ("amqps://h:0/", "port")]:
+            with self.subTest(url=url):
+                self.assertBadRequest(field, Broker.from_url, url)
+
+    def test_as_url_says_amqps(self):
+        broker = Broker(hostname="::1", ssl=True, password="p@ss")
+        self.assertEqual(broker.as_url(), "amqps://guest:p%40ss@[::1]:5671/%2F")
+        for broker in [broker, Broker(ssl=True, port=5672), Broker(hostname="h", ssl=True)]:
+            with self.subTest(broker=broker):
+                self.assertEqual(Broker.from_url(broker.as_url()), broker)
+                self.assertEqual(Broker.from_json(broker.to_json()), broker)
 
 
 class AppTests(BadRequestAssertions, SynchronousTestCase):

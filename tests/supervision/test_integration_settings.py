@@ -198,7 +198,7 @@ class BadRecordTests(SettingsTestCase):
                 branch, f"/{app}/instances/{name}/",
                 lambda code, body: code == 200 and body["last_error"], 10,
                 f"{name} failed with its reason")
-            self.assertIn(body["state"], ("stopped", "quarantined"), body)
+            self.assertIn(body["state"], ("failed", "quarantined"), body)
             self.assertIn(reason, body["last_error"])
             self.assertIsNone(body["pid"])
         # Still supervised: a killed good worker is replaced.

@@ -25,6 +25,7 @@ from cyme.supervision.workerstate import (
     RUNNING,
     STARTING,
     STATES,
+    START_FAILED,
     STOPPED,
     STOPPING,
     UNRESPONSIVE,
@@ -53,6 +54,13 @@ class LifecycleTestCase(SynchronousTestCase):
         self.reconciles = []
         self.directory = self.mktemp()
         self.life = self.make()
+
+    def spawn_fails(self):
+        """A start whose process cannot be made; whether it was spawned."""
+        self.launcher.fail = OSError("no such file")
+        spawned = self.life.start(ARGV, {}, "spec1")
+        self.flushLoggedErrors(OSError)
+        return spawned
 
     def make(self, **figures):
         """A lifecycle for w1; C{figures} override the test's L{Policy}."""
@@ -180,28 +188,92 @@ class RowTests(LifecycleTestCase):
         self.assertEqual((self.worker.pid, self.worker.spec), (4242, "old"))
         self.assertTrue(self.worker.adopted)
 
-    def test_stopped_crashed(self):
+    def test_stopped_spawn_failed(self):
         self.make(max_restarts=5)
-        self.launcher.fail = OSError("no such file")
-        self.assertFalse(self.life.start(ARGV, {}, "spec1"))
-        self.assertState(STOPPED)
-        self.assertEqual(self.worker.last_error, "cannot start: no such file")
+        waiting = self.life.wait_ready(30)
+        self.assertFalse(self.spawn_fails())
+        self.assertState(START_FAILED)
+        shown = self.worker.to_json()
+        self.assertEqual((shown["state"], shown["pid"]), ("failed", None))
+        self.assertEqual(shown["last_error"], "cannot start: no such file")
         self.assertEqual(self.worker.restarts, 1)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        # A create waiting for the worker hears at once, not after 30 s.
+        self.assertEqual(self.successResultOf(waiting)["state"], "failed")
         # The first retry is due at once: the next converge starts it.
         self.assertTrue(self.life.due())
         self.assertEqual(self.reconciles, [])
 
     def test_stopped_flapped(self):
-        self.launcher.fail = OSError("no such file")
-        self.life.start(ARGV, {}, "spec1")
-        self.life.start(ARGV, {}, "spec1")
+        self.make(max_restarts=0)
+        self.spawn_fails()
+        self.assertState(QUARANTINED)
+        self.assertEqual(
+            self.worker.last_error,
+            "quarantined: failed 1 times within 60 s (last: cannot start: no such file)",
+        )
+
+    # start failed: its process could not be made
+
+    def start_failed(self):
+        self.make(max_restarts=5)
+        self.spawn_fails()
+        self.spawn_fails()
+        self.assertState(START_FAILED)
+        self.assertFalse(self.life.due())  # the second failure backs off
+
+    def test_start_failed_spawned(self):
+        self.start_failed()
+        self.reactor.advance(60)
+        self.launcher.fail = None
+        self.assertTrue(self.life.start(ARGV, {}, "spec1"))
+        self.assertState(STARTING)
+        self.assertEqual(self.worker.to_json()["state"], "starting")
+
+    def test_start_failed_spawn_failed(self):
+        self.start_failed()
+        self.assertEqual(self.worker.restarts, 2)
+        waiting = self.life.wait_ready(30)
+        self.reactor.advance(60)
+        self.spawn_fails()
+        self.assertState(START_FAILED)
+        self.assertEqual(self.worker.restarts, 3)
+        self.assertEqual(self.successResultOf(waiting)["state"], "failed")
+
+    def test_start_failed_flapped(self):
+        self.spawn_fails()
+        self.spawn_fails()
         self.assertState(QUARANTINED)
         self.assertEqual(
             self.worker.last_error,
             "quarantined: failed 2 times within 60 s (last: cannot start: no such file)",
         )
-        self.flushLoggedErrors(OSError)
+
+    def test_start_failed_stop_asked(self):
+        self.start_failed()
+        self.assertIsNone(self.successResultOf(self.life.stop("disabled")))
+        self.assertState(STOPPED)
+        self.assertEqual(self.worker.to_json()["state"], "stopped")
+
+    def test_start_failed_restart_asked(self):
+        self.start_failed()
+        self.assertIsNone(self.successResultOf(self.life.restart()))
+        self.assertState(STOPPED)
+        self.assertTrue(self.life.due())  # a restart forgives the backoff
+
+    def test_start_failed_backoff_elapsed(self):
+        self.start_failed()
+        self.assertEqual(self.reconciles, [])
+        self.reactor.advance(60)
+        self.assertState(START_FAILED)
+        self.assertEqual(len(self.reconciles), 1)  # the end of the backoff asks for a round
+        self.assertTrue(self.life.due())
+
+    def test_start_failed_pong(self):
+        self.start_failed()
+        self.reactor.advance(1)
+        self.life.pong()
+        self.assertState(START_FAILED)
+        self.assertEqual(self.worker.last_pong, 1.0)
 
     def test_stopped_stop_asked(self):
         self.assertIsNone(self.successResultOf(self.life.stop("asked")))
@@ -503,10 +575,24 @@ class RowTests(LifecycleTestCase):
         )
         self.assertEqual(
             self.worker.last_error,
-            "cannot reach its broker: TLS failure ([SSL: CERTIFICATE_VERIFY_FAILED] "
-            "certificate verify failed)",
+            "cannot reach its broker: TLS: the broker's certificate is not trusted: refused "
+            "([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed)",
         )
         self.assertNotIn("**", self.worker.last_error)
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqps://g:**@h:5671//: "
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: Hostname mismatch, "
+            "certificate is not valid for 'h'. (_ssl.c:1006)."
+        )
+        self.assertTrue(self.worker.last_error.startswith(
+            "cannot reach its broker: TLS: the broker's certificate is not for its host "
+            "name: refused ([SSL: CERTIFICATE_VERIFY_FAILED]"), self.worker.last_error)
+        self.writes(
+            "[x: ERROR/MainProcess] consumer: Cannot connect to amqps://g:**@h:5672//: "
+            "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)."
+        )
+        self.assertTrue(self.worker.last_error.startswith(
+            "cannot reach its broker: TLS failure ([SSL: WRONG_VERSION_NUMBER]"))
 
     # stopping
 

@@ -84,7 +84,7 @@ class BadRecordTests(PolicySupervisorTestCase):
         self.boot("w2")
         self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
         status = self.supervisor.status("w1")
-        self.assertEqual(status["state"], "stopped")
+        self.assertEqual((status["state"], status["pid"]), ("failed", None))
         self.assertIn("cannot start: app arguments cannot be read as a command line",
                       status["last_error"])
         self.assertGreaterEqual(status["restarts"], 1)  # the first retry is at once
@@ -192,6 +192,30 @@ class WorkerCommandTests(PolicySupervisorTestCase):
         )
         self.assertNotEqual(spec, other)
 
+
+    def test_a_tls_broker_is_verified_by_the_worker_too(self):
+        app = App("foo", broker=Broker(hostname="localhost", ssl=True, password=SECRET))
+        policy = WorkerPolicy(broker_ca="/etc/cyme/ca.pem")
+        argv, env, spec = worker_command(Instance("w1", "foo"), app, [], "/d", "h", "/py",
+                                         policy=policy)
+        self.assertEqual(env["CELERY_BROKER_URL"], f"amqps://guest:{SECRET}@localhost:5671/%2F")
+        # With the branch's CA, and the URL's host name for the certificate.
+        self.assertEqual(json.loads(env["CYME_WORKER_CONFIG"])["broker_tls"],
+                         {"ca_certs": "/etc/cyme/ca.pem", "server_hostname": "localhost"})
+        self.assertNotIn(SECRET, " ".join(argv))
+        # Another CA bundle restarts the worker; a plain broker has no TLS.
+        _, _, other = worker_command(Instance("w1", "foo"), app, [], "/d", "h", "/py")
+        self.assertNotEqual(spec, other)
+        _, env, _ = worker_command(Instance("w1", "foo"), App("foo"), [], "/d", "h", "/py",
+                                   policy=policy)
+        self.assertNotIn("broker_tls", json.loads(env["CYME_WORKER_CONFIG"]))
+
+    def test_an_instances_own_tls_broker(self):
+        instance = Instance("w1", "foo", broker=Broker.from_url("amqps://u:p@[::1]:5999/v"))
+        _, env, _ = worker_command(instance, App("foo"), [], "/d", "h", "/py")
+        self.assertEqual(env["CELERY_BROKER_URL"], "amqps://u:p@[::1]:5999/v")
+        self.assertEqual(json.loads(env["CYME_WORKER_CONFIG"])["broker_tls"],
+                         {"ca_certs": None, "server_hostname": "::1"})
 
 
 class FilesAndSpecTests(PolicySupervisorTestCase):

@@ -30,6 +30,7 @@ import socket
 import uuid
 from urllib.parse import parse_qs, quote, urlsplit
 
+import treq
 from twisted.internet import defer, reactor, threads
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.web import resource, server
@@ -70,6 +71,17 @@ def delete_queues(url, names):
                 connection.channel().queue_delete(name)
             except Exception:
                 pass
+
+
+def publish_raw(url, queue, bodies):
+    """In a thread: publish C{bodies} (bytes) to C{queue} as any broker user could."""
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=5) as connection:
+        producer = connection.Producer()
+        for body in bodies:
+            producer.publish(body, exchange="", routing_key=queue,
+                             content_type="application/json", content_encoding="utf-8")
 
 
 # The target of the queued URLs
@@ -561,6 +573,41 @@ class QueueTests(TaskTestCase):
         code, body, _ = await self.call("GET", branch.url(f"/nosuchapp/query/{unknown}/state/"))
         self.assertEqual(code, 404, body)
         self.assertEqual(len(self.target.requests), before)
+
+
+class ForgedResultTests(TaskTestCase):
+    @deferred
+    async def test_forged_and_malformed_results_change_nothing(self):
+        """
+        Anyone who may publish on the app's broker can publish to a branch's
+        result queue: what is no result of a task the branch waits for is
+        dropped and counted, and queued URLs go on working.
+        """
+        branch = await self.one_branch()
+        slow = await self.queue(branch, "GET", self.target_url("/slow"), "delay=1.5")
+        forged = [json.dumps(body).encode("utf-8") for body in (
+            {"task_id": str(uuid.uuid4()), "status": "SUCCESS", "result": "forged"},
+            {"task_id": ["a", "list"], "status": "SUCCESS"},
+            {"task_id": slow["uuid"], "status": {"not": "a state"}},
+            [slow["uuid"], "SUCCESS"],
+        )] + [b"\xff not json"]
+        await threads.deferToThread(publish_raw, broker_url(made_vhost(VHOST)),
+                                    f"cyme.results.{branch.id}", forged)
+
+        async def dropped():
+            response = await treq.get(branch.url("/metrics"), pool=self.pool, timeout=5)
+            text = (await treq.content(response)).decode()
+            line = [l for l in text.splitlines() if l.startswith("cyme_results_dropped_total")]
+            return int(line[0].split()[1]) >= len(forged) or None
+
+        await self.poll(dropped, 10, "the forged results dropped and counted")
+        # The real result still comes, and new tasks are queued and done.
+        result = await self.wait_result(branch, slow["uuid"])
+        self.assertEqual(result["content"], "slow and steady")
+        more = await self.queue(branch, "GET", self.target_url("/text"))
+        await self.wait_result(branch, more["uuid"])
+        self.assertFalse([l for l in branch.journal() if l["state"] == "SUCCESS"
+                          and l.get("result") == "forged"])
 
 
 class FenceTests(TaskTestCase):

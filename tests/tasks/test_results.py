@@ -145,6 +145,17 @@ class BrokerLinkTests(JournalTestCase):
         self.assertIn("amqp://u:**@mq", json.dumps(self.lines()))
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_the_503_says_why_the_broker_is_out_of_reach(self):
+        # An amqps:// broker whose certificate the branch refused.
+        self.app = App("foo", broker=Broker(hostname="mq", ssl=True, password="s3cret"))
+        d = self.queue()
+        refusal = "TLS: the broker's certificate is not for mq: refused (it names other hosts)"
+        self.clients[self.app.broker.as_url()].last_error = refusal
+        self.clock.advance(10)
+        error = self.failureResultOf(d, BrokerUnreachable).value
+        self.assertEqual(str(error), f"broker amqps://guest:**@mq:5671/%2F not reachable: "
+                                     f"{refusal}")
+
     def test_a_publish_waits_for_the_set_up_of_the_connection(self):
         d = self.queue()
         self.clock.advance(5)

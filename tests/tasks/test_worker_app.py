@@ -4,6 +4,8 @@ In process, without a broker: what a worker would run with, from the
 ``CYME_WORKER_CONFIG`` its branch gives it.
 """
 
+import ssl
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.tasks import worker
@@ -11,7 +13,8 @@ from cyme.tasks import worker
 
 class ConfigureTests(SynchronousTestCase):
     def setUp(self):
-        keys = ("imports", "accept_content", "task_queues", "task_time_limit")
+        keys = ("imports", "accept_content", "task_queues", "task_time_limit",
+                "broker_use_ssl")
         saved = {k: worker.app.conf.get(k) for k in keys}
         self.addCleanup(worker.app.conf.update, saved)
 
@@ -30,3 +33,17 @@ class ConfigureTests(SynchronousTestCase):
         self.assertEqual(tuple(worker.app.conf.imports), ("myproject.tasks",))
         self.assertEqual(list(worker.app.conf.accept_content), ["json", "pickle"])
         self.assertEqual(worker.app.conf.task_time_limit, 30)
+
+    def test_a_tls_broker_is_verified_with_the_branchs_ca_and_host_name(self):
+        worker.configure({"broker_tls": {"ca_certs": "/etc/cyme/ca.pem",
+                                         "server_hostname": "localhost"}})
+        # What the worker's connections (tasks, results, remote control) use.
+        connection = worker.app.connection_for_write("amqps://guest:guest@localhost:5671//")
+        self.assertEqual(connection.ssl, {"cert_reqs": ssl.CERT_REQUIRED,
+                                          "ca_certs": "/etc/cyme/ca.pem",
+                                          # Not Celery's 127.0.0.1 for localhost.
+                                          "server_hostname": "localhost"})
+        # Without a CA bundle, the system's.
+        worker.configure({"broker_tls": {"ca_certs": None, "server_hostname": "10.0.0.5"}})
+        self.assertEqual(worker.app.conf.broker_use_ssl["ca_certs"], None)
+        self.assertEqual(worker.app.conf.broker_use_ssl["cert_reqs"], ssl.CERT_REQUIRED)
