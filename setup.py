@@ -41,6 +41,8 @@ setup(
         "setproctitle>=1.3",
         # The cyme command (cyme.cli).
         "click>=8.1",
+        # The bus's seal: Fernet (MultiFernet for key rotation, dated tokens).
+        "cryptography>=42",
     ],
     entry_points={
         "console_scripts": [

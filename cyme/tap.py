@@ -19,6 +19,8 @@ from twisted.python import usage
 
 from cyme import __version__, logs
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
+from cyme.cluster import keys
+from cyme.cluster.seal import bus_seal
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool, BrokerTLS
@@ -82,6 +84,9 @@ class Options(usage.Options):
          "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
          "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
          "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
+        ["insecure-open-bus", None,
+         "Run the bus between branches unsealed, without a cluster key: anyone "
+         "who can publish on its exchanges can steer the cluster."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -127,6 +132,16 @@ class Options(usage.Options):
          "times the number of CPUs)."],
         ["max-instances", None, 100,
          "Most instances this branch runs; placement skips a branch at its limit."],
+        ["cluster-key-file", None, None,
+         "The cluster key: every bus message is sealed with it, and only branches "
+         "holding it form the cluster (default: $XDG_CONFIG_HOME/cyme/cluster.key, "
+         "else ~/.cyme/cluster.key, made at the first start if missing)."],
+        ["previous-cluster-key-file", None, None,
+         "A key this branch still accepts on the bus but no longer seals with "
+         "(while a new cluster key is rolled out)."],
+        ["bus-broker", None, None,
+         "Broker URL of the bus between branches (default: $CYME_BUS_BROKER_URL, "
+         "else the broker of --broker)."],
     ]
 
     def __init__(self):
@@ -212,10 +227,16 @@ class Options(usage.Options):
             if self["broker"] is None:
                 self["broker"] = os.environ.get("CYME_BROKER_URL") or DEFAULT_BROKER_URL
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
+            bus_broker = self["bus-broker"] or os.environ.get("CYME_BUS_BROKER_URL")
+            self["bus-broker-url"] = (
+                Broker.from_url(bus_broker, "--bus-broker") if bus_broker
+                else self["default-broker"]
+            ).as_url()
             if self["id"] is not None:
                 check_name(self["id"], "--id")
         except BadRequest as e:
             raise usage.UsageError(e.message) from None
+        self._cluster_keys()
         root = None
         try:
             root = RootDir.open(self["instance-dir"])
@@ -229,6 +250,18 @@ class Options(usage.Options):
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
         self["root"] = root
+
+    def _cluster_keys(self):
+        """The keys of the bus (the default one made if missing), or none."""
+        try:
+            self["cluster-keys"] = keys.bus_keys(
+                self["cluster-key-file"], self["previous-cluster-key-file"],
+                self["insecure-open-bus"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        except StartupError as e:
+            self._startup_failed = True
+            raise StartupFailed(str(e)) from None
 
 
 def _worker_policy(options):
@@ -396,10 +429,11 @@ def makeService(options):
     waits = WaitCap()
     cluster, bus = build_cluster(
         local,
-        AMQPBusTransport(pool, options["default-broker"].as_url(),
-                         options["branch-id"], options["cluster"]),
+        AMQPBusTransport(pool, options["bus-broker-url"], options["branch-id"],
+                         options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
+        seal=bus_seal(options["cluster-keys"], reactor),
         waits=waits,
     )
     bus.setServiceParent(branch)
@@ -413,3 +447,4 @@ def makeService(options):
         http.setName("http")
         http.setServiceParent(branch)
     return branch
+
