@@ -44,17 +44,14 @@ class Drops:
         self.clock = clock
         self.interval = interval
         self.counts = dict.fromkeys(REASONS, 0)
-        self._logged = {}  # reason -> (when, count then)
+        self._lines = {reason: logs.Occasional(clock, interval) for reason in REASONS}
 
     def drop(self, reason, **fields):
         """One message dropped for C{reason} (a key of L{REASONS})."""
         self.counts[reason] += 1
-        now = self.clock.seconds()
-        last = self._logged.get(reason)
-        if last is not None and now - last[0] < self.interval:
+        since = self._lines[reason].due()
+        if since is None:
             return
-        since = 0 if last is None else self.counts[reason] - last[1] - 1
-        self._logged[reason] = (now, self.counts[reason])
         defaults = {"sender": None, "protocol": None, "why": "", "what": "",
                     "skew": 0.0, "window": 60.0}
         self.log.warn(
