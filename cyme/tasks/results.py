@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
-from cyme.amqp import AMQPError, parse_broker_url
+from cyme.amqp import AMQPError, mask_passwords, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.errors import CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
@@ -371,8 +371,11 @@ class TaskService(service.Service):
         link = self.link(app.broker.as_url())
         # The record and the publish go at once: the answer waits for the
         # slower of the two, not for both in turn.
+        # Credentials a URL carries go to the worker in the task, never
+        # into the journal or to those who may read its results.
         recorded = self.journal.record(
-            task_id, "PENDING", app=app.name, queue=queue.name, method=method, url=url
+            task_id, "PENDING", app=app.name, queue=queue.name, method=method,
+            url=mask_passwords(url) if "@" in url else url,
         )
         try:
             await link.publish(queue, task_id, headers, payload, self.publish_timeout)
