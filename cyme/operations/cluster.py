@@ -90,6 +90,9 @@ class ClusterOperations(ClusterTokens):
     def metrics(self):
         return self.local.metrics()
 
+    def health(self, apps=True):
+        return self.local.health(apps)
+
     async def local_instances(self):
         return await self.local.local_instances()
 
