@@ -14,10 +14,10 @@ import sys
 
 from twisted.application import service, strports
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, LogLevel
-from twisted.python import usage
+from twisted.logger import ILogObserver, Logger, LogLevel
+from twisted.python import components, usage
 
-from cyme import __version__, logs
+from cyme import __version__, jsonlog, logs
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
@@ -40,7 +40,9 @@ from cyme.state.store import JSONFileStore
 from cyme.waits import WaitCap
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
+from cyme.operations.health import BranchHealth
 from cyme.operations.local import LocalOperations
+from cyme.systemd import SystemdNotify, from_environment
 from cyme.api.routes import BranchAPI
 
 # The workers log at the branch's level, in Celery's words.
@@ -106,6 +108,10 @@ class Options(usage.Options):
          "Seconds between two supervisor ticks."],
         ["loglevel", "l", "info",
          "Lowest level of cyme's own log messages: debug, info, warn, error."],
+        ["log-format", None, "text",
+         "text (twistd's), or json: one JSON object a line on standard output "
+         "(time, level, namespace, message and the event's fields), for "
+         "journald and log shippers."],
         ["kill-timeout", None, 10.0,
          "Seconds a worker gets to finish its tasks after TERM before KILL."],
         ["ready-timeout", None, 10.0,
@@ -197,6 +203,9 @@ class Options(usage.Options):
             self["log-level"] = logs.parse_level(self["loglevel"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in jsonlog.FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {self['log-format']!r}")
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
         if self["endpoint"].startswith("unix:") and ":mode=" not in self["endpoint"]:
             # Its callers are trusted like loopback: only the branch's own
@@ -275,12 +284,21 @@ class BranchService(service.MultiService):
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, root, branch_id, api_url=None):
+    def __init__(self, root, branch_id, api_url=None, log_observer=None):
         super().__init__()
         self.root = root
         self.branch_id = branch_id
         #: Written to the root's C{api.url} while the branch runs.
         self.api_url = api_url
+        #: twistd's log observer instead of its own (C{--log-format json}).
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        if self.log_observer is not None and isinstance(parent, components.Componentized):
+            # twistd's application: twistd logs to the observer it holds
+            # (it asks once it has made the application from this service).
+            parent.setComponent(ILogObserver, self.log_observer)
 
     def _api_file(self):
         return os.path.join(self.root.path, "api.url")
@@ -336,6 +354,8 @@ def makeService(options):
     branch = BranchService(
         options["root"], options["branch-id"],
         api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
+        log_observer=(jsonlog.JSONLinesObserver(sys.stdout)
+                      if options["log-format"] == "json" else None),
     )
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
@@ -379,6 +399,10 @@ def makeService(options):
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)
+    # GET /health/ and systemd's STATUS=: the bus broker, the ticks, the journal.
+    health = BranchHealth(options["branch-id"], options["store"], pool,
+                          options["default-broker"].as_url(), reactor,
+                          supervisor=supervisor, journal=journal)
     local = LocalOperations(
         options["store"],
         branch_id=options["branch-id"],
@@ -391,6 +415,7 @@ def makeService(options):
         cluster=options["cluster"],
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
+        readiness=health,
     )
     # One cap on the waits this branch holds: its clients' and other branches'.
     waits = WaitCap()
@@ -412,4 +437,9 @@ def makeService(options):
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
+    notifier, watchdog = from_environment()
+    if notifier is not None:
+        # Last: READY=1 once everything else started, STOPPING=1 first.
+        SystemdNotify(notifier, reactor, status=health.summary,
+                      watchdog=watchdog).setServiceParent(branch)
     return branch
