@@ -38,6 +38,7 @@ from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
 from cyme.waits import WaitCap
+from cyme.supervision.relay import OutputRelay
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
 from cyme.operations.health import BranchHealth
@@ -384,6 +385,8 @@ def makeService(options):
         worker_policy=options["worker-policy"],
     )
     supervisor.setServiceParent(branch)
+    # Workers' output in the branch's log as it comes, not a tick later.
+    OutputRelay(supervisor, reactor).setServiceParent(branch)
     # The supervisor converges on every change of the desired state.
     options["store"].subscribe(supervisor.reconcile)
     disk = DiskThread(reactor)
