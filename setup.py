@@ -31,17 +31,23 @@ setup(
         "attrs>=23.1",
         # The host name check of amqps:// brokers' certificates.
         "service-identity>=24.1",
-        # 39: load_pem_x509_certificates (a --broker-ca bundle).
-        "cryptography>=39",
+        # The bus's seal (Fernet; MultiFernet for key rotation, dated
+        # tokens), and load_pem_x509_certificates for a --broker-ca bundle.
+        "cryptography>=42",
         "treq>=24.9",
         # The webhook's HTTP transport (cyme.tasks.webhook).
         "urllib3>=2.6",
         # Workers forked by the fork server take their own names (ps, and
         # the branch recognising them after a restart).
         "setproctitle>=1.3",
+        # The cyme command (cyme.cli).
+        "click>=8.1",
     ],
     entry_points={
-        "console_scripts": ["cyme-branch = cyme.script:main"],
+        "console_scripts": [
+            "cyme-branch = cyme.script:main",
+            "cyme = cyme.cli:main",
+        ],
     },
     classifiers=[
         "Framework :: Twisted",

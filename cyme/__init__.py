@@ -8,7 +8,8 @@ The package is laid out as its layers, each calling only the ones below it
 
 ``tap``          the wiring: options and ``makeService``, the one place that
                  knows every part (``script``: the ``cyme-branch`` command;
-                 ``systemd``: its notifications; ``jsonlog``: ``--log-format json``)
+                 ``branch``: the parent service; ``systemd``: its notifications;
+                 ``jsonlog``: ``--log-format json``)
 ``api``          Klein routes, request parsing, the admin page; calls
                  ``IOperations`` only
 ``operations``   ``IOperations``: on this branch, or routed through the cluster
@@ -22,6 +23,10 @@ The package is laid out as its layers, each calling only the ones below it
 base modules     ``errors``, ``logs``, ``backoff``, ``gather`` (scatter-gather),
                  ``listeners`` and ``fence`` (the addresses queued URLs may
                  reach), used by every layer
+
+Apart from the daemon, the operator's tools speak to it over HTTP only and
+import none of it: ``client`` (``cyme.client``, the Python client) and
+``cli`` (``cyme``, the management command, built on the client).
 """
 
 __version__ = "0.1.0"

@@ -1,5 +1,6 @@
-"""The ``cyme-branch`` command: ``twistd cyme-branch`` in the foreground, and
-``cyme-branch token ...`` to make, list and revoke API tokens.
+"""The ``cyme-branch`` command: ``twistd cyme-branch`` in the foreground,
+``cyme-branch token ...`` to make, list and revoke API tokens, and
+``cyme-branch cluster-key new FILE`` to make a cluster key.
 
 It takes the same options as the twistd plugin.  twistd's pid file in the
 current directory is turned off: the branch locks its own root directory,
@@ -28,10 +29,15 @@ cyme-branch token list [-D ROOT]
 cyme-branch token revoke NAME [-D ROOT]"""
 
 
+CLUSTER_KEY_USAGE = "cyme-branch cluster-key new FILE"
+
+
 def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["token"]:
         sys.exit(token_main(args[1:]))
+    if args[:1] == ["cluster-key"]:
+        sys.exit(cluster_key_main(args[1:]))
     from twisted.python import usage
     from twisted.scripts.twistd import ServerOptions, runApp
 
@@ -105,6 +111,28 @@ def token_main(argv, out=sys.stdout, err=sys.stderr):
             out.write(f"{token['name']}\t{','.join(token['scopes'])}\texpires {expires}\n")
     else:
         out.write(f"revoked {options.name}\n")
+    return 0
+
+
+def cluster_key_main(argv, out=sys.stdout, err=sys.stderr):
+    """
+    C{cyme-branch cluster-key new FILE}: a fresh cluster key in C{FILE}
+    (mode 0600, never over an existing file); returns the exit status.
+    The key itself is never printed: copy the file.
+    """
+    from cyme.cluster.keys import new_key_file
+    from cyme.errors import StartupError
+
+    if len(argv) != 2 or argv[0] != "new" or argv[1].startswith("-"):
+        err.write(f"usage: {CLUSTER_KEY_USAGE}\n")
+        return 2
+    try:
+        key = new_key_file(argv[1])
+    except StartupError as e:
+        err.write(f"cyme-branch cluster-key: {e}\n")
+        return 1
+    out.write(f"cluster key written to {key.path}: give it to every branch of the "
+              "cluster with --cluster-key-file, or copy it to their default place\n")
     return 0
 
 

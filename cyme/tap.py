@@ -6,19 +6,20 @@ directory, so that every start-up problem is a one-line usage error rather
 than a traceback; ``makeService`` assembles the services.
 """
 
-import contextlib
 import getopt
 import os
 import socket
 import sys
 
-from twisted.application import service, strports
-from twisted.internet.error import CannotListenError
-from twisted.logger import ILogObserver, Logger, LogLevel
-from twisted.python import components, usage
+from twisted.application import strports
+from twisted.logger import LogLevel
+from twisted.python import usage
 
 from cyme import __version__, jsonlog, logs
+from cyme.branch import BranchService
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
+from cyme.cluster import keys
+from cyme.cluster.seal import bus_seal
 from cyme.cluster.transport import AMQPBusTransport
 from cyme.operations.cluster import build_cluster
 from cyme.amqp import BrokerPool, BrokerTLS
@@ -85,6 +86,9 @@ class Options(usage.Options):
          "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
          "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
          "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
+        ["insecure-open-bus", None,
+         "Run the bus between branches unsealed, without a cluster key: anyone "
+         "who can publish on its exchanges can steer the cluster."],
     ]
     optParameters = [
         ["id", "i", None,
@@ -134,6 +138,16 @@ class Options(usage.Options):
          "times the number of CPUs)."],
         ["max-instances", None, 100,
          "Most instances this branch runs; placement skips a branch at its limit."],
+        ["cluster-key-file", None, None,
+         "The cluster key: every bus message is sealed with it, and only branches "
+         "holding it form the cluster (default: $XDG_CONFIG_HOME/cyme/cluster.key, "
+         "else ~/.cyme/cluster.key, made at the first start if missing)."],
+        ["previous-cluster-key-file", None, None,
+         "A key this branch still accepts on the bus but no longer seals with "
+         "(while a new cluster key is rolled out)."],
+        ["bus-broker", None, None,
+         "Broker URL of the bus between branches (default: $CYME_BUS_BROKER_URL, "
+         "else the broker of --broker)."],
     ]
 
     def __init__(self):
@@ -222,10 +236,16 @@ class Options(usage.Options):
             if self["broker"] is None:
                 self["broker"] = os.environ.get("CYME_BROKER_URL") or DEFAULT_BROKER_URL
             self["default-broker"] = Broker.from_url(self["broker"], "--broker")
+            bus_broker = self["bus-broker"] or os.environ.get("CYME_BUS_BROKER_URL")
+            self["bus-broker-url"] = (
+                Broker.from_url(bus_broker, "--bus-broker") if bus_broker
+                else self["default-broker"]
+            ).as_url()
             if self["id"] is not None:
                 check_name(self["id"], "--id")
         except BadRequest as e:
             raise usage.UsageError(e.message) from None
+        self._cluster_keys()
         root = None
         try:
             root = RootDir.open(self["instance-dir"])
@@ -239,6 +259,18 @@ class Options(usage.Options):
             self._startup_failed = True
             raise StartupFailed(str(e)) from None
         self["root"] = root
+
+    def _cluster_keys(self):
+        """The keys of the bus (the default one made if missing), or none."""
+        try:
+            self["cluster-keys"] = keys.bus_keys(
+                self["cluster-key-file"], self["previous-cluster-key-file"],
+                self["insecure-open-bus"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        except StartupError as e:
+            self._startup_failed = True
+            raise StartupFailed(str(e)) from None
 
 
 def _worker_policy(options):
@@ -278,68 +310,6 @@ def _seconds(value, option, zero=False):
         return check_seconds(value, option, zero=zero)
     except BadRequest as e:
         raise usage.UsageError(f"{e.message}, not {value!r}") from None
-
-
-class BranchService(service.MultiService):
-    """The branch: its root directory held for as long as it runs."""
-
-    log = Logger(observer=logs.observer)
-
-    def __init__(self, root, branch_id, api_url=None, log_observer=None):
-        super().__init__()
-        self.root = root
-        self.branch_id = branch_id
-        #: Written to the root's C{api.url} while the branch runs.
-        self.api_url = api_url
-        #: twistd's log observer instead of its own (C{--log-format json}).
-        self.log_observer = log_observer
-
-    def setServiceParent(self, parent):
-        super().setServiceParent(parent)
-        if self.log_observer is not None and isinstance(parent, components.Componentized):
-            # twistd's application: twistd logs to the observer it holds
-            # (it asks once it has made the application from this service).
-            parent.setComponent(ILogObserver, self.log_observer)
-
-    def _api_file(self):
-        return os.path.join(self.root.path, "api.url")
-
-    def startService(self):
-        self.root.record_pid()
-        if self.api_url is not None:
-            fd = os.open(self._api_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.api_url + "\n")
-        self.log.info(
-            "cyme branch {branch} (cyme {version}) in {root}",
-            branch=self.branch_id, version=__version__, root=self.root.path,
-        )
-        with _exit_if_cannot_listen(self.log):
-            super().startService()
-
-    def stopService(self):
-        if self.api_url is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._api_file())
-        return super().stopService()
-
-    def privilegedStartService(self):
-        # twistd listens here, before it drops privileges.
-        with _exit_if_cannot_listen(self.log):
-            super().privilegedStartService()
-
-
-@contextlib.contextmanager
-def _exit_if_cannot_listen(log):
-    """
-    A port in use is an operator's mistake, not a bug: one line and a
-    non-zero exit rather than twistd's traceback.
-    """
-    try:
-        yield
-    except CannotListenError as e:
-        log.critical("cyme branch cannot start: {error}", error=e)
-        raise SystemExit(1) from None
 
 
 def makeService(options):
@@ -424,10 +394,11 @@ def makeService(options):
     waits = WaitCap()
     cluster, bus = build_cluster(
         local,
-        AMQPBusTransport(pool, options["default-broker"].as_url(),
-                         options["branch-id"], options["cluster"]),
+        AMQPBusTransport(pool, options["bus-broker-url"], options["branch-id"],
+                         options["cluster"]),
         reactor,
         ready_timeout=options["ready-timeout"],
+        seal=bus_seal(options["cluster-keys"], reactor),
         waits=waits,
     )
     bus.setServiceParent(branch)
@@ -446,3 +417,4 @@ def makeService(options):
         SystemdNotify(notifier, reactor, status=health.summary,
                       watchdog=watchdog).setServiceParent(branch)
     return branch
+

@@ -231,12 +231,14 @@ class IntegrationTestCase(DaemonTestCase):
 
     # Branches
 
-    async def spawn_branch(self, branch_id, *options, root=None, port=None, url=None):
+    async def spawn_branch(self, branch_id, *options, root=None, port=None, url=None,
+                           env=None):
         """
         C{twistd -n cyme-branch} with id C{branch_id} (root C{branch-<id>}
         and a free port unless given), on the run's virtual host (if the
         class has one), with the supervisor settings of these tests, its
-        C{--url} if given, then L{branch_options} and C{options}.  Not
+        C{--url} if given, then L{branch_options} and C{options}, and the
+        environment's variables C{env} (L{DaemonTestCase.spawn}).  Not
         waited for: L{start_branch} is.
         """
         root = root or self.path(f"branch-{branch_id}")
@@ -247,14 +249,17 @@ class IntegrationTestCase(DaemonTestCase):
         argv += ["--sup-interval", str(INTERVAL), "--kill-timeout", str(KILL_TIMEOUT)]
         if url is not None:
             argv += ["--url", url]
-        process = self.twistd(f"127.0.0.1:{port}", *argv, *self.branch_options, *options)
+        process = self.twistd(f"127.0.0.1:{port}", *argv, *self.branch_options, *options,
+                              env=env)
         branch = Branch(branch_id, process, root, port, url)
         self.spawned.append(branch)
         return branch
 
-    async def start_branch(self, branch_id, *options, root=None, port=None, url=None):
+    async def start_branch(self, branch_id, *options, root=None, port=None, url=None,
+                           env=None):
         """L{spawn_branch}, answering C{GET /ping/}."""
-        branch = await self.spawn_branch(branch_id, *options, root=root, port=port, url=url)
+        branch = await self.spawn_branch(branch_id, *options, root=root, port=port, url=url,
+                                         env=env)
         await self.wait_ping(branch.process, branch.port)
         return branch
 

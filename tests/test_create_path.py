@@ -19,6 +19,7 @@ import cyme
 from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.cluster.memory import MemoryBusNetwork
+from tests.cluster import seal
 from cyme.operations.cluster import build_cluster
 from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
@@ -74,7 +75,7 @@ class CreatePathTests(SynchronousTestCase):
                                 control=control, clock=self.reactor)
         cluster, bus = build_cluster(
             local, MemoryBusNetwork(self.reactor).transport("b1"), self.reactor,
-            ready_timeout=local.ready_timeout,
+            ready_timeout=local.ready_timeout, seal=seal(self.reactor),
         )
         for service in (bus, self.supervisor):
             service.startService()

@@ -121,8 +121,15 @@ class DaemonTestCase(TestCase):
     def path(self, *names):
         return os.path.join(self.cwd, *names)
 
-    def spawn(self, *argv):
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+    def spawn(self, *argv, env=None):
+        """
+        Start C{argv}, in the test's directory, with the test's own home
+        for cyme's configuration (so the branches of one test share a
+        default cluster key, and no test writes to the user's), and
+        C{env}'s variables (None: unset).
+        """
+        env = {"PYTHONUNBUFFERED": "1", "XDG_CONFIG_HOME": self.path("config"), **(env or {})}
+        env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
         process = BranchProcess(list(argv))
         reactor.spawnProcess(process, argv[0], list(argv), env=env, path=self.cwd)
         self.addCleanup(lambda: defer.ensureDeferred(self.reap(process)))
@@ -224,13 +231,14 @@ class DaemonTestCase(TestCase):
             options += ["-b", broker_url(run_vhost("cyme-test"))]
         return options
 
-    def twistd(self, address, *options):
+    def twistd(self, address, *options, env=None):
         return self.spawn(
-            TWISTD, "-n", "--pidfile=", "cyme-branch", address, *self._isolated(options)
+            TWISTD, "-n", "--pidfile=", "cyme-branch", address, *self._isolated(options),
+            env=env,
         )
 
-    def cyme_branch(self, address, *options):
-        return self.spawn(CYME_BRANCH, address, *self._isolated(options))
+    def cyme_branch(self, address, *options, env=None):
+        return self.spawn(CYME_BRANCH, address, *self._isolated(options), env=env)
 
 
 class TwistdBranchTests(DaemonTestCase):

@@ -1,6 +1,6 @@
 """``cyme-branch token`` on a root directory where no branch runs (it edits
 the state file, holding the root's lock), and where to reach a running
-branch (L{cyme.addresses.loopback_url}).  With a running branch: tests/test_daemon_tokens.py.
+branch (L{cyme.addresses.loopback_url}); ``cyme-branch cluster-key new``.  With a running branch: tests/test_daemon_tokens.py.
 """
 
 import io
@@ -8,7 +8,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from cyme.script import token_main
+from cyme.script import cluster_key_main, token_main
 from cyme.state.rootdir import RootDir
 from cyme.state.store import JSONFileStore
 from cyme.addresses import loopback_url
@@ -98,3 +98,42 @@ class LoopbackURLTests(SynchronousTestCase):
         ]:
             self.assertEqual(loopback_url(endpoint), url, endpoint)
 
+
+
+class ClusterKeyCommandTests(SynchronousTestCase):
+    def run_command(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        status = cluster_key_main(list(argv), out=out, err=err)
+        return status, out.getvalue(), err.getvalue()
+
+    def test_new_writes_a_fresh_key_0600_and_never_prints_it(self):
+        import stat
+
+        from cyme.cluster.keys import read_key_file
+
+        path = os.path.join(os.path.abspath(self.mktemp()), "cluster.key")
+        status, out, err = self.run_command("new", path)
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"cluster key written to {path}", out)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        key = read_key_file(path)
+        self.assertNotIn(key.secret.decode(), out)
+        other = os.path.join(os.path.dirname(path), "other.key")
+        self.run_command("new", other)
+        self.assertNotEqual(read_key_file(other).secret, key.secret)
+
+    def test_an_existing_file_is_never_overwritten(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "wb") as f:
+            f.write(b"precious")
+        status, out, err = self.run_command("new", path)
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("exists already: not overwritten", err)
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), b"precious")
+
+    def test_usage(self):
+        for argv in ([], ["new"], ["old", "f"], ["new", "a", "b"], ["new", "--help"]):
+            status, out, err = self.run_command(*argv)
+            self.assertEqual((status, out), (2, ""), argv)
+            self.assertIn("usage: cyme-branch cluster-key new FILE", err)

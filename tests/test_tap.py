@@ -27,7 +27,15 @@ class PluginTests(SynchronousTestCase):
 
 
 class OptionsTestsMixin:
-    """Helpers: a fresh root directory, and Options whose root gets closed."""
+    """
+    Helpers: a fresh root directory, and Options whose root gets closed;
+    each test has a home of its own for its default cluster key.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.config_home = os.path.abspath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, XDG_CONFIG_HOME=self.config_home))
 
     def root_path(self):
         return os.path.abspath(self.mktemp())
@@ -380,6 +388,7 @@ def keep_umask(test):
 
 class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
     def setUp(self):
+        super().setUp()
         # makeService sets cyme's log level for the whole process.
         self.addCleanup(logs.set_level, LogLevel.info)
         keep_umask(self)
@@ -678,3 +687,107 @@ class RootModeTests(OptionsTestsMixin, SynchronousTestCase):
         warnings = [e for e in events if e.get("app") == "tokens"]
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["log_level"], LogLevel.warn)
+
+
+class ClusterKeyOptionTests(OptionsTestsMixin, SynchronousTestCase):
+    def default_key(self):
+        return os.path.join(self.config_home, "cyme", "cluster.key")
+
+    def test_the_default_key_is_made_at_the_first_start_then_used(self):
+        import stat
+
+        self.assertFalse(os.path.exists(self.default_key()))
+        [key] = self.parse(["-D", self.root_path()])["cluster-keys"]
+        self.assertEqual(key.path, self.default_key())
+        self.assertEqual(stat.S_IMODE(os.stat(key.path).st_mode), 0o600)
+        self.assertEqual(self.parse(["-D", self.root_path()])["cluster-keys"], [key])
+
+    def test_a_key_file_and_a_previous_one(self):
+        from cyme.cluster.keys import new_key_file
+
+        new = new_key_file(os.path.join(self.config_home, "new.key"))
+        old = new_key_file(os.path.join(self.config_home, "old.key"))
+        options = self.parse(["-D", self.root_path(), "--cluster-key-file", new.path,
+                              "--previous-cluster-key-file", old.path])
+        self.assertEqual(options["cluster-keys"], [new, old])
+        self.assertFalse(os.path.exists(self.default_key()))
+
+    def test_a_missing_or_open_key_file_stops_the_start_in_one_line(self):
+        from cyme.cluster.keys import new_key_file
+
+        missing = os.path.join(self.config_home, "missing.key")
+        options = tap.Options()
+        failure = self.assertRaises(tap.StartupFailed, options.parseOptions,
+                                    ["-D", self.root_path(), "--cluster-key-file", missing])
+        self.assertIn(f"no cluster key file {missing}", str(failure))
+        self.assertEqual(options.getUsage(), "")
+        readable = new_key_file(os.path.join(self.config_home, "open.key"))
+        os.chmod(readable.path, 0o640)
+        error = self.usage_error(["-D", self.root_path(), "--cluster-key-file", readable.path])
+        self.assertIn("may be read by others (mode 0640)", error)
+        self.assertNotIn(readable.secret.decode(), error)
+
+    def test_an_open_bus_has_no_key_and_takes_none(self):
+        options = self.parse(["-D", self.root_path(), "--insecure-open-bus"])
+        self.assertEqual(options["cluster-keys"], [])
+        self.assertFalse(os.path.exists(self.default_key()))
+        error = self.usage_error(["-D", self.root_path(), "--insecure-open-bus",
+                                  "--cluster-key-file", "k"])
+        self.assertIn("--insecure-open-bus runs the bus without a key", error)
+
+    def test_the_bus_broker(self):
+        root = self.root_path()
+        self.assertEqual(self.parse(["-D", root, "-b", "amqp://u:p@apps//"])["bus-broker-url"],
+                         "amqp://u:p@apps:5672/%2F")
+        options = self.parse(["-D", self.root_path(), "-b", "amqp://u:p@apps//",
+                              "--bus-broker", "amqp://cyme:s@bus:5673/cyme"])
+        self.assertEqual(options["bus-broker-url"], "amqp://cyme:s@bus:5673/cyme")
+        self.assertEqual(options["default-broker"].hostname, "apps")
+        self.patch(os, "environ", dict(os.environ, CYME_BUS_BROKER_URL="amqp://e:s@envbus//"))
+        self.assertEqual(self.parse(["-D", self.root_path()])["bus-broker-url"],
+                         "amqp://e:s@envbus:5672/%2F")
+        error = self.usage_error(["-D", self.root_path(), "--bus-broker", "http://x/"])
+        self.assertIn("--bus-broker must be an amqp://", error)
+
+
+class BusWiringTests(OptionsTestsMixin, SynchronousTestCase):
+    def setUp(self):
+        super().setUp()
+        self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+
+    def test_the_bus_is_sealed_with_the_key_on_its_own_broker(self):
+        options = self.parse(["--without-http", "-D", self.root_path(),
+                              "--bus-broker", "amqp://cyme:s@bus:5673/cyme"])
+        bus = tap.makeService(options).getServiceNamed("bus")
+        self.assertTrue(bus.seal.sealed)
+        self.assertEqual(bus.seal.source, options["cluster-keys"][0].path)
+        self.assertEqual(bus.transport.url, "amqp://cyme:s@bus:5673/cyme")
+        self.assertEqual(bus.transport.broadcast_exchange, "cyme.bus")
+
+    def test_an_open_bus(self):
+        options = self.parse(["--without-http", "-D", self.root_path(), "--insecure-open-bus"])
+        self.assertFalse(tap.makeService(options).getServiceNamed("bus").seal.sealed)
+
+    def test_what_the_start_changed_is_logged(self):
+        import json
+
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        root = self.root_path()
+        os.makedirs(root)
+        with open(os.path.join(root, "state.json"), "w") as f:
+            json.dump({"schema": 1, "apps": {}, "queues": {}, "instances": {}}, f)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        options = self.parse(["--without-http", "-D", root])
+        tap.makeService(options)
+        lines = [formatEvent(e) for e in events]
+        key = os.path.join(self.config_home, "cyme", "cluster.key")
+        self.assertIn(f"made the cluster key {key}: copy it to the machines of the other "
+                      "branches of this cluster (README: Security)", lines)
+        state = os.path.join(root, "state.json")
+        self.assertIn(f"state file {state} is of schema 1, an older cyme's: it is rewritten "
+                      f"in schema 2 at the first change, the old one kept as {state}.schema-1",
+                      lines)

@@ -7,6 +7,7 @@ their live state.  Every value is escaped; changes go through the API.
 """
 
 from html import escape
+from urllib.parse import urljoin, urlsplit
 
 from cyme import __version__
 
@@ -33,6 +34,19 @@ def _state(value):
     return f'<span class="{escape(value)}">{escape(value)}</span>'
 
 
+def _link(url):
+    """A link to a branch's admin page: only to an http or https URL."""
+    if not isinstance(url, str):
+        return ""
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        scheme = None
+    if scheme not in ("http", "https"):
+        return escape(url)
+    return f'<a href="{escape(urljoin(url, "admin/"))}">{escape(url)}</a>'
+
+
 async def render(ops):
     """The page of the branch C{ops} answers for (an L{IOperations}), as bytes."""
     branch_id = ops.branch_id
@@ -40,8 +54,7 @@ async def render(ops):
     for bid in await ops.list_branches():
         info = await ops.get_branch(bid)
         load = info.get("load") or {}
-        url = info.get("url")
-        link = f'<a href="{escape(url)}admin/">{escape(url)}</a>' if url else ""
+        link = _link(info.get("url"))
         branches.append([
             escape(bid) + (" <small>(this one)</small>" if bid == branch_id else ""),
             link,

@@ -9,9 +9,11 @@ from email import policy
 from email.parser import BytesParser
 from urllib.parse import parse_qsl, urlsplit
 
+from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import WrappingFactory
 from twisted.web import server
+from zope.interface import implementer
 
 from cyme.api.auth import masked
 from cyme.errors import BadRequest, CymeError
@@ -92,12 +94,20 @@ class _Busy(Protocol):
         self.transport.loseConnection()
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionCap(WrappingFactory):
     """
     The site's factory with at most C{limit} connections open at once:
     each one beyond is answered 503 and closed, so that idle or slow
     clients cannot hold every file descriptor of the branch.
     """
+
+    def acceptableProtocols(self):
+        # Over TLS, Twisted asks the factory it serves which protocols ALPN
+        # may choose; a factory that says none makes it refuse every client
+        # that offers ALPN (curl, browsers, urllib3) with an "internal
+        # error" alert.  The API speaks HTTP/1.1.
+        return [b"http/1.1"]
 
     def __init__(self, site, limit=MAX_CONNECTIONS):
         super().__init__(site)

@@ -14,9 +14,9 @@ CONTENT_TYPE = b"text/plain; version=0.0.4"
 def render(figures):
     """
     The text of C{figures} (L{IOperations.metrics}: C{ticks}, C{messages},
-    C{restarts}, C{states}, and C{results_dropped} where the branch queues
-    tasks), as bytes; empty when there are none (a branch
-    without a supervisor).
+    C{restarts}, C{states}, C{results_dropped} where the branch queues
+    tasks, and C{bus_dropped} on a cluster), as bytes; empty when there are
+    none (a branch without a supervisor).
     """
     if figures is None:
         return b""
@@ -41,4 +41,12 @@ def render(figures):
             "# TYPE cyme_results_dropped_total counter",
             f"cyme_results_dropped_total {figures['results_dropped']}",
         ]
+    if "bus_dropped" in figures:
+        lines += [
+            "# HELP cyme_bus_messages_dropped_total Bus messages dropped unread, by reason "
+            "(unsealed, unopened, expired, replayed, invalid, undecodable).",
+            "# TYPE cyme_bus_messages_dropped_total counter",
+        ]
+        lines += [f'cyme_bus_messages_dropped_total{{reason="{k}"}} {v}'
+                  for k, v in sorted(figures["bus_dropped"].items())]
     return ("\n".join(lines) + "\n").encode("ascii")

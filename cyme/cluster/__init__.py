@@ -2,6 +2,10 @@
 
 - L{cyme.cluster.bus}: the L{Bus} service (heartbeats, calls to one branch,
   broadcasts gathered by ticket), the envelope format and L{IBusTransport}.
+- L{cyme.cluster.seal}: envelopes sealed with the cluster key (or an open
+  bus), L{cyme.cluster.keys}: the key files; L{cyme.cluster.messages}: what
+  an envelope may hold, checked before use; L{cyme.cluster.drops}: what was
+  dropped, counted and logged once a minute.
 - L{cyme.cluster.presence}: the peers as their heartbeats describe them
   (online, offline, gone), and what this branch's own beats say.
 - L{cyme.cluster.transport}: the bus over RabbitMQ, on the branch's broker

@@ -5,8 +5,15 @@ bound to a fanout exchange (C{<cluster>.bus}: broadcasts) and to a direct
 exchange under its id (C{<cluster>.bus.direct}: calls to it, and the
 replies to its own requests).  Messages are versioned JSON envelopes::
 
-    {"v": 1, "type": "beat" | "request" | "reply" | "bye",
+    {"v": 2, "type": "beat" | "request" | "reply" | "bye",
      "from": <branch id>, "ticket": ..., "method": ..., "args": ..., ...}
+
+sealed with the cluster key on their way out and opened on their way in
+(L{cyme.cluster.seal}, here and nowhere else), then checked
+(L{cyme.cluster.messages}); what does not open or pass is dropped and
+counted (L{cyme.cluster.drops}).  A branch whose envelopes say another
+protocol version is known by its id and version, never called, and said
+so in the log once.
 
 Presence: every branch broadcasts a heartbeat every few seconds with its
 id, URL, instance names, load and version; a branch not heard from for
@@ -19,8 +26,6 @@ the branches that did not answer named; a direct call to one branch
 errbacks with L{GatewayTimeout} at its timeout.
 """
 
-import json
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
@@ -31,24 +36,25 @@ from cyme import __version__, logs
 from cyme.errors import CymeError, GatewayTimeout
 from cyme.gather import Gatherings
 
-from .presence import Presence
-
-PROTOCOL_VERSION = 1
+from . import messages
+from .drops import Drops
+from .presence import PROTOCOL_VERSION, Presence
+from .seal import Unopened
 
 
 class IBusTransport(Interface):
-    """Carries bus envelopes between branches."""
+    """Carries the bytes of bus envelopes between branches."""
 
     connected = Attribute("True while messages can be sent.")
 
     def start(deliver, connection_changed):
-        """Begin: C{deliver(envelope)} per message, C{connection_changed(bool)}."""
+        """Begin: C{deliver(body)} per message (bytes), C{connection_changed(bool)}."""
 
-    def broadcast(envelope):
-        """Send C{envelope} (a dict) to every branch, this one included."""
+    def broadcast(body):
+        """Send C{body} (bytes) to every branch, this one included."""
 
-    def send(branch_id, envelope):
-        """Send C{envelope} to one branch."""
+    def send(branch_id, body):
+        """Send C{body} (bytes) to one branch."""
 
     def stop():
         """Stop; a Deferred that fires once done."""
@@ -73,20 +79,23 @@ class Bus(service.Service):
 
     C{describe()} returns this branch's own beat contents: C{url},
     C{instances} (C{[[app, name], ...]}), C{load}, C{limits}, C{digest} (see
-    L{cyme.cluster.presence.BeatContents}).  The methods other branches may
-    call are added with L{register}; peer events go to the listeners added
-    with L{subscribe}.
+    L{cyme.cluster.presence.BeatContents}).  C{seal} (an
+    L{cyme.cluster.seal.ISeal}) turns envelopes into bytes and back.  The
+    methods other branches may call are added with L{register}; peer events
+    go to the listeners added with L{subscribe}.
     """
 
     log = Logger(observer=logs.observer)
     name = "bus"
 
-    def __init__(self, transport, branch_id, clock, describe, beat_interval=2.0,
+    def __init__(self, transport, branch_id, clock, describe, *, seal, beat_interval=2.0,
                  expiry_beats=3):
         self.transport = transport
         self.branch_id = branch_id
         self.clock = clock
         self.describe = describe
+        self.seal = seal
+        self.drops = Drops(clock)
         self.beat_interval = beat_interval
         self.presence = Presence(clock, beat_interval * expiry_beats)
         self.started = None
@@ -114,6 +123,14 @@ class Bus(service.Service):
 
     def startService(self):
         super().startService()
+        if self.seal.sealed:
+            self.log.info("bus sealed with the cluster key in {path}", path=self.seal.source)
+        else:
+            self.log.warn(
+                "the bus is OPEN (--insecure-open-bus): anyone who can publish on this "
+                "cluster's bus exchanges on its broker can read every app's broker "
+                "password and create, change or delete apps and instances on every branch"
+            )
         self.started = self.clock.seconds()
         self.transport.start(self._deliver, self._connection_changed)
         self._beat_loop = LoopingCall(self._beat)
@@ -128,7 +145,7 @@ class Bus(service.Service):
             self._announce_call.cancel()
         if self.transport.connected:
             try:
-                self.transport.broadcast(self._envelope("bye"))
+                self._post(self._envelope("bye"))
             except Exception:
                 self.log.failure("cannot say goodbye")
         self._gatherings.finish_all()
@@ -138,6 +155,14 @@ class Bus(service.Service):
 
     def _envelope(self, kind, **fields):
         return {"v": PROTOCOL_VERSION, "type": kind, "from": self.branch_id, **fields}
+
+    def _post(self, envelope, to=None):
+        """Seal C{envelope} and send it to C{to}, or to every branch."""
+        body = self.seal.close(envelope)
+        if to is None:
+            self.transport.broadcast(body)
+        else:
+            self.transport.send(to, body)
 
     def _beat_envelope(self, hello=False):
         info = self.describe()
@@ -152,7 +177,7 @@ class Bus(service.Service):
         try:
             self.presence.expire()
             if self.transport.connected:
-                self.transport.broadcast(self._beat_envelope())
+                self._post(self._beat_envelope())
         except Exception:
             self.log.failure("heartbeat failed")
 
@@ -170,14 +195,14 @@ class Bus(service.Service):
         """Send a heartbeat now (after a change others should see at once)."""
         if self.running and self.transport.connected:
             try:
-                self.transport.broadcast(self._beat_envelope())
+                self._post(self._beat_envelope())
             except Exception:
                 self.log.failure("heartbeat failed")
 
     def _connection_changed(self, connected):
         if connected and self.running:
             self.log.info("bus connected: saying hello as {branch}", branch=self.branch_id)
-            self.transport.broadcast(self._beat_envelope(hello=True))
+            self._post(self._beat_envelope(hello=True))
 
     def peer(self, branch_id):
         """What the beats of C{branch_id} said, or None if never heard of."""
@@ -194,37 +219,70 @@ class Bus(service.Service):
     def live_ids(self):
         return sorted([self.branch_id] + [p.id for p in self.live_peers()])
 
+    def figures(self):
+        """
+        What this branch's bus says of itself (its C{/branches/<id>/}
+        C{"bus"}): its protocol, whether it is sealed, the messages it
+        dropped by reason, and the branches heard of that speak another
+        protocol version.
+        """
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "sealed": self.seal.sealed,
+            "dropped": self.drops.figures(),
+            "other_versions": [
+                {"id": p.id, "version": p.version, "protocol": p.protocol,
+                 "online": p.online}
+                for p in sorted(self.presence.others(), key=lambda p: p.id)
+            ],
+        }
+
     # Receiving
 
-    def _deliver(self, envelope):
+    def _deliver(self, body):
+        try:
+            envelope = self.seal.open(body)
+        except Unopened as e:
+            self.drops.drop(e.reason, **e.fields)
+            return
+        except Exception:
+            self.log.failure("a bus message could not be opened")
+            return
         try:
             self._dispatch(envelope)
+        except messages.BadMessage as e:
+            self._invalid(envelope, e)
         except Exception:
             # Named, not quoted: an envelope may carry apps and their
             # broker passwords, which no log line shows.
-            described = envelope if isinstance(envelope, dict) else {}
             self.log.failure("bad bus message ({kind} {method} from {sender})",
-                             kind=described.get("type"), method=described.get("method"),
-                             sender=described.get("from"))
+                             kind=envelope.get("type"), method=envelope.get("method"),
+                             sender=envelope.get("from"))
+
+    def _invalid(self, envelope, error, method=None):
+        sender, kind = envelope.get("from"), envelope.get("type")
+        self.drops.drop(
+            "invalid", sender=sender if error.field != "from" else None,
+            what=f"{kind} {method}" if method else kind if kind in messages.TYPES else "?",
+            why=error.message,
+        )
 
     def _dispatch(self, envelope):
-        if not isinstance(envelope, dict) or "from" not in envelope:
-            return
-        sender = envelope["from"]
-        kind = envelope.get("type")
-        if envelope.get("v") != PROTOCOL_VERSION:
-            if kind == "request" and sender != self.branch_id:
-                self._reply(envelope, error=(400, {
-                    "error": f"bus protocol version {envelope.get('v')!r} not supported",
-                }))
+        sender = messages.name(envelope.get("from"), "from")
+        version = messages.integer(envelope.get("v"), "v", 1)
+        if version != PROTOCOL_VERSION:
+            self._other_protocol(envelope, sender, version)
             return
         if sender == self.branch_id:
             return  # our own broadcast: answered locally already
+        messages.envelope(envelope)
+        kind = envelope["type"]
         if kind == "beat":
-            self.presence.seen(sender, envelope)
-            if envelope.get("hello"):
+            beat = messages.beat(envelope)
+            self.presence.seen(sender, beat)
+            if beat["hello"]:
                 # A branch (re)joined: answer with our beat, to it alone.
-                self.transport.send(sender, self._beat_envelope())
+                self._post(self._beat_envelope(), to=sender)
         elif kind == "bye":
             self.presence.left(sender)
         elif kind == "request":
@@ -232,19 +290,39 @@ class Bus(service.Service):
         elif kind == "reply":
             self._collect(envelope)
 
+    def _other_protocol(self, envelope, sender, version):
+        """An envelope of another protocol version: said, never acted on."""
+        kind = envelope.get("type")
+        if kind == "beat":
+            said = envelope.get("version")
+            self.presence.other(
+                sender, version,
+                said if isinstance(said, str) and len(said) <= 64 else None,
+            )
+        elif kind == "request" and isinstance(envelope.get("ticket"), str):
+            self._reply(envelope, error=(400, {
+                "error": f"bus protocol version {version} not supported "
+                         f"(this branch speaks {PROTOCOL_VERSION})",
+            }))
+
     def _handle(self, envelope):
-        method = envelope.get("method")
+        method = envelope["method"]
         handler = self._handlers.get(method)
         if handler is None:
             self._reply(envelope, error=(400, {"error": f"unknown bus method {method!r}"}))
             return
-        d = defer.maybeDeferred(handler, envelope.get("args") or {}, envelope["from"])
+        # Arguments that are no object are a 400 to the caller, as any bad one.
+        d = defer.maybeDeferred(
+            lambda: handler(messages.obj(envelope.get("args", {}), "args"), envelope["from"]))
         d.addCallbacks(
             lambda result: self._reply(envelope, result=result),
-            lambda failure: self._reply(envelope, error=self._error_of(failure, method)),
+            lambda failure: self._reply(envelope, error=self._error_of(failure, envelope)),
         )
 
-    def _error_of(self, failure, method):
+    def _error_of(self, failure, envelope):
+        method = envelope["method"]
+        if failure.check(messages.BadMessage):
+            self._invalid(envelope, failure.value, method)
         if failure.check(CymeError):
             return (failure.value.status, failure.value.to_json())
         self.log.failure("bus method {method} failed", failure, method=method)
@@ -257,7 +335,7 @@ class Bus(service.Service):
         else:
             reply["result"] = result
         if self.transport.connected:
-            self.transport.send(envelope["from"], reply)
+            self._post(reply, to=envelope["from"])
 
     def _collect(self, envelope):
         ticket, sender = envelope.get("ticket"), envelope["from"]
@@ -280,10 +358,7 @@ class Bus(service.Service):
         ticket, gathered = self._gatherings.start(targets, timeout)
         envelope = self._envelope("request", ticket=ticket, method=method, args=args)
         try:
-            if to is None:
-                self.transport.broadcast(envelope)
-            else:
-                self.transport.send(to, envelope)
+            self._post(envelope, to)
         except Exception:
             self._gatherings.forget(ticket)
             raise
@@ -327,12 +402,4 @@ class Bus(service.Service):
                 f"branch {branch_id} did not answer within {timeout:g} s", branch=branch_id
             )
         return gathered.replies[branch_id]
-
-
-def encode(envelope):
-    return json.dumps(envelope, separators=(",", ":")).encode("utf-8")
-
-
-def decode(body):
-    return json.loads(body)
 

@@ -12,8 +12,12 @@ import os
 import attrs
 from twisted.logger import Logger
 
-from cyme import logs
+from cyme import __version__, logs
 from cyme.listeners import Listeners
+
+#: The bus protocol of this cyme: what every envelope it sends says.  Two
+#: branches of different protocols know of each other and do nothing else.
+PROTOCOL_VERSION = 2
 
 
 def load_figures(instances):
@@ -91,6 +95,13 @@ class Peer:
     online: bool = True
     #: Its C{max_instances} and C{max_concurrency}, as its beats said.
     limits: dict = attrs.field(factory=dict)
+    #: The bus protocol its envelopes say: another than this branch's
+    #: makes it a stranger to the cluster (never live, never called).
+    protocol: int = PROTOCOL_VERSION
+
+    @property
+    def compatible(self):
+        return self.protocol == PROTOCOL_VERSION
 
     def room(self, max_concurrency=1):
         """The limit that keeps it from taking another instance, or None."""
@@ -107,6 +118,7 @@ class Peer:
             "uptime": None if self.started is None else max(0.0, now - self.started),
             "last_heartbeat": self.last_seen,
             "online": self.online,
+            "protocol": self.protocol,
         }
 
 
@@ -116,6 +128,8 @@ class Presence:
 
     A peer is offline once C{expiry} seconds passed without a beat from it
     (checked on every look at the live ones, and by the bus at each beat).
+    A branch whose beats say another bus protocol is kept apart: known by
+    its id and version (L{others}), never among the live or known peers.
     """
 
     log = Logger(observer=logs.observer)
@@ -124,6 +138,8 @@ class Presence:
         self.clock = clock
         self.expiry = expiry
         self._peers = {}
+        self._others = {}
+        self._versions_said = set()
         self._listeners = Listeners("peer")
 
     def subscribe(self, listener):
@@ -131,11 +147,14 @@ class Presence:
         self._listeners.add(listener)
 
     def get(self, branch_id):
-        """The L{Peer} of C{branch_id}, or None if it was never heard of."""
-        return self._peers.get(branch_id)
+        """The L{Peer} of C{branch_id} (of any protocol), or None if never heard of."""
+        other = self._others.get(branch_id)
+        if other is not None and other.online:
+            return other
+        return self._peers.get(branch_id) or other
 
     def known(self):
-        """Every peer ever heard of, online or not."""
+        """Every peer of this protocol ever heard of, online or not."""
         return list(self._peers.values())
 
     def live(self):
@@ -143,28 +162,66 @@ class Presence:
         self.expire()
         return [p for p in self._peers.values() if p.online]
 
+    def others(self):
+        """The branches heard of that speak another bus protocol."""
+        self.expire()
+        return list(self._others.values())
+
     def seen(self, sender, beat):
-        """A heartbeat C{beat} (its envelope) arrived from C{sender}."""
+        """A heartbeat arrived from C{sender}: C{beat}, its checked fields."""
+        self._others.pop(sender, None)
         peer = self._peers.get(sender)
         was_online = peer is not None and peer.online
         if peer is None:
             peer = self._peers[sender] = Peer(sender)
-        peer.url = beat.get("url")
-        peer.instances = [list(i) for i in beat.get("instances") or []]
-        peer.load = beat.get("load") or {}
-        peer.version = beat.get("version")
-        peer.started = beat.get("started")
-        peer.digest = beat.get("digest")
-        limits = beat.get("limits")
-        peer.limits = {
-            k: v for k, v in (limits.items() if isinstance(limits, dict) else ())
-            if k in ("max_instances", "max_concurrency") and type(v) is int
-        }
+        peer.url = beat["url"]
+        peer.instances = [list(i) for i in beat["instances"]]
+        peer.load = beat["load"]
+        peer.version = beat["version"]
+        peer.started = beat["started"]
+        peer.digest = beat["digest"]
+        peer.limits = beat["limits"]
         peer.last_seen = self.clock.seconds()
         peer.online = True
         if not was_online:
             self.log.info("branch {peer} is online ({url})", peer=sender, url=peer.url)
+        self._say_version(peer)
         self._listeners.notify(peer)
+
+    def other(self, sender, protocol, version):
+        """
+        A heartbeat of bus protocol C{protocol} (another than this
+        branch's) came from C{sender}, running cyme C{version}.
+        """
+        # Upgraded (or downgraded) in place: gone from the cluster, and
+        # what it last announced stays listed, offline.
+        self.left(sender)
+        peer = self._others.get(sender)
+        if peer is None:
+            peer = self._others[sender] = Peer(sender, protocol=protocol)
+        peer.protocol, peer.version = protocol, version
+        peer.last_seen = self.clock.seconds()
+        peer.online = True
+        self._say_version(peer)
+
+    def _say_version(self, peer):
+        """Log once that C{peer} runs another cyme than this one."""
+        said = (peer.id, peer.version, peer.protocol)
+        if (peer.version == __version__ and peer.compatible) or said in self._versions_said:
+            return
+        self._versions_said.add(said)
+        if peer.compatible:
+            self.log.warn("branch {peer} runs cyme {version}, this one {ours}: upgrade "
+                          "every branch to one version (README: Upgrading a cluster)",
+                          peer=peer.id, version=peer.version, ours=__version__)
+        else:
+            self.log.warn(
+                "branch {peer} speaks bus protocol {protocol} (cyme {version}), this one "
+                "{our_protocol} (cyme {ours}): they ignore each other until both run one "
+                "version (README: Upgrading a cluster)", peer=peer.id,
+                protocol=peer.protocol, version=peer.version,
+                our_protocol=PROTOCOL_VERSION, ours=__version__,
+            )
 
     def left(self, sender):
         """C{sender} said goodbye."""
@@ -185,3 +242,6 @@ class Presence:
                     peer=peer.id, seconds=now - peer.last_seen,
                 )
                 self._listeners.notify(peer)
+        for peer in self._others.values():
+            if peer.online and now - peer.last_seen > self.expiry:
+                peer.online = False

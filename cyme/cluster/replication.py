@@ -9,6 +9,14 @@ before it is answered.  A branch that was away catches up from a peer whose
 heartbeat shows a different replica digest: it pulls the peer's replica,
 and the peer, seeing this branch's new digest, pulls from it.
 
+Every replica that comes over the bus is checked record by record first
+(L{cyme.state.replica.Replica}): a record that is not valid, or is stored
+under another name, is refused and logged, never stored.  A peer whose
+replica still differs after a pull (it holds records this branch refuses,
+or the other way round) is not pulled from again until either digest
+changes: branches of different versions do not pull each other's
+replicas at every heartbeat.
+
 A merge that changed the store is logged here; what follows from the
 change (the supervisor's reconcile, a heartbeat) follows from the store's
 own change event.
@@ -18,6 +26,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cyme import logs
+from cyme.errors import BadRequest
+from cyme.state.replica import Replica
+
+from .messages import BadMessage
 
 
 class Replication:
@@ -31,6 +43,8 @@ class Replication:
         self.call_timeout = call_timeout
         self.write_timeout = write_timeout
         self._pulling = set()
+        #: Peer id -> (its digest, ours) when we last pulled from it.
+        self._pulled = {}
 
     def handlers(self):
         """The bus methods other branches call on this one."""
@@ -39,9 +53,21 @@ class Replication:
     def _dump(self, args, sender):
         return self.store.replica()
 
+    def _checked(self, data, sender, how):
+        """The L{Replica} in C{data}; what it refused is logged, never stored."""
+        try:
+            replica = Replica.from_json(data)
+        except BadRequest as e:
+            raise BadMessage("replica", e.message) from None
+        for key, why in replica.refused:
+            self.log.warn("{how} from {peer}: record {key} refused: {why}",
+                          how=how, peer=sender, key=key, why=why)
+        return replica
+
     def _merge(self, args, sender):
+        replica = self._checked(args.get("replica"), sender, "replica.merge")
         before = self.store.digest()
-        removed = self.store.merge(args.get("replica") or {})
+        removed = self.store.merge(replica)
         # Not for what this branch knew already (its own writes come back
         # to it too): nothing to log.
         if self.store.digest() != before:
@@ -53,21 +79,26 @@ class Replication:
 
     def peer_seen(self, peer):
         """A bus peer event: catch up with a live peer whose replica differs."""
-        if not peer.online or peer.digest is None or peer.digest == self.store.digest():
+        if not peer.online or not peer.compatible or peer.digest is None:
+            return
+        digests = (peer.digest, self.store.digest())
+        if digests[0] == digests[1] or self._pulled.get(peer.id) == digests:
             return
         if peer.id in self._pulling:
             return
         self._pulling.add(peer.id)
-        d = defer.ensureDeferred(self._pull(peer.id))
+        d = defer.ensureDeferred(self._pull(peer.id, peer.digest))
         d.addErrback(lambda f: self.log.warn(
             "cannot pull the replica of {peer}: {error}", peer=peer.id,
             error=f.getErrorMessage()))
         d.addBoth(lambda _: self._pulling.discard(peer.id))
 
-    async def _pull(self, peer_id):
-        replica = await self.bus.call(peer_id, "replica.dump", {}, self.call_timeout)
+    async def _pull(self, peer_id, peer_digest):
+        data = await self.bus.call(peer_id, "replica.dump", {}, self.call_timeout)
+        replica = self._checked(data, peer_id, "replica.pull")
         before = self.store.digest()
         removed = self.store.merge(replica)
+        self._pulled[peer_id] = (peer_digest, self.store.digest())
         if self.store.digest() != before:
             self.log.info("caught up with {peer}", peer=peer_id)
             self.log.info(

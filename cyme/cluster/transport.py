@@ -19,7 +19,7 @@ from zope.interface import implementer
 from cyme import logs
 from cyme.amqp.private import open_inbox
 
-from .bus import IBusTransport, decode, encode
+from .bus import IBusTransport
 
 
 @implementer(IBusTransport)
@@ -66,25 +66,20 @@ class AMQPBusTransport:
             self._changed(False)
 
     def _message(self, message):
-        try:
-            envelope = decode(message.body)
-        except ValueError:
-            self.log.warn("undecodable bus message")
-            return
-        self._deliver(envelope)
+        # Opened, checked and counted by the bus (cyme.cluster.seal): here
+        # the bytes only pass.
+        self._deliver(message.body)
 
-    def _publish(self, exchange, routing_key, envelope):
+    def _publish(self, exchange, routing_key, body):
         if self._channel is None:
             raise ConnectionError("bus not connected")
-        self._channel.publish(
-            exchange, routing_key, encode(envelope), content_type="application/json"
-        )
+        self._channel.publish(exchange, routing_key, body, content_type="application/json")
 
-    def broadcast(self, envelope):
-        self._publish(self.broadcast_exchange, "", envelope)
+    def broadcast(self, body):
+        self._publish(self.broadcast_exchange, "", body)
 
-    def send(self, branch_id, envelope):
-        self._publish(self.direct_exchange, branch_id, envelope)
+    def send(self, branch_id, body):
+        self._publish(self.direct_exchange, branch_id, body)
 
     def stop(self):
         """

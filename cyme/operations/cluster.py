@@ -39,6 +39,7 @@ from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 from cyme.waits import WaitCap
 
+from . import calls
 from .interfaces import IOperations
 from .tokens import ClusterTokens
 
@@ -88,7 +89,10 @@ class ClusterOperations(ClusterTokens):
         return self.bus.branch_id
 
     def metrics(self):
-        return self.local.metrics()
+        figures = self.local.metrics()
+        if figures is not None:
+            figures = {**figures, "bus_dropped": self.bus.drops.figures()}
+        return figures
 
     def health(self, apps=True):
         return self.local.health(apps)
@@ -101,7 +105,7 @@ class ClusterOperations(ClusterTokens):
 
     async def get_branch(self, branch_id):
         if branch_id == self.bus.branch_id:
-            return await self.local.get_branch(branch_id)
+            return {**await self.local.get_branch(branch_id), "bus": self.bus.figures()}
         peer = self.bus.peer(branch_id)
         if peer is None:
             raise NotFound("branch", branch_id)
@@ -143,7 +147,7 @@ class ClusterOperations(ClusterTokens):
     # Instances: listed everywhere
 
     def _list_local(self, args, sender):
-        app = args.get("app")
+        app = calls.checked(args, calls.INSTANCES_LIST)["app"]
         return [i.name for i in self.store.instances() if app is None or i.app == app]
 
     async def list_instances(self, app):
@@ -156,7 +160,7 @@ class ClusterOperations(ClusterTokens):
         )
         names = set()
         for listed in results.values():
-            names.update(listed)
+            names.update(calls.names(listed))
         # Offline branches' instances are not lost: list what they last said.
         for peer in self.bus.known_peers():
             if peer.id not in results:
@@ -167,7 +171,7 @@ class ClusterOperations(ClusterTokens):
 
     def _lookup_local(self, args, sender):
         try:
-            instance = self.store.get_instance(args["name"])
+            instance = self.store.get_instance(calls.checked(args, calls.INSTANCE_LOOKUP)["name"])
         except NotFound:
             return None
         return {"app": instance.app}
@@ -196,10 +200,8 @@ class ClusterOperations(ClusterTokens):
         return None, None
 
     async def _instance_op(self, args, sender):
-        op = args.get("op")
-        if op not in _INSTANCE_OPS:
-            raise NotFound("operation", str(op))
-        return await getattr(self.local, op)(*args.get("args", []), **args.get("kwargs", {}))
+        op, positional, keywords = calls.instance_op(args)
+        return await getattr(self.local, op)(*positional, **keywords)
 
     async def _route(self, op, app, name, *args, **kwargs):
         """Run C{local.<op>(app, name, ...)} on the owner of instance C{name}."""
@@ -234,8 +236,8 @@ class ClusterOperations(ClusterTokens):
         known = [a for a, n in (peer.instances if peer is not None else []) if n == name]
         if known:
             return known[0]
-        return (await self.bus.call(owner, "instance.lookup", {"name": name},
-                                    self.call_timeout))["app"]
+        return calls.app_of(await self.bus.call(owner, "instance.lookup", {"name": name},
+                                                self.call_timeout))
 
     async def get_instance(self, app, name):
         return await self._route("get_instance", app, name)
@@ -254,12 +256,13 @@ class ClusterOperations(ClusterTokens):
         return await self._decide(app, name, values, wait, branch)
 
     async def _put_remote(self, args, sender):
+        args = calls.checked(args, calls.INSTANCE_PUT)
         # The asking branch checked the app in its replica; this one's may
         # not have it yet (or any more).
         await self.local.get_app(args["app"])
         return await self._decide(
-            args["app"], check_name(args["name"], "instance"), args.get("values") or {},
-            args.get("wait", True), args.get("branch"),
+            args["app"], check_name(args["name"], "instance"), args["values"],
+            args["wait"], args["branch"],
         )
 
     async def _decide(self, app, name, values, wait, branch):
@@ -342,13 +345,14 @@ class ClusterOperations(ClusterTokens):
         )
 
     def _task_local(self, args, sender):
+        args = calls.checked(args, calls.TASK_GET)
         record = self.local.task_record(args["app"], args["uuid"])
         return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
+        args = calls.checked(args, calls.TASK_WAIT)
         with self.waits.hold(args["app"], args["uuid"]):
-            return await self.local.wait_task(args["app"], args["uuid"],
-                                              float(args["timeout"]))
+            return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
 
     async def _task_owner(self, app, task_id):
         if self.local.task_record(app, task_id) is not None:
@@ -381,19 +385,15 @@ class ClusterOperations(ClusterTokens):
         )
 
 
-# The instance operations another branch may ask this one to run.
-_INSTANCE_OPS = frozenset([
-    "get_instance", "put_instance", "delete_instance", "add_consumer",
-    "cancel_consumer", "instance_queues", "get_autoscale", "set_autoscale",
-    "restart", "set_enabled", "stats", "task",
-])
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
-def build_cluster(local, transport, clock, *, ready_timeout, waits=None, **bus_options):
+def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
+                  **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
-    (L{cyme.operations.local.LocalOperations}) and the bus C{transport}.
+    (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
+    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
@@ -401,7 +401,7 @@ def build_cluster(local, transport, clock, *, ready_timeout, waits=None, **bus_o
     """
     store = local.store
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
-    bus = Bus(transport, local.branch_id, clock, beat, **bus_options)
+    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
                                 waits=waits if waits is not None else WaitCap())

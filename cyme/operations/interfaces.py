@@ -22,7 +22,8 @@ class IOperations(Interface):
         """
         This branch's supervision figures for C{/metrics} (a plain method,
         not a coroutine): C{{"ticks", "messages", "restarts", "states"}} as
-        the supervisor counts them, or None when the branch runs no
+        the supervisor counts them (and C{"bus_dropped"}, the bus messages
+        dropped by reason, on a cluster), or None when the branch runs no
         supervisor.
         """
 
@@ -38,7 +39,12 @@ class IOperations(Interface):
         """The ids of the live branches."""
 
     def get_branch(branch_id):
-        """A branch's JSON: id, url, instances, load, version, uptime, online."""
+        """
+        A branch's JSON: id, url, instances, load, version, protocol,
+        uptime, online; this branch's own also says what its bus does
+        (C{"bus"}: sealed or not, messages dropped, branches heard of that
+        speak another protocol).
+        """
 
     def local_instances():
         """

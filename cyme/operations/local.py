@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from cyme import __version__, logs
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
-from cyme.cluster.presence import load_figures
+from cyme.cluster.presence import PROTOCOL_VERSION, load_figures
 from cyme.operations.interfaces import IOperations
 from cyme.operations.tokens import LocalTokens
 from cyme.state import params
@@ -131,6 +131,7 @@ class LocalOperations(LocalTokens):
             "uptime": self.now() - self.started,
             "last_heartbeat": now,
             "online": True,
+            "protocol": PROTOCOL_VERSION,
         }
 
     def metrics(self):

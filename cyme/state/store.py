@@ -19,12 +19,12 @@ import os
 import attrs
 from zope.interface import implementer
 
+from cyme import __version__
 from cyme.errors import NotFound, StartupError
 from cyme.listeners import Listeners
 from cyme.state import tokens as _tokens
 from cyme.state.models import App, Instance, Queue
-
-SCHEMA_VERSION = 1
+from cyme.state.schema import SCHEMA_VERSION, corrupt, keep_old_file, read
 
 
 @attrs.frozen
@@ -101,7 +101,7 @@ class IStore(_tokens.ITokenStore):
         """Apps, queues, tokens and their versions (tombstones included), as JSON."""
 
     def merge(replica):
-        """Apply what in C{replica} is newer; returns the instances removed."""
+        """Apply what in C{replica} (a checked L{Replica}) is newer; the instances removed."""
 
     def digest():
         """A short hash of every version: equal replicas, equal digests."""
@@ -140,6 +140,7 @@ class _State:
     def to_json(self):
         return {
             "schema": SCHEMA_VERSION,
+            "written_by": __version__,
             "versions": {k: list(v) for k, v in sorted(self.versions.items())},
             "apps": {n: a.to_json() for n, a in sorted(self.apps.items())},
             "queues": {
@@ -330,26 +331,25 @@ class MemoryStore(_tokens.TokenRecords):
 
     def merge(self, replica):
         """
-        Last writer wins, record by record: a record (or tombstone) whose
-        version is newer than ours replaces ours; ties go to the higher
-        branch id, which the version's tuple order already says.
+        Last writer wins, record by record: a record (or tombstone) of
+        C{replica} (a checked L{cyme.state.replica.Replica}) whose version
+        is newer than ours replaces ours; ties go to the higher branch id,
+        which the version's tuple order already says.
         """
         state = self._state
         removed = []
         changed = False
-        incoming = {k: _version(v) for k, v in replica.get("versions", {}).items()}
         # Apps before queues, so a queue lands in an app that exists.
-        for key in sorted(incoming, key=lambda k: (not k.startswith("app/"), k)):
-            version = incoming[key]
+        for key in sorted(replica.versions, key=lambda k: (not k.startswith("app/"), k)):
+            version = replica.versions[key]
             current = state.versions.get(key)
             if current is not None and current >= version:
                 continue
             changed = True
             kind, _, rest = key.partition("/")
             if kind == "app":
-                record = replica.get("apps", {}).get(rest)
-                if record is not None:
-                    app = App.from_json(record)
+                app = replica.apps.get(rest)
+                if app is not None:
                     state = attrs.evolve(
                         state, apps={**state.apps, rest: app},
                         versions={**state.versions, key: version},
@@ -360,9 +360,8 @@ class MemoryStore(_tokens.TokenRecords):
                     state = attrs.evolve(state, **changes)
             elif kind == "queue":
                 app, _, name = rest.partition("/")
-                record = replica.get("queues", {}).get(app, {}).get(name)
-                if record is not None:
-                    queue = Queue.from_json(record)
+                queue = replica.queues.get(app, {}).get(name)
+                if queue is not None:
                     declared = state.queues.get(app, {})
                     state = attrs.evolve(
                         state, queues={**state.queues, app: {**declared, name: queue}},
@@ -373,7 +372,7 @@ class MemoryStore(_tokens.TokenRecords):
                         state, **self._without_queue(state, app, name, version)
                     )
             elif kind == "token":
-                state = _tokens.merged(state, rest, replica, version)
+                state = _tokens.merged(state, rest, replica.tokens.get(rest), version)
         if changed:
             self._commit(state)
             self._listeners.notify(StoreChange("merge"))
@@ -395,6 +394,13 @@ class JSONFileStore(MemoryStore):
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
+        #: The schema of a file written by an older cyme (migrated in
+        #: memory, rewritten at the first change, its old bytes kept:
+        #: L{keep_old_file}), and what the migration removed; None and []
+        #: for a file of this cyme.
+        self.migrated_from = None
+        self.migration_notes = []
+        self._old_bytes = None
         super().__init__(self._load())
 
     def _load(self):
@@ -405,27 +411,19 @@ class JSONFileStore(MemoryStore):
             return _State()
         except OSError as e:
             raise StartupError(f"cannot read state file {self.path}: {e.strerror}") from e
+        data, self.migration_notes, schema = read(raw, self.path)
         try:
-            data = json.loads(raw)
-            if not isinstance(data, dict) or "schema" not in data:
-                raise ValueError("no schema version")
-            if type(data["schema"]) is not int or data["schema"] != SCHEMA_VERSION:
-                raise StartupError(
-                    f"state file {self.path} has schema version {data['schema']!r}; "
-                    f"this cyme reads version {SCHEMA_VERSION}"
-                )
-            return _State.from_json(data)
-        except StartupError:
-            raise
+            state = _State.from_json(data)
         except Exception as e:
-            # Never start over an unreadable file: starting empty would
-            # overwrite the operator's state at the first change.
-            raise StartupError(
-                f"state file {self.path} is corrupt ({e}); "
-                "restore it or move it away to start empty"
-            ) from e
+            raise corrupt(self.path, e) from e
+        if schema != SCHEMA_VERSION:
+            self.migrated_from, self._old_bytes = schema, raw
+        return state
 
     def _commit(self, state):
+        if self._old_bytes is not None:
+            keep_old_file(self.path, self.migrated_from, self._old_bytes)
+            self._old_bytes = None
         data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode("utf-8")
         directory = os.path.dirname(self.path)
         temp = self.path + ".tmp"

@@ -183,12 +183,11 @@ class TokenRecords:
         return found
 
 
-def merged(state, name, replica, version):
-    """C{state} with the token C{name} of C{replica} (or its tombstone)."""
-    record = replica.get("tokens", {}).get(name)
+def merged(state, name, token, version):
+    """C{state} with the L{Token} C{name} at C{version} (None: its tombstone)."""
     tokens = dict(state.tokens)
-    if record is not None:
-        tokens[name] = Token.from_json(record)
+    if token is not None:
+        tokens[name] = token
     else:
         tokens.pop(name, None)
     return attrs.evolve(

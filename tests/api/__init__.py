@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.cluster.memory import MemoryBusNetwork
 from cyme.operations.cluster import build_cluster
 from cyme.operations.local import LocalOperations
+from tests.cluster import seal
 
 
 def single_branch_cluster(local, clock):
@@ -23,7 +24,7 @@ def single_branch_cluster(local, clock):
     """
     network = MemoryBusNetwork(clock)
     return build_cluster(local, network.transport(local.branch_id), clock,
-                         ready_timeout=local.ready_timeout)
+                         ready_timeout=local.ready_timeout, seal=seal(clock))
 
 
 class LocalBranch:

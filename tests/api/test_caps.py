@@ -1,10 +1,16 @@
 """The API's caps: open C{wait/} long-polls per branch and connections per
-site, each answered 503 beyond its limit."""
+site, each answered 503 beyond its limit; the capped site over TLS."""
 
+import os
+import socket
+import ssl
+
+from twisted.internet import reactor, threads
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from cyme.api.http import ConnectionCap, make_site
 from cyme.api.routes import BranchAPI
@@ -16,6 +22,7 @@ from cyme.cluster.memory import MemoryBusNetwork
 from cyme.waits import WaitCap
 from tests.operations.test_cluster import Branch, ClusterTestCase
 from tests.api.test_web_tasks import FakeTasks
+from tests.localhost import self_signed
 
 
 class WaitCapTests(SynchronousTestCase):
@@ -126,3 +133,47 @@ class ConnectionCapTests(SynchronousTestCase):
         fourth, transport = self.connect(cap)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
+
+
+def _tls_get(port, cafile, path):
+    """In a thread: GET C{path} over TLS, offering ALPN as curl and browsers do."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                        f"Connection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            return tls.selected_alpn_protocol(), answer
+
+
+class TLSConnectionCapTests(TestCase):
+    def test_a_client_offering_alpn_gets_http_1_1(self):
+        """
+        Over TLS (C{--http ssl:...}), a client that offers ALPN (curl,
+        browsers, urllib3) is served HTTP/1.1, not refused.
+        """
+        key, cert = self_signed(self.mktemp_dir(), "localhost", addresses=["127.0.0.1"])
+        site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource(), timeout=None)
+        endpoint = serverFromString(
+            reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
+        d = endpoint.listen(ConnectionCap(site))
+
+        def listening(port):
+            self.addCleanup(port.stopListening)
+            return threads.deferToThread(_tls_get, port.getHost().port, cert, "/ping/")
+
+        def check(result):
+            protocol, answer = result
+            self.assertEqual(protocol, "http/1.1")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer)
+            self.assertTrue(answer.endswith(b'{"ok": "pong"}\n'), answer)
+
+        return d.addCallback(listening).addCallback(check)
+
+    def mktemp_dir(self):
+        path = self.mktemp()
+        os.makedirs(path)
+        return path

@@ -1298,6 +1298,22 @@ class BranchTestsMixin(APITestCase):
             self.assertIn(text, page)
         self.assertNotIn("<script", page)
 
+    def test_admin_page_links_only_to_http_and_https_urls(self):
+        for url, link in [
+            ("http://b1:8000/", '<a href="http://b1:8000/admin/">'),
+            ("https://b1.example/cyme/", '<a href="https://b1.example/cyme/admin/">'),
+            ("javascript:alert(1)//", None),
+            ("data:text/html,x", None),
+        ]:
+            with self.subTest(url=url):
+                client, _ = self.client_of(MemoryStore(), url=url)
+                page = self.successResultOf(client.request("GET", "/admin/")).body.decode()
+                if link is None:
+                    self.assertNotIn("<a ", page)
+                    self.assertIn(f"<td>{url}</td>", page)
+                else:
+                    self.assertIn(link, page)
+
 
 class ChangeLogTestsMixin(APITestCase):
     """Every change of the desired state writes one info line saying what changed."""

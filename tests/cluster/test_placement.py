@@ -6,6 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.cluster.bus import Bus
 from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.seal import OpenSeal
 from cyme.cluster.placement import Placement, coordinator, least_loaded
 from cyme.errors import Conflict, NotFound
 from cyme.state.models import Instance
@@ -45,8 +46,9 @@ class TwoBranchesTestCase(SynchronousTestCase):
         self.clock = Clock()
         network = MemoryBusNetwork(self.clock)
         self.store = MemoryStore()
-        self.bus = Bus(network.transport("b1"), "b1", self.clock, self.own_beat)
-        other = Bus(network.transport("b2"), "b2", self.clock, self.beat)
+        self.bus = Bus(network.transport("b1"), "b1", self.clock, self.own_beat,
+                       seal=OpenSeal())
+        other = Bus(network.transport("b2"), "b2", self.clock, self.beat, seal=OpenSeal())
         for bus in (self.bus, other):
             bus.startService()
             self.addCleanup(bus.stopService)

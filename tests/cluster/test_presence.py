@@ -3,7 +3,8 @@
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cyme.cluster.presence import BeatContents, Presence
+from cyme.cluster.messages import beat
+from cyme.cluster.presence import PROTOCOL_VERSION, BeatContents, Presence
 from cyme.state.models import App, Instance
 from cyme.state.store import MemoryStore
 
@@ -30,36 +31,66 @@ class PresenceTests(SynchronousTestCase):
         self.presence.subscribe(lambda peer: self.events.append((peer.id, peer.online)))
 
     def test_seen_then_silent_then_back(self):
-        self.presence.seen("b2", {"url": "u", "instances": [["foo", "w1"]], "digest": "d"})
+        self.presence.seen("b2", beat({"url": "http://b2/", "instances": [["foo", "w1"]],
+                                       "digest": "d"}))
         peer = self.presence.get("b2")
-        self.assertEqual((peer.url, peer.instances, peer.digest), ("u", [["foo", "w1"]], "d"))
+        self.assertEqual((peer.url, peer.instances, peer.digest),
+                         ("http://b2/", [["foo", "w1"]], "d"))
         self.clock.advance(6.0)
         self.assertEqual(self.presence.live(), [peer])
         self.clock.advance(0.5)
         self.assertEqual(self.presence.live(), [])
         self.assertEqual(self.presence.known(), [peer])
-        self.presence.seen("b2", {})
+        self.presence.seen("b2", beat({}))
         self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])
 
-    def test_limits_from_beats_are_kept_if_well_formed(self):
-        self.presence.seen("b2", {"limits": {"max_instances": 2, "max_concurrency": 4}})
+    def test_limits_from_beats(self):
+        self.presence.seen("b2", beat({"limits": {"max_instances": 2, "max_concurrency": 4}}))
         peer = self.presence.get("b2")
         self.assertEqual(peer.limits, {"max_instances": 2, "max_concurrency": 4})
         self.assertIsNone(peer.room())
         self.assertEqual(peer.room(5), "max_concurrency")
         peer.instances = [["a", "w1"], ["a", "w2"]]
         self.assertEqual(peer.room(), "max_instances")
-        for limits in ("x", ["max_instances"], {"max_instances": "2", "other": 1},
-                       {"max_instances": True}, None):
-            with self.subTest(limits=limits):
-                self.presence.seen("b2", {"limits": limits})
-                self.assertEqual(self.presence.get("b2").limits, {})
-                self.assertIsNone(self.presence.get("b2").room(1000))
+        # A limit this cyme does not know is not kept.
+        self.presence.seen("b2", beat({"limits": {"max_queues": 3}}))
+        self.assertEqual(self.presence.get("b2").limits, {})
+        self.assertIsNone(self.presence.get("b2").room(1000))
 
     def test_goodbye(self):
         self.presence.left("b9")
-        self.presence.seen("b2", {})
+        self.presence.seen("b2", beat({}))
         self.presence.left("b2")
         self.presence.left("b2")
         self.assertEqual(self.events, [("b2", True), ("b2", False)])
         self.assertIsNone(self.presence.get("b9"))
+
+    def test_a_branch_of_another_protocol_is_known_apart(self):
+        """
+        Known by its id and version, shown offline once silent, never among
+        the live or known peers (never called, never placed on, never
+        pulled from), and nobody is told of it.
+        """
+        self.presence.other("b3", PROTOCOL_VERSION + 1, "9.0")
+        self.assertEqual(self.presence.live(), [])
+        self.assertEqual(self.presence.known(), [])
+        shown = self.presence.get("b3").to_json(self.clock.seconds())
+        self.assertEqual((shown["version"], shown["protocol"], shown["online"]),
+                         ("9.0", PROTOCOL_VERSION + 1, True))
+        self.assertEqual([p.id for p in self.presence.others()], ["b3"])
+        self.clock.advance(7.0)
+        self.assertFalse(self.presence.others()[0].online)
+        self.assertEqual(self.events, [])
+
+    def test_a_peer_upgraded_in_place_leaves_the_cluster_and_may_come_back(self):
+        self.presence.seen("b2", beat({"instances": [["foo", "w1"]]}))
+        self.presence.other("b2", PROTOCOL_VERSION + 1, "9.0")
+        self.assertEqual(self.presence.live(), [])
+        # What it last announced stays listed, offline.
+        self.assertEqual([(p.id, p.online, p.instances) for p in self.presence.known()],
+                         [("b2", False, [["foo", "w1"]])])
+        self.assertEqual(self.presence.get("b2").protocol, PROTOCOL_VERSION + 1)
+        self.presence.seen("b2", beat({}))
+        self.assertEqual([p.id for p in self.presence.live()], ["b2"])
+        self.assertEqual(self.presence.others(), [])
+        self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])

@@ -12,12 +12,14 @@ from zope.interface.verify import verifyObject
 
 from cyme.cluster.bus import IBusTransport
 from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.seal import OpenSeal
 from cyme.operations import cluster as cluster_module
 from cyme.operations.cluster import build_cluster
 from cyme.operations.interfaces import IOperations
 from cyme.state.models import App, Queue
 from cyme.operations.local import LocalOperations
 from cyme.state.store import MemoryStore
+from cyme.state.replica import Replica
 from cyme.api.testing import APIClient
 from cyme.api.routes import BranchAPI
 
@@ -26,7 +28,7 @@ IDS = ("b1", "b2", "b3")
 
 class Branch:
     def __init__(self, branch_id, network, clock, local_class=LocalOperations, tasks=None,
-                 waits=None):
+                 waits=None, seal=None):
         self.id = branch_id
         self.store = MemoryStore()
         self.local = local_class(
@@ -37,6 +39,7 @@ class Branch:
         self.cluster, self.bus = build_cluster(
             self.local, network.transport(branch_id), clock,
             ready_timeout=self.local.ready_timeout, beat_interval=2.0, waits=waits,
+            seal=seal or OpenSeal(),
         )
         self.client = APIClient(BranchAPI(self.cluster, waits=waits).resource())
 
@@ -45,11 +48,16 @@ class ClusterTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.network = MemoryBusNetwork(self.clock)
-        self.branches = {i: Branch(i, self.network, self.clock) for i in IDS}
+        self.branches = {i: Branch(i, self.network, self.clock, seal=self.make_seal(i))
+                         for i in IDS}
         for branch in self.branches.values():
             branch.bus.startService()
             self.addCleanup(branch.bus.stopService)
         self.settle()
+
+    def make_seal(self, branch_id):
+        """The seal of branch C{branch_id}: open, so that C{network.sent} names types."""
+        return OpenSeal()
 
     def settle(self):
         """Deliver every message and answer that is due now."""
@@ -186,8 +194,8 @@ class ReplicationTests(ClusterTestCase):
         a.put_app(App("foo", arguments="from b1"), (1000, "b1"))
         b.put_app(App("foo", arguments="from b2"), (1000, "b2"))
         replica_a, replica_b = a.replica(), b.replica()
-        a.merge(replica_b)
-        b.merge(replica_a)
+        a.merge(Replica.from_json(replica_b))
+        b.merge(Replica.from_json(replica_a))
         self.assertEqual(a.get_app("foo").arguments, "from b2")
         self.assertEqual(b.get_app("foo").arguments, "from b2")
         self.assertEqual(a.digest(), b.digest())
@@ -195,8 +203,9 @@ class ReplicationTests(ClusterTestCase):
     def test_older_write_does_not_win(self):
         store = self.branches["b1"].store
         store.put_queue("foo", Queue("q", exchange="new"), (2000, "b1"))
-        store.merge({"queues": {"foo": {"q": Queue("q", exchange="old").to_json()}},
-                     "versions": {"queue/foo/q": [1000, "b9"]}})
+        store.merge(Replica.from_json({
+            "queues": {"foo": {"q": Queue("q", exchange="old").to_json()}},
+            "versions": {"queue/foo/q": [1000, "b9"]}}))
         self.assertEqual(store.get_queue("foo", "q").exchange, "new")
 
 
@@ -334,7 +343,7 @@ class ProtocolTests(ClusterTestCase):
 
     def test_unknown_version_gets_an_error_reply_and_no_crash(self):
         self.network.transports["b1"].send(
-            "b2", {"v": 99, "type": "request", "from": "b1", "ticket": "t", "method": "x"}
+            "b2", b'{"v": 99, "type": "request", "from": "b1", "ticket": "t", "method": "x"}'
         )
         self.network.sent.clear()
         self.settle()

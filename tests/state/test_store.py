@@ -9,6 +9,7 @@ from zope.interface.verify import verifyObject
 
 from cyme.errors import NotFound, StartupError
 from cyme.state.models import App, Broker, Instance, Queue
+from cyme.state.replica import Replica
 from cyme.state.store import (
     SCHEMA_VERSION, IStore, JSONFileStore, MemoryStore, StoreChange,
 )
@@ -247,9 +248,9 @@ class StoreTestsMixin:
         other.put_app(App(name="foo"), (5, "b2"))
         other.put_queue("foo", Queue(name="tasks"), (5, "b2"))
         changes = self.subscribed()
-        self.store.merge(other.replica())
+        self.store.merge(Replica.from_json(other.replica()))
         self.assertEqual(changes, [StoreChange("merge")])
-        self.store.merge(other.replica())
+        self.store.merge(Replica.from_json(other.replica()))
         self.assertEqual(changes, [StoreChange("merge")])
 
     def test_a_failing_listener_neither_stops_the_others_nor_the_write(self):

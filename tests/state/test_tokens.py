@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from cyme.errors import BadRequest, NotFound, StartupError
+from cyme.state.replica import Replica
 from cyme.state.store import IStore, JSONFileStore, MemoryStore
 from cyme.state.tokens import (
     Token, check_duration, check_scopes, hash_secret, new_secret, token_key,
@@ -93,15 +94,15 @@ class StoreTokensTests(SynchronousTestCase):
         token, secret = make()
         other = MemoryStore()
         self.store.put_token(token, (10, "b1"))
-        other.merge(self.store.replica())
+        other.merge(Replica.from_json(self.store.replica()))
         self.assertEqual(other.find_token(secret), token)
         self.assertEqual(other.digest(), self.store.digest())
         before = self.store.replica()
         self.store.delete_token("ci", (20, "b1"))
-        other.merge(self.store.replica())
+        other.merge(Replica.from_json(self.store.replica()))
         self.assertIsNone(other.find_token(secret))
         # An older copy (a branch that was away) does not bring it back.
-        other.merge(before)
+        other.merge(Replica.from_json(before))
         self.assertIsNone(other.find_token(secret))
         self.assertEqual(other.digest(), self.store.digest())
 
@@ -127,6 +128,6 @@ class StoreTokensTests(SynchronousTestCase):
         path = self.mktemp()
         token, _ = make()
         with open(path, "w", encoding="utf-8") as f:
-            json.dump({"schema": 1, "apps": {}, "queues": {}, "instances": {},
+            json.dump({"schema": 2, "apps": {}, "queues": {}, "instances": {},
                        "tokens": {"admin": token.to_json()}}, f)
         self.assertRaises(StartupError, JSONFileStore, path)

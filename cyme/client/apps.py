@@ -1,0 +1,160 @@
+"""The cluster and its apps, for L{cyme.client}: L{Client} and L{App}."""
+
+from cyme.client.instances import Instance, Instances
+from cyme.client.queues import Queues
+from cyme.client.records import Record, name_of
+from cyme.client.tasks import Task
+from cyme.client.transport import DEFAULT_TIMEOUT, Transport, path
+
+
+class App(Record):
+    """
+    An app as the branch described it (C{name}, C{broker}, C{arguments},
+    C{extra_config}, C{allowed_hosts}, C{task_timeout}...), with its
+    C{queues} and C{instances}, and the URLs it queues.
+    """
+
+    def __init__(self, client, info):
+        super().__init__(info)
+        self.client = client
+        self.transport = client.transport
+        self.queues = Queues(self)
+        self.instances = Instances(self)
+
+    def refresh(self):
+        return self.client.get(self.name)
+
+    def update(self, **params):
+        """Change the app's settings: C{broker}, C{arguments}, C{extra_config}..."""
+        return self.client.add(self.name, **params)
+
+    def delete(self):
+        return self.client.delete(self.name)
+
+    def queue(self, queue, url, data=None, method=None, params=None, timeout=None):
+        """
+        Queue an HTTP request that one of the app's workers consuming
+        C{queue} makes: C{url} with C{params} in its query string and
+        C{data} (a dict: a form; bytes or str: sent as they are) as its
+        body, by C{method} (GET, or POST when there is data).  C{timeout}:
+        the seconds the request may take (the app's C{task_timeout} by
+        default).  A L{Task}, once the broker confirmed it.
+        """
+        method = (method or ("POST" if data is not None else "GET")).upper()
+        target = path(self.name, "queue", name_of(queue)) + url
+        headers = {}
+        if timeout is not None:
+            headers["Cyme-Timeout"] = f"{timeout:g}"
+        form = raw = None
+        if isinstance(data, dict):
+            form = data
+        elif data is not None:
+            raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+            headers.setdefault("Content-Type", "application/octet-stream")
+        answer, headers = self.transport.exchange(method, target, params=params, form=form,
+                                                  raw=raw, headers=headers)
+        if answer is None:  # HEAD: no body; the Location names the task
+            uuid = headers.get("Location", "").rstrip("/").split("/")[-2]
+            answer = {"uuid": uuid, "queue": name_of(queue), "method": method}
+        return Task(self, answer["uuid"], answer)
+
+    def task(self, uuid):
+        """The handle of a task queued earlier, by its uuid."""
+        return Task(self, uuid)
+
+
+class Tokens:
+    """C{client.tokens}: the API's tokens (the C{admin} scope)."""
+
+    def __init__(self, transport):
+        self.transport = transport
+
+    def all(self):
+        """Every token: C{{"name", "scopes", "created", "expires"}} (no secret)."""
+        return self.transport.request("GET", path("tokens"))
+
+    def add(self, name, scope="read", expires=None):
+        """
+        Make a token: C{scope} is C{"read"}, C{"read,write"}, a list...;
+        C{expires} seconds or C{"30d"}.  Its JSON with the secret
+        (C{"token"}), shown this once.
+        """
+        if not isinstance(scope, str):
+            scope = ",".join(scope)
+        return self.transport.request(
+            "POST", path("tokens"), body={"name": name, "scope": scope, "expires": expires}
+        )
+
+    def delete(self, name):
+        """Revoke a token everywhere."""
+        return self.transport.request("DELETE", path("tokens", name))
+
+
+class Client:
+    """
+    A cyme cluster through one of its branches: C{url} (default
+    C{http://localhost:8000}), a bearer C{token}, C{cacert} (the CA file
+    of a branch served over TLS with a private CA), C{timeout} (seconds per
+    call).  Calls are synchronous; errors are L{cyme.client.errors}'s.
+    """
+
+    def __init__(self, url=None, token=None, cacert=None, timeout=DEFAULT_TIMEOUT,
+                 on_partial=None):
+        self.transport = Transport(url, token=token, cacert=cacert, timeout=timeout,
+                                   on_partial=on_partial)
+        self.url = self.transport.url
+        self.tokens = Tokens(self.transport)
+
+    def __repr__(self):
+        return f"<Client: {self.url!r}>"
+
+    # Apps, as the original client had them
+
+    def all(self):
+        """The names of every app."""
+        return self.transport.request("GET", "/")
+
+    def get(self, name):
+        return App(self, self.transport.request("GET", path(name_of(name))))
+
+    def app(self, name):
+        """A handle on app C{name} that reads nothing (its C{info} has only the name)."""
+        return App(self, {"name": name_of(name)})
+
+    def add(self, name, broker=None, **params):
+        """
+        Create app C{name}, or change it: C{broker} an C{amqp://} URL
+        (default: the branch's), or C{hostname}, C{port}, C{userid},
+        C{password}, C{virtual_host}; C{arguments}, C{extra_config},
+        C{allowed_hosts}, C{task_timeout}, C{imports}.
+        """
+        answer = self.transport.request("PUT", path(name), body={"broker": broker, **params})
+        return App(self, answer)
+
+    def delete(self, name):
+        """Delete the app with all its instances and queue declarations."""
+        return self.transport.request("DELETE", path(name_of(name)))
+
+    def __iter__(self):
+        return iter(self.all())
+
+    def __getitem__(self, name):
+        return self.get(name)
+
+    # The cluster
+
+    def branches(self):
+        """The ids of the live branches."""
+        return self.transport.request("GET", path("branches"))
+
+    def branch(self, branch_id):
+        """A branch: C{{"id", "url", "instances", "load", "limits", "version", ...}}."""
+        return self.transport.request("GET", path("branches", branch_id))
+
+    def instance(self, name):
+        """An instance by its name alone (names are unique in the cluster)."""
+        info = self.transport.request("GET", path("instances", name))
+        return Instance(self.app(info["app"]), info)
+
+    def ping(self):
+        return self.transport.request("GET", path("ping"))

@@ -1,0 +1,108 @@
+"""The ``cyme`` command without a branch: its grammar, usage errors (status 2),
+an unreachable branch (status 1, one line) and shell completion.
+
+Run through click's runner (the command's own object, in memory) and, for
+what only the console script shows, as the installed ``cyme`` process.
+"""
+
+import os
+import subprocess
+
+from click.testing import CliRunner
+from twisted.trial.unittest import SynchronousTestCase
+
+from cyme.cli import cli
+from tests.test_daemon import BIN, free_port
+
+CYME = os.path.join(BIN, "cyme")
+
+
+def run(*args, env=None):
+    """C{(exit status, stdout, stderr)} of C{cyme args}, in memory."""
+    result = CliRunner().invoke(cli, list(args), env={"CYME_URL": None, "CYME_TOKEN": None,
+                                                      **(env or {})})
+    return result.exit_code, result.stdout, result.stderr
+
+
+class UsageTests(SynchronousTestCase):
+    def assertUsage(self, args, says):
+        code, out, err = run(*args)
+        self.assertEqual((code, out), (2, ""), err)
+        self.assertIn(says, err)
+
+    def test_usage_errors_exit_2(self):
+        self.assertUsage(["bogus"], "No such command 'bogus'")
+        self.assertUsage(["apps.bogus"], "No such command 'bogus'")
+        self.assertUsage(["apps", "typo"], "No such command 'typo'")
+        self.assertUsage(["instances"], "needs an app: -a APP")
+        self.assertUsage(["queues.add", "q"], "needs an app: -a APP")
+        self.assertUsage(["task", "state", "u1"], "needs an app: -a APP")
+        self.assertUsage(["-F", "xml", "apps"], "'xml' is not one of 'pretty', 'json'")
+        self.assertUsage(["--url", "notaurl", "apps"], "is not an http:// or https:// URL")
+        self.assertUsage(["--url", "ftp://h/", "apps"], "is not an http:// or https:// URL")
+        code, out, err = run("--url", "http://me:s3cret@localhost:8000", "apps")
+        self.assertEqual(code, 2)
+        self.assertIn("takes no user or password", err)
+        self.assertNotIn("s3cret", err)
+        self.assertUsage(["-a", "foo", "queues", "add", "q", "x", "direct", "q", "{bad"],
+                         "is not a JSON object")
+        self.assertUsage(["-a", "foo", "instances", "autoscale", "w1", "lots"],
+                         "'lots' is not a valid integer")
+        self.assertUsage(["apps", "add"], "Missing argument 'NAME'")
+        self.assertUsage(["apps", "add", "foo", "-s", "novalue"], "'novalue' is not KEY=VALUE")
+        self.assertUsage(["--cacert", "/no/such/ca.pem", "apps"], "does not exist")
+
+    def test_help(self):
+        code, out, _ = run("--help")
+        self.assertEqual(code, 0)
+        for command in ("apps", "instances", "queues", "consumers", "branches", "status",
+                        "queue", "task", "token"):
+            self.assertIn(f"  {command} ", out)
+        self.assertIn("_CYME_COMPLETE=bash_source cyme", out)
+        code, out, _ = run("instances", "add", "--help")
+        self.assertEqual(code, 0)
+        self.assertIn("-a, --app APP", out)  # also after the command's name
+
+
+class UnreachableTests(SynchronousTestCase):
+    def test_no_branch_is_one_line_and_status_1(self):
+        url = f"http://127.0.0.1:{free_port()}"
+        for args in (["apps"], ["-a", "foo", "instances", "add", "w1"], ["status"]):
+            code, out, err = run("--url", url, *args)
+            self.assertEqual((code, out), (1, ""), err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertTrue(err.startswith(f"cyme: cannot reach {url}: "), err)
+            self.assertIn("Connection refused", err)
+
+    def test_the_url_and_token_come_from_the_environment(self):
+        url = f"http://127.0.0.1:{free_port()}"
+        code, _, err = run("apps", env={"CYME_URL": url, "CYME_TOKEN": "s3cret"})
+        self.assertEqual(code, 1)
+        self.assertIn(url, err)
+        self.assertNotIn("s3cret", err)
+
+
+class ConsoleScriptTests(SynchronousTestCase):
+    def cyme(self, *args, env=None):
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("CYME_", "_CYME"))}
+        done = subprocess.run([CYME, *args], capture_output=True, text=True, timeout=30,
+                              env={**environ, **(env or {})}, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+    def test_exit_statuses_of_the_installed_command(self):
+        self.assertEqual(self.cyme("--version")[:2], (0, "cyme, version 0.1.0\n"))
+        self.assertEqual(self.cyme("bogus")[0], 2)
+        code, out, err = self.cyme("--url", f"http://127.0.0.1:{free_port()}", "apps")
+        self.assertEqual((code, out, err.count("\n")), (1, "", 1), err)
+
+    def test_shell_completion(self):
+        # As the README says: eval "$(_CYME_COMPLETE=bash_source cyme)".
+        code, out, _ = self.cyme(env={"_CYME_COMPLETE": "bash_source"})
+        self.assertEqual(code, 0)
+        self.assertIn("complete -o nosort -F _cyme_completion cyme", out)
+        code, out, _ = self.cyme(env={"_CYME_COMPLETE": "bash_complete",
+                                      "COMP_WORDS": "cyme inst", "COMP_CWORD": "1"})
+        self.assertEqual((code, out), (0, "plain,instances\n"))
+        code, out, _ = self.cyme(env={"_CYME_COMPLETE": "bash_complete",
+                                      "COMP_WORDS": "cyme instances re", "COMP_CWORD": "2"})
+        self.assertEqual((code, out), (0, "plain,restart\n"))

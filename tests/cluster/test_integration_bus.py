@@ -1,0 +1,212 @@
+"""The sealed bus between real branches on the real RabbitMQ.
+
+Each test starts real ``twistd -n cyme-branch`` processes (the helpers of
+L{tests.integration}) in a cluster of its own, on the run's virtual host;
+the attacker is this test, with the broker's own credentials (guest), as
+anyone who may publish on that virtual host.  Skipped, with the reason,
+only when nothing listens on 127.0.0.1:5672.
+"""
+
+import json
+import os
+import stat
+import uuid
+
+import treq
+from twisted.internet import defer, reactor
+
+from cyme.amqp import AMQPClientService, backoff_policy
+from cyme.cluster.seal import FernetSeal
+from tests.cluster import new_key
+from tests.integration import IntegrationTestCase, sleep
+from tests.test_daemon import deferred
+from tests.vhosts import broker_url, run_vhost
+
+PASSWORD = "s3cret-pw-" + uuid.uuid4().hex[:8]
+
+
+class BusTestCase(IntegrationTestCase):
+    timeout = 90
+    http_timeout = 10
+
+    async def wait_branches(self, node, ids, timeout=15):
+        return await self.poll_get(
+            node, "/branches/", lambda code, body: (code, body) == (200, sorted(ids)),
+            timeout, f"GET /branches/ on {node.id} is {sorted(ids)}",
+        )
+
+    async def dropped(self, node):
+        code, info = await self.get(node, f"/branches/{node.id}/")
+        self.assertEqual(code, 200, info)
+        return info["bus"]["dropped"]
+
+    async def broker_client(self):
+        """A connection to the branches' virtual host, as guest: a channel on it."""
+        service = AMQPClientService(
+            broker_url(run_vhost("cyme-test")), reactor=reactor,
+            connection_name=f"cyme-test-attacker-{uuid.uuid4().hex[:6]}",
+            retry_policy=backoff_policy(initial=0.05, cap=0.5), close_timeout=2,
+        )
+        service.startService()
+        self.addCleanup(service.stopService)
+        return await service.open_channel(timeout=5)
+
+    async def tap(self, channel, ids):
+        """A queue of the test's, bound to the bus exchanges: the bodies it sees."""
+        seen = []
+        declared = await channel.queue_declare("", exclusive=True, auto_delete=True)
+        await channel.queue_bind(declared.queue, f"{self.cluster}.bus", routing_key="")
+        for branch_id in ids:
+            await channel.queue_bind(declared.queue, f"{self.cluster}.bus.direct",
+                                     routing_key=branch_id)
+        await channel.consume(declared.queue, lambda m: seen.append(m.body), no_ack=True)
+        return seen
+
+
+class SealedBusTests(BusTestCase):
+    @deferred
+    async def test_what_anyone_on_the_broker_publishes_changes_nothing(self):
+        """
+        On a keyed cluster, a forged, a tampered, a replayed and an unsealed
+        envelope published straight to the bus exchanges change nothing, and
+        are counted; a queue bound to the bus sees no broker password.
+        """
+        a = await self.spawn_branch("a")
+        b = await self.spawn_branch("b")
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        for node in (a, b):
+            await self.wait_branches(node, ["a", "b"])
+        channel = await self.broker_client()
+        seen = await self.tap(channel, ["a", "b"])
+
+        # What a branch says on the bus is sealed: the app's password too.
+        await self.ok("PUT", a, "/foo/", expected=(201,),
+                      data={"hostname": "mq", "userid": "u", "password": PASSWORD})
+        await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
+        await self.poll(lambda: len(seen) >= 4 or None, 10, "bus traffic seen")
+        for body in seen:
+            self.assertNotIn(PASSWORD.encode(), body)
+            envelope = json.loads(body)
+            self.assertEqual(sorted(envelope), ["sealed", "v"])
+        self.assertEqual((await self.get(a, "/foo/"))[1]["broker"]["password"], PASSWORD)
+
+        before = {n.id: await self.dropped(n) for n in (a, b)}
+        evil_app = {"name": "evil", "broker": {"hostname": "attacker"}}
+        merge = {"v": 2, "type": "request", "from": "a", "ticket": "t",
+                 "method": "replica.merge",
+                 "args": {"replica": {"apps": {"evil": evil_app},
+                                      "versions": {"app/evil": [2**52, "zz"]}}}}
+        put = {"v": 2, "type": "request", "from": "a", "ticket": "t2", "method": "instance.op",
+               "args": {"op": "put_instance", "args": ["foo", "evil", {}]}}
+        token = json.loads(seen[-1])["sealed"]
+        tampered = token[:50] + ("A" if token[50] != "A" else "B") + token[51:]
+        stranger = FernetSeal([new_key()], reactor)
+        attacks = [
+            # Unsealed, as the bus was before: a merge, a create, a beat.
+            json.dumps(merge).encode(), json.dumps(put).encode(),
+            json.dumps({"v": 2, "type": "beat", "from": "mallory", "url": "http://x/"}).encode(),
+            json.dumps({**merge, "v": 1}).encode(),
+            # Sealed with another key (forged), and altered (tampered).
+            stranger.close(merge), stranger.close(put),
+            json.dumps({"v": 2, "sealed": tampered}).encode(),
+            # Replayed: everything the branches said so far, the merge of foo included.
+            *seen,
+        ]
+        for body in attacks:
+            await channel.publish(f"{self.cluster}.bus", "", body)
+            await channel.publish(f"{self.cluster}.bus.direct", "b", body)
+        await sleep(1.5)
+
+        for node in (a, b):
+            self.assertEqual(await self.get(node, "/"), (200, ["foo"]))
+            self.assertEqual(await self.get(node, "/foo/instances/"), (200, []))
+            self.assertEqual(await self.get(node, "/branches/"), (200, ["a", "b"]))
+            code, _ = await self.get(node, "/branches/mallory/")
+            self.assertEqual(code, 404)
+            dropped = await self.dropped(node)
+            for reason, least in (("unsealed", 4), ("unopened", 3), ("replayed", 1)):
+                self.assertGreaterEqual(dropped[reason] - before[node.id][reason], least,
+                                        f"{reason} on {node.id}: {dropped}")
+            metrics = await self.metrics(node)
+            self.assertIn('cyme_bus_messages_dropped_total{reason="unsealed"} '
+                          f'{dropped["unsealed"]}', metrics)
+        for node in (a, b):
+            output = node.process.output
+            self.assertEqual(output.count("dropped an unsealed bus message"), 1, output)
+            self.assertNotIn(PASSWORD, output)
+            self.assertNotIn("Traceback", output)
+        for node in (a, b):
+            await self.stop(node.process)
+
+    async def metrics(self, node):
+        """The text of C{/metrics} (not JSON)."""
+        response = await treq.get(node.url("/metrics"), pool=self.pool, timeout=5)
+        self.assertEqual(response.code, 200)
+        return (await treq.content(response)).decode()
+
+
+class DefaultKeyTests(BusTestCase):
+    @deferred
+    async def test_one_users_branches_form_a_cluster_and_a_strangers_does_not_join(self):
+        """
+        Two branches started with the same home and no key option form a
+        cluster (the key made at the first start, 0600); a branch started
+        with another home, so another key, on the same broker and cluster
+        name, sees neither and is seen by neither.
+        """
+        homes = {"mine": self.path("home-mine"), "theirs": self.path("home-theirs")}
+        for home in homes.values():
+            os.makedirs(home)
+
+        def env(who):
+            return {"HOME": homes[who], "XDG_CONFIG_HOME": None}
+
+        a = await self.spawn_branch("a", env=env("mine"))
+        b = await self.spawn_branch("b", env=env("mine"))
+        c = await self.spawn_branch("c", env=env("theirs"))
+        for node in (a, b, c):
+            await self.wait_ping(node.process, node.port)
+        for node in (a, b):
+            await self.wait_branches(node, ["a", "b"])
+        await self.ok("PUT", a, "/foo/", expected=(201,), data={"password": PASSWORD})
+        await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
+        # Three beats later, the stranger is still alone, and knows nothing.
+        await sleep(6.5)
+        self.assertEqual(await self.get(c, "/branches/"), (200, ["c"]))
+        self.assertEqual(await self.get(c, "/"), (200, []))
+        for node in (a, b):
+            self.assertEqual(await self.get(node, "/branches/"), (200, ["a", "b"]))
+            self.assertEqual((await self.get(node, "/branches/c/"))[0], 404)
+        self.assertGreater((await self.dropped(c))["unopened"], 0)
+        self.assertGreater((await self.dropped(a))["unopened"], 0)
+
+        keys = {}
+        for who, home in homes.items():
+            path = os.path.join(home, ".cyme", "cluster.key")
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode), 0o700)
+            with open(path, "rb") as f:
+                keys[who] = f.read()
+        self.assertNotEqual(keys["mine"], keys["theirs"])
+        self.assertIn(f"made the cluster key {homes['mine']}/.cyme/cluster.key",
+                      a.process.output + b.process.output)
+        for node in (a, b, c):
+            await self.stop(node.process)
+
+    @deferred
+    async def test_branches_given_the_same_key_file_join_wherever_their_homes(self):
+        key = self.path("shared.key")
+        from cyme.cluster.keys import new_key_file
+
+        new_key_file(key)
+        a = await self.spawn_branch("a", "--cluster-key-file", key,
+                                    env={"HOME": self.path("h1"), "XDG_CONFIG_HOME": None})
+        b = await self.spawn_branch("b", "--cluster-key-file", key,
+                                    env={"HOME": self.path("h2"), "XDG_CONFIG_HOME": None})
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        for node in (a, b):
+            await self.wait_branches(node, ["a", "b"])
+        self.assertFalse(os.path.exists(self.path("h1")))
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
