@@ -374,7 +374,7 @@ def makeService(options):
     options["store"].subscribe(tasks.release_unused)
     # GET /health/ and systemd's STATUS=: the bus broker, the ticks, the journal.
     health = BranchHealth(options["branch-id"], options["store"], pool,
-                          options["default-broker"].as_url(), reactor,
+                          options["bus-broker-url"], reactor,
                           supervisor=supervisor, journal=journal)
     local = LocalOperations(
         options["store"],
