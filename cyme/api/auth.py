@@ -39,8 +39,8 @@ SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 #: Headers a reverse proxy adds: a request with any of them came through
 #: one, from anywhere, even when its connection comes from loopback.
 PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
-#: Routes anyone may call: the liveness probe and the login form.
-OPEN_ROUTES = (b"ping", b"login")
+#: Routes anyone may call: the liveness and readiness probes and the login form.
+OPEN_ROUTES = (b"ping", b"health", b"login")
 
 
 class Unauthorized(CymeError):
@@ -178,8 +178,15 @@ class Gate:
         """The request's L{Caller}; raises L{Unauthorized} or L{Forbidden}."""
         caller = self._identify(request)
         scope = required_scope(request)
-        if caller.who == "loopback" and scope is not None:
-            self._check_host(request)
+        if caller.who == "loopback":
+            try:
+                self._check_host(request)
+            except Forbidden:
+                if scope is not None:
+                    raise
+                # A page of another site that rebound its name to
+                # 127.0.0.1: an open route answers it as a stranger.
+                caller = ANONYMOUS
         self._check_origin(request, caller)
         if scope is not None and scope not in caller.scopes:
             if caller is ANONYMOUS:
