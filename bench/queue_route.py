@@ -93,7 +93,6 @@ def main():
                 figures[side].append(sample)
                 print(f"  round {n + 1} {side}: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sample.items()), flush=True)
-
         for n in range(args.slices):
             order = ("this", "base") if n % 2 == 0 else ("base", "this")
             for side in order:
