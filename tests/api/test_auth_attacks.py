@@ -9,7 +9,7 @@ from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher, formatEvent
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.api.auth import Gate
@@ -259,7 +259,7 @@ class SlowClientTests(SynchronousTestCase):
     loopback included, for as long as the client kept it up.
     """
 
-    def connect(self, cap, clock):
+    def connect(self, cap):
         address = IPv4Address("TCP", REMOTE, 40000 + len(cap.protocols))
         protocol = cap.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
@@ -278,7 +278,7 @@ class SlowClientTests(SynchronousTestCase):
         clock = Clock()
         resource = BranchAPI(LocalOperations(MemoryStore())).resource()
         cap = ConnectionCap(make_site(resource, reactor=clock), limit=2)
-        held = [self.connect(cap, clock) for _ in range(2)]
+        held = [self.connect(cap) for _ in range(2)]
         for protocol, _ in held:
             protocol.dataReceived(b"GET /ping/ HTTP/1.1\r\nHost: x\r\n")
         for _ in range(30):  # ten minutes
@@ -287,7 +287,7 @@ class SlowClientTests(SynchronousTestCase):
                 if not transport.disconnecting:
                     protocol.dataReceived(b"X")
         self.settle(held)
-        _, transport = self.connect(cap, clock)
+        _, transport = self.connect(cap)
         self.assertFalse(transport.value().startswith(b"HTTP/1.1 503"), transport.value())
         for protocol, _ in held:
             protocol.connectionLost(None)
@@ -316,3 +316,27 @@ class AccessLogTests(AttackTestCase):
         lines = [formatEvent(e) or "" for e in events]
         self.assertTrue(lines)
         self.assertFalse([line for line in lines if "HOOK-SECRET" in line], lines)
+
+
+class QueueAuditTests(AttackTestCase):
+    """
+    Queueing a URL is a write whatever its verb (it needs the C{write}
+    scope), but the audit line is written for methods other than GET,
+    HEAD and OPTIONS only: a URL queued with those left no audit line.
+    """
+
+    def test_a_url_queued_by_get_head_or_options_is_audited(self):
+        local = self.client()
+        self.call(local, "PUT", "/foo/")
+        self.call(local, "PUT", "/foo/queues/tasks/")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        writer = self.client(REMOTE, self.token("write"))
+        for method in ("GET", "HEAD", "OPTIONS"):
+            with self.subTest(method=method):
+                response = self.call(writer, method, "/foo/queue/tasks/http://10.0.0.9/x")
+                self.assertEqual(response.code, 202)
+                audits = [e for e in events if e.get("audit") and e.get("method") == method]
+                self.assertEqual(len(audits), 1, [formatEvent(e) for e in events])
+                self.assertEqual(audits[0]["who"], "token:write")
