@@ -235,7 +235,6 @@ SETTINGS = {
     "worker_disable_rate_limits": _boolean,
     "worker_lost_wait": _seconds(),
     "worker_proc_alive_timeout": _seconds(),
-    "worker_pool_restarts": _boolean,
     "worker_send_task_events": _boolean,
     "worker_cancel_long_running_tasks_on_connection_loss": _boolean,
     "task_time_limit": _seconds(),
@@ -265,6 +264,10 @@ SETTINGS = {
 }
 
 _REFUSED_SETTINGS = {
+    # Its pool_restart remote command imports the modules it is sent: any
+    # broker user's choice, past the operator's --task-module.
+    "worker_pool_restarts": "it lets a remote command import any module",
+    "worker_enable_remote_control": "cyme commands its workers through it",
     "worker_concurrency": "use max_concurrency and min_concurrency",
     "worker_pool": "use the instance's pool",
     "imports": "use the app's imports", "include": "use the app's imports",

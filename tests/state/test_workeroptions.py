@@ -122,6 +122,29 @@ class SettingTests(Assertions, SynchronousTestCase):
                 self.assertRefused(parse_settings, {name: 1}, field="extra_config",
                                    option=name, says=[name, reason, "README"])
 
+    def test_no_setting_that_imports_code_or_opens_remote_commands(self):
+        """Celery settings that import a module named by a value (class
+        paths, routers, annotations), or enable a remote command that does
+        (pool_restart), or change who commands the worker, or widen its
+        fence: none is on the allow-list."""
+        for name, value in [
+            ("worker_pool_restarts", True), ("worker_enable_remote_control", False),
+            ("imports", ["os"]), ("include", ["os"]), ("task_routes", "os.system"),
+            ("task_annotations", "os.system"), ("worker_consumer", "os:system"),
+            ("worker_timer", "os:system"), ("worker_autoscaler", "os:system"),
+            ("worker_logfile", "/tmp/x"), ("beat_scheduler", "os:system"),
+            ("task_cls", "os:system"), ("task_protocol", 1), ("broker_transport", "os"),
+            ("result_backend", "os:system"), ("control_exchange", "x"),
+            ("cyme_webhook_allowed_hosts", ["127.0.0.1"]), ("cyme_webhook_opened", ["0.0.0.0/0"]),
+            ("cyme_webhook_deny_private", False),
+        ]:
+            with self.subTest(setting=name):
+                self.assertNotIn(name, SETTINGS)
+                self.assertRefused(parse_settings, {name: value}, field="extra_config",
+                                   option=name)
+        self.assertRefused(parse_settings, {"worker_pool_restarts": True},
+                           says=["import any module"])
+
     def test_not_an_object(self):
         self.assertRefused(parse_settings, ["x"], field="extra_config")
 

@@ -105,6 +105,18 @@ class BadRecordTests(PolicySupervisorTestCase):
         self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
         self.assertIn("--logfile is not allowed", self.supervisor.status("w1")["last_error"])
 
+    def test_worker_pool_restarts_in_an_old_record_fails_its_instance(self):
+        # Allowed before: its pool_restart remote command imports any module.
+        self.store.put_app(App("old", extra_config={"worker_pool_restarts": True}))
+        self.start()
+        self.put("w1", "old")
+        self.add("w2", extra_config={"worker_pool_restarts": False})
+        self.add("w3")
+        self.assertEqual([p.node() for p in self.reactor.live()], ["w3@h"])
+        for name in ("w1", "w2"):
+            self.assertIn("setting 'worker_pool_restarts' is not allowed (it lets a remote "
+                          "command import any module)", self.supervisor.status(name)["last_error"])
+
     def test_a_broker_host_no_url_can_carry_fails_its_instance_only(self):
         self.store.put_instance(Instance(name="w1", app="foo", broker=Broker(hostname="[")))
         self.start()
