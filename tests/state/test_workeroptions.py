@@ -186,6 +186,32 @@ class PolicyTests(Assertions, SynchronousTestCase):
         self.assertRefused(WorkerPolicy.from_options, (), ["marshal"],
                            field="--accept-content")
 
+    def test_bad_operator_counts_name_the_option_and_the_value(self):
+        self.assertEqual(WorkerPolicy.from_options(max_concurrency="16", max_instances="5").limits(),
+                         {"max_concurrency": 16, "max_instances": 5})
+        for kwargs, option in [({"max_concurrency": "0"}, "--max-concurrency"),
+                               ({"max_concurrency": 10001}, "--max-concurrency"),
+                               ({"max_instances": "many"}, "--max-instances")]:
+            with self.subTest(**kwargs):
+                with self.assertRaises(BadRequest) as caught:
+                    WorkerPolicy.from_options(**kwargs)
+                self.assertEqual(caught.exception.field, option)
+                self.assertIn(f"not {next(iter(kwargs.values()))!r}", caught.exception.message)
+
+    def test_the_operator_opens_the_webhook_fence(self):
+        self.assertEqual((WorkerPolicy().webhook_allow, WorkerPolicy().webhook_deny_private),
+                         ((), False))
+        policy = WorkerPolicy.from_options(webhook_allow=[" 127.0.0.1:8080", "10.0.0.0/8",
+                                                          "Metadata.Internal", "[::1]"],
+                                           webhook_deny_private=True)
+        self.assertEqual(policy.webhook_allow,
+                         ("127.0.0.1:8080", "10.0.0.0/8", "metadata.internal", "[::1]"))
+        self.assertTrue(policy.webhook_deny_private)
+        for entry in ("http://127.0.0.1/", "10.0.0.0/33", "[1:2]", "", "a b"):
+            with self.subTest(entry=entry):
+                self.assertRefused(WorkerPolicy.from_options, (), (), None, 100, None, [entry],
+                                   field="--webhook-allow")
+
     def test_concurrency_cap(self):
         policy = WorkerPolicy(max_concurrency=4)
         policy.check_concurrency(4)
