@@ -98,7 +98,7 @@ def app_changes(params, policy=CLOSED):
     if "imports" in params:
         changes["imports"] = parse_imports(params["imports"] or ())
         policy.check_imports(changes["imports"])
-    if "allowed_hosts" in params:  # an older version's entries no more
+    if "allowed_hosts" in params:  # strictly: an older version's "[1:2]" loads, is not written
         changes["allowed_hosts"] = check_allowed_hosts(params["allowed_hosts"])
     if "task_timeout" in params:
         changes["task_timeout"] = params["task_timeout"]

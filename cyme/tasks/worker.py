@@ -138,7 +138,7 @@ def webhook(
         timeout = conf.get("cyme_webhook_timeout") or DEFAULT_TIMEOUT
     if max_response_bytes is None:
         max_response_bytes = conf.get("cyme_webhook_max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES
-    if not isinstance(allowed_hosts, (list, tuple)):
+    if not isinstance(allowed_hosts or (), (list, tuple)):
         raise WebhookError("allowed_hosts must be a list of hosts")
     if body_encoding == "base64" and isinstance(body, str):
         try:
@@ -159,5 +159,5 @@ def webhook(
         allowed_hosts=conf.get("cyme_webhook_allowed_hosts") or (),
         deny_private=bool(deny_private or conf.get("cyme_webhook_deny_private")),
         opened=conf.get("cyme_webhook_opened") or (),
-        narrowed_by=allowed_hosts,
+        narrowed_by=allowed_hosts or (),
     )

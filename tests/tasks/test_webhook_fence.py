@@ -272,8 +272,9 @@ class TaskTests(FenceTestBase):
         exc = self.assertRaises(Exception, self.task.run, "GET", self.url("127.0.0.1"),
                                 allowed_hosts="127.0.0.1")
         self.assertIn("allowed_hosts must be a list", str(exc))
-        self.assertEqual(self.task.run("GET", self.url("127.0.0.1"),
-                                       allowed_hosts=["127.0.0.1"])["status_code"], 200)
+        for allowed in (["127.0.0.1"], [], None):  # none: the worker's own fence
+            self.assertEqual(self.task.run("GET", self.url("127.0.0.1"),
+                                           allowed_hosts=allowed)["status_code"], 200)
 
     def test_a_setting_cannot_widen_the_fence(self):
         """The fence is set after the app's extra_config, which the branch
