@@ -30,8 +30,7 @@ from cyme.api.http import ConnectionCap, make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import (
-    DEFAULT_BROKER_URL, MAX_CONCURRENCY, Broker, check_int, check_name, check_seconds,
-    reserved_apps,
+    DEFAULT_BROKER_URL, Broker, check_name, check_seconds, reserved_apps,
 )
 from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.rootdir import RootDir
@@ -84,8 +83,8 @@ class Options(usage.Options):
          "scope)."],
         ["webhook-deny-private", None,
          "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
-         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
-         "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
+         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, multicast "
+         "and unspecified ones, unless --webhook-allow and an app's allowed_hosts open them."],
         ["insecure-open-bus", None,
          "Run the bus between branches unsealed, without a cluster key: anyone "
          "who can publish on its exchanges can steer the cluster."],
@@ -155,6 +154,7 @@ class Options(usage.Options):
         self["address"] = ":8000"
         self["task-modules"] = []
         self["accept-contents"] = []
+        self["webhook-allows"] = []
         self._startup_failed = False
 
     def getUsage(self, width=None):
@@ -199,6 +199,11 @@ class Options(usage.Options):
         msgpack); repeatable or comma-separated.
         """
         self["accept-contents"].append(serializers)
+
+    def opt_webhook_allow(self, entry):
+        """Where queued URLs may reach in a range refused by default (loopback...) if an
+        app's allowed_hosts lists it too: address, network or name[:port]; repeatable."""
+        self["webhook-allows"].append(entry)
 
     def opt_version(self):
         """Print cyme's version and exit."""
@@ -275,18 +280,11 @@ class Options(usage.Options):
 
 def _worker_policy(options):
     """The L{WorkerPolicy} the options give, else a usage error naming one."""
-    counts = {}
-    for name in ("max-concurrency", "max-instances"):
-        if options[name] is not None:
-            try:
-                counts[name] = check_int(options[name], "--" + name, 1, MAX_CONCURRENCY)
-            except BadRequest as e:
-                raise usage.UsageError(f"{e.message}, not {options[name]!r}") from None
     try:
         return WorkerPolicy.from_options(
-            options["task-modules"], options["accept-contents"],
-            counts.get("max-concurrency"), counts["max-instances"],
-            options["broker-tls"].ca_file,
+            options["task-modules"], options["accept-contents"], options["max-concurrency"],
+            options["max-instances"], options["broker-tls"].ca_file, options["webhook-allows"],
+            options["webhook-deny-private"],
         )
     except BadRequest as e:
         raise usage.UsageError(e.message) from None
@@ -368,7 +366,8 @@ def makeService(options):
         pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
         # The fence at queue time: names judged by the addresses they resolve to.
         url_check=URLCheck(reactor, resolver=reactor.nameResolver,
-                           deny_private=options["webhook-deny-private"]),
+                           deny_private=options["webhook-deny-private"],
+                           opened=options["worker-policy"].webhook_allow),
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)
