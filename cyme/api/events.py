@@ -152,7 +152,7 @@ class Stream:
             self.watch.stop()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
-        if self._started:
+        if self._started and self.request.channel is not None:
             self.request.unregisterProducer()
 
     # IPushProducer: the connection's send buffer is full, or emptied.

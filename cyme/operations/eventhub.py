@@ -159,7 +159,7 @@ class EventHub:
                     found += [e for e in buffer if e.time > max(times)]
         elif not after and last:
             every = [e for buffer in sources.values() for e in buffer]
-            found = [e for e in _in_order(every) if watch.match(e)][-last:]
+            found = [e for e in _in_order(every) if self._shown(e) and watch.match(e)][-last:]
         for event in _in_order(found):
             if self._shown(event):
                 watch.give(event)
