@@ -137,10 +137,9 @@ class BranchAPI:
 
     @route("/admin", ["GET"])
     async def admin(self, request):
-        """The admin page: branches, apps and this branch's instances."""
-        page = await admin.render(self.ops)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-store")
+        """The admin page: branches, apps, every instance, the latest events, live."""
+        page = await admin.render(self.ops, self.clock.seconds())
+        admin.set_headers(request)
         return page
 
     @route("/events", ["GET"])
