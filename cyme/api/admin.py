@@ -26,7 +26,7 @@ body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
 h1 { font-size: 20px; } h2 { font-size: 16px; margin-top: 1.5em; }
 table { border-collapse: collapse; } td, th { padding: 3px 10px; text-align: left; }
 th { border-bottom: 1px solid #999; } tr:nth-child(even) { background: #f4f4f4; }
-.state { font-weight: 600; } .state::before { content: "\\25CF  "; }
+.state { font-weight: 600; white-space: nowrap; } .state::before { content: "\\25CF  "; }
 .running, .online { color: #070; }
 .offline, .quarantined, .unresponsive, .failed, .reset { color: #b00; }
 .starting, .stopping { color: #a60; } .stopped, .unknown { color: #666; }
@@ -107,7 +107,8 @@ _SCRIPT = """
       if (!app) { return; }
       if (!row) { row = table.tBodies[0].insertRow(-1); row.dataset.app = name; }
       var b = app.broker || {};
-      fill(row, [name, b.hostname + ":" + b.port + (b.virtual_host || ""),
+      var vhost = b.virtual_host === "/" ? "/" : "/" + (b.virtual_host || "");
+      fill(row, [name, b.hostname + ":" + b.port + vhost,
                  (got[1] || []).join(", ")]);
     }).catch(function () {});
   }
@@ -136,6 +137,7 @@ _SCRIPT = """
   function apply(e) {
     if (e.instance) {
       var row = find(instances, "instance", e.instance);
+      if (e.type === "created" || e.type === "deleted") { readBranch(e.branch); }
       if (e.type === "deleted") { if (row) { row.remove(); } return; }
       if (row && STATE[e.type]) {
         row.cells[3].textContent = "";
@@ -240,7 +242,8 @@ async def render(ops, now):
         queues, _ = await ops.list_queues(name)
         apps.append((name, [
             escape(name),
-            escape(f"{broker['hostname']}:{broker['port']}{broker['virtual_host']}"),
+            escape(f"{broker['hostname']}:{broker['port']}/"
+                   + ("" if broker["virtual_host"] == "/" else broker["virtual_host"])),
             escape(", ".join(queues)),
         ]))
     described, missing = await ops.describe_instances()
