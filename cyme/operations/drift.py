@@ -43,7 +43,7 @@ class DriftWatch:
     def seen(self, event):
         """An event of this branch (a listener of its L{EventLog})."""
         name = event.instance
-        if name is None or event.branch is None:
+        if name is None:
             return
         if event.type == "deleted":
             for times in (self._state_since, self._asked_at, self._up_since):

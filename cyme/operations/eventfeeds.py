@@ -14,13 +14,12 @@ a secret: an app's changed fields are named, never shown.
 
 import attrs
 
+from cyme import __version__
 from cyme.errors import NotFound
 from cyme.supervision.workerstate import (
     ADOPTED, CRASHED, FAILED, LIVE, QUARANTINED, RUNNING, SPAWNED, START_FAILED, STOP_ASKED,
     STOPPED, STOPPING, UNRESPONSIVE,
 )
-
-from cyme import __version__
 
 #: What an instance asks that is told as its own event (the rest is "changed").
 _CONSUMING = "queues"

@@ -73,7 +73,7 @@ class Watch:
 class EventHub:
     """The events a stream of this branch shows: C{log}'s, and C{bus}'s peers' if any."""
 
-    log_ = Logger(observer=logs.observer)
+    logger = Logger(observer=logs.observer)
 
     def __init__(self, log, clock, bus=None, *, poll_interval=1.0, call_timeout=5.0,
                  size=SIZE, max_watches=MAX_WATCHES):
@@ -186,7 +186,7 @@ class EventHub:
         try:
             self._ask_peers()
         except Exception:  # the loop would stop for good
-            self.log_.failure("asking the branches for their events failed")
+            self.logger.failure("asking the branches for their events failed")
             self._round = None
             self._begin_pending()
 
@@ -225,7 +225,7 @@ class EventHub:
         self._quiet[peer_id] = self.clock.seconds() + QUIET
         held = self._complaints.due()
         if held is not None:
-            self.log_.warn("branch {peer} did not give its events: {error} ({held} more "
+            self.logger.warn("branch {peer} did not give its events: {error} ({held} more "
                            "not said)", peer=peer_id, error=error, held=held)
 
     def _answered(self, reply, peer_id):
