@@ -41,6 +41,10 @@ from cyme.waits import WaitCap
 from cyme.supervision.relay import OutputRelay
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
+from cyme.operations.drift import DriftWatch
+from cyme.operations.eventfeeds import EventFeeds
+from cyme.operations.eventhub import EventHub
+from cyme.operations.events import EventLog
 from cyme.operations.health import BranchHealth
 from cyme.operations.local import LocalOperations
 from cyme.systemd import SystemdNotify, from_environment
@@ -331,6 +335,13 @@ def makeService(options):
     pool = BrokerPool(reactor, tls=options["broker-tls"])
     pool.setServiceParent(branch)
     control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
+    # The branch's events (GET /events/, and the drift's times): its
+    # workers' transitions, its store's changes, its peers' presence.
+    events = EventLog(options["branch-id"], reactor)
+    feeds = EventFeeds(events, options["store"])
+    options["store"].subscribe(feeds.store_changed)
+    drift = DriftWatch(reactor)
+    events.subscribe(drift.seen)
     if options["without-fork-server"]:
         launcher = ExecLauncher(reactor)
     else:
@@ -351,6 +362,7 @@ def makeService(options):
         ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
         worker_policy=options["worker-policy"],
+        transition=feeds.transition,
     )
     supervisor.setServiceParent(branch)
     # Workers' output in the branch's log as it comes, not a tick later.
@@ -388,6 +400,8 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
         readiness=health,
+        events=EventHub(events, reactor),
+        drift=drift,
     )
     # One cap on the waits this branch holds: its clients' and other branches'.
     waits = WaitCap()
@@ -401,12 +415,14 @@ def makeService(options):
         waits=waits,
     )
     bus.setServiceParent(branch)
+    bus.subscribe(feeds.peer_changed)
     if not options["without-http"]:
         # An access line per request is info; above it, none is written.
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate, waits).resource(), access_log=access_log)
+        site = make_site(BranchAPI(cluster, gate, waits, clock=reactor).resource(),
+                         access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

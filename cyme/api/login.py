@@ -13,7 +13,8 @@ from twisted.web.http import datetimeToString
 from cyme.api.auth import COOKIE, Unauthorized
 from cyme.api.http import json_body
 
-_FORM = """<!doctype html><html><head><meta charset=utf-8><title>cyme · log in</title>
+_FORM = """<!doctype html><html><head><meta charset=utf-8><link rel="icon" href="data:,">
+<title>cyme · log in</title>
 </head><body><h1>cyme</h1><form method=post action="/login/">
 <label>Token <input type=password name=token autocomplete=off required></label>
 <button>Log in</button></form></body></html>

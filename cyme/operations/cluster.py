@@ -39,7 +39,8 @@ from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 from cyme.waits import WaitCap
 
-from . import calls
+from . import calls, drift
+from .eventhub import EventHub
 from .interfaces import IOperations
 from .tokens import ClusterTokens
 
@@ -60,6 +61,8 @@ class ClusterOperations(ClusterTokens):
     #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared with
     #: its API: the waits other branches send here count against it.
     waits: object = attrs.field(factory=WaitCap)
+    #: The cluster's events (an L{cyme.operations.eventhub.EventHub} over the bus).
+    events: object = None
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(
             self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
@@ -74,6 +77,7 @@ class ClusterOperations(ClusterTokens):
         """The bus methods other branches call on this one."""
         return {
             "instances.list": self._list_local,
+            "instances.describe": self._describe_local,
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
             "instance.put": self._put_remote,
@@ -99,6 +103,25 @@ class ClusterOperations(ClusterTokens):
 
     async def local_instances(self):
         return await self.local.local_instances()
+
+    async def _describe_local(self, args, sender):
+        args = calls.checked(args, calls.INSTANCES_DESCRIBE)
+        return (await self.local.describe_instances(args["drift_only"]))[0]
+
+    async def describe_instances(self, drift_only=False):
+        results, errors, missing = await self.bus.broadcast(
+            "instances.describe", {"drift_only": drift_only}, self.call_timeout)
+        found = [i for listed in results.values() for i in calls.described(listed)]
+        for peer in self.bus.known_peers():
+            if not peer.online:
+                found += [_offline(app, name, peer) for app, name in peer.instances]
+        found.sort(key=lambda i: (i["app"], i.get("branch") or "", i["name"]))
+        return found, sorted(set(missing) | set(errors))
+
+    def watch_events(self, deliver, match=None, after=(), last=0):
+        if self.events is None:
+            return self.local.watch_events(deliver, match, after, last)
+        return self.events.watch(deliver, match, after, last)
 
     async def list_branches(self):
         return self.bus.live_ids()
@@ -403,8 +426,13 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
     bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
+    # The cluster's events: this branch's log, and its peers' while watched.
+    events = None if local.events is None else EventHub(local.events.log, clock, bus)
+    if events is not None:
+        bus.register(events.handlers())
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
-                                waits=waits if waits is not None else WaitCap())
+                                waits=waits if waits is not None else WaitCap(),
+                                events=events)
     bus.register(replication.handlers())
     bus.register(cluster.handlers())
     bus.subscribe(replication.peer_seen)
@@ -416,7 +444,7 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
 
 def _offline(app, name, peer):
     return {"name": name, "app": app, "branch": peer.id, "state": "offline",
-            "last_heartbeat": peer.last_seen}
+            "last_heartbeat": peer.last_seen, "drift": drift.offline(peer)}
 
 
 __all__ = ["ClusterOperations", "build_cluster"]

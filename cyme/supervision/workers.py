@@ -32,6 +32,12 @@ from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.interfaces import IProcessTable
 
 
+def cancel_call(call):
+    """Cancel a delayed C{call} if it is still to come (None: nothing)."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 def dead_letter_queue(name):
     """The queue every instance consumes under its own name (``dq.<name>``)."""
     return f"dq.{name}"
