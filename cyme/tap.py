@@ -400,6 +400,9 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         seal=bus_seal(options["cluster-keys"], reactor),
         waits=waits,
+        # Rolling restarts replace it first, and wait out a warm stop.
+        launcher=launcher,
+        kill_timeout=options["kill-timeout"],
     )
     bus.setServiceParent(branch)
     if not options["without-http"]:

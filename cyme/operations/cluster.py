@@ -41,12 +41,14 @@ from cyme.waits import WaitCap
 
 from . import calls
 from .interfaces import IOperations
+from .restarts import RestartOperations
+from .rolling import RollingRestarts
 from .tokens import ClusterTokens
 
 
 @implementer(IOperations)
 @attrs.define
-class ClusterOperations(ClusterTokens):
+class ClusterOperations(ClusterTokens, RestartOperations):
     #: This branch's own operations: a L{cyme.operations.local.LocalOperations}
     #: (its IOperations, and what only this branch knows: C{task_record}).
     local: object
@@ -60,6 +62,8 @@ class ClusterOperations(ClusterTokens):
     #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared with
     #: its API: the waits other branches send here count against it.
     waits: object = attrs.field(factory=WaitCap)
+    #: The rolling restarts this branch coordinates (L{RollingRestarts}).
+    restarts: object = None
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(
             self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
@@ -389,11 +393,14 @@ _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
 def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
-                  **bus_options):
+                  launcher=None, restart_listener=None, kill_timeout=10.0, **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
     (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
-    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).
+    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).  Its
+    rolling restarts renew C{launcher} (an L{ILauncher}) and tell
+    C{restart_listener} each step; a step may take this branch's
+    C{kill_timeout} and C{ready_timeout}, and some.
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
@@ -403,10 +410,14 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
     bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
+    restarts = RollingRestarts(clock, local.branch_id, bus, launcher, restart_listener,
+                               step_timeout=kill_timeout + ready_timeout + 30.0)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
-                                waits=waits if waits is not None else WaitCap())
+                                waits=waits if waits is not None else WaitCap(),
+                                restarts=restarts)
     bus.register(replication.handlers())
     bus.register(cluster.handlers())
+    bus.register(restarts.handlers())
     bus.subscribe(replication.peer_seen)
     # Other branches see this one's instances change at once, not at its
     # next heartbeat.
