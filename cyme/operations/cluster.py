@@ -399,8 +399,9 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
     its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).  Its
     rolling restarts renew C{launcher} (an L{ILauncher}) and tell
-    C{restart_listener} each step; a step may take this branch's
-    C{kill_timeout} and C{ready_timeout}, and some.
+    C{restart_listener} each step; one instance's step (its warm stop and
+    its replacement's first pong) may take C{kill_timeout} +
+    C{ready_timeout} + 30 s.
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
