@@ -413,6 +413,10 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         seal=bus_seal(options["cluster-keys"], reactor),
         waits=waits,
+        # Rolling restarts replace it first, and wait out a warm stop.
+        launcher=launcher,
+        kill_timeout=options["kill-timeout"],
+        restart_listener=feeds.restart_step,
     )
     bus.setServiceParent(branch)
     bus.subscribe(feeds.peer_changed)

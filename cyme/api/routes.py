@@ -215,6 +215,17 @@ class BranchAPI:
         _mark_partial(request, await self.ops.delete_app(app))
         return json_body(request, 200, {"ok": "ok"})
 
+    @route("/<app>/restart", ["POST"])
+    async def restart_app(self, request, app):
+        """A rolling restart of the app's instances: 202 with its id at once."""
+        restart = await self.ops.restart_app(app, request_params(request))
+        request.setHeader(b"Location", f"/restarts/{restart['id']}/".encode("utf-8"))
+        return json_body(request, 202, restart)
+
+    @route("/restarts/<restart_id>", ["GET"])
+    async def get_restart(self, request, restart_id):
+        return json_body(request, 200, await self.ops.get_restart(restart_id))
+
     # Instances
 
     @route("/<app>/instances", ["GET"])

@@ -41,13 +41,16 @@ from cyme.waits import WaitCap
 
 from . import calls, drift
 from .eventhub import EventHub
+from .clustertasks import ClusterTasks
 from .interfaces import IOperations
+from .restarts import RestartOperations
+from .rolling import RollingRestarts
 from .tokens import ClusterTokens
 
 
 @implementer(IOperations)
 @attrs.define
-class ClusterOperations(ClusterTokens):
+class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     #: This branch's own operations: a L{cyme.operations.local.LocalOperations}
     #: (its IOperations, and what only this branch knows: C{task_record}).
     local: object
@@ -63,6 +66,8 @@ class ClusterOperations(ClusterTokens):
     waits: object = attrs.field(factory=WaitCap)
     #: The cluster's events (an L{cyme.operations.eventhub.EventHub} over the bus).
     events: object = None
+    #: The rolling restarts this branch coordinates (L{RollingRestarts}).
+    restarts: object = None
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(
             self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
@@ -81,8 +86,7 @@ class ClusterOperations(ClusterTokens):
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
             "instance.put": self._put_remote,
-            "task.get": self._task_local,
-            "task.wait": self._task_wait_local,
+            **self.task_handlers(),
             **self.token_handlers(),
         }
 
@@ -360,63 +364,20 @@ class ClusterOperations(ClusterTokens):
     async def stats(self, app, name):
         return await self._route("stats", app, name)
 
-    # Queued URLs: published here, answered by the branch that published
-
-    async def queue_task(self, app, queue, method, url, query, body, content_type, timeout):
-        return await self.local.queue_task(
-            app, queue, method, url, query, body, content_type, timeout
-        )
-
-    def _task_local(self, args, sender):
-        args = calls.checked(args, calls.TASK_GET)
-        record = self.local.task_record(args["app"], args["uuid"])
-        return None if record is None else {"state": record.state}
-
-    async def _task_wait_local(self, args, sender):
-        args = calls.checked(args, calls.TASK_WAIT)
-        with self.waits.hold(args["app"], args["uuid"]):
-            return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
-
-    async def _task_owner(self, app, task_id):
-        if self.local.task_record(app, task_id) is not None:
-            return self.bus.branch_id
-        results, errors, missing = await self.bus.broadcast(
-            "task.get", {"app": app, "uuid": task_id}, self.call_timeout
-        )
-        for branch, found in sorted(results.items()):
-            if found:
-                return branch
-        return None
-
-    async def task(self, app, task_id):
-        await self.local.get_app(app)
-        owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.bus.branch_id:
-            return await self.local.task(app, task_id)
-        return await self.bus.call(
-            owner, "instance.op", {"op": "task", "args": [app, task_id]}, self.call_timeout
-        )
-
-    async def wait_task(self, app, task_id, timeout):
-        await self.local.get_app(app)
-        owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.bus.branch_id:
-            return await self.local.wait_task(app, task_id, timeout)
-        return await self.bus.call(
-            owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
-            timeout + self.call_timeout,
-        )
-
 
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
 def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
-                  **bus_options):
+                  launcher=None, restart_listener=None, kill_timeout=10.0, **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
     (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
-    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).
+    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).  Its
+    rolling restarts renew C{launcher} (an L{ILauncher}) and tell
+    C{restart_listener} each step; one instance's step (its warm stop and
+    its replacement's first pong) may take C{kill_timeout} +
+    C{ready_timeout} + 30 s.
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
@@ -430,11 +391,14 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     events = None if local.events is None else EventHub(local.events.log, clock, bus)
     if events is not None:
         bus.register(events.handlers())
+    restarts = RollingRestarts(clock, local.branch_id, bus, launcher, restart_listener,
+                               step_timeout=kill_timeout + ready_timeout + 30.0)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
                                 waits=waits if waits is not None else WaitCap(),
-                                events=events)
+                                events=events, restarts=restarts)
     bus.register(replication.handlers())
     bus.register(cluster.handlers())
+    bus.register(restarts.handlers())
     bus.subscribe(replication.peer_seen)
     # Other branches see this one's instances change at once, not at its
     # next heartbeat.

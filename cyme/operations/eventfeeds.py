@@ -199,3 +199,13 @@ class EventFeeds:
             ago = self.log.clock.seconds() - peer.last_seen
             self.log.record("offline", reason=f"branch {peer.id}: last heartbeat "
                                               f"{ago:.1f} s ago", peer=peer.id)
+
+    # Rolling restarts
+
+    def restart_step(self, step):
+        """A step of a rolling restart this branch coordinates (its listener)."""
+        what = step["type"].partition(".")[2]  # started, renewed, instance, finished
+        detail = " ".join(f"{k} {step[k]}" for k in ("branch", "state", "pid", "reason")
+                          if step.get(k) is not None)
+        self.log.record("restart", app=step["app"], instance=step.get("instance"),
+                        reason=f"{step['restart']} {what}" + (f": {detail}" if detail else ""))

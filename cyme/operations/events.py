@@ -28,7 +28,10 @@ WORKER_TYPES = ("started", "ready", "unresponsive", "failed", "stopping", "stopp
 INSTANCE_TYPES = ("created", "deleted", "consumer", "changed")
 PRESENCE_TYPES = ("online", "offline")
 RECORD_TYPES = ("app", "queue")
-TYPES = WORKER_TYPES + INSTANCE_TYPES + PRESENCE_TYPES + RECORD_TYPES
+#: A step of a rolling restart (L{cyme.operations.rolling}): begun, fork
+#: servers renewed, an instance replaced, finished.
+RESTART_TYPES = ("restart",)
+TYPES = WORKER_TYPES + INSTANCE_TYPES + PRESENCE_TYPES + RECORD_TYPES + RESTART_TYPES
 #: Not an event: what a stream says when events it should have had are lost.
 RESET = "reset"
 

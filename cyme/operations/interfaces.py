@@ -145,6 +145,17 @@ class IOperations(Interface):
     def stats(app, name):
         """The worker's live statistics."""
 
+    # Rolling restarts (L{cyme.operations.rolling})
+
+    def restart_app(app, values):
+        """
+        Start restarting the app's instances a few at a time (C{parallel},
+        default 1): the restart's JSON at once, with its C{id}.
+        """
+
+    def get_restart(restart_id):
+        """A rolling restart's progress (from the branch that coordinates it)."""
+
     # Queued URLs
 
     def queue_task(app, queue, method, url, query, body, content_type, timeout):

@@ -23,6 +23,7 @@ from cyme import __version__, logs
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.cluster.presence import PROTOCOL_VERSION, load_figures
 from cyme.operations.interfaces import IOperations
+from cyme.operations.restarts import RestartOperations
 from cyme.operations.tokens import LocalTokens
 from cyme.state import params
 from cyme.state.models import App, Broker, check_app_name, check_name
@@ -45,7 +46,7 @@ def _autoscale(instance):
 
 @implementer(IOperations)
 @attrs.define
-class LocalOperations(LocalTokens):
+class LocalOperations(LocalTokens, RestartOperations):
     """
     The operations of one branch over its C{store} (an L{IStore}); every
     other collaborator is a keyword argument, None when this branch has
@@ -84,6 +85,8 @@ class LocalOperations(LocalTokens):
     events: object = attrs.field(default=None, kw_only=True)
     #: What differs in its instances (a L{cyme.operations.drift.DriftWatch}).
     drift: object = attrs.field(default=None, kw_only=True)
+    #: The rolling restarts it coordinates (L{cyme.operations.rolling.RollingRestarts}).
+    restarts: object = attrs.field(default=None, kw_only=True)
     #: Wall clock: replication versions (last writer wins) and uptime.
     now: object = attrs.field(default=time.time, kw_only=True)
     started: float = attrs.field(

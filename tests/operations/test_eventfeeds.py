@@ -210,3 +210,18 @@ class PresenceEventTests(FeedsTestCase):
         self.assertEqual(found, [
             ("online", "b2", "branch b2 at http://b2:8000/ (cyme 0.1.0)"),
             ("offline", "b2", "branch b2: last heartbeat 7.0 s ago")])
+
+
+class RestartEventTests(FeedsTestCase):
+    def test_each_step_of_a_rolling_restart_is_an_event(self):
+        for step in (
+            {"type": "restart.started", "restart": "r1@b1", "app": "foo", "branch": "b1",
+             "instance": None, "state": "running", "pid": None, "reason": None},
+            {"type": "restart.instance", "restart": "r1@b1", "app": "foo", "branch": "b2",
+             "instance": "w1", "state": "running", "pid": 4242, "reason": None},
+        ):
+            self.feeds.restart_step(step)
+        self.assertEqual(self.said("restart", "restart"), [
+            ("restart", None, "r1@b1 started: branch b1 state running"),
+            ("restart", "w1", "r1@b1 instance: branch b2 state running pid 4242"),
+        ])
