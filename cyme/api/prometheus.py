@@ -75,15 +75,17 @@ class FiguresCollector:
             GaugeMetricFamily, "cyme_workers",
             "Worker instances of this branch by app and state (a deleted instance's "
             "worker, while it stops, has app \"\").", ["app", "state"], f["by_app"])
+        # "name", not "instance": Prometheus gives every series it scrapes
+        # an "instance" label of its own (the branch's address).
         workers = f["workers"]
         yield _family(
             CounterMetricFamily, "cyme_worker_restarts",
             "Restarts of each instance's worker after it failed, since the branch started.",
-            ["app", "instance"], {(w["app"], w["instance"]): w["restarts"] for w in workers})
+            ["app", "name"], {(w["app"], w["instance"]): w["restarts"] for w in workers})
         yield _family(
             CounterMetricFamily, "cyme_worker_quarantines",
             "Times each instance was quarantined for failing too often, since the "
-            "branch started.", ["app", "instance"],
+            "branch started.", ["app", "name"],
             {(w["app"], w["instance"]): w["quarantines"] for w in workers})
 
     def _cluster(self, f):

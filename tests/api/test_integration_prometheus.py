@@ -90,7 +90,7 @@ class PrometheusTests(IntegrationTestCase):
         os.kill(instance["pid"], signal.SIGKILL)
         found = await self.until(
             branch, "the restart counted", lambda found: found.get(
-                'cyme_worker_restarts_total{app="foo",instance="w1"}') == 1
+                'cyme_worker_restarts_total{app="foo",name="w1"}') == 1
             and found['cyme_workers{app="foo",state="running"}'] == 1)
         status, complaints = check_metrics(await self.page(branch))
         self.assertEqual((status, complaints), (0, ""))

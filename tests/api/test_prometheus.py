@@ -148,8 +148,8 @@ class PageTests(SynchronousTestCase):
         self.assertEqual(found['cyme_workers{app="foo",state="failed"}'], 1)
         self.assertEqual(found['cyme_workers{app="foo",state="quarantined"}'], 0)
         self.assertFalse([s for s in found if "start failed" in s])
-        self.assertEqual(found['cyme_worker_restarts_total{app="foo",instance="w1"}'], 1)
-        self.assertEqual(found['cyme_worker_quarantines_total{app="foo",instance="w1"}'], 0)
+        self.assertEqual(found['cyme_worker_restarts_total{app="foo",name="w1"}'], 1)
+        self.assertEqual(found['cyme_worker_quarantines_total{app="foo",name="w1"}'], 0)
 
     def test_a_deleted_app_leaves_its_series(self):
         self.running("w1")
