@@ -14,6 +14,10 @@ from prometheus_client.exposition import generate_latest
 
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
+#: The replication merges shown even before the first: C{(source, outcome)}.
+_MERGES = [(source, outcome) for source in ("write", "catch_up")
+           for outcome in ("changed", "unchanged")]
+
 
 def render(figures, metrics):
     """The page (bytes): C{figures} (L{IOperations.metrics}) and C{metrics}' histograms."""
@@ -105,7 +109,3 @@ class FiguresCollector:
             "a branch sent its write; catch_up: this branch pulled one) and outcome "
             "(changed the store or unchanged).", ["source", "outcome"],
             {key: f["merges"].get(key, 0) for key in _MERGES} | f["merges"])
-
-
-_MERGES = [(source, outcome) for source in ("write", "catch_up")
-           for outcome in ("changed", "unchanged")]

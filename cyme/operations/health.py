@@ -20,7 +20,7 @@ class BranchHealth:
     """
     The readiness of one branch: C{pool} (a L{cyme.amqp.BrokerPool}) and
     C{bus_url} say how its brokers are; C{supervisor} (its C{last_tick},
-    C{policy.interval} and C{figures()}) and C{journal} (with C{last_error}) may be None
+    C{policy.interval} and C{metrics()}) and C{journal} (with C{last_error}) may be None
     (a branch without them has nothing of theirs to fail).
     """
 
@@ -69,7 +69,7 @@ class BranchHealth:
         total = len(self._store.instances())
         if self._supervisor is None:
             return {"running": 0, "total": total}
-        states = self._supervisor.figures()["states"]
+        states = self._supervisor.metrics()["states"]
         return {"running": states.get("running", 0), "total": total}
 
     # The parts

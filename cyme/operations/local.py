@@ -137,7 +137,7 @@ class LocalOperations(LocalTokens):
     def metrics(self):
         figures = {}
         if self.supervisor is not None:
-            figures.update(self.supervisor.figures())
+            figures.update(self.supervisor.metrics())
         if self.tasks is not None:
             figures.update(queued=dict(self.tasks.queued), results_stored=dict(self.tasks.stored),
                            results_dropped=self.tasks.dropped)

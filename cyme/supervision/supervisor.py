@@ -76,7 +76,7 @@ class Supervisor(service.Service):
         self.worker_loglevel = worker_loglevel
         #: What this branch's operator allows workers (L{WorkerPolicy}).
         self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
-        self.metrics = metrics if metrics is not None else Metrics()
+        self._metrics = metrics if metrics is not None else Metrics()
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
         self._loop = self._soon = None
@@ -168,7 +168,7 @@ class Supervisor(service.Service):
             return defer.succeed(self.status(name))
         return life.wait_stopped().addCallback(lambda _: self.status(name))
 
-    def figures(self):
+    def metrics(self):
         """What C{/metrics} shows of the supervision now: ticks, messages, workers."""
         workers = [life.worker for life in self.workers.values()]
         apps_of = {i.name: i.app for i in self.store.instances()}
@@ -201,7 +201,7 @@ class Supervisor(service.Service):
         except Exception:
             # The LoopingCall would stop for good on an exception.
             self.log.failure("supervisor tick failed")
-        self.metrics.tick_seconds.observe(max(0.0, self.reactor.seconds() - self.last_tick))
+        self._metrics.tick_seconds.observe(max(0.0, self.reactor.seconds() - self.last_tick))
 
     def converge(self, verify=True):
         """Make the workers what the store wants now (start, stop, restart); then,
@@ -404,7 +404,7 @@ class Supervisor(service.Service):
         began = self.reactor.seconds()
         answered = await ping_rounds(
             self.control, watched, ping_delays(0.1, cap), self._pong, self.log,
-            clock=self.reactor, round_trip=self.metrics.ping_seconds.observe,
+            clock=self.reactor, round_trip=self._metrics.ping_seconds.observe,
         )
         now = self.reactor.seconds()
         for node, life in watched.items():

@@ -663,7 +663,7 @@ class FiguresTests(SupervisorTestCase):
         self.pump(5)  # the next has nothing to start
         name = "cyme_supervisor_tick_duration_seconds"
         self.assertEqual(self.sample(name + "_count"), 2)
-        self.assertEqual(self.supervisor.figures()["ticks"], 2)
+        self.assertEqual(self.supervisor.metrics()["ticks"], 2)
         self.assertEqual(self.sample(name + "_bucket", le="0.025"), 1)
         self.assertEqual(self.sample(name + "_bucket", le="0.05"), 2)
         self.assertAlmostEqual(self.sample(name + "_sum"), 0.03)
@@ -677,7 +677,7 @@ class FiguresTests(SupervisorTestCase):
         self.add("w2")
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         self.assertEqual(self.state("w2"), "failed")
-        by_app = self.supervisor.figures()["by_app"]
+        by_app = self.supervisor.metrics()["by_app"]
         self.assertEqual(by_app[("foo", "running")], 1)
         self.assertEqual(by_app[("foo", "failed")], 1)
         # Every state of every app, so that a state emptied shows 0.
@@ -685,7 +685,7 @@ class FiguresTests(SupervisorTestCase):
         self.assertEqual({state for _, state in by_app}, {
             "starting", "running", "unresponsive", "failed", "stopping", "stopped",
             "quarantined"})
-        self.assertEqual(self.supervisor.figures()["states"], {"running": 1, "failed": 1})
+        self.assertEqual(self.supervisor.metrics()["states"], {"running": 1, "failed": 1})
 
     def test_restarts_and_quarantines_of_each_instance(self):
         self.start(max_restarts=1, quarantine=300.0)
@@ -694,7 +694,7 @@ class FiguresTests(SupervisorTestCase):
             self.pump(10)
             self.process().exit(status=1)
             self.reactor.advance(0)
-        self.assertEqual(self.supervisor.figures()["workers"], [
+        self.assertEqual(self.supervisor.metrics()["workers"], [
             {"app": "foo", "instance": "w1", "state": "quarantined", "restarts": 1,
              "quarantines": 1}])
         self.pump(300)  # out of quarantine, it fails twice again
@@ -702,7 +702,7 @@ class FiguresTests(SupervisorTestCase):
             self.process().exit(status=1)
             self.reactor.advance(0)
             self.pump(1)
-        shown = self.supervisor.figures()["workers"][0]
+        shown = self.supervisor.metrics()["workers"][0]
         self.assertEqual((shown["state"], shown["restarts"], shown["quarantines"]),
                          ("quarantined", 2, 2))
 
