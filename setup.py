@@ -42,6 +42,9 @@ setup(
         "setproctitle>=1.3",
         # The cyme command (cyme.cli).
         "click>=8.1",
+        # GET /metrics: histograms, and the collector over the branch's state
+        # (cyme.metrics, cyme.api.prometheus).
+        "prometheus_client>=0.20",
     ],
     entry_points={
         "console_scripts": [

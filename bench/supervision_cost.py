@@ -156,6 +156,17 @@ class PidboxTap:
         self.conn.release()
 
 
+def total(metrics, name, **labels):
+    """
+    The sum of the samples of C{name} that have C{labels}, whatever their
+    others: C{cyme_workers} is by app and state, C{cyme_worker_restarts_total}
+    by app and instance.
+    """
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(value for series, value in metrics.items()
+               if series.split("{")[0] == name and all(w in series for w in wanted))
+
+
 def next_tick(branch, after, timeout):
     """Poll /metrics (every 50 ms) until the tick counter passes C{after}
     (each request costs the branch ~1 ms of CPU: few are made in a window);
@@ -196,9 +207,9 @@ def measure(branch, window, interval, tap=None, size=0):
         "ticks": ticks,
         "messages": messages,
         "per_tick": messages / ticks if ticks else float("nan"),
-        "running": m1.get('cyme_workers{state="running"}', 0),
-        "restarts": m1.get("cyme_worker_restarts_total", 0)
-                    - m0.get("cyme_worker_restarts_total", 0),
+        "running": total(m1, "cyme_workers", state="running"),
+        "restarts": total(m1, "cyme_worker_restarts_total")
+                    - total(m0, "cyme_worker_restarts_total"),
         "seen": tap.between(*published, size) if tap is not None else {},
     }
 

@@ -23,8 +23,9 @@ The package is laid out as its layers, each calling only the ones below it
 ``state``        the desired state: models, stores, the root directory
 ``amqp``         the txAMQP adapter and the branch's broker pool
 base modules     ``errors``, ``logs``, ``backoff``, ``gather`` (scatter-gather),
-                 ``listeners`` and ``fence`` (the addresses queued URLs may
-                 reach), used by every layer
+                 ``listeners``, ``fence`` (the addresses queued URLs may
+                 reach) and ``metrics`` (the histograms of ``/metrics``),
+                 used by every layer
 
 Apart from the daemon, the operator's tools speak to it over HTTP only and
 import none of it: ``client`` (``cyme.client``, the Python client) and

@@ -16,6 +16,7 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from cyme import __version__, jsonlog, logs
+from cyme.metrics import Metrics
 from cyme.branch import BranchService
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
 from cyme.cluster import keys
@@ -330,6 +331,8 @@ def makeService(options):
         log_observer=(jsonlog.JSONLinesObserver(sys.stdout)
                       if options["log-format"] == "json" else None),
     )
+    # The histograms of /metrics: ticks, pings, journal writes, requests.
+    metrics = Metrics()
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
     pool = BrokerPool(reactor, tls=options["broker-tls"])
@@ -363,6 +366,7 @@ def makeService(options):
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
         worker_policy=options["worker-policy"],
         transition=feeds.transition,
+        metrics=metrics,
     )
     supervisor.setServiceParent(branch)
     # Workers' output in the branch's log as it comes, not a tick later.
@@ -372,7 +376,7 @@ def makeService(options):
     disk = DiskThread(reactor)
     journal = ResultJournal(
         os.path.join(options["root"].path, "results.jsonl"), reactor,
-        retention=options["result-expires"], run=disk,
+        retention=options["result-expires"], run=disk, metrics=metrics,
     )
     tasks = TaskService(
         pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
@@ -425,7 +429,7 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate, waits, clock=reactor).resource(),
+        site = make_site(BranchAPI(cluster, gate, waits, clock=reactor, metrics=metrics).resource(),
                          access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")

@@ -27,7 +27,7 @@ LAYERS = [
     {"cyme.state"},
     {"cyme.amqp"},
     {"cyme", "cyme.errors", "cyme.logs", "cyme.backoff", "cyme.gather",
-     "cyme.listeners", "cyme.fence"},
+     "cyme.listeners", "cyme.fence", "cyme.metrics"},
 ]
 
 

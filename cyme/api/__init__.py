@@ -7,10 +7,11 @@ the root resource every request passes first (``guard``: path, size, the
 caller, the audit line), the login form (``login``), the request class,
 the connection cap, JSON answers and bounded form/multipart/JSON parsing
 (``http``), the admin page (``admin``), the Prometheus text of
-``/metrics`` (``prometheus``) and an in-memory client for tests
+``/metrics`` (``prometheus``), the timing of every request by route
+template (``requestmetrics``) and an in-memory client for tests
 (``testing``).
 
 May import: ``cyme.operations`` (the routes call ``IOperations`` and
 nothing else), ``cyme.state`` (records and validation), ``cyme.errors``,
-``cyme.logs``.
+``cyme.logs``, ``cyme.metrics`` (the branch's histograms).
 """

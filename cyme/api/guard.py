@@ -112,13 +112,18 @@ class GuardResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, klein_resource, gate, queue_task=None):
+    def __init__(self, klein_resource, gate, queue_task=None, observe=None):
         super().__init__()
         self._klein = klein_resource
         self._gate = gate
         self._queue_task = queue_task
+        #: Called with every request as it arrives, refused ones too
+        #: (L{cyme.api.requestmetrics.RequestMetrics}).
+        self._observe = observe
 
     def render(self, request):
+        if self._observe is not None:
+            self._observe(request)
         caller = ANONYMOUS
         try:
             check_path(request.path)

@@ -22,7 +22,9 @@ from cyme.api import events as event_stream
 from cyme.api.auth import Gate, caller_of
 from cyme.api.guard import GuardResource
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
+from cyme.api.requestmetrics import RequestMetrics
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
+from cyme.metrics import Metrics
 from cyme.state.models import check_seconds
 from cyme.waits import WaitCap
 
@@ -77,7 +79,7 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops, gate=None, waits=None, clock=None):
+    def __init__(self, ops, gate=None, waits=None, clock=None, metrics=None):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
@@ -90,9 +92,13 @@ class BranchAPI:
             from twisted.internet import reactor as clock
         #: Times the event streams' keep-alives.
         self.clock = clock
+        #: The branch's histograms (L{cyme.metrics.Metrics}): its requests'
+        #: go there, and C{/metrics} shows them all.
+        self.histograms = metrics if metrics is not None else Metrics()
 
     def resource(self):
-        return GuardResource(self.app.resource(), self.gate, self.queue_task)
+        return GuardResource(self.app.resource(), self.gate, self.queue_task,
+                             observe=RequestMetrics(self.histograms, self.app.url_map))
 
     # Errors: every one is JSON, and no traceback ever reaches a client.
 
@@ -154,9 +160,9 @@ class BranchAPI:
 
     @route("/metrics", ["GET"])
     def metrics(self, request):
-        """Prometheus text: supervisor ticks, AMQP messages, workers by state."""
+        """Prometheus' text: the branch's figures now, and its histograms."""
         request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
-        return prometheus.render(self.ops.metrics())
+        return prometheus.render(self.ops.metrics(), self.histograms)
 
     @route("/login", ["GET"])
     def login_form(self, request):

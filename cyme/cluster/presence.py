@@ -167,6 +167,23 @@ class Presence:
         self.expire()
         return list(self._others.values())
 
+    def by_state(self):
+        """
+        How many other branches are C{online}, C{offline}, or
+        C{incompatible}: online but speaking another bus protocol.
+        """
+        self.expire()
+        states = {p.id: "online" if p.online else "offline" for p in self._peers.values()}
+        for peer in self._others.values():
+            if peer.online:
+                states[peer.id] = "incompatible"
+            else:
+                states.setdefault(peer.id, "offline")
+        counts = dict.fromkeys(("online", "offline", "incompatible"), 0)
+        for state in states.values():
+            counts[state] += 1
+        return counts
+
     def seen(self, sender, beat):
         """A heartbeat arrived from C{sender}: C{beat}, its checked fields."""
         self._others.pop(sender, None)

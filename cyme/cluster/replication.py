@@ -22,6 +22,8 @@ change (the supervisor's reconcile, a heartbeat) follows from the store's
 own change event.
 """
 
+import collections
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -45,6 +47,10 @@ class Replication:
         self._pulling = set()
         #: Peer id -> (its digest, ours) when we last pulled from it.
         self._pulled = {}
+        #: Replicas merged since the start, by C{(source, outcome)}: a
+        #: peer's C{"write"} or this branch's C{"catch_up"}, which
+        #: C{"changed"} the store or not (C{"unchanged"}).
+        self.merges = collections.Counter()
 
     def handlers(self):
         """The bus methods other branches call on this one."""
@@ -68,14 +74,21 @@ class Replication:
         replica = self._checked(args.get("replica"), sender, "replica.merge")
         before = self.store.digest()
         removed = self.store.merge(replica)
+        changed = self._merged("write", before)
         # Not for what this branch knew already (its own writes come back
         # to it too): nothing to log.
-        if self.store.digest() != before:
+        if changed:
             self.log.info(
                 "replica.merge sender={sender} removed={removed}",
                 sender=sender, removed=[i.name for i in removed],
             )
         return {"ok": True, "digest": self.store.digest()}
+
+    def _merged(self, source, before):
+        """Count a merge from C{source}; whether it changed the store (digest C{before})."""
+        changed = self.store.digest() != before
+        self.merges[source, "changed" if changed else "unchanged"] += 1
+        return changed
 
     def peer_seen(self, peer):
         """A bus peer event: catch up with a live peer whose replica differs."""
@@ -99,7 +112,7 @@ class Replication:
         before = self.store.digest()
         removed = self.store.merge(replica)
         self._pulled[peer_id] = (peer_digest, self.store.digest())
-        if self.store.digest() != before:
+        if self._merged("catch_up", before):
             self.log.info("caught up with {peer}", peer=peer_id)
             self.log.info(
                 "replica.pull peer={peer} removed={removed}",

@@ -97,10 +97,10 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return self.bus.branch_id
 
     def metrics(self):
-        figures = self.local.metrics()
-        if figures is not None:
-            figures = {**figures, "bus_dropped": self.bus.drops.figures()}
-        return figures
+        return {
+            **self.local.metrics(), "bus_dropped": self.bus.drops.figures(),
+            "peers": self.bus.presence.by_state(), "merges": dict(self.replication.merges),
+        }
 
     def health(self, apps=True):
         return self.local.health(apps)

@@ -20,11 +20,14 @@ class IOperations(Interface):
 
     def metrics():
         """
-        This branch's supervision figures for C{/metrics} (a plain method,
-        not a coroutine): C{{"ticks", "messages", "restarts", "states"}} as
-        the supervisor counts them (and C{"bus_dropped"}, the bus messages
-        dropped by reason, on a cluster), or None when the branch runs no
-        supervisor.
+        This branch's figures for C{/metrics} as they are now (a plain
+        method, not a coroutine), each of those of the parts it runs: the
+        supervisor's C{"ticks"}, C{"messages"}, C{"states"}, C{"by_app"}
+        and C{"workers"} (L{cyme.supervision.workerstate.worker_figures});
+        the queued URLs' C{"queued"} (by outcome),
+        C{"results_stored"} (by state) and C{"results_dropped"}; on a
+        cluster, the bus's C{"bus_dropped"} (by reason), C{"peers"} (by
+        state) and the replication's C{"merges"} (by source and outcome).
         """
 
     def health(apps=True):

@@ -142,11 +142,12 @@ class LocalOperations(LocalTokens, RestartOperations):
         }
 
     def metrics(self):
-        if self.supervisor is None:
-            return None
-        figures = self.supervisor.metrics()
+        figures = {}
+        if self.supervisor is not None:
+            figures.update(self.supervisor.metrics())
         if self.tasks is not None:
-            figures["results_dropped"] = self.tasks.dropped
+            figures.update(queued=dict(self.tasks.queued), results_stored=dict(self.tasks.stored),
+                           results_dropped=self.tasks.dropped)
         return figures
 
     def health(self, apps=True):

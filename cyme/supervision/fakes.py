@@ -9,7 +9,7 @@ and ``FakeProcessTable`` implements L{IProcessTable} for adopted workers.  Time 
 import signal
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.internet.testing import MemoryReactorClock
@@ -45,8 +45,8 @@ class FakeNode:
 class FakeControl:
     """
     Remote control over L{FakeNode}s: nodes that are up and responsive
-    answer at once; a call that misses a node waits out its timeout on
-    the clock, as the real one does.
+    answer at once (or after C{latency} seconds on the clock); a call that
+    misses a node waits out its timeout on the clock, as the real one does.
 
     Like L{cyme.supervision.control.ControlRouter}, it sends a command to
     each broker once for all of that broker's nodes (one entry of C{sent}
@@ -57,8 +57,9 @@ class FakeControl:
 
     DEFAULT = "amqp://default//"
 
-    def __init__(self, clock):
+    def __init__(self, clock, latency=0.0):
         self.clock = clock
+        self.latency = latency
         self.nodes = {}
         self.sent = []
         #: Node -> the URL of its broker (as registered).
@@ -151,6 +152,8 @@ class FakeControl:
             if node is not None and node.responsive and method not in node.ignores:
                 replies[name] = reply(node)
         if len(replies) == len(set(nodes)) or timeout is None:
+            if self.latency:
+                return task.deferLater(self.clock, self.latency, lambda: replies)
             return defer.succeed(replies)
         # The silent nodes never answer: what came is all there is.
         return defer.Deferred().addTimeout(

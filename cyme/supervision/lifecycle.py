@@ -55,10 +55,7 @@ class WorkerLifecycle:
         #: Told C{(worker, state before, event, detail)} of each transition, as
         #: its state is assigned (before its actions).
         self._transition = transition or (lambda *_: None)
-        self._kill_call = None
-        self._restart_call = None
-        self._quarantine_call = None
-        self._watch_call = None
+        self._kill_call = self._restart_call = self._quarantine_call = self._watch_call = None
         self._closed = False
         self._output = WorkerOutput(worker.name, clock)
 
@@ -416,6 +413,7 @@ class WorkerLifecycle:
     def _quarantine(self, detail):
         w, policy = self.worker, self._policy
         w.quarantined_until = self._clock.seconds() + policy.quarantine
+        w.quarantines += 1
         w.last_error = (
             f"quarantined: failed {len(w.restart_times)} times within "
             f"{policy.restart_window:g} s (last: {w.last_error})"

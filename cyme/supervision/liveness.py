@@ -19,11 +19,16 @@ def ping_delays(first=0.1, cap=1.6):
         delay *= 2
 
 
-async def ping_rounds(control, watched, delays, answered, log):
+async def ping_rounds(control, watched, delays, answered, log, clock=None, round_trip=None):
     """
     Ping the nodes of C{watched} (C{{node: lifecycle}}), each of C{delays}
     a timeout for those still silent; C{answered(lifecycle)} for each that
     answers, and the set of the nodes that did.
+
+    C{round_trip(seconds)}, with a C{clock}, for each ping that every node
+    it asked answered: the time to the last answer (one ping asks them all,
+    so one worker's own round trip is not seen; a ping some did not answer
+    lasted its timeout, no round trip at all).
     """
     pongs = set()
     waiting = dict(watched)
@@ -32,6 +37,7 @@ async def ping_rounds(control, watched, delays, answered, log):
         waiting = {n: life for n, life in waiting.items() if control.reachable(n)}
         if not waiting:
             break
+        sent = clock.seconds() if clock is not None else None
         try:
             replies = await control.ping(sorted(waiting), timeout)
         except defer.CancelledError:
@@ -39,6 +45,8 @@ async def ping_rounds(control, watched, delays, answered, log):
         except Exception:
             log.failure("ping failed")
             break
+        if round_trip is not None and sent is not None and waiting.keys() <= replies.keys():
+            round_trip(max(0.0, clock.seconds() - sent))
         for node in replies:
             if node in waiting:
                 pongs.add(node)

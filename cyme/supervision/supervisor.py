@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.errors import BadRequest, NotFound
+from cyme.metrics import Metrics
 from cyme.state.models import check_hostname
 from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.consuming import check
@@ -39,7 +40,9 @@ from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
 from cyme.supervision.workers import (
     ProcessTable, cancel_call, node_name, worker_command, worker_directories,
 )
-from cyme.supervision.workerstate import LIVE, STARTING, STOPPED, STOPPING, Policy, Worker
+from cyme.supervision.workerstate import (
+    LIVE, STARTING, STOPPED, STOPPING, Policy, Worker, worker_figures, workers_by_app,
+)
 
 
 def _ignore(failure):
@@ -51,17 +54,17 @@ class Supervisor(service.Service):
     The branch's workers: one L{WorkerLifecycle} per instance in C{workers}.
 
     C{launcher} starts them (exec'd by default); C{processes} sees those
-    that are not our children; C{policy} holds the figures (L{Policy}).
+    that are not our children; C{policy} holds the figures (L{Policy});
+    C{metrics} (L{cyme.metrics.Metrics}) the durations of ticks and pings.
     """
 
     log = Logger(observer=logs.observer)
-
     name = "supervisor"
 
     def __init__(
         self, store, control, reactor, instances_dir, hostname=None,
         python=sys.executable, processes=None, launcher=None, policy=None,
-        worker_loglevel="info", worker_policy=None, transition=None,
+        worker_loglevel="info", worker_policy=None, transition=None, metrics=None,
     ):
         self.store = store
         self.control = control
@@ -75,24 +78,22 @@ class Supervisor(service.Service):
         self.worker_loglevel = worker_loglevel
         #: What this branch's operator allows workers (L{WorkerPolicy}).
         self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
+        self._metrics = metrics if metrics is not None else Metrics()
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
         #: Told of every worker's transitions (L{WorkerLifecycle}'s C{transition}).
         self._transition = transition
-        self._loop = None
-        self._soon = None
+        self._loop = self._soon = None
         self._checks = {}
         self._rerun = set()
         #: Broker URL -> when its workers may be judged again (after a revival).
         self._judge_after = {}
-        #: The brokers whose connection was lost once (a connection after
-        #: that is a revival).
+        #: The brokers whose connection was lost once (the next is a revival).
         self._lost = set()
         #: Whether the next verification asks every running worker.
         self._everyone = False
-        self._startup = StartupPoll(
-            reactor, control, self._starting, self._pong_current, self._check_failed
-        )
+        self._startup = StartupPoll(reactor, control, self._starting, self._pong_current,
+                                    self._check_failed)
         self._ticks = 0
         self.last_tick = None  # when the last tick began (GET /health/ sees it late)
         control.add_connection_listener(self._broker_changed)
@@ -171,12 +172,14 @@ class Supervisor(service.Service):
         return life.wait_stopped().addCallback(lambda _: self.status(name))
 
     def metrics(self):
-        """Counters for C{/metrics}: ticks, workers by state, restarts."""
+        """What C{/metrics} shows of the supervision now: ticks, messages, workers."""
+        workers = [life.worker for life in self.workers.values()]
+        apps_of = {i.name: i.app for i in self.store.instances()}
         return {
-            "ticks": self._ticks,
-            "states": dict(Counter(life.worker.shown_state for life in self.workers.values())),
-            "restarts": sum(life.worker.restarts for life in self.workers.values()),
-            "messages": getattr(self.control, "published", 0),
+            "ticks": self._ticks, "messages": getattr(self.control, "published", 0),
+            "states": dict(Counter(w.shown_state for w in workers)),
+            "by_app": workers_by_app(workers, apps_of, [a.name for a in self.store.apps()]),
+            "workers": worker_figures(workers, apps_of),
         }
 
     def node(self, name):
@@ -201,6 +204,7 @@ class Supervisor(service.Service):
         except Exception:
             # The LoopingCall would stop for good on an exception.
             self.log.failure("supervisor tick failed")
+        self._metrics.tick_seconds.observe(max(0.0, self.reactor.seconds() - self.last_tick))
 
     def converge(self, verify=True):
         """Make the workers what the store wants now (start, stop, restart); then,
@@ -404,6 +408,7 @@ class Supervisor(service.Service):
         began = self.reactor.seconds()
         answered = await ping_rounds(
             self.control, watched, ping_delays(0.1, cap), self._pong, self.log,
+            clock=self.reactor, round_trip=self._metrics.ping_seconds.observe,
         )
         now = self.reactor.seconds()
         for node, life in watched.items():

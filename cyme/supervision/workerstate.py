@@ -27,6 +27,8 @@ START_FAILED = "start failed"
 #: The states in which a worker process is up and watched by pings.
 LIVE = (STARTING, RUNNING, UNRESPONSIVE, FAILED)
 STATES = (*LIVE, STOPPING, STOPPED, START_FAILED, QUARANTINED)
+#: The states users see (L{Worker.shown_state}).
+SHOWN_STATES = tuple(s for s in STATES if s != START_FAILED)
 
 # The events that move a worker from state to state (see
 # L{cyme.supervision.lifecycle.TRANSITIONS}).
@@ -118,6 +120,8 @@ class Worker:
     missed: int = 0
     attempt: int = 0
     restarts: int = 0
+    #: How often it was quarantined (C{/metrics}).
+    quarantines: int = 0
     restart_times: list = attrs.field(factory=list)
     next_start: float = 0.0
     quarantined_until: float | None = None
@@ -169,3 +173,29 @@ class Worker:
             "uptime": max(0.0, now - self.started_at) if up else None,
             "last_pong": self.last_pong,
         }
+
+
+def worker_figures(workers, apps_of):
+    """
+    What C{/metrics} shows of each of C{workers} (L{Worker}s): C{{"app",
+    "instance", "state", "restarts", "quarantines"}}.  C{apps_of} maps
+    instance names to their apps; a deleted instance's worker, while it
+    stops, has none (C{""}).
+    """
+    return [
+        {"app": apps_of.get(w.name, ""), "instance": w.name, "state": w.shown_state,
+         "restarts": w.restarts, "quarantines": w.quarantines}
+        for w in workers
+    ]
+
+
+def workers_by_app(workers, apps_of, apps):
+    """
+    C{{(app, state): count}} of C{workers}, every shown state of every app
+    of C{apps} there (0 for none), so that a graph shows a state emptied.
+    """
+    counts = dict.fromkeys(((app, state) for app in apps for state in SHOWN_STATES), 0)
+    for w in workers:
+        key = (apps_of.get(w.name, ""), w.shown_state)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from cyme import logs
+from cyme.metrics import Metrics
 
 READY_STATES = frozenset(["SUCCESS", "FAILURE", "REVOKED"])
 
@@ -64,18 +65,21 @@ class ResultJournal:
 
     C{clock} gives the time (C{seconds()}) and schedules the group commit;
     C{run(f, *args)} does the blocking file work and returns a Deferred of
-    its result (L{run_at_once} by default; a one-thread pool in the daemon).
+    its result (L{run_at_once} by default; a one-thread pool in the daemon);
+    how long each write took goes to C{metrics} (L{cyme.metrics.Metrics}).
     """
 
     log = Logger(observer=logs.observer)
 
     def __init__(self, path, clock, retention=86400.0, compact_ratio=2.0, min_compact=1000,
-                 run=None):
+                 run=None, metrics=None):
         self.path = path
         self.clock = clock
         # Where writes and fsyncs run: the daemon gives a thread of its
         # own, so that a slow disk never holds up the reactor.
         self._run = run or run_at_once
+        self._write_seconds = (metrics if metrics is not None else Metrics()).journal_write_seconds
+        self._write_began = None
         self._busy = None  # the file work under way
         self._closing = None
         self._compact_after = 0
@@ -171,6 +175,7 @@ class ResultJournal:
             return
         batch, self._batch = self._batch, []
         data = b"".join(encoded for _, encoded, _ in batch)
+        self._write_began = self.clock.seconds()
         self._work(
             self._run(_append, self._file, data),
             self._appended, self._not_appended, batch,
@@ -183,6 +188,7 @@ class ResultJournal:
 
     def _appended(self, _, batch):
         self._busy = None
+        self._write_seconds.observe(max(0.0, self.clock.seconds() - self._write_began))
         self.last_error = None
         self.lines += len(batch)
         for line, _, _ in batch:

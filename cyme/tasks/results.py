@@ -9,6 +9,7 @@ L{ResultJournal} and acknowledges the message only once it is on disk.
 """
 
 import base64
+import collections
 import json
 import uuid
 
@@ -76,10 +77,11 @@ class BrokerLink:
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, url, pool, results_queue, journal, clock, dropped):
+    def __init__(self, url, pool, results_queue, journal, clock, dropped, stored):
         self.url = url
-        #: Called with the broker's name for each message dropped.
-        self._dropped = dropped
+        #: Called with the broker's name for each message dropped, and
+        #: with the state of each result recorded.
+        self._dropped, self._stored = dropped, stored
         self.results_queue = results_queue
         self.channel = None
         self._pool = pool
@@ -216,9 +218,13 @@ class BrokerLink:
         d = self._journal.record(task_id, status, **fields)
         # Acknowledged only once it is on disk: a crash before that leaves
         # the result in the queue for the next start.
-        d.addCallbacks(lambda _: message.ack(), self._not_recorded,
-                       errbackArgs=(task_id, status))
+        d.addCallbacks(self._recorded, self._not_recorded,
+                       callbackArgs=(message, status), errbackArgs=(task_id, status))
         return d
+
+    def _recorded(self, _, message, status):
+        message.ack()
+        self._stored(status)
 
     def _not_recorded(self, failure, task_id, status):
         # Not acknowledged: the broker delivers it again once this channel
@@ -255,6 +261,12 @@ class TaskService(service.Service):
         #: Messages on the result queue that were no result of this
         #: branch's pending tasks (L{cyme.tasks.resultmessage}).
         self.dropped = 0
+        #: Queued URLs since the start: C{accepted} (the broker has the
+        #: task), C{refused} (its URL was: L{URLCheck}), C{failed} (the
+        #: broker or the journal did not take it).
+        self.queued = {"accepted": 0, "refused": 0, "failed": 0}
+        #: Results of the workers recorded since the start, by state.
+        self.stored = collections.Counter()
         self._drop_log = logs.Occasional(clock)
 
     #: Seconds between two sweeps of the results past their retention.
@@ -325,9 +337,13 @@ class TaskService(service.Service):
         link = self.links.get(url)
         if link is None:
             link = self.links[url] = BrokerLink(
-                url, self.pool, self.results_queue, self.journal, self.clock, self._dropped
+                url, self.pool, self.results_queue, self.journal, self.clock, self._dropped,
+                self._stored,
             )
         return link
+
+    def _stored(self, status):
+        self.stored[status] += 1
 
     def _dropped(self, broker):
         self.dropped += 1
@@ -345,7 +361,21 @@ class TaskService(service.Service):
         Publish a webhook task; its id once the broker confirmed it and the
         branch recorded it.
         """
-        await self.url_check.check(url, app.allowed_hosts)
+        try:
+            await self.url_check.check(url, app.allowed_hosts)
+        except CymeError:
+            self.queued["refused"] += 1
+            raise
+        try:
+            task_id = await self._publish(app, queue, method, url, query, body,
+                                          content_type, timeout)
+        except Exception:
+            self.queued["failed"] += 1
+            raise
+        self.queued["accepted"] += 1
+        return task_id
+
+    async def _publish(self, app, queue, method, url, query, body, content_type, timeout):
         if self.journal.closed:
             # Stopping: a task published now could not be recorded, and its
             # sender, told it failed, would send it again.

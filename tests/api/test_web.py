@@ -1278,11 +1278,16 @@ class BranchTestsMixin(APITestCase):
     def test_operations_implement_the_interface(self):
         self.assertTrue(verifyObject(IOperations, self.ops))
 
-    def test_metrics_of_a_branch_without_supervisor_are_empty(self):
+    def test_metrics_of_a_branch_without_supervisor_show_no_workers(self):
+        self.successResultOf(self.client.request("GET", "/ping/"))
         response = self.successResultOf(self.client.request("GET", "/metrics"))
         self.assertEqual(response.code, 200)
-        self.assertEqual(response.header("content-type"), "text/plain; version=0.0.4")
-        self.assertEqual(response.body, b"")
+        self.assertEqual(response.header("content-type"),
+                         "text/plain; version=0.0.4; charset=utf-8")
+        text = response.body.decode()
+        self.assertNotIn("cyme_workers", text)
+        self.assertIn('cyme_http_request_duration_seconds_count{method="GET",route="/ping",'
+                      'status="200"} 1.0', text)
 
     def test_admin_page_shows_apps_and_instances_escaped(self):
         client = self.client

@@ -157,7 +157,8 @@ class SupervisedAPITests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertTrue(response.header("content-type").startswith("text/plain"))
         text = response.body.decode()
-        self.assertIn('cyme_workers{state="running"} 1', text)
+        self.assertIn('cyme_workers{app="foo",state="running"} 1.0', text)
+        self.assertIn('cyme_workers{app="foo",state="stopped"} 0.0', text)
         self.assertIn("cyme_supervisor_ticks_total", text)
 
     def test_unknown_instance_routes_are_404(self):

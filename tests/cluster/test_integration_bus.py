@@ -130,7 +130,7 @@ class SealedBusTests(BusTestCase):
                                         f"{reason} on {node.id}: {dropped}")
             metrics = await self.metrics(node)
             self.assertIn('cyme_bus_messages_dropped_total{reason="unsealed"} '
-                          f'{dropped["unsealed"]}', metrics)
+                          f'{float(dropped["unsealed"])}\n', metrics)
         for node in (a, b):
             output = node.process.output
             self.assertEqual(output.count("dropped an unsealed bus message"), 1, output)

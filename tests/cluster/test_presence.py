@@ -94,3 +94,18 @@ class PresenceTests(SynchronousTestCase):
         self.assertEqual([p.id for p in self.presence.live()], ["b2"])
         self.assertEqual(self.presence.others(), [])
         self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])
+
+    def test_peers_by_state(self):
+        none = {"online": 0, "offline": 0, "incompatible": 0}
+        self.assertEqual(self.presence.by_state(), none)
+        self.presence.seen("b2", beat({}))
+        self.presence.seen("b3", beat({}))
+        self.presence.seen("b4", beat({}))
+        self.presence.left("b3")
+        # Upgraded in place: one branch, counted once.
+        self.presence.other("b4", PROTOCOL_VERSION + 1, "9.0")
+        self.presence.other("b5", PROTOCOL_VERSION + 1, "9.0")
+        self.assertEqual(self.presence.by_state(),
+                         {"online": 1, "offline": 1, "incompatible": 2})
+        self.clock.advance(6.5)  # every one silent past the expiry
+        self.assertEqual(self.presence.by_state(), {**none, "offline": 4})

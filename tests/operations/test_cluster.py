@@ -189,6 +189,19 @@ class ReplicationTests(ClusterTestCase):
         # b2 and b3 log it; b1, whose write it is, does not.
         self.assertEqual(merges, ["replica.merge sender=b1 removed=[]"] * 2)
 
+    def test_merges_are_counted_by_source_and_outcome(self):
+        self.request("b1", "PUT", "/foo/")
+        merges = {i: self.branches[i].cluster.metrics()["merges"] for i in IDS}
+        # Every branch merges the write, its writer too (which changes nothing).
+        self.assertEqual(merges["b1"], {("write", "unchanged"): 1})
+        self.assertEqual(merges["b2"], {("write", "changed"): 1})
+        self.network.partition("b3")
+        self.slow_request("b1", "PUT", "/foo/queues/late/", 5.5)
+        self.network.heal("b3")
+        self.wait(3)
+        merges = self.branches["b3"].cluster.metrics()["merges"]
+        self.assertEqual(merges[("catch_up", "changed")], 1)
+
     def test_concurrent_writes_resolve_the_same_everywhere(self):
         a, b = self.branches["b1"].store, self.branches["b2"].store
         a.put_app(App("foo", arguments="from b1"), (1000, "b1"))

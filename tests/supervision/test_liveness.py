@@ -25,10 +25,11 @@ class PingRoundTests(SynchronousTestCase):
         self.control = FakeControl(self.clock)
         self.answered = []
 
-    def round(self, nodes):
+    def round(self, nodes, round_trip=None):
         watched = {node: f"life of {node}" for node in nodes}
         return defer.ensureDeferred(ping_rounds(
-            self.control, watched, ping_delays(0.1, 0.4), self.answered.append, Logger()
+            self.control, watched, ping_delays(0.1, 0.4), self.answered.append, Logger(),
+            clock=self.clock, round_trip=round_trip,
         ))
 
     def test_all_answer_one_message(self):
@@ -56,6 +57,30 @@ class PingRoundTests(SynchronousTestCase):
         self.clock.advance(0.02)
         self.assertEqual(self.successResultOf(d), set())
         self.assertEqual(len(self.control.messages("ping")), 3)
+
+    def test_the_round_trip_of_a_ping_all_answered(self):
+        self.control.latency = 0.008
+        self.control.up("a@h")
+        self.control.up("b@h")
+        trips = []
+        d = self.round(["a@h", "b@h"], trips.append)
+        self.clock.advance(0.008)
+        self.assertEqual(self.successResultOf(d), {"a@h", "b@h"})
+        self.assertEqual(trips, [0.008])
+
+    def test_a_ping_someone_missed_is_no_round_trip(self):
+        # The first ping's 0.1 s are its timeout, not anybody's round trip:
+        # only the second, which b answered in 5 ms, is one.
+        self.control.latency = 0.005
+        self.control.up("a@h")
+        trips = []
+        d = self.round(["a@h", "b@h"], trips.append)
+        self.clock.advance(0.05)
+        self.control.up("b@h")
+        self.clock.pump([0.05, 0.005])
+        self.assertEqual(self.successResultOf(d), {"a@h", "b@h"})
+        self.assertEqual(len(self.control.messages("ping")), 2)
+        self.assertEqual([round(t, 6) for t in trips], [0.005])
 
     def test_no_ping_while_the_broker_is_away(self):
         self.control.set_connected(False)

@@ -9,7 +9,10 @@ import signal
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cyme.supervision.fakes import FakeControl, FakeProcessReactor, FakeProcessTable
+from cyme.metrics import Metrics
+from cyme.supervision.fakes import (
+    FakeControl, FakeLauncher, FakeProcessReactor, FakeProcessTable,
+)
 from cyme.supervision.interfaces import IControl, IProcessTable
 from cyme.state.models import App, Instance, Queue
 from cyme.state.store import MemoryStore
@@ -63,9 +66,13 @@ class SupervisorTestCase(SynchronousTestCase):
         self.supervisor = Supervisor(
             self.store, self.control, self.reactor, self.root, hostname="h",
             python="/py", processes=self.processes, policy=Policy(**figures),
-            worker_policy=self.worker_policy,
+            worker_policy=self.worker_policy, **self.options(),
         )
         return self.supervisor
+
+    def options(self):
+        """More of the supervisor's arguments (a test case's own)."""
+        return {}
 
     def start(self, **kwargs):
         supervisor = self.make(**kwargs)
@@ -624,3 +631,88 @@ class RoundTests(SupervisorTestCase):
         self.pump(0.4)  # the round ends unanswered at t=0.7
         worker = supervisor.workers["w1"].worker
         self.assertEqual((worker.state, worker.pid, worker.restarts), ("running", 1001, 0))
+
+
+class SlowSpawning(FakeProcessReactor):
+    """Each spawn holds the reactor for 30 ms: time passes, nothing else runs."""
+
+    def spawnProcess(self, *args, **kwargs):
+        self.rightNow += 0.03
+        return super().spawnProcess(*args, **kwargs)
+
+
+class FiguresTests(SupervisorTestCase):
+    """What /metrics shows of the supervision: the workers as they are, and timings."""
+
+    def setUp(self):
+        super().setUp()
+        self.reactor = SlowSpawning()
+        self.control = FakeControl(self.reactor)
+        self.launcher = FakeLauncher(self.reactor)
+        self.metrics = Metrics()
+
+    def options(self):
+        return {"launcher": self.launcher, "metrics": self.metrics}
+
+    def sample(self, name, **labels):
+        return self.metrics.registry.get_sample_value(name, labels)
+
+    def test_a_tick_is_timed_while_it_holds_the_reactor(self):
+        self.store.put_instance(Instance(name="w1", app="foo"))
+        self.start()  # its first tick starts w1: 30 ms
+        self.pump(5)  # the next has nothing to start
+        name = "cyme_supervisor_tick_duration_seconds"
+        self.assertEqual(self.sample(name + "_count"), 2)
+        self.assertEqual(self.supervisor.metrics()["ticks"], 2)
+        self.assertEqual(self.sample(name + "_bucket", le="0.025"), 1)
+        self.assertEqual(self.sample(name + "_bucket", le="0.05"), 2)
+        self.assertAlmostEqual(self.sample(name + "_sum"), 0.03)
+
+    def test_workers_by_app_and_state_a_failed_start_shown_failed(self):
+        self.store.put_app(App("bar"))
+        self.start()
+        self.add("w1")
+        self.boot("w1")
+        self.launcher.fail = OSError("fork failed")
+        self.add("w2")
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(self.state("w2"), "failed")
+        by_app = self.supervisor.metrics()["by_app"]
+        self.assertEqual(by_app[("foo", "running")], 1)
+        self.assertEqual(by_app[("foo", "failed")], 1)
+        # Every state of every app, so that a state emptied shows 0.
+        self.assertEqual(by_app[("bar", "running")], 0)
+        self.assertEqual({state for _, state in by_app}, {
+            "starting", "running", "unresponsive", "failed", "stopping", "stopped",
+            "quarantined"})
+        self.assertEqual(self.supervisor.metrics()["states"], {"running": 1, "failed": 1})
+
+    def test_restarts_and_quarantines_of_each_instance(self):
+        self.start(max_restarts=1, quarantine=300.0)
+        self.add("w1")
+        for _ in range(2):
+            self.pump(10)
+            self.process().exit(status=1)
+            self.reactor.advance(0)
+        self.assertEqual(self.supervisor.metrics()["workers"], [
+            {"app": "foo", "instance": "w1", "state": "quarantined", "restarts": 1,
+             "quarantines": 1}])
+        self.pump(300)  # out of quarantine, it fails twice again
+        for _ in range(2):
+            self.process().exit(status=1)
+            self.reactor.advance(0)
+            self.pump(1)
+        shown = self.supervisor.metrics()["workers"][0]
+        self.assertEqual((shown["state"], shown["restarts"], shown["quarantines"]),
+                         ("quarantined", 2, 2))
+
+    def test_the_round_trip_of_liveness_pings(self):
+        self.control.latency = 0.004
+        self.start(interval=5.0)
+        self.add("w1")
+        self.boot("w1")
+        self.pump(5, step=0.001)
+        name = "cyme_worker_ping_round_trip_seconds"
+        count = self.sample(name + "_count")
+        self.assertGreaterEqual(count, 1)
+        self.assertAlmostEqual(self.sample(name + "_sum") / count, 0.004)

@@ -614,7 +614,7 @@ class ForgedResultTests(TaskTestCase):
             response = await treq.get(branch.url("/metrics"), pool=self.pool, timeout=5)
             text = (await treq.content(response)).decode()
             line = [l for l in text.splitlines() if l.startswith("cyme_results_dropped_total")]
-            return int(line[0].split()[1]) >= len(forged) or None
+            return float(line[0].split()[1]) >= len(forged) or None
 
         await self.poll(dropped, 10, "the forged results dropped and counted")
         # The real result still comes, and new tasks are queued and done.

@@ -10,6 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from cyme.metrics import Metrics
 from cyme.tasks.journal import DiskThread, JournalClosed, ResultJournal
 
 
@@ -270,6 +271,32 @@ class SlowDiskTests(JournalTestCase):
         self.disk.finish()
         self.successResultOf(closed[0])
         self.assertEqual([(l["id"], l["state"]) for l in self.lines()], [("t1", "SUCCESS")])
+
+    def test_each_write_is_timed_failed_ones_not(self):
+        metrics = Metrics()
+        journal = self.journal(metrics=metrics)
+        name = "cyme_journal_write_duration_seconds"
+
+        def sample(suffix, **labels):
+            return metrics.registry.get_sample_value(name + suffix, labels)
+
+        journal.record("t1", "SUCCESS")
+        self.clock.advance(0)
+        self.clock.advance(0.02)  # the disk takes 20 ms
+        journal.record("t2", "SUCCESS")  # meanwhile: the next write
+        self.disk.finish()
+        self.clock.advance(0.003)
+        self.disk.finish()
+        failed = journal.record("t3", "SUCCESS")
+        self.clock.advance(0)
+        self.clock.advance(1)
+        self.disk.finish(OSError("disk full"))
+        self.failureResultOf(failed, OSError)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(sample("_count"), 2)
+        self.assertAlmostEqual(sample("_sum"), 0.023)
+        self.assertEqual((sample("_bucket", le="0.005"), sample("_bucket", le="0.025")), (1, 2))
+        self.successResultOf(journal.close())
 
     def test_a_failed_write_fails_its_records_and_the_next_go_on(self):
         journal = self.journal()

@@ -14,8 +14,10 @@ from cyme.errors import Unavailable
 from cyme.state.models import App, Broker, Queue
 from cyme.tasks.results import BrokerUnreachable, PublishFailed, TaskService
 from cyme.state.store import MemoryStore
+from cyme.tasks.urlcheck import URLRefused
 from tests.amqp.fakes import FakeClient, FakeConnection
 from tests.tasks.test_journal import JournalTestCase
+from tests.tasks.test_result_messages import ResultQueueTestCase
 
 
 class TaskServiceTests(JournalTestCase):
@@ -289,3 +291,29 @@ class ClosedChannelTests(JournalTestCase):
         self.assertEqual(len(self.connection.channels), 2)  # none opened on a lost one
         self.clock.advance(10)
         self.failureResultOf(waiting, BrokerUnreachable)
+
+
+class FiguresTests(ResultQueueTestCase):
+    """What /metrics counts: queued URLs by outcome, the workers' results by state."""
+
+    def queue(self, url):
+        d = defer.ensureDeferred(self.tasks.queue(self.app, Queue("tasks"), "GET", url))
+        self.clock.advance(0)
+        return d
+
+    def test_queued_urls_by_outcome(self):
+        # The set-up queued one, which the broker took.
+        self.assertEqual(self.tasks.queued, {"accepted": 1, "refused": 0, "failed": 0})
+        self.failureResultOf(self.queue("http://127.0.0.1/admin"), URLRefused)
+        self.publishing.fail["publish"] = AMQPError("NOT_FOUND - no exchange 'tasks'")
+        self.failureResultOf(self.queue("http://example.com/"), PublishFailed)
+        del self.publishing.fail["publish"]
+        self.successResultOf(self.queue("http://example.com/"))
+        self.assertEqual(self.tasks.queued, {"accepted": 2, "refused": 1, "failed": 1})
+
+    def test_results_stored_by_state_not_the_dropped(self):
+        self.result({"task_id": self.task_id, "status": "STARTED"})
+        self.result({"task_id": self.task_id, "status": "SUCCESS", "result": 1})
+        self.result({"task_id": "not-ours", "status": "SUCCESS"})
+        self.assertEqual(dict(self.tasks.stored), {"STARTED": 1, "SUCCESS": 1})
+        self.assertEqual(self.tasks.dropped, 1)

@@ -1,0 +1,30 @@
+"""Prometheus' own check of a ``/metrics`` page: ``promtool check metrics``.
+
+Not a test module.  promtool comes with Debian's ``prometheus`` package
+(``apt-get install prometheus``); a test that needs it is skipped, saying
+so, where it is not installed.
+"""
+
+import shutil
+import subprocess
+
+from twisted.trial.unittest import SkipTest
+
+
+def promtool():
+    """The path of promtool, or a skip naming the package that brings it."""
+    path = shutil.which("promtool")
+    if path is None:
+        raise SkipTest("promtool is not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+def check_metrics(page):
+    """
+    What C{promtool check metrics} says of C{page} (bytes): its exit status
+    and its complaints (each problem on a line; none for a page that
+    follows Prometheus' naming and format conventions).
+    """
+    done = subprocess.run([promtool(), "check", "metrics"], input=page,
+                          capture_output=True, timeout=30, check=False)
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace").strip()
