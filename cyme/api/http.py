@@ -1,6 +1,7 @@
-"""HTTP plumbing under the API: a request that caps its body, a site that
-caps its connections, JSON answers, and the parameters of a request read
-from its query, form or JSON body, each bounded before it is parsed.
+"""HTTP plumbing under the API: a request that caps its body, a channel
+that gives each request a deadline, a site that caps its connections,
+JSON answers, and the parameters of a request read from its query, form
+or JSON body, each bounded before it is parsed.
 """
 
 import json
@@ -12,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import WrappingFactory
-from twisted.web import server
+from twisted.web import http, server
 from zope.interface import implementer
 
 from cyme.api.auth import masked
@@ -28,6 +29,18 @@ MAX_HEADER_PARAMS = 16
 MAX_JSON_DEPTH = 32
 #: The most connections a branch's API holds open at once (a 503 beyond).
 MAX_CONNECTIONS = 1024
+#: How long a client has to send a request's headers, counted from the
+#: connection or from the end of the answer to its previous request (and
+#: then its body, with a second more per L{BODY_RATE} bytes).  Twisted's
+#: idle timeout restarts at every byte received, so a client trickling a
+#: byte every few seconds held its connection for as long as it liked,
+#: and a thousand such connections every place of the L{ConnectionCap}.
+#: Any real client sends its headers at once: nginx gives 60 s, Apache
+#: 20-40 s with a minimum rate; 10 s is ample and frees a place quickly.
+HEADERS_DEADLINE = 10.0
+#: The slowest a request's body may come, in bytes a second: a 1 MiB body
+#: has 64 s more.
+BODY_RATE = 16 * 1024
 
 
 class LimitedRequest(server.Request):
@@ -63,6 +76,60 @@ class LimitedRequest(server.Request):
             self.content.truncate()
             return
         super().handleContentChunk(data)
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel whose requests must arrive in time: headers within
+    L{HEADERS_DEADLINE} of the connection or of the previous answer, the
+    body within L{BODY_RATE}; else the connection is closed.  The time a
+    request takes to answer (a C{wait/} long-poll) is not counted.  A site
+    without an idle timeout (C{timeout=None}, in tests) has no deadline
+    either.
+    """
+
+    _deadline = None
+
+    def connectionMade(self):
+        # The idle timeout is off while a request is answered: read it once.
+        self._deadlines = self.timeOut is not None
+        super().connectionMade()
+        self._arm(HEADERS_DEADLINE)
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        length = MAX_BODY if self.length is None else min(self.length, MAX_BODY)
+        self._arm(HEADERS_DEADLINE + length / BODY_RATE)
+
+    def allContentReceived(self):
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        # Armed before the buffered data of a pipelined request is read.
+        if self.persistent:
+            self._arm(HEADERS_DEADLINE)
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._disarm()
+        super().connectionLost(reason)
+
+    def _arm(self, seconds):
+        self._disarm()
+        if self._deadlines:
+            self._deadline = self.callLater(seconds, self._late)
+
+    def _disarm(self):
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self):
+        self._deadline = None
+        self.setTimeout(None)  # the idle timeout would close it again
+        self.timeoutConnection()
 
 
 class QuietSite(server.Site):
@@ -111,10 +178,11 @@ class ConnectionCap(WrappingFactory):
 
 
 def make_site(resource, access_log=True, **kwargs):
-    """The API's site: its requests are L{LimitedRequest}s.  (The daemon
-    serves it behind a L{ConnectionCap}.)"""
+    """The API's site: its requests are L{LimitedRequest}s, on
+    L{DeadlineChannel}s.  (The daemon serves it behind a L{ConnectionCap}.)"""
     site = (server.Site if access_log else QuietSite)(resource, **kwargs)
     site.requestFactory = LimitedRequest
+    site.protocol = DeadlineChannel
     return site
 
 

@@ -1,15 +1,130 @@
-"""What cyme.api.http bounds: the parsing of bodies (JSON depth, multipart
-headers), each checked for what it refuses and for what it still lets
-through."""
+"""What cyme.api.http bounds: the time a client has to send a request
+(its headers, then its body), and the parsing of bodies (JSON depth,
+multipart headers), each checked for what it refuses and for what it
+still lets through."""
 
 import time
 
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from cyme.api.http import (
-    MAX_HEADER_PARAMS, MAX_JSON_DEPTH, MAX_PART_HEADER, check_json_depth, multipart_fields,
+    BODY_RATE, HEADERS_DEADLINE, MAX_HEADER_PARAMS, MAX_JSON_DEPTH, MAX_PART_HEADER,
+    check_json_depth, make_site, multipart_fields,
 )
 from cyme.errors import BadRequest
+
+GET = b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n"
+
+
+class Slow(Resource):
+    """Answers C{/x} at once, and C{/slow} when the test says."""
+
+    isLeaf = True
+
+    def __init__(self):
+        super().__init__()
+        self.waiting = []
+
+    def render(self, request):
+        if request.path == b"/slow":
+            self.waiting.append(request)
+            return NOT_DONE_YET
+        request.content.read()
+        return b"done"
+
+
+class DeadlineTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.resource = Slow()
+
+    def connect(self, **site):
+        site = make_site(self.resource, reactor=self.clock, **site)
+        protocol = site.buildProtocol(IPv4Address("TCP", "203.0.113.7", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.addCleanup(lambda: protocol.connectionLost(None))
+        return protocol, transport
+
+    def answers(self, transport):
+        return transport.value().count(b"HTTP/1.1 200 OK")
+
+    def test_headers_within_the_deadline(self):
+        _, idle = self.connect()
+        trickling, transport = self.connect()
+        trickling.dataReceived(b"GET /x HTTP/1.1\r\n")
+        for _ in range(9):
+            self.clock.advance(1)
+            trickling.dataReceived(b"X-A: b\r\n")
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(HEADERS_DEADLINE - 9)
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(idle.disconnecting)
+        self.assertEqual(transport.value(), b"")
+
+    def test_counted_again_after_each_answer(self):
+        protocol, transport = self.connect()
+        for _ in range(3):
+            self.clock.advance(HEADERS_DEADLINE - 1)
+            protocol.dataReceived(GET)
+        self.assertEqual(self.answers(transport), 3)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(HEADERS_DEADLINE)
+        self.assertTrue(transport.disconnecting)
+
+    def test_the_time_to_answer_is_not_counted(self):
+        # A wait/ long-poll takes up to 300 s to answer.
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.clock.advance(300)
+        self.assertFalse(transport.disconnecting)
+        request = self.resource.waiting.pop()
+        request.write(b"late")
+        request.finish()
+        self.assertEqual(self.answers(transport), 1)
+        protocol.dataReceived(GET)
+        self.assertEqual(self.answers(transport), 2)
+
+    def test_pipelined_requests(self):
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n" + GET)
+        self.clock.advance(60)
+        request = self.resource.waiting.pop()
+        request.write(b"late")
+        request.finish()
+        self.assertEqual(self.answers(transport), 2)
+        self.clock.advance(HEADERS_DEADLINE)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_at_the_least_rate(self):
+        length = 4 * BODY_RATE
+        protocol, transport = self.connect()
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Length: %d\r\n\r\n" % length)
+        # One second per BODY_RATE bytes, after the headers' own time.
+        for _ in range(4):
+            self.clock.advance(1)
+            protocol.dataReceived(b"a" * BODY_RATE)
+        self.assertEqual(self.answers(transport), 1)
+        # A trickled body (headers at once, then a byte a second) is cut.
+        protocol.dataReceived(b"POST /x HTTP/1.1\r\nHost: localhost\r\n"
+                              b"Content-Length: 100\r\n\r\n")
+        for _ in range(int(HEADERS_DEADLINE)):
+            self.clock.advance(1)
+            self.assertFalse(transport.disconnecting)
+            protocol.dataReceived(b"a")
+        self.clock.advance(1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.answers(transport), 1)
+
+    def test_a_site_without_idle_timeout_has_no_deadline(self):
+        self.connect(timeout=None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
 class JSONDepthTests(SynchronousTestCase):
