@@ -1,14 +1,15 @@
 """HTTP plumbing under the API: a request that caps its body, a channel
-that gives each request a deadline, a site that caps its connections,
-JSON answers, and the parameters of a request read from its query, form
-or JSON body, each bounded before it is parsed.
+that gives each request a deadline, a site that caps its connections and
+masks queued URLs' credentials in its access log, JSON answers, and the
+parameters of a request read from its query, form or JSON body, each
+bounded before it is parsed.
 """
 
 import json
 import re
 from email import policy
 from email.parser import BytesParser
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
@@ -132,6 +133,47 @@ class DeadlineChannel(http.HTTPChannel):
         self.timeoutConnection()
 
 
+#: What may come before the userinfo of a URL (C{http://user:pw@host}, or
+#: C{user:pw@host} at the start of a segment).
+_AUTHORITY_START = re.compile(rb"([/\\?#])")
+
+
+def logged_uri(uri):
+    """
+    C{uri} (a request's) as the access log shows it: the userinfo of a
+    queued URL (C{/<app>/queue/<queue>/http://user:pw@host/}, the URL
+    percent-encoded or not) is C{***}, as it may be a credential.  Nothing
+    else of the API has an C{@} in its path.
+    """
+    path, mark, query = uri.partition(b"?")
+    for _ in range(3):  # encoded whole, or twice
+        if b"%" not in path:
+            break
+        path = unquote_to_bytes(path)
+    if b"@" not in path:
+        return uri
+    pieces = _AUTHORITY_START.split(path)
+    return b"".join(
+        b"***@" + piece.rpartition(b"@")[2] if b"@" in piece else piece for piece in pieces
+    ) + mark + query
+
+
+class _Logged:
+    """What the access log line reads of a request: its URI masked."""
+
+    def __init__(self, request):
+        self._request = request
+        self.uri = logged_uri(request.uri)
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+
+def access_line(timestamp, request):
+    """Twisted's combined access log line, a queued URL's credentials masked."""
+    return http.combinedLogFormatter(timestamp, _Logged(request))
+
+
 class QuietSite(server.Site):
     """A site without an access log (at log levels above info)."""
 
@@ -179,8 +221,11 @@ class ConnectionCap(WrappingFactory):
 
 def make_site(resource, access_log=True, **kwargs):
     """The API's site: its requests are L{LimitedRequest}s, on
-    L{DeadlineChannel}s.  (The daemon serves it behind a L{ConnectionCap}.)"""
-    site = (server.Site if access_log else QuietSite)(resource, **kwargs)
+    L{DeadlineChannel}s, logged by L{access_line}.  (The daemon serves it
+    behind a L{ConnectionCap}.)"""
+    site = (server.Site if access_log else QuietSite)(
+        resource, logFormatter=access_line, **kwargs
+    )
     site.requestFactory = LimitedRequest
     site.protocol = DeadlineChannel
     return site

@@ -1,20 +1,21 @@
 """What cyme.api.http bounds: the time a client has to send a request
-(its headers, then its body), and the parsing of bodies (JSON depth,
-multipart headers), each checked for what it refuses and for what it
-still lets through."""
+(its headers, then its body), what the access log shows of a queued URL,
+and the parsing of bodies (JSON depth, multipart headers), each checked
+for what it refuses and for what it still lets through."""
 
 import time
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cyme.api.http import (
     BODY_RATE, HEADERS_DEADLINE, MAX_HEADER_PARAMS, MAX_JSON_DEPTH, MAX_PART_HEADER,
-    check_json_depth, make_site, multipart_fields,
+    check_json_depth, logged_uri, make_site, multipart_fields,
 )
 from cyme.errors import BadRequest
 
@@ -125,6 +126,40 @@ class DeadlineTests(SynchronousTestCase):
     def test_a_site_without_idle_timeout_has_no_deadline(self):
         self.connect(timeout=None)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_queued_url_userinfo_masked(self):
+        for uri, logged in [
+            (b"/foo/queue/q/http://bob:pw@h/x?a=b@c", b"/foo/queue/q/http://***@h/x?a=b@c"),
+            (b"/foo/queue/q/https://tok@h/", b"/foo/queue/q/https://***@h/"),
+            (b"/foo/queue/q/http%3A%2F%2Fbob%3Apw%40h%2Fx", b"/foo/queue/q/http://***@h/x"),
+            (b"/foo/queue/q/http://bob%2540x:pw%2540@h/", b"/foo/queue/q/http://***@h/"),
+            (b"/foo/queue/q/bob:pw@h/x", b"/foo/queue/q/***@h/x"),
+            (b"/foo/queue/q/http:\\\\bob:pw@h/", b"/foo/queue/q/http:\\\\***@h/"),
+            (b"//foo/%71ueue/q/http://a@b@h/", b"//foo/queue/q/http://***@h/"),
+            # Nothing else changes.
+            (b"/foo/queue/q/http://h/x?y=1", b"/foo/queue/q/http://h/x?y=1"),
+            (b"/foo/instances/w%31/?x=%40", b"/foo/instances/w%31/?x=%40"),
+        ]:
+            self.assertEqual(logged_uri(uri), logged, uri)
+
+    def test_the_site_logs_the_masked_line(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        site = make_site(Slow(), reactor=clock)
+        site.startFactory()
+        self.addCleanup(site.stopFactory)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"GET /foo/queue/q/http%3A%2F%2Fbob%3AHOOK-SECRET%40h%2F "
+                              b"HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        lines = [formatEvent(e) for e in events if "HOOK" in formatEvent(e)
+                 or "/foo/queue/q/" in formatEvent(e)]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertIn('"GET /foo/queue/q/http://***@h/ HTTP/1.1" 200', lines[0])
 
 
 class JSONDepthTests(SynchronousTestCase):
