@@ -92,6 +92,12 @@ class RemoteCallerTests(AuthTestCase):
     def test_ping_needs_no_token(self):
         response = self.call(self.client(REMOTE), "GET", "/ping/")
         self.assertEqual((response.code, response.json), (200, {"ok": "pong"}))
+        self.assertEqual(self.successResultOf(
+            self.client(REMOTE).request("HEAD", "/ping")).code, 200)
+        # Its path alone, and for what it serves.
+        for method, path in [("DELETE", "/ping/"), ("PUT", "/ping/"), ("GET", "/ping/x/"),
+                             ("GET", "/login/instances/")]:
+            self.assertRefused(self.call(self.client(REMOTE), method, path), 401)
 
     def test_bad_tokens_are_401(self):
         self.token("read,write,admin", "real")
@@ -209,6 +215,29 @@ class LoopbackTests(AuthTestCase):
                                    headers={"Origin": ["http://evil.example"]}).code, 200)
 
 
+    def test_fetch_metadata_check(self):
+        """
+        A page of another site (or of another port of this host: the same
+        site) makes a browser on this machine send writes without an
+        C{Origin} (an C{<img>}, a link), but with C{Sec-Fetch-Site}.
+        """
+        local = self.client()
+        for site in ("cross-site", "same-site", "CROSS-SITE"):
+            response = self.call(local, "PUT", "/foo/", headers={"Sec-Fetch-Site": [site]})
+            self.assertRefused(response, 403)
+            self.assertEqual(response.json["fetch_site"], site.lower())
+        self.assertEqual(self.store.apps(), [])
+        for site in ("same-origin", "none"):
+            response = self.call(local, "PUT", f"/{site}/", headers={"Sec-Fetch-Site": [site]})
+            self.assertEqual(response.code, 201, response.body)
+        # Reads are not writes; a bearer token is no browser's ambient right.
+        self.assertEqual(self.call(local, "GET", "/", headers={
+            "Sec-Fetch-Site": ["cross-site"]}).code, 200)
+        writer = self.client(REMOTE, self.token("write"))
+        self.assertEqual(self.call(writer, "PUT", "/bar/", headers={
+            "Sec-Fetch-Site": ["cross-site"]}).code, 201)
+
+
 class NoTrustLoopbackTests(AuthTestCase):
     trust_loopback = False
 
@@ -278,6 +307,25 @@ class LoginTests(AuthTestCase):
         self.assertEqual((response.code, response.header("Location")), (303, "/login/"))
         self.assertRefused(self.call(self.client(REMOTE), "GET", "/admin/"), 401)
 
+    def test_stale_cookie_is_ignored_and_cleared(self):
+        self.token("read")
+        self.successResultOf(defer.ensureDeferred(self.ops.revoke_token("read")))
+        for cookie in ("garbage", "cyme_" + "A" * 43):
+            with self.subTest(cookie=cookie):
+                # On this machine: trusted as loopback, as without it.
+                local = self.client(headers={"Cookie": [f"cyme_token={cookie}"]})
+                response = self.call(local, "PUT", "/foo/")
+                self.assertEqual(response.code, 201, response.body)
+                self.assertEqual(self.audits()[-1]["who"], "loopback")
+                self.assertIn("cyme_token=; ", response.header("Set-Cookie"))
+                self.assertIn("Max-Age=0", response.header("Set-Cookie"))
+                # From elsewhere: a stranger, as without it.
+                remote = self.client(REMOTE, headers={"Cookie": [f"cyme_token={cookie}"]})
+                response = self.call(remote, "GET", "/")
+                self.assertRefused(response, 401)
+                self.assertIn("Max-Age=0", response.header("Set-Cookie"))
+                self.call(self.client(), "DELETE", "/foo/")
+
     def test_revoked_cookie(self):
         secret = self.token("read")
         browser = self.client(REMOTE, headers={"Cookie": [f"cyme_token={secret}"]})
@@ -304,6 +352,18 @@ class TokenRouteTests(AuthTestCase):
         self.assertEqual(self.call(admin, "DELETE", "/tokens/ci/").code, 200)
         self.assertRefused(self.call(ci, "GET", "/"), 401)
         self.assertRefused(self.call(admin, "DELETE", "/tokens/ci/"), 404)
+
+    def test_other_spellings_route_with_the_admin_scope(self):
+        """The scope is decided on the names the router sees: an admin
+        reaches C{/tokens/} however it is spelled, others never do."""
+        admin = self.client(REMOTE, self.token("admin", "root"))
+        made = self.call(admin, "POST", "/%74okens/", data={"name": "ci", "scope": "read"})
+        self.assertEqual(made.code, 201, made.body)
+        self.assertEqual(self.call(admin, "DELETE", "/tok%65ns/ci").code, 200)
+        writer = self.client(REMOTE, self.token("write"))
+        self.assertRefused(self.call(writer, "GET", "/%74okens/"), 403)
+        for path in ("//tokens/", "/tokens//", "//"):
+            self.assertRefused(self.call(admin, "GET", path), 404)
 
     def test_json_body(self):
         made = self.call(self.client(), "POST", "/tokens/", headers=JSON,
@@ -421,6 +481,24 @@ class AuditTests(AuthTestCase):
         self.assertNotIn("x.example", text)
 
 
+    def test_refused_writes_name_their_caller(self):
+        evil = {"Origin": ["http://evil.example"]}
+        self.call(self.client(headers=evil), "PUT", "/foo/")
+        writer = self.client(REMOTE, self.token("read,write", "ci"), headers=evil)
+        self.call(writer, "PUT", "/foo/")
+        self.call(writer, "GET", "/foo/queue/q/http://user:pw@x.example/a")
+        self.call(self.client(REMOTE, self.token("write", "w")), "POST", "/%74okens/",
+                  data={"name": "x", "scope": "admin"})
+        lines = [(e["who"], e["method"], e["path"], e["status"]) for e in self.audits()]
+        self.assertEqual(lines, [
+            ("loopback", "PUT", "/foo/", 403),
+            ("token:ci", "PUT", "/foo/", 403),
+            ("token:ci", "GET", "/foo/queue/q/\u2026/", 403),
+            ("token:w", "POST", "/tokens/", 403),
+        ])
+        self.assertNotIn("user:pw", repr(self.audits()))
+
+
 class BoundsTests(AuthTestCase):
     def test_json_depth(self):
         local = self.client()
@@ -474,5 +552,12 @@ class AuditTargetTests(SynchronousTestCase):
             (b"/instances/w%31/", ("/instances/w1/", {"instance": "w1"})),
             (b"/tokens/ci/", ("/tokens/ci/", {"token": "ci"})),
             (b"/tokens/", ("/tokens/", {"token": None})),
+            # What the router sees: decoded, empty names left out, the
+            # target's first byte whatever it is.
+            (b"/%74okens/ci/", ("/tokens/ci/", {"token": "ci"})),
+            (b"//tokens/", ("/tokens/", {"token": None})),
+            (b"Xtokens/", ("/tokens/", {"token": None})),
+            (b"//foo/queue/q/http://u:p@h/", ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            (b"/foo/%71ueue/q/http://u:p@h/", ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
         ]:
             self.assertEqual(audit_target(path), expected, path)
