@@ -10,8 +10,8 @@ names as the router sees them (decoded: L{cyme.api.guard.check_path}):
   reverse proxy on this machine would otherwise make every caller behind
   it an admin.
 - Every other request needs C{Authorization: Bearer <token>} (or the
-  cookie the login form sets): none is a 401, a token without the
-  scope the route needs a 403.  A cookie that is no longer valid
+  session cookie the login form sets): none is a 401, a token without the
+  scope the route needs a 403.  A session cookie that is no longer valid
   is ignored (the request is judged as if it had none) and cleared; the
   open routes (L{OPEN_ROUTES}, exactly those paths and methods) never read
   it.
@@ -33,16 +33,17 @@ L{masked}: broker passwords are shown only to callers with C{admin}.
 
 import functools
 import ipaddress
+import time
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.address import UNIXAddress
 from zope.interface import Interface
 
+from cyme.api.sessions import TOKEN_COOKIE, Sessions, clear_cookie, cookie_name
 from cyme.errors import CymeError
 
 SCOPES = ("read", "write", "admin")
-COOKIE = b"cyme_token"
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 #: Headers a reverse proxy adds: a request with any of them came through
 #: one, from anywhere, even when its connection comes from loopback.
@@ -186,6 +187,12 @@ class Gate:
     #: name, which Debian resolves to 127.0.1.1): no rebinding attacker
     #: controls them.
     names: frozenset = frozenset()
+    #: The clock of the login sessions (seconds since the epoch).
+    now: object = attrs.field(default=time.time, kw_only=True)
+    #: The login sessions of this branch (L{cyme.api.sessions}).
+    sessions: Sessions = attrs.field(
+        default=attrs.Factory(lambda self: Sessions(self.now), takes_self=True), kw_only=True
+    )
 
     def local_peer(self, request):
         """Whether C{request} comes from this machine (loopback or unix)."""
@@ -209,7 +216,7 @@ class Gate:
         # An open route never reads the cookie: one no longer valid cannot
         # keep a browser from the login form.
         if scope is not None and request.received_cookies:
-            caller = self._cookie_caller(request)
+            caller = self._session_caller(request)
             if caller is not None:
                 return caller
         if self.trust_loopback and self.local_peer(request) and not any(
@@ -225,19 +232,34 @@ class Gate:
             raise Unauthorized("invalid, expired or revoked token")
         return Caller(f"token:{token.name}", frozenset(token.scopes))
 
-    def _cookie_caller(self, request):
-        """The caller of the request's cookie, or None: a cookie that is no
-        longer valid is ignored, and the answer clears it."""
-        cookie = request.getCookie(COOKIE)
-        if cookie is None:
+    def _session_caller(self, request):
+        """The caller of the request's session cookie, or None: a cookie
+        that is no longer valid is ignored, and the answer clears it."""
+        if request.getCookie(TOKEN_COOKIE) is not None:
+            clear_cookie(request, TOKEN_COOKIE)
+        name = cookie_name(request)
+        session_id = request.getCookie(name)
+        if session_id is None:
             return None
-        token = self.ops.authenticate(cookie.decode("latin-1"))
+        session_id = session_id.decode("latin-1")
+        secret = self.sessions.secret(session_id)
+        token = None if secret is None else self.ops.authenticate(secret)
         if token is None:
-            request.responseHeaders.addRawHeader(
-                b"Set-Cookie", COOKIE + b"=; Path=/; HttpOnly; SameSite=Strict; "
-                b"Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0")
+            self.sessions.close(session_id)
+            clear_cookie(request, name)
             return None
         return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=True)
+
+    def log_in(self, secret):
+        """
+        A session for the token C{secret}: C{(session id, when it ends,
+        token)}; raises L{Unauthorized} if the token is not valid.
+        """
+        token = self.ops.authenticate(secret) if isinstance(secret, str) else None
+        if token is None:
+            raise Unauthorized("invalid, expired or revoked token")
+        session_id, expires = self.sessions.open(secret, token)
+        return session_id, expires, token
 
     def authorize(self, request, caller, scope, write):
         """
