@@ -90,6 +90,8 @@ class DeadlineChannel(http.HTTPChannel):
     """
 
     _deadline = None
+    #: Whether the request in hand must arrive in time (not while answered).
+    _timed = False
 
     def connectionMade(self):
         # The idle timeout is off while a request is answered: read it once.
@@ -103,7 +105,7 @@ class DeadlineChannel(http.HTTPChannel):
         self._arm(HEADERS_DEADLINE + length / BODY_RATE)
 
     def allContentReceived(self):
-        self._disarm()
+        self._timed = False
         super().allContentReceived()
 
     def requestDone(self, request):
@@ -113,24 +115,27 @@ class DeadlineChannel(http.HTTPChannel):
         super().requestDone(request)
 
     def connectionLost(self, reason):
-        self._disarm()
+        self._timed = False
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
         super().connectionLost(reason)
 
     def _arm(self, seconds):
-        self._disarm()
-        if self._deadlines:
+        if not self._deadlines:
+            return
+        self._timed = True
+        # One timer a connection, moved rather than made anew: a later
+        # time costs no heap operation (the hot path's requests each move
+        # it twice).
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(seconds)
+        else:
             self._deadline = self.callLater(seconds, self._late)
 
-    def _disarm(self):
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-
     def _late(self):
-        self._deadline = None
-        self.setTimeout(None)  # the idle timeout would close it again
-        self.timeoutConnection()
+        if self._timed:  # else a request is being answered: not counted
+            self.setTimeout(None)  # the idle timeout would close it again
+            self.timeoutConnection()
 
 
 #: What may come before the userinfo of a URL (C{http://user:pw@host}, or
