@@ -5,14 +5,17 @@ of cyme with its own ``.venv``, such as the tree before a change), each
 with app ``bench`` and its own queue; in ``--rounds`` rounds, alternating
 which goes first:
 
-accepted:  16 keep-alive clients (wrk) queueing URLs as fast as they go for
-           ``--seconds``: accepted/s, their p50/p99, and the branch's CPU
-           time per 1,000 accepted (utime + stime of its process: the cost
-           of the route, the least disturbed by other load on the machine);
 paced:     ``--rate`` per second over 16 connections, open loop, with the
-           queue consumed as it fills: p50 and p99 of the accept latency.
+           queue consumed as it fills, for ``--seconds``: p50 and p99 of the
+           accept latency;
+accepted:  16 keep-alive clients (wrk) queueing URLs as fast as they go, in
+           ``--slices`` short slices of ``--slice`` seconds alternating
+           between the two branches: accepted/s, their p50/p99, and the
+           branch's CPU time per 1,000 accepted (utime + stime of its
+           process: the cost of the route; short alternating slices make
+           the two sides share whatever else loads the machine).
 
-Medians of the rounds, and this tree / baseline::
+Medians of the rounds and slices, and this tree / baseline::
 
     git worktree add /tmp/cyme-base <rev> && (cd /tmp/cyme-base && bin/setup)
     .venv/bin/python bench/queue_route.py --baseline /tmp/cyme-base [--rounds 5]
@@ -33,7 +36,6 @@ def accepted(branch, queue, target_port, seconds):
     before = c.cpu_seconds(branch.pid)
     rate, p50, p99 = accept_rate(branch, queue, target_port, seconds)
     cpu = c.cpu_seconds(branch.pid) - before
-    purge(queue, settle=3)
     return {"accepted/s": rate, "accepted p50 ms": p50, "accepted p99 ms": p99,
             "CPU ms per 1,000 accepted": 1e6 * cpu / (rate * seconds)}
 
@@ -51,13 +53,16 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rate", type=float, default=1000.0)
+    parser.add_argument("--slices", type=int, default=12)
+    parser.add_argument("--slice", type=int, default=2)
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("queue_route: needs wrk (apt-get install wrk)")
     executable = os.path.join(os.path.abspath(args.baseline), ".venv", "bin", "cyme-branch")
     if not os.path.exists(executable):
         raise SystemExit(f"queue_route: no {executable}: run bin/setup in the baseline")
-    c.install_limits(600 + 4 * args.rounds * (args.seconds + 20))
+    c.install_limits(600 + 4 * args.rounds * (args.seconds + 20)
+                     + 2 * args.slices * (args.slice + 5))
     tag = c.tag()
     print(f"# the queued-URL route, this tree against {args.baseline}, {c.machine()}")
     target = start_target()
@@ -69,6 +74,7 @@ def main():
     queues = {side: {part: f"{part}-{side}-{tag}" for part in ("fast", "paced")}
               for side in sides}
     figures = {side: [] for side in sides}
+    slices = {side: [] for side in sides}
     try:
         for side, branch in sides.items():
             branch.start()
@@ -84,11 +90,21 @@ def main():
                 branch = sides[side]
                 sample = c.undisturbed(branch, paced, branch, queues[side]["paced"],
                                        target.server_port, args.rate, args.seconds)
-                sample.update(c.undisturbed(branch, accepted, branch, queues[side]["fast"],
-                                            target.server_port, args.seconds))
                 figures[side].append(sample)
                 print(f"  round {n + 1} {side}: " + ", ".join(
                     f"{k} {v:.1f}" for k, v in sample.items()), flush=True)
+        for n in range(args.slices):
+            order = ("this", "base") if n % 2 == 0 else ("base", "this")
+            for side in order:
+                branch = sides[side]
+                slices[side].append(c.undisturbed(
+                    branch, accepted, branch, queues[side]["fast"], target.server_port,
+                    args.slice))
+        for side in sides:
+            purge(queues[side]["fast"], settle=3)
+            print(f"  slices {side}: " + ", ".join(
+                f"{s['accepted/s']:.0f}/s {s['CPU ms per 1,000 accepted']:.0f} ms"
+                for s in slices[side]), flush=True)
     finally:
         for branch in sides.values():
             branch.stop()
@@ -97,11 +113,12 @@ def main():
             for queue in side.values():
                 purge(queue)
     rows = []
-    for name in figures["this"][0]:
-        this = statistics.median(f[name] for f in figures["this"])
-        base = statistics.median(f[name] for f in figures["base"])
-        rows.append([name, f"{this:.1f}", f"{base:.1f}", f"{this / base:.2f}x"])
-    c.table(["medians of the rounds", "this tree", "baseline", "this/baseline"], rows)
+    for samples in (figures, slices):
+        for name in samples["this"][0]:
+            this = statistics.median(f[name] for f in samples["this"])
+            base = statistics.median(f[name] for f in samples["base"])
+            rows.append([name, f"{this:.1f}", f"{base:.1f}", f"{this / base:.2f}x"])
+    c.table(["medians", "this tree", "baseline", "this/baseline"], rows)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ The package is laid out as its layers, each calling only the ones below it
 (``tests/test_layers.py`` checks the imports):
 
 ``tap``          the wiring: options and ``makeService``, the one place that
-                 knows every part (``script``: the ``cyme-branch`` command)
+                 knows every part (``script``: the ``cyme-branch`` command;
+                 ``branch``: the parent service; ``systemd``: its notifications;
+                 ``jsonlog``: ``--log-format json``)
 ``api``          Klein routes, request parsing, the admin page; calls
                  ``IOperations`` only
 ``operations``   ``IOperations``: on this branch, or routed through the cluster

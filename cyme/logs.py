@@ -29,7 +29,10 @@ def parse_level(name):
 
 
 def set_level(level):
+    # The default namespace's level is what the predicate reads (its
+    # defaultLogLevel attribute only seeds it).
     _predicate.defaultLogLevel = level
+    _predicate.setLogLevelForNamespace("", level)
 
 
 class Occasional:

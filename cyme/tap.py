@@ -6,18 +6,17 @@ directory, so that every start-up problem is a one-line usage error rather
 than a traceback; ``makeService`` assembles the services.
 """
 
-import contextlib
 import getopt
 import os
 import socket
 import sys
 
-from twisted.application import service, strports
-from twisted.internet.error import CannotListenError
-from twisted.logger import Logger, LogLevel
+from twisted.application import strports
+from twisted.logger import LogLevel
 from twisted.python import usage
 
-from cyme import __version__, logs
+from cyme import __version__, jsonlog, logs
+from cyme.branch import BranchService
 from cyme.addresses import address_to_endpoint, advertised_url, check_endpoint, loopback_url
 from cyme.cluster import keys
 from cyme.cluster.seal import bus_seal
@@ -40,9 +39,12 @@ from cyme.tasks.results import TaskService
 from cyme.tasks.urlcheck import URLCheck
 from cyme.state.store import JSONFileStore
 from cyme.waits import WaitCap
+from cyme.supervision.relay import OutputRelay
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
+from cyme.operations.health import BranchHealth
 from cyme.operations.local import LocalOperations
+from cyme.systemd import SystemdNotify, from_environment
 from cyme.api.routes import BranchAPI
 
 # The workers log at the branch's level, in Celery's words.
@@ -111,6 +113,10 @@ class Options(usage.Options):
          "Seconds between two supervisor ticks."],
         ["loglevel", "l", "info",
          "Lowest level of cyme's own log messages: debug, info, warn, error."],
+        ["log-format", None, "text",
+         "text (twistd's), or json: one JSON object a line on standard output "
+         "(time, level, namespace, message and the event's fields), for "
+         "journald and log shippers."],
         ["kill-timeout", None, 10.0,
          "Seconds a worker gets to finish its tasks after TERM before KILL."],
         ["ready-timeout", None, 10.0,
@@ -212,6 +218,9 @@ class Options(usage.Options):
             self["log-level"] = logs.parse_level(self["loglevel"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in jsonlog.FORMATS:
+            raise usage.UsageError(
+                f"--log-format must be text or json, not {self['log-format']!r}")
         self["endpoint"] = self["http"] or address_to_endpoint(self["address"])
         if self["endpoint"].startswith("unix:") and ":mode=" not in self["endpoint"]:
             # Its callers are trusted like loopback: only the branch's own
@@ -303,59 +312,6 @@ def _seconds(value, option, zero=False):
         raise usage.UsageError(f"{e.message}, not {value!r}") from None
 
 
-class BranchService(service.MultiService):
-    """The branch: its root directory held for as long as it runs."""
-
-    log = Logger(observer=logs.observer)
-
-    def __init__(self, root, branch_id, api_url=None):
-        super().__init__()
-        self.root = root
-        self.branch_id = branch_id
-        #: Written to the root's C{api.url} while the branch runs.
-        self.api_url = api_url
-
-    def _api_file(self):
-        return os.path.join(self.root.path, "api.url")
-
-    def startService(self):
-        self.root.record_pid()
-        if self.api_url is not None:
-            fd = os.open(self._api_file(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.api_url + "\n")
-        self.log.info(
-            "cyme branch {branch} (cyme {version}) in {root}",
-            branch=self.branch_id, version=__version__, root=self.root.path,
-        )
-        with _exit_if_cannot_listen(self.log):
-            super().startService()
-
-    def stopService(self):
-        if self.api_url is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self._api_file())
-        return super().stopService()
-
-    def privilegedStartService(self):
-        # twistd listens here, before it drops privileges.
-        with _exit_if_cannot_listen(self.log):
-            super().privilegedStartService()
-
-
-@contextlib.contextmanager
-def _exit_if_cannot_listen(log):
-    """
-    A port in use is an operator's mistake, not a bug: one line and a
-    non-zero exit rather than twistd's traceback.
-    """
-    try:
-        yield
-    except CannotListenError as e:
-        log.critical("cyme branch cannot start: {error}", error=e)
-        raise SystemExit(1) from None
-
-
 def makeService(options):
     from twisted.internet import reactor
 
@@ -369,6 +325,8 @@ def makeService(options):
     branch = BranchService(
         options["root"], options["branch-id"],
         api_url=None if options["without-http"] else loopback_url(options["endpoint"]),
+        log_observer=(jsonlog.JSONLinesObserver(sys.stdout)
+                      if options["log-format"] == "json" else None),
     )
     # One connection per broker, for the remote control, the bus and the
     # task service; added first, so stopped last.
@@ -397,6 +355,8 @@ def makeService(options):
         worker_policy=options["worker-policy"],
     )
     supervisor.setServiceParent(branch)
+    # Workers' output in the branch's log as it comes, not a tick later.
+    OutputRelay(supervisor, reactor).setServiceParent(branch)
     # The supervisor converges on every change of the desired state.
     options["store"].subscribe(supervisor.reconcile)
     disk = DiskThread(reactor)
@@ -412,6 +372,10 @@ def makeService(options):
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)
+    # GET /health/ and systemd's STATUS=: the bus broker, the ticks, the journal.
+    health = BranchHealth(options["branch-id"], options["store"], pool,
+                          options["bus-broker-url"], reactor,
+                          supervisor=supervisor, journal=journal)
     local = LocalOperations(
         options["store"],
         branch_id=options["branch-id"],
@@ -424,6 +388,7 @@ def makeService(options):
         cluster=options["cluster"],
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
+        readiness=health,
     )
     # One cap on the waits this branch holds: its clients' and other branches'.
     waits = WaitCap()
@@ -446,5 +411,10 @@ def makeService(options):
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
+    notifier, watchdog = from_environment()
+    if notifier is not None:
+        # Last: READY=1 once everything else started, STOPPING=1 first.
+        SystemdNotify(notifier, reactor, status=health.summary,
+                      watchdog=watchdog).setServiceParent(branch)
     return branch
 

@@ -5,6 +5,7 @@ branch (L{cyme.addresses.loopback_url}); ``cyme-branch cluster-key new``.  With 
 
 import io
 import os
+from http.server import BaseHTTPRequestHandler
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -12,6 +13,7 @@ from cyme.script import cluster_key_main, token_main
 from cyme.state.rootdir import RootDir
 from cyme.state.store import JSONFileStore
 from cyme.addresses import loopback_url
+from tests.tasks.test_webhook import Server, serve
 
 
 class OfflineTokenTests(SynchronousTestCase):
@@ -82,6 +84,37 @@ class OfflineTokenTests(SynchronousTestCase):
     def test_usage(self):
         with self.assertRaises(SystemExit):
             token_main(["frobnicate"], out=io.StringIO(), err=io.StringIO())
+
+
+class PartialRevocationTests(SynchronousTestCase):
+    """A running branch answers that some branches did not hear the revocation."""
+
+    def test_the_command_says_so_and_fails(self):
+        class Answer(BaseHTTPRequestHandler):
+            def do_DELETE(self):
+                body = b'{"ok": "ok"}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cyme-Missing-Branches", "b3")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        server = serve(self, Server(("127.0.0.1", 0), Answer))
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        held = RootDir.open(root)  # as a running branch holds it
+        self.addCleanup(held.close)
+        with open(os.path.join(root, "api.url"), "w") as f:
+            f.write(f"http://127.0.0.1:{server.server_address[1]}/\n")
+        out, err = io.StringIO(), io.StringIO()
+        status = token_main(["revoke", "ci", "-D", root], out=out, err=err)
+        self.assertEqual(status, 3)
+        self.assertIn("revoked ci", out.getvalue())
+        self.assertIn("branches b3 did not answer", err.getvalue())
 
 
 class LoopbackURLTests(SynchronousTestCase):

@@ -2,13 +2,15 @@
 
 import os
 
+from twisted.application import service
 from twisted.application.service import IServiceMaker
-from twisted.logger import LogLevel
+from twisted.logger import ILogObserver, LogLevel
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme import logs, tap
+from cyme.jsonlog import JSONLinesObserver
 from cyme.state.rootdir import RootDir
 
 
@@ -429,6 +431,66 @@ class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
         options = self.parse(["-l", "error", "-D", self.root_path()])
         tap.makeService(options)
         self.assertEqual(logs._predicate.defaultLogLevel, LogLevel.error)
+
+
+class LogFormatTests(OptionsTestsMixin, SynchronousTestCase):
+    def setUp(self):
+        self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+
+    def test_text_by_default(self):
+        branch = tap.makeService(self.parse(["--without-http", "-D", self.root_path()]))
+        application = service.Application("cyme-branch")
+        branch.setServiceParent(application)
+        # twistd's own observer (--logfile, stdout) stays.
+        self.assertIsNone(application.getComponent(ILogObserver, None))
+
+    def test_json_is_twistds_observer(self):
+        options = self.parse(["--log-format", "json", "--without-http", "-D", self.root_path()])
+        branch = tap.makeService(options)
+        # What twistd does with a plugin's service before it starts logging.
+        application = service.Application("cyme-branch")
+        branch.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        self.assertIsInstance(observer, JSONLinesObserver)
+        self.assertIs(observer, branch.log_observer)
+
+    def test_bad_format(self):
+        self.assertIn("--log-format must be text or json, not 'xml'",
+                      self.usage_error(["--log-format", "xml", "-D", self.root_path()]))
+
+
+class SystemdWiringTests(OptionsTestsMixin, SynchronousTestCase):
+    def setUp(self):
+        self.addCleanup(logs.set_level, LogLevel.info)
+        keep_umask(self)
+        saved = {k: os.environ.get(k) for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+
+        def restore():
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+        self.addCleanup(restore)
+
+    def test_not_under_systemd(self):
+        os.environ.pop("NOTIFY_SOCKET", None)
+        branch = tap.makeService(self.parse(["127.0.0.1:0", "-D", self.root_path()]))
+        self.assertRaises(KeyError, branch.getServiceNamed, "systemd")
+
+    def test_under_systemd(self):
+        os.environ.update(NOTIFY_SOCKET="@cyme-test", WATCHDOG_USEC="10000000",
+                          WATCHDOG_PID=str(os.getpid()))
+        branch = tap.makeService(self.parse(["127.0.0.1:0", "-D", self.root_path()]))
+        notify = branch.getServiceNamed("systemd")
+        self.assertEqual((notify.notifier.address, notify.watchdog), ("@cyme-test", 10.0))
+        # Started after the API listens, stopped before anything else.
+        self.assertIs(list(branch)[-1], notify)
+        # The fork server and the workers do not inherit systemd's socket.
+        self.assertNotIn("NOTIFY_SOCKET", os.environ)
+        self.assertNotIn("WATCHDOG_USEC", os.environ)
 
 
 class WorkerLogLevelTests(SynchronousTestCase):

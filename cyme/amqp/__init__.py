@@ -35,7 +35,7 @@ from .service import AMQPClientService, IBrokerListener
 from .spec import load_spec
 from .timeouts import DEFAULT_TIMEOUT
 from .tls import BrokerTLS, TLSRefused
-from .url import BrokerURL, parse_broker_url
+from .url import BrokerURL, mask_passwords, parse_broker_url
 
 __all__ = [
     "AMQPClientService",
@@ -62,5 +62,6 @@ __all__ = [
     "decode_table",
     "encode_table",
     "load_spec",
+    "mask_passwords",
     "parse_broker_url",
 ]

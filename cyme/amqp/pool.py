@@ -77,6 +77,11 @@ class BrokerPool(service.MultiService):
     def urls(self):
         return list(self._clients)
 
+    def connected(self, url):
+        """Whether the connection to C{url} is up (None: the branch uses none)."""
+        client = self._clients.get(url)
+        return None if client is None else client.connection is not None
+
     def last_error(self, url):
         """Why the last attempt to connect to C{url} failed (None: it did not)."""
         client = self._clients.get(url)

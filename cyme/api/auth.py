@@ -222,8 +222,13 @@ class Gate:
         if self.trust_loopback and self.local_peer(request) and not any(
             request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
         ):
-            unix = isinstance(request.getClientAddress(), UNIXAddress)
-            return Caller("unix" if unix else "loopback", TRUSTED)
+            if isinstance(request.getClientAddress(), UNIXAddress):
+                return Caller("unix", TRUSTED)
+            if scope is not None or self._own_host(request):
+                # (A route that needs a scope refuses a Host not its own.)
+                return Caller("loopback", TRUSTED)
+            # A page of another site that rebound its name to 127.0.0.1:
+            # an open route answers it as a stranger.
         return ANONYMOUS
 
     def _token_caller(self, secret):
@@ -283,14 +288,19 @@ class Gate:
     def own_hosts(self):
         return _own_hosts(self.names, self.url)
 
-    def _check_host(self, request):
+    def _own_host(self, request):
+        """Whether the request's C{Host} names this branch (or is absent)."""
         host = _header(request, b"host")
         if host is None:
-            return
+            return True
         name = host_name(host)
         ip = _ip(name)
-        if name in self.own_hosts() or (ip is not None and ip.is_loopback):
+        return name in self.own_hosts() or (ip is not None and ip.is_loopback)
+
+    def _check_host(self, request):
+        if self._own_host(request):
             return
+        name = host_name(_header(request, b"host"))
         raise Forbidden(
             f"Host {name!r} is not this branch's: a loopback request must name "
             "localhost, a loopback address or the branch's --url host",

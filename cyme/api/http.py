@@ -179,6 +179,19 @@ def access_line(timestamp, request):
     return http.combinedLogFormatter(timestamp, _Logged(request))
 
 
+#: The probes load balancers and orchestrators send every few seconds.
+PROBES = frozenset([b"/ping", b"/ping/", b"/health", b"/health/"])
+
+
+class ProbeQuietSite(server.Site):
+    """A site whose access log leaves out probes answered 200 (a 503 stays)."""
+
+    def log(self, request):
+        if request.code == 200 and request.path in PROBES:
+            return
+        super().log(request)
+
+
 class QuietSite(server.Site):
     """A site without an access log (at log levels above info)."""
 
@@ -228,7 +241,7 @@ def make_site(resource, access_log=True, **kwargs):
     """The API's site: its requests are L{LimitedRequest}s, on
     L{DeadlineChannel}s, logged by L{access_line}.  (The daemon serves it
     behind a L{ConnectionCap}.)"""
-    site = (server.Site if access_log else QuietSite)(
+    site = (ProbeQuietSite if access_log else QuietSite)(
         resource, logFormatter=access_line, **kwargs
     )
     site.requestFactory = LimitedRequest

@@ -18,7 +18,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import logs
 from cyme.api import admin, login, prometheus
-from cyme.api.auth import Gate
+from cyme.api.auth import Gate, caller_of
 from cyme.api.guard import GuardResource
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
@@ -123,6 +123,12 @@ class BranchAPI:
     @route("/ping", ["GET"])
     def ping(self, request):
         return json_body(request, 200, {"ok": "pong"})
+
+    @route("/health", ["GET"])
+    def health(self, request):
+        """Readiness: 200, or 503 naming each failing part; apps only for readers."""
+        report = self.ops.health(apps="read" in caller_of(request).scopes)
+        return json_body(request, 200 if report["ready"] else 503, report)
 
     @route("/admin", ["GET"])
     async def admin(self, request):

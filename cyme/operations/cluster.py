@@ -94,6 +94,9 @@ class ClusterOperations(ClusterTokens):
             figures = {**figures, "bus_dropped": self.bus.drops.figures()}
         return figures
 
+    def health(self, apps=True):
+        return self.local.health(apps)
+
     async def local_instances(self):
         return await self.local.local_instances()
 

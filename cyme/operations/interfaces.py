@@ -27,6 +27,14 @@ class IOperations(Interface):
         supervisor.
         """
 
+    def health(apps=True):
+        """
+        Whether this branch is ready (a plain method): C{{"ready", "branch",
+        "failing", "instances"}}, C{failing} naming why each failing part
+        fails, and with C{apps} each app's broker as this branch sees it
+        (L{cyme.operations.health.BranchHealth}).  No secret is in it.
+        """
+
     def list_branches():
         """The ids of the live branches."""
 

@@ -77,6 +77,9 @@ class LocalOperations(LocalTokens):
     ready_timeout: float = attrs.field(default=10.0, kw_only=True)
     #: How long a live query (stats, queues) waits for the worker.
     query_timeout: float = attrs.field(default=2.0, kw_only=True)
+    #: This branch's readiness (a L{cyme.operations.health.BranchHealth}), if
+    #: it runs the parts that can fail.
+    readiness: object = attrs.field(default=None, kw_only=True)
     #: Wall clock: replication versions (last writer wins) and uptime.
     now: object = attrs.field(default=time.time, kw_only=True)
     started: float = attrs.field(
@@ -138,6 +141,11 @@ class LocalOperations(LocalTokens):
         if self.tasks is not None:
             figures["results_dropped"] = self.tasks.dropped
         return figures
+
+    def health(self, apps=True):
+        if self.readiness is None:
+            return {"ready": True, "branch": self.branch_id, "failing": {}}
+        return self.readiness.report(apps)
 
     async def list_branches(self):
         return [self.branch_id]

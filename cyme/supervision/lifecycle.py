@@ -12,8 +12,8 @@ Twisted's C{ClientService} machine).
 
 Events come from the supervisor, the process and the timers (the table
 and its events: L{cyme.supervision.transitions}).  What the worker writes
-is read once a tick (L{WorkerLifecycle.tail}): a line saying it cannot
-reach its broker makes it C{FAILED}, with the reason in C{last_error}.
+is relayed as it comes (L{WorkerLifecycle.tail}, L{cyme.supervision.relay});
+a line saying it cannot reach its broker makes it C{FAILED} (C{last_error}).
 """
 
 import os
@@ -23,6 +23,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from cyme import logs
+from cyme.supervision.relay import WorkerOutput
 from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
     LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, make_directory,
@@ -60,6 +61,7 @@ class WorkerLifecycle:
         self._quarantine_call = None
         self._watch_call = None
         self._closed = False
+        self._output = WorkerOutput(worker.name, clock)
 
     # The machine
 
@@ -212,17 +214,15 @@ class WorkerLifecycle:
         return None if self._closed else self._clock.callLater(delay, self._fire, event)
 
     def tail(self):
-        """Log what the worker wrote since the last look."""
+        """Relay what the worker wrote since the last look; act on a refusal."""
         w = self.worker
-        if w.log_tail is None:
-            return
-        for line in w.log_tail.lines():
-            self.log.info("{instance} | {line}", instance=w.name, line=line)
-            if line.strip():
-                w.last_line = line.strip()
-                reason = broker_failure(w.last_line)
-                if reason is not None:
-                    self._fire(CANNOT_CONNECT, reason)
+        lines = [] if w.log_tail is None else w.log_tail.lines()
+        self._output.relay(lines)
+        for line in lines:  # none is blank
+            w.last_line = line.strip()
+            reason = broker_failure(w.last_line)
+            if reason is not None:
+                self._fire(CANNOT_CONNECT, reason)
 
     # Inputs from the process
 

@@ -97,6 +97,7 @@ class Supervisor(service.Service):
             reactor, control, self._starting, self._pong_current, self._check_failed
         )
         self._ticks = 0
+        self.last_tick = None  # when the last tick began (GET /health/ sees it late)
         control.add_connection_listener(self._broker_changed)
         self.launcher.add_orphan_listener(self._orphaned)
 
@@ -191,7 +192,7 @@ class Supervisor(service.Service):
 
     def tick(self):
         """Converge now; check liveness and queues in the background (never delaying it)."""
-        self._ticks += 1
+        self._ticks, self.last_tick = self._ticks + 1, self.reactor.seconds()
         try:
             self.converge(verify=False)
             self._background("pinging", self._ping_round)
@@ -273,10 +274,9 @@ class Supervisor(service.Service):
     def _lifecycle(self, name):
         worker = Worker(name, node_name(name, self.hostname),
                         os.path.join(self.instances_dir, name))
-        life = self.workers[name] = WorkerLifecycle(
-            worker, self.reactor, self.launcher, self.processes, self.policy, self.reconcile
-        )
-        return life
+        self.workers[name] = WorkerLifecycle(
+            worker, self.reactor, self.launcher, self.processes, self.policy, self.reconcile)
+        return self.workers[name]
 
     def _background(self, slot, work):
         """Run C{work} unless its previous run is still going; log failures."""

@@ -90,6 +90,8 @@ class ResultJournal:
         # Task ids of lines recorded but not yet on disk (nor in records).
         self._unwritten = collections.Counter()
         self._flush_call = None
+        #: Why the last write to the file failed; None once one succeeded.
+        self.last_error = None
         self._file = None
         self._load()
         self._file = _open_private(self.path, append=True)
@@ -181,6 +183,7 @@ class ResultJournal:
 
     def _appended(self, _, batch):
         self._busy = None
+        self.last_error = None
         self.lines += len(batch)
         for line, _, _ in batch:
             self._apply(line)
@@ -201,6 +204,7 @@ class ResultJournal:
 
     def _not_appended(self, failure, batch):
         self._busy = None
+        self.last_error = failure.getErrorMessage()
         self._written(batch)
         self.log.failure("cannot write {path}", failure, path=self.path)
         self._next()

@@ -7,6 +7,8 @@ message that is not a result of that shape, or names another task, is
 acknowledged, counted and dropped, and never reaches the journal.
 """
 
+from cyme.amqp import mask_passwords
+
 #: Celery's task states (celery.states): what a result message may report.
 STATES = frozenset([
     "PENDING", "RECEIVED", "STARTED", "SUCCESS", "FAILURE", "REVOKED", "REJECTED",
@@ -30,7 +32,14 @@ def read_result(body, correlation_id):
         return None
     if not isinstance(status, str) or status not in STATES:
         return None
-    fields = {"result": body.get("result")}
+    result = body.get("result")
+    if isinstance(result, dict) and isinstance(result.get("url"), str):
+        # The final URL of a webhook: its credentials are not for readers.
+        result = {**result, "url": mask_passwords(result["url"])}
+    elif isinstance(result, dict) and isinstance(result.get("exc_message"), list):
+        result = {**result, "exc_message": [
+            mask_passwords(m) if isinstance(m, str) else m for m in result["exc_message"]]}
+    fields = {"result": result}
     for key in ("traceback", "date_done"):
         value = body.get(key)
         if value is not None and not isinstance(value, str):

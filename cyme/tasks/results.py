@@ -18,7 +18,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
-from cyme.amqp import AMQPError, parse_broker_url
+from cyme.amqp import AMQPError, mask_passwords, parse_broker_url
 from cyme.amqp.codec import PartlyEncoded, encode_fields
 from cyme.errors import CymeError, Unavailable
 from cyme.tasks.journal import JournalClosed
@@ -86,6 +86,9 @@ class BrokerLink:
         self._journal = journal
         self._clock = clock
         self._declared = set()
+        #: The connection the channels are on, while it is up.
+        self._connection = None
+        self._reopening = None
         self._waiting = []  # a Deferred per publish waiting for the channel
         # Named without its password, which no log line or error carries.
         self.shown = parse_broker_url(url).to_url()
@@ -108,7 +111,16 @@ class BrokerLink:
         await results.queue_declare(queue, durable=True, auto_delete=False, timeout=10)
         await results.basic_qos(prefetch_count=512, timeout=10)
         await results.consume(queue, self._result, no_ack=False, timeout=10)
-        channel = await connection.channel(timeout=10)
+        self._connection = connection
+        # Publishes that come meanwhile wait for this channel, not another.
+        self._reopening = defer.ensureDeferred(self._open_publishing())
+        try:
+            await self._reopening
+        finally:
+            self._reopening = None
+
+    async def _open_publishing(self):
+        channel = await self._connection.channel(timeout=10)
         await channel.confirm_select(timeout=10)
         self.channel = channel
         self._declared.clear()
@@ -117,7 +129,7 @@ class BrokerLink:
             d.callback(channel)
 
     def _lost(self, reason):
-        self.channel = None
+        self.channel = self._connection = None
 
     def _channel(self, timeout):
         if self.channel is not None and self.channel.is_open:
@@ -127,7 +139,19 @@ class BrokerLink:
         d = defer.Deferred(self._waiting.remove)
         self._waiting.append(d)
         d.addTimeout(timeout, self._clock)
+        if self._connection is not None and self._reopening is None:
+            # The broker closed the channel (a refused declaration or
+            # publish) while the connection stays: a new one, or every
+            # task of this broker would wait for a set-up that never comes.
+            self._reopening = defer.ensureDeferred(self._open_publishing())
+            self._reopening.addErrback(
+                lambda f: self.log.warn("cannot reopen the task channel on {broker}: {error}",
+                                        broker=self.shown, error=f.getErrorMessage()))
+            self._reopening.addBoth(self._reopened)
         return d.addErrback(self._unreachable)
+
+    def _reopened(self, _):
+        self._reopening = None
 
     def _unreachable(self, failure):
         failure.trap(defer.TimeoutError)
@@ -347,8 +371,11 @@ class TaskService(service.Service):
         link = self.link(app.broker.as_url())
         # The record and the publish go at once: the answer waits for the
         # slower of the two, not for both in turn.
+        # Credentials a URL carries go to the worker in the task, never
+        # into the journal or to those who may read its results.
         recorded = self.journal.record(
-            task_id, "PENDING", app=app.name, queue=queue.name, method=method, url=url
+            task_id, "PENDING", app=app.name, queue=queue.name, method=method,
+            url=mask_passwords(url) if "@" in url else url,
         )
         try:
             await link.publish(queue, task_id, headers, payload, self.publish_timeout)

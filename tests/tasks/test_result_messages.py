@@ -31,7 +31,9 @@ class Message:
         self.rejected = True
 
 
-class ResultQueueTests(JournalTestCase):
+class ResultQueueTestCase(JournalTestCase):
+    """A branch's task service with one task queued and its result queue consumed."""
+
     def setUp(self):
         super().setUp()
         self.clients = {}
@@ -63,6 +65,8 @@ class ResultQueueTests(JournalTestCase):
         self.clock.advance(0)
         return message
 
+
+class ResultQueueTests(ResultQueueTestCase):
     def test_the_result_of_a_pending_task_is_recorded(self):
         waiting = self.tasks.when_ready(self.task_id)
         message = self.result({"task_id": self.task_id, "status": "SUCCESS",
@@ -130,6 +134,32 @@ class ResultQueueTests(JournalTestCase):
     def test_the_correlation_id_names_the_task_where_the_body_does_not(self):
         self.result({"status": "SUCCESS", "result": 2}, correlation_id=self.task_id)
         self.assertEqual(self.journal_.get(self.task_id).state, "SUCCESS")
+
+
+class CredentialTests(ResultQueueTestCase):
+    """A queued URL's credentials go to the worker, not to readers of results."""
+
+    def test_no_credentials_in_the_journal_or_the_result(self):
+        d = defer.ensureDeferred(self.tasks.queue(
+            self.app, Queue("tasks"), "GET", "http://alice:pa55@example.com/x"))
+        self.clock.advance(0)
+        task_id = self.successResultOf(d)
+        # The task itself carries them: the worker needs them.
+        _, (_, _, body), _ = [c for c in self.publishing.calls if c[0] == "publish"][-1]
+        self.assertIn(b"pa55", bytes(body))
+        self.assertEqual(self.journal_.get(task_id).fields["url"],
+                         "http://alice:**@example.com/x")
+        self.result({"task_id": task_id, "status": "SUCCESS",
+                     "result": {"status_code": 200, "url": "http://alice:pa55@example.com/y"}})
+        self.assertEqual(self.journal_.get(task_id).fields["result"]["url"],
+                         "http://alice:**@example.com/y")
+        with open(self.journal_.path, "rb") as f:
+            self.assertNotIn(b"pa55", f.read())
+
+    def test_no_credentials_in_a_failure(self):
+        self.result({"task_id": self.task_id, "status": "FAILURE", "result": {
+            "exc_type": "HostRefused", "exc_message": ["refused: http://bob:s3cret@10.0.0.1/"]}})
+        self.assertNotIn("s3cret", json.dumps(self.journal_.get(self.task_id).fields))
 
 
 class ReadResultTests(JournalTestCase):

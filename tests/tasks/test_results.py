@@ -9,7 +9,7 @@ import json
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
-from cyme.amqp import BrokerPool
+from cyme.amqp import AMQPError, BrokerPool
 from cyme.errors import Unavailable
 from cyme.state.models import App, Broker, Queue
 from cyme.tasks.results import BrokerUnreachable, PublishFailed, TaskService
@@ -239,3 +239,53 @@ class StartTests(JournalTestCase):
         self.addCleanup(tasks.stopService)
         self.assertEqual(asked, [App("good").broker.as_url()])
         self.assertTrue(tasks.running)
+
+
+class ClosedChannelTests(JournalTestCase):
+    """The broker closes the task channel (a refused declaration) but not the connection."""
+
+    def setUp(self):
+        super().setUp()
+        self.clients = {}
+        self.pool = BrokerPool(self.clock, make_client=self.client)
+        self.tasks = TaskService(self.pool, self.journal(), "b1", self.clock,
+                                 MemoryStore(), publish_timeout=10)
+        self.app = App("foo")
+        self.connection = FakeConnection()
+
+    def client(self, url):
+        self.clients[url] = FakeClient()
+        return self.clients[url]
+
+    def queue(self, queue):
+        d = defer.ensureDeferred(self.tasks.queue(self.app, queue, "GET", "http://example.com/"))
+        self.clock.advance(0)
+        return d
+
+    def test_a_refused_declaration_leaves_the_broker_usable(self):
+        self.tasks.link(self.app.broker.as_url())
+        self.clients[self.app.broker.as_url()].connect(self.connection)
+        self.clock.advance(0)
+        first = self.connection.channels[1]
+        # The broker refuses this queue's exchange (another type) and closes the channel.
+        first.fail["exchange_declare"] = AMQPError("PRECONDITION_FAILED - inequivalent arg 'type'")
+        bad = self.queue(Queue("bad", exchange="x", exchange_type="topic"))
+        self.failureResultOf(bad, PublishFailed)
+        first.is_open = False
+        # Another app's task on the same broker is published on a new channel.
+        good = self.queue(Queue("tasks"))
+        self.assertEqual(len(self.connection.channels), 3)
+        self.successResultOf(good)
+        published = [c for c in self.connection.channels[2].calls if c[0] == "publish"]
+        self.assertEqual(len(published), 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_lost_connection_is_not_reopened_on(self):
+        self.tasks.link(self.app.broker.as_url())
+        self.clients[self.app.broker.as_url()].connect(self.connection)
+        self.clock.advance(0)
+        self.clients[self.app.broker.as_url()].lose(ConnectionError("gone"))
+        waiting = self.queue(Queue("tasks"))
+        self.assertEqual(len(self.connection.channels), 2)  # none opened on a lost one
+        self.clock.advance(10)
+        self.failureResultOf(waiting, BrokerUnreachable)
