@@ -9,7 +9,7 @@ the request to Klein, or straight to the handler of a queued URL.
 from urllib.parse import unquote, unquote_to_bytes
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
@@ -101,10 +101,15 @@ def _browser_at_admin(request):
 
 
 def audit(request, caller):
-    """Log the audit line of a write once it is answered: who, what, on what."""
-    path, fields = audit_target(request.path)
+    """
+    The audit line of a write: who, what, on what.  Returns the function
+    that logs it, to call once the request is answered (with anything).
+    """
 
-    def write(_):
+    def write(_=None):
+        if not logs.enabled(LogLevel.info):
+            return
+        path, fields = audit_target(request.path)
         log.info(
             "audit who={who} method={method} path={path} {target} status={status}",
             who=caller.who, method=request.method.decode("latin-1"), path=path,
@@ -112,7 +117,7 @@ def audit(request, caller):
             status=request.code, audit=True, **fields,
         )
 
-    request.notifyFinish().addBoth(write)
+    return write
 
 
 class GuardResource(Resource):
@@ -152,20 +157,21 @@ class GuardResource(Resource):
                 raise PayloadTooLarge("the request body is larger than 1 MiB")
         except CymeError as e:
             if write:
-                audit(request, caller)
+                request.notifyFinish().addBoth(audit(request, caller))
             if isinstance(e, Unauthorized) and _browser_at_admin(request):
                 # A person at the admin page: to the login form.
                 request.setHeader(b"Location", b"/login/")
                 return json_body(request, 303, e.to_json())
             return error_body(request, e)
         request.setComponent(ICaller, caller)
-        if write:
-            audit(request, caller)
+        audited = audit(request, caller) if write else None
         if url is not None and self._queue_task is not None:
-            return self._render_queue(request, names)
+            return self._render_queue(request, names, audited)
+        if audited is not None:
+            request.notifyFinish().addBoth(audited)
         return self._klein.render(request)
 
-    def _render_queue(self, request, names):
+    def _render_queue(self, request, names, audited):
         method = request.method.decode("latin-1")
         if method not in VERBS:
             request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
@@ -175,7 +181,12 @@ class GuardResource(Resource):
         # check_path decoded both and made sure they are plain names.
         app, queue = names[0], names[2]
         done = []
-        request.notifyFinish().addBoth(done.append)
+
+        def ended(result):
+            done.append(result)
+            audited()
+
+        request.notifyFinish().addBoth(ended)
         d = defer.ensureDeferred(self._queue_task(request, app, queue))
 
         def failed(failure):

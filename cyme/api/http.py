@@ -101,8 +101,9 @@ class DeadlineChannel(http.HTTPChannel):
 
     def allHeadersReceived(self):
         super().allHeadersReceived()
-        length = MAX_BODY if self.length is None else min(self.length, MAX_BODY)
-        self._arm(HEADERS_DEADLINE + length / BODY_RATE)
+        if self.length != 0:  # (without a body, the request is in)
+            length = MAX_BODY if self.length is None else min(self.length, MAX_BODY)
+            self._arm(HEADERS_DEADLINE + length / BODY_RATE)
 
     def allContentReceived(self):
         self._timed = False
