@@ -625,7 +625,9 @@ class AuditTargetTests(SynchronousTestCase):
             (b"/%74okens/ci/", ("/tokens/ci/", {"token": "ci"})),
             (b"//tokens/", ("/tokens/", {"token": None})),
             (b"Xtokens/", ("/tokens/", {"token": None})),
-            (b"//foo/queue/q/http://u:p@h/", ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
-            (b"/foo/%71ueue/q/http://u:p@h/", ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            (b"//foo/queue/q/http://u:p@h/",
+             ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            (b"/foo/%71ueue/q/http://u:p@h/",
+             ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
         ]:
             self.assertEqual(audit_target(path), expected, path)
