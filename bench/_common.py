@@ -244,7 +244,7 @@ class Branch:
             Branch._vhost_ready = True
         argv = [
             self.executable, f"127.0.0.1:{self.port}", "-i", f"bench-{self.name}",
-            "-D", self.root, "-b", BROKER, *self.options,
+            "-D", self.root, "-b", BROKER, *loopback_opened(self.executable), *self.options,
         ]
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -382,9 +382,25 @@ class Branch:
         self.stop()
 
 
+def loopback_opened(executable):
+    """
+    C{--webhook-allow 127.0.0.1} for a cyme-branch that has the option:
+    the benchmarks' targets listen on loopback, which an app's
+    allowed_hosts opens only where the branch's operator did.  A baseline
+    checkout from before the option opens it with the app's list alone.
+    """
+    opening = ["--webhook-allow", "127.0.0.1"]
+    if executable == CYME_BRANCH:
+        return opening
+    usage = subprocess.run([executable, "--help"], capture_output=True, text=True,
+                           timeout=120).stdout
+    return opening if "--webhook-allow" in usage else []
+
+
 def ensure_app(branch):
     # The benchmarks' targets listen on loopback, which queued URLs may
-    # reach only when the app lists it (the webhook fence).
+    # reach only when the app lists it (the webhook fence), where the
+    # branch opened it (Branch.start: loopback_opened).
     status, body = branch.request("PUT", f"/{APP}/", {"allowed_hosts": "127.0.0.1"})
     if status not in (200, 201):
         raise RuntimeError(f"cannot create app: {status} {body}")

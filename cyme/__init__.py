@@ -10,9 +10,11 @@ The package is laid out as its layers, each calling only the ones below it
                  knows every part (``script``: the ``cyme-branch`` command;
                  ``branch``: the parent service; ``systemd``: its notifications;
                  ``jsonlog``: ``--log-format json``)
-``api``          Klein routes, request parsing, the admin page; calls
-                 ``IOperations`` only
-``operations``   ``IOperations``: on this branch, or routed through the cluster
+``api``          Klein routes, request parsing, the admin page, the event
+                 stream (SSE); calls ``IOperations`` only
+``operations``   ``IOperations``: on this branch, or routed through the cluster;
+                 the branch's events (``events``, ``eventfeeds``, ``eventhub``)
+                 and its instances' drift
 ``cluster``      the bus between branches, presence, replication, placement
 ``supervision``  the supervisor, each worker's lifecycle, launchers and the
                  fork server, Celery's remote control

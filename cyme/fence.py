@@ -16,8 +16,10 @@ IPv4-compatible, 6to4, NAT64), and a host written as a number
 resolver would make of it.
 
 An app's C{allowed_hosts}, when not empty, replaces that policy: a URL's
-host must match an entry, and what an entry matches is allowed even inside
-a refused range.  Entries (see L{parse_entry}):
+host must match an entry.  What an entry matches inside a refused range
+is allowed only where the branch's operator opened it too (C{opened}, the
+entries of C{--webhook-allow}): an app's owner alone cannot open the
+machine's loopback or the cloud's metadata.  Entries (see L{parse_entry}):
 
   - C{example.com}: that host name, whatever it resolves to;
   - C{*.example.com}: its subdomains, at addresses the default policy
@@ -26,6 +28,9 @@ a refused range.  Entries (see L{parse_entry}):
   - C{127.0.0.1}, C{[::1]}, C{10.0.0.0/8}, C{fd00::/8}: a URL whose host is
     an address (in any form) within it;
   - any of these but a network followed by C{:port}: that port only.
+
+An entry this version cannot read (C{[1:2]}: an older version stored it)
+matches nothing, and the list stays a list: only its other entries allow.
 """
 
 import functools
@@ -34,7 +39,7 @@ import re
 
 __all__ = [
     "Refused", "parse_entry", "parse_allowed", "literal_address", "refused_by_default",
-    "Fence",
+    "Fence", "Both", "OPENED_BY",
 ]
 
 _V4 = ipaddress.IPv4Network
@@ -67,6 +72,8 @@ _PRIVATE = [
 _NAT64 = _V6("64:ff9b::/96")
 _NAME = re.compile(r"[a-z0-9_][a-z0-9._-]{0,252}\Z")
 _COMPATIBLE = _V6("::/96")
+#: What a refusal says when the app's list allows a hop the operator did not open.
+OPENED_BY = "not opened by the branch (--webhook-allow)"
 
 
 class Refused(ValueError):
@@ -222,27 +229,51 @@ def parse_allowed(entries):
     return tuple(parse_entry(e) for e in entries or ())
 
 
+def _leniently(entries):
+    """The entries parsed; one that does not parse matches nothing (an
+    older version's, or a task's): it never widens what the others allow."""
+    parsed = []
+    for text in entries or ():
+        try:
+            parsed.append(parse_entry(text))
+        except ValueError:
+            parsed.append(_Entry(str(text)))
+    return tuple(parsed)
+
+
+def _holding(entries, address):
+    """Whether a network or address of C{entries} holds C{address} (in any
+    of its forms)."""
+    reached = {address, effective(address)}
+    return any(e.network is not None and a.version == e.network.version and a in e.network
+               for e in entries for a in reached)
+
+
 class Fence:
-    """The rules for one app: its C{allowed_hosts} and the branch's
-    C{deny_private}."""
+    """The rules for one app: its C{allowed_hosts}, the branch's
+    C{deny_private}, and what the branch's operator C{opened} inside the
+    refused ranges (C{--webhook-allow}; nothing unless given)."""
 
     #: How many allowed (host, port, address) a fence remembers: every
     #: queued URL is judged, and an app's URLs name few hosts.
     remembered = 1024
 
-    def __init__(self, allowed_hosts=(), deny_private=False):
-        self.entries = parse_allowed(allowed_hosts)
+    def __init__(self, allowed_hosts=(), deny_private=False, opened=()):
+        self.entries = _leniently(allowed_hosts)
         self.deny_private = bool(deny_private)
+        self.opened = _leniently(opened)
         self._allowed = set()
 
-    def _entries(self, port):
-        return [e for e in self.entries if e.port is None or e.port == port]
+    def _entries(self, port, entries=None):
+        return [e for e in (self.entries if entries is None else entries)
+                if e.port is None or e.port == port]
 
     def needs_addresses(self, host, port):
         """
         Whether judging C{host} (a name) takes the addresses it resolves to:
-        not for a name listed as such.  Raise L{Refused} when the name alone
-        refuses it (a list that no entry of matches it).
+        not for a name listed as such by the app and by the operator.
+        Raise L{Refused} when the name alone refuses it (a list that no
+        entry of matches it).
         """
         host = host.lower().rstrip(".")
         if not self.entries:
@@ -250,7 +281,10 @@ class Fence:
         matching = [e for e in self._entries(port) if e.names(host)]
         if not matching:
             raise Refused(host, f"not in the app's allowed_hosts ({self._listed()})")
-        return all(e.wildcard for e in matching)
+        # Listed by name, it may still resolve into a refused range, which
+        # only the operator opens: by that name, or by its addresses.
+        opened = [e for e in self._entries(port, self.opened) if e.names(host)]
+        return all(e.wildcard for e in matching) or all(e.wildcard for e in opened)
 
     def check(self, host, port, address):
         """Raise L{Refused} unless a connection to C{host} (a name or the
@@ -263,28 +297,40 @@ class Fence:
             self._allowed.clear()
         self._allowed.add(key)
 
+    def _allows(self, host, port, address, default):
+        """Whether the app's list allows the hop (refused by default by rule
+        C{default}, or None)."""
+        entries = self._entries(port)
+        listed = _holding(entries, address)
+        if literal_address(host) is not None:
+            return listed  # an address: a listed address or network holds it
+        return any(e.names(host) and (not e.wildcard or default is None or listed)
+                   for e in entries)
+
+    def _opened(self, host, port, address):
+        """Whether the operator opened the hop: a network of theirs holds
+        its address, or they named its host (not by a wildcard)."""
+        entries = self._entries(port, self.opened)
+        return _holding(entries, address) or (literal_address(host) is None and any(
+            e.names(host) and not e.wildcard for e in entries))
+
     def _check(self, host, port, address):
         host = host.lower().rstrip(".")
         address = ipaddress.ip_address(str(address).split("%", 1)[0])
         default = refused_by_default(address, self.deny_private)
+        opened = default is None or self._opened(host, port, address)
         if not self.entries:
             if default is not None:
-                raise Refused(host, default, address,
-                              hint="list it in the app's allowed_hosts to allow it")
+                hint = ("list it in the app's allowed_hosts to allow it" if opened else
+                        "the branch's operator (--webhook-allow) and the app's allowed_hosts "
+                        "must both allow it")
+                raise Refused(host, default, address, hint=hint)
             return
-        entries = self._entries(port)
-        reached = {address, effective(address)}
-        listed = any(e.network is not None and a.version == e.network.version and a in e.network
-                     for e in entries for a in reached)
-        if literal_address(host) is not None:
-            if listed:  # an address: a listed address or network holds it
-                return
-        elif any(e.names(host) and (not e.wildcard or default is None or listed) for e in entries):
-            return
-        rule = f"not in the app's allowed_hosts ({self._listed()})"
-        if default is not None:
-            rule = f"{default}, not in the app's allowed_hosts ({self._listed()})"
-        raise Refused(host, rule, address)
+        if not self._allows(host, port, address, default):
+            rule = f"not in the app's allowed_hosts ({self._listed()})"
+            raise Refused(host, rule if default is None else f"{default}, {rule}", address)
+        if not opened:
+            raise Refused(host, f"{default}, {OPENED_BY}", address)
 
     def check_all(self, host, port, addresses):
         """L{check} every address of C{addresses}; return them as strings.
@@ -300,3 +346,25 @@ class Fence:
         # A long list is named by its start: the answer stays readable.
         shown = ", ".join(e.text for e in self.entries[:5])
         return shown if len(self.entries) <= 5 else f"{shown}, ... {len(self.entries)} entries"
+
+
+class Both:
+    """Two fences in one: a hop passes only if both allow it.  A worker's
+    own fence (its branch's word) narrowed by the one a task carries,
+    which may take away, never add."""
+
+    def __init__(self, own, narrower):
+        self.own = own
+        self.narrower = narrower
+
+    def needs_addresses(self, host, port):
+        needs = self.own.needs_addresses(host, port)
+        return self.narrower.needs_addresses(host, port) or needs
+
+    def check(self, host, port, address):
+        self.own.check(host, port, address)
+        self.narrower.check(host, port, address)
+
+    def check_all(self, host, port, addresses):
+        addresses = self.own.check_all(host, port, addresses)
+        return self.narrower.check_all(host, port, addresses)

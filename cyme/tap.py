@@ -30,8 +30,7 @@ from cyme.api.http import ConnectionCap, make_site
 from cyme.tasks.journal import DiskThread, ResultJournal
 from cyme.supervision.launcher import ExecLauncher, ForkServerLauncher
 from cyme.state.models import (
-    DEFAULT_BROKER_URL, MAX_CONCURRENCY, Broker, check_int, check_name, check_seconds,
-    reserved_apps,
+    DEFAULT_BROKER_URL, Broker, check_name, check_seconds, reserved_apps,
 )
 from cyme.state.workeroptions import WorkerPolicy
 from cyme.state.rootdir import RootDir
@@ -42,6 +41,10 @@ from cyme.waits import WaitCap
 from cyme.supervision.relay import OutputRelay
 from cyme.supervision.supervisor import Supervisor
 from cyme.supervision.workerstate import Policy
+from cyme.operations.drift import DriftWatch
+from cyme.operations.eventfeeds import EventFeeds
+from cyme.operations.eventhub import EventHub
+from cyme.operations.events import EventLog
 from cyme.operations.health import BranchHealth
 from cyme.operations.local import LocalOperations
 from cyme.systemd import SystemdNotify, from_environment
@@ -84,8 +87,8 @@ class Options(usage.Options):
          "scope)."],
         ["webhook-deny-private", None,
          "Queued URLs may not reach private addresses either (10/8, 172.16/12, "
-         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, "
-         "multicast and unspecified ones, unless the app's allowed_hosts lists them."],
+         "192.168/16, 100.64/10, fc00::/7), besides loopback, link-local, multicast "
+         "and unspecified ones, unless --webhook-allow and an app's allowed_hosts open them."],
         ["insecure-open-bus", None,
          "Run the bus between branches unsealed, without a cluster key: anyone "
          "who can publish on its exchanges can steer the cluster."],
@@ -155,6 +158,7 @@ class Options(usage.Options):
         self["address"] = ":8000"
         self["task-modules"] = []
         self["accept-contents"] = []
+        self["webhook-allows"] = []
         self._startup_failed = False
 
     def getUsage(self, width=None):
@@ -199,6 +203,11 @@ class Options(usage.Options):
         msgpack); repeatable or comma-separated.
         """
         self["accept-contents"].append(serializers)
+
+    def opt_webhook_allow(self, entry):
+        """Where queued URLs may reach in a range refused by default (loopback...) if an
+        app's allowed_hosts lists it too: address, network or name[:port]; repeatable."""
+        self["webhook-allows"].append(entry)
 
     def opt_version(self):
         """Print cyme's version and exit."""
@@ -275,18 +284,11 @@ class Options(usage.Options):
 
 def _worker_policy(options):
     """The L{WorkerPolicy} the options give, else a usage error naming one."""
-    counts = {}
-    for name in ("max-concurrency", "max-instances"):
-        if options[name] is not None:
-            try:
-                counts[name] = check_int(options[name], "--" + name, 1, MAX_CONCURRENCY)
-            except BadRequest as e:
-                raise usage.UsageError(f"{e.message}, not {options[name]!r}") from None
     try:
         return WorkerPolicy.from_options(
-            options["task-modules"], options["accept-contents"],
-            counts.get("max-concurrency"), counts["max-instances"],
-            options["broker-tls"].ca_file,
+            options["task-modules"], options["accept-contents"], options["max-concurrency"],
+            options["max-instances"], options["broker-tls"].ca_file, options["webhook-allows"],
+            options["webhook-deny-private"],
         )
     except BadRequest as e:
         raise usage.UsageError(e.message) from None
@@ -333,6 +335,13 @@ def makeService(options):
     pool = BrokerPool(reactor, tls=options["broker-tls"])
     pool.setServiceParent(branch)
     control = ControlRouter(pool, options["default-broker"].as_url(), reactor)
+    # The branch's events (GET /events/, and the drift's times): its
+    # workers' transitions, its store's changes, its peers' presence.
+    events = EventLog(options["branch-id"], reactor)
+    feeds = EventFeeds(events, options["store"])
+    options["store"].subscribe(feeds.store_changed)
+    drift = DriftWatch(reactor)
+    events.subscribe(drift.seen)
     if options["without-fork-server"]:
         launcher = ExecLauncher(reactor)
     else:
@@ -353,6 +362,7 @@ def makeService(options):
         ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
         worker_policy=options["worker-policy"],
+        transition=feeds.transition,
     )
     supervisor.setServiceParent(branch)
     # Workers' output in the branch's log as it comes, not a tick later.
@@ -368,7 +378,8 @@ def makeService(options):
         pool, journal, options["branch-id"], reactor, options["store"], disk=disk,
         # The fence at queue time: names judged by the addresses they resolve to.
         url_check=URLCheck(reactor, resolver=reactor.nameResolver,
-                           deny_private=options["webhook-deny-private"]),
+                           deny_private=options["webhook-deny-private"],
+                           opened=options["worker-policy"].webhook_allow),
     )
     tasks.setServiceParent(branch)
     options["store"].subscribe(tasks.release_unused)
@@ -389,6 +400,8 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         worker_policy=options["worker-policy"],
         readiness=health,
+        events=EventHub(events, reactor),
+        drift=drift,
     )
     # One cap on the waits this branch holds: its clients' and other branches'.
     waits = WaitCap()
@@ -400,14 +413,20 @@ def makeService(options):
         ready_timeout=options["ready-timeout"],
         seal=bus_seal(options["cluster-keys"], reactor),
         waits=waits,
+        # Rolling restarts replace it first, and wait out a warm stop.
+        launcher=launcher,
+        kill_timeout=options["kill-timeout"],
+        restart_listener=feeds.restart_step,
     )
     bus.setServiceParent(branch)
+    bus.subscribe(feeds.peer_changed)
     if not options["without-http"]:
         # An access line per request is info; above it, none is written.
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate, waits).resource(), access_log=access_log)
+        site = make_site(BranchAPI(cluster, gate, waits, clock=reactor).resource(),
+                         access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

@@ -62,10 +62,11 @@ class AMQPSTestCase(IntegrationTestCase):
         return proxy
 
     async def branch(self, name, proxy=None):
-        """Branch C{<name>-<tag>} on C{proxy} (the good one), trusting the test's CA."""
+        """Branch C{<name>-<tag>} on C{proxy} (the good one), trusting the test's CA;
+        its operator opens loopback, where the target listens, to the apps."""
         return await self.start_branch(
             f"{name}-{self.tag}", "-b", (proxy or self.good).url(self.vhost),
-            "--broker-ca", self.ca.path,
+            "--broker-ca", self.ca.path, "--webhook-allow", "127.0.0.1",
         )
 
     async def app(self, via, name, proxy=None):

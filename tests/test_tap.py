@@ -426,6 +426,27 @@ class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
         self.assertFalse(check.deny_private)
         options = self.parse(["--webhook-deny-private", "-D", self.root_path()])
         self.assertTrue(tap.makeService(options).getServiceNamed("tasks").url_check.deny_private)
+        self.assertTrue(options["worker-policy"].webhook_deny_private)
+
+    def test_webhook_allow(self):
+        """--webhook-allow, repeatable: where an app's allowed_hosts may open
+        the refused ranges, for the branch's check and its workers alike;
+        nowhere by default."""
+        options = self.parse(["-D", self.root_path()])
+        self.assertEqual(options["worker-policy"].webhook_allow, ())
+        self.assertEqual(tap.makeService(options).getServiceNamed("tasks").url_check.opened, ())
+        options = self.parse(["-D", self.root_path(), "--webhook-allow", "127.0.0.1:8080",
+                              "--webhook-allow=10.0.0.0/8", "--webhook-allow", "Metadata.internal"])
+        opened = ("127.0.0.1:8080", "10.0.0.0/8", "metadata.internal")
+        self.assertEqual(options["worker-policy"].webhook_allow, opened)
+        branch = tap.makeService(options)
+        self.assertEqual(branch.getServiceNamed("tasks").url_check.opened, opened)
+        self.assertIs(branch.getServiceNamed("supervisor").worker_policy, options["worker-policy"])
+        self.assertIn("--webhook-allow", tap.Options().getUsage())
+        for bad in ("http://127.0.0.1/", "10.0.0.0/33", "[1:2]", "a b"):
+            with self.subTest(entry=bad):
+                message = self.usage_error(["-D", self.root_path(), "--webhook-allow", bad])
+                self.assertIn("--webhook-allow", message)
 
     def test_sets_log_level(self):
         options = self.parse(["-l", "error", "-D", self.root_path()])

@@ -56,8 +56,10 @@ class ToolsTestCase(IntegrationTestCase):
     vhost_prefix = "cyme-tools-it"
 
     async def start_pair(self):
-        """Branches a and b, one cluster, each listing both."""
-        nodes = [await self.spawn_branch(i) for i in ("a", "b")]
+        """Branches a and b, one cluster, each listing both; their operator
+        opens loopback (C{--webhook-allow 127.0.0.1}), where L{start_target}
+        listens, to the apps' C{allowed_hosts}."""
+        nodes = [await self.spawn_branch(i, "--webhook-allow", "127.0.0.1") for i in ("a", "b")]
         for node in nodes:
             await self.wait_ping(node.process, node.port)
         for node in nodes:

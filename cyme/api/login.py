@@ -13,7 +13,8 @@ it must also carry the branch's own C{Origin} (L{cyme.api.auth.Gate}).
 from cyme.api.http import json_body
 from cyme.api.sessions import set_cookie
 
-_FORM = """<!doctype html><html><head><meta charset=utf-8><title>cyme · log in</title>
+_FORM = """<!doctype html><html><head><meta charset=utf-8><link rel="icon" href="data:,">
+<title>cyme · log in</title>
 </head><body><h1>cyme</h1><form method=post action="/login/">
 <label>Token <input type=password name=token autocomplete=off required></label>
 <button>Log in</button></form></body></html>

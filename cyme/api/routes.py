@@ -18,6 +18,7 @@ from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import logs
 from cyme.api import admin, login, prometheus
+from cyme.api import events as event_stream
 from cyme.api.auth import Gate, caller_of
 from cyme.api.guard import GuardResource
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
@@ -76,7 +77,7 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops, gate=None, waits=None):
+    def __init__(self, ops, gate=None, waits=None, clock=None):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
@@ -85,6 +86,10 @@ class BranchAPI:
         #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared
         #: with the waits other branches send it.
         self.waits = waits if waits is not None else WaitCap()
+        if clock is None:
+            from twisted.internet import reactor as clock
+        #: Times the event streams' keep-alives.
+        self.clock = clock
 
     def resource(self):
         return GuardResource(self.app.resource(), self.gate, self.queue_task)
@@ -132,11 +137,20 @@ class BranchAPI:
 
     @route("/admin", ["GET"])
     async def admin(self, request):
-        """The admin page: branches, apps and this branch's instances."""
-        page = await admin.render(self.ops)
-        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
-        request.setHeader(b"Cache-Control", b"no-store")
+        """The admin page: branches, apps, every instance, the latest events, live."""
+        page = await admin.render(self.ops, self.clock.seconds())
+        admin.set_headers(request)
         return page
+
+    @route("/events", ["GET"])
+    def events(self, request):
+        """The cluster's events as Server-Sent Events (L{cyme.api.events})."""
+        return event_stream.serve(request, self.ops, self.clock)
+
+    @route("/drift", ["GET"])
+    async def drift(self, request):
+        """Every instance of the cluster whose worker is not as it asks."""
+        return self._listing(request, await self.ops.describe_instances(drift_only=True))
 
     @route("/metrics", ["GET"])
     def metrics(self, request):
@@ -200,6 +214,17 @@ class BranchAPI:
     async def delete_app(self, request, app):
         _mark_partial(request, await self.ops.delete_app(app))
         return json_body(request, 200, {"ok": "ok"})
+
+    @route("/<app>/restart", ["POST"])
+    async def restart_app(self, request, app):
+        """A rolling restart of the app's instances: 202 with its id at once."""
+        restart = await self.ops.restart_app(app, request_params(request))
+        request.setHeader(b"Location", f"/restarts/{restart['id']}/".encode("utf-8"))
+        return json_body(request, 202, restart)
+
+    @route("/restarts/<restart_id>", ["GET"])
+    async def get_restart(self, request, restart_id):
+        return json_body(request, 200, await self.ops.get_restart(restart_id))
 
     # Instances
 

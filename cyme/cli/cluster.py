@@ -61,6 +61,52 @@ def status(settings):
     settings.emit({"branches": ids, "instances": rows}, status_view.pretty(ids, rows))
 
 
+@click.command(help="Follow the cluster's events as they happen (Ctrl-C ends): workers "
+                    "started, ready, unresponsive, stopped, restarted...; instances, apps, "
+                    "queues and branches.")
+@click.option("-t", "--type", "types", multiple=True, metavar="TYPE",
+              help="Only events of TYPE (repeatable, or comma-separated).")
+@click.option("-l", "--last", type=click.IntRange(0, 1000), default=10, show_default=True,
+              help="Show the latest N events first.")
+@click.option("-c", "--count", type=click.IntRange(min=1), metavar="N",
+              help="Stop after N events.")
+@shared
+@pass_settings
+def events(settings, types, last, count):
+    types = [t for given in types for t in given.split(",") if t]
+    stream = settings.client.events(app=settings.app, types=types, last=last)
+    try:
+        for n, event in enumerate(stream, 1):
+            settings.emit(event, event_line(event))
+            if count is not None and n >= count:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stream.close()
+
+
+def event_line(event):
+    """One line a person reads: time, branch, type, what it is about, why."""
+    about = "/".join(x for x in (event.get("app"), event.get("instance") or event.get("peer"))
+                     if x)
+    parts = [when(event.get("time")), event.get("branch") or "-", event.get("type"),
+             about or "-", event.get("reason") or ""]
+    return "  ".join(str(p) for p in parts).rstrip()
+
+
+@click.command(help="Every instance of the cluster whose worker differs from what it asks, "
+                    "and how (worker down, queues not consumed yet, autoscale not applied).")
+@shared
+@pass_settings
+def drift(settings):
+    found = settings.client.drift()
+    lines = [f"{i.get('name')}  {i.get('app')}  {i.get('branch')}  {d.get('kind')}: "
+             f"{d.get('detail')} (since {when(d.get('since'))})"
+             for i in found for d in i.get("drift") or []]
+    settings.emit(found, "\n".join(lines) if lines else "no drift: every worker is as asked")
+
+
 @click.command(help="Queue an HTTP request to URL that a worker of APP consuming QUEUE "
                     "makes (GET, or POST with --data).")
 @click.argument("app")

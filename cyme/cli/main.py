@@ -17,6 +17,7 @@ instances.autoscale NAME 4 1.  Examples:
   cyme -a foo queues add tasks
   cyme -a foo consumers add w1 tasks
   cyme status
+  cyme events -t ready,unresponsive
 Exit status: 0 done, 1 an error of the API (one line on stderr), 2 a usage error.
 Shell completion (bash): eval "$(_CYME_COMPLETE=bash_source cyme)"
 """
@@ -54,7 +55,8 @@ def cli(ctx, url, token, cacert, fmt, nowait, app, timeout):
 
 
 for command in (resources.apps, resources.instances, resources.queues, resources.consumers,
-                cluster.branches, cluster.status, cluster.queue, cluster.task, cluster.token):
+                cluster.branches, cluster.status, cluster.events, cluster.drift, cluster.queue,
+                cluster.task, cluster.token):
     cli.add_command(command)
 
 

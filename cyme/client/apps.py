@@ -1,5 +1,6 @@
 """The cluster and its apps, for L{cyme.client}: L{Client} and L{App}."""
 
+from cyme.client.events import follow
 from cyme.client.instances import Instance, Instances
 from cyme.client.queues import Queues
 from cyme.client.records import Record, name_of
@@ -158,3 +159,16 @@ class Client:
 
     def ping(self):
         return self.transport.request("GET", path("ping"))
+
+    def drift(self):
+        """Every instance of the cluster whose worker is not as it asks (its C{drift})."""
+        return self.transport.request("GET", path("drift"))
+
+    def events(self, app=None, types=None, last=0, reconnect=True):
+        """
+        The cluster's events as they happen (an endless iterator of dicts:
+        C{id}, C{time}, C{branch}, C{type}, C{app}, C{instance},
+        C{reason}, C{peer}): C{app}'s, of C{types}, the latest C{last}
+        first; C{reset} where some were lost (L{cyme.client.events}).
+        """
+        return follow(self.transport, app, types, last, reconnect)

@@ -122,6 +122,49 @@ class Transport:
             raise error_for(response.status, answer)
         return answer, response.headers
 
+    def stream(self, target, params=None, headers=None, silence=60.0):
+        """
+        C{GET target} answered as it comes (C{GET /events/}): its text
+        lines (a context manager that releases the connection), or the
+        L{APIError} it stands for; C{silence}: seconds without a byte
+        before the connection is taken for dead (L{ConnectionFailed}).
+        """
+        target = self.prefix + target
+        given = _values(params or {})
+        if given:
+            target += "?" + urlencode(given, doseq=True)
+        try:
+            response = self.pool.urlopen(
+                "GET", target, headers=dict(self.headers, **(headers or {})), redirect=False,
+                preload_content=False, timeout=urllib3.Timeout(connect=10.0, read=silence),
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise ConnectionFailed(f"cannot reach {self.url}: {_reason(e)}") from None
+        if response.status >= 400:
+            raise error_for(response.status, _decode(response))
+        return _Lines(response, self.url)
+
+
+class _Lines:
+    """The text lines of a streamed answer, its connection released at the end."""
+
+    def __init__(self, response, url):
+        self.response = response
+        self.url = url
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.response.release_conn()
+
+    def __iter__(self):
+        try:
+            for line in self.response:
+                yield line.decode("utf-8", "replace")
+        except urllib3.exceptions.HTTPError as e:
+            raise ConnectionFailed(f"lost {self.url}: {_reason(e)}") from None
+
 
 def _values(mapping):
     """The values that are set: None means "not given", never sent."""

@@ -28,6 +28,7 @@ def _seconds(value, field):
 
 
 INSTANCES_LIST = {"app": optional(_text)}
+INSTANCES_DESCRIBE = {"drift_only": optional(flag, False)}
 INSTANCE_LOOKUP = {"name": _text}
 INSTANCE_PUT = {
     "app": _text, "name": _text, "values": optional(obj, {}),
@@ -83,6 +84,17 @@ def instance_op(args):
 def names(reply):
     """The instance names of an C{instances.list} reply; what is no name is left out."""
     return [n for n in reply if isinstance(n, str)] if isinstance(reply, list) else []
+
+
+def described(reply):
+    """
+    The instances of an C{instances.describe} reply: JSON objects, each
+    with a C{name} and C{app} (what is not is left out).
+    """
+    if not isinstance(reply, list):
+        return []
+    return [i for i in reply if isinstance(i, dict) and isinstance(i.get("name"), str)
+            and isinstance(i.get("app"), str) and isinstance(i.get("drift", []), list)]
 
 
 def app_of(reply):

@@ -39,14 +39,18 @@ from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 from cyme.waits import WaitCap
 
-from . import calls
+from . import calls, drift
+from .eventhub import EventHub
+from .clustertasks import ClusterTasks
 from .interfaces import IOperations
+from .restarts import RestartOperations
+from .rolling import RollingRestarts
 from .tokens import ClusterTokens
 
 
 @implementer(IOperations)
 @attrs.define
-class ClusterOperations(ClusterTokens):
+class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     #: This branch's own operations: a L{cyme.operations.local.LocalOperations}
     #: (its IOperations, and what only this branch knows: C{task_record}).
     local: object
@@ -60,6 +64,10 @@ class ClusterOperations(ClusterTokens):
     #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared with
     #: its API: the waits other branches send here count against it.
     waits: object = attrs.field(factory=WaitCap)
+    #: The cluster's events (an L{cyme.operations.eventhub.EventHub} over the bus).
+    events: object = None
+    #: The rolling restarts this branch coordinates (L{RollingRestarts}).
+    restarts: object = None
     placement: object = attrs.field(
         default=attrs.Factory(lambda self: Placement(
             self.bus, self.store, limits=self.local.worker_policy.limits()), takes_self=True)
@@ -74,11 +82,11 @@ class ClusterOperations(ClusterTokens):
         """The bus methods other branches call on this one."""
         return {
             "instances.list": self._list_local,
+            "instances.describe": self._describe_local,
             "instance.lookup": self._lookup_local,
             "instance.op": self._instance_op,
             "instance.put": self._put_remote,
-            "task.get": self._task_local,
-            "task.wait": self._task_wait_local,
+            **self.task_handlers(),
             **self.token_handlers(),
         }
 
@@ -99,6 +107,25 @@ class ClusterOperations(ClusterTokens):
 
     async def local_instances(self):
         return await self.local.local_instances()
+
+    async def _describe_local(self, args, sender):
+        args = calls.checked(args, calls.INSTANCES_DESCRIBE)
+        return (await self.local.describe_instances(args["drift_only"]))[0]
+
+    async def describe_instances(self, drift_only=False):
+        results, errors, missing = await self.bus.broadcast(
+            "instances.describe", {"drift_only": drift_only}, self.call_timeout)
+        found = [i for listed in results.values() for i in calls.described(listed)]
+        for peer in self.bus.known_peers():
+            if not peer.online:
+                found += [_offline(app, name, peer) for app, name in peer.instances]
+        found.sort(key=lambda i: (i["app"], i.get("branch") or "", i["name"]))
+        return found, sorted(set(missing) | set(errors))
+
+    def watch_events(self, deliver, match=None, after=(), last=0):
+        if self.events is None:
+            return self.local.watch_events(deliver, match, after, last)
+        return self.events.watch(deliver, match, after, last)
 
     async def list_branches(self):
         return self.bus.live_ids()
@@ -337,63 +364,20 @@ class ClusterOperations(ClusterTokens):
     async def stats(self, app, name):
         return await self._route("stats", app, name)
 
-    # Queued URLs: published here, answered by the branch that published
-
-    async def queue_task(self, app, queue, method, url, query, body, content_type, timeout):
-        return await self.local.queue_task(
-            app, queue, method, url, query, body, content_type, timeout
-        )
-
-    def _task_local(self, args, sender):
-        args = calls.checked(args, calls.TASK_GET)
-        record = self.local.task_record(args["app"], args["uuid"])
-        return None if record is None else {"state": record.state}
-
-    async def _task_wait_local(self, args, sender):
-        args = calls.checked(args, calls.TASK_WAIT)
-        with self.waits.hold(args["app"], args["uuid"]):
-            return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
-
-    async def _task_owner(self, app, task_id):
-        if self.local.task_record(app, task_id) is not None:
-            return self.bus.branch_id
-        results, errors, missing = await self.bus.broadcast(
-            "task.get", {"app": app, "uuid": task_id}, self.call_timeout
-        )
-        for branch, found in sorted(results.items()):
-            if found:
-                return branch
-        return None
-
-    async def task(self, app, task_id):
-        await self.local.get_app(app)
-        owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.bus.branch_id:
-            return await self.local.task(app, task_id)
-        return await self.bus.call(
-            owner, "instance.op", {"op": "task", "args": [app, task_id]}, self.call_timeout
-        )
-
-    async def wait_task(self, app, task_id, timeout):
-        await self.local.get_app(app)
-        owner = await self._task_owner(app, task_id)
-        if owner is None or owner == self.bus.branch_id:
-            return await self.local.wait_task(app, task_id, timeout)
-        return await self.bus.call(
-            owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
-            timeout + self.call_timeout,
-        )
-
 
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
 
 
 def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
-                  **bus_options):
+                  launcher=None, restart_listener=None, kill_timeout=10.0, **bus_options):
     """
     This branch in the cluster: C{(ClusterOperations, Bus)} over C{local}
     (L{cyme.operations.local.LocalOperations}) and the bus C{transport},
-    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).
+    its envelopes sealed by C{seal} (L{cyme.cluster.seal.ISeal}).  Its
+    rolling restarts renew C{launcher} (an L{ILauncher}) and tell
+    C{restart_listener} each step; one instance's step (its warm stop and
+    its replacement's first pong) may take C{kill_timeout} +
+    C{ready_timeout} + 30 s.
 
     The one place the cluster's parts are put together (makeService and
     the tests build a branch alike); the bus is a service for the caller
@@ -403,10 +387,18 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
     bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
     replication = Replication(store, bus)
+    # The cluster's events: this branch's log, and its peers' while watched.
+    events = None if local.events is None else EventHub(local.events.log, clock, bus)
+    if events is not None:
+        bus.register(events.handlers())
+    restarts = RollingRestarts(clock, local.branch_id, bus, launcher, restart_listener,
+                               step_timeout=kill_timeout + ready_timeout + 30.0)
     cluster = ClusterOperations(local, bus, store, replication, ready_timeout=ready_timeout,
-                                waits=waits if waits is not None else WaitCap())
+                                waits=waits if waits is not None else WaitCap(),
+                                events=events, restarts=restarts)
     bus.register(replication.handlers())
     bus.register(cluster.handlers())
+    bus.register(restarts.handlers())
     bus.subscribe(replication.peer_seen)
     # Other branches see this one's instances change at once, not at its
     # next heartbeat.
@@ -416,7 +408,7 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
 
 def _offline(app, name, peer):
     return {"name": name, "app": app, "branch": peer.id, "state": "offline",
-            "last_heartbeat": peer.last_seen}
+            "last_heartbeat": peer.last_seen, "drift": drift.offline(peer)}
 
 
 __all__ = ["ClusterOperations", "build_cluster"]

@@ -52,6 +52,27 @@ class IOperations(Interface):
         shows it), by app then name: the admin page's own table.
         """
 
+    def describe_instances(drift_only=False):
+        """
+        C{(instances, missing)}: the JSON of every instance of the cluster
+        (as L{get_instance} shows it, with its C{drift}), or with
+        C{drift_only} of those whose drift is not empty; an offline
+        branch's instances as all that is known of them (state
+        C{offline}, drift of kind C{branch}).
+        """
+
+    def watch_events(deliver, match=None, after=(), last=0):
+        """
+        Tell C{deliver(event)} the events of the cluster (a plain method):
+        each a JSON object C{{"id", "time", "branch", "type", "app",
+        "instance", "reason", "peer"}} for which C{match(Event)} is true,
+        first those after the positions C{after} (C{[(branch, n)]}, a
+        C{reset} event for a position no longer held) or the latest
+        C{last}, then each new one.  Returns the watch, whose C{stop()}
+        ends it; L{cyme.errors.Unavailable} when the branch serves too
+        many (L{cyme.operations.eventhub}).
+        """
+
     # Apps
 
     def list_apps():
@@ -123,6 +144,17 @@ class IOperations(Interface):
 
     def stats(app, name):
         """The worker's live statistics."""
+
+    # Rolling restarts (L{cyme.operations.rolling})
+
+    def restart_app(app, values):
+        """
+        Start restarting the app's instances a few at a time (C{parallel},
+        default 1): the restart's JSON at once, with its C{id}.
+        """
+
+    def get_restart(restart_id):
+        """A rolling restart's progress (from the branch that coordinates it)."""
 
     # Queued URLs
 

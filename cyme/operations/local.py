@@ -23,6 +23,7 @@ from cyme import __version__, logs
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
 from cyme.cluster.presence import PROTOCOL_VERSION, load_figures
 from cyme.operations.interfaces import IOperations
+from cyme.operations.restarts import RestartOperations
 from cyme.operations.tokens import LocalTokens
 from cyme.state import params
 from cyme.state.models import App, Broker, check_app_name, check_name
@@ -45,7 +46,7 @@ def _autoscale(instance):
 
 @implementer(IOperations)
 @attrs.define
-class LocalOperations(LocalTokens):
+class LocalOperations(LocalTokens, RestartOperations):
     """
     The operations of one branch over its C{store} (an L{IStore}); every
     other collaborator is a keyword argument, None when this branch has
@@ -80,6 +81,12 @@ class LocalOperations(LocalTokens):
     #: This branch's readiness (a L{cyme.operations.health.BranchHealth}), if
     #: it runs the parts that can fail.
     readiness: object = attrs.field(default=None, kw_only=True)
+    #: This branch's events (an L{cyme.operations.eventhub.EventHub} of its log).
+    events: object = attrs.field(default=None, kw_only=True)
+    #: What differs in its instances (a L{cyme.operations.drift.DriftWatch}).
+    drift: object = attrs.field(default=None, kw_only=True)
+    #: The rolling restarts it coordinates (L{cyme.operations.rolling.RollingRestarts}).
+    restarts: object = attrs.field(default=None, kw_only=True)
     #: Wall clock: replication versions (last writer wins) and uptime.
     now: object = attrs.field(default=time.time, kw_only=True)
     started: float = attrs.field(
@@ -161,6 +168,14 @@ class LocalOperations(LocalTokens):
             for app in self.store.apps()
             for instance in self.store.instances(app.name)
         ]
+
+    async def describe_instances(self, drift_only=False):
+        return [i for i in await self.local_instances() if i["drift"] or not drift_only], []
+
+    def watch_events(self, deliver, match=None, after=(), last=0):
+        if self.events is None:
+            raise Unavailable("this branch keeps no events")
+        return self.events.watch(deliver, match, after, last)
 
     # Apps
 
@@ -383,6 +398,7 @@ class LocalOperations(LocalTokens):
         data["branch"] = self.branch_id
         if self.supervisor is not None:
             data.update(self.supervisor.status(instance.name))
+        data["drift"] = self.drift.of(data) if self.drift is not None else []
         return data
 
     # Queued URLs

@@ -18,7 +18,7 @@ from cyme.state.fields import (  # noqa: F401
     as_converter as _converter, as_validator as _validator, build, check_bool,
     check_hostname, check_int, check_json_object, check_seconds, check_text,
 )
-from cyme.state.workeroptions import parse_imports
+from cyme.state.workeroptions import MAX_CONCURRENCY, parse_imports
 
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}\Z")
 
@@ -152,7 +152,15 @@ def _check_broker(instance, attribute, value):
         raise BadRequest("broker", "broker must be a broker object")
 
 
-def _check_hosts(value):
+#: What allowed_hosts took before the fence: a state file of that version
+#: may hold an entry the fence cannot read (C{[1:2]}).  It loads and matches
+#: nothing (L{cyme.fence}); only a write through the API is refused.
+OLDER_HOST_RE = re.compile(
+    r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]{0,252})?(:\d{1,5})?\Z|\[[0-9A-Fa-f:.]+\](:\d{1,5})?\Z"
+)
+
+
+def _check_hosts(value, strict=False):
     # Names, "*.domain", addresses and networks (CIDR), each with an
     # optional ":port": the webhook fence's entries (cyme.fence.parse_entry).
     if isinstance(value, str):
@@ -164,8 +172,14 @@ def _check_hosts(value):
         try:
             parse_entry(host)
         except ValueError as e:
-            raise BadRequest("allowed_hosts", f"allowed_hosts: {e}") from None
+            if strict or not isinstance(host, str) or not OLDER_HOST_RE.match(host.strip()):
+                raise BadRequest("allowed_hosts", f"allowed_hosts: {e}") from None
     return tuple(h.strip().lower() for h in value)
+
+
+def check_allowed_hosts(value):
+    """C{allowed_hosts} as a client writes them: every entry one the fence reads."""
+    return _check_hosts(value, strict=True)
 
 
 def check_app_name(value, field="name"):
@@ -277,9 +291,6 @@ def _check_queue_names(instance, attribute, value):
         check_name(name, "queues")
     if len(set(value)) != len(value):
         raise BadRequest("queues", "queues must not repeat a name")
-
-
-MAX_CONCURRENCY = 10000
 
 
 def _check_min_concurrency(instance, attribute, value):

@@ -14,7 +14,8 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.state.models import (
-    Broker, Instance, Queue, check_bool, check_hostname, check_json_object,
+    Broker, Instance, Queue, check_allowed_hosts, check_bool, check_hostname,
+    check_json_object,
 )
 from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import (
@@ -97,9 +98,10 @@ def app_changes(params, policy=CLOSED):
     if "imports" in params:
         changes["imports"] = parse_imports(params["imports"] or ())
         policy.check_imports(changes["imports"])
-    for key in ("allowed_hosts", "task_timeout"):
-        if key in params:
-            changes[key] = params[key]
+    if "allowed_hosts" in params:  # strictly: an older version's "[1:2]" loads, is not written
+        changes["allowed_hosts"] = check_allowed_hosts(params["allowed_hosts"])
+    if "task_timeout" in params:
+        changes["task_timeout"] = params["task_timeout"]
     return changes
 
 

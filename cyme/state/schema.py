@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from cyme import logs
 from cyme.errors import StartupError
+from cyme.fence import parse_entry
 
 log = Logger(observer=logs.observer)
 
@@ -121,7 +122,24 @@ def read(raw, path):
                  path=path, schema=schema, current=SCHEMA_VERSION, old=old_file(path, schema))
     for note in notes:
         log.warn("state file {path}: {note}", path=path, note=note)
+    _warn_unreadable_hosts(data, path)
     return data, notes, schema
+
+
+def _warn_unreadable_hosts(data, path):
+    """Name each C{allowed_hosts} entry the fence cannot read (an older
+    version took C{[1:2]}): it loads, and allows nothing until corrected."""
+    apps = data.get("apps")
+    for name, app in (apps.items() if isinstance(apps, dict) else ()):
+        hosts = app.get("allowed_hosts") if isinstance(app, dict) else None
+        for entry in (hosts if isinstance(hosts, list) else ()):
+            try:
+                parse_entry(entry)
+            except ValueError as e:
+                log.warn("state file {path}: app {app}'s allowed_hosts entry {entry!r} is "
+                         "not one this version reads ({error}): it allows nothing (the app's "
+                         "other entries still do); correct the app's allowed_hosts",
+                         path=path, app=name, entry=entry, error=e)
 
 
 def old_file(path, schema):

@@ -29,6 +29,8 @@ import shlex
 import attrs
 
 from cyme.errors import BadRequest
+from cyme.fence import parse_entry
+from cyme.state.fields import check_int
 
 #: Where an error points the client to.
 SEE = "see the allowed worker options in the README's Security section"
@@ -235,7 +237,6 @@ SETTINGS = {
     "worker_disable_rate_limits": _boolean,
     "worker_lost_wait": _seconds(),
     "worker_proc_alive_timeout": _seconds(),
-    "worker_pool_restarts": _boolean,
     "worker_send_task_events": _boolean,
     "worker_cancel_long_running_tasks_on_connection_loss": _boolean,
     "task_time_limit": _seconds(),
@@ -265,6 +266,10 @@ SETTINGS = {
 }
 
 _REFUSED_SETTINGS = {
+    # Its pool_restart remote command imports the modules it is sent: any
+    # broker user's choice, past the operator's --task-module.
+    "worker_pool_restarts": "it lets a remote command import any module",
+    "worker_enable_remote_control": "cyme commands its workers through it",
     "worker_concurrency": "use max_concurrency and min_concurrency",
     "worker_pool": "use the instance's pool",
     "imports": "use the app's imports", "include": "use the app's imports",
@@ -306,6 +311,10 @@ def parse_imports(value, field="imports"):
     return tuple(value)
 
 
+#: The highest max_concurrency of an instance, and of a branch's cap.
+MAX_CONCURRENCY = 10000
+
+
 def default_max_concurrency():
     return 4 * (os.cpu_count() or 1)
 
@@ -320,7 +329,12 @@ class WorkerPolicy:
     serializers workers may use besides json; C{max_concurrency} caps an
     instance's, C{max_instances} the number of instances on the branch;
     C{broker_ca}: the CA bundle workers check an C{amqps://} broker's
-    certificate with (C{--broker-ca}; None: the system's CAs).
+    certificate with (C{--broker-ca}; None: the system's CAs);
+    C{webhook_allow}: where inside the ranges the fence refuses by default
+    an app's C{allowed_hosts} may open queued URLs (C{--webhook-allow},
+    entries as C{allowed_hosts}); C{webhook_deny_private}: private ranges
+    are refused too (C{--webhook-deny-private}).  The workers get the
+    fence with their configuration.
     """
 
     task_modules: tuple = ()
@@ -328,11 +342,27 @@ class WorkerPolicy:
     max_concurrency: int = attrs.field(factory=default_max_concurrency)
     max_instances: int = 100
     broker_ca: str | None = None
+    webhook_allow: tuple = ()
+    webhook_deny_private: bool = False
 
     @classmethod
     def from_options(cls, task_modules=(), accept_content=(), max_concurrency=None,
-                     max_instances=100, broker_ca=None):
+                     max_instances=100, broker_ca=None, webhook_allow=(),
+                     webhook_deny_private=False):
         """The policy from the command line's values; L{BadRequest} names the option."""
+        counts = {}
+        for name, value in (("--max-concurrency", max_concurrency),
+                            ("--max-instances", max_instances)):
+            try:
+                counts[name] = None if value is None else check_int(value, name, 1,
+                                                                     MAX_CONCURRENCY)
+            except BadRequest as e:
+                raise BadRequest(name, f"{e.message}, not {value!r}") from None
+        for entry in webhook_allow:
+            try:
+                parse_entry(entry)
+            except ValueError as e:
+                raise BadRequest("--webhook-allow", f"--webhook-allow: {e}") from None
         for pattern in task_modules:
             if not PATTERN_RE.match(pattern):
                 raise BadRequest("--task-module", f"--task-module {pattern!r} is not a "
@@ -342,8 +372,9 @@ class WorkerPolicy:
             serializers.update(_serializers(value, "--accept-content"))
         return cls(
             tuple(task_modules), frozenset(serializers - {"json"}),
-            default_max_concurrency() if max_concurrency is None else max_concurrency,
-            max_instances, broker_ca,
+            counts["--max-concurrency"] or default_max_concurrency(),
+            counts["--max-instances"] or 100, broker_ca,
+            tuple(e.strip().lower() for e in webhook_allow), bool(webhook_deny_private),
         )
 
     def limits(self):

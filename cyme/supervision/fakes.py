@@ -226,6 +226,8 @@ class FakeProcess(InertProcessTransport):
         self.signals = []
         self.ended = False
         self.stdin_closed = False
+        #: What was written to its stdin.
+        self.written = []
 
     def node(self):
         return self.args[self.args.index("-n") + 1]
@@ -254,6 +256,9 @@ class FakeProcess(InertProcessTransport):
 
     def closeStdin(self):
         self.stdin_closed = True
+
+    def write(self, data):
+        self.written.append(data)
 
 
 
@@ -292,13 +297,29 @@ class FakeLauncher:
     """
     Spawns L{FakeProcess}es on a L{FakeProcessReactor}; C{fail} makes the
     next spawns raise, C{orphan(pid)} plays a fork server that ended.
+    C{renewals} counts the L{renew} calls; C{hold_renewal} makes them wait
+    (in C{held}) until the test fires them, C{fail_renewal} (an exception)
+    fail.
     """
 
     def __init__(self, reactor):
         self.reactor = reactor
         self.fail = None
         self.spawned = []
+        self.renewals = 0
+        self.hold_renewal = False
+        self.fail_renewal = None
+        self.held = []
         self._orphans = Listeners("orphaned worker")
+
+    def renew(self):
+        self.renewals += 1
+        if self.fail_renewal is not None:
+            return defer.fail(self.fail_renewal)
+        if not self.hold_renewal:
+            return defer.succeed(True)
+        self.held.append(defer.Deferred())
+        return self.held[-1]
 
     def spawn(self, protocol, argv, env, path, log_path):
         if self.fail is not None:

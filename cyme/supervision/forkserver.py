@@ -13,7 +13,10 @@ The protocol is JSON lines.  The branch writes ``{"spawn": <standby pid>,
 "status": code, "signal": signum}`` when one of its children ends (also
 for a spawn whose standby was gone by then).  When
 the branch goes away (end of input) the server kills its standby and
-exits; workers, in their own sessions, keep running.
+exits; workers, in their own sessions, keep running.  ``{"retire": true}``
+makes it fork no more (the branch started a new server, which imports the
+code on disk now): its standby goes, and it stays the parent of the workers
+it forked, telling of their ends, until the last one ended; then it exits.
 
 It imports nothing that starts threads or opens connections, and never the
 app module the workers load (``cyme.tasks.worker`` reads its configuration from
@@ -105,6 +108,7 @@ class Server:
         self.stdout = stdout
         self.standby = None  # (pid, write fd)
         self.children = set()
+        self.retired = False
         wake_r, self.wake_w = os.pipe()
         self.wake_r = wake_r
         os.set_blocking(wake_r, False)
@@ -138,6 +142,20 @@ class Server:
         self.children.add(pid)
         self.standby = (pid, write_fd)
         self.say({"standby": pid})
+
+    def handle(self, request):
+        if request.get("retire"):
+            self.retire()
+        else:
+            self.spawn(request)
+
+    def retire(self):
+        """Fork no more; exit once the last child ended."""
+        self.retired = True
+        if self.standby is not None:
+            pid, write_fd = self.standby
+            self.standby = None
+            os.close(write_fd)  # the standby reads nothing and exits
 
     def spawn(self, request):
         pid = request.get("spawn")
@@ -184,7 +202,7 @@ class Server:
         selector.register(self.stdin, selectors.EVENT_READ, "input")
         selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         buffer = b""
-        while True:
+        while not (self.retired and not self.children):
             for key, _ in selector.select():
                 if key.data == "signal":
                     try:
@@ -201,7 +219,7 @@ class Server:
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
                     if line.strip():
-                        self.spawn(json.loads(line))
+                        self.handle(json.loads(line))
             self.reap()
 
     def shutdown(self):

@@ -97,3 +97,11 @@ class ILauncher(Interface):
         Call C{listener(pid)} when worker C{pid} stops being a child whose
         end C{processEnded} reports (its parent, the fork server, ended).
         """
+
+    def renew():
+        """
+        Start every later worker from the code on disk now (a fork server
+        is replaced by a new one); a Deferred that fires with True once the
+        launcher is ready to start them fast, False if there was nothing to
+        replace.  Running workers are left alone.
+        """

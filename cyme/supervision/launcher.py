@@ -39,6 +39,10 @@ class ExecLauncher:
     def add_orphan_listener(self, listener):
         """Nothing to tell: the reactor's children stay its children."""
 
+    def renew(self):
+        """Nothing to replace: every worker is a new Python process already."""
+        return defer.succeed(False)
+
     def spawn(self, protocol, argv, env, path, log_path):
         log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
@@ -116,8 +120,13 @@ class ForkedProcess(InertProcessTransport):
             reason = error.ProcessTerminated(status, signum)
         self.proto.processEnded(Failure(reason))
 
+
 class _ServerProtocol(ProcessProtocol):
-    """The fork server's pipes: a JSON message a line on its stdout."""
+    """
+    A fork server's pipes: a JSON message a line on its stdout.  Its
+    callbacks are told which server (its process transport) spoke: a
+    retired server still tells of its workers' ends.
+    """
 
     def __init__(self, message, ended, log):
         self._on_message = message
@@ -135,7 +144,7 @@ class _ServerProtocol(ProcessProtocol):
                 except ValueError:
                     self._log.warn("fork server said {line!r}", line=line[:200])
                     continue
-                self._on_message(message)
+                self._on_message(self.transport, message)
 
     def errReceived(self, data):
         for line in data.decode("utf-8", "replace").splitlines():
@@ -143,12 +152,17 @@ class _ServerProtocol(ProcessProtocol):
                 self._log.warn("fork server: {line}", line=line)
 
     def processEnded(self, reason):
-        self._on_ended(reason)
+        self._on_ended(self.transport, reason)
 
 
 @implementer(ILauncher)
 class ForkServerLauncher(service.Service):
-    """Workers forked from a process that imported Celery already."""
+    """
+    Workers forked from a process that imported Celery already.
+
+    L{renew} replaces that process with a new one, which imports the code
+    on disk now; the old one forks no more and ends with its last worker.
+    """
 
     log = Logger(observer=logs.observer)
     name = "forkserver"
@@ -160,10 +174,15 @@ class ForkServerLauncher(service.Service):
         self.restart_delay = restart_delay
         self.fallback = ExecLauncher(reactor)
         self._orphans = Listeners("orphaned worker")
+        #: The current server's process transport, and its standby's pid.
         self._server = None
         self._standby = None
+        #: Server (current or retired) -> {pid: ForkedProcess} it forked.
         self._children = {}
-        self._stopped = defer.Deferred()
+        #: Server (current or retired) -> a Deferred fired when it ends.
+        self._ends = {}
+        #: Who waits for the current server's standby (L{renew}).
+        self._ready = []
         self._restart = None
 
     def startService(self):
@@ -174,12 +193,13 @@ class ForkServerLauncher(service.Service):
         self._restart = None
         self._standby = None
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self._stopped = defer.Deferred()
         self._server = self.reactor.spawnProcess(
             _ServerProtocol(self._message, self._server_ended, self.log), self.python,
             [self.python, "-m", "cyme.supervision.forkserver"], env=env,
             childFDs={0: "w", 1: "r", 2: "r"},
         )
+        self._children[self._server] = {}
+        self._ends[self._server] = defer.Deferred()
 
     def add_orphan_listener(self, listener):
         """
@@ -192,12 +212,44 @@ class ForkServerLauncher(service.Service):
         super().stopService()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
-        if self._server is None:
-            return defer.succeed(None)
-        # End of input: the server lets its standby go and exits; workers,
+        self._release_ready(False)
+        ends = list(self._ends.items())
+        # End of input: each server lets its standby go and exits; workers,
         # in their own sessions, keep running.
-        self._server.closeStdin()
-        return self._stopped
+        for server, _ in ends:
+            server.closeStdin()
+        return defer.DeferredList([d for _, d in ends], consumeErrors=True)
+
+    def renew(self):
+        """
+        Replace the fork server by a new one, so that every worker started
+        from now on runs the code on disk now (a new Celery, new task
+        code); fires once the new server's standby is ready (workers are
+        exec'd until then).  The old server forks no more: it stays the
+        parent of the workers it forked, telling of their ends, and exits
+        after the last one.
+        """
+        if not self.running:
+            return defer.succeed(False)
+        old = self._server
+        if old is not None:
+            self.log.info("replacing the fork server (pid {pid}): it ends with its "
+                          "last worker", pid=old.pid)
+            try:
+                old.write(b'{"retire": true}\n')
+            except Exception:
+                pass  # it is ending anyway: its end is reported as any
+        elif self._restart is not None and self._restart.active():
+            self._restart.cancel()
+        self._start_server()
+        d = defer.Deferred(self._ready.remove)
+        self._ready.append(d)
+        return d
+
+    def _release_ready(self, ready=True):
+        waiting, self._ready = self._ready, []
+        for d in waiting:
+            d.callback(ready)
 
     def spawn(self, protocol, argv, env, path, log_path):
         pool = argv[argv.index("-P") + 1] if "-P" in argv else "prefork"
@@ -207,32 +259,37 @@ class ForkServerLauncher(service.Service):
         request = {"spawn": pid, "argv": argv, "env": env, "cwd": path, "log": log_path}
         self._server.write(json.dumps(request).encode("utf-8") + b"\n")
         process = ForkedProcess(pid, protocol)
-        self._children[pid] = process
+        self._children[self._server][pid] = process
         protocol.makeConnection(process)
         return process
 
-    def _message(self, message):
+    def _message(self, server, message):
+        current = server is self._server
         if "standby" in message:
-            self._standby = message["standby"]
+            if current:  # a retired server's last standby is going anyway
+                self._standby = message["standby"]
+                self._release_ready()
         elif "exit" in message:
-            if message["exit"] == self._standby:
+            if current and message["exit"] == self._standby:
                 self._standby = None  # died unused: the server forks another
-            process = self._children.pop(message["exit"], None)
+            process = self._children.get(server, {}).pop(message["exit"], None)
             if process is not None:
                 process.end(message.get("status"), message.get("signal"))
         if "error" in message:
             self.log.error("fork server: {error}", error=message["error"])
 
-    def _server_ended(self, reason):
-        self._server = None
-        self._standby = None
+    def _server_ended(self, server, reason):
         # Its workers run on, no longer anyone's children here: the
         # supervisor watches them by pid from now on.
-        children, self._children = self._children, {}
-        for pid in children:
+        for pid in self._children.pop(server, {}):
             self._orphans.notify(pid)
-        stopped, self._stopped = self._stopped, defer.Deferred()
-        stopped.callback(None)
+        ended = self._ends.pop(server, None)
+        if ended is not None:
+            ended.callback(None)
+        if server is not self._server:
+            return  # a retired server, gone after its last worker
+        self._server = None
+        self._standby = None
         if self.running:
             self.log.warn("fork server ended ({reason}); restarting it",
                           reason=reason.getErrorMessage())

@@ -11,9 +11,10 @@ its clock, launcher and process table are injected (the shape of
 Twisted's C{ClientService} machine).
 
 Events come from the supervisor, the process and the timers (the table
-and its events: L{cyme.supervision.transitions}).  What the worker writes
-is relayed as it comes (L{WorkerLifecycle.tail}, L{cyme.supervision.relay});
-a line saying it cannot reach its broker makes it C{FAILED} (C{last_error}).
+and its events: L{cyme.supervision.transitions}); each transition is told
+to the C{transition} listener it was given.  What the worker writes is
+relayed as it comes (L{WorkerLifecycle.tail}, L{cyme.supervision.relay}); a
+line saying it cannot reach its broker makes it C{FAILED} (C{last_error}).
 """
 
 import os
@@ -27,7 +28,7 @@ from cyme.supervision.relay import WorkerOutput
 from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
     LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, make_directory,
-    read_spec, record_spawn, remove_pidfile, still_failing,
+    read_spec, record_spawn, remove_pidfile, still_failing, cancel_call,
 )
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
@@ -37,17 +38,12 @@ from cyme.supervision.workerstate import (
 )
 
 
-def _cancel(call):
-    if call is not None and call.active():
-        call.cancel()
-
-
 class WorkerLifecycle:
     """The worker of one instance: its process, its state, its timers."""
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, worker, clock, launcher, processes, policy, reconcile):
+    def __init__(self, worker, clock, launcher, processes, policy, reconcile, transition=None):
         #: The L{cyme.supervision.workerstate.Worker} record.
         self.worker = worker
         self._clock = clock
@@ -56,6 +52,9 @@ class WorkerLifecycle:
         self._policy = policy
         #: Asks the supervisor for a converge round (a restart is due).
         self._reconcile_soon = reconcile
+        #: Told C{(worker, state before, event, detail)} of each transition, as
+        #: its state is assigned (before its actions).
+        self._transition = transition or (lambda *_: None)
         self._kill_call = None
         self._restart_call = None
         self._quarantine_call = None
@@ -69,7 +68,8 @@ class WorkerLifecycle:
         row = TRANSITIONS.get((self.worker.state, event))
         if row is None:
             return
-        self.worker.state, actions = row
+        before, (self.worker.state, actions) = self.worker.state, row
+        self._transition(self.worker, before, event, detail)
         for action in actions:
             getattr(self, action)(detail)
 
@@ -205,7 +205,7 @@ class WorkerLifecycle:
         self._closed = True
         for call in (self._restart_call, self._quarantine_call, self._watch_call,
                      self._kill_call):
-            _cancel(call)
+            cancel_call(call)
         self._restart_call = self._quarantine_call = self._watch_call = self._kill_call = None
         self._release_ready()
 
@@ -244,8 +244,8 @@ class WorkerLifecycle:
         pid, w.process, w.pid = w.pid, None, None
         if pid is not None:
             remove_pidfile(os.path.join(w.directory, "worker.pid"), pid)
-        _cancel(self._kill_call)
-        _cancel(self._watch_call)
+        cancel_call(self._kill_call)
+        cancel_call(self._watch_call)
         self._kill_call = self._watch_call = None
         if w.state == STOPPING and (w.failure is None or w.retired):
             self._fire(EXITED, (pid, how))
@@ -410,7 +410,7 @@ class WorkerLifecycle:
         w.next_start = now + self._policy.backoff(w.attempt)
         w.attempt += 1
         if w.next_start > now:
-            _cancel(self._restart_call)
+            cancel_call(self._restart_call)
             self._restart_call = self._later(w.next_start - now, BACKOFF_ELAPSED)
 
     def _quarantine(self, detail):
@@ -425,7 +425,7 @@ class WorkerLifecycle:
             instance=w.name, reason=w.last_error, seconds=policy.quarantine,
         )
         self._release_ready()
-        _cancel(self._quarantine_call)
+        cancel_call(self._quarantine_call)
         self._quarantine_call = self._later(policy.quarantine, QUARANTINE_ELAPSED)
 
     def _leave_quarantine(self, detail):
@@ -442,8 +442,8 @@ class WorkerLifecycle:
         w.attempt = 0
         w.next_start = 0.0
         w.restart_times.clear()
-        _cancel(self._quarantine_call)
-        _cancel(self._restart_call)
+        cancel_call(self._quarantine_call)
+        cancel_call(self._restart_call)
         self._quarantine_call = self._restart_call = None
 
     def _reconcile(self, detail):

@@ -37,14 +37,9 @@ from cyme.supervision.launcher import ExecLauncher
 from cyme.supervision.lifecycle import WorkerLifecycle
 from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
 from cyme.supervision.workers import (
-    ProcessTable, node_name, worker_command, worker_directories,
+    ProcessTable, cancel_call, node_name, worker_command, worker_directories,
 )
 from cyme.supervision.workerstate import LIVE, STARTING, STOPPED, STOPPING, Policy, Worker
-
-
-def _cancel(call):
-    if call is not None and call.active():
-        call.cancel()
 
 
 def _ignore(failure):
@@ -66,7 +61,7 @@ class Supervisor(service.Service):
     def __init__(
         self, store, control, reactor, instances_dir, hostname=None,
         python=sys.executable, processes=None, launcher=None, policy=None,
-        worker_loglevel="info", worker_policy=None,
+        worker_loglevel="info", worker_policy=None, transition=None,
     ):
         self.store = store
         self.control = control
@@ -82,6 +77,8 @@ class Supervisor(service.Service):
         self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
+        #: Told of every worker's transitions (L{WorkerLifecycle}'s C{transition}).
+        self._transition = transition
         self._loop = None
         self._soon = None
         self._checks = {}
@@ -120,7 +117,7 @@ class Supervisor(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        _cancel(self._soon)
+        cancel_call(self._soon)
         self._rerun.clear()
         self._startup.stop()
         for running in filter(None, self._checks.values()):
@@ -148,8 +145,8 @@ class Supervisor(service.Service):
         life = self.workers.get(name)
         if life is None:
             return {"state": STOPPED, "pid": None, "restarts": 0, "last_error": None,
-                    "live": None}
-        return life.worker.to_json()
+                    "live": None, "uptime": None, "last_pong": None}
+        return life.worker.to_json(self.reactor.seconds())
 
     def wait_ready(self, name, timeout):
         """The instance's state once its worker answered a ping, or after C{timeout} s."""
@@ -275,7 +272,8 @@ class Supervisor(service.Service):
         worker = Worker(name, node_name(name, self.hostname),
                         os.path.join(self.instances_dir, name))
         self.workers[name] = WorkerLifecycle(
-            worker, self.reactor, self.launcher, self.processes, self.policy, self.reconcile)
+            worker, self.reactor, self.launcher, self.processes, self.policy, self.reconcile,
+            self._transition)
         return self.workers[name]
 
     def _background(self, slot, work):

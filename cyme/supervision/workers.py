@@ -32,6 +32,12 @@ from cyme.state.workeroptions import WorkerPolicy
 from cyme.supervision.interfaces import IProcessTable
 
 
+def cancel_call(call):
+    """Cancel a delayed C{call} if it is still to come (None: nothing)."""
+    if call is not None and call.active():
+        call.cancel()
+
+
 def dead_letter_queue(name):
     """The queue every instance consumes under its own name (``dq.<name>``)."""
     return f"dq.{name}"
@@ -64,10 +70,15 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     its certificate against the policy's C{broker_ca} (the branch's
     C{--broker-ca}; None: the system's CAs) and its host name.
 
+    The worker's fence of queued URLs is its own (the app's
+    C{allowed_hosts}, the policy's C{webhook_deny_private} and
+    C{webhook_allow}): a task message may narrow it, never widen it.
+
     C{queues} are the L{cyme.state.models.Queue} declarations the instance
     consumes.  The spec covers what can only change by a restart (broker,
-    pool, arguments, settings, imports, and concurrency where there is no
-    autoscaler); queues and autoscale bounds change live and are left out.
+    pool, arguments, settings, imports, the fence, and concurrency where
+    there is no autoscaler); queues and autoscale bounds change live and
+    are left out.
     Raises L{cyme.errors.BadRequest} if the records are outside this
     branch's C{policy} (a L{WorkerPolicy}): replicated from a branch that
     allows more, or written by an older version.
@@ -103,6 +114,9 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
         ],
         "extra_config": extra,
         "imports": list(app.imports),
+        "webhook": {"allowed_hosts": list(app.allowed_hosts),
+                    "deny_private": policy.webhook_deny_private,
+                    "opened": list(policy.webhook_allow)},
     }
     if broker.ssl:
         # The name the certificate must carry: the URL's, which Celery
@@ -123,6 +137,13 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
                   json.dumps(extra, sort_keys=True)]
     if app.imports:  # only then: the workers of an older version stay current
         spec_parts.append(",".join(app.imports))
+    # The fence likewise: a worker with the default one keeps its spec.
+    if app.allowed_hosts:
+        spec_parts.append("allowed_hosts=" + ",".join(app.allowed_hosts))
+    if policy.webhook_deny_private:
+        spec_parts.append("deny_private=1")
+    if policy.webhook_allow:
+        spec_parts.append("webhook_allow=" + ",".join(policy.webhook_allow))
     if broker.ssl:  # a new CA bundle restarts the workers that use it
         spec_parts.append(f"ca={policy.broker_ca or ''}")
     if instance.pool not in ("prefork", "solo"):

@@ -152,7 +152,12 @@ class Worker:
         """The state users see: a start that failed is C{failed}, with no pid."""
         return FAILED if self.state == START_FAILED else self.state
 
-    def to_json(self):
+    def to_json(self, now=None):
+        """
+        What users see of the worker; with C{now} (the clock's seconds),
+        its C{uptime} too (None while it has no process).
+        """
+        up = self.pid is not None and self.started_at is not None and now is not None
         return {
             "state": self.shown_state,
             "pid": self.pid,
@@ -161,4 +166,6 @@ class Worker:
             "last_error": self.last_error,
             "quarantined_until": self.quarantined_until,
             "live": dict(self.live) if self.live is not None else None,
+            "uptime": max(0.0, now - self.started_at) if up else None,
+            "last_pong": self.last_pong,
         }

@@ -358,6 +358,9 @@ class TaskService(service.Service):
             "body": body,
             "content_type": content_type,
             "timeout": timeout or app.task_timeout,
+            # The workers fence with their own copy (from the branch that
+            # started them); this one may only narrow it, and fences the
+            # workers an older cyme started.
             "allowed_hosts": list(app.allowed_hosts),
         }
         if self.url_check.deny_private:

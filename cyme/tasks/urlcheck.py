@@ -30,7 +30,7 @@ class URLRefused(BadRequest):
         self.detail.update(host=error.host, rule=error.rule)
 
 
-def check_url(url, allowed_hosts, deny_private=False):
+def check_url(url, allowed_hosts, deny_private=False, opened=()):
     """
     Refuse anything but an http(s) URL the fence allows on its face (an
     address literal judged, a name that C{allowed_hosts} may allow): 400.
@@ -38,7 +38,7 @@ def check_url(url, allowed_hosts, deny_private=False):
     """
     try:
         return webhook.check_url(url, allowed_hosts, max_length=MAX_URL,
-                                 deny_private=deny_private)
+                                 deny_private=deny_private, opened=opened)
     except webhook.HostRefused as e:
         raise URLRefused(e) from None
     except webhook.WebhookError as e:
@@ -68,8 +68,10 @@ class URLCheck:
     """
     The fence at queue time: C{resolver} (an C{IHostnameResolver}; None:
     names are left to the workers) looks names up, C{deny_private} refuses
-    private ranges too (C{--webhook-deny-private}, told to the workers with
-    each task).
+    private ranges too (C{--webhook-deny-private}), C{opened} is where the
+    operator lets an app's C{allowed_hosts} open the refused ranges
+    (C{--webhook-allow}).  The branch gives its workers the same policy
+    when it starts them (L{cyme.supervision.workers.worker_command}).
     """
 
     log = Logger(observer=logs.observer)
@@ -80,10 +82,11 @@ class URLCheck:
     cache_seconds = 5.0
     cache_size = 1024
 
-    def __init__(self, clock, resolver=None, deny_private=False, timeout=3.0):
+    def __init__(self, clock, resolver=None, deny_private=False, timeout=3.0, opened=()):
         self.clock = clock
         self.resolver = resolver
         self.deny_private = deny_private
+        self.opened = tuple(opened)
         self.timeout = timeout
         self._resolved = {}  # (host, port) -> (until, addresses)
 
@@ -94,9 +97,9 @@ class URLCheck:
         A name this branch cannot resolve (in time) is left to the worker,
         whose resolver may know it.
         """
-        parts = check_url(url, allowed_hosts, self.deny_private)
+        parts = check_url(url, allowed_hosts, self.deny_private, self.opened)
         host, port = parts.hostname, webhook.port_of(parts)
-        policy = webhook.fence_for(tuple(allowed_hosts), self.deny_private)
+        policy = webhook.fence_for(tuple(allowed_hosts), self.deny_private, self.opened)
         if (self.resolver is None or fence.literal_address(host) is not None
                 or not policy.needs_addresses(host, port)):
             return  # judged already, or by the worker alone

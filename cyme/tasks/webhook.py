@@ -14,8 +14,11 @@ What L{perform} guarantees:
   - at most L{MAX_REDIRECTS} redirects;
   - every hop fenced (L{cyme.fence}): its host looked up once, each address
     found judged by the app's C{allowed_hosts} or else the default policy,
+    inside refused ranges only where the branch's operator C{opened} them,
     and the connection made to an address judged, never to the name (so a
     second lookup cannot lead elsewhere: no DNS rebinding);
+  - every request says it comes through cyme (C{Via: 1.1 cyme-webhook}),
+    so that a cyme branch never takes it for a caller of its own machine;
   - one overall deadline of C{timeout} seconds for the whole exchange
     (connect, redirects, headers and body), not per socket operation;
   - at most C{max_response_bytes} of response body read;
@@ -37,7 +40,7 @@ from urllib3 import exceptions as u3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 
 from cyme import __version__
-from cyme.fence import Fence, Refused, literal_address
+from cyme.fence import Both, Fence, Refused, literal_address
 from cyme.tasks.webdata import (
     add_query, ascii_host, decode_content, encode_body, host_header, target,
 )
@@ -48,11 +51,13 @@ MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 USER_AGENT = f"cyme-webhook/{__version__}"
+#: On every request: the server sees that a proxy (cyme) forwards it.
+VIA = "1.1 cyme-webhook"
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 _CHUNK = 64 * 1024
 # Headers the client computes itself; a caller's value for them is ignored.
-_RESERVED = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "keep-alive"}
+_RESERVED = {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "keep-alive", "via"}
 # Headers dropped when a redirect leaves the original host.
 _CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
 
@@ -80,14 +85,14 @@ def _fmt_seconds(seconds):
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 
 
-def check_url(url, allowed_hosts=(), max_length=None, deny_private=False):
+def check_url(url, allowed_hosts=(), max_length=None, deny_private=False, opened=()):
     """Refuse C{url} unless it is an absolute http(s) URL with a host, within
     C{max_length} characters, that the fence (L{cyme.fence.Fence}) does not
     refuse on its face (an address literal, or a name that no entry of a
     non-empty C{allowed_hosts} could allow); raise L{WebhookError}.
     Return the L{urllib.parse.SplitResult}.
     """
-    return _check(url, _fence(allowed_hosts, deny_private), max_length)
+    return _check(url, _fence(allowed_hosts, deny_private, opened), max_length)
 
 
 def _check(url, fence, max_length=None):
@@ -116,17 +121,23 @@ def _check(url, fence, max_length=None):
     return parts
 
 
-def _fence(allowed_hosts, deny_private):
+def _fence(allowed_hosts, deny_private, opened=(), narrowed_by=()):
     try:
-        return fence_for(tuple(allowed_hosts), bool(deny_private))
-    except (ValueError, TypeError) as e:
-        raise WebhookError(f"invalid allowed_hosts: {e}") from None
+        return fence_for(tuple(allowed_hosts), bool(deny_private), tuple(opened),
+                         tuple(narrowed_by))
+    except TypeError:  # not lists, or unhashable entries: a forged task
+        raise WebhookError("allowed_hosts must be lists of host names") from None
 
 
 @functools.lru_cache(maxsize=256)
-def fence_for(allowed_hosts, deny_private):
-    """The L{Fence} of an allow-list (a tuple), parsed once for its tasks."""
-    return Fence(allowed_hosts, deny_private)
+def fence_for(allowed_hosts, deny_private, opened=(), narrowed_by=()):
+    """
+    The fence of an allow-list (a tuple), parsed once for its tasks:
+    C{opened}, the operator's openings inside the refused ranges;
+    C{narrowed_by}, when not empty, a second list a hop must pass too.
+    """
+    own = Fence(allowed_hosts, deny_private, opened)
+    return Both(own, Fence(narrowed_by, deny_private, opened)) if narrowed_by else own
 
 
 def port_of(parts, port=None):
@@ -325,6 +336,8 @@ def perform(
     allowed_hosts=(),
     deny_private=False,
     resolve=system_resolve,
+    opened=(),
+    narrowed_by=(),
 ):
     """Perform the HTTP request and return its outcome as a JSON-able dict.
 
@@ -343,6 +356,10 @@ def perform(
         request and its redirects may go to (see L{cyme.fence}); when empty,
         the default policy refuses loopback, link-local, unspecified,
         multicast (and with C{deny_private} private) addresses.
+    @param opened: where the operator opened the refused ranges
+        (C{--webhook-allow}): C{allowed_hosts} opens them only there.
+    @param narrowed_by: a task's own C{allowed_hosts}: when not empty, a
+        hop must be allowed by it too (it narrows, never widens).
     @param resolve: C{(host, port) -> [address]}, called once per hop: the
         connection goes to the addresses it returned and the fence checked.
 
@@ -362,7 +379,7 @@ def perform(
         raise WebhookError(f"timeout must be positive, not {timeout!r}")
     if limit < 0:
         raise WebhookError(f"max_response_bytes must not be negative, not {limit!r}")
-    fence = _fence(allowed_hosts or (), deny_private)
+    fence = _fence(allowed_hosts or (), deny_private, opened or (), narrowed_by or ())
 
     try:
         url = add_query(url, query) if isinstance(url, str) else url
@@ -371,7 +388,7 @@ def perform(
         raise WebhookError(str(e)) from None
     parts = _check(url, fence)
 
-    request_headers = {"User-Agent": USER_AGENT}
+    request_headers = {"User-Agent": USER_AGENT, "Via": VIA}
     for name, value in (headers or {}).items():
         if str(name).lower() not in _RESERVED:
             request_headers[str(name)] = str(value)

@@ -11,6 +11,12 @@ only unless the settings, vetted by the branch against its
 ``CELERY_BROKER_URL``, which Celery reads itself; a broker over TLS
 (``amqps://``) comes with ``broker_tls`` in the configuration, and its
 certificate and host name are verified, as the branch verifies them.
+
+The fence of queued URLs is the worker's own too (``webhook`` in the
+configuration: the app's ``allowed_hosts``, the branch's
+``--webhook-deny-private`` and ``--webhook-allow``): a task message,
+which anyone who may publish on the app's broker writes, can narrow it
+with its own ``allowed_hosts``, never widen it.
 """
 
 import base64
@@ -68,6 +74,14 @@ def configure(config):
     # Imported by the worker as it starts (Celery's own "imports" setting):
     # their tasks register with this app (shared_task, or current_app.task).
     app.conf.imports = tuple(config.get("imports") or ())
+    # After extra_config, which may not set these (the branch's allow-list
+    # has none of them): the fence is the branch's word, not the app's.
+    fence = config.get("webhook") or {}
+    app.conf.update(
+        cyme_webhook_allowed_hosts=tuple(fence.get("allowed_hosts") or ()),
+        cyme_webhook_deny_private=bool(fence.get("deny_private")),
+        cyme_webhook_opened=tuple(fence.get("opened") or ()),
+    )
     tls = config.get("broker_tls")
     if tls is not None:
         app.conf.broker_use_ssl = {
@@ -112,14 +126,20 @@ def webhook(
     C{body_encoding="base64"}.  A L{WebhookError} (refused, timeout, size
     cap, forbidden redirect, ...) makes the task fail with its message.
 
-    Every hop is fenced (L{cyme.fence}): C{allowed_hosts}, else the default
-    policy, private ranges refused too when the queueing branch said so
-    (C{deny_private}) or the app setting C{cyme_webhook_deny_private} does.
+    Every hop is fenced (L{cyme.fence}) by the worker's own settings, from
+    its branch: C{cyme_webhook_allowed_hosts} (the app's), else the default
+    policy, opened inside the refused ranges only where
+    C{cyme_webhook_opened} (C{--webhook-allow}) does, private ranges refused
+    too with C{cyme_webhook_deny_private}.  The task's own C{allowed_hosts}
+    (when it lists any) and C{deny_private} may only narrow that.
     """
+    conf = self.app.conf
     if timeout is None:
-        timeout = self.app.conf.get("cyme_webhook_timeout") or DEFAULT_TIMEOUT
+        timeout = conf.get("cyme_webhook_timeout") or DEFAULT_TIMEOUT
     if max_response_bytes is None:
-        max_response_bytes = self.app.conf.get("cyme_webhook_max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES
+        max_response_bytes = conf.get("cyme_webhook_max_response_bytes") or DEFAULT_MAX_RESPONSE_BYTES
+    if not isinstance(allowed_hosts or (), (list, tuple)):
+        raise WebhookError("allowed_hosts must be a list of hosts")
     if body_encoding == "base64" and isinstance(body, str):
         try:
             body = base64.b64decode(body, validate=True)
@@ -136,6 +156,8 @@ def webhook(
         headers=headers,
         timeout=timeout,
         max_response_bytes=max_response_bytes,
-        allowed_hosts=allowed_hosts,
-        deny_private=bool(deny_private or self.app.conf.get("cyme_webhook_deny_private")),
+        allowed_hosts=conf.get("cyme_webhook_allowed_hosts") or (),
+        deny_private=bool(deny_private or conf.get("cyme_webhook_deny_private")),
+        opened=conf.get("cyme_webhook_opened") or (),
+        narrowed_by=allowed_hosts or (),
     )

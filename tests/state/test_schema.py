@@ -35,7 +35,7 @@ PREVIOUS = {
 }
 
 
-class MigrationTests(SynchronousTestCase):
+class StateFileTestCase(SynchronousTestCase):
     def setUp(self):
         root = self.mktemp()
         os.makedirs(root)
@@ -61,6 +61,8 @@ class MigrationTests(SynchronousTestCase):
         with open(path or self.path, "rb") as f:
             return f.read()
 
+
+class MigrationTests(StateFileTestCase):
     def test_the_previous_versions_file_loads_without_loss_and_untouched(self):
         raw = self.write(PREVIOUS)
         store = JSONFileStore(self.path)
@@ -127,3 +129,57 @@ class MigrationTests(SynchronousTestCase):
         for schema in (0, -1):
             self.write({**PREVIOUS, "schema": schema})
             self.assertRaises(StartupError, JSONFileStore, self.path)
+
+
+class OlderAllowedHostsEntryTests(StateFileTestCase):
+    """The previous version took as C{allowed_hosts} entries the fence
+    cannot read (C{[1:2]}, a mistyped IPv6 address): such a file loads,
+    the entry allows nothing, and only new writes through the API refuse it."""
+
+    def test_it_loads_with_a_warning_naming_the_app_and_the_entry(self):
+        from twisted.logger import globalLogPublisher
+
+        older = json.loads(json.dumps(PREVIOUS))
+        older["apps"]["foo"]["allowed_hosts"] = ["[1:2]", "example.com"]
+        self.write(older)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = JSONFileStore(self.path)
+        self.assertEqual(store.get_app("foo").allowed_hosts, ("[1:2]", "example.com"))
+        (warning,) = [e for e in events if e.get("entry") is not None]
+        self.assertEqual((warning["app"], warning["entry"]), ("foo", "[1:2]"))
+        self.assertIn("allows nothing", warning["log_format"])
+
+    def test_the_entry_allows_nothing_and_the_list_stays_a_list(self):
+        from cyme.fence import Fence, Refused
+
+        fence = Fence(["[1:2]", "example.com"])
+        fence.check("example.com", 80, "93.184.216.34")
+        for host in ("93.184.216.34", "10.0.0.1", "1:2::"):
+            self.assertRaises(Refused, fence.check, host, 80, host)
+        # Not the default policy of an empty list, which allows these.
+        self.assertRaises(Refused, Fence(["[1:2]"]).check, "93.184.216.34", 80, "93.184.216.34")
+
+    def test_only_a_write_through_the_api_refuses_it(self):
+        import attrs
+
+        from cyme.errors import BadRequest
+        from cyme.state import params
+        from cyme.state.models import App
+
+        app = App("foo", allowed_hosts=["[1:2]", "example.com"])  # as a replica or a file
+        # The app's other fields can still be changed.
+        changed = attrs.evolve(app, **params.app_changes({"task_timeout": "5"}))
+        self.assertEqual(changed.allowed_hosts, ("[1:2]", "example.com"))
+        for written in ("[1:2]", ["example.com", "[:]"], "[...]"):
+            error = self.assertRaises(BadRequest, params.app_changes, {"allowed_hosts": written})
+            self.assertEqual((error.status, error.field), (400, "allowed_hosts"))
+        self.assertEqual(params.app_changes({"allowed_hosts": "example.com, 10.0.0.0/8"}),
+                         {"allowed_hosts": ("example.com", "10.0.0.0/8")})
+        # What neither version took is refused everywhere: the file is corrupt.
+        self.assertRaises(BadRequest, App, "foo", allowed_hosts=["a b"])
+        older = json.loads(json.dumps(PREVIOUS))
+        older["apps"]["foo"]["allowed_hosts"] = ["http://x/"]
+        self.write(older)
+        self.assertRaises(StartupError, JSONFileStore, self.path)

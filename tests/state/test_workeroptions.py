@@ -122,6 +122,29 @@ class SettingTests(Assertions, SynchronousTestCase):
                 self.assertRefused(parse_settings, {name: 1}, field="extra_config",
                                    option=name, says=[name, reason, "README"])
 
+    def test_no_setting_that_imports_code_or_opens_remote_commands(self):
+        """Celery settings that import a module named by a value (class
+        paths, routers, annotations), or enable a remote command that does
+        (pool_restart), or change who commands the worker, or widen its
+        fence: none is on the allow-list."""
+        for name, value in [
+            ("worker_pool_restarts", True), ("worker_enable_remote_control", False),
+            ("imports", ["os"]), ("include", ["os"]), ("task_routes", "os.system"),
+            ("task_annotations", "os.system"), ("worker_consumer", "os:system"),
+            ("worker_timer", "os:system"), ("worker_autoscaler", "os:system"),
+            ("worker_logfile", "/tmp/x"), ("beat_scheduler", "os:system"),
+            ("task_cls", "os:system"), ("task_protocol", 1), ("broker_transport", "os"),
+            ("result_backend", "os:system"), ("control_exchange", "x"),
+            ("cyme_webhook_allowed_hosts", ["127.0.0.1"]), ("cyme_webhook_opened", ["0.0.0.0/0"]),
+            ("cyme_webhook_deny_private", False),
+        ]:
+            with self.subTest(setting=name):
+                self.assertNotIn(name, SETTINGS)
+                self.assertRefused(parse_settings, {name: value}, field="extra_config",
+                                   option=name)
+        self.assertRefused(parse_settings, {"worker_pool_restarts": True},
+                           says=["import any module"])
+
     def test_not_an_object(self):
         self.assertRefused(parse_settings, ["x"], field="extra_config")
 
@@ -162,6 +185,32 @@ class PolicyTests(Assertions, SynchronousTestCase):
         self.assertRefused(WorkerPolicy.from_options, ["my project"], field="--task-module")
         self.assertRefused(WorkerPolicy.from_options, (), ["marshal"],
                            field="--accept-content")
+
+    def test_bad_operator_counts_name_the_option_and_the_value(self):
+        self.assertEqual(WorkerPolicy.from_options(max_concurrency="16", max_instances="5").limits(),
+                         {"max_concurrency": 16, "max_instances": 5})
+        for kwargs, option in [({"max_concurrency": "0"}, "--max-concurrency"),
+                               ({"max_concurrency": 10001}, "--max-concurrency"),
+                               ({"max_instances": "many"}, "--max-instances")]:
+            with self.subTest(**kwargs):
+                with self.assertRaises(BadRequest) as caught:
+                    WorkerPolicy.from_options(**kwargs)
+                self.assertEqual(caught.exception.field, option)
+                self.assertIn(f"not {next(iter(kwargs.values()))!r}", caught.exception.message)
+
+    def test_the_operator_opens_the_webhook_fence(self):
+        self.assertEqual((WorkerPolicy().webhook_allow, WorkerPolicy().webhook_deny_private),
+                         ((), False))
+        policy = WorkerPolicy.from_options(webhook_allow=[" 127.0.0.1:8080", "10.0.0.0/8",
+                                                          "Metadata.Internal", "[::1]"],
+                                           webhook_deny_private=True)
+        self.assertEqual(policy.webhook_allow,
+                         ("127.0.0.1:8080", "10.0.0.0/8", "metadata.internal", "[::1]"))
+        self.assertTrue(policy.webhook_deny_private)
+        for entry in ("http://127.0.0.1/", "10.0.0.0/33", "[1:2]", "", "a b"):
+            with self.subTest(entry=entry):
+                self.assertRefused(WorkerPolicy.from_options, (), (), None, 100, None, [entry],
+                                   field="--webhook-allow")
 
     def test_concurrency_cap(self):
         policy = WorkerPolicy(max_concurrency=4)

@@ -20,6 +20,11 @@ from cyme.supervision.launcher import ForkServerLauncher
 from cyme.supervision.workers import ProcessTable
 
 
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
 class Recorder(ProcessProtocol):
     def __init__(self):
         self.ended = defer.Deferred()
@@ -92,6 +97,74 @@ class ForkServerLogicTests(SynchronousTestCase):
         self.say({"standby": 7})
         process = self.launcher.spawn(Recorder(), [*ARGV[:-1], "gevent"], {}, "/tmp", self.log)
         self.assertNotEqual(process.pid, 7)
+
+    def test_renew_starts_a_new_server_and_retires_the_old_one(self):
+        self.say({"standby": 7})
+        old_worker = Recorder()
+        self.launcher.spawn(old_worker, ARGV, {}, "/tmp", self.log)
+        renewed = self.launcher.renew()
+        self.assertNoResult(renewed)
+        new_server = self.reactor.processes[-1]
+        self.assertIsNot(new_server, self.server)
+        self.assertEqual(new_server.args, ["/py", "-m", "cyme.supervision.forkserver"])
+        self.assertEqual(json.loads(self.server.written[-1]), {"retire": True})
+        # The old server's next standby is not used: workers are exec'd
+        # until the new server has one, then forked by it.
+        self.say({"standby": 8})
+        execd = self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        self.assertNotIn(execd.pid, (7, 8))
+        new_server.proto.outReceived(b'{"standby": 9}\n')
+        self.assertIs(self.successResultOf(renewed), True)
+        forked = Recorder()
+        self.assertEqual(self.launcher.spawn(forked, ARGV, {}, "/tmp", self.log).pid, 9)
+        self.assertEqual(json.loads(new_server.written[-1])["spawn"], 9)
+        # The retired server still tells of its worker's end, then ends
+        # itself: nobody is orphaned, and it is not restarted.
+        self.say({"exit": 7, "status": 0, "signal": None})
+        self.assertIsInstance(self.successResultOf(old_worker.ended), ProcessDone)
+        processes = len(self.reactor.processes)
+        self.server.exit()
+        self.reactor.advance(5)
+        self.assertEqual(self.orphans, [])
+        self.assertEqual(len(self.reactor.processes), processes)
+        # The new server's workers are its own.
+        new_server.proto.outReceived(b'{"exit": 9, "status": null, "signal": 15}\n')
+        self.assertEqual(self.successResultOf(forked.ended).signal, 15)
+
+    def test_a_retired_server_that_dies_orphans_its_workers(self):
+        self.say({"standby": 7})
+        self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        self.launcher.renew()
+        self.server.exit(signum=9)
+        self.assertEqual(self.orphans, [7])
+        self.assertEqual(len(self.reactor.processes), 2)  # no restart of the old one
+
+    def test_stopping_closes_every_servers_input(self):
+        self.say({"standby": 7})
+        self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log)
+        waiting = self.launcher.renew()
+        new_server = self.reactor.processes[-1]
+        stopped = self.launcher.stopService()
+        self.assertTrue(self.server.stdin_closed)
+        self.assertTrue(new_server.stdin_closed)
+        self.assertIs(self.successResultOf(waiting), False)  # not left hanging
+        self.server.exit()
+        self.assertNoResult(stopped)
+        new_server.exit()
+        self.successResultOf(stopped)
+
+    def test_renew_of_a_stopped_launcher_does_nothing(self):
+        self.launcher.stopService()
+        self.server.exit()
+        self.assertIs(self.successResultOf(self.launcher.renew()), False)
+        self.assertEqual(len(self.reactor.processes), 1)
+
+    def test_renew_while_a_dead_server_waits_to_restart(self):
+        self.server.exit(status=1)
+        self.launcher.renew()
+        self.assertEqual(len(self.reactor.processes), 2)
+        self.reactor.advance(1.0)  # the pending restart was dropped
+        self.assertEqual(len(self.reactor.processes), 2)
 
     def test_workers_of_a_dead_server_are_orphans_and_it_restarts(self):
         self.say({"standby": 7})
@@ -178,6 +251,31 @@ class ForkServerTests(TestCase):
         yield defer.ensureDeferred(self.assertBecomesWorker(second.pid))
         second.signalProcess("KILL")
         yield again.ended
+
+    @defer.inlineCallbacks
+    def test_renew_forks_later_workers_from_a_new_server(self):
+        """
+        After a renewal the next worker is the child of a new server; the
+        old one keeps its worker, tells of its end, then exits.
+        """
+        launcher = yield defer.ensureDeferred(self.started())
+        old_server = launcher._server.pid
+        old = Recorder()
+        first = launcher.spawn(old, ARGV, ENV, *self.worker_files())
+        yield defer.ensureDeferred(self.assertBecomesWorker(first.pid))
+        yield launcher.renew().addTimeout(15, reactor)
+        self.assertNotEqual(launcher._server.pid, old_server)
+        table = ProcessTable()
+        self.assertTrue(table.alive(old_server), "the old server left its worker")
+        second = launcher.spawn(Recorder(), ARGV, ENV, *self.worker_files())
+        self.assertEqual(parent_of(second.pid), launcher._server.pid)
+        self.assertEqual(parent_of(first.pid), old_server)
+        first.signalProcess("KILL")
+        reason = yield old.ended
+        self.assertEqual(reason.signal, signal.SIGKILL)
+        self.assertTrue((yield defer.ensureDeferred(
+            self.until(lambda: not table.alive(old_server), 10))))
+        second.signalProcess("KILL")
 
     @defer.inlineCallbacks
     def test_a_standby_killed_unused_is_replaced(self):

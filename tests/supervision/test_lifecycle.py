@@ -135,6 +135,38 @@ class LifecycleTestCase(SynchronousTestCase):
         self.assertEqual(self.worker.state, state)
 
 
+class TransitionListenerTests(LifecycleTestCase):
+    """The branch's events hear of every transition, and of nothing else."""
+
+    def make(self, **figures):
+        self.told = []
+        life = super().make(**figures)
+        return WorkerLifecycle(
+            life.worker, self.reactor, self.launcher, self.processes, life._policy,
+            self.reconcile, transition=self.transition,
+        )
+
+    def transition(self, worker, before, event, detail):
+        self.told.append((before, worker.state, event))
+
+    def test_each_transition_is_told_as_its_state_is_assigned(self):
+        self.life = self.make()
+        self.running()
+        self.life.pong()  # running -> running: a row, told too
+        self.life.restart()  # the fake process ends at once on TERM
+        self.reactor.advance(0)
+        self.assertEqual(self.told, [
+            (STOPPED, STARTING, "spawned"), (STARTING, RUNNING, "pong"),
+            (RUNNING, RUNNING, "pong"), (RUNNING, STOPPING, "restart asked"),
+            (STOPPING, STOPPED, "exited"),
+        ])
+
+    def test_an_event_no_row_takes_is_not_told(self):
+        self.life = self.make()
+        self.life.ping_missed()  # stopped: nothing to miss
+        self.assertEqual(self.told, [])
+
+
 class FakeTests(SynchronousTestCase):
     def test_fakes_implement_the_interfaces(self):
         reactor = FakeProcessReactor()

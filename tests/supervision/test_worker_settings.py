@@ -105,6 +105,18 @@ class BadRecordTests(PolicySupervisorTestCase):
         self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
         self.assertIn("--logfile is not allowed", self.supervisor.status("w1")["last_error"])
 
+    def test_worker_pool_restarts_in_an_old_record_fails_its_instance(self):
+        # Allowed before: its pool_restart remote command imports any module.
+        self.store.put_app(App("old", extra_config={"worker_pool_restarts": True}))
+        self.start()
+        self.put("w1", "old")
+        self.add("w2", extra_config={"worker_pool_restarts": False})
+        self.add("w3")
+        self.assertEqual([p.node() for p in self.reactor.live()], ["w3@h"])
+        for name in ("w1", "w2"):
+            self.assertIn("setting 'worker_pool_restarts' is not allowed (it lets a remote "
+                          "command import any module)", self.supervisor.status(name)["last_error"])
+
     def test_a_broker_host_no_url_can_carry_fails_its_instance_only(self):
         self.store.put_instance(Instance(name="w1", app="foo", broker=Broker(hostname="[")))
         self.start()
@@ -238,3 +250,69 @@ class FilesAndSpecTests(PolicySupervisorTestCase):
         before = hashlib.sha256("\0".join(
             [app.broker.as_url(), "prefork", "", "", "{}"]).encode("utf-8")).hexdigest()[:16]
         self.assertEqual(spec, before)
+
+
+class FenceConfigTests(PolicySupervisorTestCase):
+    """The worker's fence of queued URLs is its branch's word, in its
+    configuration: a task message, which any user of the app's broker may
+    write, can only narrow it."""
+
+    def test_the_worker_gets_the_apps_list_and_the_operators_openings(self):
+        self.worker_policy = WorkerPolicy.from_options(
+            webhook_allow=["127.0.0.1:8080", "Metadata.internal"], webhook_deny_private=True)
+        self.store.put_app(App("foo", allowed_hosts=["127.0.0.1:8080", "api.example.com"]))
+        self.start()
+        self.add("w1")
+        self.assertEqual(self.config(self.process("w1"))["webhook"], {
+            "allowed_hosts": ["127.0.0.1:8080", "api.example.com"], "deny_private": True,
+            "opened": ["127.0.0.1:8080", "metadata.internal"]})
+        self.add("w1")  # nothing changed: not restarted
+        self.assertEqual(len(self.reactor.live()), 1)
+
+    def test_by_default_nothing_is_opened(self):
+        self.start()
+        self.add("w1")
+        self.assertEqual(self.config(self.process("w1"))["webhook"],
+                         {"allowed_hosts": [], "deny_private": False, "opened": []})
+
+    def test_changing_allowed_hosts_restarts_the_apps_workers(self):
+        import signal
+
+        self.store.put_app(App("bar"))
+        self.start()
+        self.add("w1")
+        self.put("w2", "bar")
+        first, other = self.boot("w1"), self.boot("w2")
+        self.store.put_app(App("foo", task_timeout=30))  # not the worker's: no restart
+        self.supervisor.reconcile()
+        self.reactor.advance(0)
+        self.assertEqual(first.signals, [])
+        self.store.put_app(App("foo", allowed_hosts=["10.0.0.0/8"]))
+        self.supervisor.reconcile()
+        self.reactor.advance(0)
+        self.assertIn(signal.SIGTERM, first.signals)
+        second = self.process("w1")
+        self.assertNotEqual(second.pid, first.pid)
+        self.assertEqual(self.config(second)["webhook"]["allowed_hosts"], ["10.0.0.0/8"])
+        self.assertEqual(other.signals, [])  # another app's worker
+
+    def test_the_spec_changes_with_the_fence_and_only_then(self):
+        app, instance = App("foo"), Instance("w1", "foo")
+
+        def spec(app=app, **policy):
+            return worker_command(instance, app, [], "/d", "h", "/py",
+                                  policy=WorkerPolicy.from_options(**policy))[2]
+
+        default = spec()
+        self.assertEqual(spec(task_modules=["t.*"], accept_content=["pickle"]), default)
+        others = [spec(app=App("foo", allowed_hosts=["127.0.0.1"])),
+                  spec(app=App("foo", allowed_hosts=["127.0.0.2"])),
+                  spec(webhook_deny_private=True), spec(webhook_allow=["127.0.0.1"]),
+                  spec(webhook_allow=["127.0.0.1:80"])]
+        self.assertEqual(len({default, *others}), 6)
+        # The same records and options: the same spec (an adopted worker stays).
+        self.assertEqual(spec(webhook_allow=["127.0.0.1"]), others[3])
+        self.assertEqual(spec(app=App("foo", allowed_hosts=["127.0.0.1"])), others[0])
+        # A module named like a flag is no flag: imports and fence differ.
+        self.assertNotEqual(spec(app=App("foo", imports=["deny_private"]), task_modules=["*"]),
+                            spec(webhook_deny_private=True))

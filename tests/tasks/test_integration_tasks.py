@@ -9,7 +9,9 @@ C{tasks}.  Branch ids are unique per test, so that each test has result
 queues of its own, and the C{tasks} queue is deleted after each test.
 
 The target of the queued URLs is a Twisted HTTP server in the test process
-(L{Target}), on 127.0.0.1 and a port of its own, which records every
+(L{Target}), on 127.0.0.1 and a port of its own (which the branches'
+operator opens to the apps' C{allowed_hosts}: C{--webhook-allow
+127.0.0.1:<its port>}, and no other loopback port), which records every
 request it gets (method, path, query arguments, headers, body) and answers
 per path: 200 text, 201 JSON, 404, 500, binary, slow, or held until the
 test releases it.
@@ -256,9 +258,12 @@ class TaskTestCase(IntegrationTestCase):
     # Branches
 
     async def start_branch(self, name, *options, root=None, port=None):
-        """Branch C{name} of this test: its id is C{<name>-<the test's tag>}."""
+        """Branch C{name} of this test: its id is C{<name>-<the test's tag>};
+        its operator opens the target's port on loopback (C{--webhook-allow}),
+        where an app's C{allowed_hosts} may then reach it."""
         return await super().start_branch(
-            f"{name}-{self.tag}", *options, root=root, port=port
+            f"{name}-{self.tag}", "--webhook-allow", f"127.0.0.1:{self.target_port}", *options,
+            root=root, port=port,
         )
 
     async def restart_branch(self, branch):
@@ -324,8 +329,8 @@ class TaskTestCase(IntegrationTestCase):
         """C{PUT /<app>/} and C{PUT /<app>/queues/tasks/}.
 
         The target listens on loopback, which the webhook fence refuses
-        unless the app's C{allowed_hosts} lists it (L{FenceTests} test the
-        fence itself).
+        unless the app's C{allowed_hosts} lists it where the branch's
+        operator opened it (L{FenceTests} test the fence itself).
         """
         await self.ok("PUT", branch, f"/{app}/", data={"allowed_hosts": "127.0.0.1"})
         await self.ok("PUT", branch, f"/{app}/queues/{QUEUE}/")
@@ -356,15 +361,23 @@ class TaskTestCase(IntegrationTestCase):
             await self.poll(consuming, 15, f"{name} consuming {QUEUE}", interval=0.2)
         return instance
 
+    async def restarted(self, branch, instance):
+        """C{instance} (as it was) running again, with another process."""
+        async def again():
+            found = await self.running(branch, instance["name"])
+            return found if found and found["pid"] != instance["pid"] else None
+
+        return await self.poll(again, 30, f"{instance['name']} restarted")
+
     async def running(self, branch, name):
         code, instance, _ = await self.call("GET", branch.url(f"/foo/instances/{name}/"))
         if code == 200 and instance["state"] == "running" and instance["pid"]:
             return instance
         return None
 
-    async def one_branch(self):
+    async def one_branch(self, *options):
         """A branch with app C{foo}, queue C{tasks} and a worker consuming it."""
-        branch = await self.start_branch("a")
+        branch = await self.start_branch("a", *options)
         await self.declare(branch)
         await self.create_worker(branch)
         return branch
@@ -434,6 +447,8 @@ class QueueTests(TaskTestCase):
             self.assertEqual(result["content"], "" if verb == "HEAD" else f"{verb} {path}")
             [got] = self.target.find(path)
             self.assertEqual(got["method"], verb)
+            # A proxy's header: no cyme branch takes it for its machine's own.
+            self.assertEqual(got["headers"]["via"], "1.1 cyme-webhook")
             self.assertEqual(got["args"], ARGS)
             if verb in bodies:
                 headers, data = bodies[verb]
@@ -498,10 +513,11 @@ class QueueTests(TaskTestCase):
         wait on a task that does not finish is a 504; bad URLs, unknown
         apps and queues are refused before anything is queued.
         """
-        branch = await self.one_branch()
+        nobody = free_port()
+        branch = await self.one_branch("--webhook-allow", f"127.0.0.1:{nobody}")
         missing = await self.queue(branch, "GET", self.target_url("/missing"))
         error = await self.queue(branch, "POST", self.target_url("/error"), data={"a": "b"})
-        closed = self.target_url("/nobody", port=free_port())
+        closed = self.target_url("/nobody", port=nobody)
         refused = await self.queue(branch, "GET", closed)
         # A timeout of the request's own (the app's is 60 s).
         late = await self.queue(branch, "GET", self.target_url("/slow"), "delay=5",
@@ -618,7 +634,9 @@ class FenceTests(TaskTestCase):
         and a name that resolves to loopback; a worker refuses a redirect
         from an allowed address to loopback; the app's allow-list opens
         what it lists; no answer or result names a broker password; the
-        results journal is the branch user's alone.
+        results journal is the branch user's alone.  The app's list opens a
+        loopback port only where the branch's operator did (here, the
+        target's): the branch's own API stays closed to it.
         """
         outside = outside_address()
         branch = await self.start_branch("a")
@@ -642,8 +660,20 @@ class FenceTests(TaskTestCase):
         self.assertIn("invalid URL", body["error"])
         self.assertEqual(self.target.requests, [])
 
+        # The app's list opens a loopback port only where the operator did:
+        # not the branch's own (an app without workers: no restarts).
+        for listed in ("127.0.0.1", f"127.0.0.1:{branch.port}"):
+            await self.ok("PUT", branch, "/bar/", data={"allowed_hosts": listed})
+            await self.ok("PUT", branch, f"/bar/queues/{QUEUE}/")
+            code, body = await raw_get(
+                branch, f"/bar/queue/{QUEUE}/http://127.0.0.1:{branch.port}/tokens/")
+            self.assertEqual(code, 400, body)
+            self.assertEqual((body["host"], body["rule"]),
+                             ("127.0.0.1", "a loopback address, not opened by the branch "
+                                           "(--webhook-allow)"), body)
+
         # The worker judges every hop: a redirect to loopback is refused.
-        await self.create_worker(branch)
+        worker = await self.create_worker(branch)
         if outside is not None:
             first = Target()
             first_port = first.listen(interface=outside)
@@ -658,8 +688,10 @@ class FenceTests(TaskTestCase):
             self.assertEqual(len(first.find("/redirect")), 1)
             self.assertEqual(self.target.requests, [])
 
-        # Listed, loopback is open to this app.
+        # Listed, loopback is open to this app, where the operator opened it:
+        # the app's workers restart with its new list.
         await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": "127.0.0.1"})
+        await self.restarted(branch, worker)
         task = await self.queue(branch, "GET", self.target_url("/text"))
         await self.wait_result(branch, task["uuid"])
         self.assertEqual(len(self.target.find("/text")), 1)
@@ -689,8 +721,10 @@ class FenceTests(TaskTestCase):
         self.assertNotIn("s3cret", branch.process.output)
 
     async def test_deny_private(self):
-        """--webhook-deny-private: private ranges are refused too, unless listed."""
-        branch = await self.start_branch("a", "--webhook-deny-private")
+        """--webhook-deny-private: private ranges are refused too, unless
+        listed where the operator opened them (--webhook-allow)."""
+        branch = await self.start_branch("a", "--webhook-deny-private",
+                                         "--webhook-allow", "10.1.0.0/16")
         await self.ok("PUT", branch, "/foo/")
         await self.ok("PUT", branch, f"/foo/queues/{QUEUE}/")
         for host in ("10.1.2.3", "192.168.0.1", "[fd00::1]"):
@@ -699,6 +733,32 @@ class FenceTests(TaskTestCase):
             self.assertIn("private", body["rule"])
         await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": "10.0.0.0/8"})
         await self.queue(branch, "GET", "http://10.1.2.3/x")
+        code, body = await raw_get(branch, f"/foo/queue/{QUEUE}/http://10.2.0.1/x")
+        self.assertEqual(code, 400, body)
+        self.assertEqual(body["rule"], "a private address, not opened by the branch "
+                                       "(--webhook-allow)")
+
+    async def test_a_worker_is_never_the_branchs_trusted_caller(self):
+        """
+        An operator who opens all of loopback (C{--webhook-allow
+        127.0.0.1}) lets an app that lists the branch's port reach its
+        API, but every request a worker makes says it was forwarded
+        (C{Via}), and a forwarded request is never loopback-trusted: no
+        token is minted, nothing is read.
+        """
+        branch = await self.start_branch("a", "--webhook-allow", "127.0.0.1")
+        await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": f"127.0.0.1:{branch.port}"})
+        await self.ok("PUT", branch, f"/foo/queues/{QUEUE}/")
+        await self.create_worker(branch)
+        api = f"http://127.0.0.1:{branch.port}"
+        minted = await self.queue(branch, "POST", f"{api}/tokens/",
+                                  data={"name": "stolen", "scope": "admin"})
+        listed = await self.queue(branch, "GET", f"{api}/foo/")
+        for task in (minted, listed):
+            result = await self.wait_result(branch, task["uuid"], status_code=401)
+            self.assertNotIn("cyme_", result["content"])
+        tokens = await self.ok("GET", branch, "/tokens/")
+        self.assertEqual([t["name"] for t in tokens], [])
 
 
 async def raw_get(branch, path):

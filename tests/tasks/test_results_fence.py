@@ -140,26 +140,58 @@ class BranchFenceTests(JournalTestCase):
         self.assertEqual(list(self.tasks.links), [App("foo").broker.as_url()])
 
     def test_the_allow_list_opens_what_it_lists_and_only_that(self):
-        self.queue("http://local.test:8080/x", allowed_hosts=["local.test"])  # no lookup needed
-        self.queue("http://127.0.0.1/x", allowed_hosts=["127.0.0.0/8"])
-        self.queue("http://local.test/x", allowed_hosts=["*.test", "127.0.0.1"])
-        self.assertEqual(self.recorded(), 3)
+        tasks = self.make_tasks(opened=["local.test", "127.0.0.1"])
+        self.queue("http://local.test:8080/x", tasks, allowed_hosts=["local.test"])  # no lookup needed
+        self.queue("http://127.0.0.1/x", tasks, allowed_hosts=["127.0.0.0/8"])
+        self.queue("http://local.test/x", tasks, allowed_hosts=["*.test", "127.0.0.1"])
+        self.clock.advance(0)
+        self.assertEqual(len(tasks.journal.records), 3)
         self.assertEqual(self.resolver.asked, ["local.test"])
         # A wildcard's names may not lead into a refused range unlisted.
         self.refused("http://local.test/", "local.test", "a loopback address, not in the app's",
-                     allowed_hosts=["*.test"])
+                     tasks=tasks, allowed_hosts=["*.test"])
         # A name the list does not match is refused without a lookup.
         self.refused("http://local.test/", "local.test", "not in the app's allowed_hosts (127.0.0.1)",
-                     allowed_hosts=["127.0.0.1"])
+                     tasks=tasks, allowed_hosts=["127.0.0.1"])
         self.refused("http://evil.test/", "evil.test", "not in the app's allowed_hosts (example.com)",
-                     allowed_hosts=["example.com"])
+                     tasks=tasks, allowed_hosts=["example.com"])
         self.assertEqual(self.resolver.asked, ["local.test"])  # its lookup kept
+
+    def test_the_apps_list_alone_opens_no_refused_range(self):
+        """A C{write} token sets the app's C{allowed_hosts}; only the
+        operator's C{--webhook-allow} opens loopback (the branch's own API)
+        or the metadata service to it: a 400 naming host and rule."""
+        for url, host, allowed in [
+            ("http://127.0.0.1:8001/tokens/", "127.0.0.1", ["127.0.0.1:8001"]),
+            ("http://[::1]:8001/tokens/", "::1", ["[::1]"]),
+            ("http://169.254.169.254/latest/", "169.254.169.254", ["169.254.0.0/16"]),
+            ("http://local.test:15672/api/", "local.test", ["local.test"]),
+            ("http://local.test/", "local.test", ["*.test", "127.0.0.1"]),
+        ]:
+            body = self.refused(url, host, "not opened by the branch (--webhook-allow)",
+                                allowed_hosts=allowed)
+            self.assertIn("not opened by the branch (--webhook-allow)", body["rule"])
+        self.assertNothingQueued()
+        # The operator's opening is bounded too: its port, its network.
+        tasks = self.make_tasks(opened=["127.0.0.1:8080", "fe80::/64"])
+        self.refused("http://127.0.0.1:8001/", "127.0.0.1", "a loopback address, not opened",
+                     tasks=tasks, allowed_hosts=["127.0.0.1"])
+        self.refused("http://169.254.169.254/", "169.254.169.254", "link-local", tasks=tasks,
+                     allowed_hosts=["169.254.169.254"])
+        self.assertNothingQueued(tasks)
+        self.queue("http://127.0.0.1:8080/", tasks, allowed_hosts=["127.0.0.1"])
+        self.clock.advance(0)
+        self.assertEqual(len(tasks.journal.records), 1)
 
     def test_deny_private(self):
         tasks = self.make_tasks(deny_private=True)
         self.refused("http://intranet.test/", "intranet.test", "a private address", tasks=tasks)
         self.refused("http://10.1.2.3/", "10.1.2.3", "a private address", tasks=tasks)
+        # Listed, the private range needs the operator's opening too.
+        self.refused("http://10.1.2.3/", "10.1.2.3", "a private address, not opened by the branch",
+                     tasks=tasks, allowed_hosts=["10.0.0.0/8"])
         self.assertNothingQueued(tasks)
+        tasks = self.make_tasks(deny_private=True, opened=["10.0.0.0/8"])
         d = self.queue("http://intranet.test/", tasks, allowed_hosts=["intranet.test", "10.0.0.0/8"])
         # The workers are told too: they judge every hop with the same policy.
         kwargs = self.published_kwargs(tasks)

@@ -2,7 +2,8 @@
 task) against a real local HTTP server running in a thread.
 
 The server listens on loopback, which the fence refuses unless the app's
-C{allowed_hosts} lists it: these tests of the request itself list it
+C{allowed_hosts} lists it where the branch's operator opened it
+(C{--webhook-allow}): these tests of the request itself have both open it
 (L{LOOPBACK}); L{tests.tasks.test_webhook_fence} tests the fence.
 """
 
@@ -20,13 +21,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from cyme.tasks import webdata, webhook as wh
 from cyme.tasks.webhook import HostRefused, WebhookError, check_url
 
-#: The allow-list that opens the loopback test server to the webhook.
+#: The allow-list (and the operator's opening) of the loopback test server.
 LOOPBACK = ["127.0.0.0/8", "localhost"]
 
 
 def perform(*args, **kwargs):
     """L{wh.perform}, allowed to reach the loopback test server by default."""
     kwargs.setdefault("allowed_hosts", LOOPBACK)
+    kwargs.setdefault("opened", LOOPBACK)
     return wh.perform(*args, **kwargs)
 
 BINARY = bytes(range(256))
@@ -220,6 +222,8 @@ class VerbTests(WebhookTestBase):
         self.assertEqual(self.last["method"], "GET")
         self.assertEqual(self.last["headers"]["host"], f"127.0.0.1:{self.port}")
         self.assertTrue(self.last["headers"]["user-agent"].startswith("cyme-webhook/"))
+        # A proxy's header: a cyme branch never trusts it as its machine's own.
+        self.assertEqual(self.last["headers"]["via"], "1.1 cyme-webhook")
         self.assertEqual(set(result), {"status_code", "url", "headers", "content", "encoding"})
         json.dumps(result)  # the result travels as JSON
 
@@ -284,8 +288,10 @@ class DataTests(WebhookTestBase):
         self.assertEqual(self.last["headers"]["content-type"], "image/x-test")
 
     def test_extra_headers(self):
-        perform("GET", self.url("/echo"), headers={"X-Token": "t", "Host": "evil", "Content-Length": "9"})
+        perform("GET", self.url("/echo"), headers={"X-Token": "t", "Host": "evil", "Content-Length": "9",
+                                                   "via": "nothing"})
         self.assertEqual(self.last["headers"]["x-token"], "t")
+        self.assertEqual(self.last["headers"]["via"], "1.1 cyme-webhook")
         self.assertEqual(self.last["headers"]["host"], f"127.0.0.1:{self.port}")
         self.assertNotIn("content-length", self.last["headers"])
 
@@ -470,6 +476,11 @@ class TaskTests(WebhookTestBase):
         from cyme.tasks import worker as tasks
 
         self.tasks = tasks
+        # The worker's own fence, as its branch configures it.
+        conf = tasks.app.conf
+        saved = {k: conf.get(k) for k in ("cyme_webhook_allowed_hosts", "cyme_webhook_opened")}
+        self.addCleanup(conf.update, saved)
+        conf.update(cyme_webhook_allowed_hosts=LOOPBACK, cyme_webhook_opened=LOOPBACK)
 
     def test_registered(self):
         registered = self.tasks.app.tasks["cyme.webhook"]

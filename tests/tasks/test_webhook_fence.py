@@ -4,7 +4,9 @@ against a real HTTP server that must not be hit.
 The server listens on every address of this machine, IPv4 and IPv6 (one
 dual-stack socket), so that each refused form of a URL would reach it if
 the fence let it through; the same forms, once the app's allow-list names
-them, do reach it.
+them where the branch's operator opened them (C{--webhook-allow}: the
+C{opened} of L{cyme.tasks.webhook.perform}), do reach it, and the app's
+list alone does not.
 """
 
 import json
@@ -74,8 +76,12 @@ class RefusedFormsTests(FenceTestBase):
         for host in ("0.0.0.0", "0", "[::]"):
             self.refused(self.url(host), "an unspecified address")
         self.assertEqual(self.server.requests, [])
-        # Listed, 0.0.0.0 does reach the server: the refusal above was the fence's.
-        self.assertEqual(self.reached(self.url("0.0.0.0"), allowed_hosts=["0.0.0.0"])["path"], "/text")
+        self.refused(self.url("0.0.0.0"), "not opened by the branch", allowed_hosts=["0.0.0.0"])
+        self.assertEqual(self.server.requests, [])
+        # Listed and opened, 0.0.0.0 does reach the server: the refusals
+        # above were the fence's.
+        self.assertEqual(self.reached(self.url("0.0.0.0"), allowed_hosts=["0.0.0.0"],
+                                      opened=["0.0.0.0"])["path"], "/text")
 
     def test_link_local_metadata_and_multicast_refused_before_connecting(self):
         for host, rule in [
@@ -86,14 +92,30 @@ class RefusedFormsTests(FenceTestBase):
         ]:
             self.refused(f"http://{host}/latest/meta-data/", rule)
 
-    def test_each_form_reaches_the_server_once_listed(self):
-        for host, listed in [("127.0.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
-                             ("0x7f.1", "127.0.0.0/8"), ("[::1]", "::1"),
-                             ("[::ffff:127.0.0.1]", "127.0.0.1"), ("localhost", "localhost"),
-                             ("localhost", f"localhost:{self.port}")]:
-            request = self.reached(self.url(host), allowed_hosts=[listed])
+    def forms(self):
+        return [("127.0.0.1", "127.0.0.1"), ("2130706433", "127.0.0.1"),
+                ("0x7f.1", "127.0.0.0/8"), ("[::1]", "::1"),
+                ("[::ffff:127.0.0.1]", "127.0.0.1"), ("localhost", "localhost"),
+                ("localhost", f"localhost:{self.port}")]
+
+    def test_each_form_reaches_the_server_once_listed_where_the_operator_opened_it(self):
+        for host, listed in self.forms():
+            request = self.reached(self.url(host), allowed_hosts=[listed],
+                                   opened=["127.0.0.0/8", "::1", "localhost"])
             self.assertIn(request["to"], ("::1", "::ffff:127.0.0.1"), (host, listed))
         self.assertEqual(len(self.server.requests), 7)
+
+    def test_the_apps_list_alone_opens_no_refused_range(self):
+        """What a C{write} token can set (the app's C{allowed_hosts}) does
+        not reach loopback: the branch's own API, RabbitMQ's management."""
+        for host, listed in self.forms():
+            exc = self.refused(self.url(host), "a loopback address, not opened by the branch "
+                                               "(--webhook-allow)", allowed_hosts=[listed])
+            self.assertIn("not opened by the branch", exc.rule)
+        # Opened elsewhere (another port, another address) is not opened here.
+        self.refused(self.url("127.0.0.1"), "not opened by the branch", allowed_hosts=["127.0.0.1"],
+                     opened=[f"127.0.0.1:{self.port + 1 if self.port < 65535 else 1}", "::1"])
+        self.assertEqual(self.server.requests, [])
 
     def test_the_list_allows_only_what_it_lists(self):
         self.refused(self.url("127.0.0.1"), "not in the app's allowed_hosts (example.com)",
@@ -119,7 +141,10 @@ class RefusedFormsTests(FenceTestBase):
         self.assertEqual(self.reached(url)["to"], private)
         self.refused(url, "a private (unique local) address", deny_private=True)
         self.assertEqual(len(self.server.requests), 1)
-        self.reached(url, deny_private=True, allowed_hosts=["fc00::/7"])
+        self.refused(url, "a private (unique local) address, not opened by the branch",
+                     deny_private=True, allowed_hosts=["fc00::/7"])
+        self.assertEqual(len(self.server.requests), 1)
+        self.reached(url, deny_private=True, allowed_hosts=["fc00::/7"], opened=[private])
 
 
 class RedirectTests(FenceTestBase):
@@ -134,7 +159,7 @@ class RedirectTests(FenceTestBase):
     def test_redirect_out_of_the_allow_list(self):
         start = self.url("127.0.0.1", "/redirect-to")
         self.refused(f"{start}?to={self.url('[::1]')}", "redirect refused", "host ::1 refused",
-                     allowed_hosts=["127.0.0.1"])
+                     allowed_hosts=["127.0.0.1"], opened=["127.0.0.1", "::1"])
         self.assertEqual([r["path"] for r in self.server.requests], ["/redirect-to"])
 
 
@@ -162,7 +187,7 @@ class RebindingTests(FenceTestBase):
         # Its names may lead to 127.0.0.1 (listed), not to 127.0.0.2.
         allowed = ["*.test", "127.0.0.1"]
         self.resolver("127.0.0.1", "127.0.0.2")
-        request = self.reached(self.url("rebind.test"), allowed_hosts=allowed)
+        request = self.reached(self.url("rebind.test"), allowed_hosts=allowed, opened=["127.0.0.1"])
         self.assertEqual(self.names, ["rebind.test"])
         # What else was looked up was the checked address, never the name.
         self.assertEqual(self.others, ["127.0.0.1"])
@@ -182,7 +207,8 @@ class RebindingTests(FenceTestBase):
     def test_every_hop_is_looked_up_and_judged(self):
         self.resolver("127.0.0.1", "127.0.0.2")
         url = self.url("rebind.test", "/redirect-to") + "?to=" + self.url("rebind.test")
-        self.refused(url, "host rebind.test (at 127.0.0.2) refused", allowed_hosts=["*.test", "127.0.0.1"])
+        self.refused(url, "host rebind.test (at 127.0.0.2) refused", allowed_hosts=["*.test", "127.0.0.1"],
+                     opened=["127.0.0.0/8"])
         self.assertEqual(self.names, ["rebind.test", "rebind.test"])
         self.assertEqual([r["path"] for r in self.server.requests], ["/redirect-to"])
 
@@ -201,15 +227,65 @@ class TaskTests(FenceTestBase):
 
         self.task = worker.webhook
 
+    def configure(self, **fence):
+        """The worker's own fence, as its branch's C{CYME_WORKER_CONFIG} sets it."""
+        from cyme.tasks import worker
+
+        conf = worker.app.conf
+        keys = ("cyme_webhook_allowed_hosts", "cyme_webhook_deny_private", "cyme_webhook_opened")
+        saved = {k: conf.get(k) for k in keys}
+        self.addCleanup(conf.update, saved)
+        worker.configure({"webhook": fence})
+
     def test_default_policy(self):
         self.assertRaises(HostRefused, self.task.run, "GET", self.url("127.0.0.1"))
         result = self.task.apply(args=("GET", self.url("2130706433")))
         self.assertEqual(result.state, "FAILURE")
         self.assertIsInstance(result.result, HostRefused)
         self.assertEqual(self.server.requests, [])
+        # The worker's own fence opens loopback: then the task reaches it.
+        self.configure(allowed_hosts=["127.0.0.1"], opened=["127.0.0.1"])
+        self.assertEqual(self.task.run("GET", self.url("127.0.0.1"))["status_code"], 200)
         self.assertEqual(
             self.task.run("GET", self.url("127.0.0.1"), allowed_hosts=["127.0.0.1"])["status_code"],
             200)
+
+    def test_a_task_cannot_widen_the_workers_fence(self):
+        """Anyone who may publish on the app's broker writes the task: its
+        C{allowed_hosts} may narrow the worker's fence, never widen it."""
+        self.configure()  # the default policy, nothing opened
+        for allowed in (["127.0.0.1"], ["0.0.0.0/0", "::/0"], ["localhost"]):
+            for host in ("127.0.0.1", "localhost", "[::1]"):
+                self.assertRaises(HostRefused, self.task.run, "GET", self.url(host),
+                                  allowed_hosts=allowed)
+        self.configure(allowed_hosts=["127.0.0.1"])  # the app's list, not opened
+        self.assertRaises(HostRefused, self.task.run, "GET", self.url("127.0.0.1"),
+                          allowed_hosts=["127.0.0.1"])
+        self.assertEqual(self.server.requests, [])
+        # A task may narrow: a list without this host refuses it.
+        self.configure(allowed_hosts=["127.0.0.1", "localhost"], opened=["127.0.0.1"])
+        exc = self.assertRaises(HostRefused, self.task.run, "GET", self.url("127.0.0.1"),
+                                allowed_hosts=["localhost"])
+        self.assertIn("not in the app's allowed_hosts (localhost)", str(exc))
+        self.assertEqual(self.server.requests, [])
+        # What is no list refuses the task, whatever it holds.
+        exc = self.assertRaises(Exception, self.task.run, "GET", self.url("127.0.0.1"),
+                                allowed_hosts="127.0.0.1")
+        self.assertIn("allowed_hosts must be a list", str(exc))
+        for allowed in (["127.0.0.1"], [], None):  # none: the worker's own fence
+            self.assertEqual(self.task.run("GET", self.url("127.0.0.1"),
+                                           allowed_hosts=allowed)["status_code"], 200)
+
+    def test_a_setting_cannot_widen_the_fence(self):
+        """The fence is set after the app's extra_config, which the branch
+        vets anyway: a setting of that name changes nothing."""
+        self.configure()  # restores the fence's settings after the test
+        from cyme.tasks import worker
+
+        worker.configure({"extra_config": {"cyme_webhook_allowed_hosts": ["127.0.0.1"],
+                                           "cyme_webhook_opened": ["127.0.0.1"]}})
+        self.assertRaises(HostRefused, self.task.run, "GET", self.url("127.0.0.1"))
+        self.assertEqual(self.server.requests, [])
 
     def test_deny_private_from_the_branch_or_the_app_setting(self):
         url = "http://10.255.255.1/"
@@ -243,7 +319,8 @@ class TLSTests(FenceTestBase):
 
     def test_certificate_checked_on_the_name(self):
         url = f"https://localhost:{self.port}/text"
-        result = wh.perform("GET", url, timeout=5, allowed_hosts=["localhost"])
+        result = wh.perform("GET", url, timeout=5, allowed_hosts=["localhost"],
+                            opened=["localhost"])
         self.assertEqual(result["status_code"], 200)
         self.assertEqual(self.server_names, ["localhost"])
         self.assertEqual(self.server.requests[-1]["headers"]["host"], f"localhost:{self.port}")
@@ -251,7 +328,7 @@ class TLSTests(FenceTestBase):
     def test_the_address_is_not_the_name(self):
         # The same server by its address: the certificate names localhost only.
         exc = self.assertRaises(wh.WebhookError, wh.perform, "GET", f"https://127.0.0.1:{self.port}/",
-                                timeout=5, allowed_hosts=["127.0.0.1"])
+                                timeout=5, allowed_hosts=["127.0.0.1"], opened=["127.0.0.1"])
         self.assertIn("TLS error", str(exc))
         self.assertEqual(self.server.requests, [])
 
@@ -268,5 +345,6 @@ class ResultTests(SynchronousTestCase):
         self.assertEqual((meta["exc_type"], meta["exc_module"]), ("HostRefused", "cyme.tasks.webhook"))
         back = backend.exception_to_python(json.loads(json.dumps(meta)))
         self.assertIsInstance(back, HostRefused)
-        self.assertEqual(str(back), "host 0x7f.1 (at 127.0.0.1) refused (a loopback address; list it in "
-                                    "the app's allowed_hosts to allow it): http://0x7f.1/")
+        self.assertEqual(str(back), "host 0x7f.1 (at 127.0.0.1) refused (a loopback address; the "
+                                    "branch's operator (--webhook-allow) and the app's allowed_hosts "
+                                    "must both allow it): http://0x7f.1/")

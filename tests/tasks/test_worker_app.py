@@ -14,7 +14,8 @@ from cyme.tasks import worker
 class ConfigureTests(SynchronousTestCase):
     def setUp(self):
         keys = ("imports", "accept_content", "task_queues", "task_time_limit",
-                "broker_use_ssl")
+                "broker_use_ssl", "cyme_webhook_allowed_hosts", "cyme_webhook_deny_private",
+                "cyme_webhook_opened")
         saved = {k: worker.app.conf.get(k) for k in keys}
         self.addCleanup(worker.app.conf.update, saved)
 
@@ -33,6 +34,20 @@ class ConfigureTests(SynchronousTestCase):
         self.assertEqual(tuple(worker.app.conf.imports), ("myproject.tasks",))
         self.assertEqual(list(worker.app.conf.accept_content), ["json", "pickle"])
         self.assertEqual(worker.app.conf.task_time_limit, 30)
+
+    def test_the_fence_is_the_branchs(self):
+        """The app's allowed_hosts, --webhook-deny-private and --webhook-allow,
+        as the branch gives them; without them the default policy, nothing
+        opened (a task's own list can only narrow it)."""
+        worker.configure({"webhook": {"allowed_hosts": ["api.example.com", "127.0.0.1"],
+                                      "deny_private": True, "opened": ["127.0.0.1:8080"]}})
+        conf = worker.app.conf
+        self.assertEqual((conf.cyme_webhook_allowed_hosts, conf.cyme_webhook_deny_private,
+                          conf.cyme_webhook_opened),
+                         (("api.example.com", "127.0.0.1"), True, ("127.0.0.1:8080",)))
+        worker.configure({"extra_config": {"task_time_limit": 30}})
+        self.assertEqual((conf.cyme_webhook_allowed_hosts, conf.cyme_webhook_deny_private,
+                          conf.cyme_webhook_opened), ((), False, ()))
 
     def test_a_tls_broker_is_verified_with_the_branchs_ca_and_host_name(self):
         worker.configure({"broker_tls": {"ca_certs": "/etc/cyme/ca.pem",
