@@ -112,7 +112,7 @@ class HealthTests(HealthLogTestCase):
 class RelayTests(HealthLogTestCase):
     @deferred
     async def test_a_real_workers_lines_at_their_levels(self):
-        branch = await self.start_branch("r1")
+        branch = await self.start_branch("r1", "--webhook-allow", "127.0.0.1")
         code, body = await self.request("PUT", branch.url("/foo/"),
                                          data={"allowed_hosts": "127.0.0.1"})
         self.assertIn(code, (200, 201), body)

@@ -81,6 +81,8 @@ class RollingTestCase(IntegrationTestCase):
 
     async def start_cluster(self, *options, env=None):
         """Branches a and b of this test, seeing each other."""
+        # The queued URLs go to the test's target on loopback: opened as an operator does.
+        options = ("--webhook-allow", "127.0.0.1", *options)
         nodes = [await self.spawn_branch(f"{n}-{self.tag}", *options, env=env)
                  for n in ("a", "b")]
         for node in nodes:
