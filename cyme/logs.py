@@ -35,6 +35,12 @@ def set_level(level):
     _predicate.setLogLevelForNamespace("", level)
 
 
+def enabled(level):
+    """Whether a cyme line at C{level} is written: one costly to build
+    (on a hot path) is not built for nothing."""
+    return level >= _predicate.logLevelForNamespace("")
+
+
 class Occasional:
     """
     At most one log line per C{interval} seconds about one kind of thing

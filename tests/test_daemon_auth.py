@@ -104,12 +104,26 @@ class AuthDaemonTests(DaemonTestCase):
         self.assertIsNone(body["broker"]["password"])
         code, _ = await self.request("PUT", remote + "/bar/", headers=auth)
         self.assertEqual(code, 403)
+        # A browser from the network logs in: its cookie is a session of
+        # the branch, not the token (any server of this host receives it).
+        code, _, headers = await self.call("POST", remote + "/login/", data={"token": secret},
+                                           allow_redirects=False)
+        cookie = headers.getRawHeaders(b"set-cookie")[0].decode()
+        self.assertEqual(code, 303)
+        self.assertTrue(cookie.startswith(f"cyme_session_{port}="), cookie)
+        self.assertNotIn(secret, cookie)
+        session = {"Cookie": cookie.split(";")[0]}
+        code, body = await self.request("GET", remote + "/foo/", headers=session)
+        self.assertEqual(code, 200, body)
         code, out, err = await self.token("list", "-D", self.path("root"))
         self.assertEqual((code, out.split("\t")[:2]), (0, ["ci", "read"]), err)
         self.assertNotIn(secret, out)
         code, out, err = await self.token("revoke", "ci", "-D", self.path("root"))
         self.assertEqual((code, out), (0, "revoked ci\n"), err)
         code, _ = await self.request("GET", remote + "/", headers=auth)
+        self.assertEqual(code, 401)
+        # Its sessions end with it.
+        code, _ = await self.request("GET", remote + "/", headers=session)
         self.assertEqual(code, 401)
         # Idle root: the command edits it; the next start serves the token.
         await self.stop(process)

@@ -1,23 +1,31 @@
 """Who may call the API, and what each caller may see.
 
-L{Gate} decides for every request, before any route runs:
+L{Gate} decides for every request, before any route runs, from the path's
+names as the router sees them (decoded: L{cyme.api.guard.check_path}):
 
 - A request from a loopback address, or on a C{unix:} endpoint, is trusted
   with every scope (like RabbitMQ's C{guest}), unless the branch runs with
   C{--no-trust-loopback}; one that carries C{X-Forwarded-For},
-  C{Forwarded} (or C{X-Forwarded-Host}, C{X-Real-IP}, C{Via}) never is: a reverse proxy on this machine would otherwise
-  make every caller behind it an admin.
+  C{Forwarded} (or C{X-Forwarded-Host}, C{X-Real-IP}, C{Via}) never is: a
+  reverse proxy on this machine would otherwise make every caller behind
+  it an admin.
 - Every other request needs C{Authorization: Bearer <token>} (or the
-  cookie the login form sets): none is a 401, a token without the
-  scope the route needs a 403.
+  session cookie the login form sets): none is a 401, a token without the
+  scope the route needs a 403.  A session cookie that is no longer valid
+  is ignored (the request is judged as if it had none) and cleared; the
+  open routes (L{OPEN_ROUTES}, exactly those paths and methods) never read
+  it.
 - Scopes: C{read} for GET and HEAD; C{write} for every other method, and
   for queueing a URL whatever its verb; C{admin} for C{/tokens/}.
-- Against browsers on this machine: a state-changing request whose
-  C{Origin} is not the branch's own is a 403 (and a write authenticated by
-  cookie must carry an C{Origin}); a loopback-trusted request whose C{Host}
-  is not a loopback name or address, the machine's host name, nor the host
-  of the branch's C{--url}, is a 403 (DNS rebinding: a page from elsewhere whose name now resolves
-  to 127.0.0.1).
+- Against browsers on this machine: a write (a state-changing method, or
+  a queued URL) whose C{Origin} is not the branch's own is a 403 (and a
+  write authenticated by cookie must carry an C{Origin}); so is a write by
+  a caller a browser could be acting for (trusted as loopback, or by
+  cookie) that the browser says comes from another site
+  (C{Sec-Fetch-Site}: an C{<img>} sends no C{Origin}); a loopback-trusted
+  request whose C{Host} is not a loopback name or address, the machine's
+  host name, nor the host of the branch's C{--url}, is a 403 (DNS
+  rebinding: a page from elsewhere whose name now resolves to 127.0.0.1).
 
 The caller is kept on the request (L{ICaller}) for the routes and for
 L{masked}: broker passwords are shown only to callers with C{admin}.
@@ -25,22 +33,34 @@ L{masked}: broker passwords are shown only to callers with C{admin}.
 
 import functools
 import ipaddress
+import time
 from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.address import UNIXAddress
 from zope.interface import Interface
 
+from cyme.api.sessions import TOKEN_COOKIE, Sessions, clear_cookie, cookie_name
 from cyme.errors import CymeError
 
 SCOPES = ("read", "write", "admin")
-COOKIE = b"cyme_token"
 SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
 #: Headers a reverse proxy adds: a request with any of them came through
 #: one, from anywhere, even when its connection comes from loopback.
 PROXY_HEADERS = (b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-real-ip", b"via")
-#: Routes anyone may call: the liveness and readiness probes and the login form.
-OPEN_ROUTES = (b"ping", b"health", b"login")
+#: Routes anyone may call, by their one name, with the methods they serve:
+#: the liveness and readiness probes and the login form.  Only these
+#: exact paths are open, not what lies under them: an app kept from an
+#: older state file may be called C{login}, and its routes are not open.
+OPEN_ROUTES = {
+    "ping": (b"GET", b"HEAD"),
+    "health": (b"GET", b"HEAD"),
+    "login": (b"GET", b"HEAD", b"POST"),
+}
+#: What C{Sec-Fetch-Site} says of a request a page of another site made:
+#: C{same-site} is another port or subdomain of the host (another server
+#: of this machine, for a branch on localhost).
+OTHER_SITES = (b"cross-site", b"same-site")
 
 
 class Unauthorized(CymeError):
@@ -100,17 +120,19 @@ def _broker(value):
     return _mask(value)
 
 
-def required_scope(request):
-    """The scope C{request} needs, or None for an open route."""
-    parts = request.path.split(b"/")
-    first = parts[1] if len(parts) > 1 else b""
-    if first in OPEN_ROUTES:
+def required_scope(method, names, queued=False):
+    """
+    The scope a request needs, or None for an open route: C{names} are
+    the path's names as the router sees them (decoded), C{queued} whether
+    it queues a URL.
+    """
+    if len(names) == 1 and method in OPEN_ROUTES.get(names[0], ()):
         return None
-    if first == b"tokens":
+    if names[:1] == ["tokens"]:
         return "admin"
-    if len(parts) > 3 and parts[2] == b"queue":
+    if queued:
         return "write"  # queueing a URL, whatever its verb
-    return "read" if request.method in (b"GET", b"HEAD") else "write"
+    return "read" if method in (b"GET", b"HEAD") else "write"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -165,6 +187,12 @@ class Gate:
     #: name, which Debian resolves to 127.0.1.1): no rebinding attacker
     #: controls them.
     names: frozenset = frozenset()
+    #: The clock of the login sessions (seconds since the epoch).
+    now: object = attrs.field(default=time.time, kw_only=True)
+    #: The login sessions of this branch (L{cyme.api.sessions}).
+    sessions: Sessions = attrs.field(
+        default=attrs.Factory(lambda self: Sessions(self.now), takes_self=True), kw_only=True
+    )
 
     def local_peer(self, request):
         """Whether C{request} comes from this machine (loopback or unix)."""
@@ -174,20 +202,80 @@ class Gate:
         ip = _ip(getattr(peer, "host", "") or "")
         return ip is not None and ip.is_loopback
 
-    def admit(self, request):
-        """The request's L{Caller}; raises L{Unauthorized} or L{Forbidden}."""
-        caller = self._identify(request)
-        scope = required_scope(request)
-        if caller.who == "loopback":
-            try:
-                self._check_host(request)
-            except Forbidden:
-                if scope is not None:
-                    raise
-                # A page of another site that rebound its name to
-                # 127.0.0.1: an open route answers it as a stranger.
-                caller = ANONYMOUS
-        self._check_origin(request, caller)
+    def identify(self, request, scope):
+        """
+        The request's L{Caller}, for a route that needs C{scope} (None: an
+        open one); raises L{Unauthorized} for a bad C{Authorization}.
+        """
+        authorization = _header(request, b"authorization")
+        if authorization is not None:
+            kind, _, secret = authorization.strip().partition(" ")
+            if kind.lower() != "bearer" or not secret.strip():
+                raise Unauthorized("the Authorization header must be: Bearer <token>")
+            return self._token_caller(secret.strip())
+        # An open route never reads the cookie: one no longer valid cannot
+        # keep a browser from the login form.
+        if scope is not None and request.received_cookies:
+            caller = self._session_caller(request)
+            if caller is not None:
+                return caller
+        if self.trust_loopback and self.local_peer(request) and not any(
+            request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
+        ):
+            if isinstance(request.getClientAddress(), UNIXAddress):
+                return Caller("unix", TRUSTED)
+            if scope is not None or self._own_host(request):
+                # (A route that needs a scope refuses a Host not its own.)
+                return Caller("loopback", TRUSTED)
+            # A page of another site that rebound its name to 127.0.0.1:
+            # an open route answers it as a stranger.
+        return ANONYMOUS
+
+    def _token_caller(self, secret):
+        token = self.ops.authenticate(secret)
+        if token is None:
+            raise Unauthorized("invalid, expired or revoked token")
+        return Caller(f"token:{token.name}", frozenset(token.scopes))
+
+    def _session_caller(self, request):
+        """The caller of the request's session cookie, or None: a cookie
+        that is no longer valid is ignored, and the answer clears it."""
+        if request.getCookie(TOKEN_COOKIE) is not None:
+            clear_cookie(request, TOKEN_COOKIE)
+        name = cookie_name(request)
+        session_id = request.getCookie(name)
+        if session_id is None:
+            return None
+        session_id = session_id.decode("latin-1")
+        secret = self.sessions.secret(session_id)
+        token = None if secret is None else self.ops.authenticate(secret)
+        if token is None:
+            self.sessions.close(session_id)
+            clear_cookie(request, name)
+            return None
+        return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=True)
+
+    def log_in(self, secret):
+        """
+        A session for the token C{secret}: C{(session id, when it ends,
+        token)}; raises L{Unauthorized} if the token is not valid.
+        """
+        token = self.ops.authenticate(secret) if isinstance(secret, str) else None
+        if token is None:
+            raise Unauthorized("invalid, expired or revoked token")
+        session_id, expires = self.sessions.open(secret, token)
+        return session_id, expires, token
+
+    def authorize(self, request, caller, scope, write):
+        """
+        Refuse the request of C{caller} (L{identify}) to a route that needs
+        C{scope}: L{Unauthorized} or L{Forbidden}.  C{write}: it changes
+        something (the browser checks apply).
+        """
+        if caller.who == "loopback" and scope is not None:
+            self._check_host(request)
+        if write:
+            self._check_origin(request, caller)
         if scope is not None and scope not in caller.scopes:
             if caller is ANONYMOUS:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="cyme"')
@@ -196,42 +284,23 @@ class Gate:
                     "(or log in at /login/)"
                 )
             raise Forbidden(f"this token has no {scope} scope", scope=scope)
-        return caller
-
-    def _identify(self, request):
-        authorization = _header(request, b"authorization")
-        if authorization is not None:
-            kind, _, secret = authorization.strip().partition(" ")
-            if kind.lower() != "bearer" or not secret.strip():
-                raise Unauthorized("the Authorization header must be: Bearer <token>")
-            return self._token_caller(secret.strip(), cookie=False)
-        cookie = request.getCookie(COOKIE)
-        if cookie:
-            return self._token_caller(cookie.decode("latin-1"), cookie=True)
-        if self.trust_loopback and self.local_peer(request) and not any(
-            request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
-        ):
-            unix = isinstance(request.getClientAddress(), UNIXAddress)
-            return Caller("unix" if unix else "loopback", TRUSTED)
-        return ANONYMOUS
-
-    def _token_caller(self, secret, cookie):
-        token = self.ops.authenticate(secret)
-        if token is None:
-            raise Unauthorized("invalid, expired or revoked token")
-        return Caller(f"token:{token.name}", frozenset(token.scopes), cookie=cookie)
 
     def own_hosts(self):
         return _own_hosts(self.names, self.url)
 
-    def _check_host(self, request):
+    def _own_host(self, request):
+        """Whether the request's C{Host} names this branch (or is absent)."""
         host = _header(request, b"host")
         if host is None:
-            return
+            return True
         name = host_name(host)
         ip = _ip(name)
-        if name in self.own_hosts() or (ip is not None and ip.is_loopback):
+        return name in self.own_hosts() or (ip is not None and ip.is_loopback)
+
+    def _check_host(self, request):
+        if self._own_host(request):
             return
+        name = host_name(_header(request, b"host"))
         raise Forbidden(
             f"Host {name!r} is not this branch's: a loopback request must name "
             "localhost, a loopback address or the branch's --url host",
@@ -249,15 +318,23 @@ class Gate:
         return origins
 
     def _check_origin(self, request, caller):
-        if request.method in SAFE_METHODS:
-            return
         origin = _header(request, b"origin")
         if origin is None:
             if caller.cookie:
                 raise Forbidden("a write authenticated by cookie must carry an Origin")
-            return
-        if origin.strip().lower() not in self.own_origins(request):
+        elif origin.strip().lower() not in self.own_origins(request):
             raise Forbidden(
                 f"Origin {origin!r} is not this branch's: cross-site writes are refused",
                 origin=origin,
             )
+        if caller.cookie or caller.who in ("loopback", "unix"):
+            # A browser acting for its user (who is trusted here, or has
+            # the cookie): an <img> or a link from another site sends no
+            # Origin, but every current browser says where it comes from.
+            site = (request.getHeader(b"sec-fetch-site") or b"").strip().lower()
+            if site in OTHER_SITES:
+                raise Forbidden(
+                    f"Sec-Fetch-Site: {site.decode('latin-1')}: a page of another site "
+                    "may not change anything here",
+                    fetch_site=site.decode("latin-1"),
+                )

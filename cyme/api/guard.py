@@ -9,14 +9,14 @@ the request to Klein, or straight to the handler of a queued URL.
 from urllib.parse import unquote, unquote_to_bytes
 
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cyme import logs
-from cyme.api.auth import ANONYMOUS, SAFE_METHODS, ICaller, Unauthorized
+from cyme.api.auth import ANONYMOUS, SAFE_METHODS, ICaller, Unauthorized, required_scope
 from cyme.api.http import error_body, json_body
-from cyme.errors import BadRequest, CymeError, MethodNotAllowed, PayloadTooLarge
+from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
 
 VERBS = ["HEAD", "GET", "POST", "PUT", "DELETE", "TRACE", "OPTIONS", "CONNECT", "PATCH"]
 
@@ -25,38 +25,59 @@ log = Logger(observer=logs.observer)
 
 def check_path(path):
     """
-    Refuse a path whose segments could name something outside a name.
+    The names in C{path}, as the router will see them, and the queued URL
+    if it carries one: C{(names, url)}, C{names} decoded, C{url} the raw
+    bytes after C{/<app>/queue/<queue>/} (or None).
 
-    Twisted decodes C{%2F} and C{%2e%2e} inside a segment before routing, so
-    C{a%2Fb} would route as two segments and C{%2e%2e} as C{..}: both are
-    refused here, before any route sees them.
+    Twisted routes on the path after its first byte, each segment
+    percent-decoded: C{POST Xtokens/}, C{/%74okens/} and C{//tokens/} all
+    reach C{/tokens/}.  So the scope is decided on these names, and a
+    target that does not start with C{/} (a 400), an empty name (C{//}, a
+    404 like any path that names nothing), C{%2F} inside a name (it would
+    route as two) and C{%2e%2e} (C{..}) are refused here, before any route
+    sees them.  A queued URL is data, not names, and may hold anything.
     """
-    segments = path.split(b"/")[1:]
-    if len(segments) > 3 and segments[1] == b"queue":
-        # /<app>/queue/<queue>/<url>: the URL is data, not names.
-        segments = segments[:3]
-    for raw in segments:
-        segment = unquote_to_bytes(raw) if b"%" in raw else raw
-        try:
-            text = segment.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("path", "the path is not valid UTF-8") from None
-        if text in (".", "..") or any(c in text for c in "/\\\0"):
-            raise BadRequest("path", f"invalid path segment: {text!r}")
+    if not path.startswith(b"/"):
+        raise BadRequest("path", "the request target must be a path starting with /")
+    raw = path[1:].split(b"/", 3)
+    if len(raw) == 4 and (raw[1] == b"queue" or b"%" in raw[1]
+                          and unquote_to_bytes(raw[1]) == b"queue"):
+        raw, url = raw[:3], raw[3]
+    else:
+        raw, url = path[1:].split(b"/"), None
+        if not raw[-1]:
+            raw.pop()  # the trailing slash
+    return [_name(segment, path) for segment in raw], url
+
+
+def _name(raw, path):
+    segment = unquote_to_bytes(raw) if b"%" in raw else raw
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("path", "the path is not valid UTF-8") from None
+    if not text:
+        raise NotFound("route", path.decode("latin-1"), "no such route: an empty name (//)")
+    if text in (".", "..") or any(c in text for c in "/\\\0"):
+        raise BadRequest("path", f"invalid path segment: {text!r}")
+    return text
 
 
 def audit_target(path):
     """
-    What a write is about, from its path: C{(path to log, fields)}, the
-    fields naming its app, instance, queue or token.  A queued URL's target
-    is left out of the line (it may carry credentials of its own).
+    What a write is about, from its path as the router sees it (decoded,
+    without empty names): C{(path to log, fields)}, the fields naming its
+    app, instance, queue or token.  A queued URL's target is left out of
+    the line (it may carry credentials of its own), and never decoded.
     """
-    raw = path.split(b"/")
-    if len(raw) > 4 and raw[1] and raw[2] == b"queue" and raw[3]:
-        # The hot path: the queued URL is never named, so never decoded.
-        raw = raw[:4]
-    segments = [unquote(s.decode("utf-8", "replace")) for s in raw[1:]]
-    segments = [s for s in segments if s]
+    raw = path[1:].split(b"/")
+    segments = []
+    for i, segment in enumerate(raw):
+        if segment:
+            segments.append(unquote(segment.decode("utf-8", "replace")))
+            if len(segments) == 3 and segments[1] == "queue" and i + 1 < len(raw):
+                segments.append("\u2026")
+                break
     fields = {}
     if segments[:1] == ["tokens"]:
         fields["token"] = segments[1] if len(segments) > 1 else None
@@ -70,8 +91,6 @@ def audit_target(path):
             fields["instance"] = names[0] if names else None
         elif rest[:1] in (["queues"], ["queue"]) and len(rest) > 1:
             fields["queue"] = rest[1]
-        if rest[:1] == ["queue"]:
-            segments = segments[:3] + ["…"]
     return "/" + "/".join(segments) + "/", fields
 
 
@@ -82,12 +101,15 @@ def _browser_at_admin(request):
 
 
 def audit(request, caller):
-    """Log the audit line of a write once it is answered: who, what, on what."""
-    if request.method in SAFE_METHODS:
-        return
-    path, fields = audit_target(request.path)
+    """
+    The audit line of a write: who, what, on what.  Returns the function
+    that logs it, to call once the request is answered (with anything).
+    """
 
-    def write(_):
+    def write(_=None):
+        if not logs.enabled(LogLevel.info):
+            return
+        path, fields = audit_target(request.path)
         log.info(
             "audit who={who} method={method} path={path} {target} status={status}",
             who=caller.who, method=request.method.decode("latin-1"), path=path,
@@ -95,7 +117,7 @@ def audit(request, caller):
             status=request.code, audit=True, **fields,
         )
 
-    request.notifyFinish().addBoth(write)
+    return write
 
 
 class GuardResource(Resource):
@@ -125,38 +147,51 @@ class GuardResource(Resource):
         if self._observe is not None:
             self._observe(request)
         caller = ANONYMOUS
+        # A write changes something: any method but GET, HEAD and OPTIONS,
+        # and queueing a URL whatever its verb.
+        write = request.method not in SAFE_METHODS
         try:
-            check_path(request.path)
-            caller = self._gate.admit(request)
+            names, url = check_path(request.path)
+            write = write or url is not None
+            scope = required_scope(request.method, names, queued=url is not None)
+            caller = self._gate.identify(request, scope)
+            self._gate.authorize(request, caller, scope, write)
             # After the gate: a stranger learns nothing of the limits, and
             # the audit line names who sent too much.
             if getattr(request, "too_large", False):
                 raise PayloadTooLarge("the request body is larger than 1 MiB")
         except CymeError as e:
-            audit(request, caller)
+            if write:
+                request.notifyFinish().addBoth(audit(request, caller))
             if isinstance(e, Unauthorized) and _browser_at_admin(request):
                 # A person at the admin page: to the login form.
                 request.setHeader(b"Location", b"/login/")
                 return json_body(request, 303, e.to_json())
             return error_body(request, e)
         request.setComponent(ICaller, caller)
-        audit(request, caller)
-        parts = request.path.split(b"/", 4)
-        if self._queue_task is not None and len(parts) == 5 and parts[2] == b"queue":
-            return self._render_queue(request, parts)
+        audited = audit(request, caller) if write else None
+        if url is not None and self._queue_task is not None:
+            return self._render_queue(request, names, audited)
+        if audited is not None:
+            request.notifyFinish().addBoth(audited)
         return self._klein.render(request)
 
-    def _render_queue(self, request, parts):
+    def _render_queue(self, request, names, audited):
         method = request.method.decode("latin-1")
         if method not in VERBS:
             request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
             return error_body(
                 request, MethodNotAllowed(f"{method} is not allowed here", allowed=VERBS)
             )
-        # check_path made sure both are UTF-8 and plain names.
-        app, queue = unquote(parts[1].decode("utf-8")), unquote(parts[3].decode("utf-8"))
+        # check_path decoded both and made sure they are plain names.
+        app, queue = names[0], names[2]
         done = []
-        request.notifyFinish().addBoth(done.append)
+
+        def ended(result):
+            done.append(result)
+            audited()
+
+        request.notifyFinish().addBoth(ended)
         d = defer.ensureDeferred(self._queue_task(request, app, queue))
 
         def failed(failure):

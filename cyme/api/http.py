@@ -1,18 +1,20 @@
-"""HTTP plumbing under the API: a request that caps its body, a site that
-caps its connections, JSON answers, and the parameters of a request read
-from its query, form or JSON body, each bounded before it is parsed.
+"""HTTP plumbing under the API: a request that caps its body, a channel
+that gives each request a deadline, a site that caps its connections and
+masks queued URLs' credentials in its access log, JSON answers, and the
+parameters of a request read from its query, form or JSON body, each
+bounded before it is parsed.
 """
 
 import json
 import re
 from email import policy
 from email.parser import BytesParser
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_to_bytes, urlsplit
 
 from twisted.internet.interfaces import IProtocolNegotiationFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import WrappingFactory
-from twisted.web import server
+from twisted.web import http, server
 from zope.interface import implementer
 
 from cyme.api.auth import masked
@@ -20,10 +22,26 @@ from cyme.errors import BadRequest, CymeError
 
 MAX_BODY = 1 << 20
 MAX_FIELDS = 1000
+#: The longest header block of a part of a multipart body, and the most
+#: parameters (C{; name=value}) a header of it may have.
+MAX_PART_HEADER = 4096
+MAX_HEADER_PARAMS = 16
 #: The deepest nesting of arrays and objects a JSON body may have.
 MAX_JSON_DEPTH = 32
 #: The most connections a branch's API holds open at once (a 503 beyond).
 MAX_CONNECTIONS = 1024
+#: How long a client has to send a request's headers, counted from the
+#: connection or from the end of the answer to its previous request (and
+#: then its body, with a second more per L{BODY_RATE} bytes).  Twisted's
+#: idle timeout restarts at every byte received, so a client trickling a
+#: byte every few seconds held its connection for as long as it liked,
+#: and a thousand such connections every place of the L{ConnectionCap}.
+#: Any real client sends its headers at once: nginx gives 60 s, Apache
+#: 20-40 s with a minimum rate; 10 s is ample and frees a place quickly.
+HEADERS_DEADLINE = 10.0
+#: The slowest a request's body may come, in bytes a second: a 1 MiB body
+#: has 64 s more.
+BODY_RATE = 16 * 1024
 
 
 class LimitedRequest(server.Request):
@@ -59,6 +77,107 @@ class LimitedRequest(server.Request):
             self.content.truncate()
             return
         super().handleContentChunk(data)
+
+
+class DeadlineChannel(http.HTTPChannel):
+    """
+    An HTTP/1.1 channel whose requests must arrive in time: headers within
+    L{HEADERS_DEADLINE} of the connection or of the previous answer, the
+    body within L{BODY_RATE}; else the connection is closed.  The time a
+    request takes to answer (a C{wait/} long-poll) is not counted.  A site
+    without an idle timeout (C{timeout=None}, in tests) has no deadline
+    either.
+    """
+
+    _deadline = None
+    #: Whether the request in hand must arrive in time (not while answered).
+    _timed = False
+
+    def connectionMade(self):
+        # The idle timeout is off while a request is answered: read it once.
+        self._deadlines = self.timeOut is not None
+        super().connectionMade()
+        self._arm(HEADERS_DEADLINE)
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        if self.length != 0:  # (without a body, the request is in)
+            length = MAX_BODY if self.length is None else min(self.length, MAX_BODY)
+            self._arm(HEADERS_DEADLINE + length / BODY_RATE)
+
+    def allContentReceived(self):
+        self._timed = False
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        # Armed before the buffered data of a pipelined request is read.
+        if self.persistent:
+            self._arm(HEADERS_DEADLINE)
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        self._timed = False
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        super().connectionLost(reason)
+
+    def _arm(self, seconds):
+        if not self._deadlines:
+            return
+        self._timed = True
+        # One timer a connection, moved rather than made anew: a later
+        # time costs no heap operation (the hot path's requests each move
+        # it twice).
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.reset(seconds)
+        else:
+            self._deadline = self.callLater(seconds, self._late)
+
+    def _late(self):
+        if self._timed:  # else a request is being answered: not counted
+            self.setTimeout(None)  # the idle timeout would close it again
+            self.timeoutConnection()
+
+
+#: What may come before the userinfo of a URL (C{http://user:pw@host}, or
+#: C{user:pw@host} at the start of a segment).
+_AUTHORITY_START = re.compile(rb"([/\\?#])")
+
+
+def logged_uri(uri):
+    """
+    C{uri} (a request's) as the access log shows it: the userinfo of a
+    queued URL (C{/<app>/queue/<queue>/http://user:pw@host/}, the URL
+    percent-encoded or not) is C{***}, as it may be a credential.  Nothing
+    else of the API has an C{@} in its path.
+    """
+    path, mark, query = uri.partition(b"?")
+    for _ in range(3):  # encoded whole, or twice
+        if b"%" not in path:
+            break
+        path = unquote_to_bytes(path)
+    if b"@" not in path:
+        return uri
+    pieces = _AUTHORITY_START.split(path)
+    return b"".join(
+        b"***@" + piece.rpartition(b"@")[2] if b"@" in piece else piece for piece in pieces
+    ) + mark + query
+
+
+class _Logged:
+    """What the access log line reads of a request: its URI masked."""
+
+    def __init__(self, request):
+        self._request = request
+        self.uri = logged_uri(request.uri)
+
+    def __getattr__(self, name):
+        return getattr(self._request, name)
+
+
+def access_line(timestamp, request):
+    """Twisted's combined access log line, a queued URL's credentials masked."""
+    return http.combinedLogFormatter(timestamp, _Logged(request))
 
 
 #: The probes load balancers and orchestrators send every few seconds.
@@ -120,10 +239,14 @@ class ConnectionCap(WrappingFactory):
 
 
 def make_site(resource, access_log=True, **kwargs):
-    """The API's site: its requests are L{LimitedRequest}s.  (The daemon
-    serves it behind a L{ConnectionCap}.)"""
-    site = (ProbeQuietSite if access_log else QuietSite)(resource, **kwargs)
+    """The API's site: its requests are L{LimitedRequest}s, on
+    L{DeadlineChannel}s, logged by L{access_line}.  (The daemon serves it
+    behind a L{ConnectionCap}.)"""
+    site = (ProbeQuietSite if access_log else QuietSite)(
+        resource, logFormatter=access_line, **kwargs
+    )
     site.requestFactory = LimitedRequest
+    site.protocol = DeadlineChannel
     return site
 
 
@@ -183,14 +306,34 @@ def fields(text, what):
     return _merge(_pairs(text, what))
 
 
+def _check_header(header):
+    if len(header) > MAX_PART_HEADER or header.count(b";") > MAX_HEADER_PARAMS:
+        raise BadRequest(
+            "body", f"a multipart/form-data header longer than {MAX_PART_HEADER} bytes "
+                    f"or with more than {MAX_HEADER_PARAMS} parameters",
+        )
+
+
 def multipart_fields(body, content_type):
     """The fields of a C{multipart/form-data} body (at most L{MAX_FIELDS},
-    counted before the parser runs; no part may nest another)."""
+    each part's headers at most L{MAX_PART_HEADER} bytes and
+    L{MAX_HEADER_PARAMS} parameters, counted before the parser runs; no
+    part may nest another)."""
     boundary = re.search(rb'boundary="?([^";]{1,70})"?', content_type)
     if boundary is None:
         raise BadRequest("body", "malformed multipart/form-data body: no boundary")
-    if body.count(b"--" + boundary.group(1)) > MAX_FIELDS + 1:
+    parts = body.split(b"--" + boundary.group(1))
+    if len(parts) > MAX_FIELDS + 2:
         raise BadRequest("body", f"body has more than {MAX_FIELDS} fields")
+    # The email parser takes time quadratic in a header's parameters
+    # (60,000 in a 1 MiB body: 80 s): bound them first.
+    _check_header(content_type)
+    for part in parts[1:]:
+        if part.startswith(b"--"):
+            break  # the closing delimiter: what follows is no part
+        end = min((i for i in (part.find(b"\r\n\r\n"), part.find(b"\n\n")) if i >= 0),
+                  default=len(part))
+        _check_header(part[:end])
     message = BytesParser(policy=policy.HTTP).parsebytes(
         b"Content-Type: " + content_type + b"\r\n\r\n" + body
     )
@@ -212,12 +355,16 @@ def multipart_fields(body, content_type):
     return _merge(pairs)
 
 
-_JSON_TOKENS = re.compile(rb'[\[\]{}]|"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+# A bracket, or a string: escapes and all, up to its closing quote or, if
+# it has none, to the end of the text.  So no text is scanned twice (a
+# string that must end with a quote made every unclosed one rescan the
+# rest of the body: quadratic), and brackets inside strings do not count.
+_JSON_TOKENS = re.compile(rb'[\[\]{}]|"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.S)
 
 
 def check_json_depth(body, limit=MAX_JSON_DEPTH):
     """Refuse a JSON text nested deeper than C{limit}, before parsing it
-    (the parser would recurse as deep as the text says)."""
+    (the parser would recurse as deep as the text says), in one pass."""
     depth = 0
     for match in _JSON_TOKENS.finditer(body):
         token = match.group()

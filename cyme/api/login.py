@@ -1,17 +1,17 @@
-"""The login form: a browser exchanges a token for a cookie.
+"""The login form: a browser exchanges a token for a session cookie.
 
 A browser cannot add an C{Authorization} header to a page it navigates
-to, so C{POST /login/} with a valid token sets it as the C{cyme_token}
-cookie: C{HttpOnly} (no script reads it), C{SameSite=Strict} (no other
-site's page sends it) and C{Secure} over TLS, expiring with the token
-(C{Expires}: the token's own date, so no clock is read here).  A write authenticated by that cookie must also carry the branch's
-own C{Origin} (L{cyme.api.auth.Gate}).
+to, so C{POST /login/} with a valid token opens a session of this branch
+(L{cyme.api.sessions}) and sets its random id as a cookie, never the
+token itself: a cookie goes to every port of its host, so any other
+server on this machine would receive it.  The cookie is C{HttpOnly} (no
+script reads it), C{SameSite=Strict} (no other site's page sends it),
+C{Secure} over TLS, and ends with its session.  A write authenticated by
+it must also carry the branch's own C{Origin} (L{cyme.api.auth.Gate}).
 """
 
-from twisted.web.http import datetimeToString
-
-from cyme.api.auth import COOKIE, Unauthorized
 from cyme.api.http import json_body
+from cyme.api.sessions import set_cookie
 
 _FORM = """<!doctype html><html><head><meta charset=utf-8><link rel="icon" href="data:,">
 <title>cyme · log in</title>
@@ -27,26 +27,11 @@ def form(request):
     return _FORM.encode("utf-8")
 
 
-def cookie_header(secret, secure, expires=None):
-    """The C{Set-Cookie} value that carries C{secret} (until C{expires},
-    seconds since the epoch, if given)."""
-    parts = [f"{COOKIE.decode('ascii')}={secret}", "Path=/", "HttpOnly", "SameSite=Strict"]
-    if secure:
-        parts.append("Secure")
-    if expires is not None:
-        parts.append("Expires=" + datetimeToString(int(expires)).decode("ascii"))
-    return "; ".join(parts).encode("ascii")
-
-
-def log_in(request, ops, values):
-    """Set the cookie of a valid C{token}; 303 to the admin page."""
-    secret = values.get("token")
-    token = ops.authenticate(secret) if isinstance(secret, str) else None
-    if token is None:
-        raise Unauthorized("invalid, expired or revoked token")
-    # The secret goes back only as the cookie: in no log line and no body.
-    request.setHeader(
-        b"Set-Cookie", cookie_header(secret, request.isSecure(), token.expires)
-    )
+def log_in(request, gate, values):
+    """Open a session for a valid C{token} and set its cookie; 303 to the
+    admin page.  C{gate}: the branch's L{cyme.api.auth.Gate}."""
+    session_id, expires, token = gate.log_in(values.get("token"))
+    # The token goes back in no cookie, no log line and no body.
+    set_cookie(request, session_id, expires)
     request.setHeader(b"Location", b"/admin/")
     return json_body(request, 303, {"ok": "ok", "name": token.name})

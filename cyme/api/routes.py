@@ -171,7 +171,7 @@ class BranchAPI:
 
     @route("/login", ["POST"])
     def login(self, request):
-        return login.log_in(request, self.ops, request_params(request))
+        return login.log_in(request, self.gate, request_params(request))
 
     # Tokens (admin)
 

@@ -21,6 +21,8 @@ from cyme.tasks.journal import ResultJournal
 from tests.api.test_web_tasks import FakeTasks
 
 REMOTE = "203.0.113.7"
+#: The session cookie of a branch on port 80 (StubTreq's http://localhost).
+SESSION = "cyme_session_80"
 JSON = {"Content-Type": ["application/json"]}
 BROKER = "amqp://alice:s3cret-pw@rabbit.example:5672/prod"
 
@@ -42,7 +44,7 @@ class AuthTestCase(SynchronousTestCase):
         self.ops = LocalOperations(self.store, now=self.clock.seconds)
         self.api = BranchAPI(self.ops, Gate(
             self.ops, trust_loopback=self.trust_loopback, url=self.url,
-            names=frozenset(["MyHost"]),
+            names=frozenset(["MyHost"]), now=self.clock.seconds,
         ))
         self.resource = self.api.resource()
         self.events = []
@@ -92,6 +94,12 @@ class RemoteCallerTests(AuthTestCase):
     def test_ping_needs_no_token(self):
         response = self.call(self.client(REMOTE), "GET", "/ping/")
         self.assertEqual((response.code, response.json), (200, {"ok": "pong"}))
+        self.assertEqual(self.successResultOf(
+            self.client(REMOTE).request("HEAD", "/ping")).code, 200)
+        # Its path alone, and for what it serves.
+        for method, path in [("DELETE", "/ping/"), ("PUT", "/ping/"), ("GET", "/ping/x/"),
+                             ("GET", "/login/instances/")]:
+            self.assertRefused(self.call(self.client(REMOTE), method, path), 401)
 
     def test_bad_tokens_are_401(self):
         self.token("read,write,admin", "real")
@@ -209,6 +217,29 @@ class LoopbackTests(AuthTestCase):
                                    headers={"Origin": ["http://evil.example"]}).code, 200)
 
 
+    def test_fetch_metadata_check(self):
+        """
+        A page of another site (or of another port of this host: the same
+        site) makes a browser on this machine send writes without an
+        C{Origin} (an C{<img>}, a link), but with C{Sec-Fetch-Site}.
+        """
+        local = self.client()
+        for site in ("cross-site", "same-site", "CROSS-SITE"):
+            response = self.call(local, "PUT", "/foo/", headers={"Sec-Fetch-Site": [site]})
+            self.assertRefused(response, 403)
+            self.assertEqual(response.json["fetch_site"], site.lower())
+        self.assertEqual(self.store.apps(), [])
+        for site in ("same-origin", "none"):
+            response = self.call(local, "PUT", f"/{site}/", headers={"Sec-Fetch-Site": [site]})
+            self.assertEqual(response.code, 201, response.body)
+        # Reads are not writes; a bearer token is no browser's ambient right.
+        self.assertEqual(self.call(local, "GET", "/", headers={
+            "Sec-Fetch-Site": ["cross-site"]}).code, 200)
+        writer = self.client(REMOTE, self.token("write"))
+        self.assertEqual(self.call(writer, "PUT", "/bar/", headers={
+            "Sec-Fetch-Site": ["cross-site"]}).code, 201)
+
+
 class NoTrustLoopbackTests(AuthTestCase):
     trust_loopback = False
 
@@ -223,28 +254,56 @@ class LoginTests(AuthTestCase):
     def cookie_of(self, response):
         return response.header("Set-Cookie")
 
+    def log_in(self, secret, base="http://localhost"):
+        """Log in with the token C{secret}: the C{Cookie} a browser sends back."""
+        response = self.call(self.client(REMOTE, base=base), "POST", "/login/",
+                             allow_redirects=False, data={"token": secret})
+        self.assertEqual(response.code, 303, response.body)
+        return self.cookie_of(response).split(";")[0]
+
+    def browser(self, cookie, peer=REMOTE, **kwargs):
+        return self.client(peer, headers={"Cookie": [cookie]}, **kwargs)
+
+    def assertCleared(self, response, name=SESSION):
+        self.assertIn(f"{name}=; Path=/; HttpOnly; SameSite=Strict; "
+                      "Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0",
+                      response.headers.getRawHeaders("Set-Cookie") or [])
+
     def test_form(self):
         response = self.successResultOf(self.client(REMOTE).request("GET", "/login/"))
         self.assertEqual(response.code, 200)
         self.assertIn(b"<form", response.body)
         self.assertIn(b'name=token', response.body)
 
-    def test_login_sets_a_strict_http_only_cookie(self):
+    def test_login_sets_a_strict_http_only_session_cookie(self):
         secret = self.token("read,write", expires="1h")
         response = self.call(self.client(REMOTE), "POST", "/login/", allow_redirects=False, data={"token": secret})
         self.assertEqual(response.code, 303)
         self.assertEqual(response.header("Location"), "/admin/")
         cookie = self.cookie_of(response)
         expires = datetimeToString(int(self.clock.seconds()) + 3600).decode()
-        self.assertEqual(cookie, f"cyme_token={secret}; Path=/; HttpOnly; SameSite=Strict; "
-                                 f"Expires={expires}")
+        value, _, attributes = cookie.partition("; ")
+        name, _, session = value.partition("=")
+        self.assertEqual(name, SESSION)
+        self.assertEqual(attributes, f"Path=/; HttpOnly; SameSite=Strict; Expires={expires}")
+        # A random id, not the token: a cookie goes to every port of the
+        # host, so any other server on this machine would receive it.
+        self.assertGreaterEqual(len(session), 40)
+        self.assertNotIn(secret, cookie)
         self.assertNotIn(secret.encode(), response.body)
+        self.assertEqual(self.call(self.browser(value), "GET", "/").code, 200)
+
+    def test_the_token_itself_is_no_cookie(self):
+        secret = self.token("read")
+        for cookie in (f"{SESSION}={secret}", f"cyme_token={secret}"):
+            self.assertRefused(self.call(self.browser(cookie), "GET", "/"), 401)
 
     def test_secure_over_tls(self):
         secret = self.token("read")
         client = self.client(REMOTE, base="https://localhost")
         response = self.call(client, "POST", "/login/", allow_redirects=False, data={"token": secret})
         self.assertIn("; Secure", self.cookie_of(response))
+        self.assertTrue(self.cookie_of(response).startswith("cyme_session_443="))
 
     def test_bad_token_sets_nothing(self):
         self.token("read")
@@ -261,16 +320,20 @@ class LoginTests(AuthTestCase):
         self.assertIsNone(self.cookie_of(response))
 
     def test_cookie_authenticates_and_writes_need_the_origin(self):
-        secret = self.token("read,write")
-        browser = self.client(REMOTE, headers={"Cookie": [f"cyme_token={secret}"]})
+        browser = self.browser(self.log_in(self.token("read,write")))
         self.assertEqual(self.call(browser, "GET", "/").code, 200)
         self.assertEqual(self.successResultOf(browser.request("GET", "/admin/")).code, 200)
         self.assertRefused(self.call(browser, "PUT", "/foo/"), 403)
         self.assertRefused(self.call(browser, "PUT", "/foo/",
                                      headers={"Origin": ["http://evil.example"]}), 403)
+        # A page of another port of this host (same-site), or of another
+        # site, says so even when it sends the branch's own Origin.
+        for site in ("same-site", "cross-site"):
+            self.assertRefused(self.call(browser, "PUT", "/foo/", headers={
+                "Origin": ["http://localhost"], "Sec-Fetch-Site": [site]}), 403)
         self.assertEqual(self.store.apps(), [])
-        self.assertEqual(self.call(browser, "PUT", "/foo/",
-                                   headers={"Origin": ["http://localhost"]}).code, 201)
+        self.assertEqual(self.call(browser, "PUT", "/foo/", headers={
+            "Origin": ["http://localhost"], "Sec-Fetch-Site": ["same-origin"]}).code, 201)
 
     def test_admin_page_sends_a_browser_to_the_form(self):
         response = self.call(self.client(REMOTE), "GET", "/admin/", allow_redirects=False,
@@ -278,11 +341,64 @@ class LoginTests(AuthTestCase):
         self.assertEqual((response.code, response.header("Location")), (303, "/login/"))
         self.assertRefused(self.call(self.client(REMOTE), "GET", "/admin/"), 401)
 
-    def test_revoked_cookie(self):
-        secret = self.token("read")
-        browser = self.client(REMOTE, headers={"Cookie": [f"cyme_token={secret}"]})
+    def test_revoked_token_ends_its_sessions(self):
+        browser = self.browser(self.log_in(self.token("read")))
+        self.assertEqual(self.call(browser, "GET", "/").code, 200)
         self.successResultOf(defer.ensureDeferred(self.ops.revoke_token("read")))
+        response = self.call(browser, "GET", "/")
+        self.assertRefused(response, 401)
+        self.assertCleared(response)
+        # Made again under the same name, the token is another one.
+        self.token("read")
         self.assertRefused(self.call(browser, "GET", "/"), 401)
+
+    def test_session_ends_with_its_token(self):
+        browser = self.browser(self.log_in(self.token("read", expires="1h")))
+        self.clock.advance(3599)
+        self.assertEqual(self.call(browser, "GET", "/").code, 200)
+        self.clock.advance(1)
+        self.assertRefused(self.call(browser, "GET", "/"), 401)
+
+    def test_session_ends_after_twelve_hours(self):
+        response = self.call(self.client(REMOTE), "POST", "/login/", allow_redirects=False,
+                             data={"token": self.token("read")})
+        end = datetimeToString(int(self.clock.seconds()) + 12 * 3600).decode()
+        self.assertTrue(self.cookie_of(response).endswith(f"; Expires={end}"))
+        browser = self.browser(self.cookie_of(response).split(";")[0])
+        self.clock.advance(12 * 3600 - 1)
+        self.assertEqual(self.call(browser, "GET", "/").code, 200)
+        self.clock.advance(1)
+        self.assertRefused(self.call(browser, "GET", "/"), 401)
+
+    def test_stale_cookie_is_ignored_and_cleared(self):
+        for cookie in (f"{SESSION}=garbage", f"{SESSION}=" + "A" * 43):
+            with self.subTest(cookie=cookie):
+                # On this machine: trusted as loopback, as without it.
+                response = self.call(self.browser(cookie, peer=None), "PUT", "/foo/")
+                self.assertEqual(response.code, 201, response.body)
+                self.assertEqual(self.audits()[-1]["who"], "loopback")
+                self.assertCleared(response)
+                # From elsewhere: a stranger, as without it.
+                response = self.call(self.browser(cookie), "GET", "/")
+                self.assertRefused(response, 401)
+                self.assertCleared(response)
+                self.call(self.client(), "DELETE", "/foo/")
+
+    def test_the_token_cookie_of_before_sessions_is_cleared(self):
+        response = self.call(self.browser("cyme_token=cyme_old", peer=None), "GET", "/")
+        self.assertEqual(response.code, 200)
+        self.assertCleared(response, "cyme_token")
+
+    def test_a_session_is_one_branchs(self):
+        # Two branches of one host share its cookies, whatever their
+        # ports: each has a cookie of its own, and leaves the other's alone.
+        cookie = self.log_in(self.token("read"), base="http://localhost:8001")
+        self.assertTrue(cookie.startswith("cyme_session_8001="))
+        here = self.browser(cookie, base="http://localhost:8001")
+        self.assertEqual(self.call(here, "GET", "/").code, 200)
+        other = self.call(self.browser(cookie, base="http://localhost:8002"), "GET", "/")
+        self.assertRefused(other, 401)
+        self.assertIsNone(self.cookie_of(other))
 
 
 class TokenRouteTests(AuthTestCase):
@@ -304,6 +420,18 @@ class TokenRouteTests(AuthTestCase):
         self.assertEqual(self.call(admin, "DELETE", "/tokens/ci/").code, 200)
         self.assertRefused(self.call(ci, "GET", "/"), 401)
         self.assertRefused(self.call(admin, "DELETE", "/tokens/ci/"), 404)
+
+    def test_other_spellings_route_with_the_admin_scope(self):
+        """The scope is decided on the names the router sees: an admin
+        reaches C{/tokens/} however it is spelled, others never do."""
+        admin = self.client(REMOTE, self.token("admin", "root"))
+        made = self.call(admin, "POST", "/%74okens/", data={"name": "ci", "scope": "read"})
+        self.assertEqual(made.code, 201, made.body)
+        self.assertEqual(self.call(admin, "DELETE", "/tok%65ns/ci").code, 200)
+        writer = self.client(REMOTE, self.token("write"))
+        self.assertRefused(self.call(writer, "GET", "/%74okens/"), 403)
+        for path in ("//tokens/", "/tokens//", "//"):
+            self.assertRefused(self.call(admin, "GET", path), 404)
 
     def test_json_body(self):
         made = self.call(self.client(), "POST", "/tokens/", headers=JSON,
@@ -421,6 +549,24 @@ class AuditTests(AuthTestCase):
         self.assertNotIn("x.example", text)
 
 
+    def test_refused_writes_name_their_caller(self):
+        evil = {"Origin": ["http://evil.example"]}
+        self.call(self.client(headers=evil), "PUT", "/foo/")
+        writer = self.client(REMOTE, self.token("read,write", "ci"), headers=evil)
+        self.call(writer, "PUT", "/foo/")
+        self.call(writer, "GET", "/foo/queue/q/http://user:pw@x.example/a")
+        self.call(self.client(REMOTE, self.token("write", "w")), "POST", "/%74okens/",
+                  data={"name": "x", "scope": "admin"})
+        lines = [(e["who"], e["method"], e["path"], e["status"]) for e in self.audits()]
+        self.assertEqual(lines, [
+            ("loopback", "PUT", "/foo/", 403),
+            ("token:ci", "PUT", "/foo/", 403),
+            ("token:ci", "GET", "/foo/queue/q/\u2026/", 403),
+            ("token:w", "POST", "/tokens/", 403),
+        ])
+        self.assertNotIn("user:pw", repr(self.audits()))
+
+
 class BoundsTests(AuthTestCase):
     def test_json_depth(self):
         local = self.client()
@@ -474,5 +620,14 @@ class AuditTargetTests(SynchronousTestCase):
             (b"/instances/w%31/", ("/instances/w1/", {"instance": "w1"})),
             (b"/tokens/ci/", ("/tokens/ci/", {"token": "ci"})),
             (b"/tokens/", ("/tokens/", {"token": None})),
+            # What the router sees: decoded, empty names left out, the
+            # target's first byte whatever it is.
+            (b"/%74okens/ci/", ("/tokens/ci/", {"token": "ci"})),
+            (b"//tokens/", ("/tokens/", {"token": None})),
+            (b"Xtokens/", ("/tokens/", {"token": None})),
+            (b"//foo/queue/q/http://u:p@h/",
+             ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            (b"/foo/%71ueue/q/http://u:p@h/",
+             ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
         ]:
             self.assertEqual(audit_target(path), expected, path)

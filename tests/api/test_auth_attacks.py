@@ -201,19 +201,32 @@ class StaleCookieTests(AttackTestCase):
     dropped the cookie by itself.
     """
 
+    #: The session cookie of a branch on port 80 (StubTreq's http://localhost).
+    session = "cyme_session_80"
+
     def test_login_form_works_with_a_stale_cookie(self):
         old = self.token("read", "old")
+        made = self.call(self.client(REMOTE), "POST", "/login/", allow_redirects=False,
+                         data={"token": old})
+        stale = made.header("Set-Cookie").split(";")[0]
         self.successResultOf(defer.ensureDeferred(self.ops.revoke_token("old")))
         new = self.token("read", "new")
-        for cookie in (old, "garbage"):
+        # The login cookie is a session of the branch, not the token
+        # (finding 9): a stale one is a session id, or garbage, or the
+        # token cookie of before sessions.
+        for cookie in (stale, f"{self.session}=garbage", f"cyme_token={old}"):
             with self.subTest(cookie=cookie):
-                browser = self.client(REMOTE, headers={"Cookie": [f"cyme_token={cookie}"]})
+                browser = self.client(REMOTE, headers={"Cookie": [cookie]})
                 self.assertEqual(self.call(browser, "GET", "/login/").code, 200)
                 self.assertEqual(self.call(browser, "GET", "/ping/").code, 200)
                 response = self.call(browser, "POST", "/login/", allow_redirects=False,
                                      data={"token": new})
                 self.assertEqual(response.code, 303, response.body)
-                self.assertIn(f"cyme_token={new}", response.header("Set-Cookie") or "")
+                fresh = response.header("Set-Cookie") or ""
+                self.assertTrue(fresh.startswith(self.session + "="), fresh)
+                self.assertNotIn(new, fresh)
+                logged_in = self.client(REMOTE, headers={"Cookie": [fresh.split(";")[0]]})
+                self.assertEqual(self.call(logged_in, "GET", "/").code, 200)
 
 
 class BodyParsingCostTests(AttackTestCase):
