@@ -54,7 +54,7 @@ class PrometheusTests(IntegrationTestCase):
         port = reactor.listenTCP(0, server.Site(target), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         url = f"http://127.0.0.1:{port.getHost().port}/hello"
-        branch = await self.start_branch("prom")
+        branch = await self.start_branch("prom", "--webhook-allow", "127.0.0.1")
         await self.ok("PUT", branch, "/foo/", data={"allowed_hosts": "127.0.0.1"})
         await self.ok("PUT", branch, "/foo/queues/tasks/")
         code, instance = await self.request(
