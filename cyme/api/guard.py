@@ -83,7 +83,7 @@ def audit_target(path):
         fields["token"] = segments[1] if len(segments) > 1 else None
     elif segments[:1] == ["instances"]:
         fields["instance"] = segments[1] if len(segments) > 1 else None
-    elif segments:
+    elif segments and segments != ["login"]:  # a login is about no record
         fields["app"] = segments[0]
         rest = segments[1:]
         if rest[:1] in (["instances"], ["instance"]):

@@ -620,6 +620,7 @@ class AuditTargetTests(SynchronousTestCase):
             (b"/instances/w%31/", ("/instances/w1/", {"instance": "w1"})),
             (b"/tokens/ci/", ("/tokens/ci/", {"token": "ci"})),
             (b"/tokens/", ("/tokens/", {"token": None})),
+            (b"/login/", ("/login/", {})),
             # What the router sees: decoded, empty names left out, the
             # target's first byte whatever it is.
             (b"/%74okens/ci/", ("/tokens/ci/", {"token": "ci"})),
