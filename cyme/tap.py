@@ -49,6 +49,10 @@ CELERY_LEVELS = {
 }
 
 
+#: What a bad option value prints under its one-line message.
+HELP_HINT = "Try 'cyme-branch --help' for the options."
+
+
 class StartupFailed(usage.UsageError):
     """
     The command line is fine but the branch cannot start here (its root
@@ -130,12 +134,17 @@ class Options(usage.Options):
         self["task-modules"] = []
         self["accept-contents"] = []
         self._startup_failed = False
+        self._usage_failed = False
 
     def getUsage(self, width=None):
-        # twistd prints the usage text above every UsageError; a start-up
-        # failure is not a usage mistake, so its one-line message stays alone.
+        # twistd prints the usage text above every UsageError: fifty lines
+        # of options would bury the one line that says what is wrong.  A
+        # start-up failure is not a usage mistake, so its message stays
+        # alone; a bad option gets a pointer to --help.
         if self._startup_failed:
             return ""
+        if self._usage_failed:
+            return HELP_HINT
         return super().getUsage(width)
 
     def parseOptions(self, options=None):
@@ -145,6 +154,15 @@ class Options(usage.Options):
         # normal order.
         if options is None:
             options = sys.argv[1:]
+        try:
+            self._parse(options)
+        except StartupFailed:
+            raise
+        except usage.UsageError:
+            self._usage_failed = True
+            raise
+
+    def _parse(self, options):
         try:
             opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:

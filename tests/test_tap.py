@@ -305,6 +305,17 @@ class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
         # twistd prints the usage text above a usage error: not for this one.
         self.assertEqual(options.getUsage(), "")
 
+    def test_usage_after_a_bad_value(self):
+        """
+        twistd prints the usage text above a usage error: after a bad value,
+        a pointer to --help, not the options that bury the message.
+        """
+        options = tap.Options()
+        self.assertIn("--instance-dir", options.getUsage())
+        self.assertRaises(usage.UsageError, options.parseOptions,
+                          ["-b", "notaurl", "-D", self.root_path()])
+        self.assertEqual(options.getUsage(), "Try 'cyme-branch --help' for the options.")
+
     def test_wrong_schema_version(self):
         root = self.root_path()
         os.makedirs(root)
