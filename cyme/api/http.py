@@ -104,10 +104,13 @@ def make_site(resource, access_log=True, **kwargs):
     return site
 
 
-def json_body(request, status, data):
-    """Set C{status} and the JSON headers; return the encoded body."""
+def json_body(request, status, data, encoded=False):
+    """
+    Set C{status} and the JSON headers; return the encoded body (C{data}
+    itself if C{encoded}: JSON that holds no record, so nothing to mask).
+    """
     # A broker's password only for a caller with the admin scope.
-    body = json.dumps(masked(request, data)).encode("utf-8") + b"\n"
+    body = data if encoded else json.dumps(masked(request, data)).encode("utf-8") + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")

@@ -21,7 +21,7 @@ class LocalTokens:
     async def list_tokens(self):
         return [t.public_json() for t in self.store.tokens()]
 
-    async def create_token(self, values):
+    async def create_token(self, values, wait=True):
         name = check_name(values.get("name"), "name")
         scopes = check_scopes(values.get("scope", values.get("scopes")))
         expires = values.get("expires")
@@ -40,7 +40,7 @@ class LocalTokens:
         self._log_change("token.create", token=name, scopes=",".join(scopes))
         return {**token.public_json(), "token": secret}, []
 
-    async def revoke_token(self, name):
+    async def revoke_token(self, name, wait=True):
         self.store.delete_token(check_name(name, "name"), self._next_version(token_key(name)))
         self._log_change("token.revoke", token=name)
         return []
@@ -53,18 +53,18 @@ class LocalTokens:
 
 
 class ClusterTokens:
-    """Mixed into L{ClusterOperations}: uses its C{local} and C{replication}."""
+    """Mixed into L{ClusterOperations}: uses its C{local} and C{_replicated}."""
 
     async def list_tokens(self):
         return await self.local.list_tokens()
 
-    async def create_token(self, values):
+    async def create_token(self, values, wait=True):
         record, _ = await self.local.create_token(values)
-        return record, await self.replication.replicate(token_key(record["name"]))
+        return record, await self._replicated(wait, token_key(record["name"]))
 
-    async def revoke_token(self, name):
+    async def revoke_token(self, name, wait=True):
         await self.local.revoke_token(name)
-        return await self.replication.replicate(token_key(name))
+        return await self._replicated(wait, token_key(name))
 
     def authenticate(self, secret):
         return self.local.authenticate(secret)
