@@ -126,6 +126,9 @@ class Options(usage.Options):
          "times the number of CPUs)."],
         ["max-instances", None, 100,
          "Most instances this branch runs; placement skips a branch at its limit."],
+        ["max-wait", None, 300.0,
+         "Longest ?timeout= of a task's /wait/ long-poll, in seconds (the default "
+         "wait is 30 s, or this when shorter)."],
     ]
 
     def __init__(self):
@@ -202,7 +205,8 @@ class Options(usage.Options):
             self["address"] = address
 
     def postOptions(self):
-        self["sup-interval"] = _seconds(self["sup-interval"], "--sup-interval")
+        for name in ("sup-interval", "max-wait"):
+            self[name] = _seconds(self[name], "--" + name)
         for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived",
                      "result-expires"):
             self[name] = _seconds(self[name], "--" + name, zero=True)
@@ -403,7 +407,8 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate).resource(), access_log=access_log)
+        api = BranchAPI(cluster, gate, max_wait=options["max-wait"])
+        site = make_site(api.resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

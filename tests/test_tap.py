@@ -207,6 +207,15 @@ class BadOptionTests(OptionsTestsMixin, SynchronousTestCase):
             self.assertIn("--sup-interval must be a positive number", message,
                           value)
 
+    def test_max_wait(self):
+        """--max-wait bounds a task's /wait/ (the fuzzed branch's is short)."""
+        self.assertEqual(self.parse(["-D", self.root_path()])["max-wait"], 300.0)
+        self.assertEqual(self.parse(["--max-wait", "0.5", "-D", self.root_path()])["max-wait"],
+                         0.5)
+        for value in ["0", "-1", "soon"]:
+            self.assertIn("--max-wait must be a positive number",
+                          self.usage_error(["--max-wait", value, "-D", self.root_path()]))
+
     def test_bad_sup_interval_message(self):
         message = self.usage_error(["--sup-interval", "x", "-D", self.root_path()])
         self.assertEqual(message, "--sup-interval must be a positive number of seconds, not 'x'")

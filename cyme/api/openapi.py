@@ -20,8 +20,15 @@ _VARIABLE = re.compile(r"<([a-z_]+)>")
 
 #: The path parameters' schemas, by name.
 PATH_PARAMETERS = {
+    # One operation for both spellings of the instance routes.
+    "instances": {"type": "string", "enum": ["instances", "instance"],
+                  "description": "instances, or the original Cyme's singular instance"},
     "task_id": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$"},
-    "url": {"type": "string", "pattern": "^https?://"},
+    # Percent-encoded whole: a path parameter has no "/" (the branch takes
+    # the URL raw too, which OpenAPI cannot describe).
+    "url": {"type": "string", "examples": ["http%3A%2F%2Fexample.com%2Fimport%3Fuser%3D1"],
+            "pattern": "^https?%3A%2F%2F[A-Za-z0-9.-]{1,40}(%3A[0-9]{1,5})?"
+                       "(%2F[A-Za-z0-9._~-]{0,20}){0,3}$"},
 }
 
 STATUS_TEXT = {
@@ -155,6 +162,9 @@ def document(max_wait=300.0):
     paths = {}
     for route in [*ROUTES, QUEUED_URL]:
         for path, suffix, _ in route.spellings():
+            if "_singular" in suffix:
+                continue  # the {instances} parameter's other value
+            path = path.replace("/<app>/instances", "/<app>/<instances>", 1)
             item = paths.setdefault(openapi_path(path), {})
             for method in route.methods:
                 item[method.lower()] = operation(route, path, suffix, method, query)

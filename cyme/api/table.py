@@ -100,7 +100,7 @@ ROUTES = [
     Route("/login", ("GET",), "login_form", "The login form (HTML)", content=HTML,
           errors=(), open=True),
     Route("/login", ("POST",), "login", "Exchange a token for the login cookie", "LoggedIn",
-          status=(303,), params="login", errors=(), open=True,
+          status=(303,), params="login", errors=(400, 401), open=True,
           description="Sets the cyme_token cookie and sends the browser to /admin/ (303)."),
     # Tokens (the admin scope)
     Route("/tokens", ("GET",), "list_tokens", "Every token (never its secret)", "Tokens",
@@ -147,14 +147,14 @@ ROUTES = [
     Route(INSTANCE + "/disable", CREATE, "disable_instance", "Stop its worker and keep it "
           "stopped", "Instance", params="none", nowait=True),
     Route(INSTANCE + "/stats", ("GET",), "instance_stats", "The worker's live statistics "
-          "(Celery's stats)", "Stats"),
+          "(Celery's stats)", "Stats", errors=RECORD_ERRORS + (409,)),
     Route(INSTANCE + "/autoscale", ("GET",), "get_autoscale", "Its autoscale bounds",
           "Autoscale"),
     Route(INSTANCE + "/autoscale", CREATE, "set_autoscale", "Set its autoscale bounds; "
           "without max and min, read them", "Autoscale", params="autoscale", nowait=True),
     # Consumers
     Route(INSTANCE + "/queues", ("GET",), "instance_queues", "The queues its worker "
-          "consumes now (live)", "Names"),
+          "consumes now (live)", "Names", errors=RECORD_ERRORS + (409,)),
     Route(INSTANCE + "/queues/<queue>", ("GET",), "get_consumer", "The declaration of a "
           "queue the instance consumes", "Queue"),
     Route(INSTANCE + "/queues/<queue>", CREATE, "add_consumer", "Consume a declared queue",

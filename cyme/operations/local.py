@@ -353,6 +353,14 @@ class LocalOperations(LocalTokens):
     async def _ask_worker(self, app, name, command):
         self._instance(app, name)
         supervisor = self._supervisor()
+        state = supervisor.status(name)["state"]
+        if state != "running":
+            # Only a worker that answers pings answers a live query: no
+            # need to wait out the timeout to say so.
+            raise Conflict(
+                f"instance {name} is {state}: only a running worker answers live queries",
+                name=name, state=state,
+            )
         node = supervisor.node(name)
         ask = getattr(self.control, command)
         replies = await ask([node], self.query_timeout)

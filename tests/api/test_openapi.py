@@ -20,14 +20,31 @@ from cyme.state import params
 from cyme.state.store import MemoryStore
 
 
+def documented_paths(doc):
+    """C{(regex, path item)} of each path of C{doc}: a path parameter with
+    an enum stands for its values, any other for itself."""
+    found = []
+    for path, item in doc["paths"].items():
+        enums = {p["name"]: p["schema"]["enum"] for op in item.values()
+                 for p in op["parameters"] if p["in"] == "path" and "enum" in p["schema"]}
+        pattern = re.sub(
+            r"\\{(\w+)\\}",
+            lambda m: "(" + "|".join(enums[m.group(1)]) + ")" if m.group(1) in enums
+            else m.group(0), re.escape(path))
+        found.append((re.compile(pattern + r"\Z"), item))
+    return found
+
+
 def undocumented(url_map, doc):
     """The C{METHOD path} of every rule of C{url_map} the document lacks
     (HEAD goes with GET)."""
+    paths = documented_paths(doc)
     lacking = []
     for rule in url_map.iter_rules():
-        path = doc["paths"].get(openapi_path(rule.rule), {})
+        path = openapi_path(rule.rule)
+        items = [item for pattern, item in paths if pattern.match(path)]
         for method in sorted(rule.methods - {"HEAD"}):
-            if method.lower() not in path:
+            if not any(method.lower() in item for item in items):
                 lacking.append(f"{method} {rule.rule}")
     return lacking
 
@@ -54,6 +71,10 @@ class DocumentTests(SynchronousTestCase):
 
     def test_every_route_is_in_it(self):
         self.assertEqual(undocumented(BranchAPI.app.url_map, self.served()), [])
+        # The singular spelling is the {instances} parameter's other value.
+        paths = documented_paths(self.served())
+        self.assertTrue(any(p.match("/{app}/instance/!/{name}/restart/") for p, _ in paths))
+        self.assertFalse(any(p.match("/{app}/instancez/{name}/") for p, _ in paths))
 
     def test_a_route_outside_the_table_is_found(self):
         extra = Klein()
@@ -74,16 +95,16 @@ class DocumentTests(SynchronousTestCase):
     def test_aliases_and_no_wait_forms(self):
         paths = self.served()["paths"]
         for path, methods in [
-            ("/{app}/instance/{name}/autoscale/", {"get", "put", "post"}),
-            ("/{app}/instances/!/{name}/", {"put", "post", "delete"}),
-            ("/{app}/instance/!/", {"put", "post"}),
+            ("/{app}/{instances}/{name}/autoscale/", {"get", "put", "post"}),
+            ("/{app}/{instances}/!/{name}/", {"put", "post", "delete"}),
+            ("/{app}/{instances}/!/", {"put", "post"}),
             ("/{app}/queues/!/{name}/", {"put", "post", "delete"}),
-            ("/{app}/instances/{name}/queues/!/{queue}/", {"put", "post", "delete"}),
+            ("/{app}/{instances}/{name}/queues/!/{queue}/", {"put", "post", "delete"}),
             ("/!/{app}/", {"put", "post", "delete"}),
             ("/tokens/!/", {"post"}),
         ]:
             self.assertEqual(set(paths[path]), methods, path)
-        self.assertEqual(set(paths["/{app}/instances/!/{name}/"]["delete"]["responses"]),
+        self.assertEqual(set(paths["/{app}/{instances}/!/{name}/"]["delete"]["responses"]),
                          {"202", "400", "401", "403", "404", "413", "503", "504"})
 
     def test_nowait_path(self):
@@ -96,7 +117,7 @@ class DocumentTests(SynchronousTestCase):
     def test_parameters_come_from_the_parameter_sets(self):
         paths = self.served()["paths"]
         for path, names in [("/{app}/", params.APP_PARAMS),
-                            ("/{app}/instances/{name}/", params.INSTANCE_PARAMS | {"branch"}),
+                            ("/{app}/{instances}/{name}/", params.INSTANCE_PARAMS | {"branch"}),
                             ("/{app}/queues/{name}/", params.QUEUE_PARAMS)]:
             body = paths[path]["put"]["requestBody"]["content"]
             for media in ("application/json", "application/x-www-form-urlencoded",
@@ -166,10 +187,10 @@ def _template(path):
     for pattern, template in [
         (r"/tokens/", "/tokens/"), (r"/branches/[^/]+/", "/branches/{branch}/"),
         (r"/[^/]+/query/[^/]+/(\w+)/", r"/{app}/query/{task_id}/\1/"),
-        (r"/[^/]+/instances/!/[^/]+/", "/{app}/instances/!/{name}/"),
-        (r"/[^/]+/instances/[^/]+/queues/[^/]+/", "/{app}/instances/{name}/queues/{queue}/"),
-        (r"/[^/]+/instances/[^/]+/(\w+)/", r"/{app}/instances/{name}/\1/"),
-        (r"/[^/]+/instances/[^/]+/", "/{app}/instances/{name}/"),
+        (r"/[^/]+/instances/!/[^/]+/", "/{app}/{instances}/!/{name}/"),
+        (r"/[^/]+/instances/[^/]+/queues/[^/]+/", "/{app}/{instances}/{name}/queues/{queue}/"),
+        (r"/[^/]+/instances/[^/]+/(\w+)/", r"/{app}/{instances}/{name}/\1/"),
+        (r"/[^/]+/instances/[^/]+/", "/{app}/{instances}/{name}/"),
         (r"/[^/]+/queues/[^/]+/", "/{app}/queues/{name}/"), (r"/", "/"),
         (r"/[^/]+/", "/{app}/"),
     ]:

@@ -1,0 +1,88 @@
+"""The whole API fuzzed: schemathesis against a real branch, from the branch's
+own /openapi.json.
+
+Every operation of the document gets at least 100 generated requests (valid
+and invalid data, seeded: the same requests each run), each checked for
+server errors, answers that do not match the document, wrong content types
+and undocumented status codes.  The branch has short waits (``/wait/``
+ends after 0.2 s, a create waits at most 1 s for its worker) so that no
+request blocks, and small limits (2 instances), since requests that happen
+to name an existing app start real workers.
+
+A server error is a 500: something the branch itself failed at.  502, 503
+and 504 are documented answers about another system (the broker refused
+or could not be reached, a worker or a task was not ready in time) that
+the fuzzer's own apps and workers cause; the checks hold them to the
+document like every other answer.
+
+The operations run in two schemathesis processes at once (POST and DELETE;
+the rest), one per core, within about three minutes.
+"""
+
+import os
+import re
+
+from twisted.internet import defer
+from twisted.internet.utils import getProcessOutputAndValue
+
+from tests.integration import IntegrationTestCase
+from tests.test_daemon import BIN, deferred
+
+ST = os.path.join(BIN, "st")
+SEED = 12
+EXAMPLES = 100
+CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
+          "response_schema_conformance")
+CONFIG = """\
+[checks.not_a_server_error]
+expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
+"""
+#: The two halves of the operations, by method, one process each.
+HALVES = (("POST", "DELETE"), ("GET", "PUT", "HEAD", "OPTIONS", "PATCH", "TRACE"))
+
+
+class FuzzTests(IntegrationTestCase):
+    timeout = 600
+    vhost_prefix = "cyme-fuzz"
+
+    async def schemathesis(self, branch, token, half):
+        config = self.path("schemathesis.toml")
+        with open(config, "w", encoding="utf-8") as f:
+            f.write(CONFIG)
+        out, err, code = await getProcessOutputAndValue(ST, [
+            "--config-file", config, "--no-color", "run", branch.url("/openapi.json"),
+            "--url", branch.base, "--header", f"Authorization: Bearer {token}",
+            "--checks", CHECKS, "--phases", "fuzzing", "--mode", "all",
+            "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--workers", "2",
+            "--request-timeout", "15", "--suppress-health-check", "too_slow",
+            "--output-truncate", "false", *(a for m in half for a in ("--include-method", m)),
+        ], env=dict(os.environ, NO_COLOR="1"), path=self.cwd)
+        return code, (out + err).decode("utf-8", "replace")
+
+    @deferred
+    async def test_every_operation(self):
+        branch = await self.start_branch(
+            "fuzz", "--max-wait", "0.2", "--ready-timeout", "1", "--max-instances", "2",
+            "--max-concurrency", "2", "-l", "warn",
+        )
+        # Every request carries an admin token: the token path of the gate,
+        # not the loopback trust (and broker passwords shown, as to admins).
+        code, made = await self.request("POST", branch.url("/tokens/"), data={
+            "name": "fuzz", "scope": "read,write,admin"})
+        self.assertEqual(code, 201, made)
+        runs = await defer.gatherResults([
+            defer.ensureDeferred(self.schemathesis(branch, made["token"], half))
+            for half in HALVES
+        ])
+        tested = 0
+        for (code, output), half in zip(runs, HALVES):
+            self.assertEqual(code, 0, f"schemathesis {' '.join(half)}:\n{output[-20000:]}")
+            selected = re.search(r"Selected: (\d+)/(\d+)", output)
+            self.assertIsNotNone(selected, output[-3000:])
+            self.assertIn(f"Tested: {selected.group(1)}", output)
+            tested += int(selected.group(1))
+        code, document = await self.request("GET", branch.url("/openapi.json"))
+        operations = sum(len(item) for item in document["paths"].values())
+        self.assertEqual(tested, operations)
+        self.assertTrue(branch.process.running, branch.process.describe())
+        self.assertNotIn("Traceback", branch.process.output)
