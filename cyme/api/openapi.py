@@ -32,7 +32,8 @@ PATH_PARAMETERS = {
 }
 
 STATUS_TEXT = {
-    200: "OK", 201: "Created", 202: "Accepted: not waited for", 303: "See other",
+    200: "OK", 201: "Created", 202: "Accepted: not waited for (or not done yet)",
+    303: "See other",
     400: "Bad input: `field` names the parameter; nothing was changed",
     401: "No token, or an invalid, expired or revoked one",
     403: "The token lacks the scope, or a cross-site write",

@@ -309,10 +309,12 @@ class BranchAPI:
             )
         self._waits += 1
         try:
-            task = await self.ops.wait_task(app, task_id, timeout)
+            task, ready = await self.ops.wait_task(app, task_id, timeout)
         finally:
             self._waits -= 1
-        return json_body(request, 200, task)
+        # Not done within the timeout: no error, the task is still running
+        # (or unknown); 202 says so, as its state does.
+        return json_body(request, 200 if ready else 202, task)
 
     def _listing(self, request, result):
         names, missing = result

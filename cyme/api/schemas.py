@@ -139,8 +139,8 @@ SCHEMAS = {
     "Tokens": {"type": "array", "items": ref("Token")},
     "NewToken": _object([*_TOKEN, "token"], **_TOKEN, token=STRING),
     "TaskState": _object(["uuid", "state"], uuid=STRING, state=STRING),
-    "Task": {**_object(["uuid", "state", "result"], uuid=STRING, state=STRING, result=ANY,
-                       traceback=STRING)},
+    "Task": _object(["uuid", "state", "result"], uuid=STRING, state=STRING, result=ANY,
+                    traceback=STRING),
     "Accepted": _object(["uuid", "url", "queue", "method"], uuid=STRING, url=STRING,
                         queue=STRING, method=STRING),
 }
@@ -211,11 +211,7 @@ def form(schema):
 
 
 def query(max_wait):
-    """The query parameters routes name (L{cyme.api.table.Route.query})."""
-    bound = {"type": "integer", "minimum": 0, "maximum": MAX_CONCURRENCY}
-    return {
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": max_wait},
-        "max": bound,
-        "min": bound,
-        "branch": NAME,
-    }
+    """The query parameters routes name besides their set
+    (L{cyme.api.table.Route.query}), for a branch whose longest wait is
+    C{max_wait}."""
+    return {"timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": max_wait}}

@@ -175,7 +175,8 @@ ROUTES = [
     Route("/<app>/query/<task_id>/result", ("GET",), "task_result", "A task's state and "
           "result", "Task"),
     Route("/<app>/query/<task_id>/wait", ("GET",), "task_wait", "The task once it is "
-          "done (504 after timeout)", "Task", query=("timeout",)),
+          "done (200), or as it is after the timeout (202)", "Task", status=(200, 202),
+          query=("timeout",)),
 ]
 
 #: The queued-URL route, served by the guard before Klein (its URL is the

@@ -358,7 +358,9 @@ class ClusterOperations(ClusterTokens):
         return None if record is None else {"state": record.state}
 
     async def _task_wait_local(self, args, sender):
-        return await self.local.wait_task(args["app"], args["uuid"], float(args["timeout"]))
+        task, ready = await self.local.wait_task(
+            args["app"], args["uuid"], float(args["timeout"]))
+        return {"task": task, "ready": ready}
 
     async def _task_owner(self, app, task_id):
         if self.local.task_record(app, task_id) is not None:
@@ -385,10 +387,11 @@ class ClusterOperations(ClusterTokens):
         owner = await self._task_owner(app, task_id)
         if owner is None or owner == self.bus.branch_id:
             return await self.local.wait_task(app, task_id, timeout)
-        return await self.bus.call(
+        answer = await self.bus.call(
             owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
             timeout + self.call_timeout,
         )
+        return answer["task"], answer["ready"]
 
 
 # The instance operations another branch may ask this one to run.

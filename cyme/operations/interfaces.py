@@ -127,7 +127,10 @@ class IOperations(Interface):
         """C{{"uuid", "state", "result"[, "traceback"]}}."""
 
     def wait_task(app, task_id, timeout):
-        """The task's JSON once it is ready; 504 after C{timeout} seconds."""
+        """
+        C{(json, ready)}: the task's JSON once it is ready (True), or as it
+        is after C{timeout} seconds (False).
+        """
 
     # Tokens (the admin scope)
 

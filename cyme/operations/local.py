@@ -422,7 +422,11 @@ class LocalOperations(LocalTokens):
         return _task_json(task_id, self.task_record(app, task_id))
 
     async def wait_task(self, app, task_id, timeout):
-        """The task once it is ready; 504 after C{timeout} seconds."""
+        """
+        C{(json, ready)}: the task once it is ready, or as it is after
+        C{timeout} seconds (a wait that ran out is no error: the task is
+        just not done yet).
+        """
         self._app(app)
         tasks = self._tasks()
         known = tasks.get(task_id)
@@ -436,9 +440,5 @@ class LocalOperations(LocalTokens):
         try:
             record = await d
         except defer.TimeoutError:
-            record = self.task_record(app, task_id)
-            raise GatewayTimeout(
-                f"task {task_id} not ready after {timeout:g} s",
-                uuid=task_id, state=record.state if record is not None else "PENDING",
-            ) from None
-        return _task_json(task_id, record)
+            return _task_json(task_id, self.task_record(app, task_id)), False
+        return _task_json(task_id, record), True

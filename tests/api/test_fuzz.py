@@ -9,11 +9,9 @@ ends after 0.2 s, a create waits at most 1 s for its worker) so that no
 request blocks, and small limits (2 instances), since requests that happen
 to name an existing app start real workers.
 
-A server error is a 500: something the branch itself failed at.  502, 503
-and 504 are documented answers about another system (the broker refused
-or could not be reached, a worker or a task was not ready in time) that
-the fuzzer's own apps and workers cause; the checks hold them to the
-document like every other answer.
+Any 5xx answer fails the run, as schemathesis counts server errors; what
+it found was fixed in the daemon (a wait that runs out is a 202 with the
+task's state, a live query of a worker that is not running a 409).
 
 The operations run in two schemathesis processes at once (POST and DELETE;
 the rest), one per core, within about three minutes.
@@ -33,10 +31,6 @@ SEED = 12
 EXAMPLES = 100
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance")
-CONFIG = """\
-[checks.not_a_server_error]
-expected-statuses = ["2xx", "3xx", "4xx", "502", "503", "504"]
-"""
 #: The two halves of the operations, by method, one process each.
 HALVES = (("POST", "DELETE"), ("GET", "PUT", "HEAD", "OPTIONS", "PATCH", "TRACE"))
 
@@ -46,11 +40,8 @@ class FuzzTests(IntegrationTestCase):
     vhost_prefix = "cyme-fuzz"
 
     async def schemathesis(self, branch, token, half):
-        config = self.path("schemathesis.toml")
-        with open(config, "w", encoding="utf-8") as f:
-            f.write(CONFIG)
         out, err, code = await getProcessOutputAndValue(ST, [
-            "--config-file", config, "--no-color", "run", branch.url("/openapi.json"),
+            "--no-color", "run", branch.url("/openapi.json"),
             "--url", branch.base, "--header", f"Authorization: Bearer {token}",
             "--checks", CHECKS, "--phases", "fuzzing", "--mode", "all",
             "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--workers", "2",
