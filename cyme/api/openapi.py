@@ -82,8 +82,18 @@ def _tag(path):
     return "branch"
 
 
+_MISSING = {"description": "The branches that did not answer: the answer is partial",
+            "schema": {"type": "string"}}
+_LOCATION = {"description": "Where the answer points: the task's result, the admin "
+             "page", "required": True, "schema": {"type": "string"}}
+
+
 def _answer(route, status, method):
     answer = {"description": STATUS_TEXT[status]}
+    if route.partial:
+        answer["headers"] = {"Cyme-Missing-Branches": _MISSING}
+    if route is QUEUED_URL or status == 303:
+        answer["headers"] = {"Location": _LOCATION}
     if method == "HEAD":
         return answer
     if route.content == JSON:
@@ -99,7 +109,10 @@ def _error(status, method):
     if method != "HEAD":
         answer["content"] = {JSON: {"schema": schemas.ref("Error")}}
     if status == 303:
-        answer["headers"] = {"Location": {"schema": {"type": "string"}}}
+        answer["headers"] = {"Location": _LOCATION}
+    elif status == 401:
+        answer["headers"] = {"WWW-Authenticate": {
+            "description": "Bearer, when no token was sent", "schema": {"type": "string"}}}
     return answer
 
 

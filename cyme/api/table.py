@@ -48,6 +48,9 @@ class Route:
     content: str = JSON
     #: Needs no token (L{cyme.api.auth.OPEN_ROUTES}).
     open: bool = False
+    #: Asks every branch: a branch that did not answer is named in the
+    #: answer's C{Cyme-Missing-Branches} header.
+    partial: bool = False
     #: werkzeug's defaults: the handler's arguments its path leaves out.
     defaults: dict = attrs.field(factory=dict)
     #: The endpoint's name, when the handler serves several routes.
@@ -107,23 +110,24 @@ ROUTES = [
           errors=()),
     Route("/tokens", ("POST",), "create_token", "Make a token: its secret is in this "
           "answer only", "NewToken", status=(201,), params="token", errors=(409,),
-          nowait=True),
+          nowait=True, partial=True),
     Route("/tokens/<name>", ("DELETE",), "revoke_token", "Revoke a token everywhere", "Ok",
-          nowait=True),
+          nowait=True, partial=True),
     # Branches
     Route("/branches", ("GET",), "list_branches", "The ids of the live branches", "Names",
           errors=()),
     Route("/branches/<branch>", ("GET",), "get_branch", "A branch", "Branch"),
     # Apps
-    Route("/", ("GET",), "list_apps", "The names of every app", "Names", errors=(504,)),
+    Route("/", ("GET",), "list_apps", "The names of every app", "Names", errors=(504,),
+          partial=True),
     Route("/<app>", ("GET",), "get_app", "An app", "App"),
     Route("/<app>", CREATE, "put_app", "Create or change an app", "App", status=(201, 200),
-          params="app", errors=RECORD_ERRORS + (409,), nowait=True),
+          params="app", errors=RECORD_ERRORS + (409,), nowait=True, partial=True),
     Route("/<app>", ("DELETE",), "delete_app", "Delete an app, its instances and queues",
-          "Ok", nowait=True),
+          "Ok", nowait=True, partial=True),
     # Instances
     Route("/<app>/instances", ("GET",), "list_instances", "The names of the app's "
-          "instances, on every branch", "Names"),
+          "instances, on every branch", "Names", partial=True),
     Route("/<app>/instances", CREATE, "put_instance", "Create an anonymous instance "
           "(named by a UUID)", "Instance", status=(201,), params="instance",
           errors=RECORD_ERRORS + (409,), nowait=True, defaults={"name": None},
@@ -163,12 +167,12 @@ ROUTES = [
           "queue", "Ok", nowait=True),
     # Queues
     Route("/<app>/queues", ("GET",), "list_queues", "The names of the app's queues",
-          "Names"),
+          "Names", partial=True),
     Route("/<app>/queues/<name>", ("GET",), "get_queue", "A queue declaration", "Queue"),
     Route("/<app>/queues/<name>", CREATE, "put_queue", "Declare a queue", "Queue",
-          status=(201, 200), params="queue", nowait=True),
+          status=(201, 200), params="queue", nowait=True, partial=True),
     Route("/<app>/queues/<name>", ("DELETE",), "delete_queue", "Delete a queue "
-          "declaration: its consumers stop consuming it", "Ok", nowait=True),
+          "declaration: its consumers stop consuming it", "Ok", nowait=True, partial=True),
     # Tasks
     Route("/<app>/query/<task_id>/state", ("GET",), "task_state", "A task's state",
           "TaskState"),

@@ -3,8 +3,8 @@ own /openapi.json.
 
 Every operation of the document gets at least 100 generated requests (valid
 and invalid data, seeded: the same requests each run), each checked for
-server errors, answers that do not match the document, wrong content types
-and undocumented status codes.  The branch has short waits (``/wait/``
+server errors, answers that do not match the document (bodies and
+headers), wrong content types and undocumented status codes.  The branch has short waits (``/wait/``
 ends after 0.2 s, a create waits at most 1 s for its worker) so that no
 request blocks, and small limits (2 instances), since requests that happen
 to name an existing app start real workers.
@@ -30,7 +30,7 @@ ST = os.path.join(BIN, "st")
 SEED = 12
 EXAMPLES = 100
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
-          "response_schema_conformance")
+          "response_schema_conformance,response_headers_conformance")
 #: The two halves of the operations, by method, one process each.
 HALVES = (("POST", "DELETE"), ("GET", "PUT", "HEAD", "OPTIONS", "PATCH", "TRACE"))
 

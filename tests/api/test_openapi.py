@@ -89,6 +89,9 @@ class DocumentTests(SynchronousTestCase):
         operations = doc["paths"]["/{app}/queue/{queue}/{url}"]
         self.assertEqual(sorted(operations), sorted(v.lower() for v in VERBS if v != "CONNECT"))
         self.assertIn("CONNECT", operations["post"]["description"])
+        self.assertTrue(operations["head"]["responses"]["202"]["headers"]["Location"][
+            "required"])
+        self.assertNotIn("content", operations["head"]["responses"]["202"])
         self.assertIn("slashes included", operations["post"]["description"])
         self.assertEqual(QUEUED_URL.handler, "queue_task")
 
@@ -106,6 +109,14 @@ class DocumentTests(SynchronousTestCase):
             self.assertEqual(set(paths[path]), methods, path)
         self.assertEqual(set(paths["/{app}/{instances}/!/{name}/"]["delete"]["responses"]),
                          {"202", "400", "401", "403", "404", "413", "503", "504"})
+
+    def test_partial_answers_name_the_missing_branches(self):
+        paths = self.served()["paths"]
+        for path, method in [("/", "get"), ("/{app}/{instances}/", "get"),
+                             ("/{app}/", "put"), ("/{app}/queues/!/{name}/", "delete")]:
+            responses = paths[path][method]["responses"]
+            success = [r for s, r in responses.items() if s.startswith("2")]
+            self.assertIn("Cyme-Missing-Branches", success[0]["headers"], path)
 
     def test_nowait_path(self):
         self.assertEqual(nowait_path("/<app>/instances/<name>/queues/<queue>"),
