@@ -57,17 +57,18 @@ def audit_target(path):
         raw = raw[:4]
     segments = [unquote(s.decode("utf-8", "replace")) for s in raw[1:]]
     segments = [s for s in segments if s]
+    # The no-wait "!" of a write names nothing.
+    named = [s for s in segments if s != "!"]
     fields = {}
-    if segments[:1] == ["tokens"]:
-        fields["token"] = segments[1] if len(segments) > 1 else None
-    elif segments[:1] == ["instances"]:
-        fields["instance"] = segments[1] if len(segments) > 1 else None
-    elif segments:
-        fields["app"] = segments[0]
-        rest = segments[1:]
+    if named[:1] == ["tokens"]:
+        fields["token"] = named[1] if len(named) > 1 else None
+    elif named[:1] == ["instances"]:
+        fields["instance"] = named[1] if len(named) > 1 else None
+    elif named:
+        fields["app"] = named[0]
+        rest = named[1:]
         if rest[:1] in (["instances"], ["instance"]):
-            names = [n for n in rest[1:2] + rest[2:3] if n != "!"]
-            fields["instance"] = names[0] if names else None
+            fields["instance"] = rest[1] if len(rest) > 1 else None
         elif rest[:1] in (["queues"], ["queue"]) and len(rest) > 1:
             fields["queue"] = rest[1]
         if rest[:1] == ["queue"]:

@@ -448,5 +448,13 @@ class AuditTargetTests(SynchronousTestCase):
             (b"/instances/w%31/", ("/instances/w1/", {"instance": "w1"})),
             (b"/tokens/ci/", ("/tokens/ci/", {"token": "ci"})),
             (b"/tokens/", ("/tokens/", {"token": None})),
+            # The no-wait "!" names nothing.
+            (b"/!/foo/", ("/!/foo/", {"app": "foo"})),
+            (b"/foo/queues/!/q/", ("/foo/queues/!/q/", {"app": "foo", "queue": "q"})),
+            (b"/foo/instances/!/", ("/foo/instances/!/", {"app": "foo", "instance": None})),
+            (b"/foo/instances/w1/queues/!/q/",
+             ("/foo/instances/w1/queues/!/q/", {"app": "foo", "instance": "w1"})),
+            (b"/instances/!/w1/", ("/instances/!/w1/", {"instance": "w1"})),
+            (b"/tokens/!/ci/", ("/tokens/!/ci/", {"token": "ci"})),
         ]:
             self.assertEqual(audit_target(path), expected, path)
