@@ -29,6 +29,7 @@ from cyme.api.http import error_body, fields, json_body, query_fields, request_p
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
 from cyme.state.models import check_seconds
 
+
 def created_status(created, wait=True):
     if not wait:
         return 202
@@ -109,7 +110,7 @@ class BranchAPI:
     def ping(self, request):
         return json_body(request, 200, {"ok": "pong"})
 
-    def openapi(self, request):
+    def document(self, request):
         """The OpenAPI document (L{cyme.api.openapi}): made once, as it
         holds no record and no secret."""
         return json_body(request, 200, self._document, encoded=True)

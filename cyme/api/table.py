@@ -95,7 +95,7 @@ INSTANCE = "/<app>/instances/<name>"
 ROUTES = [
     # The branch
     Route("/ping", ("GET",), "ping", "Liveness: pong", "Pong", errors=(), open=True),
-    Route("/openapi.json", ("GET",), "openapi", "This document", "Document", errors=()),
+    Route("/openapi.json", ("GET",), "document", "This document", "Document", errors=()),
     Route("/admin", ("GET",), "admin", "The admin page (HTML)", content=HTML, errors=(303,),
           description="A browser without a token is sent to the login form (303)."),
     Route("/metrics", ("GET",), "metrics", "Prometheus text: ticks, messages, restarts, "
