@@ -150,7 +150,6 @@ SCHEMAS = {
 # (or a query's) are text.
 
 _OBJECT_TEXT = {"anyOf": [{"type": "object"}, STRING]}
-_LIST_TEXT = {"anyOf": [{"type": "array", "items": STRING}, STRING]}
 
 
 def _param(cls, name):
@@ -170,13 +169,12 @@ def _broker_params():
 
 
 def _set(names, cls, **special):
-    """The JSON Schema of a parameter set: C{names} typed from C{cls}."""
-    properties = {}
-    for name in sorted(names):
-        if name in special:
-            properties[name] = special[name]
-        elif name in attrs.fields_dict(cls):
-            properties[name] = _param(cls, name)
+    """
+    The JSON Schema of a parameter set: C{names} typed from C{cls}'s fields,
+    or as C{special} says (a name in neither fails at import: a parameter
+    added to a set cannot be left out of the document).
+    """
+    properties = {n: special[n] if n in special else _param(cls, n) for n in sorted(names)}
     return {"type": "object", "properties": properties, "additionalProperties": False}
 
 
