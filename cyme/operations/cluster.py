@@ -37,6 +37,7 @@ from cyme.cluster.presence import BeatContents
 from cyme.cluster.replication import Replication
 from cyme.cluster.rounds import Rounds
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
+from cyme.state import params
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 
@@ -249,6 +250,7 @@ class ClusterOperations(ClusterTokens):
         return await self._route("get_instance", app, name)
 
     async def put_instance(self, app, name, values, wait=True, branch=None):
+        branch = params.branch(branch)
         await self.local.get_app(app)
         if name is not None:
             coordinator = self.placement.coordinator(check_name(name, "instance"))
@@ -267,7 +269,7 @@ class ClusterOperations(ClusterTokens):
         await self.local.get_app(args["app"])
         return await self._decide(
             args["app"], check_name(args["name"], "instance"), args.get("values") or {},
-            args.get("wait", True), args.get("branch"),
+            args.get("wait", True), params.branch(args.get("branch")),
         )
 
     async def _decide(self, app, name, values, wait, branch):

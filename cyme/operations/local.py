@@ -226,7 +226,8 @@ class LocalOperations(LocalTokens):
         its worker answered its first ping (or after C{ready_timeout},
         still starting).
         """
-        if branch not in (None, "", self.branch_id):
+        branch = params.branch(branch)
+        if branch not in (None, self.branch_id):
             raise NotFound("branch", branch)
         record = self._app(app)
         name = check_name(name if name is not None else str(uuid.uuid4()), "instance")

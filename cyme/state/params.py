@@ -19,7 +19,7 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.state.models import (
-    App, Broker, Instance, Queue, check_hostname, check_json_object,
+    App, Broker, Instance, Queue, check_hostname, check_json_object, check_name,
 )
 from cyme.state.workeroptions import (
     WorkerPolicy, parse_arguments, parse_imports, parse_settings,
@@ -122,6 +122,13 @@ def app_changes(params, policy=CLOSED):
         if key in params:
             changes[key] = params[key]
     return changes
+
+
+def branch(value):
+    """The branch a create names (C{?branch=}), or None for any."""
+    if value is None or (isinstance(value, str) and not value):
+        return None
+    return check_name(value, "branch")
 
 
 def names_broker(params):

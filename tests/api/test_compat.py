@@ -168,6 +168,15 @@ class EmptyMeansAbsentTestsMixin(APITestCase):
             "arguments": "", "queues": "", "broker": ""}), 200)
         self.assertEqual(self.snapshot(), before)
 
+    def test_a_branch_that_is_no_name(self):
+        """?branch= of the wrong type is a 400 naming it, not a 500 (the fuzzer's find)."""
+        before = self.snapshot()
+        for value in [["b1"], {"id": "b1"}, 3, "a/b"]:
+            self.assertError(self.call("PUT", "/foo/instances/w2/", json={"branch": value}),
+                             400, field="branch")
+        self.assertEqual(self.snapshot(), before)
+        self.assertAnswer(self.call("PUT", "/foo/instances/w2/", json={"branch": None}), 201)
+
     def test_null_clears(self):
         app = self.assertAnswer(self.call("POST", "/foo/", json={
             "arguments": None, "extra_config": None, "allowed_hosts": None,

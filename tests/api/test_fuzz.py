@@ -65,13 +65,15 @@ class FuzzTests(IntegrationTestCase):
             defer.ensureDeferred(self.schemathesis(branch, made["token"], half))
             for half in HALVES
         ])
-        tested = 0
+        tested = generated = 0
         for (code, output), half in zip(runs, HALVES):
             self.assertEqual(code, 0, f"schemathesis {' '.join(half)}:\n{output[-20000:]}")
             selected = re.search(r"Selected: (\d+)/(\d+)", output)
             self.assertIsNotNone(selected, output[-3000:])
             self.assertIn(f"Tested: {selected.group(1)}", output)
             tested += int(selected.group(1))
+            generated += int(re.search(r"(\d+) generated", output).group(1))
+            open("/tmp/oa-fuzz/out-" + half[0], "w").write(output)
         code, document = await self.request("GET", branch.url("/openapi.json"))
         operations = sum(len(item) for item in document["paths"].values())
         self.assertEqual(tested, operations)
