@@ -77,9 +77,9 @@ def openapi_path(path):
 def _tag(path):
     for word, tag in (("/query/", "tasks"), ("/queue/", "tasks"), ("/instance", "instances"),
                       ("/queues", "queues"), ("/tokens", "tokens"), ("/<app>", "apps")):
-        if word in path or path.startswith(word):
+        if word in path:
             return tag
-    return "branch"
+    return "apps" if path == "/" else "branch"
 
 
 _MISSING = {"description": "The branches that did not answer: the answer is partial",
