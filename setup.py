@@ -46,6 +46,14 @@ setup(
         # (cyme.metrics, cyme.api.prometheus).
         "prometheus_client>=0.20",
     ],
+    extras_require={
+        # What the tests need besides cyme: the OpenAPI document's validator
+        # and the fuzzer run against a real branch (tests/test_fuzz.py).
+        "test": [
+            "openapi-spec-validator>=0.7",
+            "schemathesis>=4.1",
+        ],
+    },
     entry_points={
         "console_scripts": [
             "cyme-branch = cyme.script:main",

@@ -41,11 +41,12 @@ def main(argv=None):
     from twisted.python import usage
     from twisted.scripts.twistd import ServerOptions, runApp
 
-    from cyme.tap import StartupFailed
+    from cyme.tap import HELP_HINT, StartupFailed
 
-    # twistd's own run(), with cyme-branch's name in its messages and a
+    # twistd's own run(), with cyme-branch's name in its messages, a
     # start-up failure (root directory in use, corrupt state file) reported
-    # as one line on stderr instead of under the whole usage text.
+    # as one line on stderr, and a bad option as one line and a pointer to
+    # --help rather than under the whole usage text.
     sys.argv = ["cyme-branch", "--nodaemon", "--pidfile=", "cyme-branch", *args]
     config = ServerOptions()
     try:
@@ -54,8 +55,7 @@ def main(argv=None):
         sys.stderr.write(f"cyme-branch: {e}\n")
         sys.exit(1)
     except usage.UsageError as e:
-        print(config)
-        print(f"cyme-branch: {e}", file=sys.stderr)
+        print(f"cyme-branch: {e}\n{HELP_HINT}", file=sys.stderr)
         sys.exit(1)
     runApp(config)
 

@@ -58,6 +58,10 @@ CELERY_LEVELS = {
 }
 
 
+#: What a bad option value prints under its one-line message.
+HELP_HINT = "Try 'cyme-branch --help' for the options."
+
+
 class StartupFailed(usage.UsageError):
     """
     The command line is fine but the branch cannot start here (its root
@@ -152,6 +156,9 @@ class Options(usage.Options):
         ["bus-broker", None, None,
          "Broker URL of the bus between branches (default: $CYME_BUS_BROKER_URL, "
          "else the broker of --broker)."],
+        ["max-wait", None, 300.0,
+         "Longest ?timeout= of a task's /wait/ long-poll, in seconds (the default "
+         "wait is 30 s, or this when shorter)."],
     ]
 
     def __init__(self):
@@ -161,12 +168,17 @@ class Options(usage.Options):
         self["accept-contents"] = []
         self["webhook-allows"] = []
         self._startup_failed = False
+        self._usage_failed = False
 
     def getUsage(self, width=None):
-        # twistd prints the usage text above every UsageError; a start-up
-        # failure is not a usage mistake, so its one-line message stays alone.
+        # twistd prints the usage text above every UsageError: fifty lines
+        # of options would bury the one line that says what is wrong.  A
+        # start-up failure is not a usage mistake, so its message stays
+        # alone; a bad option gets a pointer to --help.
         if self._startup_failed:
             return ""
+        if self._usage_failed:
+            return HELP_HINT
         return super().getUsage(width)
 
     def parseOptions(self, options=None):
@@ -176,6 +188,15 @@ class Options(usage.Options):
         # normal order.
         if options is None:
             options = sys.argv[1:]
+        try:
+            self._parse(options)
+        except StartupFailed:
+            raise
+        except usage.UsageError:
+            self._usage_failed = True
+            raise
+
+    def _parse(self, options):
         try:
             opts, args = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
         except getopt.GetoptError as e:
@@ -220,7 +241,8 @@ class Options(usage.Options):
             self["address"] = address
 
     def postOptions(self):
-        self["sup-interval"] = _seconds(self["sup-interval"], "--sup-interval")
+        for name in ("sup-interval", "max-wait"):
+            self[name] = _seconds(self[name], "--" + name)
         for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived",
                      "result-expires"):
             self[name] = _seconds(self[name], "--" + name, zero=True)
@@ -429,8 +451,9 @@ def makeService(options):
         access_log = options["log-level"] <= LogLevel.info
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
-        site = make_site(BranchAPI(cluster, gate, waits, clock=reactor, metrics=metrics).resource(),
-                         access_log=access_log)
+        api = BranchAPI(cluster, gate, waits, clock=reactor, metrics=metrics,
+                        max_wait=options["max-wait"])
+        site = make_site(api.resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)

@@ -413,13 +413,22 @@ class StartupErrorTests(DaemonTestCase):
 
     @deferred
     async def test_usage_error(self):
-        """A bad option prints the usage and a message naming it, exit 1."""
-        process = self.cyme_branch(":8001", "--sup-interval=never", "-D", self.path("r"))
-        self.assertEqual(await self.exit_status(process), 1)
-        self.assertIn("--sup-interval must be a positive number", process.output)
-        self.assertIn("--instance-dir", process.output)
-        self.assertNotIn("Traceback", process.output)
-        self.assertFalse(os.path.exists(self.path("r")))
+        """
+        A bad option value prints one line naming it and a pointer to
+        --help (not fifty lines of options above it), exit 1.
+        """
+        for option, says in [
+            (("--sup-interval=never",), "cyme-branch: --sup-interval must be a positive number"),
+            (("-b", "notaurl"), "cyme-branch: --broker must be an amqp://"),
+            (("--bogus",), "cyme-branch: option --bogus not recognized"),
+        ]:
+            process = self.cyme_branch(":8001", *option, "-D", self.path("r"))
+            self.assertEqual(await self.exit_status(process), 1)
+            lines = process.output.splitlines()
+            self.assertEqual(len(lines), 2, process.describe())
+            self.assertTrue(lines[0].startswith(says), lines[0])
+            self.assertEqual(lines[1], "Try 'cyme-branch --help' for the options.")
+            self.assertFalse(os.path.exists(self.path("r")))
 
     @deferred
     async def test_port_in_use(self):

@@ -217,6 +217,15 @@ class BadOptionTests(OptionsTestsMixin, SynchronousTestCase):
             self.assertIn("--sup-interval must be a positive number", message,
                           value)
 
+    def test_max_wait(self):
+        """--max-wait bounds a task's /wait/ (the fuzzed branch's is short)."""
+        self.assertEqual(self.parse(["-D", self.root_path()])["max-wait"], 300.0)
+        self.assertEqual(self.parse(["--max-wait", "0.5", "-D", self.root_path()])["max-wait"],
+                         0.5)
+        for value in ["0", "-1", "soon"]:
+            self.assertIn("--max-wait must be a positive number",
+                          self.usage_error(["--max-wait", value, "-D", self.root_path()]))
+
     def test_bad_sup_interval_message(self):
         message = self.usage_error(["--sup-interval", "x", "-D", self.root_path()])
         self.assertEqual(message, "--sup-interval must be a positive number of seconds, not 'x'")
@@ -314,6 +323,17 @@ class RootDirTests(OptionsTestsMixin, SynchronousTestCase):
                                                    "state.json"])
         # twistd prints the usage text above a usage error: not for this one.
         self.assertEqual(options.getUsage(), "")
+
+    def test_usage_after_a_bad_value(self):
+        """
+        twistd prints the usage text above a usage error: after a bad value,
+        a pointer to --help, not the options that bury the message.
+        """
+        options = tap.Options()
+        self.assertIn("--instance-dir", options.getUsage())
+        self.assertRaises(usage.UsageError, options.parseOptions,
+                          ["-b", "notaurl", "-D", self.root_path()])
+        self.assertEqual(options.getUsage(), "Try 'cyme-branch --help' for the options.")
 
     def test_wrong_schema_version(self):
         root = self.root_path()

@@ -1,7 +1,9 @@
 """The HTTP API: Klein routes, parameter and body parsing, the admin page.
 
 Owns what crosses HTTP: the original Cyme's routes and JSON shapes
-(``routes``), who may call and what they may see (``auth``: loopback
+(``routes``, declared once in ``table``, from which ``openapi`` makes the
+OpenAPI document with the schemas ``schemas`` makes from the models), who
+may call and what they may see (``auth``: loopback
 trust, tokens and scopes, the Origin and Host checks, password masking),
 the root resource every request passes first (``guard``: path, size, the
 caller, the audit line), the login form (``login``) and the sessions it

@@ -78,17 +78,18 @@ def audit_target(path):
             if len(segments) == 3 and segments[1] == "queue" and i + 1 < len(raw):
                 segments.append("\u2026")
                 break
+    # The no-wait "!" of a write names nothing.
+    named = [s for s in segments if s != "!"]
     fields = {}
-    if segments[:1] == ["tokens"]:
-        fields["token"] = segments[1] if len(segments) > 1 else None
-    elif segments[:1] == ["instances"]:
-        fields["instance"] = segments[1] if len(segments) > 1 else None
-    elif segments and segments != ["login"]:  # a login is about no record
-        fields["app"] = segments[0]
-        rest = segments[1:]
+    if named[:1] == ["tokens"]:
+        fields["token"] = named[1] if len(named) > 1 else None
+    elif named[:1] == ["instances"]:
+        fields["instance"] = named[1] if len(named) > 1 else None
+    elif named and named != ["login"]:  # a login is about no record
+        fields["app"] = named[0]
+        rest = named[1:]
         if rest[:1] in (["instances"], ["instance"]):
-            names = [n for n in rest[1:2] + rest[2:3] if n != "!"]
-            fields["instance"] = names[0] if names else None
+            fields["instance"] = rest[1] if len(rest) > 1 else None
         elif rest[:1] in (["queues"], ["queue"]) and len(rest) > 1:
             fields["queue"] = rest[1]
     return "/" + "/".join(segments) + "/", fields

@@ -250,14 +250,18 @@ def make_site(resource, access_log=True, **kwargs):
     return site
 
 
-def json_body(request, status, data, *, records=True):
+def json_body(request, status, data, *, records=True, encoded=False):
     """
-    Set C{status} and the JSON headers; return the encoded body.  Where
-    C{data} may hold cyme's records (C{records}), a broker's password is
-    shown only to a caller with the admin scope; a task's result is what
-    its URL answered, and is shown as it is.
+    Set C{status} and the JSON headers; return the encoded body (C{data}
+    itself if C{encoded}: JSON that holds no record, so nothing to mask).
+    Where C{data} may hold cyme's records (C{records}), a broker's
+    password is shown only to a caller with the admin scope; a task's
+    result is what its URL answered, and is shown as it is.
     """
-    body = json.dumps(masked(request, data) if records else data).encode("utf-8") + b"\n"
+    if encoded:
+        body = data
+    else:
+        body = json.dumps(masked(request, data) if records else data).encode("utf-8") + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")

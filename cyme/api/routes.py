@@ -1,13 +1,17 @@
 """The HTTP API of a branch: the original cyme's routes and JSON shapes.
 
-Routes only parse, call L{IOperations} and render JSON.  Every path works
-with and without its trailing slash, and the original Cyme's singular
-``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``.
-Every request reaches them through L{GuardResource} (L{cyme.api.guard}),
-which has admitted its caller (L{cyme.api.auth}); C{/tokens/} and
-C{/login/} are this module's too.
+Routes only parse, call L{IOperations} and render JSON.  Which path and
+method reach which handler is the route table's to say (L{cyme.api.table}),
+from which the OpenAPI document is made too: every path works with and
+without its trailing slash, the original Cyme's singular
+``/<app>/instance/...`` spelling is an alias of ``/<app>/instances/...``,
+and every write has a ``!`` form that answers 202 without waiting (the
+handler's C{wait} is False).  Every request reaches them through
+L{GuardResource} (L{cyme.api.guard}), which has admitted its caller
+(L{cyme.api.auth}); C{/tokens/} and C{/login/} are this module's too.
 """
 
+import json
 import re
 from urllib.parse import unquote
 
@@ -17,10 +21,11 @@ from werkzeug.exceptions import MethodNotAllowed as RouteMethodNotAllowed
 from werkzeug.exceptions import NotFound as RouteNotFound
 
 from cyme import logs
-from cyme.api import admin, login, prometheus
+from cyme.api import admin, login, openapi, prometheus
 from cyme.api import events as event_stream
 from cyme.api.auth import Gate, caller_of
 from cyme.api.guard import GuardResource
+from cyme.api.table import ROUTES
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
 from cyme.api.requestmetrics import RequestMetrics
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
@@ -28,10 +33,10 @@ from cyme.metrics import Metrics
 from cyme.state.models import check_seconds
 from cyme.waits import WaitCap
 
-CREATE = ["PUT", "POST"]
 
-
-def created_status(created):
+def created_status(created, wait=True):
+    if not wait:
+        return 202
     return 201 if created else 200
 
 
@@ -48,29 +53,8 @@ DEFAULT_WAIT = 30.0
 MAX_TASK_TIMEOUT = 3600.0
 
 
-def route(path, methods, endpoint=None, **rule):
-    """
-    Route C{path}, and its singular C{/instance/} alias, for C{methods};
-    C{rule} goes to werkzeug's C{Rule} (C{defaults} for the parameters the
-    path leaves out).
-    """
-
-    def register(f):
-        name = endpoint or f.__name__
-        f = _klein.route(
-            path, methods=methods, strict_slashes=False, endpoint=name, **rule
-        )(f)
-        if "/instances/" in path:
-            f = _klein.route(
-                path.replace("/instances/", "/instance/"),
-                methods=methods,
-                strict_slashes=False,
-                endpoint=name + "_singular",
-                **rule,
-            )(f)
-        return f
-
-    return register
+def _ok(wait=True):
+    return 200 if wait else 202
 
 
 class BranchAPI:
@@ -79,7 +63,8 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops, gate=None, waits=None, clock=None, metrics=None):
+    def __init__(self, ops, gate=None, waits=None, clock=None, metrics=None,
+                 max_wait=MAX_WAIT):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
@@ -95,6 +80,9 @@ class BranchAPI:
         #: The branch's histograms (L{cyme.metrics.Metrics}): its requests'
         #: go there, and C{/metrics} shows them all.
         self.histograms = metrics if metrics is not None else Metrics()
+        #: The longest C{/wait} (and the default, when shorter than 30 s).
+        self.max_wait = max_wait
+        self._document = json.dumps(openapi.document(max_wait=max_wait)).encode("utf-8")
 
     def resource(self):
         return GuardResource(self.app.resource(), self.gate, self.queue_task,
@@ -131,218 +119,184 @@ class BranchAPI:
 
     # Branch
 
-    @route("/ping", ["GET"])
     def ping(self, request):
         return json_body(request, 200, {"ok": "pong"})
 
-    @route("/health", ["GET"])
     def health(self, request):
         """Readiness: 200, or 503 naming each failing part; apps only for readers."""
         report = self.ops.health(apps="read" in caller_of(request).scopes)
         return json_body(request, 200 if report["ready"] else 503, report)
 
-    @route("/admin", ["GET"])
+    def document(self, request):
+        """The OpenAPI document (L{cyme.api.openapi}): made once, as it
+        holds no record and no secret."""
+        return json_body(request, 200, self._document, encoded=True)
+
     async def admin(self, request):
         """The admin page: branches, apps, every instance, the latest events, live."""
         page = await admin.render(self.ops, self.clock.seconds())
         admin.set_headers(request)
         return page
 
-    @route("/events", ["GET"])
     def events(self, request):
         """The cluster's events as Server-Sent Events (L{cyme.api.events})."""
         return event_stream.serve(request, self.ops, self.clock)
 
-    @route("/drift", ["GET"])
     async def drift(self, request):
         """Every instance of the cluster whose worker is not as it asks."""
         return self._listing(request, await self.ops.describe_instances(drift_only=True))
 
-    @route("/metrics", ["GET"])
     def metrics(self, request):
         """Prometheus' text: the branch's figures now, and its histograms."""
         request.setHeader(b"Content-Type", prometheus.CONTENT_TYPE)
         return prometheus.render(self.ops.metrics(), self.histograms)
 
-    @route("/login", ["GET"])
     def login_form(self, request):
         """The login form: a browser exchanges a token for a cookie."""
         return login.form(request)
 
-    @route("/login", ["POST"])
     def login(self, request):
         return login.log_in(request, self.gate, request_params(request))
 
     # Tokens (admin)
 
-    @route("/tokens", ["GET"])
     async def list_tokens(self, request):
         return json_body(request, 200, await self.ops.list_tokens())
 
-    @route("/tokens", ["POST"])
-    async def create_token(self, request):
-        token, missing = await self.ops.create_token(request_params(request))
+    async def create_token(self, request, wait=True):
+        token, missing = await self.ops.create_token(request_params(request), wait=wait)
         _mark_partial(request, missing)
-        return json_body(request, 201, token)
+        return json_body(request, 201 if wait else 202, token)
 
-    @route("/tokens/<name>", ["DELETE"])
-    async def revoke_token(self, request, name):
-        _mark_partial(request, await self.ops.revoke_token(name))
-        return json_body(request, 200, {"ok": "ok"})
+    async def revoke_token(self, request, name, wait=True):
+        _mark_partial(request, await self.ops.revoke_token(name, wait=wait))
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
     # Branches
 
-    @route("/branches", ["GET"])
     async def list_branches(self, request):
         return json_body(request, 200, await self.ops.list_branches())
 
-    @route("/branches/<branch>", ["GET"])
     async def get_branch(self, request, branch):
         return json_body(request, 200, await self.ops.get_branch(branch))
 
     # Apps
 
-    @route("/", ["GET"])
     async def list_apps(self, request):
         return self._listing(request, await self.ops.list_apps())
 
-    @route("/<app>", ["GET"])
     async def get_app(self, request, app):
         return json_body(request, 200, await self.ops.get_app(app))
 
-    @route("/<app>", CREATE)
-    async def put_app(self, request, app):
-        record, created, missing = await self.ops.put_app(app, request_params(request))
+    async def put_app(self, request, app, wait=True):
+        record, created, missing = await self.ops.put_app(
+            app, request_params(request), wait=wait)
         _mark_partial(request, missing)
-        return json_body(request, created_status(created), record)
+        return json_body(request, created_status(created, wait), record)
 
-    @route("/<app>", ["DELETE"])
-    async def delete_app(self, request, app):
-        _mark_partial(request, await self.ops.delete_app(app))
-        return json_body(request, 200, {"ok": "ok"})
+    async def delete_app(self, request, app, wait=True):
+        _mark_partial(request, await self.ops.delete_app(app, wait=wait))
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
-    @route("/<app>/restart", ["POST"])
     async def restart_app(self, request, app):
         """A rolling restart of the app's instances: 202 with its id at once."""
         restart = await self.ops.restart_app(app, request_params(request))
         request.setHeader(b"Location", f"/restarts/{restart['id']}/".encode("utf-8"))
         return json_body(request, 202, restart)
 
-    @route("/restarts/<restart_id>", ["GET"])
     async def get_restart(self, request, restart_id):
         return json_body(request, 200, await self.ops.get_restart(restart_id))
 
     # Instances
 
-    @route("/<app>/instances", ["GET"])
     async def list_instances(self, request, app):
         return self._listing(request, await self.ops.list_instances(app))
 
     # One handler for every create: PUT /<app>/instances/ makes an anonymous
-    # instance, /<app>/instances/<name>/ a named one; the original Cyme's
-    # no-wait forms, /<app>/instances/!/ and /<app>/instances/!/<name>/,
-    # answer 202 without waiting for the worker.
-    @route("/<app>/instances", CREATE, endpoint="add_anonymous_instance",
-           defaults={"name": None})
-    @route("/<app>/instances/!/<name>", CREATE, endpoint="put_instance_nowait",
-           defaults={"wait": False})
-    @route("/<app>/instances/<name>", CREATE)
+    # instance (name None), /<app>/instances/<name>/ a named one.
     async def put_instance(self, request, app, name, wait=True):
-        if name == "!":
-            name, wait = None, False
         values = request_params(request)
         branch = values.pop("branch", None)
         instance, created = await self.ops.put_instance(
             app, name, values, wait=wait, branch=branch
         )
-        return json_body(request, created_status(created) if wait else 202, instance)
+        return json_body(request, created_status(created, wait), instance)
 
-    @route("/<app>/instances/<name>/restart", CREATE)
-    async def restart_instance(self, request, app, name):
-        return json_body(request, 200, await self.ops.restart(app, name))
+    async def restart_instance(self, request, app, name, wait=True):
+        return json_body(request, _ok(wait), await self.ops.restart(app, name, wait=wait))
 
-    @route("/<app>/instances/<name>/enable", CREATE)
-    async def enable_instance(self, request, app, name):
-        return json_body(request, 200, await self.ops.set_enabled(app, name, True))
+    async def enable_instance(self, request, app, name, wait=True):
+        return json_body(request, _ok(wait),
+                         await self.ops.set_enabled(app, name, True, wait=wait))
 
-    @route("/<app>/instances/<name>/disable", CREATE)
-    async def disable_instance(self, request, app, name):
-        return json_body(request, 200, await self.ops.set_enabled(app, name, False))
+    async def disable_instance(self, request, app, name, wait=True):
+        return json_body(request, _ok(wait),
+                         await self.ops.set_enabled(app, name, False, wait=wait))
 
-    @route("/<app>/instances/<name>/stats", ["GET"])
     async def instance_stats(self, request, app, name):
         return json_body(request, 200, await self.ops.stats(app, name))
 
-    @route("/<app>/instances/<name>", ["GET"])
     async def get_instance(self, request, app, name):
         return json_body(request, 200, await self.ops.get_instance(app, name))
 
     # The original Cyme's walkthrough ends with DELETE /instances/<name>/: instance
     # names are unique, so the app may be left out.
 
-    @_klein.route("/instances/<name>", methods=["GET"], strict_slashes=False,
-                  endpoint="get_instance_by_name")
     async def get_instance_by_name(self, request, name):
         app = await self.ops.app_of_instance(name)
         return json_body(request, 200, await self.ops.get_instance(app, name))
 
-    @_klein.route("/instances/<name>", methods=["DELETE"], strict_slashes=False,
-                  endpoint="delete_instance_by_name")
-    async def delete_instance_by_name(self, request, name):
+    async def delete_instance_by_name(self, request, name, wait=True):
         app = await self.ops.app_of_instance(name)
         await self.ops.delete_instance(app, name)
-        return json_body(request, 200, {"ok": "ok"})
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
-    @route("/<app>/instances/<name>", ["DELETE"])
-    async def delete_instance(self, request, app, name):
+    async def delete_instance(self, request, app, name, wait=True):
         await self.ops.delete_instance(app, name)
-        return json_body(request, 200, {"ok": "ok"})
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
-    @route("/<app>/instances/<name>/queues", ["GET"])
     async def instance_queues(self, request, app, name):
         return json_body(request, 200, await self.ops.instance_queues(app, name))
 
-    @route("/<app>/instances/<name>/queues/<queue>", CREATE)
-    async def add_consumer(self, request, app, name, queue):
+    async def get_consumer(self, request, app, name, queue):
+        """The original client lists an instance's consumers with this."""
+        return json_body(request, 200, await self.ops.get_consumer(app, name, queue))
+
+    async def add_consumer(self, request, app, name, queue, wait=True):
         request_params(request)  # a malformed body is an error here too
         created = await self.ops.add_consumer(app, name, queue)
-        return json_body(request, created_status(created), {"ok": "ok"})
+        return json_body(request, created_status(created, wait), {"ok": "ok"})
 
-    @route("/<app>/instances/<name>/queues/<queue>", ["DELETE"])
-    async def cancel_consumer(self, request, app, name, queue):
+    async def cancel_consumer(self, request, app, name, queue, wait=True):
         await self.ops.cancel_consumer(app, name, queue)
-        return json_body(request, 200, {"ok": "ok"})
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
-    @route("/<app>/instances/<name>/autoscale", ["GET"])
     async def get_autoscale(self, request, app, name):
         return json_body(request, 200, await self.ops.get_autoscale(app, name))
 
-    @route("/<app>/instances/<name>/autoscale", CREATE)
-    async def set_autoscale(self, request, app, name):
+    async def set_autoscale(self, request, app, name, wait=True):
         return json_body(
-            request, 200, await self.ops.set_autoscale(app, name, request_params(request))
+            request, _ok(wait),
+            await self.ops.set_autoscale(app, name, request_params(request)),
         )
 
     # Queues
 
-    @route("/<app>/queues", ["GET"])
     async def list_queues(self, request, app):
         return self._listing(request, await self.ops.list_queues(app))
 
-    @route("/<app>/queues/<name>", ["GET"])
     async def get_queue(self, request, app, name):
         return json_body(request, 200, await self.ops.get_queue(app, name))
 
-    @route("/<app>/queues/<name>", CREATE)
-    async def put_queue(self, request, app, name):
-        queue, created, missing = await self.ops.put_queue(app, name, request_params(request))
+    async def put_queue(self, request, app, name, wait=True):
+        queue, created, missing = await self.ops.put_queue(
+            app, name, request_params(request), wait=wait)
         _mark_partial(request, missing)
-        return json_body(request, created_status(created), queue)
+        return json_body(request, created_status(created, wait), queue)
 
-    @route("/<app>/queues/<name>", ["DELETE"])
-    async def delete_queue(self, request, app, name):
-        _mark_partial(request, await self.ops.delete_queue(app, name))
-        return json_body(request, 200, {"ok": "ok"})
+    async def delete_queue(self, request, app, name, wait=True):
+        _mark_partial(request, await self.ops.delete_queue(app, name, wait=wait))
+        return json_body(request, _ok(wait), {"ok": "ok"})
 
     # Queued URLs
 
@@ -369,31 +323,41 @@ class BranchAPI:
         )
         return json_body(request, 202, accepted)
 
-    @route("/<app>/query/<task_id>/state", ["GET"])
     async def task_state(self, request, app, task_id):
         task = await self.ops.task(app, _task_id(task_id))
         return json_body(request, 200, {"uuid": task["uuid"], "state": task["state"]})
 
-    @route("/<app>/query/<task_id>/result", ["GET"])
     async def task_result(self, request, app, task_id):
         return json_body(request, 200, await self.ops.task(app, _task_id(task_id)),
                          records=False)
 
-    @route("/<app>/query/<task_id>/wait", ["GET"])
     async def task_wait(self, request, app, task_id):
         timeout = request_params(request).get("timeout")
-        timeout = DEFAULT_WAIT if timeout in (None, "") else check_seconds(
-            timeout, "timeout", MAX_WAIT
-        )
+        timeout = min(DEFAULT_WAIT, self.max_wait) if timeout in (None, "") else (
+            check_seconds(timeout, "timeout", self.max_wait))
         task_id = _task_id(task_id)
         with self.waits.hold(app, task_id):
-            task = await self.ops.wait_task(app, task_id, timeout)
-        return json_body(request, 200, task, records=False)
+            task, ready = await self.ops.wait_task(app, task_id, timeout)
+        # Not done within the timeout: no error, the task is still running
+        # (or unknown); 202 says so, as its state does.
+        return json_body(request, 200 if ready else 202, task, records=False)
 
     def _listing(self, request, result):
         names, missing = result
         _mark_partial(request, missing)
         return json_body(request, 200, names)
+
+
+def _register(klein, api):
+    """Route every spelling of every route of the table to C{api}'s handler."""
+    for entry in ROUTES:
+        handler = getattr(api, entry.handler)
+        for path, suffix, defaults in entry.spellings():
+            klein.route(path, methods=list(entry.methods), strict_slashes=False,
+                        endpoint=entry.endpoint + suffix, defaults=defaults or None)(handler)
+
+
+_register(_klein, BranchAPI)
 
 
 def _mark_partial(request, missing):

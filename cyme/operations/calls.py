@@ -36,6 +36,8 @@ INSTANCE_PUT = {
 }
 TASK_GET = {"app": _text, "uuid": _text}
 TASK_WAIT = {"app": _text, "uuid": _text, "timeout": _seconds}
+#: The answer to C{task.wait}: the task as it is, and whether it is done.
+TASK_WAITED = {"task": obj, "ready": flag}
 
 #: The instance operations another branch may ask this one to run: what
 #: follows their C{app} and C{name} (or task id), and their keywords.
@@ -44,14 +46,15 @@ INSTANCE_OPS = {
     "delete_instance": ((), {}),
     "instance_queues": ((), {}),
     "get_autoscale": ((), {}),
-    "restart": ((), {}),
+    "restart": ((), {"wait": flag}),
     "stats": ((), {}),
     "task": ((), {}),
     "put_instance": ((obj,), {"wait": flag}),
     "add_consumer": ((_text,), {}),
     "cancel_consumer": ((_text,), {}),
+    "get_consumer": ((_text,), {}),
     "set_autoscale": ((obj,), {}),
-    "set_enabled": ((flag,), {}),
+    "set_enabled": ((flag,), {"wait": flag}),
 }
 
 

@@ -27,14 +27,17 @@ import uuid
 
 import attrs
 from twisted.internet import defer
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from cyme import logs
 from cyme.cluster.bus import Bus
 from cyme.cluster.placement import Placement
 from cyme.cluster.presence import BeatContents
 from cyme.cluster.replication import Replication
 from cyme.cluster.rounds import Rounds
 from cyme.errors import Conflict, GatewayTimeout, NotFound, Unavailable
+from cyme.state import params
 from cyme.state.models import check_name
 from cyme.state.store import app_key, queue_key
 from cyme.waits import WaitCap
@@ -74,6 +77,8 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     )
     _deciding: dict = attrs.field(factory=dict)  # instance name -> DeferredLock
     _listings: object = attrs.field(init=False, default=None)
+
+    log = Logger(observer=logs.observer)
 
     def __attrs_post_init__(self):
         self._listings = Rounds(self._list_everywhere)
@@ -146,15 +151,27 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     async def get_app(self, name):
         return await self.local.get_app(name)
 
-    async def put_app(self, name, values):
-        record, created, _ = await self.local.put_app(name, values)
-        return record, created, await self.replication.replicate(app_key(name))
+    async def _replicated(self, wait, *keys):
+        """
+        Send the records under C{keys} to every live branch: the ids of
+        those that did not take them; without C{wait} (the C{!} routes),
+        sent and not waited for (none named).
+        """
+        if wait:
+            return await self.replication.replicate(*keys)
+        sending = defer.ensureDeferred(self.replication.replicate(*keys))
+        sending.addErrback(lambda f: self.log.failure("replicating {keys}", f, keys=keys))
+        return []
 
-    async def delete_app(self, name):
+    async def put_app(self, name, values, wait=True):
+        record, created, _ = await self.local.put_app(name, values)
+        return record, created, await self._replicated(wait, app_key(name))
+
+    async def delete_app(self, name, wait=True):
         queues = [q.name for q in self.store.queues(check_name(name, "app"))]
         await self.local.delete_app(name)
-        return await self.replication.replicate(
-            app_key(name), *(queue_key(name, q) for q in queues)
+        return await self._replicated(
+            wait, app_key(name), *(queue_key(name, q) for q in queues)
         )
 
     async def list_queues(self, app):
@@ -163,13 +180,13 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     async def get_queue(self, app, name):
         return await self.local.get_queue(app, name)
 
-    async def put_queue(self, app, name, values):
+    async def put_queue(self, app, name, values, wait=True):
         record, created, _ = await self.local.put_queue(app, name, values)
-        return record, created, await self.replication.replicate(queue_key(app, name))
+        return record, created, await self._replicated(wait, queue_key(app, name))
 
-    async def delete_queue(self, app, name):
+    async def delete_queue(self, app, name, wait=True):
         await self.local.delete_queue(app, name)
-        return await self.replication.replicate(queue_key(app, name))
+        return await self._replicated(wait, queue_key(app, name))
 
     # Instances: listed everywhere
 
@@ -270,6 +287,7 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return await self._route("get_instance", app, name)
 
     async def put_instance(self, app, name, values, wait=True, branch=None):
+        branch = params.branch(branch)
         await self.local.get_app(app)
         if name is not None:
             coordinator = self.placement.coordinator(check_name(name, "instance"))
@@ -289,7 +307,7 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         await self.local.get_app(args["app"])
         return await self._decide(
             args["app"], check_name(args["name"], "instance"), args["values"],
-            args["wait"], args["branch"],
+            args["wait"], params.branch(args["branch"]),
         )
 
     async def _decide(self, app, name, values, wait, branch):
@@ -346,6 +364,9 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     async def cancel_consumer(self, app, name, queue):
         return await self._route("cancel_consumer", app, name, queue)
 
+    async def get_consumer(self, app, name, queue):
+        return await self._route("get_consumer", app, name, queue)
+
     async def instance_queues(self, app, name):
         return await self._route("instance_queues", app, name)
 
@@ -355,17 +376,22 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
     async def set_autoscale(self, app, name, values):
         return await self._route("set_autoscale", app, name, values)
 
-    async def restart(self, app, name):
-        return await self._route("restart", app, name)
+    async def restart(self, app, name, wait=True):
+        # wait is sent only when False: a branch of an older version takes none.
+        return await self._route("restart", app, name, **_no_wait(wait))
 
-    async def set_enabled(self, app, name, enabled):
-        return await self._route("set_enabled", app, name, enabled)
+    async def set_enabled(self, app, name, enabled, wait=True):
+        return await self._route("set_enabled", app, name, enabled, **_no_wait(wait))
 
     async def stats(self, app, name):
         return await self._route("stats", app, name)
 
 
 _WAITING_OPS = frozenset(["put_instance", "restart", "set_enabled"])
+
+
+def _no_wait(wait):
+    return {} if wait else {"wait": False}
 
 
 def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,

@@ -31,7 +31,9 @@ class ClusterTasks:
     async def _task_wait_local(self, args, sender):
         args = calls.checked(args, calls.TASK_WAIT)
         with self.waits.hold(args["app"], args["uuid"]):
-            return await self.local.wait_task(args["app"], args["uuid"], args["timeout"])
+            task, ready = await self.local.wait_task(args["app"], args["uuid"],
+                                                     args["timeout"])
+        return {"task": task, "ready": ready}
 
     async def _task_owner(self, app, task_id):
         if self.local.task_record(app, task_id) is not None:
@@ -58,7 +60,8 @@ class ClusterTasks:
         owner = await self._task_owner(app, task_id)
         if owner is None or owner == self.bus.branch_id:
             return await self.local.wait_task(app, task_id, timeout)
-        return await self.bus.call(
+        answer = calls.checked(await self.bus.call(
             owner, "task.wait", {"app": app, "uuid": task_id, "timeout": timeout},
             timeout + self.call_timeout,
-        )
+        ), calls.TASK_WAITED)
+        return answer["task"], answer["ready"]

@@ -84,10 +84,15 @@ class IOperations(Interface):
     def get_app(name):
         """The app's JSON (404 if unknown)."""
 
-    def put_app(name, values):
-        """Create or change an app: C{(json, created, missing)}."""
+    def put_app(name, values, wait=True):
+        """
+        Create or change an app: C{(json, created, missing)}.  Without
+        C{wait}, the other branches are sent the change and not waited for
+        (so none is missing); the same for every C{wait} of a replicated
+        record below.
+        """
 
-    def delete_app(name):
+    def delete_app(name, wait=True):
         """Delete an app, its queues and instances: C{missing}."""
 
     # Queue declarations
@@ -98,10 +103,10 @@ class IOperations(Interface):
     def get_queue(app, name):
         """The queue's JSON."""
 
-    def put_queue(app, name, values):
+    def put_queue(app, name, values, wait=True):
         """C{(json, created, missing)}."""
 
-    def delete_queue(app, name):
+    def delete_queue(app, name, wait=True):
         """C{missing}."""
 
     # Instances
@@ -130,6 +135,9 @@ class IOperations(Interface):
     def cancel_consumer(app, name, queue):
         """Stop the instance consuming C{queue}."""
 
+    def get_consumer(app, name, queue):
+        """The declaration of C{queue} if the instance consumes it (404 if not)."""
+
     def instance_queues(app, name):
         """The names of the queues the worker consumes."""
 
@@ -137,13 +145,13 @@ class IOperations(Interface):
         """C{{"max": n, "min": n}}."""
 
     def set_autoscale(app, name, values):
-        """C{{"max": n, "min": n}} after the change."""
+        """C{{"max": n, "min": n}} after the change (the same without one)."""
 
-    def restart(app, name):
-        """Restart the worker; its JSON once it answers."""
+    def restart(app, name, wait=True):
+        """Restart the worker; its JSON once it answers (at once without C{wait})."""
 
-    def set_enabled(app, name, enabled):
-        """Enable or disable the instance; its JSON."""
+    def set_enabled(app, name, enabled, wait=True):
+        """Enable or disable the instance; its JSON (at once without C{wait})."""
 
     def stats(app, name):
         """The worker's live statistics."""
@@ -168,21 +176,24 @@ class IOperations(Interface):
         """C{{"uuid", "state", "result"[, "traceback"]}}."""
 
     def wait_task(app, task_id, timeout):
-        """The task's JSON once it is ready; 504 after C{timeout} seconds."""
+        """
+        C{(json, ready)}: the task's JSON once it is ready (True), or as it
+        is after C{timeout} seconds (False).
+        """
 
     # Tokens (the admin scope)
 
     def list_tokens():
         """Every token's JSON: name, scopes, created, expires (no secret)."""
 
-    def create_token(values):
+    def create_token(values, wait=True):
         """
         Make a token from C{name}, C{scope} (C{read,write}) and C{expires}
         (C{30d}): C{(json, missing)}, the JSON with the secret (C{token}),
         which is shown this once.
         """
 
-    def revoke_token(name):
+    def revoke_token(name, wait=True):
         """Revoke a token everywhere: C{missing}."""
 
     def authenticate(secret):

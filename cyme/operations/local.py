@@ -186,7 +186,7 @@ class LocalOperations(LocalTokens, RestartOperations):
     async def get_app(self, name):
         return self._app(name).to_json()
 
-    async def put_app(self, name, values):
+    async def put_app(self, name, values, wait=True):
         check_name(name, "app")
         changes = params.app_changes(values, self.worker_policy)
         try:
@@ -204,7 +204,7 @@ class LocalOperations(LocalTokens, RestartOperations):
         self._log_change("app.put", app=name, created=created)
         return app.to_json(), created, []
 
-    async def delete_app(self, name):
+    async def delete_app(self, name, wait=True):
         removed = self.store.delete_app(
             check_name(name, "app"), self._next_version(app_key(name))
         )
@@ -221,14 +221,14 @@ class LocalOperations(LocalTokens, RestartOperations):
         self._app(app)
         return self.store.get_queue(app, check_name(name, "queue")).to_json()
 
-    async def put_queue(self, app, name, values):
+    async def put_queue(self, app, name, values, wait=True):
         self._app(app)
         queue = params.queue(check_name(name, "queue"), values, self.cluster)
         created = self.store.put_queue(app, queue, self._next_version(queue_key(app, name)))
         self._log_change("queue.put", app=app, queue=name, created=created)
         return queue.to_json(), created, []
 
-    async def delete_queue(self, app, name):
+    async def delete_queue(self, app, name, wait=True):
         self._app(app)
         # Raises NotFound, writing nothing, for an unknown queue.
         self.store.delete_queue(
@@ -257,7 +257,8 @@ class LocalOperations(LocalTokens, RestartOperations):
         its worker answered its first ping (or after C{ready_timeout},
         still starting).
         """
-        if branch not in (None, "", self.branch_id):
+        branch = params.branch(branch)
+        if branch not in (None, self.branch_id):
             raise NotFound("branch", branch)
         record = self._app(app)
         name = check_name(name if name is not None else str(uuid.uuid4()), "instance")
@@ -316,6 +317,12 @@ class LocalOperations(LocalTokens, RestartOperations):
             )
             self._log_change("instance.cancel", app=app, instance=name, queue=queue)
 
+    async def get_consumer(self, app, name, queue):
+        _, instance = self._instance(app, name)
+        if check_name(queue, "queue") not in instance.queues:
+            raise NotFound("consumer", queue, f"instance {name} does not consume {queue}")
+        return self.store.get_queue(app, queue).to_json()
+
     async def instance_queues(self, app, name):
         if self.supervisor is None:
             return list(self._instance(app, name)[1].queues)
@@ -326,7 +333,10 @@ class LocalOperations(LocalTokens, RestartOperations):
         return _autoscale(self._instance(app, name)[1])
 
     async def set_autoscale(self, app, name, values):
-        instance = params.autoscale(values, self._instance(app, name)[1], self.worker_policy)
+        existing = self._instance(app, name)[1]
+        instance = params.autoscale(values, existing, self.worker_policy)
+        if instance == existing:  # nothing set: the bounds are read
+            return _autoscale(instance)
         self.store.put_instance(instance)
         self._log_change(
             "instance.autoscale", app=app, instance=name,
@@ -334,17 +344,22 @@ class LocalOperations(LocalTokens, RestartOperations):
         )
         return _autoscale(instance)
 
-    async def restart(self, app, name):
+    async def restart(self, app, name, wait=True):
         """Restart an instance's worker (clearing quarantine); wait for it."""
         record, instance = self._instance(app, name)
         supervisor = self._supervisor()
         self._log_change("instance.restart", app=app, instance=name)
-        await supervisor.restart(name)
+        restarted = supervisor.restart(name)
+        if not wait:
+            restarted.addErrback(lambda f: self.log.failure(
+                "restart of {instance}", f, instance=name))
+            return self.describe(instance, record)
+        await restarted
         if instance.is_enabled:
             await self._wait_ready(name)
         return self.describe(instance, record)
 
-    async def set_enabled(self, app, name, enabled):
+    async def set_enabled(self, app, name, enabled, wait=True):
         record, instance = self._instance(app, name)
         if instance.is_enabled != enabled:
             instance = attrs.evolve(instance, is_enabled=enabled)
@@ -352,9 +367,9 @@ class LocalOperations(LocalTokens, RestartOperations):
             self._log_change(
                 "instance.enable" if enabled else "instance.disable", app=app, instance=name,
             )
-        if enabled:
+        if wait and enabled:
             await self._wait_ready(name)
-        elif self.supervisor is not None:
+        elif wait and self.supervisor is not None:
             await self.supervisor.wait_stopped(name)
         return self.describe(instance, record)
 
@@ -370,6 +385,14 @@ class LocalOperations(LocalTokens, RestartOperations):
     async def _ask_worker(self, app, name, command):
         self._instance(app, name)
         supervisor = self._supervisor()
+        state = supervisor.status(name)["state"]
+        if state != "running":
+            # Only a worker that answers pings answers a live query: no
+            # need to wait out the timeout to say so.
+            raise Conflict(
+                f"instance {name} is {state}: only a running worker answers live queries",
+                name=name, state=state,
+            )
         node = supervisor.node(name)
         ask = getattr(self.control, command)
         replies = await ask([node], self.query_timeout)
@@ -432,7 +455,11 @@ class LocalOperations(LocalTokens, RestartOperations):
         return _task_json(task_id, self.task_record(app, task_id))
 
     async def wait_task(self, app, task_id, timeout):
-        """The task once it is ready; 504 after C{timeout} seconds."""
+        """
+        C{(json, ready)}: the task once it is ready, or as it is after
+        C{timeout} seconds (a wait that ran out is no error: the task is
+        just not done yet).
+        """
         self._app(app)
         tasks = self._tasks()
         known = tasks.get(task_id)
@@ -446,9 +473,5 @@ class LocalOperations(LocalTokens, RestartOperations):
         try:
             record = await d
         except defer.TimeoutError:
-            record = self.task_record(app, task_id)
-            raise GatewayTimeout(
-                f"task {task_id} not ready after {timeout:g} s",
-                uuid=task_id, state=record.state if record is not None else "PENDING",
-            ) from None
-        return _task_json(task_id, record)
+            return _task_json(task_id, self.task_record(app, task_id)), False
+        return _task_json(task_id, record), True

@@ -47,12 +47,12 @@ class LocalTokens:
         self.store.put_token(token, self._next_version(token_key(token.name)))
         self._log_change("token.create", token=token.name, scopes=",".join(token.scopes))
 
-    async def create_token(self, values):
+    async def create_token(self, values, wait=True):
         token, secret = self.new_token(values)
         self.add_token(token)
         return {**token.public_json(), "token": secret}, []
 
-    async def revoke_token(self, name):
+    async def revoke_token(self, name, wait=True):
         self.store.delete_token(check_name(name, "name"), self._next_version(token_key(name)))
         self._log_change("token.revoke", token=name)
         return []
@@ -65,7 +65,8 @@ class LocalTokens:
 
 
 class ClusterTokens:
-    """Mixed into L{ClusterOperations}: uses its C{local} and C{replication}."""
+    """Mixed into L{ClusterOperations}: uses its C{local}, C{bus}, C{placement}
+    and C{_replicated}."""
 
     async def list_tokens(self):
         return await self.local.list_tokens()
@@ -73,30 +74,34 @@ class ClusterTokens:
     def token_handlers(self):
         return {"token.add": self._add_remote}
 
-    async def create_token(self, values):
+    async def create_token(self, values, wait=True):
         token, secret = self.local.new_token(values)
         coordinator = self.placement.coordinator(token.name)
         if coordinator == self.bus.branch_id:
-            missing = await self._add_token(token)
+            missing = await self._add_token(token, wait)
         else:
-            missing = await self.bus.call(coordinator, "token.add", token.to_json(),
+            # Taken or not is the coordinator's to say, even without waiting
+            # for the other branches.
+            missing = await self.bus.call(coordinator, "token.add",
+                                          {"token": token.to_json(), "wait": bool(wait)},
                                           2 * self.call_timeout)
         return {**token.public_json(), "token": secret}, missing
 
-    async def _add_token(self, token):
+    async def _add_token(self, token, wait=True):
         self.local.add_token(token)
-        return await self.replication.replicate(token_key(token.name))
+        return await self._replicated(wait, token_key(token.name))
 
     async def _add_remote(self, args, sender):
         try:
-            token = Token.from_json(args)
+            token = Token.from_json(args["token"])
+            wait = args.get("wait", True) is not False
         except (KeyError, TypeError, ValueError, AttributeError):
             raise BadRequest("token", "not a token record")
-        return await self._add_token(token)
+        return await self._add_token(token, wait)
 
-    async def revoke_token(self, name):
+    async def revoke_token(self, name, wait=True):
         await self.local.revoke_token(name)
-        return await self.replication.replicate(token_key(name))
+        return await self._replicated(wait, token_key(name))
 
     def authenticate(self, secret):
         return self.local.authenticate(secret)

@@ -6,6 +6,11 @@ records or changes, raising L{BadRequest} naming the first field at fault.
 Here the values that reach a worker are parsed, once, when written: worker
 options and settings against the allow-list, task modules, serializers and
 concurrency against the branch's L{WorkerPolicy}, the broker's host.
+
+An empty value (C{broker=&arguments=}, as the original client sends every
+field it was not given) means absent, for every parameter; a value is
+cleared, back to its default, with JSON C{null} (or C{[]}, C{{}} for a list
+or an object).
 """
 
 import json
@@ -14,8 +19,8 @@ import attrs
 
 from cyme.errors import BadRequest
 from cyme.state.models import (
-    Broker, Instance, Queue, check_allowed_hosts, check_bool, check_hostname,
-    check_json_object,
+    App, Broker, Instance, Queue, check_allowed_hosts, check_bool, check_hostname,
+    check_json_object, check_name,
 )
 from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import (
@@ -26,6 +31,22 @@ from cyme.state.workeroptions import (
 CLOSED = WorkerPolicy()
 
 BROKER_FIELDS = ("hostname", "port", "userid", "password", "virtual_host", "ssl")
+
+
+def given(params):
+    """The parameters a request gives: an empty value is absent."""
+    return {k: v for k, v in params.items() if not (isinstance(v, str) and v == "")}
+
+
+def _cleared(cls, params, keys):
+    """C{{key: default}} of C{cls} for each of C{keys} given as null."""
+    fields = attrs.fields_dict(cls)
+    changes = {}
+    for key in keys:
+        if key in params and params[key] is None:
+            default = fields[key].default
+            changes[key] = default.factory() if isinstance(default, attrs.Factory) else default
+    return changes
 
 
 def _check_known(params, allowed):
@@ -51,8 +72,10 @@ def broker(params, default):
     As in the original cyme, a broker is named by C{hostname} (with the
     other fields defaulting to guest on 5672, or 5671 with C{ssl}, vhost
     C{/}) or by an amqp:// or amqps:// URL in C{broker}; without either,
-    the other fields are ignored.
+    the other fields are ignored.  C{broker} null is C{default}: cleared.
     """
+    if "broker" in params and params["broker"] is None:
+        return default
     if params.get("broker") not in (None, ""):
         if isinstance(params["broker"], dict):
             found = Broker.from_json(params["broker"])
@@ -90,10 +113,15 @@ def worker_settings(params, changes, policy):
         changes["extra_config"] = settings
 
 
+APP_CLEARABLE = ("arguments", "extra_config", "allowed_hosts", "task_timeout", "imports")
+
+
 def app_changes(params, policy=CLOSED):
     """The non-broker fields of an app that the parameters set."""
+    params = given(params)
     _check_known(params, APP_PARAMS)
-    changes = {}
+    changes = _cleared(App, params, APP_CLEARABLE)
+    params = {k: v for k, v in params.items() if k not in changes}
     worker_settings(params, changes, policy)
     if "imports" in params:
         changes["imports"] = parse_imports(params["imports"] or ())
@@ -105,8 +133,18 @@ def app_changes(params, policy=CLOSED):
     return changes
 
 
+def branch(value):
+    """The branch a create names (C{?branch=}), or None for any."""
+    if value is None or (isinstance(value, str) and not value):
+        return None
+    return check_name(value, "branch")
+
+
 def names_broker(params):
-    return params.get("broker") not in (None, "") or params.get("hostname") not in (None, "")
+    """Whether the parameters name a broker, or clear it (C{broker} null)."""
+    return ("broker" in params and params["broker"] is None) or (
+        params.get("broker") not in (None, "") or params.get("hostname") not in (None, "")
+    )
 
 
 QUEUE_PARAMS = {"exchange", "exchange_type", "routing_key", "options"}
@@ -135,6 +173,12 @@ INSTANCE_PARAMS = (
 )
 
 
+INSTANCE_CLEARABLE = (
+    "queues", "max_concurrency", "min_concurrency", "is_enabled", "pool", "arguments",
+    "extra_config",
+)
+
+
 def queue_names(value):
     """Queue names as a list, from a JSON list or a comma-separated string."""
     if isinstance(value, str):
@@ -150,16 +194,16 @@ def instance(name, app, params, existing=None, policy=CLOSED):
 
     Fields the parameters leave out keep their current value (or default).
     """
+    params = given(params)
     _check_known(params, INSTANCE_PARAMS)
-    if params.get("arguments") in (None, ""):  # as the other fields: left out
-        params = {k: v for k, v in params.items() if k != "arguments"}
-    changes = {}
+    changes = _cleared(Instance, params, INSTANCE_CLEARABLE)
+    values = {k: v for k, v in params.items() if k not in changes}
     for key in ("max_concurrency", "min_concurrency", "is_enabled", "pool"):
-        if params.get(key) not in (None, ""):
-            changes[key] = params[key]
-    if "queues" in params:
-        changes["queues"] = queue_names(params["queues"])
-    worker_settings(params, changes, policy)
+        if values.get(key) is not None:
+            changes[key] = values[key]
+    if "queues" in values:
+        changes["queues"] = queue_names(values["queues"])
+    worker_settings(values, changes, policy)
     if names_broker(params):
         changes["broker"] = broker(params, None)
     if existing is None:
@@ -172,15 +216,21 @@ def instance(name, app, params, existing=None, policy=CLOSED):
 
 
 def autoscale(params, existing, policy=CLOSED):
-    """The instance with the C{max}/C{min} the parameters set."""
+    """
+    The instance with the C{max}/C{min} the parameters set (null: the
+    default, 1); without either, C{existing} itself: the original client
+    reads the bounds with C{POST .../autoscale/?max=&min=}.
+    """
+    params = given(params)
     _check_known(params, {"max", "min"})
-    changes = {}
-    if params.get("max") not in (None, ""):
-        changes["max_concurrency"] = params["max"]
-    if params.get("min") not in (None, ""):
-        changes["min_concurrency"] = params["min"]
+    renamed = {"max": "max_concurrency", "min": "min_concurrency"}
+    changes = _cleared(Instance, {renamed[k]: v for k, v in params.items()},
+                       renamed.values())
+    for key, field in renamed.items():
+        if params.get(key) is not None:
+            changes[field] = params[key]
     if not changes:
-        raise BadRequest("max", "autoscale needs max or min")
+        return existing
     try:
         changed = attrs.evolve(existing, **changes)
         if changed.max_concurrency != existing.max_concurrency:

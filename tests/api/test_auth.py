@@ -630,5 +630,13 @@ class AuditTargetTests(SynchronousTestCase):
              ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
             (b"/foo/%71ueue/q/http://u:p@h/",
              ("/foo/queue/q/\u2026/", {"app": "foo", "queue": "q"})),
+            # The no-wait "!" names nothing.
+            (b"/!/foo/", ("/!/foo/", {"app": "foo"})),
+            (b"/foo/queues/!/q/", ("/foo/queues/!/q/", {"app": "foo", "queue": "q"})),
+            (b"/foo/instances/!/", ("/foo/instances/!/", {"app": "foo", "instance": None})),
+            (b"/foo/instances/w1/queues/!/q/",
+             ("/foo/instances/w1/queues/!/q/", {"app": "foo", "instance": "w1"})),
+            (b"/instances/!/w1/", ("/instances/!/w1/", {"instance": "w1"})),
+            (b"/tokens/!/ci/", ("/tokens/!/ci/", {"token": "ci"})),
         ]:
             self.assertEqual(audit_target(path), expected, path)

@@ -47,13 +47,13 @@ class WaitCapTests(SynchronousTestCase):
         # Once they end, waits are taken again.
         self.clock.advance(10)
         self.client.flush()
-        self.assertEqual(self.successResultOf(first).code, 504)
-        self.assertEqual(self.successResultOf(second).code, 504)
+        self.assertEqual(self.successResultOf(first).code, 202)
+        self.assertEqual(self.successResultOf(second).code, 202)
         again = self.wait()
         self.assertNoResult(again)
         self.clock.advance(10)
         self.client.flush()
-        self.assertEqual(self.successResultOf(again).code, 504)
+        self.assertEqual(self.successResultOf(again).code, 202)
 
     def test_a_refused_wait_is_no_leak(self):
         # A bad request does not take a place.

@@ -105,6 +105,15 @@ class SupervisedAPITests(SynchronousTestCase):
         self.assertEqual(response.code, 504)
         self.assertIn("did not answer", response.json["error"])
 
+    def test_live_queries_of_a_worker_not_running_answer_at_once(self):
+        """A stopped worker is not asked (and waited for): a 409 saying its state."""
+        self.result(self.client.request("PUT", "/foo/instances/w1/?is_enabled=false"))
+        for path in ["/foo/instances/w1/stats/", "/foo/instances/w1/queues/"]:
+            response = self.result(self.client.request("GET", path))
+            self.assertEqual(response.code, 409)
+            self.assertEqual(response.json["state"], "stopped")
+            self.assertIn("only a running worker", response.json["error"])
+
     def test_live_queues(self):
         self.create_running()
         self.result(self.client.request("PUT", "/foo/queues/tasks/"))

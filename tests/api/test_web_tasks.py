@@ -148,13 +148,15 @@ class QueueRouteTestsMixin:
         self.assertEqual(self.call("GET", "/foo/query/task-1/result/").json["result"],
                          {"status_code": 200})
 
-    def test_wait_times_out_with_504(self):
+    def test_a_wait_that_runs_out_is_a_202_with_the_state(self):
+        """Not done in time is no server error: the task is still pending."""
         d = self.client.request("GET", "/foo/query/unknown/wait/?timeout=2")
         self.clock.advance(0)
         self.clock.advance(2)
         self.client.flush()
         response = self.successResultOf(d)
-        self.assertEqual(response.code, 504)
+        self.assertEqual(response.code, 202)
+        self.assertEqual(response.json, {"uuid": "unknown", "state": "PENDING", "result": None})
         self.assertEqual(self.call("GET", "/foo/query/x/wait/?timeout=301").code, 400)
 
 

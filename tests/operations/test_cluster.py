@@ -167,6 +167,21 @@ class ReplicationTests(ClusterTestCase):
         self.wait(3)
         self.assertEqual(self.request("b3", "GET", "/foo/queues/").json, ["late"])
 
+    def test_the_no_wait_form_answers_without_waiting_for_a_silent_branch(self):
+        self.request("b1", "PUT", "/foo/")
+        self.network.partition("b3")
+        d = self.branches["b1"].client.request("PUT", "/foo/queues/!/late/")
+        self.settle()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 202)
+        self.assertIsNone(response.header("Cyme-Missing-Branches"))
+        # Sent all the same: the live branches have it, the silent one
+        # catches up when it returns.
+        self.assertEqual(self.request("b2", "GET", "/foo/queues/").json, ["late"])
+        self.network.heal("b3")
+        self.wait(3)
+        self.assertEqual(self.request("b3", "GET", "/foo/queues/").json, ["late"])
+
     def test_a_branch_away_during_a_delete_deletes_too(self):
         self.request("b1", "PUT", "/foo/")
         self.request("b1", "PUT", "/foo/instances/w3/?branch=b3")

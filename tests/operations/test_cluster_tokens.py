@@ -53,8 +53,9 @@ class ClusterTokenTests(ClusterTestCase):
             self.assertNotIn("token", refused.json)
 
     def test_a_malformed_token_record_on_the_bus_is_refused(self):
-        for args in ({}, {"name": "x", "scopes": ["root"], "hash": "0" * 64},
-                     {"name": "../x", "scopes": ["admin"], "hash": "0" * 64}, [1]):
+        for args in ({}, {"token": {"name": "x", "scopes": ["root"], "hash": "0" * 64}},
+                     {"token": {"name": "../x", "scopes": ["admin"], "hash": "0" * 64}},
+                     {"token": [1]}, [1]):
             d = defer.ensureDeferred(self.branches["b1"].bus.call("b2", "token.add", args, 1.0))
             self.settle()
             self.assertEqual(self.failureResultOf(d).value.status, 400, args)
