@@ -18,7 +18,7 @@ import cyme
 #: From the top down; a module may import its own layer and those below it.
 LAYERS = [
     {"cyme.__main__", "cyme.script", "cyme.tap", "cyme.addresses", "cyme.systemd",
-     "cyme.jsonlog", "cyme.branch"},
+     "cyme.jsonlog", "cyme.branch", "cyme.options"},
     {"cyme.api"},
     {"cyme.operations"},
     {"cyme.cluster"},

@@ -10,6 +10,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme import logs, tap
+from cyme.addresses import address_to_endpoint
 from cyme.jsonlog import JSONLinesObserver
 from cyme.state.rootdir import RootDir
 
@@ -164,12 +165,12 @@ class AddressTests(OptionsTestsMixin, SynchronousTestCase):
             ":0": "tcp:0",
         }
         for address, endpoint in cases.items():
-            self.assertEqual(tap.address_to_endpoint(address), endpoint, address)
+            self.assertEqual(address_to_endpoint(address), endpoint, address)
 
     def test_port_only_is_never_split(self):
         """C{8001} is port 8001, not host C{800} on port 1 (a former bug)."""
-        self.assertEqual(tap.address_to_endpoint("8001"), "tcp:8001")
-        self.assertEqual(tap.address_to_endpoint("65535"), "tcp:65535")
+        self.assertEqual(address_to_endpoint("8001"), "tcp:8001")
+        self.assertEqual(address_to_endpoint("65535"), "tcp:65535")
 
     def test_positional_address(self):
         for address, endpoint in [

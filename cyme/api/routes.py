@@ -28,7 +28,7 @@ from cyme.api.guard import GuardResource
 from cyme.api.table import ROUTES
 from cyme.api.http import error_body, fields, json_body, query_fields, request_params
 from cyme.api.requestmetrics import RequestMetrics
-from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, Unavailable
+from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound
 from cyme.metrics import Metrics
 from cyme.state.models import check_seconds
 from cyme.waits import WaitCap

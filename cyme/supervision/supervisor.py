@@ -20,7 +20,6 @@ import os
 import shutil
 import socket
 import sys
-from collections import Counter
 
 from twisted.application import service
 from twisted.internet import defer
@@ -41,7 +40,7 @@ from cyme.supervision.workers import (
     ProcessTable, cancel_call, node_name, worker_command, worker_directories,
 )
 from cyme.supervision.workerstate import (
-    LIVE, STARTING, STOPPED, STOPPING, Policy, Worker, worker_figures, workers_by_app,
+    LIVE, STARTING, STOPPED, STOPPING, Policy, Worker, supervision_figures,
 )
 
 
@@ -173,14 +172,9 @@ class Supervisor(service.Service):
 
     def metrics(self):
         """What C{/metrics} shows of the supervision now: ticks, messages, workers."""
-        workers = [life.worker for life in self.workers.values()]
-        apps_of = {i.name: i.app for i in self.store.instances()}
-        return {
-            "ticks": self._ticks, "messages": getattr(self.control, "published", 0),
-            "states": dict(Counter(w.shown_state for w in workers)),
-            "by_app": workers_by_app(workers, apps_of, [a.name for a in self.store.apps()]),
-            "workers": worker_figures(workers, apps_of),
-        }
+        return {"ticks": self._ticks, "messages": getattr(self.control, "published", 0),
+                **supervision_figures([life.worker for life in self.workers.values()],
+                                      self.store)}
 
     def node(self, name):
         life = self.workers.get(name)

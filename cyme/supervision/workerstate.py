@@ -6,6 +6,7 @@ of supervision (timeouts, restart budget, backoff).  Only the worker's
 L{cyme.supervision.lifecycle.WorkerLifecycle} assigns its state.
 """
 
+import collections
 import random
 
 import attrs
@@ -199,3 +200,13 @@ def workers_by_app(workers, apps_of, apps):
         key = (apps_of.get(w.name, ""), w.shown_state)
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def supervision_figures(workers, store):
+    """The workers' figures for C{/metrics}: by state, by app and state, and each one's."""
+    apps_of = {i.name: i.app for i in store.instances()}
+    return {
+        "states": dict(collections.Counter(w.shown_state for w in workers)),
+        "by_app": workers_by_app(workers, apps_of, [a.name for a in store.apps()]),
+        "workers": worker_figures(workers, apps_of),
+    }
