@@ -26,7 +26,8 @@ README = os.path.join(ROOT, "README.rst")
 BASE = "http://localhost:8000"
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: Fields whose value is the worker's own: compared by kind.
-VOLATILE = {"pid": (int,), "live": (dict, type(None))}
+VOLATILE = {"pid": (int,), "live": (dict, type(None)), "uptime": (float, int),
+            "last_pong": (float, type(None))}
 
 
 def section(text, title):

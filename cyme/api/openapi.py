@@ -10,7 +10,7 @@ import re
 
 from cyme import __version__
 from cyme.api import schemas
-from cyme.api.table import COMMON_ERRORS, JSON, QUEUED_URL, ROUTES
+from cyme.api.table import COMMON_ERRORS, EVENT_STREAM, JSON, QUEUED_URL, ROUTES
 
 #: Paths written without the trailing slash every other path has (either
 #: spelling works for every route).
@@ -65,6 +65,12 @@ other method and for queueing a URL, `admin` for `/tokens/` (and to see
 broker passwords, null otherwise).
 """
 
+#: One Server-Sent Event of C{/events/}: its C{data} is the event's JSON (or
+#: a C{reset}'s), its C{id} C{<branch>:<n>}.
+SSE_EVENT = {"type": "object", "properties": {
+    "data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"},
+    "retry": {"type": "integer"}}}
+
 
 def openapi_path(path):
     """C{/<app>/queues/<name>} as OpenAPI writes it: C{/{app}/queues/{name}/}."""
@@ -98,6 +104,9 @@ def _answer(route, status, method):
         return answer
     if route.content == JSON:
         schema = schemas.ref(route.answer) if route.answer else {}
+    elif route.content == EVENT_STREAM:
+        # Each event of the stream, as Server-Sent Events frame it.
+        schema = SSE_EVENT
     else:
         schema = {"type": "string"}
     answer["content"] = {route.content: {"schema": schema}}

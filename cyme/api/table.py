@@ -13,6 +13,7 @@ import attrs
 CREATE = ("PUT", "POST")
 JSON = "application/json"
 HTML = "text/html"
+EVENT_STREAM = "text/event-stream"
 
 #: The statuses every route may answer besides its own: a bad path or
 #: parameter, no token or not the scope, a body over 1 MiB, a branch that
@@ -103,7 +104,7 @@ ROUTES = [
     Route("/metrics", ("GET",), "metrics", "Prometheus text: workers, restarts, queued "
           "URLs, bus, histograms", content="text/plain", errors=()),
     Route("/events", ("GET",), "events", "The cluster's events, as Server-Sent Events",
-          content="text/event-stream", errors=(),
+          content=EVENT_STREAM, errors=(),
           description="A stream that lasts while the client stays: ?app= and ?type= "
           "filter, ?last=N starts with the latest N, Last-Event-ID resumes."),
     Route("/drift", ("GET",), "drift", "Every instance of the cluster that differs from "
