@@ -124,6 +124,9 @@ class Options(usage.Options):
         ["max-wait", None, 300.0,
          "Longest ?timeout= of a task's /wait/ long-poll, in seconds (the default "
          "wait is 30 s, or this when shorter)."],
+        ["max-stream", None, 3600.0,
+         "Seconds an event stream (/events/) lasts at most before the branch ends "
+         "it; clients resume with Last-Event-ID."],
     ]
 
     def __init__(self):
@@ -206,7 +209,7 @@ class Options(usage.Options):
             self["address"] = address
 
     def postOptions(self):
-        for name in ("sup-interval", "max-wait"):
+        for name in ("sup-interval", "max-wait", "max-stream"):
             self[name] = _seconds(self[name], "--" + name)
         for name in ("kill-timeout", "ready-timeout", "wait-after-broker-revived",
                      "result-expires"):

@@ -167,7 +167,7 @@ def makeService(options):
         gate = Gate(cluster, trust_loopback=not options["no-trust-loopback"],
                     url=options["url"], names=frozenset([socket.gethostname()]))
         api = BranchAPI(cluster, gate, waits, clock=reactor, metrics=metrics,
-                        max_wait=options["max-wait"])
+                        max_wait=options["max-wait"], max_stream=options["max-stream"])
         site = make_site(api.resource(), access_log=access_log)
         http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
         http.setName("http")

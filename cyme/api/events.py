@@ -5,7 +5,10 @@ event, C{id: <branch>:<n>} and C{data:} its JSON on one line (no C{event:}
 line, so that a browser's C{EventSource.onmessage} sees them all), a
 C{reset} message (C{event: reset}, no id) where events were lost, and a
 comment line every L{KEEPALIVE} seconds so that proxies and clients see
-the stream alive.  It has no deadline: it ends when the client leaves.
+the stream alive.  It ends when the client leaves, or after the branch's
+C{--max-stream} seconds (an hour by default), when a client reconnects with
+its C{Last-Event-ID} and misses nothing (the bounded connections of a
+branch are not held forever by streams nobody reads).
 
 Query: C{?app=NAME} (that app's events), C{?type=T1,T2} (those types),
 C{?last=N} (first the latest N events held).  C{Last-Event-ID} (which a
@@ -73,7 +76,11 @@ def selection(params):
     return match, last
 
 
-def serve(request, ops, clock):
+#: Seconds a stream lasts at most, by default (C{--max-stream}).
+MAX_STREAM = 3600.0
+
+
+def serve(request, ops, clock, lifetime=MAX_STREAM):
     """
     Answer C{request} with the stream of C{ops}'s events (L{IOperations.watch_events});
     a Deferred that fires when it ends.  Bad input raises before anything is written.
@@ -81,7 +88,7 @@ def serve(request, ops, clock):
     match, last = selection(query_fields(request))
     resume = request.getHeader(b"last-event-id")
     after = parse_ids(resume.decode("latin-1")) if resume else []
-    stream = Stream(request, clock)
+    stream = Stream(request, clock, lifetime=lifetime)
     stream.watch = ops.watch_events(stream.send, match, after, last)
     stream.start()
     return stream.done
@@ -91,8 +98,10 @@ def serve(request, ops, clock):
 class Stream:
     """One client's stream: its queue, its keep-alives, and dropping it if slow."""
 
-    def __init__(self, request, clock, max_queued=MAX_QUEUED, keepalive=KEEPALIVE):
+    def __init__(self, request, clock, max_queued=MAX_QUEUED, keepalive=KEEPALIVE,
+                 lifetime=MAX_STREAM):
         self.request = request
+        self.lifetime = lifetime
         self.clock = clock
         self.max_queued = max_queued
         self.keepalive = keepalive
@@ -101,7 +110,7 @@ class Stream:
         self.watch = None
         self._queue = collections.deque()
         self._started = self._paused = self._closed = False
-        self._beat = None
+        self._beat = self._end = None
 
     def start(self):
         request = self.request
@@ -116,7 +125,14 @@ class Stream:
         self._beat = LoopingCall(self._keep_alive)
         self._beat.clock = self.clock
         self._beat.start(self.keepalive, now=False)
+        self._end = self.clock.callLater(self.lifetime, self._ended)
         self._flush()
+
+    def _ended(self):
+        # The client reconnects with its Last-Event-ID, as after any cut.
+        self.close()
+        if not self.done.called:
+            self.done.callback(b"")
 
     def send(self, event):
         """Write C{event} now, or queue it while the client is paused (L{MAX_QUEUED})."""
@@ -152,6 +168,8 @@ class Stream:
             self.watch.stop()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        if self._end is not None and self._end.active():
+            self._end.cancel()
         if self._started and self.request.channel is not None:
             self.request.unregisterProducer()
 

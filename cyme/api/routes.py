@@ -64,7 +64,7 @@ class BranchAPI:
     log = Logger(observer=logs.observer)
 
     def __init__(self, ops, gate=None, waits=None, clock=None, metrics=None,
-                 max_wait=MAX_WAIT):
+                 max_wait=MAX_WAIT, max_stream=event_stream.MAX_STREAM):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
         self.ops = ops
@@ -82,6 +82,8 @@ class BranchAPI:
         self.histograms = metrics if metrics is not None else Metrics()
         #: The longest C{/wait} (and the default, when shorter than 30 s).
         self.max_wait = max_wait
+        #: The longest an event stream lasts (C{--max-stream}).
+        self.max_stream = max_stream
         self._document = json.dumps(openapi.document(max_wait=max_wait)).encode("utf-8")
 
     def resource(self):
@@ -140,7 +142,7 @@ class BranchAPI:
 
     def events(self, request):
         """The cluster's events as Server-Sent Events (L{cyme.api.events})."""
-        return event_stream.serve(request, self.ops, self.clock)
+        return event_stream.serve(request, self.ops, self.clock, self.max_stream)
 
     async def drift(self, request):
         """Every instance of the cluster whose worker is not as it asks."""

@@ -173,6 +173,21 @@ class StreamTests(EventsTestCase):
         self.pump(15)
         self.assertEqual(b"".join(chunks), b": keep-alive\n\n")
 
+    def test_a_stream_ends_after_its_lifetime(self):
+        self.resource = BranchAPI(self.ops, clock=self.reactor, max_stream=60).resource()
+        self.client = APIClient(self.resource)
+        responses, chunks = self.stream()
+        self.assertEqual(self.hub.watches(), 1)
+        self.pump(59)
+        self.assertEqual(self.hub.watches(), 1)
+        self.pump(1)
+        # Ended by the branch: nothing watched, no timer left; the client
+        # resumes with its Last-Event-ID like after any cut.
+        self.assertEqual(self.hub.watches(), 0)
+        self.assertEqual(responses[0].code, 200)
+        self.create("w1")
+        self.assertFalse([c for c in chunks if b"created" in c])
+
     def test_a_client_that_leaves_is_forgotten(self):
         responses, chunks = self.stream()
         self.assertEqual(self.hub.watches(), 1)

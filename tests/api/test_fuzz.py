@@ -83,7 +83,8 @@ class FuzzTests(IntegrationTestCase):
     @deferred
     async def test_every_operation(self):
         branch = await self.start_branch(
-            "fuzz", "--max-wait", "0.2", "--ready-timeout", "1", "--max-instances", "2",
+            "fuzz", "--max-wait", "0.2", "--max-stream", "0.5", "--ready-timeout", "1",
+            "--max-instances", "2",
             "--max-concurrency", "2", "-l", "warn",
         )
         # Every request carries an admin token: the token path of the gate,
