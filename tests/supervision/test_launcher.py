@@ -197,6 +197,14 @@ class ForkServerTests(TestCase):
             self.fail("no standby from the fork server")
         return launcher
 
+    def spawn(self, launcher, protocol, directory=None, log=None):
+        """Spawn a worker on C{launcher}, killed at the end of the test whatever happens."""
+        if directory is None:
+            directory, log = self.worker_files()
+        process = launcher.spawn(protocol, ARGV, ENV, directory, log)
+        self.addCleanup(_kill, process.pid)
+        return process
+
     def worker_files(self):
         """A fresh directory for a worker, and its log's path."""
         directory = os.path.abspath(self.mktemp())
@@ -214,7 +222,7 @@ class ForkServerTests(TestCase):
         standby = launcher._standby
         directory, log = self.worker_files()
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, ENV, directory, log)
+        process = self.spawn(launcher, protocol, directory, log)
         self.assertEqual(process.pid, standby)
         yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))
         self.assertEqual(os.getsid(process.pid), process.pid)  # its own session
@@ -239,14 +247,14 @@ class ForkServerTests(TestCase):
         server = launcher._server.pid
         directory, log = self.worker_files()
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, ENV, directory, log)
+        process = self.spawn(launcher, protocol, directory, log)
         process.signalProcess("TERM")
         reason = yield protocol.ended
         self.assertEqual(reason.signal, signal.SIGTERM)
         yield defer.ensureDeferred(self.until(lambda: launcher._standby is not None, 15))
         self.assertEqual(launcher._server.pid, server, "the fork server was restarted")
         again = Recorder()
-        second = launcher.spawn(again, ARGV, ENV, directory, log)
+        second = self.spawn(launcher, again, directory, log)
         self.assertNotEqual(second.pid, process.pid)
         yield defer.ensureDeferred(self.assertBecomesWorker(second.pid))
         second.signalProcess("KILL")
@@ -261,13 +269,13 @@ class ForkServerTests(TestCase):
         launcher = yield defer.ensureDeferred(self.started())
         old_server = launcher._server.pid
         old = Recorder()
-        first = launcher.spawn(old, ARGV, ENV, *self.worker_files())
+        first = self.spawn(launcher, old)
         yield defer.ensureDeferred(self.assertBecomesWorker(first.pid))
         yield launcher.renew().addTimeout(15, reactor)
         self.assertNotEqual(launcher._server.pid, old_server)
         table = ProcessTable()
         self.assertTrue(table.alive(old_server), "the old server left its worker")
-        second = launcher.spawn(Recorder(), ARGV, ENV, *self.worker_files())
+        second = self.spawn(launcher, Recorder())
         self.assertEqual(parent_of(second.pid), launcher._server.pid)
         self.assertEqual(parent_of(first.pid), old_server)
         first.signalProcess("KILL")
@@ -289,8 +297,15 @@ class ForkServerTests(TestCase):
         )
         self.assertNotIn(launcher._standby, (None, dead))
         protocol = Recorder()
-        process = launcher.spawn(protocol, ARGV, ENV, *self.worker_files())
+        process = self.spawn(launcher, protocol)
         yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))
         self.assertEqual(launcher._server.pid, server)
         process.signalProcess("KILL")
         yield protocol.ended
+
+
+def _kill(pid):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass  # gone already, as it should be
