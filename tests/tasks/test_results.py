@@ -72,8 +72,8 @@ class TaskServiceTests(JournalTestCase):
         self.assertEqual(error.to_json()["uuid"], self.lines()[0]["id"])
 
 
-class BrokerLinkTests(JournalTestCase):
-    """A publish on the broker pool: it waits for the set-up, not forever."""
+class LinkTestCase(JournalTestCase):
+    """A task service on a broker pool of fake clients, for app C{foo}."""
 
     def setUp(self):
         super().setUp()
@@ -86,6 +86,10 @@ class BrokerLinkTests(JournalTestCase):
     def client(self, url):
         self.clients[url] = FakeClient()
         return self.clients[url]
+
+
+class BrokerLinkTests(LinkTestCase):
+    """A publish on the broker pool: it waits for the set-up, not forever."""
 
     def queue(self):
         return defer.ensureDeferred(
@@ -243,21 +247,12 @@ class StartTests(JournalTestCase):
         self.assertTrue(tasks.running)
 
 
-class ClosedChannelTests(JournalTestCase):
+class ClosedChannelTests(LinkTestCase):
     """The broker closes the task channel (a refused declaration) but not the connection."""
 
     def setUp(self):
         super().setUp()
-        self.clients = {}
-        self.pool = BrokerPool(self.clock, make_client=self.client)
-        self.tasks = TaskService(self.pool, self.journal(), "b1", self.clock,
-                                 MemoryStore(), publish_timeout=10)
-        self.app = App("foo")
         self.connection = FakeConnection()
-
-    def client(self, url):
-        self.clients[url] = FakeClient()
-        return self.clients[url]
 
     def queue(self, queue):
         d = defer.ensureDeferred(self.tasks.queue(self.app, queue, "GET", "http://example.com/"))
