@@ -7,6 +7,8 @@ from cyme.client.transport import path
 
 #: The longest a branch holds one C{/wait/} request (its C{?timeout=} cap).
 LONGEST_WAIT = 300.0
+#: Celery's states of a task that is done: a wait ends with one of them.
+DONE = frozenset(["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"])
 #: Seconds the client gives the branch beyond the wait itself.
 SLACK = 15.0
 DONE = ("SUCCESS", "FAILURE")
@@ -59,11 +61,18 @@ class Task:
                     "GET", self._path("wait"), params={"timeout": f"{round(step, 3):g}"},
                     timeout=step + SLACK,
                 )
-            except GatewayTimeout:
+            except GatewayTimeout:  # a branch of an earlier version: 504 when it ran out
                 if deadline - time.monotonic() > 0.5:
                     continue
                 raise
-            return self._outcome(answer)
+            if answer.get("state") in DONE:
+                return self._outcome(answer)
+            # The wait ran out with the task not done (the branch answers 202).
+            if deadline - time.monotonic() > 0.5:
+                continue
+            self.info = dict(answer)
+            raise GatewayTimeout(f"task {self.uuid} not ready after {timeout:g} s",
+                                 body=answer)
 
     def _outcome(self, answer):
         self.info = dict(answer)
