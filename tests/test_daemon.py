@@ -317,7 +317,8 @@ class TwistdBranchTests(DaemonTestCase):
         self.assertEqual(await self.request("GET", f"{base}/"), (200, ["foo"]))
         code, shown_again = await self.request("GET", f"{base}/foo/instances/{name}/")
         self.assertEqual(code, 200)
-        live = ("state", "pid", "restarts", "last_error", "quarantined_until", "live")
+        live = ("state", "pid", "restarts", "last_error", "quarantined_until", "live",
+                "uptime", "last_pong", "drift")
         self.assertEqual(
             {k: v for k, v in shown_again.items() if k not in live},
             {k: v for k, v in shown.items() if k not in live},
