@@ -377,6 +377,11 @@ class LocalOperations(LocalTasks, LocalTokens, RestartOperations):
         self._instance(app, name)
         supervisor = self._supervisor()
         state = supervisor.status(name)["state"]
+        if state != "running" and state != "stopped" and not self.control.reachable(
+                supervisor.node(name)):
+            # Its broker is out of this branch's reach: try again later.
+            raise Unavailable(f"the broker of instance {name} is not reachable now",
+                              name=name, state=state)
         if state != "running":
             # Only a worker that answers pings answers a live query: no
             # need to wait out the timeout to say so.

@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from cyme.listeners import Listeners
-from cyme.supervision.control import merged_replies
+from cyme.supervision.control import NotConnected, merged_replies
 from cyme.supervision.interfaces import IControl, ILauncher, IProcessTable
 from cyme.supervision.launcher import InertProcessTransport
 
@@ -145,7 +145,8 @@ class FakeControl:
     def _send(self, method, nodes, timeout, reply, url, *args):
         self.sent.append((method, list(nodes), args))
         if not self.links.get(url, True):
-            return defer.fail(ConnectionError("broker connection lost"))
+            # As the real control says it: the command was not sent.
+            return defer.fail(NotConnected("broker connection lost"))
         replies = {}
         for name in nodes:
             node = self.nodes.get(name)

@@ -114,6 +114,16 @@ class SupervisedAPITests(SynchronousTestCase):
             self.assertEqual(response.json["state"], "stopped")
             self.assertIn("only a running worker", response.json["error"])
 
+    def test_live_queries_while_its_broker_is_out_of_reach_are_503(self):
+        """Whatever its worker's state then: the branch cannot ask it now, later it can."""
+        self.create_running()
+        self.control.set_connected(False)
+        self.advance(30)
+        for path in ["/foo/instances/w1/stats/", "/foo/instances/w1/queues/"]:
+            response = self.result(self.client.request("GET", path))
+            self.assertEqual(response.code, 503, response.body)
+            self.assertIsInstance(response.json["error"], str)
+
     def test_live_queues(self):
         self.create_running()
         self.result(self.client.request("PUT", "/foo/queues/tasks/"))
