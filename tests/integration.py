@@ -89,22 +89,24 @@ async def run_vhost(prefix):
 # Processes
 
 
-def worker_processes(under):
-    """Pids of the live workers whose command line names C{under}."""
-    marker = under.encode()
-    found = []
+def command_lines():
+    """C{(pid, argv)} of every process whose command line can be read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
+                yield int(entry), f.read().split(b"\0")
         except OSError:
             continue
-        if b"cyme.supervision.workerexec" in argv and any(marker in a for a in argv):
-            if processes.alive(int(entry)):
-                found.append(int(entry))
-    return found
+
+
+def worker_processes(under):
+    """Pids of the live workers whose command line names C{under}."""
+    marker = under.encode()
+    return [pid for pid, argv in command_lines()
+            if b"cyme.supervision.workerexec" in argv and any(marker in a for a in argv)
+            and processes.alive(pid)]
 
 
 def group(pgid):

@@ -20,7 +20,9 @@ import uuid
 
 from twisted.internet import defer, reactor, threads
 
-from tests.integration import IntegrationTestCase, broker_url, processes, run_vhost, sleep
+from tests.integration import (
+    IntegrationTestCase, broker_url, command_lines, processes, run_vhost, sleep,
+)
 from tests.supervision.test_integration_settings import run_task
 from tests.tasks.test_integration_tasks import Target, delete_queues
 from tests.test_daemon import deferred
@@ -50,17 +52,13 @@ def parent_of(pid):
 def fork_servers(branch_pid):
     """The pids of the fork servers the branch C{branch_pid} started (alive)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, argv in command_lines():
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if (b"cyme.supervision.forkserver" in argv and parent_of(int(entry)) == branch_pid
-                    and processes.alive(int(entry))):
-                found.append(int(entry))
+            if (b"cyme.supervision.forkserver" in argv and parent_of(pid) == branch_pid
+                    and processes.alive(pid)):
+                found.append(pid)
         except (OSError, IndexError, ValueError):
-            continue
+            continue  # gone meanwhile
     return sorted(found)
 
 
