@@ -53,6 +53,10 @@ setup(
             "openapi-spec-validator>=0.7",
             "schemathesis>=4.1",
         ],
+        # The benchmarks' charts of scaling curves (bench/_plot.py).
+        "bench": [
+            "matplotlib>=3.8",
+        ],
     },
     entry_points={
         "console_scripts": [
