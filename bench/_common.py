@@ -208,6 +208,27 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def children(pid):
+    """The pids of C{pid}'s children (all its threads'), or []."""
+    found = []
+    with contextlib.suppress(OSError):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+    return found
+
+
+def tree_cpu_seconds(pid):
+    """utime + stime of C{pid} and its live descendants (a worker and its
+    pool), in seconds; 0 for a pid that is gone."""
+    total = 0.0
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        total += cpu_seconds(pid)
+    for child in children(pid):
+        total += tree_cpu_seconds(child)
+    return total
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -484,6 +505,71 @@ def wait_pong(app, node, timeout, interval=0.05):
             print(f"  ping failed ({e!r}): reconnecting", file=sys.stderr)
             time.sleep(0.5)
     return None
+
+
+class Multi:
+    """``celery multi`` nodes (the baselines) in a temporary directory."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="cyme-bench-multi-")
+        self.pidfile = os.path.join(self.dir, "%n.pid")
+        self.logfile = os.path.join(self.dir, "%n%I.log")
+
+    def start(self, *nodes, options=(), timeout=60):
+        """``celery multi start`` of C{nodes} (names) with the workers'
+        C{options} added to the app, broker, pid and log files."""
+        subprocess.run(
+            [CELERY, "multi", "start", *nodes, "-A", "cyme.tasks.worker", "-b", BROKER,
+             f"--pidfile={self.pidfile}", f"--logfile={self.logfile}", *options],
+            cwd=self.dir, check=True, stdout=subprocess.DEVNULL, timeout=timeout,
+        )
+
+    def stopwait(self, *nodes, timeout=60):
+        subprocess.run(
+            [CELERY, "multi", "stopwait", *nodes, f"--pidfile={self.pidfile}"],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
+
+    def cleanup(self):
+        pidfiles = [os.path.join(self.dir, f) for f in os.listdir(self.dir)
+                    if f.endswith(".pid")]
+        left = sweep(self.dir + os.sep, pidfiles)
+        if left:
+            print(f"  warning: processes left: {left}", file=sys.stderr)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_pongs(app, nodes, timeout, interval=0.1):
+    """
+    Ping those of C{nodes} that have not answered yet (one broadcast for
+    them all, C{interval} s each) until every one has, or C{timeout} s
+    passed: C{{node: time.monotonic() of its first pong}}.
+    """
+    waiting = set(nodes)
+    answered = {}
+    if getattr(app, "bench_connection", None) is None:
+        ping(app, f"nobody-{tag()}@{HOSTNAME}", 0.01)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        try:
+            replies = app.control.ping(destination=sorted(waiting), timeout=interval,
+                                       connection=app.bench_connection)
+        except Exception as e:  # noqa: BLE001 - the broker went away: reconnect
+            print(f"  ping failed ({e!r}): reconnecting", file=sys.stderr)
+            with contextlib.suppress(Exception):
+                app.bench_connection.close()
+            app.bench_connection = None
+            time.sleep(0.5)
+            ping(app, f"nobody-{tag()}@{HOSTNAME}", 0.01)
+            continue
+        now = time.monotonic()
+        for reply in replies:
+            for node in reply:
+                if node in waiting:
+                    waiting.discard(node)
+                    answered[node] = now
+    return answered
 
 
 # Figures

@@ -18,10 +18,7 @@ Target: cyme median <= 0.4 s and >= 3x faster than the baseline.
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,37 +58,6 @@ def cyme_sample(branch, name, timeout):
     return elapsed
 
 
-class Multi:
-    """``celery multi`` nodes in a temporary directory."""
-
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="cyme-bench-multi-")
-        self.pidfile = os.path.join(self.dir, "%n.pid")
-        self.logfile = os.path.join(self.dir, "%n%I.log")
-
-    def start(self, node):
-        subprocess.run(
-            [c.CELERY, "multi", "start", node, "-A", "cyme.tasks.worker", "-b", c.BROKER,
-             f"--pidfile={self.pidfile}", f"--logfile={self.logfile}"],
-            cwd=self.dir, check=True, stdout=subprocess.DEVNULL, timeout=60,
-        )
-
-    def stopwait(self, node):
-        subprocess.run(
-            [c.CELERY, "multi", "stopwait", node, f"--pidfile={self.pidfile}"],
-            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-
-    def cleanup(self):
-        pidfiles = [os.path.join(self.dir, f) for f in os.listdir(self.dir)
-                    if f.endswith(".pid")]
-        left = c.sweep(self.dir + os.sep, pidfiles)
-        if left:
-            print(f"  warning: processes left: {left}", file=sys.stderr)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def baseline_sample(multi, app, name, timeout):
     node = f"{name}@{c.HOSTNAME}"
     t0 = time.monotonic()
@@ -118,7 +84,7 @@ def main():
     run = c.tag()
     branch = c.Branch("cold", "--ready-timeout", str(args.timeout),
                       *args.branch_options, keep_root=args.keep)
-    multi = Multi()
+    multi = c.Multi()
     cyme_times, base_times, spawn_times = [], [], []
     try:
         branch.start()

@@ -303,7 +303,9 @@ class FakeLauncher:
     next spawns raise, C{orphan(pid)} plays a fork server that ended.
     C{renewals} counts the L{renew} calls; C{hold_renewal} makes them wait
     (in C{held}) until the test fires them, C{fail_renewal} (an exception)
-    fail.
+    fail.  C{slots} (None: no limit) is how many workers L{can_start}
+    lets start, as a fork server's standbys would; C{give(n)} plays the
+    server forking n more (C{asked} counts the workers held back).
     """
 
     def __init__(self, reactor):
@@ -314,7 +316,26 @@ class FakeLauncher:
         self.hold_renewal = False
         self.fail_renewal = None
         self.held = []
+        self.slots = None
+        self.asked = 0
         self._orphans = Listeners("orphaned worker")
+        self._ready = Listeners("launcher ready")
+
+    def can_start(self, argv):
+        if self.slots is None:
+            return True
+        if self.slots > 0:
+            self.slots -= 1
+            return True
+        self.asked += 1
+        return False
+
+    def add_ready_listener(self, listener):
+        self._ready.add(listener)
+
+    def give(self, n):
+        self.slots = (self.slots or 0) + n
+        self._ready.notify()
 
     def renew(self):
         self.renewals += 1

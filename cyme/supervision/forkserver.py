@@ -11,11 +11,14 @@ The protocol is JSON lines.  The branch writes ``{"spawn": <standby pid>,
 "argv": [...], "env": {...}, "cwd": ..., "log": ...}``; the server writes
 ``{"standby": pid}`` whenever a new standby is ready and ``{"exit": pid,
 "status": code, "signal": signum}`` when one of its children ends (also
-for a spawn whose standby was gone by then).  When
-the branch goes away (end of input) the server kills its standby and
+for a spawn whose standby was gone by then).  One standby waits at rest;
+``{"standbys": n}`` asks for n more (a burst of workers to start), forked
+one at a time between the other messages, so that the first ones are used
+while the last are forked.  When
+the branch goes away (end of input) the server kills its standbys and
 exits; workers, in their own sessions, keep running.  ``{"retire": true}``
 makes it fork no more (the branch started a new server, which imports the
-code on disk now): its standby goes, and it stays the parent of the workers
+code on disk now): its standbys go, and it stays the parent of the workers
 it forked, telling of their ends, until the last one ended; then it exits.
 
 It imports nothing that starts threads or opens connections, and never the
@@ -23,6 +26,7 @@ app module the workers load (``cyme.tasks.worker`` reads its configuration from
 the environment at import, which differs per worker).
 """
 
+import gc
 import json
 import os
 import selectors
@@ -45,6 +49,21 @@ def preload():
     import celery.worker.control  # noqa: F401
     import celery.worker.strategy  # noqa: F401
     import kombu.transport.pyamqp  # noqa: F401
+
+    # What every prefork worker imported after the fork, found by listing
+    # its modules once it answered: its pool, autoscaler, event and log
+    # set-up, and the dbm behind --statedb.
+    import billiard.heap  # noqa: F401
+    import billiard.popen_fork  # noqa: F401
+    import billiard.sharedctypes  # noqa: F401
+    import billiard.synchronize  # noqa: F401
+    import celery.app.events  # noqa: F401
+    import celery.app.log  # noqa: F401
+    import celery.worker.autoscale  # noqa: F401
+    import celery.worker.components  # noqa: F401
+    import celery.worker.consumer.delayed_delivery  # noqa: F401
+    import dbm.dumb  # noqa: F401
+    import encodings.latin_1  # noqa: F401
 
     import setproctitle  # noqa: F401
 
@@ -106,7 +125,10 @@ class Server:
     def __init__(self, stdin, stdout):
         self.stdin = stdin
         self.stdout = stdout
-        self.standby = None  # (pid, write fd)
+        #: Standby pid -> the write end of its pipe, oldest first.
+        self.standbys = {}
+        #: Standbys asked for and not forked yet.
+        self.wanted = 0
         self.children = set()
         self.retired = False
         wake_r, self.wake_w = os.pipe()
@@ -132,7 +154,7 @@ class Server:
             for fd in (self.stdin, self.stdout):
                 os.dup2(null, fd)
             os.close(null)
-            for fd in (self.wake_r, self.wake_w, write_fd):
+            for fd in (self.wake_r, self.wake_w, write_fd, *self.standbys.values()):
                 try:
                     os.close(fd)
                 except OSError:
@@ -140,33 +162,39 @@ class Server:
             _become_worker(read_fd)
         os.close(read_fd)
         self.children.add(pid)
-        self.standby = (pid, write_fd)
+        self.standbys[pid] = write_fd
         self.say({"standby": pid})
 
     def handle(self, request):
         if request.get("retire"):
             self.retire()
+        elif "standbys" in request:
+            if not self.retired:
+                self.wanted += max(0, int(request["standbys"]))
         else:
             self.spawn(request)
+
+    def _release_standbys(self):
+        for write_fd in self.standbys.values():
+            os.close(write_fd)  # the standby reads nothing and exits
+        released, self.standbys = list(self.standbys), {}
+        return released
 
     def retire(self):
         """Fork no more; exit once the last child ended."""
         self.retired = True
-        if self.standby is not None:
-            pid, write_fd = self.standby
-            self.standby = None
-            os.close(write_fd)  # the standby reads nothing and exits
+        self.wanted = 0
+        self._release_standbys()
 
     def spawn(self, request):
         pid = request.get("spawn")
-        if self.standby is None or pid != self.standby[0]:
+        write_fd = self.standbys.pop(pid, None)
+        if write_fd is None:
             # Gone before it was told what to be (killed, and reaped): the
             # branch hears that its worker ended.
             self.say({"exit": pid, "status": 1, "signal": None,
                       "error": "the standby was gone"})
             return
-        pid, write_fd = self.standby
-        self.standby = None
         payload = json.dumps(request).encode("utf-8")
         try:
             while payload:
@@ -175,7 +203,8 @@ class Server:
             pass  # dying as it was told (a TERM in the same breath): reap tells
         finally:
             os.close(write_fd)
-        self.fork_standby()
+        if not self.standbys and not self.wanted and not self.retired:
+            self.fork_standby()
 
     def reap(self):
         while True:
@@ -186,11 +215,12 @@ class Server:
             if pid == 0:
                 return
             self.children.discard(pid)
-            if self.standby is not None and self.standby[0] == pid:
-                # The standby died unused (killed by someone): a new one.
-                os.close(self.standby[1])
-                self.standby = None
-                self.fork_standby()
+            write_fd = self.standbys.pop(pid, None)
+            if write_fd is not None:
+                # A standby died unused (killed by someone): a new one.
+                os.close(write_fd)
+                if not self.retired:
+                    self.wanted += 1
             if os.WIFSIGNALED(status):
                 self.say({"exit": pid, "status": None, "signal": os.WTERMSIG(status)})
             else:
@@ -203,7 +233,9 @@ class Server:
         selector.register(self.wake_r, selectors.EVENT_READ, "signal")
         buffer = b""
         while not (self.retired and not self.children):
-            for key, _ in selector.select():
+            # Standbys still wanted are forked one a turn: a spawn that
+            # comes meanwhile is not kept waiting for all of them.
+            for key, _ in selector.select(0 if self.wanted else None):
                 if key.data == "signal":
                     try:
                         os.read(self.wake_r, 4096)
@@ -221,11 +253,12 @@ class Server:
                     if line.strip():
                         self.handle(json.loads(line))
             self.reap()
+            if self.wanted and not self.retired:
+                self.wanted -= 1
+                self.fork_standby()
 
     def shutdown(self):
-        if self.standby is not None:
-            pid, write_fd = self.standby
-            os.close(write_fd)  # the standby reads nothing and exits
+        for pid in self._release_standbys():
             try:
                 os.waitpid(pid, 0)
             except ChildProcessError:
@@ -234,6 +267,14 @@ class Server:
 
 def main():
     preload()
+    # What is imported now is never garbage: out of the collector's sight,
+    # a worker's collections neither walk it nor write to its pages.  Each
+    # prefork worker runs a full collection before it forks its pool
+    # (Celery's AsynPool), which would otherwise walk every object imported
+    # here: a tenth of a second of CPU per worker, and the pages it writes
+    # copied into the worker.
+    gc.collect()
+    gc.freeze()
     Server(sys.stdin.fileno(), sys.stdout.fileno()).serve()
 
 

@@ -98,6 +98,16 @@ class ILauncher(Interface):
         end C{processEnded} reports (its parent, the fork server, ended).
         """
 
+    def can_start(argv):
+        """
+        Whether to start a worker of C{argv} now: False while waiting is
+        faster (the fork server forks a standby for it); the ready
+        listeners are called once the workers held back can start.
+        """
+
+    def add_ready_listener(listener):
+        """Call C{listener()} when workers L{can_start} held back can start."""
+
     def renew():
         """
         Start every later worker from the code on disk now (a fork server

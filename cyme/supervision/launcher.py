@@ -6,7 +6,11 @@ which has Celery imported already and a standby child waiting: the worker
 starts without paying for Python's imports (see L{cyme.supervision.forkserver}).  It
 falls back to exec while the fork server is not ready, and for the pools
 that must patch the standard library before anything is imported
-(eventlet, gevent).  Both hand the supervisor a process transport with the
+(eventlet, gevent).  Many workers at once (a fleet created after a deploy)
+wait for standbys rather than being exec'd: the launcher asks the server
+for as many as were held back (L{ForkServerLauncher.can_start}), which
+forks them in milliseconds, where each exec'd worker would import Celery
+again, a second of CPU or more on a machine that is busy already.  Both hand the supervisor a process transport with the
 worker's pid at once and call its protocol's C{processEnded} when the
 worker ends, so the supervisor does not know which one it has.
 """
@@ -38,6 +42,13 @@ class ExecLauncher:
 
     def add_orphan_listener(self, listener):
         """Nothing to tell: the reactor's children stay its children."""
+
+    def can_start(self, argv):
+        """Always: nothing faster is to come."""
+        return True
+
+    def add_ready_listener(self, listener):
+        """Nothing holds a worker back, so nothing is told."""
 
     def renew(self):
         """Nothing to replace: every worker is a new Python process already."""
@@ -168,15 +179,29 @@ class ForkServerLauncher(service.Service):
     name = "forkserver"
     exec_only_pools = ("eventlet", "gevent")
 
-    def __init__(self, reactor, python=sys.executable, restart_delay=1.0):
+    def __init__(self, reactor, python=sys.executable, restart_delay=1.0,
+                 standby_patience=10.0):
         self.reactor = reactor
         self.python = python
         self.restart_delay = restart_delay
+        #: Seconds workers are held back for standbys while none comes (a
+        #: server stuck) before they are exec'd.  A new server's first
+        #: standby comes after its imports, which an exec'd worker would
+        #: pay for as well.
+        self.standby_patience = standby_patience
         self.fallback = ExecLauncher(reactor)
         self._orphans = Listeners("orphaned worker")
-        #: The current server's process transport, and its standby's pid.
+        self._ready_listeners = Listeners("launcher ready")
+        #: The current server's process transport, and its standbys' pids.
         self._server = None
-        self._standby = None
+        self._standbys = []
+        #: Standbys the server forks and has not told of yet; workers held
+        #: back since the last ask; since when standbys are awaited (the
+        #: last one that came, or the ask).
+        self._coming = self._held = 0
+        self._waiting_since = None
+        self._ask = None
+        self._impatient = False
         #: Server (current or retired) -> {pid: ForkedProcess} it forked.
         self._children = {}
         #: Server (current or retired) -> a Deferred fired when it ends.
@@ -191,7 +216,8 @@ class ForkServerLauncher(service.Service):
 
     def _start_server(self):
         self._restart = None
-        self._standby = None
+        self._forget_standbys()
+        self._await(1)  # its first standby, once it imported Celery
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self._server = self.reactor.spawnProcess(
             _ServerProtocol(self._message, self._server_ended, self.log), self.python,
@@ -208,10 +234,67 @@ class ForkServerLauncher(service.Service):
         """
         self._orphans.add(listener)
 
+    @property
+    def standbys(self):
+        """The pids of the current server's standbys, next to be used first."""
+        return tuple(self._standbys)
+
+    def add_ready_listener(self, listener):
+        """Call C{listener()} when standbys came for workers held back."""
+        self._ready_listeners.add(listener)
+
+    def can_start(self, argv):
+        """
+        Whether to start a worker of C{argv} now: yes with a standby
+        waiting, or when none is to come (no server, or one silent for
+        C{standby_patience} s: exec'd); else no, and the server is asked
+        for one more standby.
+        """
+        if self._standbys or self._server is None or _pool(argv) in self.exec_only_pools:
+            return True
+        if (self._waiting_since is not None
+                and self.reactor.seconds() - self._waiting_since > self.standby_patience):
+            if not self._impatient:
+                self._impatient = True
+                self.log.warn("no standby from the fork server for {seconds:g} s: "
+                              "starting workers as new processes meanwhile",
+                              seconds=self.standby_patience)
+            return True
+        self._held += 1
+        if self._ask is None or not self._ask.active():
+            # One message for every worker a converge round holds back.
+            self._ask = self.reactor.callLater(0, self._ask_standbys)
+        return False
+
+    def _ask_standbys(self):
+        self._ask = None
+        held, self._held = self._held, 0
+        more = held - self._coming
+        if more <= 0 or self._server is None:
+            return
+        self._await(more)
+        try:
+            self._server.write(json.dumps({"standbys": more}).encode("utf-8") + b"\n")
+        except Exception:
+            pass  # it is ending: its end is reported, and workers are exec'd
+
+    def _await(self, more):
+        if not self._coming:
+            self._waiting_since = self.reactor.seconds()
+        self._coming += more
+
+    def _forget_standbys(self):
+        self._standbys = []
+        self._coming = self._held = 0
+        self._waiting_since = None
+        self._impatient = False
+
     def stopService(self):
         super().stopService()
         if self._restart is not None and self._restart.active():
             self._restart.cancel()
+        if self._ask is not None and self._ask.active():
+            self._ask.cancel()
         self._release_ready(False)
         ends = list(self._ends.items())
         # End of input: each server lets its standby go and exits; workers,
@@ -252,10 +335,11 @@ class ForkServerLauncher(service.Service):
             d.callback(ready)
 
     def spawn(self, protocol, argv, env, path, log_path):
-        pool = argv[argv.index("-P") + 1] if "-P" in argv else "prefork"
-        if self._standby is None or self._server is None or pool in self.exec_only_pools:
+        if not self._standbys or self._server is None or _pool(argv) in self.exec_only_pools:
             return self.fallback.spawn(protocol, argv, env, path, log_path)
-        pid, self._standby = self._standby, None
+        pid = self._standbys.pop(0)
+        if not self._standbys and not self._coming:
+            self._await(1)  # the server forks the next one at once
         request = {"spawn": pid, "argv": argv, "env": env, "cwd": path, "log": log_path}
         self._server.write(json.dumps(request).encode("utf-8") + b"\n")
         process = ForkedProcess(pid, protocol)
@@ -267,11 +351,17 @@ class ForkServerLauncher(service.Service):
         current = server is self._server
         if "standby" in message:
             if current:  # a retired server's last standby is going anyway
-                self._standby = message["standby"]
+                self._standbys.append(message["standby"])
+                self._coming = max(0, self._coming - 1)
+                self._waiting_since = self.reactor.seconds() if self._coming else None
+                self._impatient = False
                 self._release_ready()
+                self._ready_listeners.notify()
         elif "exit" in message:
-            if current and message["exit"] == self._standby:
-                self._standby = None  # died unused: the server forks another
+            if current and message["exit"] in self._standbys:
+                # Died unused: the server forks another.
+                self._standbys.remove(message["exit"])
+                self._await(1)
             process = self._children.get(server, {}).pop(message["exit"], None)
             if process is not None:
                 process.end(message.get("status"), message.get("signal"))
@@ -289,8 +379,12 @@ class ForkServerLauncher(service.Service):
         if server is not self._server:
             return  # a retired server, gone after its last worker
         self._server = None
-        self._standby = None
+        self._forget_standbys()
         if self.running:
             self.log.warn("fork server ended ({reason}); restarting it",
                           reason=reason.getErrorMessage())
             self._restart = self.reactor.callLater(self.restart_delay, self._start_server)
+
+
+def _pool(argv):
+    return argv[argv.index("-P") + 1] if "-P" in argv else "prefork"

@@ -37,7 +37,7 @@ from cyme.supervision.launcher import ExecLauncher
 from cyme.supervision.lifecycle import WorkerLifecycle
 from cyme.supervision.liveness import StartupPoll, ping_delays, ping_rounds
 from cyme.supervision.workers import (
-    ProcessTable, cancel_call, node_name, worker_command, worker_directories,
+    ProcessTable, WorkerCommands, cancel_call, node_name, worker_directories,
 )
 from cyme.supervision.workerstate import (
     LIVE, STARTING, STOPPED, STOPPING, Policy, Worker, supervision_figures,
@@ -78,6 +78,8 @@ class Supervisor(service.Service):
         #: What this branch's operator allows workers (L{WorkerPolicy}).
         self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
         self._metrics = metrics if metrics is not None else Metrics()
+        self._commands = WorkerCommands(self.hostname, python, worker_loglevel,
+                                        self.worker_policy)
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
         #: Told of every worker's transitions (L{WorkerLifecycle}'s C{transition}).
@@ -92,11 +94,13 @@ class Supervisor(service.Service):
         #: Whether the next verification asks every running worker.
         self._everyone = False
         self._startup = StartupPoll(reactor, control, self._starting, self._pong_current,
-                                    self._check_failed)
+                                    self._check_failed, lambda: len(self.workers))
         self._ticks = 0
         self.last_tick = None  # when the last tick began (GET /health/ sees it late)
         control.add_connection_listener(self._broker_changed)
         self.launcher.add_orphan_listener(self._orphaned)
+        # Workers held back for the fork server's standbys start once they came.
+        self.launcher.add_ready_listener(self.reconcile)
 
     # Service
 
@@ -210,7 +214,7 @@ class Supervisor(service.Service):
             for instance in desired.values():
                 try:
                     start = self._plan(instance)
-                    if start is not None:
+                    if start is not None and self.launcher.can_start(start[1][0]):
                         life, command = start
                         started = life.start(*command) or started
                 except Exception:
@@ -245,10 +249,7 @@ class Supervisor(service.Service):
                 life.cannot_start(e.message)
             return None
         try:
-            argv, env, spec = worker_command(
-                instance, app, queues, worker.directory, self.hostname,
-                self.python, self.worker_loglevel, self.worker_policy,
-            )
+            argv, env, spec = self._commands.get(instance, app, queues, worker.directory)
         except BadRequest as e:  # a record this branch's API would refuse
             if worker.pid is None:
                 life.spawn_failed(e.message)
@@ -317,6 +318,7 @@ class Supervisor(service.Service):
             del self.workers[worker.name]
             if not any(l.worker.node == worker.node for l in self.workers.values()):
                 self.control.unregister(worker.node)
+        self._commands.forget(worker.name)
         shutil.rmtree(worker.directory, ignore_errors=True)
         self.log.info("{instance} removed", instance=worker.name)
         self.reconcile()

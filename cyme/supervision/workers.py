@@ -152,6 +152,36 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     return argv, env, spec
 
 
+class WorkerCommands:
+    """
+    Each instance's L{worker_command}, made again only when a record it is
+    made of was replaced: the supervisor asks for every instance's on
+    every round, and a burst of creations brings a round per change, so
+    making them all each time costs the square of the instances.  The
+    records are frozen: the same objects make the same command.
+    """
+
+    def __init__(self, hostname, python, loglevel="info", policy=None):
+        self._fixed = (hostname, python, loglevel, policy)
+        #: Instance name -> (the records it was made of, what was made).
+        self._made = {}
+
+    def get(self, instance, app, queues, directory):
+        """C{worker_command(instance, app, queues, directory, ...)}, maybe kept."""
+        records = (instance, app, *queues, directory)
+        kept = self._made.get(instance.name)
+        if kept is not None and len(kept[0]) == len(records) and all(
+                a is b for a, b in zip(kept[0], records)):
+            return kept[1]
+        made = worker_command(instance, app, queues, directory, *self._fixed)
+        self._made[instance.name] = (records, made)
+        return made
+
+    def forget(self, name):
+        """The instance is gone: its command is not kept."""
+        self._made.pop(name, None)
+
+
 def exit_description(reason):
     """A short text for how a process ended (C{reason} is a Failure or None)."""
     value = getattr(reason, "value", None)

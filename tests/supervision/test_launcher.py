@@ -176,6 +176,85 @@ class ForkServerLogicTests(SynchronousTestCase):
         self.launcher.stopService()
 
 
+class BurstTests(SynchronousTestCase):
+    """
+    Many workers at once: held back for standbys, which the server is
+    asked for, rather than exec'd (each would import Celery again).
+    """
+
+    def setUp(self):
+        self.reactor = FakeProcessReactor()
+        self.launcher = ForkServerLauncher(self.reactor, python="/py")
+        self.ready = []
+        self.launcher.add_ready_listener(lambda: self.ready.append(self.reactor.seconds()))
+        self.launcher.startService()
+        self.server = self.reactor.processes[0]
+        self.log = self.mktemp()
+
+    def say(self, message):
+        self.server.proto.outReceived(json.dumps(message).encode() + b"\n")
+
+    def asked(self):
+        """What the branch asked the server for besides spawns."""
+        return [json.loads(m) for m in self.server.written if b'"spawn"' not in m]
+
+    def start_all(self, count):
+        """A converge round: the pids of those that may start now, spawned."""
+        pids = []
+        for _ in range(count):
+            if self.launcher.can_start(ARGV):
+                pids.append(self.launcher.spawn(Recorder(), ARGV, {}, "/tmp", self.log).pid)
+        self.reactor.advance(0)
+        return pids
+
+    def test_the_first_workers_wait_for_the_new_servers_first_standby(self):
+        self.assertEqual(self.start_all(3), [])
+        # One standby comes by itself; two more are asked for, at once.
+        self.assertEqual(self.asked(), [{"standbys": 2}])
+        for pid in (7, 8, 9):
+            self.say({"standby": pid})
+        self.assertEqual(len(self.ready), 3)
+        self.assertEqual(self.start_all(3), [7, 8, 9])
+        self.assertEqual(len(self.reactor.processes), 1)  # nothing exec'd
+
+    def test_a_burst_asks_for_as_many_standbys_as_it_holds_back(self):
+        self.say({"standby": 7})
+        self.assertEqual(self.start_all(50), [7])
+        # The server forks one after a spawn by itself: 48 more.
+        self.assertEqual(self.asked(), [{"standbys": 48}])
+        self.say({"standby": 8})
+        self.say({"standby": 9})
+        # The next round starts those that came and asks for nothing more.
+        self.assertEqual(self.start_all(49), [8, 9])
+        self.assertEqual(self.asked(), [{"standbys": 48}])
+        for pid in range(10, 57):
+            self.say({"standby": pid})
+        self.assertEqual(self.start_all(47), list(range(10, 57)))
+        self.assertEqual(len(self.reactor.processes), 1)
+
+    def test_a_silent_server_is_given_up_for_exec_after_its_patience(self):
+        self.say({"standby": 7})
+        self.assertEqual(self.start_all(2), [7])
+        self.reactor.advance(9)
+        self.assertEqual(self.start_all(1), [])  # it may still come
+        self.reactor.advance(1.5)
+        execd = self.start_all(1)
+        self.assertEqual(len(execd), 1)
+        self.assertEqual(len(self.reactor.processes), 2)
+        # A standby that comes after all is used again.
+        self.say({"standby": 8})
+        self.assertEqual(self.start_all(1), [8])
+
+    def test_without_a_server_workers_are_execd_at_once(self):
+        self.server.exit(status=1)
+        self.assertEqual(len(self.start_all(2)), 2)
+        self.assertEqual(len(self.reactor.processes), 3)
+        self.launcher.stopService()
+
+    def test_eventlet_is_execd_without_waiting(self):
+        self.assertTrue(self.launcher.can_start([*ARGV[:-1], "eventlet"]))
+
+
 class ForkServerTests(TestCase):
     """The real fork server and real Celery workers (no broker needed)."""
 
@@ -193,7 +272,7 @@ class ForkServerTests(TestCase):
         launcher = ForkServerLauncher(reactor)
         launcher.startService()
         self.addCleanup(launcher.stopService)
-        if not await self.until(lambda: launcher._standby is not None, 15):
+        if not await self.until(lambda: launcher.standbys, 15):
             self.fail("no standby from the fork server")
         return launcher
 
@@ -219,7 +298,7 @@ class ForkServerTests(TestCase):
     @defer.inlineCallbacks
     def test_forks_a_named_worker_and_tells_its_end(self):
         launcher = yield defer.ensureDeferred(self.started())
-        standby = launcher._standby
+        standby = launcher.standbys[0]
         directory, log = self.worker_files()
         protocol = Recorder()
         process = self.spawn(launcher, protocol, directory, log)
@@ -251,7 +330,7 @@ class ForkServerTests(TestCase):
         process.signalProcess("TERM")
         reason = yield protocol.ended
         self.assertEqual(reason.signal, signal.SIGTERM)
-        yield defer.ensureDeferred(self.until(lambda: launcher._standby is not None, 15))
+        yield defer.ensureDeferred(self.until(lambda: launcher.standbys, 15))
         self.assertEqual(launcher._server.pid, server, "the fork server was restarted")
         again = Recorder()
         second = self.spawn(launcher, again, directory, log)
@@ -286,16 +365,41 @@ class ForkServerTests(TestCase):
         second.signalProcess("KILL")
 
     @defer.inlineCallbacks
+    def test_a_burst_of_workers_is_forked_by_the_server(self):
+        """
+        Five workers at once: the one standby serves the first, the server
+        forks standbys for the others when asked, and every one is its child.
+        """
+        launcher = yield defer.ensureDeferred(self.started())
+        server = launcher._server.pid
+        forked = []
+        for _ in range(100):  # a converge round each time standbys came
+            while len(forked) < 5 and launcher.can_start(ARGV):
+                forked.append(self.spawn(launcher, Recorder()))
+            if len(forked) == 5:
+                break
+            yield deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(len(forked), 5)
+        self.assertEqual(len({p.pid for p in forked}), 5)
+        for process in forked:
+            self.assertEqual(parent_of(process.pid), server)
+            yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))
+        for process in forked:
+            process.signalProcess("KILL")
+            yield process.proto.ended
+
+    @defer.inlineCallbacks
     def test_a_standby_killed_unused_is_replaced(self):
         """The standby killed by someone: the next worker has a new one."""
         launcher = yield defer.ensureDeferred(self.started())
         server = launcher._server.pid
-        dead = launcher._standby
+        dead = launcher.standbys[0]
         os.kill(dead, signal.SIGKILL)
         yield defer.ensureDeferred(
-            self.until(lambda: launcher._standby not in (None, dead), 15)
+            self.until(lambda: launcher.standbys and dead not in launcher.standbys, 15)
         )
-        self.assertNotIn(launcher._standby, (None, dead))
+        self.assertTrue(launcher.standbys)
+        self.assertNotIn(dead, launcher.standbys)
         protocol = Recorder()
         process = self.spawn(launcher, protocol)
         yield defer.ensureDeferred(self.assertBecomesWorker(process.pid))

@@ -149,6 +149,27 @@ class StartupPollTests(SynchronousTestCase):
         # The ping in flight was cancelled, and said so to whoever logs.
         self.assertEqual([f.type for f in self.failures], [defer.CancelledError])
 
+    def test_many_workers_are_pinged_less_often(self):
+        """
+        Every worker gets every ping: with 50 on the broker, pinging every
+        20 ms would cost them more than their start; every 100 ms then.
+        """
+        receivers = [50]
+        poll = StartupPoll(self.clock, self.control, lambda: dict(self.starting),
+                           self.answered.append, None, lambda: receivers[0])
+        poll.start()
+        for n in range(50):
+            self.starting[f"w{n}@h"] = Starting(f"w{n}@h", 0.0)
+        poll.poll()
+        self.clock.pump([0.005] * 60)  # 0.3 s
+        self.assertEqual(self.pings(), 3)  # at 0.02, 0.12 and 0.22 s
+        # Fewer on the broker: the 20 ms of a lone start again (after the
+        # ping already planned, at 0.32 s).
+        receivers[0] = 1
+        self.clock.pump([0.005] * 22)  # 0.41 s
+        self.assertEqual(self.pings(), 3 + 5)
+        poll.stop()
+
     def test_nothing_before_start(self):
         poll = StartupPoll(self.clock, self.control, lambda: {}, None, None)
         poll.poll()
