@@ -229,6 +229,22 @@ def tree_cpu_seconds(pid):
     return total
 
 
+def machine_cpu_seconds():
+    """CPU seconds the whole machine spent busy since boot (all CPUs, from
+    ``/proc/stat``): the difference over a sample says how much of the
+    machine it had, others' work included."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def broker_pid():
+    """The local RabbitMQ's pid (its Erlang VM), or None."""
+    found = [p for p in pids_mentioning("beam.smp") if pid_alive(p)]
+    return found[0] if found else None
+
+
 def rss_mib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:

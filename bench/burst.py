@@ -15,22 +15,27 @@ baseline: ``celery multi start <count nodes> -A cyme.tasks.worker -b
           from running ``celery multi start`` to the last node's first
           pong; stopped with ``celery multi stopwait``.
 
-The samples alternate cyme / baseline (``--samples`` each, default 3),
-then the scaling curve: one burst of each size of ``--curve`` (10, 25)
-for both, the full count's points being the samples' medians; the chart
-goes to bench/plots/burst.png.
+One warm-up burst of 5 each first (not counted: the page cache, the fork
+server's imports), then the samples alternate cyme / baseline
+(``--samples`` each, default 3), then the scaling curve: one burst of each
+size of ``--curve`` (10, 25) for both, the full count's points being the
+samples' medians; the chart goes to bench/plots/burst.png.
 
-The supervisor's tick (every ``--sup-interval`` s; 1 s here, so that
-ticks fall inside a burst of a few seconds) is read from the branch's
-``GET /metrics`` before each cyme burst and again two ticks after it:
-``cyme_supervisor_tick_duration_seconds`` (the largest bucket bound a
-tick of the window fell under, the mean) and ``cyme_supervisor_ticks_total``
-(ticks late behind a busy reactor would be missing).
+The supervisor's tick (every ``--sup-interval`` s, 5 by default as the
+branch's) is read from the branch's ``GET /metrics`` before each cyme
+burst and again two ticks after it (those right after a burst judge the
+new workers): ``cyme_supervisor_tick_duration_seconds`` (the largest
+bucket bound a tick of the window fell under, the mean) and
+``cyme_supervisor_ticks_total`` (ticks held back by a busy reactor would
+be missing).  Also printed for each burst, as they do not depend on the
+machine's load as the times do: the CPU seconds the workers used until
+they answered, the branch's and fork server's (cyme), ``celery multi``'s
+and its detaching processes' (baseline), the broker's, and how busy the
+whole machine was meanwhile (others' work included).
 
-Targets: every cyme burst of ``--count`` answering within 5 s (median),
->= 5x faster than the baseline, no request of any burst failed, and no
-tick of any window lasting its interval (the largest bucket bound seen
-below ``--sup-interval``).
+Targets: the cyme burst of ``--count`` answering within 5 s (median of
+the samples), >= 5x faster than the baseline, no request of any burst
+failed, and every tick of every window shorter than its interval.
 
     .venv/bin/python bench/burst.py [--count 50] [--samples 3] [--curve 10,25]
 """
@@ -53,6 +58,7 @@ TARGET_SECONDS = 5.0
 TARGET_RATIO = 5.0
 TICK = "cyme_supervisor_tick_duration_seconds"
 TICKS = "cyme_supervisor_ticks_total"
+PUBLISHED = "cyme_amqp_messages_published_total"
 WORKER_OPTIONS = ("-P", "prefork", "-c", "1")
 
 
@@ -121,6 +127,7 @@ class CymeBurst:
         names = [f"u{self.run}s{self.serial}n{i}" for i in range(count)]
         before = self.branch.metrics()
         managers0 = self.managers_cpu()
+        costs0 = COSTS.now()
         w0 = time.monotonic()
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
@@ -131,6 +138,8 @@ class CymeBurst:
             pids = [pid for *_, pid in answers if pid]
             cpu = sum(map(c.tree_cpu_seconds, pids))
             managers = self.managers_cpu() - managers0
+            published = self.branch.metrics().get(PUBLISHED, 0) - before.get(PUBLISHED, 0)
+            costs = COSTS.since(costs0, COSTS.now())
             nodes = [f"{n}@{c.HOSTNAME}" for n in names]
             # The 201s say so; the workers must say it too.
             pongs = c.wait_pongs(self.app, nodes, 2.0, interval=0.5)
@@ -152,7 +161,8 @@ class CymeBurst:
             "ticks": ticks, "tick_bound": bound, "tick_mean": mean,
             "window_ticks": after.get(TICKS, 0) - before.get(TICKS, 0), "window": window,
             "requests": sorted(e for _, e, _, _ in answers),
-            "spawn_to_pong": spawn, "cpu": cpu, "managers_cpu": managers,
+            "spawn_to_pong": spawn, "cpu": cpu, "managers_cpu": managers, **costs,
+            "published": published,
         }
         self.bursts.append(result)
         return result
@@ -184,8 +194,9 @@ class CymeBurst:
 
 
 class MultiBurst:
-    def __init__(self, multi, app, run, timeout):
+    def __init__(self, multi, app, run, timeout, options=()):
         self.multi = multi
+        self.options = (*WORKER_OPTIONS, *options)
         self.app = app
         self.run = run
         self.timeout = timeout
@@ -197,9 +208,10 @@ class MultiBurst:
         names = [f"m{self.run}s{self.serial}n{i}" for i in range(count)]
         nodes = [f"{n}@{c.HOSTNAME}" for n in names]
         try:
+            costs0 = COSTS.now()
             t0 = time.monotonic()
             launched0 = children_cpu()
-            self.multi.start(*names, options=WORKER_OPTIONS, timeout=self.timeout)
+            self.multi.start(*names, options=self.options, timeout=self.timeout)
             managers = children_cpu() - launched0
             started = time.monotonic() - t0
             pongs = c.wait_pongs(self.app, nodes, self.timeout - started)
@@ -210,13 +222,36 @@ class MultiBurst:
             seconds = max(pongs.values()) - t0
             pids = [c.read_pid(self.multi.pidfile.replace("%n", n)) for n in names]
             cpu = sum(c.tree_cpu_seconds(p) for p in pids if p)
+            costs = COSTS.since(costs0, COSTS.now())
         finally:
             self.multi.stopwait(*names, timeout=120)
             c.sweep(self.multi.dir + os.sep + names[0][:-1])
         result = {"count": count, "seconds": seconds, "multi_start": started, "cpu": cpu,
-                  "managers_cpu": managers}
+                  "managers_cpu": managers, **costs}
         self.bursts.append(result)
         return result
+
+
+class Costs:
+    """CPU seconds spent meanwhile by the broker and by the whole machine."""
+
+    def __init__(self):
+        self.broker = c.broker_pid()
+
+    def now(self):
+        broker = 0.0
+        if self.broker is not None:
+            with contextlib.suppress(OSError):
+                broker = c.cpu_seconds(self.broker)
+        return broker, c.machine_cpu_seconds(), time.monotonic()
+
+    @staticmethod
+    def since(before, after):
+        return {"broker_cpu": after[0] - before[0], "machine_cpu": after[1] - before[1],
+                "machine_seconds": after[2] - before[2]}
+
+
+COSTS = Costs()
 
 
 def children_cpu():
@@ -240,8 +275,12 @@ def main():
                              "each ('' for none; default 10,25)")
     parser.add_argument("--sup-interval", type=float, default=5.0,
                         help="the branch's --sup-interval (default 5 s, its default)")
-    parser.add_argument("--timeout", type=float, default=120.0,
-                        help="seconds one burst may take (default 120)")
+    parser.add_argument("--timeout", type=float, default=300.0,
+                        help="seconds one burst may take (default 300: the baseline "
+                             "of 50 took 115 s on a busy machine)")
+    parser.add_argument("--baseline-options", default="",
+                        help="more options for the baseline's workers (e.g. "
+                             "'--without-mingle --without-gossip'; default: Celery's)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="cyme only (development runs; no ratio)")
     _plot.add_plot_option(parser)
@@ -262,9 +301,10 @@ def main():
         c.ensure_app(branch)
         app = c.celery_app()
         cyme = CymeBurst(branch, app, run, args.timeout, args.sup_interval)
-        base = MultiBurst(multi, app, run, args.timeout)
+        base = MultiBurst(multi, app, run, args.timeout, args.baseline_options.split())
         print(f"burst: {args.samples} bursts of {args.count} each, curve {curve or '-'}, "
-              f"--sup-interval {args.sup_interval:g}; {c.machine()}", flush=True)
+              f"--sup-interval {args.sup_interval:g}, baseline worker options "
+              f"{' '.join(base.options)}; {c.machine()}", flush=True)
         # Not counted: the page cache, and the fork server's imports.
         warm = min(5, args.count)
         print(f"  warm-up ({warm} each): cyme "
@@ -283,7 +323,8 @@ def main():
                 print(f"  {label}: baseline {result['seconds']:.2f} s "
                       f"(celery multi start returned after {result['multi_start']:.2f} s; "
                       f"CPU until up: workers {result['cpu']:.1f} s, celery multi and "
-                      f"the detaching processes {result['managers_cpu']:.1f} s)", flush=True)
+                      f"the detaching processes {result['managers_cpu']:.1f} s, "
+                      f"{machine(result)})", flush=True)
     finally:
         branch.stop()
         multi.cleanup()
@@ -298,13 +339,21 @@ def describe(result, interval):
     if result["spawn_to_pong"]:
         text += f"branch spawn -> pong median {c.median(result['spawn_to_pong']):.2f} s; "
     text += (f"CPU until up: workers {result['cpu']:.1f} s, branch and fork server "
-             f"{result['managers_cpu']:.1f} s; ")
+             f"{result['managers_cpu']:.1f} s, {machine(result)}; the branch sent "
+             f"{result['published']:.0f} remote-control messages; ")
     text += (f"{result['ticks']} ticks, each < {result['tick_bound']:g} s, mean "
              f"{result['tick_mean'] * 1000:.1f} ms; failed {len(result['failed'])}, "
              f"silent {len(result['silent'])})")
     for name, why in result["failed"][:3]:
         text += f"\n    failed: {name}: {why}"
     return text
+
+
+def machine(result):
+    """The broker's CPU and how busy the machine was (others' work included)."""
+    return (f"broker {result['broker_cpu']:.1f} s, machine busy "
+            f"{result['machine_cpu']:.1f} of {os.cpu_count() * result['machine_seconds']:.1f} "
+            f"CPU-s")
 
 
 def report(args, cyme, base, curve):
