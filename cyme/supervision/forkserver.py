@@ -21,8 +21,18 @@ it forked, telling of their ends, until the last one ended; then it exits.
 It imports nothing that starts threads or opens connections, and never the
 app module the workers load (``cyme.tasks.worker`` reads its configuration from
 the environment at import, which differs per worker).
+
+Memory: a forked worker shares the server's pages until either writes to
+them (copy-on-write).  So the server imports everything a worker and its
+prefork pool child import as they start (L{preload}; the tests check that a
+forked worker imports nothing else but its app module), and freezes its
+objects once they are imported (C{gc.freeze()}): the workers' garbage
+collections skip what they inherited instead of writing into every page
+of it.  A worker freezes its own objects likewise as it forks its first
+pool children (L{cyme.supervision.workerexec}).
 """
 
+import gc
 import json
 import os
 import selectors
@@ -30,26 +40,48 @@ import signal
 import sys
 
 
+#: What a worker imports as it starts, but its app module: its command and
+#: Celery's worker, its app's parts, pool, consumer and state db
+#: (L{STATE_DB}), the host name encoding of its broker connection...
+PRELOAD = (
+    "celery.app.amqp", "celery.app.control", "celery.app.events", "celery.app.log",
+    "celery.app.routes", "celery.app.utils", "celery.apps.worker", "celery.backends.rpc",
+    "celery.bin.base", "celery.bin.worker", "celery.concurrency.prefork",
+    "celery.concurrency.solo", "celery.concurrency.thread", "celery.events",
+    "celery.fixups.django", "celery.worker.autoscale", "celery.worker.components",
+    "celery.worker.consumer", "celery.worker.consumer.delayed_delivery",
+    "celery.worker.control", "celery.worker.strategy",
+    "kombu.matcher", "kombu.pidbox", "kombu.transport.pyamqp",
+    "billiard.popen_fork", "billiard.sharedctypes", "billiard.synchronize",
+    "contextvars", "encodings.idna", "encodings.latin_1", "shelve",
+    "setproctitle",
+    "cyme.tasks.webhook", "cyme.supervision.workerexec",
+)
+#: The modules C{dbm.open} tries, in its order: the first one present opens
+#: a worker's C{--statedb}.
+STATE_DB = ("dbm.gnu", "dbm.ndbm", "dbm.dumb")
+#: A prefork pool child sets its parent-death signal through cffi when cffi
+#: is installed (billiard), which imports cffi's C parser.
+POOL_CHILD_OPTIONAL = ("cffi.cparser",)
+
+
 def preload():
-    """Import what every worker imports, before any fork."""
-    import celery.app.utils  # noqa: F401
-    import celery.apps.worker  # noqa: F401
-    import celery.backends.rpc  # noqa: F401
-    import celery.bin.base  # noqa: F401
-    import celery.bin.worker  # noqa: F401
-    import celery.concurrency.prefork  # noqa: F401
-    import celery.concurrency.solo  # noqa: F401
-    import celery.concurrency.thread  # noqa: F401
-    import celery.events  # noqa: F401
-    import celery.worker.consumer  # noqa: F401
-    import celery.worker.control  # noqa: F401
-    import celery.worker.strategy  # noqa: F401
-    import kombu.transport.pyamqp  # noqa: F401
+    """Import what every worker and pool child imports, before any fork."""
+    import importlib
 
-    import setproctitle  # noqa: F401
-
-    import cyme.tasks.webhook  # noqa: F401
-    import cyme.supervision.workerexec  # noqa: F401
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in STATE_DB:
+        try:
+            importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    for name in POOL_CHILD_OPTIONAL:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # not installed: the pool child does without
 
 
 def _become_worker(read_fd, keep=()):
@@ -234,6 +266,11 @@ class Server:
 
 def main():
     preload()
+    # Once, after the imports: what every standby inherits is left out of
+    # its garbage collections (see the module's docstring).  Frozen objects
+    # are never collected, so freezing again at each fork would keep for
+    # ever whatever garbage the server had at that moment.
+    gc.freeze()
     Server(sys.stdin.fileno(), sys.stdout.fileno()).serve()
 
 
