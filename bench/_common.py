@@ -253,6 +253,60 @@ def rss_mib(pid):
     return math.nan
 
 
+def smaps_rollup(pid):
+    """
+    C{pid}'s memory totals from C{/proc/<pid>/smaps_rollup} in KiB
+    (C{{"Rss": ..., "Pss": ..., "Pss_Anon": ..., "Private_Dirty": ...}}),
+    or None if it is gone.  PSS counts each page shared by k processes
+    as 1/k of it: summed over processes, shared pages count once.
+    """
+    totals = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) == 3 and fields[2] == "kB":
+                    totals[fields[0].rstrip(":")] = int(fields[1])
+    except OSError:
+        return None
+    return totals
+
+
+def parent_pid(pid):
+    """C{pid}'s parent, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def descendants(pid):
+    """Every live descendant of C{pid} (children, their children...), not C{pid}."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            parent = parent_pid(int(entry))
+            if parent is not None:
+                children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        if pid_alive(child):
+            found.append(child)
+        todo.extend(children.get(child, ()))
+    return found
+
+
+def command_line(pid):
+    """C{pid}'s command line as one string ("" if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
 # The branch
 
 
@@ -508,6 +562,15 @@ def ping(app, node, timeout):
             app.bench_connection.close()
         app.bench_connection = None
         raise
+
+
+def delete_queues(app, names):
+    """Delete the queues C{names} on the bench broker (a worker's queues
+    outlive it), so that a run leaves nothing behind."""
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        for name in names:
+            channel.queue_delete(name)
 
 
 def wait_pong(app, node, timeout, interval=0.05):

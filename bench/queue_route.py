@@ -29,7 +29,8 @@ import shutil
 import statistics
 
 import _common as c
-from tasks_throughput import Drainer, accept_rate, cyme_paced, purge, start_target
+from _target import Target  # noqa: E402
+from tasks_throughput import Drainer, accept_rate, cyme_paced, purge
 
 
 def accepted(branch, queue, target_port, seconds):
@@ -65,7 +66,7 @@ def main():
                      + 2 * args.slices * (args.slice + 5))
     tag = c.tag()
     print(f"# the queued-URL route, this tree against {args.baseline}, {c.machine()}")
-    target = start_target()
+    target = Target()
     sides = {
         "this": c.Branch(f"route-this-{tag}", "--cluster", f"bench-this-{tag}", "-l", "warn"),
         "base": c.Branch(f"route-base-{tag}", "--cluster", f"bench-base-{tag}", "-l", "warn",
@@ -108,7 +109,7 @@ def main():
     finally:
         for branch in sides.values():
             branch.stop()
-        target.shutdown()
+        target.close()
         for side in queues.values():
             for queue in side.values():
                 purge(queue)

@@ -24,41 +24,15 @@ the target).
 """
 
 import argparse
-import http.server
 import os
 import sys
 import threading
 import time
-import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
-
-
-class Target(http.server.ThreadingHTTPServer):
-    """Answers 200 after C{delay} seconds; remembers each request's C{n}."""
-
-    daemon_threads = True
-
-    def __init__(self, delay):
-        self.delay = delay
-        self.seen = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-        time.sleep(self.server.delay)
-        self.server.seen.add(int(query["n"][0]))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
+from _target import Target  # noqa: E402
 
 
 class Background(threading.Thread):
@@ -137,7 +111,6 @@ def main():
     queue = f"rolling{run}"
     branch = c.Branch("rolling", *args.branch_options, keep_root=args.keep)
     target = Target(args.task_seconds)
-    threading.Thread(target=target.serve_forever, daemon=True).start()
     queued, answering, figures = [], [], {"rolling": [], "one by one": []}
     load = pinger = None
     try:
@@ -205,7 +178,7 @@ def main():
         for thread in (load, pinger):
             if thread is not None:
                 thread.stop()
-        target.shutdown()
+        target.close()
         branch.stop()
     print(f"  load average at the end: {c.loadavg()}")
     report(args, figures, queued, lost, (load.errors if load else []) + pinger.errors)

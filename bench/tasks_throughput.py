@@ -34,7 +34,6 @@ the queue consumed; end to end >= 0.8x the baseline.
 import argparse
 import concurrent.futures
 import http.client
-import http.server
 import json
 import math
 import os
@@ -48,27 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
 import _paced  # noqa: E402
-
-
-class Target(http.server.BaseHTTPRequestHandler):
-    """The URL the tasks request: answers at once."""
-
-    def do_GET(self):
-        body = b"ok"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def start_target():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+from _target import Target  # noqa: E402
 
 
 def accept_rate(branch, queue, target_port, seconds):
@@ -251,7 +230,7 @@ def main():
     c.install_limits(900 + 60 * args.rounds)
     tag = c.tag()
     print(f"# queued URLs, {c.machine()}")
-    target = start_target()
+    target = Target()
     branch = c.Branch("tasks", "--cluster", f"bench-tasks-{tag}", "-l", "warn",
                       *args.branch_options, keep_root=args.keep)
     names = ("accept", "consumed", "backlog", "base-consumed", "base-backlog", "work")
@@ -324,7 +303,7 @@ def main():
         cyme_e2e, base_e2e = c.median(e2e["cyme"]), c.median(e2e["base"])
     finally:
         branch.stop()
-        target.shutdown()
+        target.close()
         for queue in queues.values():
             purge(queue)
 

@@ -21,7 +21,6 @@ and after::
 
 import argparse
 import datetime
-import http.server
 import os
 import re
 import statistics
@@ -32,22 +31,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _common as c  # noqa: E402
+from _target import Target  # noqa: E402
 
 # "<instance> | <line>" after twistd's "time [namespace#level] " prefix, or
 # a JSON object's "message" (--log-format json).
 _RELAYED = re.compile(r"(?:\] |\"message\": \")[0-9a-z-]+ \| ")
 _CELERY_TIME = re.compile(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}): [A-Z]+/")
-
-
-class Target(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args):
-        pass
 
 
 class LogReader(threading.Thread):
@@ -125,8 +114,7 @@ def main():
     c.add_branch_options(parser)
     args = parser.parse_args()
     c.install_limits(300)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Target)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = Target()
     branch = c.Branch("output", *args.branch_options, keep_root=args.keep,
                       executable=args.cyme_branch)
     reader = LogReader(branch.log_path)
@@ -138,7 +126,7 @@ def main():
         branch.stop()
         reader.done.set()
         reader.join(5)
-        server.shutdown()
+        server.close()
     total, relayed, delays = figures(reader.lines)
     print(c.machine())
     print(f"log lines: {total}, relayed worker output: {relayed}")

@@ -13,6 +13,7 @@ supervisor's store listener) and where the launcher is asked to spawn.
 import os
 import traceback
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import cyme
@@ -81,7 +82,7 @@ class CreatePathTests(SynchronousTestCase):
             service.startService()
             self.addCleanup(service.stopService)
         self.reactor.advance(0)
-        self.client = APIClient(BranchAPI(cluster).resource())
+        self.client = APIClient(BranchAPI(cluster, clock=Clock()).resource())
 
     def create(self, path):
         self.assertEqual(self.successResultOf(self.client.request("PUT", "/foo/")).code, 201)

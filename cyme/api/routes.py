@@ -63,7 +63,7 @@ class BranchAPI:
     app = _klein
     log = Logger(observer=logs.observer)
 
-    def __init__(self, ops, gate=None, waits=None, clock=None, metrics=None,
+    def __init__(self, ops, gate=None, waits=None, *, clock, metrics=None,
                  max_wait=MAX_WAIT, max_stream=event_stream.MAX_STREAM):
         #: The L{IOperations} served: this branch alone, or routed across
         #: the cluster's branches.
@@ -73,8 +73,6 @@ class BranchAPI:
         #: The branch's cap on open waits (L{cyme.waits.WaitCap}), shared
         #: with the waits other branches send it.
         self.waits = waits if waits is not None else WaitCap()
-        if clock is None:
-            from twisted.internet import reactor as clock
         #: Times the event streams' keep-alives.
         self.clock = clock
         #: The branch's histograms (L{cyme.metrics.Metrics}): its requests'

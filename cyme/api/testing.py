@@ -11,6 +11,7 @@ import json
 
 import attrs
 from treq.testing import StubTreq
+from twisted.internet.task import Clock
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 
 from cyme.api.http import LimitedRequest
@@ -97,4 +98,4 @@ def api_client(store=None, peer=None, headers=None, **collaborators):
     serves, built with C{collaborators} (its keyword arguments).
     """
     ops = LocalOperations(store if store is not None else MemoryStore(), **collaborators)
-    return APIClient(BranchAPI(ops).resource(), peer=peer, headers=headers), ops
+    return APIClient(BranchAPI(ops, clock=Clock()).resource(), peer=peer, headers=headers), ops

@@ -24,6 +24,15 @@ it forked, telling of their ends, until the last one ended; then it exits.
 It imports nothing that starts threads or opens connections, and never the
 app module the workers load (``cyme.tasks.worker`` reads its configuration from
 the environment at import, which differs per worker).
+
+Memory: a forked worker shares the server's pages until either writes to
+them (copy-on-write).  So the server imports everything a worker and its
+prefork pool child import as they start (L{preload}; the tests check that a
+forked worker imports nothing else but its app module), and freezes its
+objects once they are imported (C{gc.freeze()}): the workers' garbage
+collections skip what they inherited instead of writing into every page
+of it.  A worker freezes its own objects likewise as it forks its first
+pool children (L{cyme.supervision.workerexec}).
 """
 
 import gc
@@ -34,41 +43,48 @@ import signal
 import sys
 
 
+#: What a worker imports as it starts, but its app module: its command and
+#: Celery's worker, its app's parts, pool, consumer and state db
+#: (L{STATE_DB}), the host name encoding of its broker connection...
+PRELOAD = (
+    "celery.app.amqp", "celery.app.control", "celery.app.events", "celery.app.log",
+    "celery.app.routes", "celery.app.utils", "celery.apps.worker", "celery.backends.rpc",
+    "celery.bin.base", "celery.bin.worker", "celery.concurrency.prefork",
+    "celery.concurrency.solo", "celery.concurrency.thread", "celery.events",
+    "celery.fixups.django", "celery.worker.autoscale", "celery.worker.components",
+    "celery.worker.consumer", "celery.worker.consumer.delayed_delivery",
+    "celery.worker.control", "celery.worker.strategy",
+    "kombu.matcher", "kombu.pidbox", "kombu.transport.pyamqp",
+    "billiard.popen_fork", "billiard.sharedctypes", "billiard.synchronize",
+    "contextvars", "encodings.idna", "encodings.latin_1", "shelve",
+    "setproctitle",
+    "cyme.tasks.webhook", "cyme.supervision.workerexec",
+)
+#: The modules C{dbm.open} tries, in its order: the first one present opens
+#: a worker's C{--statedb}.
+STATE_DB = ("dbm.gnu", "dbm.ndbm", "dbm.dumb")
+#: A prefork pool child sets its parent-death signal through cffi when cffi
+#: is installed (billiard), which imports cffi's C parser.
+POOL_CHILD_OPTIONAL = ("cffi.cparser",)
+
+
 def preload():
-    """Import what every worker imports, before any fork."""
-    import celery.app.utils  # noqa: F401
-    import celery.apps.worker  # noqa: F401
-    import celery.backends.rpc  # noqa: F401
-    import celery.bin.base  # noqa: F401
-    import celery.bin.worker  # noqa: F401
-    import celery.concurrency.prefork  # noqa: F401
-    import celery.concurrency.solo  # noqa: F401
-    import celery.concurrency.thread  # noqa: F401
-    import celery.events  # noqa: F401
-    import celery.worker.consumer  # noqa: F401
-    import celery.worker.control  # noqa: F401
-    import celery.worker.strategy  # noqa: F401
-    import kombu.transport.pyamqp  # noqa: F401
+    """Import what every worker and pool child imports, before any fork."""
+    import importlib
 
-    # What every prefork worker imported after the fork, found by listing
-    # its modules once it answered: its pool, autoscaler, event and log
-    # set-up, and the dbm behind --statedb.
-    import billiard.heap  # noqa: F401
-    import billiard.popen_fork  # noqa: F401
-    import billiard.sharedctypes  # noqa: F401
-    import billiard.synchronize  # noqa: F401
-    import celery.app.events  # noqa: F401
-    import celery.app.log  # noqa: F401
-    import celery.worker.autoscale  # noqa: F401
-    import celery.worker.components  # noqa: F401
-    import celery.worker.consumer.delayed_delivery  # noqa: F401
-    import dbm.dumb  # noqa: F401
-    import encodings.latin_1  # noqa: F401
-
-    import setproctitle  # noqa: F401
-
-    import cyme.tasks.webhook  # noqa: F401
-    import cyme.supervision.workerexec  # noqa: F401
+    for name in PRELOAD:
+        importlib.import_module(name)
+    for name in STATE_DB:
+        try:
+            importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    for name in POOL_CHILD_OPTIONAL:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass  # not installed: the pool child does without
 
 
 def _become_worker(read_fd, keep=()):
@@ -267,13 +283,10 @@ class Server:
 
 def main():
     preload()
-    # What is imported now is never garbage: out of the collector's sight,
-    # a worker's collections neither walk it nor write to its pages.  Each
-    # prefork worker runs a full collection before it forks its pool
-    # (Celery's AsynPool), which would otherwise walk every object imported
-    # here: a tenth of a second of CPU per worker, and the pages it writes
-    # copied into the worker.
-    gc.collect()
+    # Once, after the imports: what every standby inherits is left out of
+    # its garbage collections (see the module's docstring).  Frozen objects
+    # are never collected, so freezing again at each fork would keep for
+    # ever whatever garbage the server had at that moment.
     gc.freeze()
     Server(sys.stdin.fileno(), sys.stdout.fileno()).serve()
 

@@ -12,6 +12,7 @@ restarted branch adopts them from their pid files.  Then it runs Celery's
 worker's start-up for nothing a worker uses.
 """
 
+import gc
 import os
 import sys
 
@@ -42,6 +43,19 @@ def main(argv):
     run(argv)
 
 
+def _freeze_once(**_):
+    """Freeze the worker's objects before its first pool child is forked.
+
+    Once: frozen objects are never collected, so freezing again as each
+    later child is forked (autoscaling, C{--max-tasks-per-child}) would keep
+    for ever the garbage of the tasks in flight then.
+    """
+    from celery import signals
+
+    signals.worker_before_create_process.disconnect(_freeze_once)
+    gc.freeze()
+
+
 def run(argv):
     """Celery's worker command with C{argv} (global options, then C{worker …})."""
     options, worker_args = split(argv)
@@ -58,6 +72,12 @@ def run(argv):
     from celery.bin.base import CLIContext
     from celery.bin.worker import worker
 
+    from celery import signals
+
+    # Its prefork pool children share its pages until written: what it holds
+    # as it starts them is left out of their garbage collections (as the
+    # fork server's objects are of the worker's).
+    signals.worker_before_create_process.connect(_freeze_once, weak=False)
     app = find_app(options["app"])
     worker.params.extend(app.user_options.get("worker", []))
     worker.main(

@@ -45,7 +45,7 @@ class AuthTestCase(SynchronousTestCase):
         self.api = BranchAPI(self.ops, Gate(
             self.ops, trust_loopback=self.trust_loopback, url=self.url,
             names=frozenset(["MyHost"]), now=self.clock.seconds,
-        ))
+        ), clock=Clock())
         self.resource = self.api.resource()
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
@@ -505,7 +505,7 @@ class PasswordTests(AuthTestCase):
         self.addCleanup(journal.close)
         ops = LocalOperations(self.store, now=self.clock.seconds, tasks=FakeTasks(journal),
                               clock=self.clock)
-        api = BranchAPI(ops, Gate(ops, trust_loopback=True, names=frozenset()))
+        api = BranchAPI(ops, Gate(ops, trust_loopback=True, names=frozenset()), clock=Clock())
         reader = APIClient(api.resource(), peer=REMOTE, headers=bearer(self.token("read")))
         journal.record("t-1", "SUCCESS", app="foo",
                        result={"body": {"password": "reset-me", "broker": "none"}})

@@ -41,7 +41,7 @@ class AttackTestCase(SynchronousTestCase):
         self.tasks = FakeTasks(self.journal)
         self.ops = LocalOperations(self.store, tasks=self.tasks, clock=self.clock,
                                    now=self.clock.seconds)
-        self.api = BranchAPI(self.ops, Gate(self.ops))
+        self.api = BranchAPI(self.ops, Gate(self.ops), clock=Clock())
         self.resource = self.api.resource()
 
     def client(self, peer=None, secret=None, base="http://localhost", headers=None):
@@ -289,7 +289,7 @@ class SlowClientTests(SynchronousTestCase):
     def test_trickled_headers_do_not_hold_the_cap(self):
         # Slowloris: a header byte every 20 s keeps an idle timer from firing.
         clock = Clock()
-        resource = BranchAPI(LocalOperations(MemoryStore())).resource()
+        resource = BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource()
         cap = ConnectionCap(make_site(resource, reactor=clock), limit=2)
         held = [self.connect(cap) for _ in range(2)]
         for protocol, _ in held:

@@ -31,7 +31,7 @@ class WaitCapTests(SynchronousTestCase):
         journal = ResultJournal(self.mktemp(), self.clock)
         self.addCleanup(journal.close)
         ops = LocalOperations(MemoryStore(), tasks=FakeTasks(journal), clock=self.clock)
-        self.client = APIClient(BranchAPI(ops, waits=WaitCap(2)).resource())
+        self.client = APIClient(BranchAPI(ops, waits=WaitCap(2), clock=Clock()).resource())
         self.successResultOf(self.client.request("PUT", "/foo/"))
 
     def wait(self):
@@ -118,7 +118,8 @@ class ConnectionCapTests(SynchronousTestCase):
 
     def test_connections_beyond_the_cap_get_503(self):
         # No idle timeout: its timer would outlive this synchronous test.
-        site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource(), timeout=None)
+        site = make_site(BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource(),
+                         timeout=None)
         cap = ConnectionCap(site, limit=2)
         first, _ = self.connect(cap)
         second, _ = self.connect(cap)
@@ -156,7 +157,8 @@ class TLSConnectionCapTests(TestCase):
         browsers, urllib3) is served HTTP/1.1, not refused.
         """
         key, cert = self_signed(self.mktemp_dir(), "localhost", addresses=["127.0.0.1"])
-        site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource(), timeout=None)
+        site = make_site(BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource(),
+                         timeout=None)
         endpoint = serverFromString(
             reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
         d = endpoint.listen(ConnectionCap(site))

@@ -16,7 +16,7 @@ from cyme.state.store import MemoryStore
 
 class AccessLogTests(SynchronousTestCase):
     def setUp(self):
-        self.site = make_site(BranchAPI(LocalOperations(MemoryStore())).resource())
+        self.site = make_site(BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource())
         self.site.logFile = io.StringIO()
 
     def get(self, path):
@@ -46,7 +46,8 @@ class AccessLogTests(SynchronousTestCase):
         # A branch whose bus broker was never reached.
         store, clock = MemoryStore(), Clock()
         readiness = BranchHealth("b", store, BrokerPool(clock), "amqp://rabbit//", clock)
-        self.site.resource = BranchAPI(LocalOperations(store, readiness=readiness)).resource()
+        ops = LocalOperations(store, readiness=readiness)
+        self.site.resource = BranchAPI(ops, clock=Clock()).resource()
         self.assertEqual(self.get(b"/health/").code, 503)
         (line,) = self.logged()
         self.assertIn('"GET /health/ HTTP/1.1" 503', line)

@@ -8,6 +8,7 @@ import re
 from jsonschema import Draft202012Validator
 from klein import Klein
 from openapi_spec_validator import validate
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.api.guard import VERBS
@@ -52,7 +53,7 @@ def undocumented(url_map, doc):
 class DocumentTests(SynchronousTestCase):
     def setUp(self):
         self.ops = LocalOperations(MemoryStore())
-        self.client = APIClient(BranchAPI(self.ops, max_wait=7.5).resource())
+        self.client = APIClient(BranchAPI(self.ops, max_wait=7.5, clock=Clock()).resource())
 
     def get(self, method, path, **kwargs):
         return self.successResultOf(self.client.request(method, path, **kwargs))
@@ -159,7 +160,7 @@ class AnswersMatchTests(SynchronousTestCase):
     """What the API answers validates against the document's schemas."""
 
     def setUp(self):
-        self.client = APIClient(BranchAPI(LocalOperations(MemoryStore())).resource())
+        self.client = APIClient(BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource())
         self.doc = document()
 
     def call(self, method, path, schema, status, **kwargs):

@@ -6,6 +6,7 @@ real over a fake broker, on one clock; the page checked by promtool.
 import os
 import re
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.amqp import BrokerPool
@@ -79,7 +80,7 @@ class PageTests(SynchronousTestCase):
                                  ready_timeout=1.0, seal=seal(self.reactor))
         bus.startService()
         self.addCleanup(bus.stopService)
-        api = BranchAPI(ops, metrics=self.metrics if supervised else None)
+        api = BranchAPI(ops, metrics=self.metrics if supervised else None, clock=Clock())
         return {"ops": ops, "bus": bus, "client": APIClient(api.resource()), **parts}
 
     def broker(self, url):

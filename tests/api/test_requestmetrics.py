@@ -1,6 +1,7 @@
 """Each HTTP request timed by route template, method and status
 (L{cyme.api.requestmetrics}), through the guard of a real branch API."""
 
+from twisted.internet.task import Clock
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,7 +22,7 @@ NAME = "cyme_http_request_duration_seconds"
 class RequestMetricsTests(SynchronousTestCase):
     def setUp(self):
         self.metrics = Metrics()
-        self.api = BranchAPI(LocalOperations(MemoryStore()), metrics=self.metrics)
+        self.api = BranchAPI(LocalOperations(MemoryStore()), metrics=self.metrics, clock=Clock())
         self.times = []
         observe = RequestMetrics(self.metrics, self.api.app.url_map, timer=self.timer)
         self.client = APIClient(GuardResource(self.api.app.resource(), self.api.gate,

@@ -9,6 +9,7 @@ L{tests.api.against_every_ops}).
 import json
 import uuid
 
+from twisted.internet.task import Clock
 from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,7 +45,7 @@ class APITestCase:
     def client_of(self, store, **collaborators):
         """A client of a new API over C{store}, and the operations it serves."""
         ops = self.makeOps(store, **collaborators)
-        return APIClient(BranchAPI(ops).resource()), ops
+        return APIClient(BranchAPI(ops, clock=Clock()).resource()), ops
 
     def call(self, method, path, **kwargs):
         """Send a request; every answer must be JSON."""
@@ -1164,7 +1165,7 @@ class TooLargeTests(SynchronousTestCase):
     def setUp(self):
         self.store = MemoryStore()
         ops = LocalOperations(self.store)
-        self.api = BranchAPI(ops)
+        self.api = BranchAPI(ops, clock=Clock())
         # DummyChannel's peer is 192.168.1.1: a remote caller, with a token.
         token, _ = self.successResultOf(defer.ensureDeferred(
             ops.create_token({"name": "t", "scope": "write"})))

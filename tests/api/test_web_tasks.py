@@ -48,7 +48,7 @@ class QueueRouteTestsMixin:
         self.addCleanup(self.journal.close)
         self.tasks = FakeTasks(self.journal)
         ops = self.makeOps(MemoryStore(), tasks=self.tasks, clock=self.clock)
-        self.client = APIClient(BranchAPI(ops).resource())
+        self.client = APIClient(BranchAPI(ops, clock=Clock()).resource())
         self.call("PUT", "/foo/", data={"allowed_hosts": "m,127.0.0.1"})
         self.call("PUT", "/foo/queues/tasks/")
 

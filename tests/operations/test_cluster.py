@@ -41,7 +41,7 @@ class Branch:
             ready_timeout=self.local.ready_timeout, beat_interval=2.0, waits=waits,
             seal=seal or OpenSeal(),
         )
-        self.client = APIClient(BranchAPI(self.cluster, waits=waits).resource())
+        self.client = APIClient(BranchAPI(self.cluster, waits=waits, clock=Clock()).resource())
 
 
 class ClusterTestCase(SynchronousTestCase):

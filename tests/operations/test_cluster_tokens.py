@@ -2,6 +2,7 @@
 branch works on every branch at once, a revoked one stops everywhere, and
 a branch that was away during a revocation learns it when it returns."""
 
+from twisted.internet.task import Clock
 from twisted.internet import defer
 
 from cyme.api.routes import BranchAPI
@@ -14,7 +15,8 @@ REMOTE = "203.0.113.7"
 class ClusterTokenTests(ClusterTestCase):
     def remote(self, branch, method, path, secret, **kwargs):
         """A request to C{branch} from a remote address, with C{secret}."""
-        client = APIClient(BranchAPI(self.branches[branch].cluster).resource(), peer=REMOTE,
+        api = BranchAPI(self.branches[branch].cluster, clock=Clock())
+        client = APIClient(api.resource(), peer=REMOTE,
                            headers={"Authorization": [f"Bearer {secret}"]})
         d = client.request(method, path, **kwargs)
         self.settle()

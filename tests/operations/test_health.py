@@ -182,7 +182,7 @@ class RouteTests(HealthTestCase):
     def setUp(self):
         super().setUp()
         self.ops = LocalOperations(self.store, branch_id="b1", readiness=self.health)
-        self.resource = BranchAPI(self.ops, Gate(self.ops)).resource()
+        self.resource = BranchAPI(self.ops, Gate(self.ops), clock=Clock()).resource()
 
     def get(self, peer=None, base="http://localhost", headers=None):
         client = APIClient(self.resource, peer=peer, base=base, headers=headers)
@@ -245,6 +245,6 @@ class RouteTests(HealthTestCase):
     def test_a_branch_without_its_parts_is_ready(self):
         ops = LocalOperations(MemoryStore(), branch_id="b2")
         response = self.successResultOf(
-            APIClient(BranchAPI(ops).resource()).request("GET", "/health/"))
+            APIClient(BranchAPI(ops, clock=Clock()).resource()).request("GET", "/health/"))
         self.assertEqual((response.code, response.json),
                          (200, {"ready": True, "branch": "b2", "failing": {}}))

@@ -11,7 +11,7 @@ import os
 import signal
 
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -98,7 +98,7 @@ class Branch:
             seal=OpenSeal(), launcher=self.launcher, restart_listener=test.listen,
             kill_timeout=KILL_TIMEOUT,
         )
-        self.client = APIClient(BranchAPI(self.cluster).resource())
+        self.client = APIClient(BranchAPI(self.cluster, clock=Clock()).resource())
         for service in (self.bus, self.supervisor):
             service.startService()
             test.addCleanup(service.stopService)
@@ -475,7 +475,7 @@ class RollingRestartAPITests(RollingTestCase):
 class AloneTests(SynchronousTestCase):
     def test_a_branch_without_a_coordinator_says_so(self):
         store = MemoryStore()
-        client = APIClient(BranchAPI(LocalOperations(store)).resource())
+        client = APIClient(BranchAPI(LocalOperations(store), clock=Clock()).resource())
         self.successResultOf(client.request("PUT", "/foo/"))
         response = self.successResultOf(client.request("POST", "/foo/restart/"))
         self.assertEqual(response.code, 503)
@@ -497,7 +497,7 @@ class AloneTests(SynchronousTestCase):
         self.addCleanup(supervisor.stopService)
         ops = LocalOperations(store, supervisor=supervisor, control=control, clock=reactor,
                               restarts=RollingRestarts(reactor, "branch", launcher=launcher))
-        client = APIClient(BranchAPI(ops).resource())
+        client = APIClient(BranchAPI(ops, clock=Clock()).resource())
         self.successResultOf(client.request("PUT", "/foo/"))
         self.successResultOf(client.request("PUT", "/foo/instances/!/w1/"))
         reactor.pump([0.05] * 40)
