@@ -44,7 +44,7 @@ class ForkedWorkerSharingTests(TestCase):
         launcher = ForkServerLauncher(reactor)
         launcher.startService()
         self.addCleanup(launcher.stopService)
-        if not await self.until(lambda: launcher._standby is not None, 15):
+        if not await self.until(lambda: launcher.standbys, 15):
             self.fail("no standby from the fork server")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
