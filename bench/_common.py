@@ -208,24 +208,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def children(pid):
-    """The pids of C{pid}'s children (all its threads'), or []."""
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    return found
-
-
 def tree_cpu_seconds(pid):
     """utime + stime of C{pid} and its live descendants (a worker and its
     pool), in seconds; 0 for a pid that is gone."""
     total = 0.0
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        total += cpu_seconds(pid)
-    for child in children(pid):
-        total += tree_cpu_seconds(child)
+    for one in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(one)
     return total
 
 
