@@ -194,15 +194,29 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         app = calls.checked(args, calls.INSTANCES_LIST)["app"]
         return [i.name for i in self.store.instances() if app is None or i.app == app]
 
-    async def list_instances(self, app):
+    async def list_instances(self, app, fresh=False):
+        """
+        The names of C{app}'s instances on every branch, and the branches
+        whose part may be out of date.  From what this branch holds (every
+        branch's record: no bus message), where a suspected branch's part
+        may be stale; with C{fresh}, asked of each live branch that owns
+        one (one request each), where one that did not answer is named.
+        """
         await self.local.get_app(app)
-        return await self._listings.request(app)
+        if fresh:
+            return await self._listings.request(app)
+        names = {i.name for i in self.store.instances(app)}
+        for peer in self.bus.known_peers():
+            names.update(n for a, n in peer.instances if a == app)
+        suspected = [p.id for p in self.bus.live_peers() if p.status != "alive"]
+        return sorted(names), sorted(suspected)
 
     async def _list_everywhere(self, app):
-        results, errors, missing = await self.bus.broadcast(
-            "instances.list", {"app": app}, self.call_timeout
-        )
-        names = set()
+        owners = [p.id for p in self.bus.live_peers()
+                  if any(a == app for a, _ in p.instances)]
+        results, errors, missing = await self.bus.ask(
+            owners, "instances.list", {"app": app}, self.call_timeout)
+        names = {i.name for i in self.store.instances(app)}
         for listed in results.values():
             names.update(calls.names(listed))
         # Offline branches' instances are not lost: list what they last said.
@@ -411,7 +425,8 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     """
     store = local.store
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
-    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
+    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, digest=store.digest,
+              **bus_options)
     replication = Replication(store, bus)
     # The cluster's events: this branch's log, and its peers' while watched.
     events = None if local.events is None else EventHub(local.events.log, clock, bus)

@@ -54,7 +54,8 @@ class SimulatedCluster:
     C{size} branches, each holding C{instances} instances of L{APP}.
 
     C{bus_options(index, rng)} gives each branch's keyword arguments for its
-    L{cyme.cluster.bus.Bus} (its timing, its random numbers); C{latency},
+    L{cyme.cluster.bus.Bus} (by default its random numbers, C{rng}, from
+    the seed); C{latency},
     C{jitter} and C{drop} are the network's (L{Faults}).
     """
 
@@ -68,8 +69,8 @@ class SimulatedCluster:
         self.ids = [f"b{i:03d}" for i in range(size)]
         self.branches = {}
         for index, branch_id in enumerate(self.ids):
-            options = {} if bus_options is None else bus_options(
-                index, random.Random(self.rng.random()))
+            rng = random.Random(self.rng.random())
+            options = {"rng": rng} if bus_options is None else bus_options(index, rng)
             branch = self.branches[branch_id] = SimulatedBranch(
                 branch_id, self.network, self.clock, options)
             # The same app everywhere from the start: one replica digest.
@@ -132,7 +133,7 @@ class SimulatedCluster:
         calls = []
         self.network.observer = lambda target, body: calls.append(body)
         started = self.clock.seconds()
-        d = defer.ensureDeferred(_list(branch.cluster, fresh))
+        d = defer.ensureDeferred(branch.cluster.list_instances(APP, fresh=fresh))
         outcome = []
         d.addBoth(outcome.append)
         try:
@@ -171,23 +172,25 @@ class SimulatedCluster:
     def digests(self):
         return {self.branches[b].store.digest() for b in self.live()}
 
-    def convergence(self, apart=20.0, step=0.25, limit=300.0):
+    def convergence(self, apart=30.0, step=0.25, limit=300.0):
         """
         Split the live branches in two halves for C{apart} s, write an app,
-        a queue and a token on each side meanwhile, heal: the time until
-        every live branch holds the same apps, queues and tokens.
+        a queue and a token on each side once each side sees the other
+        offline (a token's name is decided by one branch, maybe across),
+        heal: the time until every live branch holds the same apps, queues
+        and tokens.
         """
         live = self.live()
         left, right = live[: len(live) // 2], live[len(live) // 2:]
         self.faults.split(left, right)
-        self.run(apart / 2)
+        self.run(apart * 0.75)
         for side, branch_id in (("left", left[0]), ("right", right[-1])):
             cluster = self.branches[branch_id].cluster
             self._start(cluster.put_app(f"app-{side}", {}, wait=False))
             self._start(cluster.put_queue(APP, f"queue-{side}", {}, wait=False))
             self._start(cluster.create_token({"name": f"token-{side}", "scope": "read"},
                                                 wait=False))
-        self.run(apart / 2)
+        self.run(apart * 0.25)
         healed = self.clock.seconds()
         self.faults.heal()
         while len(self.digests()) > 1 and self.clock.seconds() - healed < limit:
@@ -203,14 +206,6 @@ class SimulatedCluster:
         if {t.name for t in store.tokens()} < {"token-left", "token-right"}:
             raise RuntimeError("the digests agree, yet a token is missing")
         return self.clock.seconds() - healed
-
-
-def _list(cluster, fresh):
-    """A listing of L{APP}, asking live figures if C{fresh} (when the cluster can)."""
-    try:
-        return cluster.list_instances(APP, fresh=fresh)
-    except TypeError:  # a cluster whose listings always ask every branch
-        return cluster.list_instances(APP)
 
 
 def _calls(bodies):

@@ -38,7 +38,7 @@ class Branch:
         # As makeService wires a branch.
         self.cluster, self.bus = build_cluster(
             self.local, network.transport(branch_id), clock,
-            ready_timeout=self.local.ready_timeout, beat_interval=2.0, waits=waits,
+            ready_timeout=self.local.ready_timeout, waits=waits,
             seal=seal or OpenSeal(),
         )
         self.client = APIClient(BranchAPI(self.cluster, waits=waits).resource())
