@@ -336,7 +336,7 @@ class Membership:
 
 def _contents(record):
     """What others need of a branch's record: a change of it is announced."""
-    return (record["url"], record["instances"], record["limits"])
+    return (record["url"], [list(i) for i in record["instances"]], dict(record["limits"]))
 
 
 __all__ = ["Membership"]

@@ -7,12 +7,11 @@ branch before it is answered.
 An instance belongs to exactly one branch.  A new one goes where
 L{cyme.cluster.placement} says (the least loaded live branch, or
 C{?branch=<id>}); every operation on it by name runs on its owner, found
-from the heartbeats and confirmed by the owner (or by asking everyone).
-Whether a name is new is decided by one branch, the same for every branch
-that asks (its coordinator), one request at a time: a name sent to several
-branches at once still makes one instance.  Listings ask every live branch
-and add what offline branches last announced; a branch that did not answer
-is named in the answer.
+from the branches' records and confirmed by the owner (or by asking
+everyone).  Whether a name is new is decided by one branch, the same for
+every branch that asks (its coordinator), one request at a time.  Listings
+read every branch's record, offline ones' included (no message); with
+C{fresh}, they ask each owner and name one that did not answer.
 
 Wiring (once, where the branch is built)::
 
@@ -196,26 +195,23 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
 
     async def list_instances(self, app, fresh=False):
         """
-        The names of C{app}'s instances on every branch, and the branches
-        whose part may be out of date.  From what this branch holds (every
-        branch's record: no bus message), where a suspected branch's part
-        may be stale; with C{fresh}, asked of each live branch that owns
-        one (one request each), where one that did not answer is named.
+        The names of C{app}'s instances, and the branches whose part may be
+        stale: from every branch's record (no message; suspects named), or
+        with C{fresh} asked of each live owner (one request each).
         """
         await self.local.get_app(app)
         if fresh:
             return await self._listings.request(app)
         names = {i.name for i in self.store.instances(app)}
-        for peer in self.bus.known_peers():
-            names.update(n for a, n in peer.instances if a == app)
+        names.update(n for p in self.bus.known_peers() for a, n in p.instances if a == app)
         suspected = [p.id for p in self.bus.live_peers() if p.status != "alive"]
         return sorted(names), sorted(suspected)
 
     async def _list_everywhere(self, app):
         owners = [p.id for p in self.bus.live_peers()
                   if any(a == app for a, _ in p.instances)]
-        results, errors, missing = await self.bus.ask(
-            owners, "instances.list", {"app": app}, self.call_timeout)
+        results, errors, missing = await self.bus.ask(owners, "instances.list", {"app": app},
+                                                      self.call_timeout)
         names = {i.name for i in self.store.instances(app)}
         for listed in results.values():
             names.update(calls.names(listed))

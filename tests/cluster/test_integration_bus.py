@@ -93,11 +93,11 @@ class SealedBusTests(BusTestCase):
 
         before = {n.id: await self.dropped(n) for n in (a, b)}
         evil_app = {"name": "evil", "broker": {"hostname": "attacker"}}
-        merge = {"v": 2, "type": "request", "from": "a", "ticket": "t",
+        merge = {"v": 3, "type": "request", "from": "a", "ticket": "t",
                  "method": "replica.merge",
                  "args": {"replica": {"apps": {"evil": evil_app},
                                       "versions": {"app/evil": [2**52, "zz"]}}}}
-        put = {"v": 2, "type": "request", "from": "a", "ticket": "t2", "method": "instance.op",
+        put = {"v": 3, "type": "request", "from": "a", "ticket": "t2", "method": "instance.op",
                "args": {"op": "put_instance", "args": ["foo", "evil", {}]}}
         token = json.loads(seen[-1])["sealed"]
         tampered = token[:50] + ("A" if token[50] != "A" else "B") + token[51:]
@@ -105,11 +105,11 @@ class SealedBusTests(BusTestCase):
         attacks = [
             # Unsealed, as the bus was before: a merge, a create, a beat.
             json.dumps(merge).encode(), json.dumps(put).encode(),
-            json.dumps({"v": 2, "type": "beat", "from": "mallory", "url": "http://x/"}).encode(),
+            json.dumps({"v": 3, "type": "beat", "from": "mallory", "url": "http://x/"}).encode(),
             json.dumps({**merge, "v": 1}).encode(),
             # Sealed with another key (forged), and altered (tampered).
             stranger.close(merge), stranger.close(put),
-            json.dumps({"v": 2, "sealed": tampered}).encode(),
+            json.dumps({"v": 3, "sealed": tampered}).encode(),
             # Replayed: everything the branches said so far, the merge of foo included.
             *seen,
         ]
