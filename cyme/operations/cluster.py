@@ -13,12 +13,7 @@ every branch that asks (its coordinator), one request at a time.  Listings
 read every branch's record, offline ones' included (no message); with
 C{fresh}, they ask each owner and name one that did not answer.
 
-Wiring (once, where the branch is built)::
-
-    bus.register(replication.handlers())
-    bus.register(cluster.handlers())
-    bus.subscribe(replication.peer_seen)
-    store.subscribe(bus.announce_soon)
+The parts are wired once, in L{build_cluster} (makeService and the tests).
 """
 
 import contextlib
