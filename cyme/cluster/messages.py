@@ -203,6 +203,7 @@ RECORD = {
     **{k: v for k, v in BEAT.items() if k not in ("hello", "digest")},
     "id": name,
     "status": _status,
+    "inc": integer,
 }
 
 
