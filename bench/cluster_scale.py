@@ -69,7 +69,7 @@ def main():
     for size in sizes:
         quick = args.quick_above is not None and size > args.quick_above
         started = time.process_time()
-        figures[size] = measure(size, args.seed, quick=quick,
+        figures[size] = measure(size, args.seed, detect=not quick, converge=not quick,
                                 **({"settle": 2.5, "window": 2.0} if quick else {}))
         figures[size]["cpu"] = time.process_time() - started
         print(f"  {size} branches: {json.dumps(figures[size])}", flush=True)

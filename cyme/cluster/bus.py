@@ -296,9 +296,9 @@ class Bus(service.Service):
     def _beat(self, sender, beat):
         """A branch's own record, broadcast: on a change of it, or hello."""
         record = {k: beat[k] for k in CONTENTS}
-        self.membership.learn({**record, "id": sender, "inc": beat["inc"], "status": ALIVE},
-                              sender, spread=False)
-        self.presence.heard(sender, beat["digest"])
+        record.update(id=sender, inc=beat["inc"], status=ALIVE, digest=beat["digest"])
+        if not self.membership.learn(record, sender, spread=False):
+            self.presence.heard(sender, beat["digest"])
         if beat["hello"] and self.membership.answers_hello(sender):
             # A branch (re)joined: a few answer with the whole table, to it alone.
             self._send("members", sender, members=self.membership.table())

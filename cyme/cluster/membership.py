@@ -237,7 +237,7 @@ class Membership:
             target = self._next()
             if target is not None:
                 self._probe(target)
-            dead = [p.id for p in self.presence.known() if p.status == DEAD]
+            dead = self.presence.dead()
             if dead:
                 # Maybe not dead but apart: a healed partition shows here.
                 self._ping(self.rng.choice(sorted(dead)), next(self._seq))
@@ -246,11 +246,11 @@ class Membership:
 
     def _next(self):
         """The next branch to probe: a shuffled round over the live ones."""
-        live = {p.id for p in self.presence.live()}
         while self._round:
-            candidate = self._round.pop()
-            if candidate in live:
-                return candidate
+            candidate = self.presence.get(self._round.pop())
+            if candidate is not None and candidate.online and candidate.compatible:
+                return candidate.id
+        live = [p.id for p in self.presence.live()]
         if not live:
             return None
         self._round = sorted(live)

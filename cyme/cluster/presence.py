@@ -186,6 +186,7 @@ class Presence:
         self.expiry = expiry
         self._peers = {}
         self._online = {}  # the online peers by id (in the order they came online)
+        self._dead = {}  # the peers found dead (not those that left), by id
         self._others = {}
         self._versions_said = set()
         self._listeners = Listeners("peer")
@@ -209,6 +210,10 @@ class Presence:
         """The peers alive or suspected (not yet found dead)."""
         return list(self._online.values())
 
+    def dead(self):
+        """The ids of the peers found dead (not those that left)."""
+        return list(self._dead)
+
     def count(self):
         """How many peers are alive or suspected."""
         return len(self._online)
@@ -220,6 +225,10 @@ class Presence:
             self._online[peer.id] = peer
         else:
             self._online.pop(peer.id, None)
+        if status == DEAD:
+            self._dead[peer.id] = peer
+        else:
+            self._dead.pop(peer.id, None)
 
     def others(self):
         """The branches heard of that speak another bus protocol."""
@@ -272,6 +281,9 @@ class Presence:
             # waits for the next message from it to compare.
             peer.digest = None
             self._said(peer, was)
+        if direct and "digest" in record:
+            # Said by itself, with its replica digest: as good as heard.
+            peer.last_seen, peer.digest = now, record["digest"]
         if direct or status == ALIVE:
             self._say_version(peer)
         self._listeners.notify(peer)

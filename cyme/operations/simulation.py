@@ -21,6 +21,9 @@ import json
 import random
 
 from twisted.internet import defer
+from twisted.logger import LogLevel
+
+from cyme import logs
 
 from cyme.cluster.faults import Faults
 from cyme.cluster.memory import MemoryBusNetwork
@@ -220,15 +223,27 @@ def _calls(bodies):
     return count
 
 
-def measure(size, seed=0, *, settle=10.0, window=10.0, quick=False, **options):
+def measure(size, seed=0, *, settle=10.0, window=10.0, detect=True, converge=True,
+            **options):
     """
     The figures of a cluster of C{size} branches (L{SimulatedCluster}
     C{options}): idle messages received per branch per second over
     C{window} s once settled; one listing's bus messages and seconds, and
-    one asking live figures (C{fresh}); unless C{quick}, the seconds until
-    a killed branch is offline everywhere (and the false alarms) and until
-    a partition's writes converge.
+    one asking live figures (C{fresh}); if C{detect}, the seconds until a
+    killed branch is offline everywhere (and the false alarms); if
+    C{converge}, until a partition's writes are everywhere.
     """
+    level = logs.level()
+    # Each branch says so of every other that comes online, ... : the
+    # lines of hundreds of branches would cost more than their messages.
+    logs.set_level(LogLevel.warn)
+    try:
+        return _measure(size, seed, settle, window, detect, converge, options)
+    finally:
+        logs.set_level(level)
+
+
+def _measure(size, seed, settle, window, detect, converge, options):
     sim = SimulatedCluster(size, seed, **options)
     sim.start(settle)
     figures = {"size": size, "idle": sim.idle_rate(window)}
@@ -237,9 +252,10 @@ def measure(size, seed=0, *, settle=10.0, window=10.0, quick=False, **options):
                    listing_messages=calls, listing_seconds=seconds)
     names, missing, calls, seconds = sim.listing(fresh=True)
     figures.update(fresh_messages=calls, fresh_seconds=seconds)
-    if not quick:
+    if detect:
         took, false = sim.detection(sim.ids[len(sim.ids) // 3])
         figures.update(detection=took, false_alarms=len(false))
+    if converge:
         figures["convergence"] = sim.convergence()
     sim.stop()
     return figures

@@ -183,6 +183,9 @@ class MemoryStore(_tokens.TokenRecords):
     leaves both the disk and the memory as they were.
     """
 
+    #: C{(state, its digest)}: the digest of the state last asked.
+    _digest = None
+
     def __init__(self, state=None):
         self._state = state if state is not None else _State()
         self._listeners = Listeners("store change")
@@ -379,6 +382,13 @@ class MemoryStore(_tokens.TokenRecords):
         return removed
 
     def digest(self):
+        # Asked at every probe of the bus: computed once per state.
+        if self._digest is not None and self._digest[0] is self._state:
+            return self._digest[1]
+        self._digest = (self._state, self._compute_digest())
+        return self._digest[1]
+
+    def _compute_digest(self):
         text = json.dumps(sorted((k, list(v)) for k, v in self._state.versions.items()))
         return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 

@@ -38,7 +38,10 @@ class ScaleTests(SynchronousTestCase):
                 self.check(measure(size, SEED))
 
     def test_500_branches(self):
-        self.check(measure(500, SEED, settle=5.0, window=5.0))
+        # A partition into halves of 500 branches costs a minute of CPU:
+        # its convergence is the benchmark's (bench/cluster_scale.py).
+        self.check(measure(500, SEED, settle=5.0, window=5.0, converge=False),
+                   converged=False)
 
     def test_the_same_seed_gives_the_same_figures(self):
         self.assertEqual(measure(10, SEED), measure(10, SEED))
