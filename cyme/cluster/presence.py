@@ -14,7 +14,7 @@ whenever a peer changed.
 import os
 
 import attrs
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from cyme import __version__, logs
 from cyme.listeners import Listeners
@@ -307,6 +307,8 @@ class Presence:
         return peer
 
     def _said(self, peer, was):
+        if peer.status != DEAD and not logs.enabled(LogLevel.info):
+            return  # a line per branch of hundreds, for nothing
         if peer.status == ALIVE and was != SUSPECT:
             self.log.info("branch {peer} is online ({url})", peer=peer.id, url=peer.url)
         elif peer.status == SUSPECT:
