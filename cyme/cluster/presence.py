@@ -337,7 +337,8 @@ class Presence:
     def _say_version(self, peer):
         """Log once that C{peer} runs another cyme than this one."""
         said = (peer.id, peer.version, peer.protocol)
-        if (peer.version in (None, __version__) and peer.compatible) or said in self._versions_said:
+        ours = peer.version in (None, __version__) and peer.compatible
+        if ours or said in self._versions_said:
             return
         self._versions_said.add(said)
         if peer.compatible:

@@ -39,7 +39,8 @@ class PresenceTests(SynchronousTestCase):
         self.assertTrue(self.presence.apply(said(
             "b2", url="http://b2/", instances=[["foo", "w1"]])))
         peer = self.presence.get("b2")
-        self.assertEqual((peer.url, peer.instances, peer.status), ("http://b2/", [["foo", "w1"]], "alive"))
+        self.assertEqual((peer.url, peer.instances, peer.status),
+                         ("http://b2/", [["foo", "w1"]], "alive"))
         # Suspected: online still; an alive record of the same incarnation
         # does not undo it, a newer one does.
         self.assertTrue(self.presence.apply(said("b2", "suspect")))

@@ -3,6 +3,7 @@ apps and queues, placement and routing of instances, partial answers,
 offline branches, and catching up after a partition.
 """
 
+import random
 import traceback
 
 from twisted.internet.task import Clock
@@ -40,6 +41,8 @@ class Branch:
             self.local, network.transport(branch_id), clock,
             ready_timeout=self.local.ready_timeout, waits=waits,
             seal=seal or OpenSeal(),
+            # Which peer each probes first, and after: the same at every run.
+            rng=random.Random(branch_id),
         )
         self.client = APIClient(BranchAPI(self.cluster, waits=waits).resource())
 
