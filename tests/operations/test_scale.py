@@ -43,6 +43,15 @@ class ScaleTests(SynchronousTestCase):
         self.check(measure(500, SEED, settle=5.0, window=5.0, converge=False),
                    converged=False)
 
+    def test_5_percent_of_messages_lost(self):
+        # Probes lost are made up by indirect ones (a little more traffic);
+        # no live branch is thought dead, the killed one is, in time.
+        figures = measure(50, SEED, drop=0.05, converge=False)
+        self.assertLessEqual(figures["idle"], 5, figures)
+        self.assertEqual(figures["listing_messages"], 0, figures)
+        self.assertEqual(figures["false_alarms"], 0, figures)
+        self.assertLessEqual(figures["detection"], 30, figures)
+
     def test_the_same_seed_gives_the_same_figures(self):
         self.assertEqual(measure(10, SEED), measure(10, SEED))
         self.assertNotEqual(measure(10, SEED)["detection"], measure(10, SEED + 1)["detection"])
