@@ -164,14 +164,17 @@ class DefaultKeyTests(BusTestCase):
 
         a = await self.spawn_branch("a", env=env("mine"))
         b = await self.spawn_branch("b", env=env("mine"))
-        c = await self.spawn_branch("c", env=env("theirs"))
-        for node in (a, b, c):
+        for node in (a, b):
             await self.wait_ping(node.process, node.port)
         for node in (a, b):
             await self.wait_branches(node, ["a", "b"])
+        # The stranger joins a cluster already up: a and b hear its hello
+        # (alone, it says nothing more: it has nobody to probe).
+        c = await self.spawn_branch("c", env=env("theirs"))
+        await self.wait_ping(c.process, c.port)
         await self.ok("PUT", a, "/foo/", expected=(201,), data={"password": PASSWORD})
         await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
-        # Three beats later, the stranger is still alone, and knows nothing.
+        # Seconds later, the stranger is still alone, and knows nothing.
         await sleep(6.5)
         self.assertEqual(await self.get(c, "/branches/"), (200, ["c"]))
         self.assertEqual(await self.get(c, "/"), (200, []))
