@@ -90,7 +90,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         }
 
     # The branch and the cluster
-
     @property
     def branch_id(self):
         return self.bus.branch_id
@@ -138,7 +137,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return peer.to_json(self.bus.clock.seconds())
 
     # Apps and queues: read here, written everywhere
-
     async def list_apps(self):
         return await self.local.list_apps()
 
@@ -183,7 +181,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return await self._replicated(wait, queue_key(app, name))
 
     # Instances: listed everywhere
-
     def _list_local(self, args, sender):
         app = calls.checked(args, calls.INSTANCES_LIST)["app"]
         return [i.name for i in self.store.instances() if app is None or i.app == app]
@@ -217,7 +214,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return sorted(names), sorted(set(missing) | set(errors))
 
     # Instances: found on their owner
-
     def _lookup_local(self, args, sender):
         try:
             instance = self.store.get_instance(calls.checked(args, calls.INSTANCE_LOOKUP)["name"])
@@ -232,12 +228,20 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
             return self.bus.branch_id, None
         except NotFound:
             pass
-        for peer in self.bus.known_peers():
-            if not peer.online and any(n == name for _, n in peer.instances):
+        said = [p for p in self.bus.known_peers() if any(n == name for _, n in p.instances)]
+        for peer in sorted(said, key=lambda p: p.online):
+            if not peer.online:
                 return peer.id, peer
+            # Its record says it owns it: confirmed by it alone, not by all.
+            results, errors, missing = await self.bus.ask(
+                [peer.id], "instance.lookup", {"name": name}, self.call_timeout)
+            if results.get(peer.id) is not None:
+                return peer.id, peer
+            if missing:
+                raise GatewayTimeout(f"instance {name} is on branch {peer.id}, which did not "
+                                     "answer", name=name, missing=missing)
         results, errors, missing = await self.bus.broadcast(
-            "instance.lookup", {"name": name}, self.call_timeout
-        )
+            "instance.lookup", {"name": name}, self.call_timeout)
         for branch, found in results.items():
             if found is not None:
                 return branch, self.bus.peer(branch)

@@ -3,6 +3,7 @@ apps and queues, placement and routing of instances, partial answers,
 offline branches, and catching up after a partition.
 """
 
+import json
 import random
 import traceback
 
@@ -273,6 +274,17 @@ class InstanceTests(ClusterTestCase):
         self.assertEqual(body["branch"], "b3")
         self.assertEqual(self.owners(), {"w1": "b3"})
         self.assertEqual(self.request("b2", "GET", "/foo/instances/w1/").json["branch"], "b3")
+
+    def test_an_instance_is_found_from_its_owners_record_with_one_request(self):
+        self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
+        received = []
+        self.network.observer = lambda target, body: received.append(
+            (target, json.loads(body).get("method")))
+        self.addCleanup(setattr, self.network, "observer", None)
+        self.assertEqual(self.request("b2", "GET", "/foo/instances/w1/").json["branch"], "b3")
+        # Asked of b3 alone (its record names w1), not of every branch.
+        lookups = [target for target, method in received if method == "instance.lookup"]
+        self.assertEqual(lookups, ["b3"])
 
     def test_unknown_branch_is_404(self):
         self.assertEqual(self.request("b1", "PUT", "/foo/instances/w1/?branch=nope").code, 404)
