@@ -523,22 +523,31 @@ class Cluster:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def create_instances(branch, names, params=(), parallel=8, timeout=120.0):
+def create_instances(branch, names, params=(), parallel=8, timeout=120.0, retries=0):
     """
     Create C{names} on C{branch} with the no-wait form (C{PUT
     /<app>/instances/!/<name>/}), C{parallel} requests at a time, then
     wait until every one is running.  C{params} go with each request
-    (e.g. C{{"pool": "solo", "branch": branch.id}}).
+    (e.g. C{{"pool": "solo", "branch": branch.id}}).  A 504 (a branch of
+    the cluster did not answer the name check in time) is sent again up
+    to C{retries} times, as a client would.  Returns how many were.
     """
+    again = []
 
     def put(name):
-        status, body = branch.request("PUT", f"/{APP}/instances/!/{name}/", dict(params))
-        if status != 202:
-            raise RuntimeError(f"PUT {name}: {status} {body}")
+        for attempt in range(retries + 1):
+            status, body = branch.request("PUT", f"/{APP}/instances/!/{name}/", dict(params))
+            if status == 202:
+                return
+            if status != 504 or attempt == retries:
+                raise RuntimeError(f"PUT {name}: {status} {body}")
+            again.append(name)
+            print(f"  PUT {name}: 504 ({body.get('error')}): sent again", file=sys.stderr)
 
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         list(pool.map(put, names))
     wait_running(branch, names, timeout)
+    return len(again)
 
 
 def wait_running(branch, names, timeout):
