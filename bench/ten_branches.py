@@ -79,31 +79,52 @@ def idle_cpu(cluster, seconds):
     return sorted(percents.values())
 
 
-def until(observers, test, t0, timeout):
+#: Seconds between two looks of the bench at one branch's /branches/.
+POLL = 0.05
+
+
+def until(observers, test, t0, timeout, on_seen=None):
     """Poll each observer's C{GET /branches/} until C{test(ids)}: seconds
-    from C{t0} per observer (None: not within C{timeout})."""
-    seen = {}
+    from C{t0} per observer (None: not within C{timeout}); the longest
+    time between two looks at one observer (what a figure may overshoot by)."""
+    seen, looked, gap = {}, {}, 0.0
     while len(seen) < len(observers) and time.monotonic() - t0 < timeout:
         for o in observers:
             if o.id not in seen:
+                now = time.monotonic()
+                gap = max(gap, now - looked.get(o.id, now))
+                looked[o.id] = now
                 status, ids = o.request("GET", "/branches/", timeout=5)
                 if status == 200 and test(ids):
                     seen[o.id] = time.monotonic() - t0
-        time.sleep(0.05)
-    return [seen.get(o.id) for o in observers]
+                    if on_seen is not None:
+                        on_seen(o)
+        time.sleep(POLL)
+    return [seen.get(o.id) for o in observers], gap
 
 
 def kill_and_restart(cluster, victim, expiry):
     observers = [b for b in cluster.branches if b is not victim]
+    silences = []
+
+    def silence(observer):
+        # How long it had not heard the victim when it called it offline:
+        # its own record of the last heartbeat (its clock, this machine's).
+        now = time.time()
+        status, peer = observer.request("GET", f"/branches/{victim.id}/", timeout=5)
+        if status == 200 and peer.get("last_heartbeat"):
+            silences.append(now - peer["last_heartbeat"])
+
     t0 = time.monotonic()
     victim.kill()
-    offline = until(observers, lambda ids: victim.id not in ids, t0, 3 * expiry)
+    offline, gap = until(observers, lambda ids: victim.id not in ids, t0, 3 * expiry,
+                         silence)
     t1 = time.monotonic()
     victim.start()
     ready = time.monotonic() - t1
-    back = until(observers, lambda ids: victim.id in ids, t1, 3 * expiry)
+    back, _ = until(observers, lambda ids: victim.id in ids, t1, 3 * expiry)
     cluster.wait_peers()
-    return offline, back, ready
+    return offline, back, ready, silences, gap
 
 
 def ms(seconds):
@@ -174,21 +195,27 @@ def report(args, stages, curve, cpu, kills):
         print(f"\nkill -9 of a branch, seen by the {len(kills[0][0])} others "
               f"(documented expiry {args.expiry:g} s):")
         rows = []
-        for n, (offline, back, ready) in enumerate(kills, 1):
+        for n, (offline, back, ready, silences, gap) in enumerate(kills, 1):
             rows.append([f"kill {n}", f"{c.median([v for v in offline if v]):.2f} s",
-                         f"{worst(offline):.2f} s", f"{ready:.2f} s",
+                         f"{worst(offline):.3f} s", f"{max(silences, default=0):.3f} s",
+                         f"{gap * 1000:.0f} ms", f"{ready:.2f} s",
                          f"{c.median([v for v in back if v]):.2f} s", f"{worst(back):.2f} s"])
-        c.table(["", "offline median", "offline max", "restart to ping",
-                 "back median", "back max"], rows)
+        c.table(["", "offline median", "offline max", "silence max", "look gap",
+                 "restart to ping", "back median", "back max"], rows)
+        print("  (silence: from the last heartbeat the branch heard of the killed one to"
+              " the look that found it offline; look gap: the longest time between two"
+              " looks of the bench at one branch, what a figure may overshoot by)")
     last = stages[-1]
     p99 = curve[last][LIST][1]
     cpu_max = max(cpu[last])
     offline_max = max((worst(k[0]) for k in kills), default=float("inf"))
+    slack = max((k[4] for k in kills), default=0.0)
     print(f"\ntarget listing p99 <= 20 ms at {last} branches: {c.verdict(p99 <= TARGET_P99)} "
           f"({ms(p99)}); idle CPU <= 1 % per branch: "
           f"{c.verdict(cpu_max <= TARGET_CPU_PERCENT)} (max {cpu_max:.2f} %); offline seen "
-          f"within {args.expiry:g} s: {c.verdict(offline_max <= args.expiry)} "
-          f"(max {offline_max:.2f} s)")
+          f"within {args.expiry:g} s of the kill, give or take one look "
+          f"({slack * 1000:.0f} ms): {c.verdict(offline_max <= args.expiry + slack)} "
+          f"(max {offline_max:.3f} s)")
     print(f"load at the end: {c.loadavg()}")
     _plot.curves(
         os.path.join(args.plots, "branches.png"),
