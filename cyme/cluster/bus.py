@@ -95,7 +95,8 @@ class Bus(service.Service):
     name = "bus"
 
     def __init__(self, transport, branch_id, clock, describe, *, seal, digest=None,
-                 rng=None, probe_interval=1.0, probe_timeout=0.5, suspicion=4.0):
+                 rng=None, probe_interval=1.0, probe_timeout=0.5, suspicion=4.0,
+                 table_sync=30.0):
         self.transport = transport
         self.branch_id = branch_id
         self.clock = clock
@@ -110,6 +111,7 @@ class Bus(service.Service):
             digest if digest is not None else lambda: describe().get("digest"),
             self._send, lambda: self.transport.connected, rng=rng,
             interval=probe_interval, timeout=probe_timeout, suspicion=suspicion,
+            sync=table_sync,
         )
         self.started = None
         self._handlers = {}

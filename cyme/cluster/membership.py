@@ -53,7 +53,7 @@ class Membership:
 
     def __init__(self, branch_id, clock, presence, describe, digest, send, connected, *,
                  rng=None, interval=1.0, timeout=0.5, indirect=3, suspicion=4.0,
-                 piggyback=8, retransmit=3, fanout=3):
+                 piggyback=8, retransmit=3, fanout=3, sync=30.0):
         self.branch_id = branch_id
         self.clock = clock
         self.presence = presence
@@ -69,6 +69,7 @@ class Membership:
         self.piggyback = piggyback
         self.retransmit = retransmit
         self.fanout = fanout
+        self.sync = sync
         self.incarnation = 0
         self.started = None
         self._said = None
@@ -81,6 +82,7 @@ class Membership:
         self._accused = {}  # peer id -> the incarnation this branch suspected
         self._timers = set()
         self._loop = None
+        self._next_sync = None
 
     # Running
 
@@ -88,6 +90,7 @@ class Membership:
         self.started = started
         # A restarted branch says a newer incarnation than its last run's.
         self.incarnation = int(started * 1000)
+        self._next_sync = self.clock.seconds() + self._sync_delay()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
         self._loop.start(self.interval, now=False)
@@ -113,7 +116,12 @@ class Membership:
 
         def run():
             self._timers.discard(call)
-            f(*args)
+            try:
+                f(*args)
+            except Exception:
+                # A probe's timer must not end in Twisted's unhandled errors
+                # (a send racing a reconnect): the next period tries again.
+                self.log.failure("membership timer failed")
 
         call = self.clock.callLater(delay, run)
         self._timers.add(call)
@@ -176,7 +184,15 @@ class Membership:
 
     def _about_me(self, record, sender):
         """What another branch holds of this one: refute a suspicion or a death."""
-        if record["status"] == ALIVE or record["inc"] < self.incarnation:
+        if record["status"] == ALIVE:
+            if record["inc"] > self.incarnation:
+                # Others hold a newer record of this branch than it says
+                # (a run before a clock stepped back): only a higher
+                # incarnation makes them take what it says now.
+                self.incarnation = record["inc"] + 1
+                self.send("beat", None, **self.beat())
+            return
+        if record["inc"] < self.incarnation:
             return
         self.incarnation = record["inc"] + 1
         self.log.info("refuting that this branch is {status} (said by {sender})",
@@ -237,12 +253,30 @@ class Membership:
             target = self._next()
             if target is not None:
                 self._probe(target)
+            if self.clock.seconds() >= self._next_sync:
+                self._push_pull()
             dead = self.presence.dead()
             if dead:
                 # Maybe not dead but apart: a healed partition shows here.
                 self._ping(self.rng.choice(sorted(dead)), next(self._seq))
         except Exception:
             self.log.failure("membership tick failed")
+
+    def _sync_delay(self):
+        return self.sync * max(1.0, math.log10(self.size())) * self.rng.uniform(0.5, 1.5)
+
+    def _push_pull(self):
+        """
+        Trade whole tables with one live branch (it answers with its own):
+        a record whose broadcast a branch missed, and that its few
+        piggybacks did not bring, reaches it by the next trade at the
+        latest.  One trade every C{sync} x log10(size) seconds on average
+        costs two messages then, whatever the cluster's size.
+        """
+        self._next_sync = self.clock.seconds() + self._sync_delay()
+        live = sorted(p.id for p in self.presence.live())
+        if live:
+            self.send("members", self.rng.choice(live), members=self.table(), want=True)
 
     def _next(self):
         """The next branch to probe: a shuffled round over the live ones."""

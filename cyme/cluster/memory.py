@@ -38,14 +38,28 @@ class MemoryBusNetwork:
         self.sent = []
         self.bodies = []
         self.received = collections.Counter()
-        #: Called C{(target, body)} with every message received, if set.
-        self.observer = None
+        self._observer = None
+
+    def observe(self, observer):
+        """
+        Call C{observer(target, body)} with every message received until
+        the function returned is called.
+        """
+        self._observer = observer
+
+        def stop():
+            self._observer = None
+        return stop
 
     def transport(self, branch_id):
         """A new transport for branch C{branch_id} on this network."""
         t = MemoryBusTransport(self, branch_id)
         self.transports[branch_id] = t
         return t
+
+    def seen(self, target, body):
+        if self._observer is not None:
+            self._observer(target, body)
 
     def partition(self, branch_id):
         self.cut.add(branch_id)
@@ -105,8 +119,7 @@ class MemoryBusTransport:
         """An envelope's bytes arrived."""
         if self.running:
             self.network.received[self.branch_id] += 1
-            if self.network.observer is not None:
-                self.network.observer(self.branch_id, body)
+            self.network.seen(self.branch_id, body)
             self._deliver(body)
 
     def broadcast(self, body):

@@ -64,6 +64,18 @@ def integer(value, field, low=0):
     return value
 
 
+#: Incarnations are milliseconds since the epoch, then counted up: one far
+#: beyond would make every later record of its branch look old.
+MAX_INCARNATION = 2**53
+
+
+def incarnation(value, field):
+    integer(value, field)
+    if value >= MAX_INCARNATION:
+        raise BadMessage(field, f"{field} must be under 2**53")
+    return value
+
+
 def obj(value, field):
     """C{value} if a JSON object (string keys)."""
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
@@ -184,7 +196,7 @@ BEAT = {
     "version": optional(lambda v, f: text(v, f, 64)),
     "started": optional(number),
     "hello": optional(flag, False),
-    "inc": optional(integer, 0),
+    "inc": optional(incarnation, 0),
 }
 
 
@@ -203,7 +215,7 @@ RECORD = {
     **{k: v for k, v in BEAT.items() if k not in ("hello", "digest")},
     "id": name,
     "status": _status,
-    "inc": integer,
+    "inc": incarnation,
 }
 
 

@@ -134,7 +134,7 @@ class SimulatedCluster:
         """
         branch = self.branches[via or self.live()[0]]
         calls = []
-        self.network.observer = lambda target, body: calls.append(body)
+        unobserve = self.network.observe(lambda target, body: calls.append(body))
         started = self.clock.seconds()
         d = defer.ensureDeferred(branch.cluster.list_instances(APP, fresh=fresh))
         outcome = []
@@ -143,7 +143,7 @@ class SimulatedCluster:
             while not outcome and self.clock.seconds() - started < limit:
                 self.clock.advance(step)
         finally:
-            self.network.observer = None
+            unobserve()
         if not outcome:
             raise RuntimeError(f"the listing did not end within {limit:g} s")
         names, missing = outcome[0]

@@ -108,6 +108,21 @@ class ProbeTests(MembershipTestCase):
             self.assertEqual(self.status("b2", branch_id), "alive")
             self.assertGreater(self.buses[branch_id].peer("b2").incarnation, suspicion["inc"])
 
+    def test_a_branch_overrides_a_newer_record_of_itself(self):
+        # The others hold a record of b4 newer than b4 says (its last run,
+        # before the machine's clock stepped back): b4 takes a higher
+        # incarnation, and its instances as they are now are what all list.
+        old = {"id": "b4", "inc": self.buses["b4"].membership.incarnation + 10**9,
+               "status": "alive", "url": "http://b4/", "instances": [["foo", "w-old"]]}
+        self.network.transports["b3"].broadcast(json.dumps({
+            "v": PROTOCOL_VERSION, "type": "gossip", "from": "b3",
+            "gossip": [old]}).encode())
+        self.wait(3)
+        for branch_id in ("b1", "b2", "b3"):
+            peer = self.buses[branch_id].peer("b4")
+            self.assertEqual([list(i) for i in peer.instances], [["foo", "w-b4"]])
+            self.assertGreater(peer.incarnation, old["inc"])
+
     def test_a_clean_stop_is_left_at_once_and_a_restart_comes_back(self):
         self.buses["b4"].stopService()
         self.wait(0.25)

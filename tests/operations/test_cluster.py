@@ -278,9 +278,8 @@ class InstanceTests(ClusterTestCase):
     def test_an_instance_is_found_from_its_owners_record_with_one_request(self):
         self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
         received = []
-        self.network.observer = lambda target, body: received.append(
-            (target, json.loads(body).get("method")))
-        self.addCleanup(setattr, self.network, "observer", None)
+        self.addCleanup(self.network.observe(lambda target, body: received.append(
+            (target, json.loads(body).get("method")))))
         self.assertEqual(self.request("b2", "GET", "/foo/instances/w1/").json["branch"], "b3")
         # Asked of b3 alone (its record names w1), not of every branch.
         lookups = [target for target, method in received if method == "instance.lookup"]
