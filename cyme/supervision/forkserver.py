@@ -87,6 +87,45 @@ def preload():
             pass  # not installed: the pool child does without
 
 
+def warm():
+    """
+    Run once, on a throwaway app, what every worker runs as it starts
+    whatever its app's configuration: Celery's configuration defaults, the
+    app's finalizing (its built-in tasks), its AMQP, control and events
+    parts, the broker transport's class, the parsing of the worker's
+    command line.  What they build and cache (settings, interned strings,
+    classes made on the fly) then lives in pages the workers share, rather
+    than being built again in each worker.  Nothing connects, starts a
+    thread or touches a global the workers use: the app is not made
+    current, and its event loop, pool and logging are never made.
+    """
+    from celery import Celery
+    from celery.bin.base import CLIContext
+    from celery.bin.worker import worker
+
+    app = Celery("cyme-warm", set_as_current=False)
+    app.conf.update(broker_url="amqp://guest:guest@localhost:5672//",
+                    result_backend="rpc://", accept_content=["json"])
+    app.finalize(auto=True)
+    app.amqp.queues.select_add("warm")
+    app.amqp.router
+    app.control.mailbox
+    app.events
+    app.WorkController
+    app.Worker
+    with app.connection_for_write() as connection:
+        connection.transport_cls
+        connection.transport  # the transport's object: no connection is made
+    # The worker's options as cyme writes them (the values do not matter).
+    context = worker.make_context(
+        "worker", ["-n", "warm@localhost", "-Q", "warm", "-P", "prefork",
+                   "--autoscale=1,1", "--without-mingle", "--without-gossip", "-E",
+                   "-l", "info"],
+        obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True),
+    )
+    context.close()
+
+
 def _become_worker(read_fd, keep=()):
     """In the standby: wait for the worker's description, then run it."""
     data = b""
@@ -283,6 +322,7 @@ class Server:
 
 def main():
     preload()
+    warm()
     # Once, after the imports: what every standby inherits is left out of
     # its garbage collections (see the module's docstring).  Frozen objects
     # are never collected, so freezing again at each fork would keep for
