@@ -124,6 +124,15 @@ def warm():
         obj=CLIContext(app=app, no_color=True, workdir=None, quiet=True),
     )
     context.close()
+    # A prefork pool child sets its parent-death signal through cffi, when
+    # installed, which builds cffi's C parser (tables of some size) first:
+    # built here once, each child only looks it up.
+    from billiard.util import get_pdeathsig
+
+    try:
+        get_pdeathsig()
+    except OSError:
+        pass  # not Linux: the pool children do without as well
 
 
 def _become_worker(read_fd, keep=()):
