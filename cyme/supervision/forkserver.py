@@ -28,11 +28,14 @@ the environment at import, which differs per worker).
 Memory: a forked worker shares the server's pages until either writes to
 them (copy-on-write).  So the server imports everything a worker and its
 prefork pool child import as they start (L{preload}; the tests check that a
-forked worker imports nothing else but its app module), and freezes its
-objects once they are imported (C{gc.freeze()}): the workers' garbage
-collections skip what they inherited instead of writing into every page
-of it.  A worker freezes its own objects likewise as it forks its first
-pool children (L{cyme.supervision.workerexec}).
+forked worker imports nothing else but its app module), runs once on a
+throwaway app what each of them runs as it starts whatever its app's
+configuration (L{warm}), and freezes its objects then (C{gc.freeze()}):
+the workers' garbage collections skip what they inherited instead of
+writing into every page of it.  A worker freezes its own objects likewise
+as it forks its first pool children (L{cyme.supervision.workerexec}).
+With 20 idle prefork workers (bench/memory.py), the warming saved about
+16 MiB of the 500 they held in all (PSS), a third of it cffi's C parser.
 """
 
 import gc
