@@ -9,6 +9,7 @@ command line names the temporary root (orphaned prefork children of a
 worker killed with ``kill -9``).
 """
 
+import concurrent.futures
 import contextlib
 import http.client
 import json
@@ -208,24 +209,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def children(pid):
-    """The pids of C{pid}'s children (all its threads'), or []."""
-    found = []
-    with contextlib.suppress(OSError):
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                found += [int(p) for p in f.read().split()]
-    return found
-
-
 def tree_cpu_seconds(pid):
     """utime + stime of C{pid} and its live descendants (a worker and its
     pool), in seconds; 0 for a pid that is gone."""
     total = 0.0
-    with contextlib.suppress(OSError, IndexError, ValueError):
-        total += cpu_seconds(pid)
-    for child in children(pid):
-        total += tree_cpu_seconds(child)
+    for one in (pid, *descendants(pid)):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(one)
     return total
 
 
@@ -330,11 +320,17 @@ class Branch:
         return self.proc.pid
 
     def start(self, timeout=30.0):
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self):
+        """Start the process without waiting for it (L{wait_ready} does):
+        several branches start in parallel."""
         if not getattr(Branch, "_vhost_ready", False):
             ensure_vhost()
             Branch._vhost_ready = True
         argv = [
-            self.executable, f"127.0.0.1:{self.port}", "-i", f"bench-{self.name}",
+            self.executable, f"127.0.0.1:{self.port}", "-i", self.id,
             "-D", self.root, "-b", BROKER, *loopback_opened(self.executable), *self.options,
         ]
         log = open(self.log_path, "ab")
@@ -344,6 +340,10 @@ class Branch:
             cwd=self.tmp, env=env, start_new_session=True,
         )
         log.close()
+        return self
+
+    def wait_ready(self, timeout=30.0):
+        """Wait until the launched branch answers C{GET /ping/}."""
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
@@ -357,6 +357,17 @@ class Branch:
                 raise RuntimeError(f"branch not answering after {timeout} s:\n{self.log_tail()}")
             time.sleep(0.05)
         return self
+
+    @property
+    def id(self):
+        """The branch id its peers know it by (C{-i})."""
+        return f"bench-{self.name}"
+
+    def kill(self):
+        """C{kill -9} the branch process alone, as a crash would: its
+        workers keep running, and a L{start} with the same root adopts them."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def broker_losses(self):
         """How often the branch lost the broker so far (its log says so).
@@ -530,6 +541,147 @@ def wait_broker(timeout=120.0):
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"broker {url.hostname}:{url.port} not back after {timeout:g} s")
+
+
+# A cluster of branches, instances in bulk, latencies
+
+
+class Cluster:
+    """
+    Branches of one cluster on this machine: one broker (the bench's
+    vhost), one cluster name and one cluster key, both made for the run
+    (the user's own key stays out of it), each branch with its own root and
+    port.  L{grow} adds branches, started in parallel; L{stop} stops them
+    all and their workers.
+    """
+
+    def __init__(self, prefix, *options, keep_root=False):
+        self.prefix = prefix
+        self.options = list(options)
+        self.keep_root = keep_root
+        self.name = f"bench-{tag()}"
+        self.tmp = tempfile.mkdtemp(prefix=f"cyme-bench-{prefix}-")
+        self.key = os.path.join(self.tmp, "cluster.key")
+        subprocess.run([CYME_BRANCH, "cluster-key", "new", self.key], check=True,
+                       capture_output=True, timeout=120)
+        self.branches = []
+
+    @property
+    def ids(self):
+        return sorted(b.id for b in self.branches)
+
+    def grow(self, count, timeout=60.0):
+        """Start branches until there are C{count}; wait until each sees all."""
+        new = [
+            Branch(f"{self.prefix}{n:02d}", "--cluster", self.name, "--cluster-key-file",
+                   self.key, *self.options, keep_root=self.keep_root)
+            for n in range(len(self.branches), count)
+        ]
+        self.branches += new
+        for branch in new:
+            branch.launch()
+        for branch in new:
+            branch.wait_ready(timeout)
+        self.wait_peers(timeout)
+        return new
+
+    def wait_peers(self, timeout=60.0):
+        """Wait until every branch lists every branch in C{GET /branches/}."""
+        deadline = time.monotonic() + timeout
+        for branch in self.branches:
+            while branch.request("GET", "/branches/", timeout=5)[1] != self.ids:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{branch.id} does not see all of {self.ids}")
+                time.sleep(0.2)
+
+    def stop(self):
+        """Stop every branch (in parallel: each waits for its own process)
+        and its workers; remove the run's files."""
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.branches))) as pool:
+            list(pool.map(Branch.stop, self.branches))
+        if not self.keep_root:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def create_instances(branch, names, params=(), parallel=8, timeout=120.0, retries=0):
+    """
+    Create C{names} on C{branch} with the no-wait form (C{PUT
+    /<app>/instances/!/<name>/}), C{parallel} requests at a time, then
+    wait until every one is running.  C{params} go with each request
+    (e.g. C{{"pool": "solo", "branch": branch.id}}).  A 504 (a branch of
+    the cluster did not answer the name check in time) is sent again up
+    to C{retries} times, as a client would.  Returns how many were.
+    """
+    again = []
+
+    def put(name):
+        for attempt in range(retries + 1):
+            status, body = branch.request("PUT", f"/{APP}/instances/!/{name}/", dict(params))
+            if status == 202:
+                return
+            if status != 504 or attempt == retries:
+                raise RuntimeError(f"PUT {name}: {status} {body}")
+            again.append(name)
+            print(f"  PUT {name}: 504 ({body.get('error')}): sent again", file=sys.stderr)
+
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(put, names))
+    wait_running(branch, names, timeout)
+    return len(again)
+
+
+def wait_running(branch, names, timeout):
+    """Wait until C{GET /<app>/instances/<name>/} says running for each name."""
+    deadline = time.monotonic() + timeout
+    waiting = set(names)
+    while waiting:
+        for name in sorted(waiting):
+            body = branch.instance(name)
+            if body and body.get("state") == "running":
+                waiting.discard(name)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not running after {timeout:g} s: {sorted(waiting)}")
+        time.sleep(0.2)
+
+
+def keepalive_latencies(port, paths, rounds, timeout=10.0):
+    """
+    Seconds each of C{paths} took (GET, one keep-alive connection), in
+    C{rounds} rounds that request every path in turn, so that drift in the
+    machine's load hits them all alike.  A dict of path to sorted list.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    seen = {path: [] for path in paths}
+    try:
+        for _ in range(rounds):
+            for path in paths:
+                t0 = time.perf_counter()
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                seen[path].append(time.perf_counter() - t0)
+                if response.status != 200:
+                    raise RuntimeError(f"GET {path}: {response.status}")
+    finally:
+        conn.close()
+    return {path: sorted(values) for path, values in seen.items()}
+
+
+def quantile(values, q):
+    """The C{q} quantile (0..1) of the sorted C{values}."""
+    return values[min(len(values) - 1, int(q * len(values)))] if values else math.nan
+
+
+def cpu_percents(pids, seconds):
+    """Each of C{pids}' CPU (utime + stime, not its children) over the
+    next C{seconds}, as % of one core; the caller leaves them alone meanwhile."""
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - t0
+    return {pid: 100 * (cpu_seconds(pid) - before[pid]) / elapsed for pid in pids}
 
 
 # Celery, in the bench process only

@@ -170,11 +170,11 @@ class CymeBurst:
     def managers_cpu(self):
         """CPU seconds of the branch and its fork server(s) so far."""
         total = c.cpu_seconds(self.branch.pid)
-        for pid in c.children(self.branch.pid):
-            with contextlib.suppress(OSError):
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"cyme.supervision.forkserver" in f.read():
-                        total += c.cpu_seconds(pid)
+        for pid in c.descendants(self.branch.pid):
+            if (c.parent_pid(pid) == self.branch.pid
+                    and "cyme.supervision.forkserver" in c.command_line(pid)):
+                with contextlib.suppress(OSError):
+                    total += c.cpu_seconds(pid)
         return total
 
     def delete(self, names):

@@ -31,27 +31,6 @@ import _common as c  # noqa: E402
 PATH = f"/{c.APP}/instances/"
 
 
-def latencies(port, count):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    seen = []
-    try:
-        for _ in range(count):
-            t0 = time.perf_counter()
-            conn.request("GET", PATH)
-            response = conn.getresponse()
-            response.read()
-            seen.append(time.perf_counter() - t0)
-            if response.status != 200:
-                raise RuntimeError(f"GET {PATH}: {response.status}")
-    finally:
-        conn.close()
-    return sorted(seen)
-
-
-def quantile(values, q):
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def throughput(port, seconds, clients=16):
     wrk = shutil.which("wrk")
     if wrk:
@@ -98,10 +77,10 @@ def populate(entry, owners):
 
 
 def measure(entry, requests, seconds):
-    latencies(entry.port, 50)  # warm-up
-    lat = latencies(entry.port, requests)
+    c.keepalive_latencies(entry.port, [PATH], 50)  # warm-up
+    lat = c.keepalive_latencies(entry.port, [PATH], requests)[PATH]
     rate, how = throughput(entry.port, seconds)
-    return quantile(lat, 0.5), quantile(lat, 0.99), rate, how
+    return c.quantile(lat, 0.5), c.quantile(lat, 0.99), rate, how
 
 
 def main():

@@ -35,6 +35,11 @@ def set_level(level):
     _predicate.setLogLevelForNamespace("", level)
 
 
+def level():
+    """The level cyme's lines are written from."""
+    return _predicate.logLevelForNamespace("")
+
+
 def enabled(level):
     """Whether a cyme line at C{level} is written: one costly to build
     (on a hot path) is not built for nothing."""

@@ -9,6 +9,8 @@ it:
   0-9-1 protocol header;
 - handles basic.ack/basic.nack (publisher confirms) and broker-sent
   basic.cancel, which txAMQP's delegate lacks;
+- assembles deliveries as their frames come (L{cyme.amqp.deliveries}),
+  not through txAMQP's per-channel queues and worker;
 - never lets a failing handler reach txAMQP's worker, which would close
   the whole connection;
 - tells its owner when the connection is gone.
@@ -32,6 +34,7 @@ from txamqp.connection import Frame, Method
 from txamqp.protocol import AMQClient
 from txamqp.queue import Closed as QueueClosed
 
+from .deliveries import Deliveries
 from .errors import AMQPError, ConnectionClosedError, as_amqp_error
 from .rawchannel import AMQPChannel, to_message
 from .spec import load_spec
@@ -150,6 +153,7 @@ class AMQPProtocol(AMQClient):
         # which says more than the transport's ConnectionDone.
         self.close_reason: Any = None
         self._lost_waiters: list[Deferred[AMQPError]] = []
+        self._deliveries = Deliveries(delegate)
 
     # -- heartbeats ----------------------------------------------------------
     # txAMQP restarts a timer for every frame it sends and another for every
@@ -236,6 +240,10 @@ class AMQPProtocol(AMQClient):
             super().frame_received(frame)
 
     def process_frame(self, frame: Frame) -> Any:
+        if self._deliveries.take(frame, self.channels.get(frame.channel)):
+            if self.heartbeatInterval > 0:
+                self.reschedule_check_heartbeat()
+            return succeed(None)
         # Publisher confirms come back one per message: settle them here,
         # not through txAMQP's per-frame dispatch (a generator, a queue and
         # a delegate lookup for two integers).

@@ -210,7 +210,8 @@ class BranchAPI:
     # Instances
 
     async def list_instances(self, request, app):
-        return self._listing(request, await self.ops.list_instances(app))
+        fresh = query_fields(request).get("fresh") not in (None, "", "0")
+        return self._listing(request, await self.ops.list_instances(app, fresh=fresh))
 
     # One handler for every create: PUT /<app>/instances/ makes an anonymous
     # instance (name None), /<app>/instances/<name>/ a named one.

@@ -225,4 +225,5 @@ def query(max_wait):
     """The query parameters routes name besides their set
     (L{cyme.api.table.Route.query}), for a branch whose longest wait is
     C{max_wait}."""
-    return {"timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": max_wait}}
+    return {"timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": max_wait},
+            "fresh": {"type": "string", "enum": ["0", "1"]}}

@@ -141,7 +141,8 @@ ROUTES = [
           "Ok", nowait=True, partial=True),
     # Instances
     Route("/<app>/instances", ("GET",), "list_instances", "The names of the app's "
-          "instances, on every branch", "Names", partial=True),
+          "instances, on every branch (as this branch knows them; ?fresh=1: asked of "
+          "their branches)", "Names", partial=True, query=("fresh",)),
     Route("/<app>/instances", CREATE, "put_instance", "Create an anonymous instance "
           "(named by a UUID)", "Instance", status=(201,), params="instance",
           errors=RECORD_ERRORS + (409,), nowait=True, defaults={"name": None},

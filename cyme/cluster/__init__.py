@@ -1,15 +1,19 @@
 """The cluster: the bus between branches and what travels on it.
 
-- L{cyme.cluster.bus}: the L{Bus} service (heartbeats, calls to one branch,
+- L{cyme.cluster.bus}: the L{Bus} service (presence, calls to one branch,
   broadcasts gathered by ticket), the envelope format and L{IBusTransport}.
 - L{cyme.cluster.seal}: envelopes sealed with the cluster key (or an open
   bus), L{cyme.cluster.keys}: the key files; L{cyme.cluster.messages}: what
   an envelope may hold, checked before use; L{cyme.cluster.drops}: what was
   dropped, counted and logged once a minute.
-- L{cyme.cluster.presence}: the peers as their heartbeats describe them
-  (online, offline, gone), and what this branch's own beats say.
+- L{cyme.cluster.presence}: the peers as their records describe them
+  (alive, suspect, dead, left), and what this branch's own record says;
+  L{cyme.cluster.membership}: the failure detector and its gossip (SWIM).
 - L{cyme.cluster.transport}: the bus over RabbitMQ, on the branch's broker
-  pool; L{cyme.cluster.memory}: the bus in one process (a fake for tests).
+  pool; L{cyme.cluster.memory}: the bus in one process (a fake for tests
+  and simulations), L{cyme.cluster.faults}: the losses, delays and
+  partitions of a simulated network, L{cyme.cluster.virtualtime}: a clock
+  for hundreds of simulated branches.
 - L{cyme.cluster.replication}: apps and queue declarations on every branch
   (replicate a write, merge, catch up by replica digest).
 - L{cyme.cluster.placement}: where a new instance goes and which branch

@@ -5,7 +5,8 @@ bound to a fanout exchange (C{<cluster>.bus}: broadcasts) and to a direct
 exchange under its id (C{<cluster>.bus.direct}: calls to it, and the
 replies to its own requests).  Messages are versioned JSON envelopes::
 
-    {"v": 2, "type": "beat" | "request" | "reply" | "bye",
+    {"v": 3, "type": "beat" | "ping" | "ack" | "ping-req" | "gossip" | "members"
+                 | "request" | "reply" | "bye",
      "from": <branch id>, "ticket": ..., "method": ..., "args": ..., ...}
 
 sealed with the cluster key on their way out and opened on their way in
@@ -15,10 +16,11 @@ counted (L{cyme.cluster.drops}).  A branch whose envelopes say another
 protocol version is known by its id and version, never called, and said
 so in the log once.
 
-Presence: every branch broadcasts a heartbeat every few seconds with its
-id, URL, instance names, load and version; a branch not heard from for
-C{expiry_beats} beats is offline; a clean stop says goodbye; a branch that
-(re)connects says hello and the others answer with a beat at once.
+Presence: each branch probes one other per period and gossips what
+changed (L{cyme.cluster.membership}, SWIM); a branch broadcasts its own
+record (C{beat}: its id, URL, instance names, load, version) when it
+changes; a clean stop says goodbye; a branch that (re)connects says hello
+and a few others answer with their whole table.
 
 A broadcast call completes as soon as every live branch answered (the
 local branch answers itself without the network), or at its timeout with
@@ -28,17 +30,17 @@ errbacks with L{GatewayTimeout} at its timeout.
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from cyme import __version__, logs
+from cyme import logs
 from cyme.errors import CymeError, GatewayTimeout
 from cyme.gather import Gatherings
 
 from . import messages
 from .drops import Drops
-from .presence import PROTOCOL_VERSION, Presence
+from .membership import Membership
+from .presence import ALIVE, CONTENTS, PROTOCOL_VERSION, Presence
 from .seal import Unopened
 
 
@@ -58,6 +60,10 @@ class IBusTransport(Interface):
 
     def stop():
         """Stop; a Deferred that fires once done."""
+
+
+#: The probes of membership, and the method of L{Membership} each goes to.
+_PROBES = {"ping": "pinged", "ack": "acked", "ping-req": "asked"}
 
 
 class RemoteError(CymeError):
@@ -88,20 +94,26 @@ class Bus(service.Service):
     log = Logger(observer=logs.observer)
     name = "bus"
 
-    def __init__(self, transport, branch_id, clock, describe, *, seal, beat_interval=2.0,
-                 expiry_beats=3):
+    def __init__(self, transport, branch_id, clock, describe, *, seal, digest=None,
+                 rng=None, probe_interval=1.0, probe_timeout=0.5, suspicion=4.0):
         self.transport = transport
         self.branch_id = branch_id
         self.clock = clock
         self.describe = describe
         self.seal = seal
         self.drops = Drops(clock)
-        self.beat_interval = beat_interval
-        self.presence = Presence(clock, beat_interval * expiry_beats)
+        # An alive record of a branch undoes an old death of the same
+        # incarnation: it comes from the other side of a healed partition.
+        self.presence = Presence(clock, grace=2 * suspicion * probe_interval)
+        self.membership = Membership(
+            branch_id, clock, self.presence, describe,
+            digest if digest is not None else lambda: describe().get("digest"),
+            self._send, lambda: self.transport.connected, rng=rng,
+            interval=probe_interval, timeout=probe_timeout, suspicion=suspicion,
+        )
         self.started = None
         self._handlers = {}
         self._gatherings = Gatherings(clock)
-        self._beat_loop = None
         self._announce_call = None
 
     def register(self, handlers):
@@ -132,15 +144,12 @@ class Bus(service.Service):
                 "password and create, change or delete apps and instances on every branch"
             )
         self.started = self.clock.seconds()
+        self.membership.start(self.started)
         self.transport.start(self._deliver, self._connection_changed)
-        self._beat_loop = LoopingCall(self._beat)
-        self._beat_loop.clock = self.clock
-        self._beat_loop.start(self.beat_interval, now=False)
 
     def stopService(self):
         super().stopService()
-        if self._beat_loop is not None and self._beat_loop.running:
-            self._beat_loop.stop()
+        self.membership.stop()
         if self._announce_call is not None and self._announce_call.active():
             self._announce_call.cancel()
         if self.transport.connected:
@@ -164,26 +173,15 @@ class Bus(service.Service):
         else:
             self.transport.send(to, body)
 
-    def _beat_envelope(self, hello=False):
-        info = self.describe()
-        return self._envelope(
-            "beat", hello=hello, url=info.get("url"), instances=info.get("instances", []),
-            load=info.get("load", {}), limits=info.get("limits", {}),
-            digest=info.get("digest"), version=__version__,
-            started=self.started,
-        )
-
-    def _beat(self):
-        try:
-            self.presence.expire()
-            if self.transport.connected:
-                self._post(self._beat_envelope())
-        except Exception:
-            self.log.failure("heartbeat failed")
+    def _send(self, kind, to, **fields):
+        """Membership's messages: sent while connected, else not at all."""
+        if self.transport.connected:
+            self._post(self._envelope(kind, **fields), to)
 
     def announce_soon(self, *_event):
         """
-        Send a heartbeat on the next turn (many changes, one beat).
+        Announce this branch's record on the next turn, if it changed
+        (many changes, one beat).
 
         A listener of the store's changes: the event's arguments, if any,
         do not matter (the beat describes the state as it is then).
@@ -192,17 +190,17 @@ class Bus(service.Service):
             self._announce_call = self.clock.callLater(0, self.announce)
 
     def announce(self):
-        """Send a heartbeat now (after a change others should see at once)."""
+        """Broadcast this branch's record now if it changed (others see it at once)."""
         if self.running and self.transport.connected:
             try:
-                self._post(self._beat_envelope())
+                self.membership.announce()
             except Exception:
-                self.log.failure("heartbeat failed")
+                self.log.failure("announcing this branch failed")
 
     def _connection_changed(self, connected):
         if connected and self.running:
             self.log.info("bus connected: saying hello as {branch}", branch=self.branch_id)
-            self._post(self._beat_envelope(hello=True))
+            self.membership.hello()
 
     def peer(self, branch_id):
         """What the beats of C{branch_id} said, or None if never heard of."""
@@ -278,17 +276,32 @@ class Bus(service.Service):
         messages.envelope(envelope)
         kind = envelope["type"]
         if kind == "beat":
-            beat = messages.beat(envelope)
-            self.presence.seen(sender, beat)
-            if beat["hello"]:
-                # A branch (re)joined: answer with our beat, to it alone.
-                self._post(self._beat_envelope(), to=sender)
+            self._beat(sender, messages.beat(envelope))
+        elif kind in _PROBES:
+            getattr(self.membership, _PROBES[kind])(sender, messages.probe(envelope))
+        elif kind in ("gossip", "members"):
+            said = messages.members(envelope)
+            # Broadcast, or a table: every branch has it, or it is old news.
+            for record in said["gossip"] + said["members"]:
+                self.membership.learn(record, sender, spread=False)
+            if said["want"]:
+                self._send("members", sender, members=self.membership.table())
         elif kind == "bye":
             self.presence.left(sender)
         elif kind == "request":
             self._handle(envelope)
         elif kind == "reply":
             self._collect(envelope)
+
+    def _beat(self, sender, beat):
+        """A branch's own record, broadcast: on a change of it, or hello."""
+        record = {k: beat[k] for k in CONTENTS}
+        record.update(id=sender, inc=beat["inc"], status=ALIVE, digest=beat["digest"])
+        if not self.membership.learn(record, sender, spread=False):
+            self.presence.heard(sender, beat["digest"])
+        if beat["hello"] and self.membership.answers_hello(sender):
+            # A branch (re)joined: a few answer with the whole table, to it alone.
+            self._send("members", sender, members=self.membership.table())
 
     def _other_protocol(self, envelope, sender, version):
         """An envelope of another protocol version: said, never acted on."""
@@ -385,6 +398,27 @@ class Bus(service.Service):
         except CymeError as e:
             errors[self.branch_id] = e
         return results, errors, missing
+
+    async def ask(self, branch_ids, method, args, timeout):
+        """
+        Ask the branches C{branch_ids} (one message each); returns
+        C{(results, errors, missing)} as L{broadcast} does.
+        """
+        others = sorted(set(branch_ids) - {self.branch_id})
+        if not others:
+            return {}, {}, []
+        if not self.transport.connected:
+            return {}, {}, others
+        ticket, gathered = self._gatherings.start(others, timeout)
+        envelope = self._envelope("request", ticket=ticket, method=method, args=args)
+        try:
+            for branch_id in others:
+                self._post(envelope, branch_id)
+        except Exception:
+            self._gatherings.forget(ticket)
+            raise
+        gathered = await gathered
+        return dict(gathered.replies), dict(gathered.errors), gathered.missing
 
     async def call(self, branch_id, method, args, timeout):
         """Ask one branch; its result, or its error raised here."""

@@ -6,6 +6,7 @@ L{cyme.cluster.bus.IBusTransport} as the AMQP one does, and the
 L{MemoryBusNetwork} it sits on can cut a branch off and heal it.
 """
 
+import collections
 import json
 
 from twisted.internet import defer
@@ -21,15 +22,24 @@ class MemoryBusNetwork:
     Delivery goes through the clock (C{callLater(0)}), as the network
     would, never re-entrantly; C{partition(id)} cuts a branch off.
     C{sent} records C{(sender, type, method)} of every open envelope sent
-    (C{(sender, "sealed", None)} for a sealed one), C{bodies} the bytes.
+    (C{(sender, "sealed", None)} for a sealed one), C{bodies} the bytes
+    (unless C{record} is false: a simulation of hundreds of branches
+    keeps no such list); C{received} counts the messages each branch
+    received.  C{faults} (a L{cyme.cluster.faults.Faults}), if given, delays
+    or loses messages between two branches.
     """
 
-    def __init__(self, clock):
+    def __init__(self, clock, *, faults=None, record=True):
         self.clock = clock
+        self.faults = faults
+        self.record = record
         self.transports = {}
         self.cut = set()
         self.sent = []
         self.bodies = []
+        self.received = collections.Counter()
+        #: Called C{(target, body)} with every message received, if set.
+        self.observer = None
 
     def transport(self, branch_id):
         """A new transport for branch C{branch_id} on this network."""
@@ -47,16 +57,20 @@ class MemoryBusNetwork:
         """Carry C{body} (an envelope's bytes) from C{sender} to the branches C{targets}."""
         if not isinstance(body, bytes):
             raise TypeError("the bus carries bytes")
-        self.sent.append((sender, *_kind(body)))
-        self.bodies.append(body)
+        if self.record:
+            self.sent.append((sender, *_kind(body)))
+            self.bodies.append(body)
         if sender in self.cut:
             return
         for target in targets:
             if target in self.cut:
                 continue
             t = self.transports.get(target)
-            if t is not None and t.running:
-                self.clock.callLater(0, t.receive, body)
+            if t is None or not t.running:
+                continue
+            delay = 0 if self.faults is None else self.faults.route(sender, target)
+            if delay is not None:
+                self.clock.callLater(delay, t.receive, body)
 
 
 def _kind(body):
@@ -90,6 +104,9 @@ class MemoryBusTransport:
     def receive(self, body):
         """An envelope's bytes arrived."""
         if self.running:
+            self.network.received[self.branch_id] += 1
+            if self.network.observer is not None:
+                self.network.observer(self.branch_id, body)
             self._deliver(body)
 
     def broadcast(self, body):

@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 from cyme.errors import BadRequest
 from cyme.state.models import check_name
 
-TYPES = ("beat", "request", "reply", "bye")
+TYPES = ("beat", "request", "reply", "bye", "ping", "ack", "ping-req", "gossip", "members")
+
+#: What a record may say of a branch (L{cyme.cluster.presence.STATUSES}).
+STATUSES = ("alive", "suspect", "dead", "left")
+#: At most this many records in one message (a cluster's whole table included).
+MAX_RECORDS = 10000
 
 
 class BadMessage(BadRequest):
@@ -102,6 +107,8 @@ def fields(data, spec, what="arguments"):
 
 def http_url(value, field="url"):
     """C{value} if an C{http} or C{https} URL with a host."""
+    if isinstance(value, str) and value in _GOOD_URLS:
+        return value
     text(value, field, 2048)
     try:
         parts = urlsplit(value)
@@ -111,7 +118,13 @@ def http_url(value, field="url"):
         good = False
     if not good:
         raise BadMessage(field, f"{field} must be an http or https URL")
+    if len(_GOOD_URLS) < 10000:
+        # Every record of a branch says its URL: checked once.
+        _GOOD_URLS.add(value)
     return value
+
+
+_GOOD_URLS = set()
 
 
 def envelope(data):
@@ -171,9 +184,62 @@ BEAT = {
     "version": optional(lambda v, f: text(v, f, 64)),
     "started": optional(number),
     "hello": optional(flag, False),
+    "inc": optional(integer, 0),
 }
 
 
 def beat(data):
     """What a heartbeat says, each field checked; L{BadMessage} if one is wrong."""
     return fields(data, BEAT, "heartbeat")
+
+
+def _status(value, field):
+    if value not in STATUSES:
+        raise BadMessage(field, f"{field} must be one of {', '.join(STATUSES)}")
+    return value
+
+
+RECORD = {
+    **{k: v for k, v in BEAT.items() if k not in ("hello", "digest")},
+    "id": name,
+    "status": _status,
+    "inc": integer,
+}
+
+
+def record(data, field="record"):
+    """A record of a branch (what membership passes on), each field checked."""
+    return fields(data, RECORD, field)
+
+
+def records(value, field="gossip"):
+    """A list of records, each checked (L{record})."""
+    listed = array(value, field)
+    if len(listed) > MAX_RECORDS:
+        raise BadMessage(field, f"{field} holds at most {MAX_RECORDS} records")
+    return [record(r) for r in listed]
+
+
+#: A probe (C{ping}), its answer (C{ack}), a probe asked of another
+#: (C{ping-req}), records broadcast (C{gossip}) or a whole table (C{members}).
+PROBE = {
+    "seq": integer,
+    "target": optional(name),
+    "digest": optional(lambda v, f: text(v, f, 64)),
+    "you": optional(record),
+    "gossip": optional(records, []),
+}
+MEMBERS = {
+    "members": optional(records, []),
+    "want": optional(flag, False),
+}
+
+
+def probe(data):
+    """The fields of a C{ping}, C{ack} or C{ping-req}, checked."""
+    return fields(data, PROBE, data.get("type", "probe"))
+
+
+def members(data):
+    """The fields of a C{gossip} or C{members} message, checked."""
+    return fields(data, {**MEMBERS, "gossip": optional(records, [])}, data.get("type"))

@@ -1,23 +1,32 @@
-"""Presence: which branches are there, from their heartbeats.
+"""Presence: which branches are there, and what each said of itself.
 
-Every branch broadcasts a heartbeat every few seconds (L{BeatContents}
-says what goes in it: URL, instances, load, limits, replica digest); a branch not
-heard from for a few beats is offline, one that says goodbye has left.
-L{Presence} keeps what the beats said of every other branch and tells its
-subscribers whenever one of them changed.
+Every branch describes itself in a record (L{BeatContents}: URL,
+instances, load, limits) under an incarnation number it alone raises
+(when its record changes, or to refute a suspicion of its death).  What
+others say of it travels as records too: C{alive}, C{suspect}, C{dead}
+or C{left}, each at an incarnation.  L{Presence} keeps the newest record
+of every other branch by the rules of SWIM (a newer incarnation wins; at
+the same one, suspect beats alive and dead beats both; the failure
+detector is L{cyme.cluster.membership}) and tells its subscribers
+whenever a peer changed.
 """
 
 import os
 
 import attrs
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from cyme import __version__, logs
 from cyme.listeners import Listeners
 
 #: The bus protocol of this cyme: what every envelope it sends says.  Two
 #: branches of different protocols know of each other and do nothing else.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
+
+ALIVE, SUSPECT, DEAD, LEFT = "alive", "suspect", "dead", "left"
+STATUSES = (ALIVE, SUSPECT, DEAD, LEFT)
+#: What a record of a branch that is alive says of it (its beat's contents).
+CONTENTS = ("url", "instances", "load", "limits", "version", "started")
 
 
 def load_figures(instances):
@@ -82,7 +91,7 @@ class BeatContents:
 
 @attrs.define
 class Peer:
-    """What this branch knows of another one, from its heartbeats."""
+    """What this branch knows of another one, from its records."""
 
     id: str
     url: str | None = None
@@ -90,14 +99,23 @@ class Peer:
     load: dict = attrs.field(factory=dict)
     version: str | None = None
     started: float | None = None
+    #: When this branch last heard from it directly (or of a change of it).
     last_seen: float = 0.0
     digest: str | None = None
-    online: bool = True
-    #: Its C{max_instances} and C{max_concurrency}, as its beats said.
+    #: C{alive}, C{suspect} (online still, a probe of it failed), C{dead} or C{left}.
+    status: str = ALIVE
+    incarnation: int = 0
+    #: Since when it has its status.
+    since: float = 0.0
+    #: Its C{max_instances} and C{max_concurrency}, as its records said.
     limits: dict = attrs.field(factory=dict)
     #: The bus protocol its envelopes say: another than this branch's
     #: makes it a stranger to the cluster (never live, never called).
     protocol: int = PROTOCOL_VERSION
+
+    @property
+    def online(self):
+        return self.status in (ALIVE, SUSPECT)
 
     @property
     def compatible(self):
@@ -106,6 +124,14 @@ class Peer:
     def room(self, max_concurrency=1):
         """The limit that keeps it from taking another instance, or None."""
         return full(self.limits, len(self.instances), max_concurrency)
+
+    def record(self):
+        """What this branch passes on of it (L{cyme.cluster.messages.record})."""
+        said = {"id": self.id, "inc": self.incarnation, "status": self.status}
+        if self.status == ALIVE:
+            said.update(url=self.url, instances=self.instances, load=self.load,
+                        limits=self.limits, version=self.version, started=self.started)
+        return said
 
     def to_json(self, now):
         return {
@@ -118,32 +144,55 @@ class Peer:
             "uptime": None if self.started is None else max(0.0, now - self.started),
             "last_heartbeat": self.last_seen,
             "online": self.online,
+            "status": self.status,
             "protocol": self.protocol,
         }
+
+
+def supersedes(status, inc, peer, now, grace):
+    """
+    Whether a record saying C{status} at incarnation C{inc} replaces what
+    C{peer} holds (SWIM's order, and a death older than C{grace} seconds
+    that an alive record of the same incarnation may undo: the record
+    comes from a side of a partition that healed).
+    """
+    if status == ALIVE:
+        return inc > peer.incarnation or (
+            inc == peer.incarnation and peer.status == DEAD and now - peer.since >= grace)
+    if status == SUSPECT:
+        return inc > peer.incarnation or (inc == peer.incarnation and peer.status == ALIVE)
+    if peer.status in (DEAD, LEFT):
+        return inc > peer.incarnation or (status == LEFT and peer.status == DEAD
+                                         and inc == peer.incarnation)
+    return inc >= peer.incarnation
 
 
 class Presence:
     """
     The other branches by id, online or not.
 
-    A peer is offline once C{expiry} seconds passed without a beat from it
-    (checked on every look at the live ones, and by the bus at each beat).
-    A branch whose beats say another bus protocol is kept apart: known by
-    its id and version (L{others}), never among the live or known peers.
+    C{grace}: how old a death must be before an alive record of the same
+    incarnation undoes it (L{supersedes}).  A branch whose envelopes say
+    another bus protocol is kept apart: known by its id and version
+    (L{others}), never among the live or known peers, and forgotten as
+    such once silent for C{expiry} seconds.
     """
 
     log = Logger(observer=logs.observer)
 
-    def __init__(self, clock, expiry):
+    def __init__(self, clock, grace=20.0, expiry=30.0):
         self.clock = clock
+        self.grace = grace
         self.expiry = expiry
         self._peers = {}
+        self._online = {}  # the online peers by id (in the order they came online)
+        self._dead = {}  # the peers found dead (not those that left), by id
         self._others = {}
         self._versions_said = set()
         self._listeners = Listeners("peer")
 
     def subscribe(self, listener):
-        """Call C{listener(peer)} whenever a peer was seen, expired or left."""
+        """Call C{listener(peer)} whenever a peer was seen, changed, went offline or left."""
         self._listeners.add(listener)
 
     def get(self, branch_id):
@@ -158,13 +207,32 @@ class Presence:
         return list(self._peers.values())
 
     def live(self):
-        """The peers heard from recently."""
-        self.expire()
-        return [p for p in self._peers.values() if p.online]
+        """The peers alive or suspected (not yet found dead)."""
+        return list(self._online.values())
+
+    def dead(self):
+        """The ids of the peers found dead (not those that left)."""
+        return list(self._dead)
+
+    def count(self):
+        """How many peers are alive or suspected."""
+        return len(self._online)
+
+    def _set(self, peer, status, now):
+        """C{peer} has C{status} from C{now} on."""
+        peer.status, peer.since = status, now
+        if peer.online:
+            self._online[peer.id] = peer
+        else:
+            self._online.pop(peer.id, None)
+        if status == DEAD:
+            self._dead[peer.id] = peer
+        else:
+            self._dead.pop(peer.id, None)
 
     def others(self):
         """The branches heard of that speak another bus protocol."""
-        self.expire()
+        self._expire_others()
         return list(self._others.values())
 
     def by_state(self):
@@ -172,7 +240,7 @@ class Presence:
         How many other branches are C{online}, C{offline}, or
         C{incompatible}: online but speaking another bus protocol.
         """
-        self.expire()
+        self._expire_others()
         states = {p.id: "online" if p.online else "offline" for p in self._peers.values()}
         for peer in self._others.values():
             if peer.online:
@@ -184,30 +252,75 @@ class Presence:
             counts[state] += 1
         return counts
 
-    def seen(self, sender, beat):
-        """A heartbeat arrived from C{sender}: C{beat}, its checked fields."""
+    def apply(self, record, direct=False):
+        """
+        A record (checked: L{cyme.cluster.messages.record}) of another
+        branch, from itself if C{direct}: whether it changed what this
+        branch knows (and so is worth passing on).
+        """
+        now = self.clock.seconds()
+        sender, status, inc = record["id"], record["status"], record["inc"]
         self._others.pop(sender, None)
         peer = self._peers.get(sender)
-        was_online = peer is not None and peer.online
         if peer is None:
-            peer = self._peers[sender] = Peer(sender)
-        peer.url = beat["url"]
-        peer.instances = [list(i) for i in beat["instances"]]
-        peer.load = beat["load"]
-        peer.version = beat["version"]
-        peer.started = beat["started"]
-        peer.digest = beat["digest"]
-        peer.limits = beat["limits"]
-        peer.last_seen = self.clock.seconds()
-        peer.online = True
-        if not was_online:
-            self.log.info("branch {peer} is online ({url})", peer=sender, url=peer.url)
-        self._say_version(peer)
+            peer = self._peers[sender] = Peer(sender, status=None, incarnation=inc)
+            was = None
+        elif supersedes(status, inc, peer, now, self.grace):
+            was = peer.status
+        else:
+            return False
+        peer.incarnation = inc
+        if status == ALIVE:
+            for field in CONTENTS:
+                setattr(peer, field, record[field])
+            peer.instances = [list(i) for i in record["instances"]]
+            peer.last_seen = now
+        if was != status:
+            self._set(peer, status, now)
+            # Its digest, as it last said it, may be long gone: replication
+            # waits for the next message from it to compare.
+            peer.digest = None
+            self._said(peer, was)
+        if direct and "digest" in record:
+            # Said by itself, with its replica digest: as good as heard.
+            peer.last_seen, peer.digest = now, record["digest"]
+        if direct or status == ALIVE:
+            self._say_version(peer)
         self._listeners.notify(peer)
+        return True
+
+    def heard(self, sender, digest):
+        """
+        A message came from C{sender} itself, its replica digest
+        C{digest}: it lives (whatever was said of it meanwhile: the
+        record that says so follows), and the replicas may differ.
+        """
+        peer = self._peers.get(sender)
+        if peer is None:
+            return None
+        peer.last_seen = self.clock.seconds()
+        peer.digest = digest
+        if peer.status == DEAD:
+            self._set(peer, ALIVE, peer.last_seen)
+            self._said(peer, DEAD)
+        self._listeners.notify(peer)
+        return peer
+
+    def _said(self, peer, was):
+        if peer.status != DEAD and not logs.enabled(LogLevel.info):
+            return  # a line per branch of hundreds, for nothing
+        if peer.status == ALIVE and was != SUSPECT:
+            self.log.info("branch {peer} is online ({url})", peer=peer.id, url=peer.url)
+        elif peer.status == SUSPECT:
+            self.log.info("branch {peer} is suspected: a probe of it failed", peer=peer.id)
+        elif peer.status == DEAD and was is not None:
+            self.log.warn("branch {peer} is offline (probes of it failed)", peer=peer.id)
+        elif peer.status == LEFT and was is not None:
+            self.log.info("branch {peer} left", peer=peer.id)
 
     def other(self, sender, protocol, version):
         """
-        A heartbeat of bus protocol C{protocol} (another than this
+        A message of bus protocol C{protocol} (another than this
         branch's) came from C{sender}, running cyme C{version}.
         """
         # Upgraded (or downgraded) in place: gone from the cluster, and
@@ -218,13 +331,14 @@ class Presence:
             peer = self._others[sender] = Peer(sender, protocol=protocol)
         peer.protocol, peer.version = protocol, version
         peer.last_seen = self.clock.seconds()
-        peer.online = True
+        peer.status = ALIVE
         self._say_version(peer)
 
     def _say_version(self, peer):
         """Log once that C{peer} runs another cyme than this one."""
         said = (peer.id, peer.version, peer.protocol)
-        if (peer.version == __version__ and peer.compatible) or said in self._versions_said:
+        ours = peer.version in (None, __version__) and peer.compatible
+        if ours or said in self._versions_said:
             return
         self._versions_said.add(said)
         if peer.compatible:
@@ -244,21 +358,12 @@ class Presence:
         """C{sender} said goodbye."""
         peer = self._peers.get(sender)
         if peer is not None and peer.online:
-            peer.online = False
-            self.log.info("branch {peer} left", peer=sender)
+            self._set(peer, LEFT, self.clock.seconds())
+            self._said(peer, ALIVE)
             self._listeners.notify(peer)
 
-    def expire(self):
-        """Mark offline the peers silent for longer than the expiry."""
+    def _expire_others(self):
         now = self.clock.seconds()
-        for peer in self._peers.values():
-            if peer.online and now - peer.last_seen > self.expiry:
-                peer.online = False
-                self.log.warn(
-                    "branch {peer} is offline (no heartbeat for {seconds:.1f} s)",
-                    peer=peer.id, seconds=now - peer.last_seen,
-                )
-                self._listeners.notify(peer)
         for peer in self._others.values():
             if peer.online and now - peer.last_seen > self.expiry:
-                peer.online = False
+                peer.status = DEAD

@@ -7,19 +7,13 @@ branch before it is answered.
 An instance belongs to exactly one branch.  A new one goes where
 L{cyme.cluster.placement} says (the least loaded live branch, or
 C{?branch=<id>}); every operation on it by name runs on its owner, found
-from the heartbeats and confirmed by the owner (or by asking everyone).
-Whether a name is new is decided by one branch, the same for every branch
-that asks (its coordinator), one request at a time: a name sent to several
-branches at once still makes one instance.  Listings ask every live branch
-and add what offline branches last announced; a branch that did not answer
-is named in the answer.
+from the branches' records and confirmed by the owner (or by asking
+everyone).  Whether a name is new is decided by one branch, the same for
+every branch that asks (its coordinator), one request at a time.  Listings
+read every branch's record, offline ones' included (no message); with
+C{fresh}, they ask each owner and name one that did not answer.
 
-Wiring (once, where the branch is built)::
-
-    bus.register(replication.handlers())
-    bus.register(cluster.handlers())
-    bus.subscribe(replication.peer_seen)
-    store.subscribe(bus.announce_soon)
+The parts are wired once, in L{build_cluster} (makeService and the tests).
 """
 
 import contextlib
@@ -96,7 +90,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         }
 
     # The branch and the cluster
-
     @property
     def branch_id(self):
         return self.bus.branch_id
@@ -144,7 +137,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return peer.to_json(self.bus.clock.seconds())
 
     # Apps and queues: read here, written everywhere
-
     async def list_apps(self):
         return await self.local.list_apps()
 
@@ -189,20 +181,30 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return await self._replicated(wait, queue_key(app, name))
 
     # Instances: listed everywhere
-
     def _list_local(self, args, sender):
         app = calls.checked(args, calls.INSTANCES_LIST)["app"]
         return [i.name for i in self.store.instances() if app is None or i.app == app]
 
-    async def list_instances(self, app):
+    async def list_instances(self, app, fresh=False):
+        """
+        The names of C{app}'s instances, and the branches whose part may be
+        stale: from every branch's record (no message; suspects named), or
+        with C{fresh} asked of each live owner (one request each).
+        """
         await self.local.get_app(app)
-        return await self._listings.request(app)
+        if fresh:
+            return await self._listings.request(app)
+        names = {i.name for i in self.store.instances(app)}
+        names.update(n for p in self.bus.known_peers() for a, n in p.instances if a == app)
+        suspected = [p.id for p in self.bus.live_peers() if p.status != "alive"]
+        return sorted(names), sorted(suspected)
 
     async def _list_everywhere(self, app):
-        results, errors, missing = await self.bus.broadcast(
-            "instances.list", {"app": app}, self.call_timeout
-        )
-        names = set()
+        owners = [p.id for p in self.bus.live_peers()
+                  if any(a == app for a, _ in p.instances)]
+        results, errors, missing = await self.bus.ask(owners, "instances.list", {"app": app},
+                                                      self.call_timeout)
+        names = {i.name for i in self.store.instances(app)}
         for listed in results.values():
             names.update(calls.names(listed))
         # Offline branches' instances are not lost: list what they last said.
@@ -212,7 +214,6 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
         return sorted(names), sorted(set(missing) | set(errors))
 
     # Instances: found on their owner
-
     def _lookup_local(self, args, sender):
         try:
             instance = self.store.get_instance(calls.checked(args, calls.INSTANCE_LOOKUP)["name"])
@@ -227,12 +228,20 @@ class ClusterOperations(ClusterTasks, ClusterTokens, RestartOperations):
             return self.bus.branch_id, None
         except NotFound:
             pass
-        for peer in self.bus.known_peers():
-            if not peer.online and any(n == name for _, n in peer.instances):
+        said = [p for p in self.bus.known_peers() if any(n == name for _, n in p.instances)]
+        for peer in sorted(said, key=lambda p: p.online):
+            if not peer.online:
                 return peer.id, peer
+            # Its record says it owns it: confirmed by it alone, not by all.
+            results, errors, missing = await self.bus.ask(
+                [peer.id], "instance.lookup", {"name": name}, self.call_timeout)
+            if results.get(peer.id) is not None:
+                return peer.id, peer
+            if missing:
+                raise GatewayTimeout(f"instance {name} is on branch {peer.id}, which did not "
+                                     "answer", name=name, missing=missing)
         results, errors, missing = await self.bus.broadcast(
-            "instance.lookup", {"name": name}, self.call_timeout
-        )
+            "instance.lookup", {"name": name}, self.call_timeout)
         for branch, found in results.items():
             if found is not None:
                 return branch, self.bus.peer(branch)
@@ -411,7 +420,8 @@ def build_cluster(local, transport, clock, *, ready_timeout, seal, waits=None,
     """
     store = local.store
     beat = BeatContents(store, local.url, limits=local.worker_policy.limits())
-    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, **bus_options)
+    bus = Bus(transport, local.branch_id, clock, beat, seal=seal, digest=store.digest,
+              **bus_options)
     replication = Replication(store, bus)
     # The cluster's events: this branch's log, and its peers' while watched.
     events = None if local.events is None else EventHub(local.events.log, clock, bus)

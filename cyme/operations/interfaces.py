@@ -111,8 +111,11 @@ class IOperations(Interface):
 
     # Instances
 
-    def list_instances(app):
-        """C{(names, missing)}."""
+    def list_instances(app, fresh=False):
+        """
+        C{(names, missing)}: with C{fresh}, asked of the branches that own
+        them rather than answered from what this branch knows.
+        """
 
     def app_of_instance(name):
         """The app of instance C{name} (instance names are unique)."""

@@ -230,7 +230,7 @@ class LocalOperations(LocalTasks, LocalTokens, RestartOperations):
 
     # Instances
 
-    async def list_instances(self, app):
+    async def list_instances(self, app, fresh=False):
         self._app(app)
         return [i.name for i in self.store.instances(app)], []
 

@@ -179,7 +179,9 @@ class RollingRestarts:
     # Planning
 
     async def _plan(self, ops, restart_id, app, parallel):
-        names, missing = await ops.list_instances(app)
+        # As they are now, asked of their branches: a branch that does not
+        # answer is named, its instances skipped.
+        names, missing = await ops.list_instances(app, fresh=True)
         found = await self._each(ops, app, names)
         steps, skipped = [], []
         for name in names:

@@ -185,6 +185,7 @@ class MemoryStore(_tokens.TokenRecords):
 
     def __init__(self, state=None):
         self._state = state if state is not None else _State()
+        self._digest = None  # (state, its digest), of the state last asked
         self._listeners = Listeners("store change")
 
     def subscribe(self, listener):
@@ -379,25 +380,26 @@ class MemoryStore(_tokens.TokenRecords):
         return removed
 
     def digest(self):
-        text = json.dumps(sorted((k, list(v)) for k, v in self._state.versions.items()))
-        return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
+        # Asked at every probe of the bus: computed once per state.
+        if self._digest is None or self._digest[0] is not self._state:
+            text = json.dumps(sorted((k, list(v)) for k, v in self._state.versions.items()))
+            self._digest = (self._state, hashlib.sha1(text.encode("utf-8")).hexdigest()[:16])
+        return self._digest[1]
 
 
 class JSONFileStore(MemoryStore):
     """
     The store kept in one JSON file, replaced atomically on every change.
 
-    The new content goes to a temporary file beside the old one, is fsynced,
-    renamed over it and the directory fsynced, so after a crash the file
-    holds either the old state or the new one, never a mix.
+    The new content goes to a temporary file beside the old one, fsynced, renamed
+    over it, the directory fsynced: after a crash, the old state or the new one.
     """
 
     def __init__(self, path):
         self.path = os.path.abspath(path)
-        #: The schema of a file written by an older cyme (migrated in
-        #: memory, rewritten at the first change, its old bytes kept:
-        #: L{keep_old_file}), and what the migration removed; None and []
-        #: for a file of this cyme.
+        #: The schema of a file written by an older cyme (migrated in memory,
+        #: rewritten at the first change, its old bytes kept: L{keep_old_file}),
+        #: and what the migration removed; None and [] for a file of this cyme.
         self.migrated_from = None
         self.migration_notes = []
         self._old_bytes = None

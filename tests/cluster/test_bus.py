@@ -10,14 +10,18 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.cluster.bus import Bus, RemoteError
 from cyme.cluster.memory import MemoryBusNetwork
+from cyme.cluster.presence import PROTOCOL_VERSION
 from cyme.cluster.seal import OpenSeal
 from cyme.errors import GatewayTimeout, NotFound
 from tests.cluster import KEY, new_key, seal
 
 
-def describe(branch_id):
+def describe(branch_id, instances=None):
+    instances = [] if instances is None else instances
+
     def contents():
-        return {"url": f"http://{branch_id}/", "instances": [], "load": {}, "digest": "d"}
+        return {"url": f"http://{branch_id}/", "instances": list(instances), "load": {},
+                "digest": "d"}
     return contents
 
 
@@ -26,9 +30,11 @@ class BusTestCase(SynchronousTestCase):
         self.clock = Clock()
         self.network = MemoryBusNetwork(self.clock)
         self.buses = {}
+        self.instances = []  # b1's
         for branch_id in ("b1", "b2"):
             bus = Bus(self.network.transport(branch_id), branch_id, self.clock,
-                      describe(branch_id), seal=OpenSeal())
+                      describe(branch_id, self.instances if branch_id == "b1" else None),
+                      seal=OpenSeal())
             bus.register({
                 "echo": lambda args, sender, me=branch_id: {"me": me, "from": sender, **args},
                 "missing": self.not_found,
@@ -122,22 +128,32 @@ class PresenceEventTests(BusTestCase):
         bus.subscribe(lambda peer: seen.append((peer.id, peer.online)))
         self.clock.advance(2.0)
         self.settle()
-        self.assertEqual(seen, [("b2", True)])
+        # Online, then heard from again (its probes) and online still.
+        self.assertEqual(set(seen), {("b2", True)})
+        heard = len(seen)
         self.buses["b2"].stopService()
         self.settle()
         self.assertEqual(seen[-1], ("b2", False))
         self.assertEqual(bus.live_ids(), ["b1"])
         self.assertEqual(bus.peer("b2").url, "http://b2/")
-        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), heard + 1)
 
-    def test_many_changes_make_one_beat(self):
+    def test_many_changes_make_one_beat_and_no_change_none(self):
         self.network.sent.clear()
         bus = self.buses["b1"]
-        # Called as a store listener: whatever the event, one beat.
+        # Called as a store listener: whatever the event, nothing if what
+        # others know of this branch did not change...
+        bus.announce_soon()
+        bus.announce_soon("app.put")
+        self.settle()
+        self.assertEqual(self.network.sent, [])
+        # ... and one beat for many changes.
+        self.instances.append(["foo", "w1"])
         bus.announce_soon()
         bus.announce_soon("instance.put")
         self.settle()
         self.assertEqual(self.network.sent, [("b1", "beat", None)])
+        self.assertEqual(self.buses["b2"].peer("b1").instances, [["foo", "w1"]])
 
 
 class BadMessageTests(BusTestCase):
@@ -147,7 +163,8 @@ class BadMessageTests(BusTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
         # A reply whose ticket cannot be looked up, carrying an app's broker.
         self.network.deliver("b2", ["b1"], json.dumps({
-            "v": 2, "from": "b2", "type": "reply", "ticket": ["not", "hashable"],
+            "v": PROTOCOL_VERSION, "from": "b2", "type": "reply",
+            "ticket": ["not", "hashable"],
             "result": {"broker": "amqp://u:s3cret@mq:5672//"},
         }).encode())
         self.settle()
@@ -298,20 +315,20 @@ class SealedBusTests(SealedBusTestCase):
 
     def test_a_branch_of_another_protocol_is_said_and_left_alone(self):
         other = self.buses["b2"].seal.close({
-            "v": 3, "type": "beat", "from": "b9", "version": "9.0", "hello": True,
+            "v": 4, "type": "beat", "from": "b9", "version": "9.0", "hello": True,
             "url": "javascript:x", "instances": "anything"})
         self.network.bodies.clear()
         self.inject(other)
         self.inject(self.buses["b2"].seal.close({
-            "v": 3, "type": "request", "from": "b9", "ticket": "t", "method": "write"}))
+            "v": 4, "type": "request", "from": "b9", "ticket": "t", "method": "write"}))
         self.assertEqual(self.handled, [])
         figures = self.buses["b1"].figures()
         self.assertEqual(figures["other_versions"],
-                         [{"id": "b9", "version": "9.0", "protocol": 3, "online": True}])
+                         [{"id": "b9", "version": "9.0", "protocol": 4, "online": True}])
         self.assertEqual(self.buses["b1"].live_ids(), ["b1", "b2"])
         lines = [formatEvent(e) for e in self.events if e.get("peer") == "b9"]
         self.assertEqual(len(lines), 1)
-        self.assertIn("branch b9 speaks bus protocol 3 (cyme 9.0), this one 2", lines[0])
+        self.assertIn("branch b9 speaks bus protocol 4 (cyme 9.0), this one 3", lines[0])
         # No hello answered: the one body b1 sent is its error reply to the request.
         self.assertEqual(len(self.network.bodies), 1)
         reply = self.buses["b2"].seal.open(self.network.bodies[0])

@@ -93,11 +93,11 @@ class SealedBusTests(BusTestCase):
 
         before = {n.id: await self.dropped(n) for n in (a, b)}
         evil_app = {"name": "evil", "broker": {"hostname": "attacker"}}
-        merge = {"v": 2, "type": "request", "from": "a", "ticket": "t",
+        merge = {"v": 3, "type": "request", "from": "a", "ticket": "t",
                  "method": "replica.merge",
                  "args": {"replica": {"apps": {"evil": evil_app},
                                       "versions": {"app/evil": [2**52, "zz"]}}}}
-        put = {"v": 2, "type": "request", "from": "a", "ticket": "t2", "method": "instance.op",
+        put = {"v": 3, "type": "request", "from": "a", "ticket": "t2", "method": "instance.op",
                "args": {"op": "put_instance", "args": ["foo", "evil", {}]}}
         token = json.loads(seen[-1])["sealed"]
         tampered = token[:50] + ("A" if token[50] != "A" else "B") + token[51:]
@@ -105,11 +105,11 @@ class SealedBusTests(BusTestCase):
         attacks = [
             # Unsealed, as the bus was before: a merge, a create, a beat.
             json.dumps(merge).encode(), json.dumps(put).encode(),
-            json.dumps({"v": 2, "type": "beat", "from": "mallory", "url": "http://x/"}).encode(),
+            json.dumps({"v": 3, "type": "beat", "from": "mallory", "url": "http://x/"}).encode(),
             json.dumps({**merge, "v": 1}).encode(),
             # Sealed with another key (forged), and altered (tampered).
             stranger.close(merge), stranger.close(put),
-            json.dumps({"v": 2, "sealed": tampered}).encode(),
+            json.dumps({"v": 3, "sealed": tampered}).encode(),
             # Replayed: everything the branches said so far, the merge of foo included.
             *seen,
         ]
@@ -164,14 +164,17 @@ class DefaultKeyTests(BusTestCase):
 
         a = await self.spawn_branch("a", env=env("mine"))
         b = await self.spawn_branch("b", env=env("mine"))
-        c = await self.spawn_branch("c", env=env("theirs"))
-        for node in (a, b, c):
+        for node in (a, b):
             await self.wait_ping(node.process, node.port)
         for node in (a, b):
             await self.wait_branches(node, ["a", "b"])
+        # The stranger joins a cluster already up: a and b hear its hello
+        # (alone, it says nothing more: it has nobody to probe).
+        c = await self.spawn_branch("c", env=env("theirs"))
+        await self.wait_ping(c.process, c.port)
         await self.ok("PUT", a, "/foo/", expected=(201,), data={"password": PASSWORD})
         await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
-        # Three beats later, the stranger is still alone, and knows nothing.
+        # Seconds later, the stranger is still alone, and knows nothing.
         await sleep(6.5)
         self.assertEqual(await self.get(c, "/branches/"), (200, ["c"]))
         self.assertEqual(await self.get(c, "/"), (200, []))

@@ -10,7 +10,7 @@ GOOD_BEAT = {
     "instances": [["foo", "w1"]], "load": {"instances": 1, "loadavg": [0.5, 0.25, 0.0],
                                             "mem_available": 1024},
     "limits": {"max_instances": 10, "max_concurrency": 4}, "digest": "0123456789abcdef",
-    "version": "0.1.0", "started": 1700000000.5,
+    "version": "0.1.0", "started": 1700000000.5, "inc": 1700000000501,
 }
 
 
@@ -24,7 +24,7 @@ class BeatTests(SynchronousTestCase):
                               "new_field": [1]})
         self.assertEqual(beat, {"url": None, "instances": [], "load": {}, "limits": {},
                                 "digest": None, "version": None, "started": None,
-                                "hello": False})
+                                "hello": False, "inc": 0})
 
     def test_odd_types_are_refused_naming_the_field(self):
         cases = {
@@ -41,6 +41,7 @@ class BeatTests(SynchronousTestCase):
             "version": [5, ["0.1"], "x" * 65],
             "started": ["now", float("inf"), True],
             "hello": ["yes", 1],
+            "inc": [-1, 1.5, "1", True],
         }
         for field, values in cases.items():
             for value in values:

@@ -48,7 +48,8 @@ class TwoBranchesTestCase(SynchronousTestCase):
         self.store = MemoryStore()
         self.bus = Bus(network.transport("b1"), "b1", self.clock, self.own_beat,
                        seal=OpenSeal())
-        other = Bus(network.transport("b2"), "b2", self.clock, self.beat, seal=OpenSeal())
+        self.other = other = Bus(network.transport("b2"), "b2", self.clock, self.beat,
+                                 seal=OpenSeal())
         for bus in (self.bus, other):
             bus.startService()
             self.addCleanup(bus.stopService)
@@ -99,7 +100,9 @@ class LimitTests(TwoBranchesTestCase):
         self.store.put_instance(Instance("w1", "foo"))
         self.assertEqual(self.placement.target(), "b2")
         self.peer_instances.extend([["foo", "w2"], ["foo", "w3"]])
-        self.clock.advance(2.0)
+        # As b2's store would on its change: the others learn it at once.
+        self.other.announce_soon()
+        self.clock.advance(0)
         self.clock.advance(0)
         with self.assertRaises(Conflict) as caught:
             self.placement.target()

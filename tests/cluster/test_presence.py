@@ -1,9 +1,9 @@
-"""Presence: what a beat says, and peers seen, expired and gone."""
+"""Presence: what a beat says, and peers alive, suspected, dead, back and gone."""
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from cyme.cluster.messages import beat
+from cyme.cluster.messages import record
 from cyme.cluster.presence import PROTOCOL_VERSION, BeatContents, Presence
 from cyme.state.models import App, Instance
 from cyme.state.store import MemoryStore
@@ -23,29 +23,58 @@ class BeatContentsTests(SynchronousTestCase):
         })
 
 
+def said(branch_id, status="alive", inc=1, **fields):
+    """A record of C{branch_id}, checked as one from the bus."""
+    return record({"id": branch_id, "status": status, "inc": inc, **fields})
+
+
 class PresenceTests(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
-        self.presence = Presence(self.clock, expiry=6.0)
+        self.presence = Presence(self.clock, grace=10.0, expiry=6.0)
         self.events = []
         self.presence.subscribe(lambda peer: self.events.append((peer.id, peer.online)))
 
-    def test_seen_then_silent_then_back(self):
-        self.presence.seen("b2", beat({"url": "http://b2/", "instances": [["foo", "w1"]],
-                                       "digest": "d"}))
+    def test_alive_suspect_dead_and_back_by_incarnation(self):
+        self.assertTrue(self.presence.apply(said(
+            "b2", url="http://b2/", instances=[["foo", "w1"]])))
         peer = self.presence.get("b2")
-        self.assertEqual((peer.url, peer.instances, peer.digest),
-                         ("http://b2/", [["foo", "w1"]], "d"))
-        self.clock.advance(6.0)
+        self.assertEqual((peer.url, peer.instances, peer.status),
+                         ("http://b2/", [["foo", "w1"]], "alive"))
+        # Suspected: online still; an alive record of the same incarnation
+        # does not undo it, a newer one does.
+        self.assertTrue(self.presence.apply(said("b2", "suspect")))
         self.assertEqual(self.presence.live(), [peer])
-        self.clock.advance(0.5)
+        self.assertFalse(self.presence.apply(said("b2", "alive")))
+        self.assertTrue(self.presence.apply(said("b2", "dead")))
         self.assertEqual(self.presence.live(), [])
         self.assertEqual(self.presence.known(), [peer])
-        self.presence.seen("b2", beat({}))
-        self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])
+        # What it last said stays, to be listed offline.
+        self.assertEqual(peer.instances, [["foo", "w1"]])
+        self.assertFalse(self.presence.apply(said("b2", "suspect")))
+        self.assertTrue(self.presence.apply(said("b2", "alive", inc=2)))
+        self.assertEqual(self.presence.live(), [peer])
+        self.assertEqual(self.events, [("b2", True), ("b2", True), ("b2", False), ("b2", True)])
 
-    def test_limits_from_beats(self):
-        self.presence.seen("b2", beat({"limits": {"max_instances": 2, "max_concurrency": 4}}))
+    def test_an_old_death_gives_way_to_an_alive_record_of_its_incarnation(self):
+        self.presence.apply(said("b2"))
+        self.presence.apply(said("b2", "dead"))
+        self.clock.advance(9.0)
+        self.assertFalse(self.presence.apply(said("b2")))
+        self.clock.advance(1.0)
+        # Past the grace: the record comes from a side of a healed partition.
+        self.assertTrue(self.presence.apply(said("b2")))
+        self.assertTrue(self.presence.get("b2").online)
+
+    def test_a_message_from_a_dead_branch_itself_revives_it(self):
+        self.presence.apply(said("b2", digest=None))
+        self.assertIsNone(self.presence.heard("b9", "d9"))
+        self.presence.apply(said("b2", "dead"))
+        peer = self.presence.heard("b2", "d2")
+        self.assertEqual((peer.online, peer.digest), (True, "d2"))
+
+    def test_limits_from_records(self):
+        self.presence.apply(said("b2", limits={"max_instances": 2, "max_concurrency": 4}))
         peer = self.presence.get("b2")
         self.assertEqual(peer.limits, {"max_instances": 2, "max_concurrency": 4})
         self.assertIsNone(peer.room())
@@ -53,17 +82,18 @@ class PresenceTests(SynchronousTestCase):
         peer.instances = [["a", "w1"], ["a", "w2"]]
         self.assertEqual(peer.room(), "max_instances")
         # A limit this cyme does not know is not kept.
-        self.presence.seen("b2", beat({"limits": {"max_queues": 3}}))
+        self.presence.apply(said("b2", inc=2, limits={"max_queues": 3}))
         self.assertEqual(self.presence.get("b2").limits, {})
         self.assertIsNone(self.presence.get("b2").room(1000))
 
     def test_goodbye(self):
         self.presence.left("b9")
-        self.presence.seen("b2", beat({}))
+        self.presence.apply(said("b2"))
         self.presence.left("b2")
         self.presence.left("b2")
         self.assertEqual(self.events, [("b2", True), ("b2", False)])
         self.assertIsNone(self.presence.get("b9"))
+        self.assertEqual(self.presence.get("b2").status, "left")
 
     def test_a_branch_of_another_protocol_is_known_apart(self):
         """
@@ -83,14 +113,15 @@ class PresenceTests(SynchronousTestCase):
         self.assertEqual(self.events, [])
 
     def test_a_peer_upgraded_in_place_leaves_the_cluster_and_may_come_back(self):
-        self.presence.seen("b2", beat({"instances": [["foo", "w1"]]}))
+        self.presence.apply(said("b2", instances=[["foo", "w1"]]))
         self.presence.other("b2", PROTOCOL_VERSION + 1, "9.0")
         self.assertEqual(self.presence.live(), [])
         # What it last announced stays listed, offline.
         self.assertEqual([(p.id, p.online, p.instances) for p in self.presence.known()],
                          [("b2", False, [["foo", "w1"]])])
         self.assertEqual(self.presence.get("b2").protocol, PROTOCOL_VERSION + 1)
-        self.presence.seen("b2", beat({}))
+        # Back on this protocol: restarted, so a newer incarnation.
+        self.presence.apply(said("b2", inc=5))
         self.assertEqual([p.id for p in self.presence.live()], ["b2"])
         self.assertEqual(self.presence.others(), [])
         self.assertEqual(self.events, [("b2", True), ("b2", False), ("b2", True)])
@@ -98,14 +129,15 @@ class PresenceTests(SynchronousTestCase):
     def test_peers_by_state(self):
         none = {"online": 0, "offline": 0, "incompatible": 0}
         self.assertEqual(self.presence.by_state(), none)
-        self.presence.seen("b2", beat({}))
-        self.presence.seen("b3", beat({}))
-        self.presence.seen("b4", beat({}))
+        for branch in ("b2", "b3", "b4", "b6"):
+            self.presence.apply(said(branch))
         self.presence.left("b3")
+        self.presence.apply(said("b6", "suspect"))
         # Upgraded in place: one branch, counted once.
         self.presence.other("b4", PROTOCOL_VERSION + 1, "9.0")
         self.presence.other("b5", PROTOCOL_VERSION + 1, "9.0")
         self.assertEqual(self.presence.by_state(),
-                         {"online": 1, "offline": 1, "incompatible": 2})
-        self.clock.advance(6.5)  # every one silent past the expiry
-        self.assertEqual(self.presence.by_state(), {**none, "offline": 4})
+                         {"online": 2, "offline": 1, "incompatible": 2})
+        self.clock.advance(6.5)  # the strangers silent past the expiry
+        self.assertEqual(self.presence.by_state(), {"online": 2, "offline": 3,
+                                                    "incompatible": 0})

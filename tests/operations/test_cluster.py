@@ -3,6 +3,8 @@ apps and queues, placement and routing of instances, partial answers,
 offline branches, and catching up after a partition.
 """
 
+import json
+import random
 import traceback
 
 from twisted.internet.task import Clock
@@ -38,8 +40,10 @@ class Branch:
         # As makeService wires a branch.
         self.cluster, self.bus = build_cluster(
             self.local, network.transport(branch_id), clock,
-            ready_timeout=self.local.ready_timeout, beat_interval=2.0, waits=waits,
+            ready_timeout=self.local.ready_timeout, waits=waits,
             seal=seal or OpenSeal(),
+            # Which peer each probes first, and after: the same at every run.
+            rng=random.Random(branch_id),
         )
         self.client = APIClient(BranchAPI(self.cluster, waits=waits, clock=Clock()).resource())
 
@@ -271,15 +275,51 @@ class InstanceTests(ClusterTestCase):
         self.assertEqual(self.owners(), {"w1": "b3"})
         self.assertEqual(self.request("b2", "GET", "/foo/instances/w1/").json["branch"], "b3")
 
+    def test_an_instance_is_found_from_its_owners_record_with_one_request(self):
+        self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
+        received = []
+        self.network.observer = lambda target, body: received.append(
+            (target, json.loads(body).get("method")))
+        self.addCleanup(setattr, self.network, "observer", None)
+        self.assertEqual(self.request("b2", "GET", "/foo/instances/w1/").json["branch"], "b3")
+        # Asked of b3 alone (its record names w1), not of every branch.
+        lookups = [target for target, method in received if method == "instance.lookup"]
+        self.assertEqual(lookups, ["b3"])
+
     def test_unknown_branch_is_404(self):
         self.assertEqual(self.request("b1", "PUT", "/foo/instances/w1/?branch=nope").code, 404)
 
     def test_listing_covers_every_branch_once(self):
         for branch in IDS:
             self.request("b1", "PUT", f"/foo/instances/w-{branch}/?branch={branch}")
+        self.network.sent.clear()
         for branch in IDS:
             response = self.request(branch, "GET", "/foo/instances/")
             self.assertEqual(response.json, ["w-b1", "w-b2", "w-b3"])
+            self.assertIsNone(response.header("Cyme-Missing-Branches"))
+            response = self.request(branch, "GET", "/foo/instances/?fresh=1")
+            self.assertEqual(response.json, ["w-b1", "w-b2", "w-b3"])
+        # From what every branch holds: no message but the fresh ones'
+        # requests and replies, one each per other owner.
+        kinds = [m[1] for m in self.network.sent if m[1] in ("request", "reply")]
+        self.assertEqual(kinds.count("request"), 6)
+        self.assertEqual(kinds.count("reply"), 6)
+
+    def test_a_suspected_branch_is_named_in_a_listing_from_what_is_held(self):
+        self.request("b1", "PUT", "/foo/instances/w2/?branch=b2")
+        self.network.partition("b2")
+        seen = []
+        for _ in range(16):
+            self.wait(0.5)
+            response = self.request("b1", "GET", "/foo/instances/")
+            seen.append(response.header("Cyme-Missing-Branches"))
+            self.assertEqual(response.json, ["w2"])
+        # Suspected (its part may be stale: named), then offline (its part
+        # is what it last said: listed, and shown offline).
+        self.assertIn("b2", seen)
+        self.assertEqual(seen[-1], None)
+        self.assertEqual(self.request("b1", "GET", "/foo/instances/w2/").json["state"],
+                         "offline")
 
     def test_operations_through_a_branch_that_does_not_own_the_instance(self):
         self.request("b1", "PUT", "/foo/instances/w1/?branch=b3")
@@ -333,12 +373,16 @@ class InstanceTests(ClusterTestCase):
         for branch in IDS:
             self.request("b1", "PUT", f"/foo/instances/w-{branch}/?branch={branch}")
         self.network.partition("b2")
-        d = self.branches["b1"].client.request("GET", "/foo/instances/")
+        self.network.sent.clear()
+        # Live figures asked of each owner: the silent one is named.
+        d = self.branches["b1"].client.request("GET", "/foo/instances/?fresh=1")
         self.settle()
         self.wait(5.5)
         response = self.successResultOf(d)
         self.assertEqual(response.header("Cyme-Missing-Branches"), "b2")
         self.assertEqual(response.json, ["w-b1", "w-b2", "w-b3"])
+        asked = [m for m in self.network.sent if m[1:] == ("request", "instances.list")]
+        self.assertEqual(len(asked), 2)  # one per other owner
         self.wait(4)
         # b2 is offline now: its instances are listed, not lost.
         response = self.request("b1", "GET", "/foo/instances/")

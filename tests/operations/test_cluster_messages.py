@@ -66,8 +66,8 @@ class HeartbeatTests(MessagesTestCase):
             {"version": {"major": 1}},
         ]
         for fields in beats:
-            self.inject({"v": 2, "type": "beat", "from": "b9", **fields})
-            self.inject({"v": 2, "type": "beat", "from": "b2", **fields})
+            self.inject({"v": 3, "type": "beat", "from": "b9", **fields})
+            self.inject({"v": 3, "type": "beat", "from": "b2", **fields})
         self.assertEqual(self.request("b1", "GET", "/branches/b9/").code, 404)
         shown = self.request("b1", "GET", "/branches/b2/").json
         self.assertEqual(shown["url"], "http://b2:8000/")
@@ -78,10 +78,10 @@ class HeartbeatTests(MessagesTestCase):
     def test_a_listing_with_an_odd_peer_never_fails(self):
         # Once a 500 until a restart: a name of another type among the
         # names an offline branch last announced.
-        self.inject({"v": 2, "type": "beat", "from": "b9", "instances": [["foo", "w9"]]})
+        self.inject({"v": 3, "type": "beat", "from": "b9", "instances": [["foo", "w9"]]})
         self.wait(8)  # b9 goes offline: its instances are listed from its last beat
         self.assertEqual(self.request("b1", "GET", "/foo/instances/").json, ["w9"])
-        self.inject({"v": 2, "type": "beat", "from": "b9", "instances": [["foo", 7]]})
+        self.inject({"v": 3, "type": "beat", "from": "b9", "instances": [["foo", 7]]})
         self.assertEqual(self.request("b1", "GET", "/foo/instances/").json, ["w9"])
         self.assertEqual(self.request("b1", "GET", "/branches/b9/").json["instances"], ["w9"])
         self.still_fine()
@@ -191,19 +191,23 @@ class PullTests(MessagesTestCase):
 
 class ReplyTests(MessagesTestCase):
     def listing_answered_by_b2_with(self, result):
-        """GET /foo/instances/ on b1, b2 answering (as another build might) C{result}."""
+        """
+        GET /foo/instances/?fresh=1 on b1, b2 (which owns w0) answering (as
+        another build might) C{result}.
+        """
         self.network.partition("b2")
         self.network.bodies.clear()
-        d = self.branches["b1"].client.request("GET", "/foo/instances/")
+        d = self.branches["b1"].client.request("GET", "/foo/instances/?fresh=1")
         self.settle()
         [ticket] = [json.loads(b)["ticket"] for b in self.network.bodies
                     if json.loads(b).get("method") == "instances.list"]
         self.network.heal("b2")
-        self.inject({"v": 2, "type": "reply", "from": "b2", "ticket": ticket, "result": result})
+        self.inject({"v": 3, "type": "reply", "from": "b2", "ticket": ticket, "result": result})
         return self.successResultOf(d)
 
     def test_odd_replies_never_make_a_listing_fail(self):
         self.request("b1", "PUT", "/foo/instances/w1/?branch=b1")
+        self.request("b1", "PUT", "/foo/instances/w0/?branch=b2")
         for result, names in ((["w2", 7, None, ["w3"]], ["w1", "w2"]), ({"w4": 1}, ["w1"]),
                               ("w5", ["w1"])):
             with self.subTest(result=result):

@@ -204,7 +204,7 @@ class PresenceEventTests(FeedsTestCase):
         self.feeds.peer_changed(peer)
         self.feeds.peer_changed(peer)  # another beat
         self.reactor.advance(7)
-        peer.online = False
+        peer.status = "dead"
         self.feeds.peer_changed(peer)
         found = [(e.type, e.peer, e.reason) for e in self.log.buffer][1:]
         self.assertEqual(found, [

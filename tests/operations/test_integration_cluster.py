@@ -15,6 +15,7 @@ by design), are killed in the cleanups.
 """
 
 import os
+import signal
 import uuid
 
 from twisted.internet import defer, reactor
@@ -25,7 +26,8 @@ from tests.test_daemon import deferred, free_port
 
 IDS = ("a", "b", "c")
 
-#: Seconds a branch stays online without heartbeats (2 s beats, 3 missed).
+#: Seconds before a branch that stopped cleanly would be offline anyway
+#: were its goodbye lost: a missed probe or two, and 4 s of suspicion.
 EXPIRY = 6.0
 
 
@@ -343,4 +345,40 @@ class ClusterTests(ClusterTestCase):
         self.assertTrue(processes.alive(pid))
 
         for node in (a, b, c):
+            await self.stop(node.process)
+
+    @deferred
+    async def test_a_silent_branch_is_a_504_then_offline_then_back(self):
+        """
+        A branch that stops answering (SIGSTOP: its connections open, its
+        bus silent): a call to its instance is a 504 and a fresh listing
+        names it; soon every other branch holds it offline (its instance
+        listed, shown offline, a change of it a 503).  Woken, it refutes
+        its death and is back everywhere.
+        """
+        nodes = await self.start_cluster()
+        a, b, c = nodes
+        await self.ok("PUT", a, "/foo/", expected=(201,))
+        name = f"w-{uuid.uuid4().hex[:12]}"
+        await self.create_instance(a, name=name, branch="b")
+        b.process.signal("STOP")
+        self.addCleanup(b.process.signal, signal.SIGCONT)
+        stats, fresh = await defer.gatherResults([
+            defer.ensureDeferred(self.call("GET", a.url(f"/foo/instances/{name}/stats/"))),
+            defer.ensureDeferred(self.call("GET", c.url("/foo/instances/?fresh=1"))),
+        ])
+        self.assertEqual(stats[0], 504, stats[1])
+        self.assertEqual((fresh[0], fresh[1]), (200, [name]))
+        self.assertEqual(fresh[2].getRawHeaders(b"cyme-missing-branches"), [b"b"])
+        for node in (a, c):
+            await self.wait_branches(node, ["a", "c"], 15)
+            self.assertEqual(await self.get(node, "/foo/instances/"), (200, [name]))
+            code, shown = await self.get(node, f"/foo/instances/{name}/")
+            self.assertEqual((code, shown["state"], shown["branch"]), (200, "offline", "b"))
+        code, body, _ = await self.call("DELETE", a.url(f"/foo/instances/{name}/"))
+        self.assertEqual(code, 503, body)
+        b.process.signal(signal.SIGCONT)
+        for node in nodes:
+            await self.wait_branches(node, list(IDS), 10)
+        for node in nodes:
             await self.stop(node.process)
