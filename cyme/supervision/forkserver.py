@@ -334,7 +334,14 @@ class Server:
 
 def main():
     preload()
-    warm()
+    try:
+        warm()
+    except Exception:
+        # Only memory is at stake: a Celery whose start-up changed must not
+        # keep the server from forking (its output is the branch's log).
+        import traceback
+
+        traceback.print_exc()
     # Once, after the imports: what every standby inherits is left out of
     # its garbage collections (see the module's docstring).  Frozen objects
     # are never collected, so freezing again at each fork would keep for

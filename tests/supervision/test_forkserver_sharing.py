@@ -123,6 +123,20 @@ class ForkedWorkerSharingTests(TestCase):
             "event loop": False,
         })
 
+    def test_a_server_whose_warming_fails_still_forks_workers(self):
+        """
+        The warming runs Celery's own start-up code, which a new Celery may
+        change: failing, it costs memory, never the fork server.
+        """
+        done = subprocess.run(
+            [sys.executable, "-c", "import celery; celery.Celery = None; "
+             "from cyme.supervision import forkserver; forkserver.main()"],
+            input="", capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("standby", json.loads(done.stdout.splitlines()[0]))
+        self.assertIn("TypeError", done.stderr)
+
 
 _WARM_PROBE = """
 import json, os, sys, threading
