@@ -107,6 +107,55 @@ class ForkedWorkerSharingTests(TestCase):
         )
         self.assertEqual(done.stdout.strip(), "[]")
 
+    def test_the_warming_leaves_nothing_a_worker_would_inherit_and_use(self):
+        """
+        The server runs a throwaway app's start-up before forking: it must
+        not import the workers' app, start a thread, open a socket, make
+        its app the current one or set kombu's event loop, which every
+        forked worker would then share with the others.
+        """
+        done = subprocess.run(
+            [sys.executable, "-c", _WARM_PROBE], capture_output=True, text=True,
+            timeout=60, check=True,
+        )
+        self.assertEqual(json.loads(done.stdout), {
+            "app module": [], "threads": 1, "sockets": 0, "current app": False,
+            "event loop": False,
+        })
+
+    def test_a_server_whose_warming_fails_still_forks_workers(self):
+        """
+        The warming runs Celery's own start-up code, which a new Celery may
+        change: failing, it costs memory, never the fork server.
+        """
+        done = subprocess.run(
+            [sys.executable, "-c", "import celery; celery.Celery = None; "
+             "from cyme.supervision import forkserver; forkserver.main()"],
+            input="", capture_output=True, text=True, timeout=60,
+        )
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("standby", json.loads(done.stdout.splitlines()[0]))
+        self.assertIn("TypeError", done.stderr)
+
+
+_WARM_PROBE = """
+import json, os, sys, threading
+from cyme.supervision import forkserver
+forkserver.preload()
+forkserver.warm()
+from celery import _state
+from kombu.asynchronous import get_event_loop
+fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+       if os.path.exists(f"/proc/self/fd/{fd}")]
+print(json.dumps({
+    "app module": sorted(m for m in sys.modules if m.startswith("cyme.tasks.worker")),
+    "threads": threading.active_count(),
+    "sockets": sum(f.startswith("socket:") for f in fds),
+    "current app": getattr(_state._tls, "current_app", None) is not None,
+    "event loop": get_event_loop() is not None,
+}))
+"""
+
 
 def _kill_group(pid):
     try:
