@@ -179,7 +179,9 @@ class RollingRestartTests(RollingTestCase):
             self.assertFalse(processes.alive(step["old_pid"]))
             self.assertTrue(processes.alive(step["pid"]))
         during = [count for when, count in answering if began <= when <= ended]
-        self.assertGreaterEqual(len(during), 4, answering)
+        # Forked standbys make the restart short (about 1.5 s for four):
+        # two looks of half a second each at least fall within it.
+        self.assertGreaterEqual(len(during), 2, answering)
         self.assertGreaterEqual(min(during), 3, answering)
         self.assertLess(min(during), 4, "no worker was ever out: was it restarted?")
 
