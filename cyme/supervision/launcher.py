@@ -10,9 +10,10 @@ that must patch the standard library before anything is imported
 wait for standbys rather than being exec'd: the launcher asks the server
 for as many as were held back (L{ForkServerLauncher.can_start}), which
 forks them in milliseconds, where each exec'd worker would import Celery
-again, a second of CPU or more on a machine that is busy already.  Both hand the supervisor a process transport with the
-worker's pid at once and call its protocol's C{processEnded} when the
-worker ends, so the supervisor does not know which one it has.
+again, a second of CPU or more on a machine that is busy already.  Both
+hand the supervisor a process transport with the worker's pid at once
+and call its protocol's C{processEnded} when the worker ends, so the
+supervisor does not know which one it has.
 """
 
 import json
