@@ -151,7 +151,7 @@ class RollingRestartTests(RollingTestCase):
                 code, body = await self.request(
                     "GET", via.url(f"/foo/queue/{QUEUE}/{target_url}"))
                 self.assertEqual(code, 202, body)
-                queued.append((n, body["uuid"]))
+                queued.append((n, body["uuid"], reactor.seconds()))
                 n += 1
                 await sleep(0.1)
 
@@ -179,22 +179,25 @@ class RollingRestartTests(RollingTestCase):
             self.assertFalse(processes.alive(step["old_pid"]))
             self.assertTrue(processes.alive(step["pid"]))
         during = [count for when, count in answering if began <= when <= ended]
-        # Forked standbys make the restart short (about 1.5 s for four):
-        # two looks of half a second each at least fall within it.
-        self.assertGreaterEqual(len(during), 2, answering)
+        # Forked standbys make the restart short (about 1.5 s for four), and
+        # a replaced worker may be back before a look of 0.5 s ends, so no
+        # look need see one out: the new pids above prove each restart.
+        self.assertGreaterEqual(len(during), 1, answering)
         self.assertGreaterEqual(min(during), 3, answering)
-        self.assertLess(min(during), 4, "no worker was ever out: was it restarted?")
 
         # Not one queued URL lost: every task succeeded, and the target saw
         # each request (a task redelivered after a stop may come twice).
-        self.assertGreater(len(queued), 30)
-        for n, task_id in queued:
+        # URLs kept coming while workers were replaced (one each 0.1 s plus
+        # the request's own time; the restart lasts a second or more).
+        self.assertGreaterEqual(
+            len([n for n, _, when in queued if began <= when <= ended]), 5, queued)
+        for n, task_id, _ in queued:
             code, body = await self.request(
                 "GET", a.url(f"/foo/query/{task_id}/wait/?timeout=30"), timeout=40)
             self.assertEqual((code, body["state"]), (200, "SUCCESS"), (n, body))
             self.assertEqual(body["result"]["status_code"], 200)
         seen = {int(r["args"]["n"][0]) for r in target.find("/slow")}
-        self.assertEqual(seen, {n for n, _ in queued})
+        self.assertEqual(seen, {n for n, _, _ in queued})
         # The restart of each took its warm stop and its start.
         self.assertTrue(all(0 < s["seconds"] < 30 for s in done["instances"]), done)
 
