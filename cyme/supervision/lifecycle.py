@@ -27,8 +27,8 @@ from cyme import logs
 from cyme.supervision.relay import WorkerOutput
 from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
-    LogTail, WorkerProtocol, broker_failure, exit_description, failed_exit, make_directory,
-    read_spec, record_spawn, remove_pidfile, still_failing, cancel_call,
+    LogTail, WorkerProtocol, broker_failure, cannot_start, exit_description, failed_exit,
+    make_directory, read_spec, record_spawn, remove_pidfile, still_failing, cancel_call,
 )
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
@@ -82,32 +82,39 @@ class WorkerLifecycle:
         w = self.worker
         if (w.state, SPAWNED) not in TRANSITIONS:
             return False
-        make_directory(w.directory)
-        log_path = os.path.join(w.directory, "worker.log")
-        if w.log_tail is None:
-            w.log_tail = LogTail(log_path)
-        # What an earlier run wrote is not this one's reason to fail.
-        self.tail()
-        w.last_line = None
         try:
+            make_directory(w.directory)
+            if w.log_tail is None:
+                w.log_tail = LogTail(os.path.join(w.directory, "worker.log"))
+            # What an earlier run wrote is not this one's reason to fail.
+            self.tail()
+            w.last_line = None
             process = self._launcher.spawn(
-                WorkerProtocol(self.ended), argv, env, w.directory, log_path
-            )
+                WorkerProtocol(self.ended), argv, env, w.directory, w.log_tail.path)
         except Exception as e:
-            self.log.failure("{instance} cannot start", instance=w.name)
-            self._fire(self._count_failure(f"cannot start: {e}", SPAWN_FAILED))
+            self.spawn_failed(e)
             return False
-        # Written at once: a branch stopped while the worker starts must
-        # find it on its next start, not start a second one beside it.
-        record_spawn(w.directory, process.pid, spec)
+        # Ours from now on: its end, its signals, no second one beside it.
         self._fire(SPAWNED, (process, spec))
+        try:
+            # Written at once: a branch stopped while the worker starts must
+            # find it on its next start, not start a second one beside it.
+            record_spawn(w.directory, process.pid, spec)
+        except Exception as e:
+            # Unrecorded, it would be that second one: stopped now (TERM, then
+            # KILL) while this run still knows it, and its end is a start that
+            # failed.  (Recording first cannot be: the pid comes from the spawn.)
+            w.unrecorded = True
+            self.stop("its pid file cannot be written", cannot_start(e))
+            return False
         return True
 
-    def spawn_failed(self, reason):
-        """Its command could not be made: a failure (backoff, then quarantine)."""
-        self.log.warn("{instance} cannot start: {reason}", instance=self.worker.name,
-                      reason=reason)
-        self._fire(self._count_failure(f"cannot start: {reason}", SPAWN_FAILED))
+    def spawn_failed(self, error):
+        """Its directory, command or process could not be made (C{error}): a
+        failure (backoff, then quarantine)."""
+        reason = cannot_start(error)
+        self.log.warn("{instance} {reason}", instance=self.worker.name, reason=reason)
+        self._fire(self._count_failure(reason, SPAWN_FAILED))
 
     def cannot_start(self, reason):
         """The worker cannot be started for C{reason} (its app is gone)."""
@@ -248,7 +255,8 @@ class WorkerLifecycle:
             self._fire(EXITED, (pid, how))
         else:
             why = w.failure if w.state == STOPPING else how
-            self._fire(self._count_failure(why), (pid, how))
+            within = SPAWN_FAILED if w.state == STOPPING and w.unrecorded else CRASHED
+            self._fire(self._count_failure(why, within), (pid, how))
 
     def orphaned(self):
         """The worker's parent (the fork server) is gone: watch it by pid."""
@@ -299,12 +307,10 @@ class WorkerLifecycle:
         w.process, w.spec = detail
         w.pid = w.process.pid
         w.started_at = self._clock.seconds()
-        w.missed = 0
+        w.missed, w.unrecorded = 0, False
         w.verified = w.sent = w.sent_at = w.live = None
-        self.log.info(
-            "{instance} started as pid {pid} ({node})",
-            instance=w.name, pid=w.pid, node=w.node,
-        )
+        self.log.info("{instance} started as pid {pid} ({node})",
+                      instance=w.name, pid=w.pid, node=w.node)
 
     def _adopted(self, pid):
         w = self.worker
@@ -323,18 +329,14 @@ class WorkerLifecycle:
     def _came_up(self, detail):
         w = self.worker
         now = self._clock.seconds()
-        self.log.info(
-            "{instance} is up (pid {pid}) after {seconds:.2f} s",
-            instance=w.name, pid=w.pid, seconds=now - (w.started_at or now),
-        )
+        self.log.info("{instance} is up (pid {pid}) after {seconds:.2f} s",
+                      instance=w.name, pid=w.pid, seconds=now - (w.started_at or now))
 
     def _missed(self, detail):
         w = self.worker
         w.missed += 1
-        self.log.warn(
-            "{instance} (pid {pid}) did not answer ping ({missed} in a row)",
-            instance=w.name, pid=w.pid, missed=w.missed,
-        )
+        self.log.warn("{instance} (pid {pid}) did not answer ping ({missed} in a row)",
+                      instance=w.name, pid=w.pid, missed=w.missed)
 
     def _cannot_connect(self, reason):
         w = self.worker
@@ -395,10 +397,8 @@ class WorkerLifecycle:
 
     def _died(self, detail):
         pid, how = detail
-        self.log.warn(
-            "{instance} (pid {pid}) died: {how}", instance=self.worker.name,
-            pid=pid, how=how,
-        )
+        self.log.warn("{instance} (pid {pid}) died: {how}", instance=self.worker.name,
+                      pid=pid, how=how)
 
     def _back_off(self, detail):
         w = self.worker

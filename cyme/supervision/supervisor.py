@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from cyme import logs
-from cyme.errors import BadRequest, NotFound
+from cyme.errors import NotFound
 from cyme.metrics import Metrics
 from cyme.state.models import check_hostname
 from cyme.state.workeroptions import WorkerPolicy
@@ -244,18 +244,19 @@ class Supervisor(service.Service):
         try:
             app = self.store.get_app(instance.app)
             queues = [self.store.get_queue(instance.app, q) for q in instance.queues]
+            argv, env, spec = self._commands.get(instance, app, queues, worker.directory)
+            # Commands to this worker go to its broker from now on.
+            self.control.register(worker.node, env["CELERY_BROKER_URL"])
         except NotFound as e:
             if worker.pid is None:
                 life.cannot_start(e.message)
             return None
-        try:
-            argv, env, spec = self._commands.get(instance, app, queues, worker.directory)
-        except BadRequest as e:  # a record this branch's API would refuse
+        except Exception as e:
+            # A record this branch's API would refuse (BadRequest), or one it
+            # cannot read: its instance fails as a spawn does, nothing else.
             if worker.pid is None:
-                life.spawn_failed(e.message)
+                life.spawn_failed(e)
             return None
-        # Commands to this worker go to its broker from now on.
-        self.control.register(worker.node, env["CELERY_BROKER_URL"])
         if worker.pid is None:
             return life, (argv, env, spec)
         if worker.spec is not None and worker.spec != spec:

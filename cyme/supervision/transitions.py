@@ -6,8 +6,9 @@ process that ends is C{EXITED} after a stop that was asked, else
 C{CRASHED} within the restart budget (restart after the backoff) or
 C{FLAPPED} beyond it (quarantine).  A live worker that writes that it
 cannot reach its broker is C{FAILED} until it answers a ping; one whose
-process could not be made at all is C{START_FAILED} (shown as C{failed})
-until its backoff ends and a start succeeds.
+process could not be made at all (or whose pid file could not be
+written: stopped first) is C{START_FAILED} (shown as C{failed}) until its
+backoff ends and a start succeeds.
 """
 
 from cyme.supervision.workerstate import (
@@ -58,6 +59,8 @@ def _table():
         (STOPPING, EXITED): (STOPPED, ("_stopped",)),
         (STOPPING, CRASHED): (STOPPED, ("_stopped", "_back_off", "_reconcile")),
         (STOPPING, FLAPPED): (QUARANTINED, ("_stopped", "_quarantine")),
+        # Spawned but its pid file could not be written, now gone.
+        (STOPPING, SPAWN_FAILED): (START_FAILED, ("_stopped", "_back_off", "_release_ready")),
     }
     for state in LIVE:
         rows.update({

@@ -26,6 +26,8 @@ from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
 
+from cyme.amqp.url import mask_passwords
+from cyme.errors import CymeError
 from cyme.state.models import check_hostname
 from cyme.state.queues import check_names, check_options
 from cyme.state.workeroptions import WorkerPolicy
@@ -180,6 +182,19 @@ class WorkerCommands:
     def forget(self, name):
         """The instance is gone: its command is not kept."""
         self._made.pop(name, None)
+
+
+def cannot_start(error):
+    """
+    What an instance whose worker could not be started shows as its
+    C{last_error}: C{error} was raised making its directory, its command,
+    its process or its pid file.  No password is in it (an error may quote
+    the broker's URL).
+    """
+    text = error.message if isinstance(error, CymeError) else str(error)
+    if not isinstance(error, (CymeError, OSError)):  # unexpected: its kind says more
+        text = f"{type(error).__name__}: {text}"
+    return "cannot start: " + mask_passwords(text)
 
 
 def exit_description(reason):

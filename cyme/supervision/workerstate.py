@@ -130,6 +130,9 @@ class Worker:
     #: Why the worker is being stopped, when the stop is a failure (it did
     #: not answer): counted against the restart budget once it is gone.
     failure: str | None = None
+    #: Its pid file could not be written: the process is being stopped, and
+    #: its end is a start that failed (C{START_FAILED}), not a crash.
+    unrecorded: bool = False
     #: What the worker was last found consuming as its instance asks
     #: (L{cyme.supervision.consuming.wanted}); None: to be asked again.
     verified: object = None

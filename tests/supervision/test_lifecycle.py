@@ -703,6 +703,18 @@ class RowTests(LifecycleTestCase):
         self.successResultOf(self.stopped)
         self.assertIn("(last: did not answer ping)", self.worker.last_error)
 
+    def test_stopping_spawn_failed(self):
+        # Spawned, but its pid file could not be written: stopped at once.
+        self.make(max_restarts=5)
+        os.makedirs(os.path.join(self.directory, "worker.pid"))
+        self.reactor.on_signal = None  # it takes its time to stop
+        self.assertFalse(self.life.start(ARGV, {}, "spec1"))
+        self.assertState(STOPPING)
+        self.worker.process.exit(signum=signal.SIGTERM)
+        self.assertState(START_FAILED)
+        self.assertEqual((self.worker.pid, self.worker.restarts), (None, 1))
+        self.assertIn("cannot start: [Errno 21] Is a directory", self.worker.last_error)
+
 
 class NoRowTests(LifecycleTestCase):
     """An event its state has no row for changes nothing."""
