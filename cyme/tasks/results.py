@@ -290,7 +290,7 @@ class TaskService(service.Service):
                 # A record an older version let in (a broker host no URL can
                 # carry) must not stop the branch: its app's tasks wait.
                 self.log.error("app {app}: cannot consume its results: {error}",
-                               app=app.name, error=e)
+                               app=app.name, error=mask_passwords(str(e)))
 
     def _expire(self):
         try:

@@ -7,7 +7,8 @@ a module outside the patterns is refused; ``ps`` of a worker shows no
 broker password (its broker user is one made for the test, with a password
 of its own); the branch's files are 0600 and its directories 0700; and a
 state file holding values no API of this version would write (arguments
-that are no command line, a broker host no URL can carry) leaves the
+that are no command line, a broker host no URL can carry, on an instance
+or on an app, whose results the task service then skips) leaves the
 branch starting, supervising its other instances and restarting cleanly.
 """
 
@@ -177,14 +178,15 @@ class BadRecordTests(SettingsTestCase):
         # What an older version let through its API.
         store.put_app(App("good", broker=good))
         store.put_app(App("quote", broker=good, arguments='"'))
-        # On the instance: an app's broker is also the task service's (its
-        # start-up, cyme.tasks.results, is not the supervisor's to guard).
         store.put_app(App("bracket", broker=good))
+        # On the app: the task service's start-up skips it, with a log line.
+        store.put_app(App("badbroker", broker=Broker(hostname="[", password="pw-of-bad")))
         store.put_queue("good", Queue("jobs"))
         store.put_instance(Instance("ok", "good"))
         store.put_instance(Instance("bad1", "quote"))
         store.put_instance(Instance("bad2", "bracket", broker=Broker(hostname="[")))
         store.put_instance(Instance("bad3", "good", arguments="--logfile=/tmp/x"))
+        store.put_instance(Instance("bad4", "badbroker"))
         del store
 
         branch = await self.start_branch("it", root=root)
@@ -193,7 +195,8 @@ class BadRecordTests(SettingsTestCase):
                                  15, "the good instance running")
         for app, name, reason in (("quote", "bad1", "command line"),
                                   ("bracket", "bad2", "host name"),
-                                  ("good", "bad3", "--logfile")):
+                                  ("good", "bad3", "--logfile"),
+                                  ("badbroker", "bad4", "host name")):
             body = await self.poll_get(
                 branch, f"/{app}/instances/{name}/",
                 lambda code, body: code == 200 and body["last_error"], 10,
@@ -201,6 +204,8 @@ class BadRecordTests(SettingsTestCase):
             self.assertIn(body["state"], ("failed", "quarantined"), body)
             self.assertIn(reason, body["last_error"])
             self.assertIsNone(body["pid"])
+        self.assertIn("app badbroker: cannot consume its results", branch.process.output)
+        self.assertNotIn("pw-of-bad", branch.process.output)
         # Still supervised: a killed good worker is replaced.
         os.kill(ok["pid"], 9)
         await self.poll_get(

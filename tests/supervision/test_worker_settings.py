@@ -126,6 +126,23 @@ class BadRecordTests(PolicySupervisorTestCase):
                       self.supervisor.status("w1")["last_error"])
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def test_an_apps_broker_host_no_url_can_carry_fails_its_instances_only(self):
+        self.store.put_app(App("bad", broker=Broker(hostname="[", password=SECRET)))
+        self.start()
+        self.put("w1", "bad")
+        self.add("w2")
+        self.boot("w2")
+        self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
+        status = self.supervisor.status("w1")
+        self.assertEqual((status["state"], status["pid"]), ("failed", None))
+        self.assertIn("cannot start: broker hostname must be a host name",
+                      status["last_error"])
+        self.pump(20)
+        self.assertEqual(self.state("w1"), "quarantined")
+        self.assertNotIn(SECRET, self.supervisor.status("w1")["last_error"])
+        self.assertEqual(self.state("w2"), "running")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_fixing_the_record_starts_the_worker(self):
         self.store.put_app(App("bad", arguments='"'))
         self.store.put_instance(Instance(name="w1", app="bad"))

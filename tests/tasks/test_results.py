@@ -246,6 +246,31 @@ class StartTests(JournalTestCase):
         self.assertEqual(asked, [App("good").broker.as_url()])
         self.assertTrue(tasks.running)
 
+    def test_an_app_whose_broker_host_is_unusable_is_skipped_with_a_log_line(self):
+        # As an older version's state file holds it: a host no URL can carry.
+        store = MemoryStore()
+        store.put_app(App("bad", broker=Broker(hostname="[", userid="u", password="s3cret")))
+        store.put_app(App("good", broker=Broker(hostname="mq")))
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        asked = []
+
+        def client(url):
+            asked.append(url)
+            return FakeClient()
+
+        tasks = TaskService(BrokerPool(self.clock, make_client=client), self.journal(),
+                            "b1", self.clock, store)
+        tasks.startService()
+        self.addCleanup(tasks.stopService)
+        self.assertTrue(tasks.running)
+        self.assertEqual(asked, [App("good", broker=Broker(hostname="mq")).broker.as_url()])
+        lines = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("app bad: cannot consume its results: ", lines)
+        self.assertNotIn("s3cret", lines)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 
 class ClosedChannelTests(LinkTestCase):
     """The broker closes the task channel (a refused declaration) but not the connection."""
