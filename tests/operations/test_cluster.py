@@ -30,12 +30,15 @@ IDS = ("b1", "b2", "b3")
 
 class Branch:
     def __init__(self, branch_id, network, clock, local_class=LocalOperations, tasks=None,
-                 waits=None, seal=None):
+                 waits=None, seal=None, store=None, now=None):
         self.id = branch_id
-        self.store = MemoryStore()
+        # A store of its own (a root's state file, for a branch started again).
+        self.store = store if store is not None else MemoryStore()
+        # The wall clock (default: the real one), for tokens' expiry and versions.
+        wall = {} if now is None else {"now": now}
         self.local = local_class(
             self.store, branch_id=branch_id, url=f"http://{branch_id}:8000/", tasks=tasks,
-            clock=clock,
+            clock=clock, **wall,
         )
         # As makeService wires a branch.
         self.cluster, self.bus = build_cluster(
@@ -52,12 +55,14 @@ class ClusterTestCase(SynchronousTestCase):
     def setUp(self):
         self.clock = Clock()
         self.network = MemoryBusNetwork(self.clock)
-        self.branches = {i: Branch(i, self.network, self.clock, seal=self.make_seal(i))
-                         for i in IDS}
+        self.branches = self.make_branches()
         for branch in self.branches.values():
             branch.bus.startService()
             self.addCleanup(branch.bus.stopService)
         self.settle()
+
+    def make_branches(self):
+        return {i: Branch(i, self.network, self.clock, seal=self.make_seal(i)) for i in IDS}
 
     def make_seal(self, branch_id):
         """The seal of branch C{branch_id}: open, so that C{network.sent} names types."""
