@@ -13,11 +13,13 @@ branch starting, supervising its other instances and restarting cleanly.
 """
 
 import os
+import socket
 import stat
 import subprocess
 import uuid
 
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest
 
 from cyme.state.models import App, Broker, Instance, Queue
@@ -231,4 +233,39 @@ class BadRecordTests(SettingsTestCase):
         code, body = await self.request("POST", again.url("/quote/instances/bad1/restart/"),
                                          timeout=SLOW)
         self.assertEqual(code, 200, body)
+        self.assertEqual(body["state"], "running", body)
+
+
+class UnrecordedWorkerTests(SettingsTestCase):
+    @deferred
+    async def test_a_worker_whose_pid_file_cannot_be_written_is_stopped_not_leaked(self):
+        url = broker_url(await run_vhost(VHOST))
+        root = self.path("branch-unrecorded")
+        os.makedirs(root)
+        store = JSONFileStore(os.path.join(root, "state.json"))
+        store.put_app(App("good", broker=Broker.from_url(url)))
+        store.put_instance(Instance("ok", "good"))
+        store.put_instance(Instance("unrec", "good"))
+        del store
+        # Where its pid file goes, a directory: each worker spawned for it
+        # cannot be recorded.
+        os.makedirs(os.path.join(root, "instances", "unrec", "worker.pid"))
+
+        branch = await self.start_branch("it", root=root)
+        await self.poll_get(branch, "/good/instances/ok/",
+                            lambda code, body: code == 200 and body["state"] == "running",
+                            15, "the good instance running")
+        body = await self.poll_get(
+            branch, "/good/instances/unrec/",
+            lambda code, body: code == 200 and body["state"] == "quarantined", 40,
+            "unrec quarantined after its failed starts")
+        self.assertIn("cannot start: [Errno 21] Is a directory", body["last_error"])
+        self.assertIsNone(body["pid"])
+        # Every worker spawned for it was stopped: none runs untracked.
+        node = f"unrec@{socket.gethostname()}"
+        await deferLater(reactor, 2, lambda: None)
+        leaked = [int(p) for p in os.listdir("/proc")
+                  if p.isdigit() and processes.is_worker(int(p), node)]
+        self.assertEqual(leaked, [])
+        code, body = await self.get(branch, "/good/instances/ok/")
         self.assertEqual(body["state"], "running", body)
