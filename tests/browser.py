@@ -12,12 +12,9 @@ console errors, exceptions and error log entries, and writes screenshots.
 import base64
 import json
 import os
-import shutil
 
 from twisted.internet import defer, protocol, reactor
 
-#: The Debian package's browser, if installed.
-CHROMIUM = shutil.which("chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--remote-debugging-pipe", "--window-size=1400,1000"]
@@ -38,11 +35,11 @@ class Chromium(protocol.ProcessProtocol):
         self.ended = defer.Deferred()
 
     @classmethod
-    def start(cls, profile):
-        """A browser with a fresh profile in C{profile}."""
+    def start(cls, executable, profile):
+        """The browser C{executable} with a fresh profile in C{profile}."""
         browser = cls()
         reactor.spawnProcess(
-            browser, CHROMIUM, [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            browser, executable, [executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r", 3: "w", 4: "r"})
         return browser
 

@@ -2,21 +2,17 @@
 
 Not a test module.  promtool comes with Debian's ``prometheus`` package
 (``apt-get install prometheus``); a test that needs it is skipped, saying
-so, where it is not installed.
+so, where it is not installed (failed under CI: L{tests.systemtools.need}).
 """
 
-import shutil
 import subprocess
 
-from twisted.trial.unittest import SkipTest
+from tests.systemtools import need
 
 
 def promtool():
     """The path of promtool, or a skip naming the package that brings it."""
-    path = shutil.which("promtool")
-    if path is None:
-        raise SkipTest("promtool is not installed (Debian: apt-get install prometheus)")
-    return path
+    return need("promtool", "prometheus")
 
 
 def check_metrics(page):

@@ -16,7 +16,10 @@ import re
 import shlex
 import socket
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from cyme import tap
+from cyme.operations.events import RESET, TYPES
 from tests.integration import IntegrationTestCase
 from tests.test_daemon import deferred, free_port
 from tests.vhosts import broker_url, run_vhost
@@ -138,6 +141,24 @@ def like(actual, shown):
                 result[key] = like(value, shown.get(key))
         return result
     return actual
+
+
+def subsection(text, title):
+    """The text of the subsection C{title} (underlined with C{-}) of reST C{text}."""
+    lines = text.splitlines()
+    start = lines.index(title) + 2
+    end = next((i - 1 for i in range(start + 1, len(lines))
+                if re.fullmatch(r"[-=]+", lines[i]) and lines[i - 1].strip()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+class EventTypesTests(SynchronousTestCase):
+    def test_every_event_type_is_told(self):
+        """The README's event stream lists each type of event a branch records."""
+        with open(README, encoding="utf-8") as f:
+            told = set(re.findall(r"``([a-z]+)``", subsection(f.read(), "The event stream")))
+        self.assertEqual(sorted(set(TYPES) - told), [])
+        self.assertIn(RESET, told)
 
 
 class WalkthroughTests(IntegrationTestCase):

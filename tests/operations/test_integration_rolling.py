@@ -8,9 +8,10 @@ worker running a task still answers pings, so a worker that does not
 answer is one that is down.
 
 The first test restarts four instances (two per branch) while a steady
-stream of queued URLs goes to them, and watches, with pings of its own
-every half second, how many answer; the second changes an
-allowed task module on disk between two restarts and sees the
+stream of queued URLs goes to them, and watches how many answer, with
+pings of its own (six watchers side by side, each look waiting half a
+second for answers, one beginning every eighth of a second); the second
+changes an allowed task module on disk between two restarts and sees the
 replacements run the new code, forked by a new fork server.  Skipped, with
 the reason, only when nothing listens on 127.0.0.1:5672 for 20 s.
 """
@@ -33,15 +34,40 @@ QUEUE = "tasks"
 
 def ping_nodes(url, timeout):
     """In a thread: the node names that answered one Celery ping within C{timeout} s."""
-    from celery import Celery
-
-    client = Celery("cyme-it-rolling-pinger", broker=url)
-    client.conf.broker_connection_retry_on_startup = True
+    pinger = Pinger(url)
     try:
-        return sorted(name for reply in client.control.ping(timeout=timeout)
-                      for name in reply)
+        return pinger.ping(timeout)
     finally:
-        client.close()
+        pinger.close()
+
+
+class Pinger:
+    """
+    A Celery client kept connected between its pings (each from a thread),
+    so that a look costs its timeout and little more.
+    """
+
+    def __init__(self, url):
+        from celery import Celery
+
+        self.client = Celery("cyme-it-rolling-pinger", broker=url)
+        self.client.conf.broker_connection_retry_on_startup = True
+
+    def ping(self, timeout):
+        """The node names that answered one ping within C{timeout} s."""
+        # A late answer to an earlier ping carries that ping's ticket: not counted.
+        return sorted(name for reply in self.client.control.ping(timeout=timeout)
+                      for name in reply)
+
+    def close(self):
+        self.client.close()
+
+
+#: Watchers pinging side by side, seconds each look waits for answers,
+#: and seconds between the beginnings of two looks (of two watchers).
+WATCHERS = 6
+LOOK = 0.5
+STEP = 0.125
 
 
 def parent_of(pid):
@@ -124,8 +150,9 @@ class RollingRestartTests(RollingTestCase):
         """
         Four instances on two branches are restarted one at a time while
         URLs are queued every 0.1 s, each taking 0.3 s to answer: no task
-        is lost, at least three workers answer every ping round throughout,
-        and every instance has a new worker.
+        is lost, at least three workers answer every look (at least five,
+        beginning about 0.125 s apart) throughout, and every instance has
+        a new worker.
         """
         target = Target()
         port = target.listen()
@@ -155,12 +182,29 @@ class RollingRestartTests(RollingTestCase):
                 n += 1
                 await sleep(0.1)
 
-        async def watch():
-            while streaming[0]:
-                answered = await threads.deferToThread(ping_nodes, url, 0.5)
-                answering.append((reactor.seconds(), len(set(answered) & set(nodes))))
+        first = reactor.seconds() + 0.2
 
-        running = [defer.ensureDeferred(stream()), defer.ensureDeferred(watch())]
+        async def watch(n):
+            # Watcher n takes slots n, n + WATCHERS, ... of a grid of STEP
+            # seconds (skipping one it is well past), so that looks begin
+            # about STEP apart however long each one takes.
+            pinger = Pinger(url)
+            try:
+                slot = n
+                while streaming[0]:
+                    await sleep(max(0, first + slot * STEP - reactor.seconds()))
+                    start = reactor.seconds()
+                    answered = await threads.deferToThread(pinger.ping, LOOK)
+                    answering.append((start, reactor.seconds(),
+                                      len(set(answered) & set(nodes))))
+                    slot += WATCHERS
+                    while first + slot * STEP < reactor.seconds() - STEP / 2:
+                        slot += WATCHERS
+            finally:
+                await threads.deferToThread(pinger.close)
+
+        running = [defer.ensureDeferred(stream())]
+        running += [defer.ensureDeferred(watch(n)) for n in range(WATCHERS)]
         await sleep(1)
         began = reactor.seconds()
         done = await self.restart(b, a)
@@ -178,12 +222,21 @@ class RollingRestartTests(RollingTestCase):
             self.assertNotEqual(step["pid"], step["old_pid"])
             self.assertFalse(processes.alive(step["old_pid"]))
             self.assertTrue(processes.alive(step["pid"]))
-        during = [count for when, count in answering if began <= when <= ended]
-        # Forked standbys make the restart short (about 1.5 s for four), and
-        # a replaced worker may be back before a look of 0.5 s ends, so no
-        # look need see one out: the new pids above prove each restart.
-        self.assertGreaterEqual(len(during), 1, answering)
-        self.assertGreaterEqual(min(during), 3, answering)
+        # Every look that overlapped the restart saw at least three of the
+        # four answer.  A look samples the workers when its ping goes out,
+        # so looks must begin close together for a second worker out at
+        # once to show: they begin STEP apart as a rule (the median gap),
+        # and never a second apart even when a loaded machine stalls every
+        # watcher at once.
+        during = sorted((start, end, count) for start, end, count in answering
+                        if start <= ended and end >= began)
+        self.assertGreaterEqual(len(during), 5, (began, ended, answering))
+        self.assertGreaterEqual(min(count for _, _, count in during), 3,
+                                (began, ended, during))
+        starts = [start for start, _, _ in during]
+        gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
+        self.assertLessEqual(gaps[len(gaps) // 2], 0.2, (began, ended, during))
+        self.assertLess(gaps[-1], 1.0, (began, ended, during))
 
         # Not one queued URL lost: every task succeeded, and the target saw
         # each request (a task redelivered after a stop may come twice).
