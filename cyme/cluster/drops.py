@@ -29,6 +29,14 @@ REASONS = {
         "clock (more than {window:g} s): check both machines' clocks (NTP)"
     ),
     "replayed": "a bus message from {sender} seen before (a replay)",
+    "misdirected": (
+        "a bus message from {sender} sealed for another branch: a copy someone "
+        "on the broker published to this one"
+    ),
+    "stale": (
+        "a bus request from {sender} addressed to this branch's previous run: a "
+        "copy replayed since, or a sender that has not heard this run's hello yet"
+    ),
     "invalid": "an invalid bus message from {sender} ({what}): {why}",
 }
 

@@ -71,6 +71,7 @@ class Membership:
         self.fanout = fanout
         self.sync = sync
         self.incarnation = 0
+        self.first_incarnation = 0
         self.started = None
         self._said = None
         self._round = []
@@ -90,6 +91,9 @@ class Membership:
         self.started = started
         # A restarted branch says a newer incarnation than its last run's.
         self.incarnation = int(started * 1000)
+        # What a request to this run must be addressed to, at least
+        # (cyme.cluster.address): every record of it says as much or more.
+        self.first_incarnation = self.incarnation
         self._next_sync = self.clock.seconds() + self._sync_delay()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock

@@ -277,6 +277,94 @@ class SealedBusTests(SealedBusTestCase):
         self.assertEqual(dropped["expired"], 1)
         self.assertEqual(self.flushLoggedErrors(), [])
 
+    def keyed_branch(self, branch_id):
+        """Another branch with the cluster key, started, heard by the others."""
+        bus = Bus(self.network.transport(branch_id), branch_id, self.clock,
+                  describe(branch_id), seal=seal(self.clock))
+        bus.register({"write": lambda args, sender: self.handled.append((branch_id, args))})
+        bus.startService()
+        self.addCleanup(bus.stopService)
+        self.buses[branch_id] = bus
+        self.beat()
+        return bus
+
+    def test_what_was_sealed_for_one_branch_is_dropped_by_another(self):
+        """
+        A broker user copies what b2 sends b1 (a queue bound under b1's id)
+        and publishes it to b4, which holds the key too: b4 acts on none of
+        it, and counts it.
+        """
+        self.keyed_branch("b4")
+        self.assertEqual(self.buses["b4"].live_ids(), ["b1", "b2", "b4"])
+        self.network.bodies.clear()
+        self.call("b2", "b1", "write", {"x": 1}, 1.0)
+        self.assertEqual(self.handled, [{"x": 1}])
+        copied = list(self.network.bodies)  # the request to b1, b1's reply to b2
+        self.assertEqual(len(copied), 2)
+        for body in copied:
+            self.inject(body, to="b4")
+        self.assertEqual(self.handled, [{"x": 1}])
+        self.assertEqual(self.dropped("b4"), {"misdirected": 2})
+        lines = [line for line in self.lines() if "sealed for another branch" in line]
+        self.assertEqual(len(lines), 1)
+        self.assertIn("a bus message from b2 sealed for another branch", lines[0])
+        # A broadcast is for every branch: b4 takes the ones sent to all.
+        self.assertEqual(self.buses["b4"].live_ids(), ["b1", "b2", "b4"])
+
+    def test_an_envelope_that_names_no_recipient_is_dropped(self):
+        sealer = seal(self.clock)
+        request = {"v": PROTOCOL_VERSION, "type": "request", "from": "b2", "ticket": "t",
+                   "method": "write", "args": {"x": 2}}
+        before = self.dropped().get("misdirected", 0)
+        for envelope in (request, {**request, "to": None}, {**request, "to": ["b1"]},
+                         {**request, "to": "b3"}):
+            self.inject(sealer.close(envelope))
+        self.assertEqual(self.handled, [])
+        self.assertEqual(self.dropped()["misdirected"] - before, 4)
+
+    def restart_b1(self, seconds=5.0):
+        """b1 stops and starts again C{seconds} later (its memory of ids gone)."""
+        self.successResultOf(self.buses["b1"].stopService())
+        self.clock.advance(seconds)
+        return self.keyed_branch("b1")
+
+    def test_a_request_sent_before_a_restart_is_refused_after_it(self):
+        """
+        A request copied on its way to b1 (any within the window) and
+        replayed once b1 restarted: b1 has forgotten its id, yet refuses it,
+        as addressed to its previous run; b2's calls to the new run work.
+        """
+        body = self.write_request()
+        self.handled.clear()
+        self.restart_b1()
+        self.inject(body)
+        self.assertEqual(self.handled, [])
+        self.assertEqual(self.dropped(), {"stale": 1})
+        result = self.call("b2", "b1", "write", {"x": 2}, 1.0)
+        self.assertIsNone(self.successResultOf(result))
+        self.assertEqual(self.handled, [("b1", {"x": 2})])
+
+    def test_a_sender_that_missed_the_hello_is_told_at_once(self):
+        """
+        b2 has not heard b1's new run yet (its hello lost): its first
+        request fails at once with a 503, not at its timeout; it then knows
+        the new run, and its next request is taken.
+        """
+        self.network.partition("b2")
+        restarted = self.restart_b1()
+        self.network.heal("b2")
+        self.assertLess(self.buses["b2"].peer("b1").incarnation,
+                        restarted.membership.first_incarnation)
+        first = self.call("b2", "b1", "write", {"x": 1}, 1.0)
+        error = self.failureResultOf(first).value
+        self.assertIsInstance(error, RemoteError)
+        self.assertEqual((error.status, error.body),
+                         (503, {"error": "branch b1 restarted: ask again"}))
+        self.assertEqual(self.handled, [])
+        self.assertEqual(self.dropped(), {"stale": 1})
+        self.assertIsNone(self.successResultOf(self.call("b2", "b1", "write", {"x": 2}, 1.0)))
+        self.assertEqual(self.handled, [("b1", {"x": 2})])
+
     def test_drops_are_logged_at_most_once_a_minute_per_reason(self):
         for _ in range(5):
             self.inject(b'{"v": 1, "type": "beat", "from": "old"}')

@@ -16,6 +16,7 @@ import treq
 from twisted.internet import defer, reactor
 
 from cyme.amqp import AMQPClientService, backoff_policy
+from cyme.cluster.placement import coordinator
 from cyme.cluster.seal import FernetSeal
 from tests.cluster import new_key
 from tests.integration import IntegrationTestCase, sleep
@@ -138,6 +139,49 @@ class SealedBusTests(BusTestCase):
             self.assertNotIn("Traceback", output)
         for node in (a, b):
             await self.stop(node.process)
+
+    @deferred
+    async def test_a_request_to_one_branch_replayed_to_another_changes_nothing(self):
+        """
+        A broker user copies what a sends b (a queue bound under b's id):
+        the request to add a token, which b decides.  Once the token is
+        revoked, the copies published to c, which holds the key too, within
+        the window, bring it back nowhere: c drops them as misdirected.
+        """
+        ids = ["a", "b", "c"]
+        nodes = [await self.spawn_branch(i) for i in ids]
+        for node in nodes:
+            await self.wait_ping(node.process, node.port)
+        for node in nodes:
+            await self.wait_branches(node, ids)
+        a, b, c = nodes
+        channel = await self.broker_client()
+        seen = await self.tap(channel, ["b"])
+        name = next(n for n in (f"ci{i}" for i in range(100)) if coordinator(n, ids) == "b")
+
+        await self.ok("POST", a, "/tokens/", expected=(201,),
+                      data={"name": name, "scope": "read"})
+        for node in nodes:
+            await self.poll_get(node, "/tokens/", lambda code, body: len(body) == 1, 10,
+                                f"token {name} on {node.id}")
+        await self.ok("DELETE", a, f"/tokens/{name}/")
+        for node in nodes:
+            await self.poll_get(node, "/tokens/", lambda code, body: body == [], 10,
+                                f"token {name} revoked on {node.id}")
+        before = await self.dropped(c)
+        for body in list(seen):
+            await channel.publish(f"{self.cluster}.bus.direct", "c", body)
+        await sleep(1.5)
+
+        for node in nodes:
+            self.assertEqual(await self.get(node, "/tokens/"), (200, []))
+        dropped = await self.dropped(c)
+        # At least the request and the reply a and b traded; the broadcasts
+        # c heard already are replays.
+        self.assertGreaterEqual(dropped["misdirected"] - before["misdirected"], 2, dropped)
+        for node in nodes:
+            self.assertNotIn("Traceback", node.process.output)
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in nodes])
 
     async def metrics(self, node):
         """The text of C{/metrics} (not JSON)."""
