@@ -18,11 +18,9 @@ counted (L{cyme.cluster.drops}).  A branch whose envelopes say another
 protocol version is known by its id and version, never called, and said
 so in the log once.
 
-Presence: each branch probes one other per period and gossips what
-changed (L{cyme.cluster.membership}, SWIM); a branch broadcasts its own
-record (C{beat}: its id, URL, instance names, load, version) when it
-changes; a clean stop says goodbye; a branch that (re)connects says hello
-and a few others answer with their whole table.
+Presence: SWIM (L{cyme.cluster.membership}); a branch broadcasts its own
+record (C{beat}: id, URL, instance names, load, version) when it changes,
+goodbye at a clean stop, and hello when it (re)connects.
 
 A broadcast call completes as soon as every live branch answered (the
 local branch answers itself without the network), or at its timeout with
@@ -102,7 +100,7 @@ class Bus(service.Service):
             interval=probe_interval, timeout=probe_timeout, suspicion=suspicion,
             sync=table_sync,
         )
-        self.started = None
+        self.started = self.connected_since = None
         self._handlers = {}
         self._gatherings = Gatherings(clock)
         self._announce_call = None
@@ -134,7 +132,7 @@ class Bus(service.Service):
                 "cluster's bus exchanges on its broker can read every app's broker "
                 "password and create, change or delete apps and instances on every branch"
             )
-        self.started = self.clock.seconds()
+        self.started = self.connected_since = self.clock.seconds()
         self.membership.start(self.started)
         self.transport.start(self._deliver, self._connection_changed)
 
@@ -192,6 +190,7 @@ class Bus(service.Service):
 
     def _connection_changed(self, connected):
         if connected and self.running:
+            self.connected_since = self.clock.seconds()
             self.log.info("bus connected: saying hello as {branch}", branch=self.branch_id)
             self.membership.hello()
 
@@ -291,7 +290,8 @@ class Bus(service.Service):
     def _addressed(self, envelope):
         """Whether C{envelope} is for this run of this branch; else dropped."""
         try:
-            address.check(envelope, self.branch_id, self.membership.first_incarnation)
+            address.check(envelope, self.branch_id, self.membership.hello_incarnation,
+                          self.connected_since)
         except Unopened as e:
             self.drops.drop(e.reason, **e.fields)
             if e.reason == "stale":
@@ -299,7 +299,7 @@ class Bus(service.Service):
                 # and its request fails now rather than at its timeout.
                 self._send("members", envelope["from"], members=[self.membership.own()])
                 self._reply(envelope, error=(503, {
-                    "error": f"branch {self.branch_id} restarted: ask again"}))
+                    "error": f"branch {self.branch_id} reconnected to the bus: ask again"}))
             return False
         return True
 

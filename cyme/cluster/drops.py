@@ -34,8 +34,9 @@ REASONS = {
         "on the broker published to this one"
     ),
     "stale": (
-        "a bus request from {sender} addressed to this branch's previous run: a "
-        "copy replayed since, or a sender that has not heard this run's hello yet"
+        "a bus request from {sender} sent to this branch's previous run (addressed "
+        "to it, or dated before this run started): a copy replayed since, a sender "
+        "that has not heard this run's hello yet, or a clock behind this one"
     ),
     "invalid": "an invalid bus message from {sender} ({what}): {why}",
 }

@@ -344,6 +344,47 @@ class SealedBusTests(SealedBusTestCase):
         self.assertIsNone(self.successResultOf(result))
         self.assertEqual(self.handled, [("b1", {"x": 2})])
 
+    def test_a_broadcast_sent_before_a_restart_is_refused_after_it(self):
+        self.network.bodies.clear()
+        d = defer.ensureDeferred(self.buses["b2"].broadcast("write", {"x": 1}, 1.0))
+        self.beat(0)
+        self.assertEqual(self.handled, [{"x": 1}, {"x": 1}])  # b2's own, and b1's
+        self.successResultOf(d)
+        reader = seal(self.clock)  # the key: what each body is, as a branch reads it
+        [body] = [b for b in self.network.bodies
+                  if (lambda e: (e["type"], e["to"]))(reader.open(b)) == ("request", "*")]
+        self.handled.clear()
+        self.restart_b1()
+        self.inject(body)
+        self.assertEqual(self.handled, [])
+        self.assertEqual(self.dropped(), {"stale": 1})
+        d = defer.ensureDeferred(self.buses["b2"].broadcast("write", {"x": 2}, 1.0))
+        self.beat(0)
+        self.assertEqual(self.successResultOf(d)[2], [])
+        self.assertIn(("b1", {"x": 2}), self.handled)
+
+    def test_a_request_lost_while_a_branch_was_away_is_refused_after_it_reconnects(self):
+        """
+        b1's connection to the broker dropped (its queue went with it): a
+        request b2 sent then never reached it.  Copied on its way and
+        replayed after b1 reconnected (its memory of ids intact, but it never
+        saw this one), it is refused.
+        """
+        self.network.partition("b1")
+        self.network.bodies.clear()
+        d = self.call("b2", "b1", "write", {"x": 1}, 1.0)
+        [body] = self.network.bodies
+        self.clock.advance(1.0)
+        self.assertIsInstance(self.failureResultOf(d).value, GatewayTimeout)
+        self.network.heal("b1")
+        self.network.reconnect("b1")
+        self.beat()
+        self.inject(body)
+        self.assertEqual(self.handled, [])
+        self.assertEqual(self.dropped()["stale"], 1)  # (b3's hello: unopened)
+        self.assertIsNone(self.successResultOf(self.call("b2", "b1", "write", {"x": 2}, 1.0)))
+        self.assertEqual(self.handled, [{"x": 2}])
+
     def test_a_sender_that_missed_the_hello_is_told_at_once(self):
         """
         b2 has not heard b1's new run yet (its hello lost): its first
@@ -354,12 +395,12 @@ class SealedBusTests(SealedBusTestCase):
         restarted = self.restart_b1()
         self.network.heal("b2")
         self.assertLess(self.buses["b2"].peer("b1").incarnation,
-                        restarted.membership.first_incarnation)
+                        restarted.membership.hello_incarnation)
         first = self.call("b2", "b1", "write", {"x": 1}, 1.0)
         error = self.failureResultOf(first).value
         self.assertIsInstance(error, RemoteError)
         self.assertEqual((error.status, error.body),
-                         (503, {"error": "branch b1 restarted: ask again"}))
+                         (503, {"error": "branch b1 reconnected to the bus: ask again"}))
         self.assertEqual(self.handled, [])
         self.assertEqual(self.dropped(), {"stale": 1})
         self.assertIsNone(self.successResultOf(self.call("b2", "b1", "write", {"x": 2}, 1.0)))
