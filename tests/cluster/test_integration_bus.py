@@ -13,13 +13,14 @@ import stat
 import uuid
 
 import treq
+from twisted.trial.unittest import SkipTest
 from twisted.internet import defer, reactor
 
 from cyme.amqp import AMQPClientService, backoff_policy
 from cyme.cluster.placement import coordinator
 from cyme.cluster.seal import FernetSeal
 from tests.cluster import new_key
-from tests.integration import IntegrationTestCase, sleep
+from tests.integration import RABBITMQCTL, IntegrationTestCase, rabbitmqctl, sleep
 from tests.test_daemon import deferred
 from tests.vhosts import broker_url, run_vhost
 
@@ -41,10 +42,11 @@ class BusTestCase(IntegrationTestCase):
         self.assertEqual(code, 200, info)
         return info["bus"]["dropped"]
 
-    async def broker_client(self):
-        """A connection to the branches' virtual host, as guest: a channel on it."""
+    async def broker_client(self, vhost="cyme-test"):
+        """A connection to the branches' virtual host (of C{vhost}, the prefix), as
+        guest: a channel on it."""
         service = AMQPClientService(
-            broker_url(run_vhost("cyme-test")), reactor=reactor,
+            broker_url(run_vhost(vhost)), reactor=reactor,
             connection_name=f"cyme-test-attacker-{uuid.uuid4().hex[:6]}",
             retry_policy=backoff_policy(initial=0.05, cap=0.5), close_timeout=2,
         )
@@ -256,4 +258,56 @@ class DefaultKeyTests(BusTestCase):
         for node in (a, b):
             await self.wait_branches(node, ["a", "b"])
         self.assertFalse(os.path.exists(self.path("h1")))
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
+
+
+class BusBrokerTests(BusTestCase):
+    async def bus_user(self, vhost):
+        """A broker user of this test that may use C{vhost} alone; its password."""
+        if RABBITMQCTL is None:
+            raise SkipTest("rabbitmqctl is not installed: cannot make a broker user")
+        user, password = f"cymebus-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
+        code, out = await rabbitmqctl("add_user", user, password)
+        self.assertEqual(code, 0, out)
+        self.addCleanup(lambda: defer.ensureDeferred(rabbitmqctl("delete_user", user)))
+        code, out = await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        self.assertEqual(code, 0, out)
+        return user, password
+
+    async def has_exchange(self, vhost_prefix, exchange):
+        """Whether C{exchange} exists on the virtual host of C{vhost_prefix}."""
+        channel = await self.broker_client(vhost_prefix)
+        try:
+            await channel.exchange_declare(exchange, "fanout", passive=True, timeout=5)
+        except Exception:  # the broker's 404 closes the channel
+            return False
+        return True
+
+    @deferred
+    async def test_the_bus_on_a_virtual_host_and_user_of_its_own(self):
+        """
+        Two branches whose bus is on a virtual host of its own, as a user who
+        may use that one alone (given in the environment, as a password on a
+        command line is for everyone to see): they form a cluster and
+        replicate; the bus's exchanges are there, none on the apps' broker,
+        which is still the one of C{-b}.
+        """
+        vhost = run_vhost("cyme-test-bus")
+        user, password = await self.bus_user(vhost)
+        env = {"CYME_BUS_BROKER_URL": f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"}
+        a = await self.spawn_branch("a", env=env)
+        b = await self.spawn_branch("b", env=env)
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        for node in (a, b):
+            await self.wait_branches(node, ["a", "b"])
+        await self.ok("PUT", a, "/foo/", expected=(201,))
+        await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
+        broker = (await self.get(b, "/foo/"))[1]["broker"]
+        self.assertEqual(broker["virtual_host"], run_vhost("cyme-test"))
+        self.assertTrue(await self.has_exchange("cyme-test-bus", f"{self.cluster}.bus"))
+        self.assertFalse(await self.has_exchange("cyme-test", f"{self.cluster}.bus"))
+        for node in (a, b):
+            self.assertNotIn(password, node.process.output)
+            self.assertNotIn("Traceback", node.process.output)
         await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
