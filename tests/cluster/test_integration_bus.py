@@ -311,3 +311,47 @@ class BusBrokerTests(BusTestCase):
             self.assertNotIn(password, node.process.output)
             self.assertNotIn("Traceback", node.process.output)
         await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
+
+
+class KeyRotationTests(BusTestCase):
+    @deferred
+    async def test_a_key_rotates_branch_by_branch_without_the_two_losing_each_other(self):
+        """
+        The README's rotation on real branches, one restart at a time: a
+        accepts the new key while b has only the old one; b seals with the
+        new key (the old one still opened) while a still seals with the old
+        one; a then has the new key alone.  At each step the two list each
+        other and a write on either reaches the other, and neither ever drops
+        a message of the other as unopened.
+        """
+        from cyme.cluster.keys import new_key_file
+
+        old, new = self.path("old.key"), self.path("new.key")
+        new_key_file(old)
+        new_key_file(new)
+        a = await self.spawn_branch("a", "--cluster-key-file", old,
+                                    "--previous-cluster-key-file", new)
+        b = await self.spawn_branch("b", "--cluster-key-file", old)
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        nodes = {"a": a, "b": b}
+        steps = [("b", ["--cluster-key-file", new, "--previous-cluster-key-file", old]),
+                 ("a", ["--cluster-key-file", new])]
+        for step, (restarted, options) in enumerate([(None, None), *steps]):
+            if restarted is not None:
+                node = nodes[restarted]
+                await self.stop(node.process)
+                nodes[restarted] = await self.spawn_branch(
+                    restarted, *options, root=node.root, port=node.port)
+                await self.wait_ping(nodes[restarted].process, node.port)
+            for node in nodes.values():
+                await self.wait_branches(node, ["a", "b"])
+            for writer, reader in (("a", "b"), ("b", "a")):
+                app = f"app{step}{writer}"
+                await self.ok("PUT", nodes[writer], f"/{app}/", expected=(201,))
+                await self.poll_get(nodes[reader], f"/{app}/", lambda code, body: code == 200,
+                                    10, f"{app} from {writer} on {reader}")
+        for node in nodes.values():
+            self.assertEqual((await self.dropped(node))["unopened"], 0, node.id)
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process))
+                                   for n in nodes.values()])
