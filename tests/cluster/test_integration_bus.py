@@ -143,12 +143,13 @@ class SealedBusTests(BusTestCase):
             await self.stop(node.process)
 
     @deferred
-    async def test_a_request_to_one_branch_replayed_to_another_changes_nothing(self):
+    async def test_a_request_replayed_to_another_branch_or_after_a_restart_changes_nothing(self):
         """
         A broker user copies what a sends b (a queue bound under b's id):
         the request to add a token, which b decides.  Once the token is
-        revoked, the copies published to c, which holds the key too, within
-        the window, bring it back nowhere: c drops them as misdirected.
+        revoked, the copies published within the window bring it back
+        nowhere: c, which holds the key too, drops them as misdirected; b,
+        restarted meanwhile (its memory of ids gone), as stale.
         """
         ids = ["a", "b", "c"]
         nodes = [await self.spawn_branch(i) for i in ids]
@@ -178,9 +179,22 @@ class SealedBusTests(BusTestCase):
         for node in nodes:
             self.assertEqual(await self.get(node, "/tokens/"), (200, []))
         dropped = await self.dropped(c)
-        # At least the request and the reply a and b traded; the broadcasts
-        # c heard already are replays.
+        # At least the request and a probe of b's; the broadcasts c heard
+        # already are replays.
         self.assertGreaterEqual(dropped["misdirected"] - before["misdirected"], 2, dropped)
+
+        await self.stop(b.process)
+        b = nodes[1] = await self.spawn_branch("b", root=b.root, port=b.port)
+        await self.wait_ping(b.process, b.port)
+        for node in nodes:
+            await self.wait_branches(node, ids)
+        for body in list(seen):
+            await channel.publish(f"{self.cluster}.bus.direct", "b", body)
+        await sleep(1.5)
+        for node in nodes:
+            self.assertEqual(await self.get(node, "/tokens/"), (200, []))
+        # The request, and the merges a broadcast before the restart.
+        self.assertGreaterEqual((await self.dropped(b))["stale"], 1)
         for node in nodes:
             self.assertNotIn("Traceback", node.process.output)
         await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in nodes])
