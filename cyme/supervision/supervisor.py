@@ -54,8 +54,7 @@ class Supervisor(service.Service):
 
     C{launcher} starts them (exec'd by default); C{processes} sees those
     that are not our children; C{policy} holds the figures (L{Policy});
-    C{metrics} (L{cyme.metrics.Metrics}) the durations of ticks and pings;
-    C{cluster} names the branch's cluster, whose bus no worker may consume.
+    C{metrics} (L{cyme.metrics.Metrics}) times ticks and pings; no worker consumes C{cluster}'s bus.
     """
 
     log = Logger(observer=logs.observer)
