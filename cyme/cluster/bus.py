@@ -294,7 +294,7 @@ class Bus(service.Service):
                           self.connected_since)
         except Unopened as e:
             self.drops.drop(e.reason, **e.fields)
-            if e.reason == "stale":
+            if e.reason == "stale" and envelope["from"] != self.branch_id:
                 # A sender that missed this run's hello learns its incarnation,
                 # and its request fails now rather than at its timeout.
                 self._send("members", envelope["from"], members=[self.membership.own()])

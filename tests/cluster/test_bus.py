@@ -208,6 +208,11 @@ class SealedBusTestCase(SynchronousTestCase):
             self.clock.advance(0)
         return d
 
+    def call_all(self, caller, *args):
+        d = defer.ensureDeferred(self.buses[caller].broadcast(*args, 1.0))
+        self.beat(0)
+        return d
+
     def dropped(self, branch_id="b1"):
         return {k: v for k, v in self.buses[branch_id].figures()["dropped"].items() if v}
 
@@ -384,6 +389,16 @@ class SealedBusTests(SealedBusTestCase):
         self.assertEqual(self.dropped()["stale"], 1)  # (b3's hello: unopened)
         self.assertIsNone(self.successResultOf(self.call("b2", "b1", "write", {"x": 2}, 1.0)))
         self.assertEqual(self.handled, [{"x": 2}])
+
+    def test_a_branchs_own_broadcast_replayed_after_it_restarted_is_not_answered(self):
+        self.network.bodies.clear()
+        self.successResultOf(self.call_all("b1", "write", {"x": 1}))
+        body = self.network.bodies[0]
+        self.restart_b1()
+        self.network.bodies.clear()
+        self.inject(body)
+        self.assertEqual(self.dropped()["stale"], 1)
+        self.assertEqual(self.network.bodies, [])  # no answer to itself
 
     def test_a_sender_that_missed_the_hello_is_told_at_once(self):
         """
