@@ -58,5 +58,18 @@ class GatewayTimeout(CymeError):
     status = 504
 
 
+class RemoteError(CymeError):
+    """An error another branch (over the bus) answered with: same status, same body."""
+
+    def __init__(self, status, body):
+        message = body.get("error", "error") if isinstance(body, dict) else str(body)
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+    def to_json(self):
+        return self.body
+
+
 class Unavailable(CymeError):
     status = 503

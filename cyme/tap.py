@@ -102,6 +102,7 @@ def makeService(options):
         ),
         worker_loglevel=CELERY_LEVELS[options["log-level"].name],
         worker_policy=options["worker-policy"],
+        cluster=options["cluster"],
         transition=feeds.transition,
         metrics=metrics,
     )

@@ -807,6 +807,14 @@ class BusWiringTests(OptionsTestsMixin, SynchronousTestCase):
         self.assertEqual(bus.transport.url, "amqp://cyme:s@bus:5673/cyme")
         self.assertEqual(bus.transport.broadcast_exchange, "cyme.bus")
 
+    def test_the_workers_are_kept_off_the_bus_of_the_branchs_cluster(self):
+        options = self.parse(["--without-http", "-D", self.root_path(), "--cluster", "prod"])
+        service = tap.makeService(options)
+        self.assertEqual(service.getServiceNamed("bus").transport.broadcast_exchange,
+                         "prod.bus")
+        # The names its workers may not consume (cyme.supervision.workers).
+        self.assertEqual(service.getServiceNamed("supervisor").cluster, "prod")
+
     def test_an_open_bus(self):
         options = self.parse(["--without-http", "-D", self.root_path(), "--insecure-open-bus"])
         self.assertFalse(tap.makeService(options).getServiceNamed("bus").seal.sealed)

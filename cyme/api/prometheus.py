@@ -96,7 +96,7 @@ class FiguresCollector:
         yield _family(
             CounterMetricFamily, "cyme_bus_messages_dropped",
             "Bus messages dropped unread, by reason (unsealed, unopened, expired, "
-            "replayed, invalid, undecodable).", ["reason"],
+            "replayed, misdirected, stale, invalid, undecodable).", ["reason"],
             {(k,): v for k, v in f["bus_dropped"].items()})
         yield _family(
             GaugeMetricFamily, "cyme_bus_peers",

@@ -7,20 +7,20 @@ replies to its own requests).  Messages are versioned JSON envelopes::
 
     {"v": 3, "type": "beat" | "ping" | "ack" | "ping-req" | "gossip" | "members"
                  | "request" | "reply" | "bye",
-     "from": <branch id>, "ticket": ..., "method": ..., "args": ..., ...}
+     "from": <branch id>, "to": <branch id> | "*", "ticket": ..., "method": ...,
+     "args": ..., ...}
 
 sealed with the cluster key on their way out and opened on their way in
 (L{cyme.cluster.seal}, here and nowhere else), then checked
-(L{cyme.cluster.messages}); what does not open or pass is dropped and
+(L{cyme.cluster.messages}) and addressed (L{cyme.cluster.address}: for
+this branch, or every one); what does not open or pass is dropped and
 counted (L{cyme.cluster.drops}).  A branch whose envelopes say another
 protocol version is known by its id and version, never called, and said
 so in the log once.
 
-Presence: each branch probes one other per period and gossips what
-changed (L{cyme.cluster.membership}, SWIM); a branch broadcasts its own
-record (C{beat}: its id, URL, instance names, load, version) when it
-changes; a clean stop says goodbye; a branch that (re)connects says hello
-and a few others answer with their whole table.
+Presence: SWIM (L{cyme.cluster.membership}); a branch broadcasts its own
+record (C{beat}: id, URL, instance names, load, version) when it changes,
+goodbye at a clean stop, and hello when it (re)connects.
 
 A broadcast call completes as soon as every live branch answered (the
 local branch answers itself without the network), or at its timeout with
@@ -34,10 +34,10 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from cyme import logs
-from cyme.errors import CymeError, GatewayTimeout
+from cyme.errors import CymeError, GatewayTimeout, RemoteError
 from cyme.gather import Gatherings
 
-from . import messages
+from . import address, messages
 from .drops import Drops
 from .membership import Membership
 from .presence import ALIVE, CONTENTS, PROTOCOL_VERSION, Presence
@@ -64,19 +64,6 @@ class IBusTransport(Interface):
 
 #: The probes of membership, and the method of L{Membership} each goes to.
 _PROBES = {"ping": "pinged", "ack": "acked", "ping-req": "asked"}
-
-
-class RemoteError(CymeError):
-    """An error another branch answered with: same status, same body."""
-
-    def __init__(self, status, body):
-        message = body.get("error", "error") if isinstance(body, dict) else str(body)
-        super().__init__(message)
-        self.status = status
-        self.body = body
-
-    def to_json(self):
-        return self.body
 
 
 class Bus(service.Service):
@@ -113,7 +100,7 @@ class Bus(service.Service):
             interval=probe_interval, timeout=probe_timeout, suspicion=suspicion,
             sync=table_sync,
         )
-        self.started = None
+        self.started = self.connected_since = None
         self._handlers = {}
         self._gatherings = Gatherings(clock)
         self._announce_call = None
@@ -145,7 +132,7 @@ class Bus(service.Service):
                 "cluster's bus exchanges on its broker can read every app's broker "
                 "password and create, change or delete apps and instances on every branch"
             )
-        self.started = self.clock.seconds()
+        self.started = self.connected_since = self.clock.seconds()
         self.membership.start(self.started)
         self.transport.start(self._deliver, self._connection_changed)
 
@@ -168,8 +155,10 @@ class Bus(service.Service):
         return {"v": PROTOCOL_VERSION, "type": kind, "from": self.branch_id, **fields}
 
     def _post(self, envelope, to=None):
-        """Seal C{envelope} and send it to C{to}, or to every branch."""
-        body = self.seal.close(envelope)
+        """Seal C{envelope} for C{to} (a branch id), or every branch, and send it."""
+        peer = self.presence.get(to) if to is not None else None
+        body = self.seal.close(address.address(
+            envelope, to, peer.incarnation if peer is not None else None))
         if to is None:
             self.transport.broadcast(body)
         else:
@@ -201,6 +190,7 @@ class Bus(service.Service):
 
     def _connection_changed(self, connected):
         if connected and self.running:
+            self.connected_since = self.clock.seconds()
             self.log.info("bus connected: saying hello as {branch}", branch=self.branch_id)
             self.membership.hello()
 
@@ -273,9 +263,11 @@ class Bus(service.Service):
         if version != PROTOCOL_VERSION:
             self._other_protocol(envelope, sender, version)
             return
+        messages.envelope(envelope)
+        if not self._addressed(envelope):
+            return
         if sender == self.branch_id:
             return  # our own broadcast: answered locally already
-        messages.envelope(envelope)
         kind = envelope["type"]
         if kind == "beat":
             self._beat(sender, messages.beat(envelope))
@@ -294,6 +286,22 @@ class Bus(service.Service):
             self._handle(envelope)
         elif kind == "reply":
             self._collect(envelope)
+
+    def _addressed(self, envelope):
+        """Whether C{envelope} is for this run of this branch; else dropped."""
+        try:
+            address.check(envelope, self.branch_id, self.membership.hello_incarnation,
+                          self.connected_since)
+        except Unopened as e:
+            self.drops.drop(e.reason, **e.fields)
+            if e.reason == "stale" and envelope["from"] != self.branch_id:
+                # A sender that missed this run's hello learns its incarnation,
+                # and its request fails now rather than at its timeout.
+                self._send("members", envelope["from"], members=[self.membership.own()])
+                self._reply(envelope, error=(503, {
+                    "error": f"branch {self.branch_id} reconnected to the bus: ask again"}))
+            return False
+        return True
 
     def _beat(self, sender, beat):
         """A branch's own record, broadcast: on a change of it, or hello."""

@@ -29,6 +29,15 @@ REASONS = {
         "clock (more than {window:g} s): check both machines' clocks (NTP)"
     ),
     "replayed": "a bus message from {sender} seen before (a replay)",
+    "misdirected": (
+        "a bus message from {sender} sealed for another branch: a copy someone "
+        "on the broker published to this one"
+    ),
+    "stale": (
+        "a bus request from {sender} sent to this branch's previous run (addressed "
+        "to it, or dated before this run started): a copy replayed since, a sender "
+        "that has not heard this run's hello yet, or a clock behind this one"
+    ),
     "invalid": "an invalid bus message from {sender} ({what}): {why}",
 }
 

@@ -71,6 +71,7 @@ class Membership:
         self.fanout = fanout
         self.sync = sync
         self.incarnation = 0
+        self.hello_incarnation = 0
         self.started = None
         self._said = None
         self._round = []
@@ -90,6 +91,7 @@ class Membership:
         self.started = started
         # A restarted branch says a newer incarnation than its last run's.
         self.incarnation = int(started * 1000)
+        self.hello_incarnation = self.incarnation
         self._next_sync = self.clock.seconds() + self._sync_delay()
         self._loop = LoopingCall(self._tick)
         self._loop.clock = self.clock
@@ -146,6 +148,9 @@ class Membership:
     def hello(self):
         """The bus (re)connected: say so, newer than anything said of us meanwhile."""
         self.incarnation += 1
+        # What a request to this branch must be addressed to from now on, at
+        # least (cyme.cluster.address): all it says from now on says as much.
+        self.hello_incarnation = self.incarnation
         self.send("beat", None, **self.beat(hello=True))
 
     def announce(self):

@@ -67,6 +67,10 @@ class MemoryBusNetwork:
     def heal(self, branch_id):
         self.cut.discard(branch_id)
 
+    def reconnect(self, branch_id):
+        """Branch C{branch_id}'s connection to the broker drops and comes back."""
+        self.transports[branch_id].reconnect()
+
     def deliver(self, sender, targets, body):
         """Carry C{body} (an envelope's bytes) from C{sender} to the branches C{targets}."""
         if not isinstance(body, bytes):
@@ -108,12 +112,21 @@ class MemoryBusTransport:
         self.connected = False
         self.running = False
         self._deliver = None
+        self._changed = None
 
     def start(self, deliver, connection_changed):
         self._deliver = deliver
+        self._changed = connection_changed
         self.running = True
         self.connected = True
         self.network.clock.callLater(0, connection_changed, True)
+
+    def reconnect(self):
+        """The connection drops (as the broker sees it) and comes back on the next turn."""
+        self.connected = False
+        self._changed(False)
+        self.connected = True
+        self.network.clock.callLater(0, self._changed, True)
 
     def receive(self, body):
         """An envelope's bytes arrived."""

@@ -39,7 +39,8 @@ class Unopened(Exception):
     A body that is not an envelope for this branch.
 
     C{reason} is one of C{undecodable}, C{unsealed}, C{unopened},
-    C{expired}, C{replayed}, C{invalid}; C{fields} say more for the log
+    C{expired}, C{replayed}, C{invalid} (here), C{misdirected} and C{stale}
+    (L{cyme.cluster.address}); C{fields} say more for the log
     (never the contents: an envelope may carry broker passwords).
     """
 

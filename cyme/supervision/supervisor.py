@@ -54,7 +54,7 @@ class Supervisor(service.Service):
 
     C{launcher} starts them (exec'd by default); C{processes} sees those
     that are not our children; C{policy} holds the figures (L{Policy});
-    C{metrics} (L{cyme.metrics.Metrics}) the durations of ticks and pings.
+    C{metrics} (L{cyme.metrics.Metrics}) times ticks and pings; no worker consumes C{cluster}'s bus.
     """
 
     log = Logger(observer=logs.observer)
@@ -64,7 +64,7 @@ class Supervisor(service.Service):
         self, store, control, reactor, instances_dir, hostname=None,
         python=sys.executable, processes=None, launcher=None, policy=None,
         worker_loglevel="info", worker_policy=None, transition=None, metrics=None,
-    ):
+        cluster="cyme"):
         self.store = store
         self.control = control
         self.reactor = reactor
@@ -74,12 +74,12 @@ class Supervisor(service.Service):
         self.processes = processes if processes is not None else ProcessTable()
         self.launcher = launcher if launcher is not None else ExecLauncher(reactor)
         self.policy = policy if policy is not None else Policy()
-        self.worker_loglevel = worker_loglevel
+        self.worker_loglevel, self.cluster = worker_loglevel, cluster
         #: What this branch's operator allows workers (L{WorkerPolicy}).
         self.worker_policy = worker_policy if worker_policy is not None else WorkerPolicy()
         self._metrics = metrics if metrics is not None else Metrics()
         self._commands = WorkerCommands(self.hostname, python, worker_loglevel,
-                                        self.worker_policy)
+                                        self.worker_policy, self.cluster)
         #: Instance name -> L{WorkerLifecycle}.
         self.workers = {}
         #: Told of every worker's transitions (L{WorkerLifecycle}'s C{transition}).

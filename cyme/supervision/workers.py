@@ -49,10 +49,11 @@ def node_name(instance_name, hostname):
     return f"{instance_name}@{hostname}"
 
 
-def _queue_declaration(queue):
+def _queue_declaration(queue, cluster):
     # A record an older version let through (a bindings option, a
-    # reserved name) fails its instance here, not the worker's broker.
-    check_names(queue)
+    # reserved name: the bus of this branch's cluster too) fails its
+    # instance here, not the worker's broker.
+    check_names(queue, cluster)
     check_options(queue.options)
     return {
         "name": queue.name,
@@ -64,7 +65,7 @@ def _queue_declaration(queue):
 
 
 def worker_command(instance, app, queues, directory, hostname, python, loglevel="info",
-                   policy=None):
+                   policy=None, cluster="cyme"):
     """
     The argv, environment and spec fingerprint of an instance's worker.
 
@@ -77,7 +78,7 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     C{webhook_allow}): a task message may narrow it, never widen it.
 
     C{queues} are the L{cyme.state.models.Queue} declarations the instance
-    consumes.  The spec covers what can only change by a restart (broker,
+    consumes; none may be named as the bus of C{cluster} (the branch's).  The spec covers what can only change by a restart (broker,
     pool, arguments, settings, imports, the fence, and concurrency where
     there is no autoscaler); queues and autoscale bounds change live and
     are left out.
@@ -112,7 +113,7 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
         "queues": [
             {"name": dq, "exchange": dq, "exchange_type": "direct",
              "routing_key": dq, "options": {}},
-            *(_queue_declaration(q) for q in queues),
+            *(_queue_declaration(q, cluster) for q in queues),
         ],
         "extra_config": extra,
         "imports": list(app.imports),
@@ -163,8 +164,8 @@ class WorkerCommands:
     records are frozen: the same objects make the same command.
     """
 
-    def __init__(self, hostname, python, loglevel="info", policy=None):
-        self._fixed = (hostname, python, loglevel, policy)
+    def __init__(self, hostname, python, loglevel="info", policy=None, cluster="cyme"):
+        self._fixed = (hostname, python, loglevel, policy, cluster)
         #: Instance name -> (the records it was made of, what was made).
         self._made = {}
 

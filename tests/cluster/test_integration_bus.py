@@ -13,12 +13,14 @@ import stat
 import uuid
 
 import treq
+from twisted.trial.unittest import SkipTest
 from twisted.internet import defer, reactor
 
 from cyme.amqp import AMQPClientService, backoff_policy
+from cyme.cluster.placement import coordinator
 from cyme.cluster.seal import FernetSeal
 from tests.cluster import new_key
-from tests.integration import IntegrationTestCase, sleep
+from tests.integration import RABBITMQCTL, IntegrationTestCase, rabbitmqctl, sleep
 from tests.test_daemon import deferred
 from tests.vhosts import broker_url, run_vhost
 
@@ -40,10 +42,11 @@ class BusTestCase(IntegrationTestCase):
         self.assertEqual(code, 200, info)
         return info["bus"]["dropped"]
 
-    async def broker_client(self):
-        """A connection to the branches' virtual host, as guest: a channel on it."""
+    async def broker_client(self, vhost="cyme-test"):
+        """A connection to the branches' virtual host (of C{vhost}, the prefix), as
+        guest: a channel on it."""
         service = AMQPClientService(
-            broker_url(run_vhost("cyme-test")), reactor=reactor,
+            broker_url(run_vhost(vhost)), reactor=reactor,
             connection_name=f"cyme-test-attacker-{uuid.uuid4().hex[:6]}",
             retry_policy=backoff_policy(initial=0.05, cap=0.5), close_timeout=2,
         )
@@ -139,6 +142,63 @@ class SealedBusTests(BusTestCase):
         for node in (a, b):
             await self.stop(node.process)
 
+    @deferred
+    async def test_a_request_replayed_to_another_branch_or_after_a_restart_changes_nothing(self):
+        """
+        A broker user copies what a sends b (a queue bound under b's id):
+        the request to add a token, which b decides.  Once the token is
+        revoked, the copies published within the window bring it back
+        nowhere: c, which holds the key too, drops them as misdirected; b,
+        restarted meanwhile (its memory of ids gone), as stale.
+        """
+        ids = ["a", "b", "c"]
+        nodes = [await self.spawn_branch(i) for i in ids]
+        for node in nodes:
+            await self.wait_ping(node.process, node.port)
+        for node in nodes:
+            await self.wait_branches(node, ids)
+        a, b, c = nodes
+        channel = await self.broker_client()
+        seen = await self.tap(channel, ["b"])
+        name = next(n for n in (f"ci{i}" for i in range(100)) if coordinator(n, ids) == "b")
+
+        await self.ok("POST", a, "/tokens/", expected=(201,),
+                      data={"name": name, "scope": "read"})
+        for node in nodes:
+            await self.poll_get(node, "/tokens/", lambda code, body: len(body) == 1, 10,
+                                f"token {name} on {node.id}")
+        await self.ok("DELETE", a, f"/tokens/{name}/")
+        for node in nodes:
+            await self.poll_get(node, "/tokens/", lambda code, body: body == [], 10,
+                                f"token {name} revoked on {node.id}")
+        before = await self.dropped(c)
+        for body in list(seen):
+            await channel.publish(f"{self.cluster}.bus.direct", "c", body)
+        await sleep(1.5)
+
+        for node in nodes:
+            self.assertEqual(await self.get(node, "/tokens/"), (200, []))
+        dropped = await self.dropped(c)
+        # At least the request and a probe of b's; the broadcasts c heard
+        # already are replays.
+        self.assertGreaterEqual(dropped["misdirected"] - before["misdirected"], 2, dropped)
+
+        await self.stop(b.process)
+        b = nodes[1] = await self.spawn_branch("b", root=b.root, port=b.port)
+        await self.wait_ping(b.process, b.port)
+        for node in nodes:
+            await self.wait_branches(node, ids)
+        for body in list(seen):
+            await channel.publish(f"{self.cluster}.bus.direct", "b", body)
+        await sleep(1.5)
+        for node in nodes:
+            self.assertEqual(await self.get(node, "/tokens/"), (200, []))
+        # The request, and the merges a broadcast before the restart.
+        self.assertGreaterEqual((await self.dropped(b))["stale"], 1)
+        for node in nodes:
+            self.assertNotIn("Traceback", node.process.output)
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in nodes])
+
     async def metrics(self, node):
         """The text of C{/metrics} (not JSON)."""
         response = await treq.get(node.url("/metrics"), pool=self.pool, timeout=5)
@@ -213,3 +273,99 @@ class DefaultKeyTests(BusTestCase):
             await self.wait_branches(node, ["a", "b"])
         self.assertFalse(os.path.exists(self.path("h1")))
         await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
+
+
+class BusBrokerTests(BusTestCase):
+    async def bus_user(self, vhost):
+        """A broker user of this test that may use C{vhost} alone; its password."""
+        if RABBITMQCTL is None:
+            raise SkipTest("rabbitmqctl is not installed: cannot make a broker user")
+        user, password = f"cymebus-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
+        code, out = await rabbitmqctl("add_user", user, password)
+        self.assertEqual(code, 0, out)
+        self.addCleanup(lambda: defer.ensureDeferred(rabbitmqctl("delete_user", user)))
+        code, out = await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        self.assertEqual(code, 0, out)
+        return user, password
+
+    async def has_exchange(self, vhost_prefix, exchange):
+        """Whether C{exchange} exists on the virtual host of C{vhost_prefix}."""
+        channel = await self.broker_client(vhost_prefix)
+        try:
+            await channel.exchange_declare(exchange, "fanout", passive=True, timeout=5)
+        except Exception:  # the broker's 404 closes the channel
+            return False
+        return True
+
+    @deferred
+    async def test_the_bus_on_a_virtual_host_and_user_of_its_own(self):
+        """
+        Two branches whose bus is on a virtual host of its own, as a user who
+        may use that one alone (given in the environment, as a password on a
+        command line is for everyone to see): they form a cluster and
+        replicate; the bus's exchanges are there, none on the apps' broker,
+        which is still the one of C{-b}.
+        """
+        vhost = run_vhost("cyme-test-bus")
+        user, password = await self.bus_user(vhost)
+        env = {"CYME_BUS_BROKER_URL": f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"}
+        a = await self.spawn_branch("a", env=env)
+        b = await self.spawn_branch("b", env=env)
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        for node in (a, b):
+            await self.wait_branches(node, ["a", "b"])
+        await self.ok("PUT", a, "/foo/", expected=(201,))
+        await self.poll_get(b, "/", lambda code, body: body == ["foo"], 10, "foo on b")
+        broker = (await self.get(b, "/foo/"))[1]["broker"]
+        self.assertEqual(broker["virtual_host"], run_vhost("cyme-test"))
+        self.assertTrue(await self.has_exchange("cyme-test-bus", f"{self.cluster}.bus"))
+        self.assertFalse(await self.has_exchange("cyme-test", f"{self.cluster}.bus"))
+        for node in (a, b):
+            self.assertNotIn(password, node.process.output)
+            self.assertNotIn("Traceback", node.process.output)
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process)) for n in (a, b)])
+
+
+class KeyRotationTests(BusTestCase):
+    @deferred
+    async def test_a_key_rotates_branch_by_branch_without_the_two_losing_each_other(self):
+        """
+        The README's rotation on real branches, one restart at a time: a
+        accepts the new key while b has only the old one; b seals with the
+        new key (the old one still opened) while a still seals with the old
+        one; a then has the new key alone.  At each step the two list each
+        other and a write on either reaches the other, and neither ever drops
+        a message of the other as unopened.
+        """
+        from cyme.cluster.keys import new_key_file
+
+        old, new = self.path("old.key"), self.path("new.key")
+        new_key_file(old)
+        new_key_file(new)
+        a = await self.spawn_branch("a", "--cluster-key-file", old,
+                                    "--previous-cluster-key-file", new)
+        b = await self.spawn_branch("b", "--cluster-key-file", old)
+        for node in (a, b):
+            await self.wait_ping(node.process, node.port)
+        nodes = {"a": a, "b": b}
+        steps = [("b", ["--cluster-key-file", new, "--previous-cluster-key-file", old]),
+                 ("a", ["--cluster-key-file", new])]
+        for step, (restarted, options) in enumerate([(None, None), *steps]):
+            if restarted is not None:
+                node = nodes[restarted]
+                await self.stop(node.process)
+                nodes[restarted] = await self.spawn_branch(
+                    restarted, *options, root=node.root, port=node.port)
+                await self.wait_ping(nodes[restarted].process, node.port)
+            for node in nodes.values():
+                await self.wait_branches(node, ["a", "b"])
+            for writer, reader in (("a", "b"), ("b", "a")):
+                app = f"app{step}{writer}"
+                await self.ok("PUT", nodes[writer], f"/{app}/", expected=(201,))
+                await self.poll_get(nodes[reader], f"/{app}/", lambda code, body: code == 200,
+                                    10, f"{app} from {writer} on {reader}")
+        for node in nodes.values():
+            self.assertEqual((await self.dropped(node))["unopened"], 0, node.id)
+        await defer.gatherResults([defer.ensureDeferred(self.stop(n.process))
+                                   for n in nodes.values()])

@@ -101,7 +101,7 @@ class ProbeTests(MembershipTestCase):
         suspicion = {"id": "b2", "inc": self.buses["b1"].peer("b2").incarnation,
                      "status": "suspect"}
         self.network.transports["b3"].broadcast(json.dumps({
-            "v": PROTOCOL_VERSION, "type": "gossip", "from": "b3",
+            "v": PROTOCOL_VERSION, "type": "gossip", "from": "b3", "to": "*",
             "gossip": [suspicion]}).encode())
         self.wait(10)
         for branch_id in ("b1", "b3", "b4"):
@@ -115,7 +115,7 @@ class ProbeTests(MembershipTestCase):
         old = {"id": "b4", "inc": self.buses["b4"].membership.incarnation + 10**9,
                "status": "alive", "url": "http://b4/", "instances": [["foo", "w-old"]]}
         self.network.transports["b3"].broadcast(json.dumps({
-            "v": PROTOCOL_VERSION, "type": "gossip", "from": "b3",
+            "v": PROTOCOL_VERSION, "type": "gossip", "from": "b3", "to": "*",
             "gossip": [old]}).encode())
         self.wait(3)
         for branch_id in ("b1", "b2", "b3"):
@@ -154,7 +154,7 @@ class ForgedGossipTests(MembershipTestCase):
 
     def test_forged_or_malformed_gossip_changes_nothing(self):
         death = {"id": "b2", "inc": 10**15, "status": "dead"}
-        frame = {"v": PROTOCOL_VERSION, "from": "b3"}
+        frame = {"v": PROTOCOL_VERSION, "from": "b3", "to": "b1"}
         # Not sealed with the cluster key: another key, or none at all.
         self.inject({**frame, "type": "gossip", "gossip": [death]}, seal(self.clock, new_key()))
         self.inject({**frame, "type": "gossip", "gossip": [death]})

@@ -50,7 +50,8 @@ class MessagesTestCase(ClusterTestCase):
         return self.request(branch, "GET", f"/branches/{branch}/").json["bus"]["dropped"]
 
     def inject(self, envelope, to="b1"):
-        self.network.transports[to].receive(json.dumps(envelope).encode())
+        """C{envelope} (for C{to}, unless it says otherwise) straight to C{to}'s queue."""
+        self.network.transports[to].receive(json.dumps({"to": to, **envelope}).encode())
         self.settle()
 
 

@@ -444,6 +444,35 @@ class QueueTests(SupervisorTestCase):
         self.assertEqual(len(self.reactor.live()), 1)
 
 
+class ReservedNameTests(SupervisorTestCase):
+    """
+    Queue records an older version let through, on a branch of the cluster
+    named prod: one consumes the cluster's bus, another binds to its
+    exchange.  Their workers never start; an instance of other queues does.
+    """
+
+    def options(self):
+        return {"cluster": "prod"}
+
+    def test_a_worker_on_the_clusters_bus_is_not_started(self):
+        self.store.put_queue("foo", Queue("prod.branch.b2"))
+        self.store.put_queue("foo", Queue("tap", exchange="prod.bus.direct",
+                                          routing_key="b2"))
+        self.start()
+        self.add("w1", queues=["prod.branch.b2"])
+        self.add("w2", queues=["tap"])
+        self.add("w3", queues=["tasks"])
+        self.pump(1)
+        for name, field, reserved in (("w1", "name", "prod.branch.b2"),
+                                      ("w2", "exchange", "prod.bus.direct")):
+            status = self.supervisor.status(name)
+            self.assertEqual((status["state"], status["pid"]), ("failed", None), name)
+            self.assertEqual(status["last_error"],
+                             f"cannot start: {field} {reserved!r} is reserved: names "
+                             "starting with 'prod.' belong to cyme, Celery or the broker")
+        self.assertEqual([p.node() for p in self.reactor.live()], ["w3@h"])
+
+
 class StopTests(SupervisorTestCase):
     def test_deleted_instance_is_stopped_and_its_directory_removed(self):
         self.start()
