@@ -74,6 +74,15 @@ class UnreachableTests(SynchronousTestCase):
             self.assertTrue(err.startswith(f"cyme: cannot reach {url}: "), err)
             self.assertIn("Connection refused", err)
 
+    def test_events_of_no_branch_is_one_line_and_status_1(self):
+        # Run as a process with a time limit: a wait without end fails the test.
+        url = f"http://127.0.0.1:{free_port()}"
+        done = subprocess.run([CYME, "--url", url, "events", "-c", "1"], capture_output=True,
+                              text=True, timeout=30, check=False)
+        self.assertEqual((done.returncode, done.stdout), (1, ""), done.stderr)
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        self.assertTrue(done.stderr.startswith(f"cyme: cannot reach {url}: "), done.stderr)
+
     def test_the_url_and_token_come_from_the_environment(self):
         url = f"http://127.0.0.1:{free_port()}"
         code, _, err = run("apps", env={"CYME_URL": url, "CYME_TOKEN": "s3cret"})
