@@ -118,6 +118,15 @@ class TransportTests(SynchronousTestCase):
         self.assertEqual(seen["body"], b"name=George+Costanza")
         self.assertEqual(task.uuid, "u1")
 
+    def test_a_wait_ends_with_any_state_of_a_task_that_is_done(self):
+        task = Client(self.base).app("foo").task("u1")
+        for state in ("REVOKED", "REJECTED", "IGNORED"):
+            self.answer("/foo/query/u1/wait/", body=json.dumps(
+                {"uuid": "u1", "state": state, "result": None}).encode())
+            del self.server.seen[:]
+            self.assertIsNone(task.wait(timeout=3))  # not a wait of 3 s, then an error
+            self.assertEqual((task.info["state"], len(self.server.seen)), (state, 1))
+
     def test_a_partial_answer_is_told(self):
         self.answer("/", body=b'["foo"]', **{"Cyme-Missing-Branches": "b2,b3"})
         told = []
