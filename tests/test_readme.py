@@ -1,7 +1,9 @@
 """The README's *Getting started* and *Walkthrough*, run as written: a branch
 started as the README's first command starts one (``bin/run-branch``: port
 8000, root ``instances/``, a generated id), then every ``curl`` of the
-walkthrough in order, each answer compared with the README's.
+walkthrough in order, each answer compared with the README's, and the
+``cyme`` commands beside them (the console script, on the same branch),
+each output compared line by line.
 
 What differs from one run to the next is mapped, never skipped: the
 anonymous instance's UUID, the branch's generated id, the host in the
@@ -16,14 +18,17 @@ import re
 import shlex
 import socket
 
+from twisted.internet.utils import getProcessOutputAndValue
+
 from cyme import tap
 from tests.integration import IntegrationTestCase
-from tests.test_daemon import deferred, free_port
+from tests.test_daemon import BIN, deferred, free_port
 from tests.vhosts import broker_url, run_vhost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.rst")
 BASE = "http://localhost:8000"
+CYME = os.path.join(BIN, "cyme")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: Fields whose value is the worker's own: compared by kind.
 VOLATILE = {"pid": (int,), "live": (dict, type(None)), "uptime": (float, int),
@@ -174,6 +179,20 @@ class WalkthroughTests(IntegrationTestCase):
         self.assertGreater(len(found), 10)
         return found
 
+    async def cyme(self, command, output, base, names, vhost):
+        """Run a C{cyme} command of the walkthrough on the branch at C{base};
+        its output, with the names mapped, must be the README's."""
+        argv = shlex.split(command)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("CYME_")}
+        out, err, code = await getProcessOutputAndValue(
+            CYME, argv[1:], env=dict(environ, CYME_URL=base), path=self.cwd)
+        text = out.decode("utf-8").replace(f":5672/{vhost}", ":5672//")
+        for real, shown in names.items():
+            text = text.replace(real, shown)
+        where = f"README: $ {command}\nexit {code}, stderr {err.decode()!r}:\n{text}"
+        self.assertEqual((code, err), (0, b""), where)
+        self.assertEqual(text.rstrip("\n").splitlines(), output, where)
+
     @deferred
     async def test_walkthrough(self):
         root = self.path("instances")
@@ -187,6 +206,9 @@ class WalkthroughTests(IntegrationTestCase):
         code, (branch_id,) = await self.request("GET", base + "/branches/")
         names = {branch_id: "3f2a9c81d4e0", "@" + socket.gethostname(): "@myhost"}
         for command, output in self.walkthrough():
+            if command.startswith("cyme "):
+                await self.cyme(command, output, base, names, vhost)
+                continue
             method, url, body, include = curl(command)
             self.assertTrue(url.startswith(BASE + "/"), command)
             headers = {"Content-Type": ["application/x-www-form-urlencoded"]} if body else {}
