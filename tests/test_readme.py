@@ -27,7 +27,6 @@ from tests.vhosts import broker_url, run_vhost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.rst")
-BASE = "http://localhost:8000"
 CYME = os.path.join(BIN, "cyme")
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: Fields whose value is the worker's own: compared by kind.
@@ -41,6 +40,15 @@ def section(text, title):
     start = lines.index(title) + 2
     end = next((i - 1 for i in range(start + 1, len(lines))
                 if re.fullmatch(r"=+", lines[i]) and lines[i - 1].strip()), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def subsection(text, title):
+    """The text of the subsection C{title} (underlined with C{-}) of C{text}."""
+    lines = text.splitlines()
+    start = lines.index(title) + 2
+    end = next((i - 1 for i in range(start + 1, len(lines))
+                if re.fullmatch(r"-+", lines[i]) and lines[i - 1].strip()), len(lines))
     return "\n".join(lines[start:end])
 
 
@@ -179,6 +187,37 @@ class WalkthroughTests(IntegrationTestCase):
         self.assertGreater(len(found), 10)
         return found
 
+    async def check_curl(self, command, output, base, names, vhost):
+        """Send a C{curl} command of the README to the branch at C{base}; its
+        answer, with the names mapped, must be the README's."""
+        method, url, body, include = curl(command)
+        branch = re.match(r"http://localhost:800[01](?=/)", url)
+        self.assertIsNotNone(branch, command)
+        headers = {"Content-Type": ["application/x-www-form-urlencoded"]} if body else {}
+        code, answer, response_headers = await self.call(
+            method, base + url[branch.end():], data=body, headers=headers, timeout=15)
+        status, ctype, shown = expected(output)
+        where = f"README: $ {command}\nanswered {code}: {json.dumps(answer)}"
+        if status is not None:
+            self.assertTrue(include, f"{where}\n(an HTTP status line needs curl -i)")
+            self.assertEqual(code, status, where)
+        elif isinstance(shown, dict) and "error" in shown:
+            self.assertGreaterEqual(code, 400, where)  # an error shown without curl -i
+        else:
+            self.assertLess(code, 400, where)
+        if ctype is not None:
+            self.assertEqual(response_headers.getRawHeaders(b"content-type"),
+                             [ctype.encode()], where)
+        if isinstance(answer, dict) and UUID.match(str(answer.get("name"))) and \
+                isinstance(shown, dict) and UUID.match(str(shown.get("name"))):
+            names[answer["name"]] = shown["name"]
+        if shown is None:
+            return
+        # The test run's virtual host is the README's (the broker's) "/".
+        actual = json.loads(json.dumps(replaced(answer, names)).replace(
+            f'"virtual_host": "{vhost}"', '"virtual_host": "/"'))
+        self.assertEqual(like(actual, shown), shown, where)
+
     async def cyme(self, command, output, base, names, vhost):
         """Run a C{cyme} command of the walkthrough on the branch at C{base};
         its output, with the names mapped, must be the README's."""
@@ -192,6 +231,35 @@ class WalkthroughTests(IntegrationTestCase):
         where = f"README: $ {command}\nexit {code}, stderr {err.decode()!r}:\n{text}"
         self.assertEqual((code, err), (0, b""), where)
         self.assertEqual(text.rstrip("\n").splitlines(), output, where)
+
+    @deferred
+    async def test_the_fences_error_texts(self):
+        """
+        The examples of *Queued URLs: the fence*, on a branch started with
+        the README's C{--webhook-allow}s, for the walkthrough's app C{foo}
+        and its queue C{tasks}: the refusals' texts are the README's.
+        """
+        text = subsection(section(self.readme, "Security"), "Queued URLs: the fence")
+        steps = [step for block in literal_blocks(text) for step in sessions(block)]
+        (start, _), curls = steps[0], steps[1:]
+        argv = shlex.split(start)
+        self.assertEqual(argv[0], "cyme-branch", start)
+        opened = [a for i, a in enumerate(argv) if argv[i - 1] == "--webhook-allow"]
+        self.assertEqual(opened, ["127.0.0.1:8080", "localhost:8080"])
+        port = free_port()
+        vhost = run_vhost(self.vhost_prefix)
+        process = self.cyme_branch(f"127.0.0.1:{port}", "-D", self.path("fence"), "-b",
+                                   broker_url(vhost), *(a for o in opened
+                                                        for a in ("--webhook-allow", o)))
+        await self.wait_ping(process, port)
+        base = f"http://127.0.0.1:{port}"
+        for method, path in (("PUT", "/foo/"), ("PUT", "/foo/queues/tasks/")):
+            code, answer = await self.request(method, base + path)
+            self.assertLess(code, 300, answer)
+        self.assertEqual(len(curls), 4)
+        for command, output in curls:
+            await self.check_curl(command, output, base, {}, vhost)
+        await self.stop(process)
 
     @deferred
     async def test_walkthrough(self):
@@ -209,28 +277,5 @@ class WalkthroughTests(IntegrationTestCase):
             if command.startswith("cyme "):
                 await self.cyme(command, output, base, names, vhost)
                 continue
-            method, url, body, include = curl(command)
-            self.assertTrue(url.startswith(BASE + "/"), command)
-            headers = {"Content-Type": ["application/x-www-form-urlencoded"]} if body else {}
-            code, answer, response_headers = await self.call(
-                method, base + url[len(BASE):], data=body, headers=headers, timeout=15)
-            status, ctype, shown = expected(output)
-            where = f"README: $ {command}\nanswered {code}: {json.dumps(answer)}"
-            if status is not None:
-                self.assertTrue(include, f"{where}\n(an HTTP status line needs curl -i)")
-                self.assertEqual(code, status, where)
-            else:
-                self.assertLess(code, 400, where)
-            if ctype is not None:
-                self.assertEqual(response_headers.getRawHeaders(b"content-type"),
-                                 [ctype.encode()], where)
-            if isinstance(answer, dict) and UUID.match(str(answer.get("name"))) and \
-                    isinstance(shown, dict) and UUID.match(str(shown.get("name"))):
-                names[answer["name"]] = shown["name"]
-            if shown is None:
-                continue
-            # The test run's virtual host is the README's (the broker's) "/".
-            actual = json.loads(json.dumps(replaced(answer, names)).replace(
-                f'"virtual_host": "{vhost}"', '"virtual_host": "/"'))
-            self.assertEqual(like(actual, shown), shown, where)
+            await self.check_curl(command, output, base, names, vhost)
         await self.stop(process)
