@@ -262,6 +262,41 @@ class WalkthroughTests(IntegrationTestCase):
         await self.stop(process)
 
     @deferred
+    async def test_the_health_example(self):
+        """
+        *Health and logs*' 503: a branch whose broker refuses connections
+        answers it with the README's keys and the README's text for the bus;
+        its instances and apps (the README's come from a busier branch) are
+        compared by their shape.
+        """
+        text = section(self.readme, "Supervision")
+        text = text[text.index("Health and logs"):]
+        command, output = sessions(literal_blocks(text)[0])[0]
+        method, url, _, include = curl(command)
+        self.assertEqual((method, url, include), ("GET", "http://localhost:8001/health/", True))
+        status, _, shown = expected(output)
+        port = free_port()
+        process = self.cyme_branch(f"127.0.0.1:{port}", "-i", "branch1", "-D",
+                                   self.path("health"), "-b",
+                                   f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+        await self.wait_ping(process, port)
+
+        async def failing():
+            code, answer = await self.request("GET", f"http://127.0.0.1:{port}/health/")
+            return (code, answer) if "bus" in (answer.get("failing") or {}) else None
+
+        code, answer = await self.poll(failing, 15, "the bus said unreachable")
+        self.assertEqual((code, status), (503, 503))
+        self.assertEqual(sorted(answer), sorted(shown))
+        self.assertEqual({k: answer[k] for k in ("ready", "branch", "failing")},
+                         {k: shown[k] for k in ("ready", "branch", "failing")})
+        self.assertEqual(sorted(answer["instances"]), sorted(shown["instances"]))
+        states = {"connected", "connecting", "unreachable", "unused"}
+        for health in list(answer["apps"].values()) + list(shown["apps"].values()):
+            self.assertIn(health["broker"], states)
+        await self.stop(process)
+
+    @deferred
     async def test_walkthrough(self):
         root = self.path("instances")
         port = free_port()
