@@ -3,7 +3,10 @@ started as the README's first command starts one (``bin/run-branch``: port
 8000, root ``instances/``, a generated id), then every ``curl`` of the
 walkthrough in order, each answer compared with the README's, and the
 ``cyme`` commands beside them (the console script, on the same branch),
-each output compared line by line.
+each output compared line by line.  Outside the walkthrough, the fence's
+refusals (*Queued URLs: the fence*) are run the same way on a branch
+started with the README's options, and the health example's 503 is
+checked on a branch whose broker refuses connections.
 
 What differs from one run to the next is mapped, never skipped: the
 anonymous instance's UUID, the branch's generated id, the host in the
