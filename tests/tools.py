@@ -10,18 +10,13 @@ Not a test module (trial loads only C{test_*}):
     (L{ToolsTestCase.thread}: the reactor keeps reading the branches'
     output meanwhile), the ``cyme`` console script run as a process
     (L{ToolsTestCase.cyme}), and an HTTP target for queued URLs
-    (L{ToolsTestCase.start_target});
-  - L{ToolsTestCase.needs_server_side}: the few tests of calls whose
-    server side is issue 12 part 3 (the C{!} no-wait marker on every write
-    route, C{GET} of one queue an instance consumes) are skipped, saying
-    so, by a branch that lacks it.
+    (L{ToolsTestCase.start_target}).
 """
 
 import os
 
 from twisted.internet import reactor, threads
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SkipTest
 from twisted.web import resource, server
 
 from tests.integration import IntegrationTestCase
@@ -92,21 +87,3 @@ class ToolsTestCase(IntegrationTestCase):
     def closed_url(self):
         """A URL on 127.0.0.1 where nothing listens."""
         return f"http://127.0.0.1:{free_port()}/nothing"
-
-    async def needs_server_side(self, branch):
-        """
-        Skip the test unless C{branch} has issue 12 part 3: the C{!}
-        no-wait marker on every write route, and C{GET} of one queue an
-        instance consumes.  A route it lacks answers 404 for C{route}
-        (C{!}) or 405 (C{GET}); one it has looks for the app first.
-        """
-        code, body = await self.request("DELETE", branch.url("/no-app/queues/!/q/"))
-        bang = not (code == 404 and body.get("kind") == "route")
-        code, body = await self.request("GET", branch.url("/no-app/instances/w/queues/q/"))
-        one = code != 405
-        if not (bang and one):
-            raise SkipTest("needs issue 12 part 3 on the branch: "
-                           + ", ".join(what for what, has in
-                                       (("'!' on every write route", bang),
-                                        ("GET of one queue an instance consumes", one))
-                                       if not has))

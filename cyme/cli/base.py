@@ -3,6 +3,7 @@ dotted grammar, listing sections, the options accepted anywhere, the output
 and the one-line errors."""
 
 import difflib
+import functools
 import json
 
 import click
@@ -140,8 +141,14 @@ def complete_apps(ctx, param, incomplete):
         return []
 
 
-def shared(command):
-    """Accept C{-a}, C{-F} and C{-n} after the command's name too."""
+def shared(command=None, *, nowait=False):
+    """
+    Accept C{-a} and C{-F} after the command's name too, and C{-n} on a
+    command that has a no-wait form (C{nowait}); any other command refuses
+    C{-n} given before its name (a usage error), rather than ignore it.
+    """
+    if command is None:
+        return lambda command: shared(command, nowait=nowait)
     options = [
         click.option("-a", "--app", "app_option", metavar="APP", expose_value=False,
                      callback=_setter("app"), shell_complete=complete_apps,
@@ -149,14 +156,31 @@ def shared(command):
         click.option("-F", "--format", "format_option", type=click.Choice(FORMATS),
                      expose_value=False, callback=_setter("format"),
                      help="pretty: aligned text; json: the API's JSON."),
-        click.option("-n", "--nowait", "nowait_option", is_flag=True, default=False,
-                     expose_value=False,
-                     callback=_setter("nowait"),
-                     help="Do not wait for the worker (the branch answers 202 at once)."),
     ]
+    if nowait:
+        options.append(click.option(
+            "-n", "--nowait", "nowait_option", is_flag=True, default=False,
+            expose_value=False, callback=_setter("nowait"),
+            help="Do not wait for the worker (the branch answers 202 at once)."))
+    else:
+        command = _waits(command)
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _waits(callback):
+    """C{callback}, refusing the C{-n} of C{cyme -n COMMAND}: it has no no-wait form."""
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        ctx = click.get_current_context()
+        if ctx.find_object(Settings).nowait:
+            raise click.UsageError(f"-n/--nowait does not apply to '{ctx.command_path}': "
+                                   f"it has no no-wait form", ctx)
+        return callback(*args, **kwargs)
+
+    return run
 
 
 def key_values(pairs, what="--set"):

@@ -190,10 +190,11 @@ def token_list(settings):
 @click.option("--scope", default="read", show_default=True,
               help="read, write, admin, or several: read,write.")
 @click.option("--expires", metavar="DURATION", help="3600, 90m, 12h, 30d or 4w (default: never).")
-@shared
+@shared(nowait=True)
 @pass_settings
 def token_create(settings, name, scope, expires):
-    made = settings.client.tokens.add(name, scope=scope, expires=expires)
+    made = settings.client.tokens.add(name, scope=scope, expires=expires,
+                                      nowait=settings.nowait)
     # The secret alone on stdout (for $(...)); what it is on stderr.
     if settings.format == "pretty":
         click.echo(f"token {made.get('name')} ({','.join(made.get('scopes') or [])}), "
@@ -204,7 +205,7 @@ def token_create(settings, name, scope, expires):
 
 @token.command("revoke", help="Revoke token NAME on every branch.")
 @click.argument("name")
-@shared
+@shared(nowait=True)
 @pass_settings
 def token_revoke(settings, name):
-    settings.emit(settings.client.tokens.delete(name))
+    settings.emit(settings.client.tokens.delete(name, nowait=settings.nowait))

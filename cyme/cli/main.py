@@ -42,7 +42,7 @@ def check_url(ctx, param, value):
 @click.option("-F", "--format", "fmt", type=click.Choice(FORMATS), default="pretty",
               show_default=True, help="pretty: aligned text; json: the API's JSON.")
 @click.option("-n", "--nowait", is_flag=True,
-              help="Do not wait for workers: the branch answers 202 at once.")
+              help="Writes: do not wait for workers, the branch answers 202 at once.")
 @click.option("-a", "--app", metavar="APP", shell_complete=complete_apps,
               help="The app of the command (instances, queues, consumers, task).")
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,

@@ -28,11 +28,12 @@ def apps_list(settings):
 @click.argument("name")
 @click.argument("broker_url", required=False)
 @SET
-@shared
+@shared(nowait=True)
 @pass_settings
 def apps_add(settings, name, broker_url, settings_):
     params = key_values(settings_)
-    settings.emit(settings.client.add(name, broker=broker_url, **params).info)
+    settings.emit(settings.client.add(name, broker=broker_url, nowait=settings.nowait,
+                                     **params).info)
 
 
 @apps.command("get", help="App NAME.")
@@ -45,10 +46,10 @@ def apps_get(settings, name):
 
 @apps.command("delete", help="Delete app NAME with its instances and queues.")
 @click.argument("name")
-@shared
+@shared(nowait=True)
 @pass_settings
 def apps_delete(settings, name):
-    settings.emit(settings.client.delete(name))
+    settings.emit(settings.client.delete(name, nowait=settings.nowait))
 
 
 # Instances
@@ -81,7 +82,7 @@ def instances_list(settings):
 @click.option("--min", "min_", type=int, help="min_concurrency (default 1).")
 @click.option("--branch", help="The branch that runs it (default: the least loaded).")
 @SET
-@shared
+@shared(nowait=True)
 @pass_settings
 def instances_add(settings, name, broker_url, pool, queues, max_, min_, branch, settings_):
     params = {"pool": pool, "queues": queues, "max_concurrency": max_,
@@ -105,7 +106,7 @@ def instances_get(settings, name):
 
 @instances.command("delete", help="Delete instance NAME: its worker is stopped.")
 @click.argument("name")
-@shared
+@shared(nowait=True)
 @pass_settings
 def instances_delete(settings, name):
     settings.emit(_instances(settings, name).delete(name, nowait=settings.nowait))
@@ -123,19 +124,21 @@ def instances_stats(settings, name):
 @click.argument("name")
 @click.argument("max_", metavar="[MAX]", type=int, required=False)
 @click.argument("min_", metavar="[MIN]", type=int, required=False)
-@shared
+@shared(nowait=True)
 @pass_settings
 def instances_autoscale(settings, name, max_, min_):
-    settings.emit(_instances(settings, name).autoscale(name, max=max_, min=min_))
+    settings.emit(_instances(settings, name).autoscale(name, max=max_, min=min_,
+                                                       nowait=settings.nowait))
 
 
 def _lifecycle(action, text):
     @instances.command(action, help=text)
     @click.argument("name")
-    @shared
+    @shared(nowait=True)
     @pass_settings
     def command(settings, name):
-        settings.emit(getattr(_instances(settings, name), action)(name).info)
+        section = _instances(settings, name)
+        settings.emit(getattr(section, action)(name, nowait=settings.nowait).info)
 
     return command
 
@@ -170,7 +173,7 @@ def queues_list(settings):
 @click.argument("exchange_type", metavar="[TYPE]", required=False)
 @click.argument("routing_key", required=False)
 @click.argument("options", metavar="[OPTIONS_JSON]", required=False)
-@shared
+@shared(nowait=True)
 @pass_settings
 def queues_add(settings, name, exchange, exchange_type, routing_key, options):
     options = json_object(options, "OPTIONS_JSON") if options else {}
@@ -189,7 +192,7 @@ def queues_get(settings, name):
 
 @queues.command("delete", help="Delete queue NAME; instances consuming it stop.")
 @click.argument("name")
-@shared
+@shared(nowait=True)
 @pass_settings
 def queues_delete(settings, name):
     settings.emit(_queues(settings).delete(name, nowait=settings.nowait))
@@ -219,7 +222,7 @@ def consumers_list(settings, instance):
 @consumers.command("add", help="Make INSTANCE consume the declared QUEUE.")
 @click.argument("instance")
 @click.argument("queue")
-@shared
+@shared(nowait=True)
 @pass_settings
 def consumers_add(settings, instance, queue):
     settings.emit(_consumers(settings, instance).add(queue, nowait=settings.nowait))
@@ -228,7 +231,7 @@ def consumers_add(settings, instance, queue):
 @consumers.command("delete", help="Make INSTANCE stop consuming QUEUE.")
 @click.argument("instance")
 @click.argument("queue")
-@shared
+@shared(nowait=True)
 @pass_settings
 def consumers_delete(settings, instance, queue):
     settings.emit(_consumers(settings, instance).delete(queue, nowait=settings.nowait))

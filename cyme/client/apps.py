@@ -3,7 +3,7 @@
 from cyme.client.events import follow
 from cyme.client.instances import Instance, Instances
 from cyme.client.queues import Queues
-from cyme.client.records import Record, name_of
+from cyme.client.records import Record, bang, name_of
 from cyme.client.tasks import Task
 from cyme.client.transport import DEFAULT_TIMEOUT, Transport, path
 
@@ -29,8 +29,8 @@ class App(Record):
         """Change the app's settings: C{broker}, C{arguments}, C{extra_config}..."""
         return self.client.add(self.name, **params)
 
-    def delete(self):
-        return self.client.delete(self.name)
+    def delete(self, nowait=False):
+        return self.client.delete(self.name, nowait=nowait)
 
     def queue(self, queue, url, data=None, method=None, params=None, timeout=None):
         """
@@ -64,6 +64,13 @@ class App(Record):
         return Task(self, uuid)
 
 
+class Listing(list):
+    """A list that may also be called for itself: a property that once was a method."""
+
+    def __call__(self):
+        return list(self)
+
+
 class Tokens:
     """C{client.tokens}: the API's tokens (the C{admin} scope)."""
 
@@ -74,21 +81,23 @@ class Tokens:
         """Every token: C{{"name", "scopes", "created", "expires"}} (no secret)."""
         return self.transport.request("GET", path("tokens"))
 
-    def add(self, name, scope="read", expires=None):
+    def add(self, name, scope="read", expires=None, nowait=False):
         """
         Make a token: C{scope} is C{"read"}, C{"read,write"}, a list...;
         C{expires} seconds or C{"30d"}.  Its JSON with the secret
-        (C{"token"}), shown this once.
+        (C{"token"}), shown this once.  C{nowait}: answered before every
+        branch has it.
         """
         if not isinstance(scope, str):
             scope = ",".join(scope)
         return self.transport.request(
-            "POST", path("tokens"), body={"name": name, "scope": scope, "expires": expires}
+            "POST", path("tokens", *bang(nowait)),
+            body={"name": name, "scope": scope, "expires": expires},
         )
 
-    def delete(self, name):
+    def delete(self, name, nowait=False):
         """Revoke a token everywhere."""
-        return self.transport.request("DELETE", path("tokens", name))
+        return self.transport.request("DELETE", path("tokens", *bang(nowait), name))
 
 
 class Client:
@@ -122,19 +131,24 @@ class Client:
         """A handle on app C{name} that reads nothing (its C{info} has only the name)."""
         return App(self, {"name": name_of(name)})
 
-    def add(self, name, broker=None, **params):
+    def add(self, name, broker=None, arguments=None, extra_config=None, nowait=False,
+            **params):
         """
         Create app C{name}, or change it: C{broker} an C{amqp://} URL
         (default: the branch's), or C{hostname}, C{port}, C{userid},
         C{password}, C{virtual_host}; C{arguments}, C{extra_config},
-        C{allowed_hosts}, C{task_timeout}, C{imports}.
+        C{allowed_hosts}, C{task_timeout}, C{imports}.  With C{nowait}
+        (the original client's C{!}), the branch answers before every
+        branch has it (202).
         """
-        answer = self.transport.request("PUT", path(name), body={"broker": broker, **params})
+        body = {"broker": broker, "arguments": arguments, "extra_config": extra_config,
+                **params}
+        answer = self.transport.request("PUT", path(*bang(nowait), name), body=body)
         return App(self, answer)
 
-    def delete(self, name):
+    def delete(self, name, nowait=False):
         """Delete the app with all its instances and queue declarations."""
-        return self.transport.request("DELETE", path(name_of(name)))
+        return self.transport.request("DELETE", path(*bang(nowait), name_of(name)))
 
     def __iter__(self):
         return iter(self.all())
@@ -144,13 +158,20 @@ class Client:
 
     # The cluster
 
+    @property
     def branches(self):
-        """The ids of the live branches."""
-        return self.transport.request("GET", path("branches"))
+        """
+        The ids of the live branches: C{client.branches}, a property as in
+        the original client, or C{client.branches()}.
+        """
+        return Listing(self.transport.request("GET", path("branches")))
 
     def branch(self, branch_id):
         """A branch: C{{"id", "url", "instances", "load", "limits", "version", ...}}."""
         return self.transport.request("GET", path("branches", branch_id))
+
+    # The original client's name of branch().
+    branch_info = branch
 
     def instance(self, name):
         """An instance by its name alone (names are unique in the cluster)."""

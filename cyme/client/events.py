@@ -4,7 +4,9 @@ The branch sends Server-Sent Events (one C{id:} and one C{data:} line per
 event, C{event: reset} where events were lost, comment lines to keep the
 connection alive); L{messages} reads them, and L{follow} yields each
 event's JSON, reconnecting after a dropped connection with the id of the
-last event of each branch (C{Last-Event-ID}), as a browser does.
+last event of each branch (C{Last-Event-ID}), as a browser does.  Only a
+stream that was once open is reconnected: a branch that never answered
+(a mistyped URL, a branch down) is an error at once, not a silent wait.
 """
 
 import json
@@ -38,23 +40,26 @@ def follow(transport, app=None, types=None, last=0, reconnect=True, sleep=time.s
     Yield the cluster's events (dicts) as a branch streams them: those of
     C{app}, of C{types} (names), the latest C{last} first; a C{reset}
     event where some were lost.  With C{reconnect}, a dropped connection is
-    opened again (after a second) from the last event of each branch.
+    opened again (after a second) from the last event of each branch; a
+    first connection that fails raises L{ConnectionFailed}.
     """
     params = {"app": app, "type": ",".join(types) if types else None, "last": last or None}
     seen = {}
+    established = False
     while True:
         headers = {"Accept": "text/event-stream"}
         if seen:
             headers["Last-Event-ID"] = ",".join(seen.values())
         try:
             with transport.stream(path("events"), params, headers, SILENCE) as lines:
+                established = True
                 for _, event_id, data in messages(lines):
                     event = json.loads(data)
                     if event_id:
                         seen[event_id.rpartition(":")[0]] = event_id
                     yield event
         except ConnectionFailed:
-            if not reconnect:
+            if not (reconnect and established):
                 raise
         if not reconnect:
             return

@@ -2,7 +2,7 @@
 
 from cyme.client.errors import NotFound
 from cyme.client.queues import Queue
-from cyme.client.records import Record, Section, name_of
+from cyme.client.records import Record, Section, bang, name_of
 from cyme.client.transport import path
 
 
@@ -35,17 +35,17 @@ class Instance(Record):
     def stats(self):
         return self.app.instances.stats(self.name)
 
-    def autoscale(self, max=None, min=None):
-        return self.app.instances.autoscale(self.name, max=max, min=min)
+    def autoscale(self, max=None, min=None, nowait=False):
+        return self.app.instances.autoscale(self.name, max=max, min=min, nowait=nowait)
 
-    def restart(self):
-        return self.app.instances.restart(self.name)
+    def restart(self, nowait=False):
+        return self.app.instances.restart(self.name, nowait=nowait)
 
-    def enable(self):
-        return self.app.instances.enable(self.name)
+    def enable(self, nowait=False):
+        return self.app.instances.enable(self.name, nowait=nowait)
 
-    def disable(self):
-        return self.app.instances.disable(self.name)
+    def disable(self, nowait=False):
+        return self.app.instances.disable(self.name, nowait=nowait)
 
     def delete(self, nowait=False):
         return self.app.instances.delete(self.name, nowait=nowait)
@@ -59,7 +59,7 @@ class Consumers(Section):
 
     def _path(self, queue=None, nowait=False):
         app, name = self.instance.app.name, self.instance.name
-        tail = ("!",) * bool(nowait) + ((name_of(queue),) if queue is not None else ())
+        tail = bang(nowait) + ((name_of(queue),) if queue is not None else ())
         return path(app, "instances", name, "queues", *tail)
 
     def names(self):
@@ -100,9 +100,8 @@ class Instances(Section):
         self.app = app
 
     def _path(self, name=None, *rest, nowait=False):
-        bang = ("!",) if nowait else ()
         named = (name_of(name),) if name is not None else ()
-        return path(self.app.name, "instances", *bang, *named, *rest)
+        return path(self.app.name, "instances", *bang(nowait), *named, *rest)
 
     def _request(self, method, *args, **kwargs):
         return self.app.transport.request(method, *args, **kwargs)
@@ -117,17 +116,23 @@ class Instances(Section):
         """A handle on instance C{name} that reads nothing (its C{info} has only the name)."""
         return Instance(self.app, {"name": name_of(name)})
 
-    def add(self, name=None, broker=None, nowait=False, **params):
+    def add(self, name=None, broker=None, nowait=False, arguments=None, config=None,
+            **params):
         """
         Create an instance (C{name} None: the branch names it with a UUID)
         and start its worker; answers once the worker answered its first
         ping, or at once with C{nowait}.  C{broker}: an C{amqp://} URL
-        (default: the app's).  C{params}: C{queues}, C{max_concurrency},
-        C{min_concurrency}, C{pool}, C{is_enabled}, C{arguments},
+        (default: the app's).  C{config}: its C{extra_config} (Celery
+        settings), as the original client named it.  C{params}: C{queues},
+        C{max_concurrency}, C{min_concurrency}, C{pool}, C{is_enabled},
         C{extra_config}, C{branch} (where to place it)...
         """
+        if config is not None:
+            if params.get("extra_config") is not None:
+                raise TypeError("config and extra_config name the same setting: give one")
+            params["extra_config"] = config
         answer = self._request("PUT", self._path(name, nowait=nowait),
-                               body={"broker": broker, **params})
+                               body={"broker": broker, "arguments": arguments, **params})
         return Instance(self.app, answer)
 
     def update(self, name, **params):
@@ -142,23 +147,31 @@ class Instances(Section):
         """The worker's live statistics (Celery's C{stats})."""
         return self._request("GET", self._path(name, "stats"))
 
-    def autoscale(self, name, max=None, min=None):
-        """The autoscale bounds C{{"max", "min"}}; sets those given first."""
-        if max is None and min is None:
+    def autoscale(self, name, max=None, min=None, nowait=False):
+        """
+        The autoscale bounds C{{"max", "min"}}; sets those given first
+        (with C{nowait}, the branch answers before the worker applied them).
+        """
+        if max is None and min is None and not nowait:
             return self._request("GET", self._path(name, "autoscale"))
-        return self._request("POST", self._path(name, "autoscale"),
+        return self._request("POST", self._path(name, "autoscale", nowait=nowait),
                              body={"max": max, "min": min})
 
-    def restart(self, name):
+    def restart(self, name, nowait=False):
         """Restart the worker now (clears a quarantine); answers once it is up."""
-        return Instance(self.app, self._request("POST", self._path(name, "restart")))
+        return self._change(name, "restart", nowait)
 
-    def enable(self, name):
-        return Instance(self.app, self._request("POST", self._path(name, "enable")))
+    def enable(self, name, nowait=False):
+        return self._change(name, "enable", nowait)
 
-    def disable(self, name):
+    def disable(self, name, nowait=False):
         """Stop the worker and keep it stopped; answers once it is gone."""
-        return Instance(self.app, self._request("POST", self._path(name, "disable")))
+        return self._change(name, "disable", nowait)
+
+    def _change(self, name, action, nowait):
+        # nowait: the branch answers 202 at once, the worker's change to come.
+        return Instance(self.app, self._request("POST", self._path(name, action,
+                                                                   nowait=nowait)))
 
     def __repr__(self):
         return f"<Instances of {self.app.name!r}>"

@@ -1,6 +1,6 @@
 """An app's queue declarations, for L{cyme.client}."""
 
-from cyme.client.records import Record, Section, name_of
+from cyme.client.records import Record, Section, bang, name_of
 from cyme.client.transport import path
 
 
@@ -25,8 +25,7 @@ class Queues(Section):
         self.app = app
 
     def _path(self, name, nowait=False):
-        bang = ("!",) if nowait else ()
-        return path(self.app.name, "queues", *bang, name_of(name))
+        return path(self.app.name, "queues", *bang(nowait), name_of(name))
 
     def names(self):
         return self.app.transport.request("GET", path(self.app.name, "queues"))

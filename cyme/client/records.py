@@ -65,3 +65,8 @@ class Section:
 def name_of(value):
     """A name, or the name of a record given in its place."""
     return value.info.get("name") if isinstance(value, Record) else value
+
+
+def bang(nowait):
+    """The segments of the original Cyme's no-wait marker: C{("!",)} or none."""
+    return ("!",) if nowait else ()

@@ -11,7 +11,6 @@ LONGEST_WAIT = 300.0
 DONE = frozenset(["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"])
 #: Seconds the client gives the branch beyond the wait itself.
 SLACK = 15.0
-DONE = ("SUCCESS", "FAILURE")
 
 
 class Task:
@@ -50,7 +49,8 @@ class Task:
         """
         The result once the task is done (the branch holds the request:
         no polling); L{GatewayTimeout} after C{timeout} seconds, and
-        L{TaskFailed} if it failed.
+        L{TaskFailed} if it failed.  A task that ended otherwise (revoked,
+        rejected, ignored) gives None at once, its state in C{info}.
         """
         deadline = time.monotonic() + timeout
         while True:

@@ -11,7 +11,9 @@ import subprocess
 from click.testing import CliRunner
 from twisted.trial.unittest import SynchronousTestCase
 
+from cyme.api.routes import BranchAPI
 from cyme.cli import cli
+from tests.client.test_transport import serve
 from tests.test_daemon import BIN, free_port
 
 CYME = os.path.join(BIN, "cyme")
@@ -52,6 +54,14 @@ class UsageTests(SynchronousTestCase):
         self.assertUsage(["apps", "add", "foo", "-s", "novalue"], "'novalue' is not KEY=VALUE")
         self.assertUsage(["--cacert", "/no/such/ca.pem", "apps"], "does not exist")
 
+    def test_nowait_only_where_there_is_a_no_wait_form(self):
+        for args in (["apps"], ["-a", "foo", "instances", "get", "w1"], ["status"],
+                     ["branches"], ["-a", "foo", "task", "state", "u1"],
+                     ["queue", "foo", "tasks", "http://m/"]):
+            self.assertUsage(["-n", *args], "-n/--nowait does not apply to '")
+        self.assertUsage(["apps", "list", "-n"], "No such option '-n'")
+        self.assertUsage(["instances", "stats", "w1", "--nowait"], "No such option '--nowait'")
+
     def test_help(self):
         code, out, _ = run("--help")
         self.assertEqual(code, 0)
@@ -74,12 +84,60 @@ class UnreachableTests(SynchronousTestCase):
             self.assertTrue(err.startswith(f"cyme: cannot reach {url}: "), err)
             self.assertIn("Connection refused", err)
 
+    def test_events_of_no_branch_is_one_line_and_status_1(self):
+        # Run as a process with a time limit: a wait without end fails the test.
+        url = f"http://127.0.0.1:{free_port()}"
+        done = subprocess.run([CYME, "--url", url, "events", "-c", "1"], capture_output=True,
+                              text=True, timeout=30, check=False)
+        self.assertEqual((done.returncode, done.stdout), (1, ""), done.stderr)
+        self.assertEqual(done.stderr.count("\n"), 1, done.stderr)
+        self.assertTrue(done.stderr.startswith(f"cyme: cannot reach {url}: "), done.stderr)
+
     def test_the_url_and_token_come_from_the_environment(self):
         url = f"http://127.0.0.1:{free_port()}"
         code, _, err = run("apps", env={"CYME_URL": url, "CYME_TOKEN": "s3cret"})
         self.assertEqual(code, 1)
         self.assertIn(url, err)
         self.assertNotIn("s3cret", err)
+
+
+class NoWaitTests(SynchronousTestCase):
+    """What C{-n} sends: the API's C{!} form of each write (202 at once)."""
+
+    def test_every_write_with_a_no_wait_form(self):
+        server, url = serve(self)
+        writes = {
+            ("apps", "add", "foo"): ("PUT", "/!/foo/"),
+            ("apps", "delete", "foo"): ("DELETE", "/!/foo/"),
+            ("-a", "foo", "instances", "add", "w1"): ("PUT", "/foo/instances/!/w1/"),
+            ("-a", "foo", "instances", "add"): ("PUT", "/foo/instances/!/"),
+            ("-a", "foo", "instances", "delete", "w1"): ("DELETE", "/foo/instances/!/w1/"),
+            ("-a", "foo", "instances", "restart", "w1"): ("POST", "/foo/instances/!/w1/restart/"),
+            ("-a", "foo", "instances", "enable", "w1"): ("POST", "/foo/instances/!/w1/enable/"),
+            ("-a", "foo", "instances", "disable", "w1"): ("POST", "/foo/instances/!/w1/disable/"),
+            ("-a", "foo", "instances", "autoscale", "w1", "4", "1"):
+                ("POST", "/foo/instances/!/w1/autoscale/"),
+            ("-a", "foo", "queues", "add", "tasks"): ("PUT", "/foo/queues/!/tasks/"),
+            ("-a", "foo", "queues", "delete", "tasks"): ("DELETE", "/foo/queues/!/tasks/"),
+            ("-a", "foo", "consumers", "add", "w1", "tasks"):
+                ("PUT", "/foo/instances/w1/queues/!/tasks/"),
+            ("-a", "foo", "consumers", "delete", "w1", "tasks"):
+                ("DELETE", "/foo/instances/w1/queues/!/tasks/"),
+            ("token", "create", "--name", "ci"): ("POST", "/tokens/!/"),
+            ("token", "revoke", "ci"): ("DELETE", "/tokens/!/ci/"),
+        }
+        routes = BranchAPI.app.url_map.bind("localhost")
+        for args, sent in writes.items():
+            # The branch's own route table takes it as its no-wait form.
+            _, values = routes.match(sent[1], sent[0])
+            self.assertIs(values.get("wait"), False, sent)
+            for where in (["-n", *args], [*args, "--nowait"]):
+                code, _, err = run("--url", url, "-F", "json", *where)
+                self.assertEqual(code, 0, (where, err))
+                seen = server.seen.pop()
+                self.assertEqual((seen["method"], seen["target"]), sent, where)
+        code, _, err = run("--url", url, "-a", "foo", "instances", "restart", "w1")
+        self.assertEqual((code, server.seen[-1]["target"]), (0, "/foo/instances/w1/restart/"))
 
 
 class ConsoleScriptTests(SynchronousTestCase):

@@ -300,13 +300,13 @@ class NoWaitTests(CommandTestCase):
     @deferred
     async def test_nowait_on_every_write(self):
         """
-        Server side: issue 12 part 3.  C{-n} on queues, consumers and
-        instance deletes: the branch answers at once, and the change is made.
+        C{-n} on apps, queues, consumers and instances: the branch answers
+        at once, and the change is made.
         """
         branch = await self.start_branch("a")
-        await self.needs_server_side(branch)
         self.url = branch.base
-        await self.ok("apps.add", "foo")
+        await self.ok("-n", "apps.add", "foo")
+        await self.until(lambda: self.has_app("foo"), 10, "foo added")
         await self.ok("-n", "-a", "foo", "queues.add", "tasks")
         await self.until(lambda: self.listed("-a", "foo", "queues"), 10, "tasks declared")
         await self.ok("-a", "foo", "instances", "add", "w1", "--pool", "solo")
@@ -318,8 +318,23 @@ class NoWaitTests(CommandTestCase):
         await self.ok("-a", "foo", "queues", "delete", "tasks", "--nowait")
         await self.until(lambda: self.listed("-a", "foo", "queues", wanted=False), 10,
                          "tasks deleted")
+        await self.ok("-n", "instances", "autoscale", "w1", "2", "1")
+        await self.until(lambda: self.field("w1", "max_concurrency", 2), 10, "w1 scales to 2")
+        await self.ok("-n", "instances", "disable", "w1")
+        await self.until(lambda: self.field("w1", "is_enabled", False), 10, "w1 disabled")
+        await self.ok("instances", "enable", "w1", "-n")
+        await self.until(lambda: self.field("w1", "state", "running"), 20, "w1 enabled")
+        await self.ok("-n", "instances", "restart", "w1")
         await self.ok("-n", "instances", "delete", "w1")
         await self.until(lambda: self.gone("w1"), 10, "w1 deleted")
+        await self.ok("apps", "delete", "foo", "-n")
+        await self.until(lambda: self.has_app("foo", False), 10, "foo deleted")
+
+    async def has_app(self, name, wanted=True):
+        return (name in await self.js("apps")) == wanted
+
+    async def field(self, name, key, value):
+        return (await self.js("instances", "get", name)).get(key) == value
 
     async def listed(self, *args, wanted=True):
         return ("tasks" in await self.js(*args)) == wanted

@@ -57,6 +57,22 @@ class FollowTests(SynchronousTestCase):
         self.assertEqual(again["Last-Event-ID"], "b1:6,b2:9")
         self.assertIsNone(params2["last"])  # not the latest again: what followed
 
+    def test_a_first_connection_that_fails_is_raised_at_once(self):
+        # A mistyped URL or a branch down: an error, not a wait without end.
+        slept = []
+        transport = StreamOnce(ConnectionFailed("cannot reach"), message("b1:1", {}))
+        stream = follow(transport, sleep=slept.append)
+        self.assertRaises(ConnectionFailed, next, stream)
+        self.assertEqual((len(transport.asked), slept), (1, []))
+
+    def test_once_open_a_stream_is_reopened_until_the_branch_is_back(self):
+        transport = StreamOnce(message("b1:1", {"type": "ready"}), ConnectionFailed("down"),
+                               ConnectionFailed("still down"), message("b1:2", {"type": "started"}))
+        slept = []
+        stream = follow(transport, sleep=slept.append)
+        self.assertEqual([next(stream)["type"], next(stream)["type"]], ["ready", "started"])
+        self.assertEqual((len(transport.asked), slept), (4, [1.0, 1.0, 1.0]))
+
     def test_an_error_of_the_api_is_raised(self):
         stream = follow(StreamOnce(Unauthorized("no token", 401)), sleep=lambda s: None)
         self.assertRaises(Unauthorized, next, stream)

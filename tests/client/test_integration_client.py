@@ -170,19 +170,26 @@ class NoWaitTests(ToolsTestCase):
     @deferred
     async def test_nowait_writes_and_one_consumed_queue(self):
         """
-        Server side: issue 12 part 3.  Every write takes C{nowait} (the
-        original client's C{!} marker), and an instance's consumers are read
-        as the declarations of the queues it consumes.
+        Every write takes C{nowait} (the original client's C{!} marker), the
+        original client's own signatures work (C{config=}, the
+        C{branches} property, C{branch_info}), and an instance's consumers
+        are read as the declarations of the queues it consumes.
         """
         branch = await self.start_branch("a")
-        await self.needs_server_side(branch)
 
         def nowait():
-            app = Client(branch.base).add("foo")
+            client = Client(branch.base)
+            self.assertEqual((client.branches, client.branches()), (["a"], ["a"]))
+            self.assertEqual(client.branch_info("a")["id"], "a")
+            app = client.add("foo", nowait=True)
+            self.assertEqual(app.name, "foo")
+            until(lambda: client.all() == ["foo"], 10, "foo added")
             app.queues.add("tasks", nowait=True)
             until(lambda: "tasks" in app.queues.names(), 10, "tasks declared")
             declared = app.queues.get("tasks")
-            i = app.instances.add("w1", pool="solo")
+            i = app.instances.add("w1", pool="solo", config={"worker_prefetch_multiplier": 2})
+            self.assertEqual(i.extra_config, {"worker_prefetch_multiplier": 2})
+            self.assertEqual(i.autoscale(max=2, min=1, nowait=True), {"max": 2, "min": 1})
             i.consumers.add("tasks", nowait=True)
             until(lambda: "tasks" in i.consumers.names(), 20, "w1 consumes tasks")
             self.assertEqual(i.consumers.get("tasks"), declared)
@@ -195,6 +202,8 @@ class NoWaitTests(ToolsTestCase):
             until(lambda: app.queues.names() == [], 10, "tasks deleted")
             i.delete(nowait=True)
             until(lambda: app.instances.names() == [], 10, "w1 deleted")
+            app.delete(nowait=True)
+            until(lambda: client.all() == [], 10, "foo deleted")
             return i.pid
 
         pid = await self.thread(nowait)

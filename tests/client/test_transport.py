@@ -38,22 +38,31 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = _answer
 
 
+def serve(testcase):
+    """
+    A recording server for C{testcase}'s duration, in a thread: (the server,
+    its base URL).  C{server.seen} holds each request; C{server.answers}
+    maps a path to C{(status, content type, body, headers)} (default: 200
+    C{{"ok": "ok"}}).
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.seen, server.answers = [], {}
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    testcase.addCleanup(stop)
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class TransportTests(SynchronousTestCase):
     def setUp(self):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.seen, server.answers = [], {}
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                  daemon=True)
-        thread.start()
-
-        def stop():
-            server.shutdown()
-            server.server_close()
-            thread.join(5)
-
-        self.addCleanup(stop)
-        self.server = server
-        self.base = f"http://127.0.0.1:{server.server_address[1]}"
+        self.server, self.base = serve(self)
 
     def answer(self, target, status=200, ctype="application/json", body=b"{}", **headers):
         self.server.answers[target] = (status, ctype, body, headers)
@@ -74,6 +83,30 @@ class TransportTests(SynchronousTestCase):
         self.assertEqual(seen["headers"]["Content-Type"], "application/json")
         self.assertEqual(json.loads(seen["body"]), {"pool": "solo", "queues": ["a", "b"]})
 
+    def test_the_original_clients_signatures(self):
+        # As scripts written for the original Cyme client call them.
+        self.answer("/!/foo/", 202, body=b'{"name": "foo"}')
+        self.answer("/branches/", body=b'["b1", "b2"]')
+        self.answer("/branches/b1/", body=b'{"id": "b1"}')
+        client = Client(self.base)
+        app = client.add("foo", "amqp://h//", "--without-gossip", {"a": 1}, nowait=True)
+        self.assertEqual(app.name, "foo")
+        app.instances.add("w1", config={"worker_prefetch_multiplier": 1},
+                          arguments="--without-mingle")
+        app.delete(nowait=True)
+        self.assertEqual([(s["method"], s["target"], json.loads(s["body"] or b"null"))
+                          for s in self.server.seen], [
+            ("PUT", "/!/foo/", {"broker": "amqp://h//", "arguments": "--without-gossip",
+                                "extra_config": {"a": 1}}),
+            ("PUT", "/foo/instances/w1/", {"arguments": "--without-mingle",
+                                          "extra_config": {"worker_prefetch_multiplier": 1}}),
+            ("DELETE", "/!/foo/", None)])
+        self.assertRaises(TypeError, app.instances.add, "w2", config={}, extra_config={})
+        self.assertEqual(client.branches, ["b1", "b2"])   # the original's property
+        self.assertEqual(client.branches(), ["b1", "b2"])  # and the call
+        self.assertEqual(client.branch_info("b1"), client.branch("b1"))
+        self.assertEqual(client.branch_info("b1"), {"id": "b1"})
+
     def test_a_queued_url_is_sent_as_written(self):
         self.answer("/foo/queue/tasks/http://m/a/../b",
                     body=b'{"uuid": "u1", "queue": "tasks", "method": "POST"}')
@@ -84,6 +117,15 @@ class TransportTests(SynchronousTestCase):
                          ("POST", "/foo/queue/tasks/http://m/a/../b?x=1"))
         self.assertEqual(seen["body"], b"name=George+Costanza")
         self.assertEqual(task.uuid, "u1")
+
+    def test_a_wait_ends_with_any_state_of_a_task_that_is_done(self):
+        task = Client(self.base).app("foo").task("u1")
+        for state in ("REVOKED", "REJECTED", "IGNORED"):
+            self.answer("/foo/query/u1/wait/", body=json.dumps(
+                {"uuid": "u1", "state": state, "result": None}).encode())
+            del self.server.seen[:]
+            self.assertIsNone(task.wait(timeout=3))  # not a wait of 3 s, then an error
+            self.assertEqual((task.info["state"], len(self.server.seen)), (state, 1))
 
     def test_a_partial_answer_is_told(self):
         self.answer("/", body=b'["foo"]', **{"Cyme-Missing-Branches": "b2,b3"})
