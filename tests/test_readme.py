@@ -48,15 +48,6 @@ def section(text, title):
     return "\n".join(lines[start:end])
 
 
-def subsection(text, title):
-    """The text of the subsection C{title} (underlined with C{-}) of C{text}."""
-    lines = text.splitlines()
-    start = lines.index(title) + 2
-    end = next((i - 1 for i in range(start + 1, len(lines))
-                if re.fullmatch(r"-+", lines[i]) and lines[i - 1].strip()), len(lines))
-    return "\n".join(lines[start:end])
-
-
 def literal_blocks(text):
     """The literal blocks (after C{::}) of reST C{text}, dedented."""
     blocks, current, inside = [], None, False
