@@ -823,7 +823,11 @@ def p90(values):
     return values[max(0, math.ceil(0.9 * len(values)) - 1)]
 
 
-def verdict(ok):
+def verdict(ok, measured=True):
+    """PASS or MISS; "not measured" for a figure this run skipped (a NaN's
+    comparison is False, which is no MISS)."""
+    if not measured:
+        return "not measured"
     return "PASS" if ok else "MISS"
 
 

@@ -335,8 +335,9 @@ def main():
           + "; ".join(f"{k} " + ", ".join(f"{v:.0f}" for v in vs) for k, vs in e2e.items()))
     print(f"p99 at {args.rate:.0f}/s, queue consumed, cyme/celery: "
           f"{p99 / ms('base-consumed', 1):.2f}; end-to-end ratio cyme/celery: {ratio:.2f}")
-    print(f"target >= 1000 accepted/s: {c.verdict(rate >= 1000)}; p99 <= 20 ms: "
-          f"{c.verdict(p99 <= 20)}; end to end >= 0.8x: {c.verdict(ratio >= 0.8)}")
+    print(f"target >= 1000 accepted/s: {c.verdict(rate >= 1000, not math.isnan(rate))}; "
+          f"p99 <= 20 ms: {c.verdict(p99 <= 20, not math.isnan(p99))}; end to end >= 0.8x: "
+          f"{c.verdict(ratio >= 0.8, not math.isnan(ratio))}")
 
 
 if __name__ == "__main__":
