@@ -1,7 +1,9 @@
 """The cluster: the bus between branches and what travels on it.
 
 - L{cyme.cluster.bus}: the L{Bus} service (presence, calls to one branch,
-  broadcasts gathered by ticket), the envelope format and L{IBusTransport}.
+  broadcasts gathered by ticket) and the envelope format;
+  L{cyme.cluster.interfaces}: L{IBusTransport}, what carries its bytes;
+  L{cyme.cluster.address}: who an envelope is for (misdirected, stale).
 - L{cyme.cluster.seal}: envelopes sealed with the cluster key (or an open
   bus), L{cyme.cluster.keys}: the key files; L{cyme.cluster.messages}: what
   an envelope may hold, checked before use; L{cyme.cluster.drops}: what was

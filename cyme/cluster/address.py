@@ -36,6 +36,10 @@ from .seal import Unopened
 #: The recipient of a broadcast.
 EVERY = "*"
 
+#: Why a request to an earlier run of its recipient is dropped (and said in
+#: the 503 its sender gets, which asks it once more: L{cyme.cluster.bus}).
+STALE = "stale"
+
 
 def address(envelope, to, incarnation):
     """
@@ -64,9 +68,9 @@ def check(envelope, branch_id, hello_incarnation, connected_since):
     if to == branch_id:
         incarnation = envelope.get("to_inc")
         if type(incarnation) is not int or incarnation < hello_incarnation:
-            raise Unopened("stale", sender=sender)
+            raise Unopened(STALE, sender=sender)
     else:
         at = envelope.get("at")  # the seal's date (an open bus has none)
         if (isinstance(at, (int, float)) and not isinstance(at, bool)
                 and at < connected_since):
-            raise Unopened("stale", sender=sender)
+            raise Unopened(STALE, sender=sender)

@@ -31,7 +31,6 @@ errbacks with L{GatewayTimeout} at its timeout.
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
 
 from cyme import logs
 from cyme.errors import CymeError, GatewayTimeout, RemoteError
@@ -41,25 +40,8 @@ from . import address, messages
 from .drops import Drops
 from .membership import Membership
 from .presence import ALIVE, CONTENTS, PROTOCOL_VERSION, Presence
+from .address import STALE
 from .seal import Unopened
-
-
-class IBusTransport(Interface):
-    """Carries the bytes of bus envelopes between branches."""
-
-    connected = Attribute("True while messages can be sent.")
-
-    def start(deliver, connection_changed):
-        """Begin: C{deliver(body)} per message (bytes), C{connection_changed(bool)}."""
-
-    def broadcast(body):
-        """Send C{body} (bytes) to every branch, this one included."""
-
-    def send(branch_id, body):
-        """Send C{body} (bytes) to one branch."""
-
-    def stop():
-        """Stop; a Deferred that fires once done."""
 
 
 #: The probes of membership, and the method of L{Membership} each goes to.
@@ -294,12 +276,13 @@ class Bus(service.Service):
                           self.connected_since)
         except Unopened as e:
             self.drops.drop(e.reason, **e.fields)
-            if e.reason == "stale" and envelope["from"] != self.branch_id:
+            if e.reason == STALE and envelope["from"] != self.branch_id:
                 # A sender that missed this run's hello learns its incarnation,
                 # and its request fails now rather than at its timeout.
                 self._send("members", envelope["from"], members=[self.membership.own()])
                 self._reply(envelope, error=(503, {
-                    "error": f"branch {self.branch_id} reconnected to the bus: ask again"}))
+                    "error": f"branch {self.branch_id} was asked as its run before its last "
+                             "start or bus reconnection", "reason": STALE}))
             return False
         return True
 
@@ -376,16 +359,42 @@ class Bus(service.Service):
             return defer.fail(RemoteError(400, {"error": f"unknown bus method {method!r}"}))
         return defer.maybeDeferred(handler, args, self.branch_id)
 
-    def _send_request(self, targets, method, args, timeout, to=None):
-        """Send a request; a Deferred of its L{cyme.gather.Gathered}."""
+    def _send_request(self, targets, method, args, timeout, direct):
+        """
+        Send a request to C{targets}, each on its own if C{direct}, else
+        broadcast; a Deferred of its L{cyme.gather.Gathered}.
+        """
         ticket, gathered = self._gatherings.start(targets, timeout)
         envelope = self._envelope("request", ticket=ticket, method=method, args=args)
         try:
-            self._post(envelope, to)
+            for to in (targets if direct else [None]):
+                self._post(envelope, to)
         except Exception:
             self._gatherings.forget(ticket)
             raise
         return gathered
+
+    async def _request(self, targets, method, args, timeout, direct):
+        """
+        L{_send_request}'s C{(results, errors, missing)}, asked once more of
+        the branches that refused it as C{stale}: they restarted or
+        reconnected since this branch last heard of them, and sent their new
+        record before the refusal, so asked again it is addressed to their
+        run now (without this, the first request after a restart would fail).
+        """
+        gathered = await self._send_request(targets, method, args, timeout, direct)
+        results, errors = dict(gathered.replies), dict(gathered.errors)
+        missing = list(gathered.missing)
+        stale = sorted(b for b, e in errors.items()
+                       if isinstance(e.body, dict) and e.body.get("reason") == STALE)
+        if stale and self.transport.connected:
+            for branch_id in stale:
+                del errors[branch_id]
+            again = await self._send_request(stale, method, args, timeout, direct=True)
+            results.update(again.replies)
+            errors.update(again.errors)
+            missing = sorted(missing + list(again.missing))
+        return results, errors, missing
 
     async def broadcast(self, method, args, timeout):
         """
@@ -397,10 +406,8 @@ class Bus(service.Service):
         local = self._local(method, args)
         results, errors, missing = {}, {}, []
         if others and self.transport.connected:
-            gathered = await self._send_request(others, method, args, timeout)
-            results.update(gathered.replies)
-            errors.update(gathered.errors)
-            missing = gathered.missing
+            results, errors, missing = await self._request(
+                others, method, args, timeout, direct=False)
         else:
             missing = sorted(others)
         try:
@@ -419,16 +426,7 @@ class Bus(service.Service):
             return {}, {}, []
         if not self.transport.connected:
             return {}, {}, others
-        ticket, gathered = self._gatherings.start(others, timeout)
-        envelope = self._envelope("request", ticket=ticket, method=method, args=args)
-        try:
-            for branch_id in others:
-                self._post(envelope, branch_id)
-        except Exception:
-            self._gatherings.forget(ticket)
-            raise
-        gathered = await gathered
-        return dict(gathered.replies), dict(gathered.errors), gathered.missing
+        return await self._request(others, method, args, timeout, direct=True)
 
     async def call(self, branch_id, method, args, timeout):
         """Ask one branch; its result, or its error raised here."""
@@ -438,12 +436,12 @@ class Bus(service.Service):
             raise GatewayTimeout(
                 f"branch {branch_id} cannot be reached: bus not connected", branch=branch_id
             )
-        gathered = await self._send_request([branch_id], method, args, timeout, to=branch_id)
-        if branch_id in gathered.errors:
-            raise gathered.errors[branch_id]
-        if branch_id not in gathered.replies:
+        results, errors, _ = await self._request([branch_id], method, args, timeout, direct=True)
+        if branch_id in errors:
+            raise errors[branch_id]
+        if branch_id not in results:
             raise GatewayTimeout(
                 f"branch {branch_id} did not answer within {timeout:g} s", branch=branch_id
             )
-        return gathered.replies[branch_id]
+        return results[branch_id]
 

@@ -2,7 +2,7 @@
 
 A fake shipped with the package, for tests of the cluster (and of anything
 above it) without a broker: L{MemoryBusTransport} implements
-L{cyme.cluster.bus.IBusTransport} as the AMQP one does, and the
+L{cyme.cluster.interfaces.IBusTransport} as the AMQP one does, and the
 L{MemoryBusNetwork} it sits on can cut a branch off and heal it.
 """
 
@@ -12,7 +12,7 @@ import json
 from twisted.internet import defer
 from zope.interface import implementer
 
-from .bus import IBusTransport
+from .interfaces import IBusTransport
 
 
 class MemoryBusNetwork:

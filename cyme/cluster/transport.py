@@ -19,7 +19,7 @@ from zope.interface import implementer
 from cyme import logs
 from cyme.amqp.private import open_inbox
 
-from .bus import IBusTransport
+from .interfaces import IBusTransport
 
 
 @implementer(IBusTransport)

@@ -11,7 +11,7 @@ from zope.interface.verify import verifyObject
 
 from cyme.amqp import BrokerPool
 from cyme.amqp.errors import ChannelClosedError
-from cyme.cluster.bus import IBusTransport
+from cyme.cluster.interfaces import IBusTransport
 from cyme.cluster.transport import AMQPBusTransport
 from tests.amqp.fakes import FakeClient, FakeConnection
 

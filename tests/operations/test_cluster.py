@@ -12,7 +12,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from cyme.cluster.bus import IBusTransport
+from cyme.cluster.interfaces import IBusTransport
 from cyme.cluster.memory import MemoryBusNetwork
 from cyme.cluster.seal import OpenSeal
 from cyme.operations import cluster as cluster_module
