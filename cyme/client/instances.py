@@ -116,7 +116,7 @@ class Instances(Section):
         """A handle on instance C{name} that reads nothing (its C{info} has only the name)."""
         return Instance(self.app, {"name": name_of(name)})
 
-    def add(self, name=None, broker=None, nowait=False, arguments=None, config=None,
+    def add(self, name=None, broker=None, arguments=None, config=None, nowait=False,
             **params):
         """
         Create an instance (C{name} None: the branch names it with a UUID)

@@ -91,8 +91,8 @@ class TransportTests(SynchronousTestCase):
         client = Client(self.base)
         app = client.add("foo", "amqp://h//", "--without-gossip", {"a": 1}, nowait=True)
         self.assertEqual(app.name, "foo")
-        app.instances.add("w1", config={"worker_prefetch_multiplier": 1},
-                          arguments="--without-mingle")
+        # Positionally, in the original's order: name, broker, arguments, config.
+        app.instances.add("w1", None, "--without-mingle", {"worker_prefetch_multiplier": 1})
         app.delete(nowait=True)
         self.assertEqual([(s["method"], s["target"], json.loads(s["body"] or b"null"))
                           for s in self.server.seen], [
