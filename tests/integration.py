@@ -28,7 +28,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest
 
 from cyme.supervision.workers import ProcessTable
-from tests import vhosts
+from tests import systemtools, vhosts
 from tests.test_daemon import DaemonTestCase, free_port
 from tests.vhosts import HOST, PORT, RABBITMQCTL, broker_url, made_vhost  # noqa: F401
 
@@ -70,9 +70,11 @@ async def broker_back(timeout):
 
 
 def need_rabbitmqctl():
-    """Skip a test that restarts the broker where it cannot."""
-    if RABBITMQCTL is None:
-        raise SkipTest("rabbitmqctl is not installed: cannot restart the broker")
+    """
+    The path of rabbitmqctl, for a test that restarts the broker or makes
+    users on it; else a skip (a failure in CI: L{tests.systemtools.need}).
+    """
+    return systemtools.need("rabbitmqctl", "rabbitmq-server")
 
 
 async def rabbitmqctl(*args):

@@ -442,7 +442,8 @@ class MakeServiceTests(OptionsTestsMixin, SynchronousTestCase):
         reactor's resolver; --webhook-deny-private refuses private ranges."""
         from twisted.internet import reactor
 
-        check = tap.makeService(self.parse(["-D", self.root_path()])).getServiceNamed("tasks").url_check
+        tasks = tap.makeService(self.parse(["-D", self.root_path()])).getServiceNamed("tasks")
+        check = tasks.url_check
         self.assertIs(check.resolver, reactor.nameResolver)
         self.assertFalse(check.deny_private)
         options = self.parse(["--webhook-deny-private", "-D", self.root_path()])

@@ -3,7 +3,8 @@
 ``FakeControl`` implements L{IControl} over simulated worker nodes,
 ``FakeProcessReactor`` is a L{MemoryReactorClock} whose ``spawnProcess``
 makes L{FakeProcess}es, ``FakeLauncher`` implements L{ILauncher} on it,
-and ``FakeProcessTable`` implements L{IProcessTable} for adopted workers.  Time moves with ``advance()``.
+and ``FakeProcessTable`` implements L{IProcessTable} for adopted workers.
+Time moves with ``advance()``.
 """
 
 import signal

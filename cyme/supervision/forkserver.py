@@ -170,8 +170,8 @@ def _become_worker(read_fd, keep=()):
         os.chdir(request["cwd"])
         from cyme.supervision import workerexec
 
-        workerexec.run(request["argv"][3:] if request["argv"][1:3] == ["-m", "cyme.supervision.workerexec"]
-                       else request["argv"])
+        argv = request["argv"]
+        workerexec.run(argv[3:] if argv[1:3] == ["-m", "cyme.supervision.workerexec"] else argv)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:

@@ -29,6 +29,7 @@ from cyme.supervision.transitions import TRANSITIONS
 from cyme.supervision.workers import (
     LogTail, WorkerProtocol, broker_failure, cannot_start, exit_description, failed_exit,
     make_directory, read_spec, record_spawn, remove_pidfile, still_failing, cancel_call,
+    where_raised,
 )
 from cyme.supervision.workerstate import (
     ADOPTED, BACKOFF_ELAPSED, CANNOT_CONNECT, CRASHED, EXITED, FAILED, FLAPPED,
@@ -113,7 +114,8 @@ class WorkerLifecycle:
         """Its directory, command or process could not be made (C{error}): a
         failure (backoff, then quarantine)."""
         reason = cannot_start(error)
-        self.log.warn("{instance} {reason}", instance=self.worker.name, reason=reason)
+        self.log.warn("{instance} {reason}{where}", instance=self.worker.name, reason=reason,
+                      where=where_raised(error))
         self._fire(self._count_failure(reason, SPAWN_FAILED))
 
     def cannot_start(self, reason):

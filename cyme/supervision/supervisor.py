@@ -52,9 +52,9 @@ class Supervisor(service.Service):
     """
     The branch's workers: one L{WorkerLifecycle} per instance in C{workers}.
 
-    C{launcher} starts them (exec'd by default); C{processes} sees those
-    that are not our children; C{policy} holds the figures (L{Policy});
-    C{metrics} (L{cyme.metrics.Metrics}) times ticks and pings; no worker consumes C{cluster}'s bus.
+    C{launcher} starts them (exec'd by default), C{processes} sees those not
+    our children, C{policy} holds the figures (L{Policy}), C{metrics}
+    (L{cyme.metrics.Metrics}) times ticks and pings; none consumes C{cluster}'s bus.
     """
 
     log = Logger(observer=logs.observer)

@@ -21,6 +21,7 @@ import os
 import re
 import shlex
 import signal
+import traceback
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol
@@ -78,7 +79,8 @@ def worker_command(instance, app, queues, directory, hostname, python, loglevel=
     C{webhook_allow}): a task message may narrow it, never widen it.
 
     C{queues} are the L{cyme.state.models.Queue} declarations the instance
-    consumes; none may be named as the bus of C{cluster} (the branch's).  The spec covers what can only change by a restart (broker,
+    consumes; none may be named as the bus of C{cluster} (the branch's).
+    The spec covers what can only change by a restart (broker,
     pool, arguments, settings, imports, the fence, and concurrency where
     there is no autoscaler); queues and autoscale bounds change live and
     are left out.
@@ -196,6 +198,17 @@ def cannot_start(error):
     if not isinstance(error, (CymeError, OSError)):  # unexpected: its kind says more
         text = f"{type(error).__name__}: {text}"
     return "cannot start: " + mask_passwords(text)
+
+
+def where_raised(error):
+    """
+    For the log: where an unexpected C{error} (not a L{CymeError} or an
+    L{OSError}: a bug) was raised, as the frames of its traceback, which
+    hold code and no values (a log line never quotes a password); else "".
+    """
+    if isinstance(error, (CymeError, OSError)) or error.__traceback__ is None:
+        return ""
+    return "\n" + "".join(traceback.format_tb(error.__traceback__)).rstrip()
 
 
 def exit_description(reason):

@@ -8,7 +8,6 @@ that the broker-side close test closes only it).
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -28,6 +27,8 @@ from cyme.amqp import (
     PublishNacked,
     backoff_policy,
 )
+
+from tests.systemtools import need
 
 HOST, PORT = "127.0.0.1", 5672
 BROKER = f"amqp://guest:guest@{HOST}:{PORT}//"
@@ -278,9 +279,7 @@ class ReconnectTests(BrokerTestCase):
 
     @inlineCallbacks
     def test_reconnects_after_broker_closes_connection(self):
-        rabbitmqctl = shutil.which("rabbitmqctl")
-        if rabbitmqctl is None:
-            raise SkipTest("rabbitmqctl is not installed")
+        rabbitmqctl = need("rabbitmqctl", "rabbitmq-server")
         first = yield self.service.whenConnected(timeout=5)
         out, err, code = yield getProcessOutputAndValue(
             rabbitmqctl,

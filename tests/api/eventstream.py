@@ -68,8 +68,8 @@ class EventsTestCase(IntegrationTestCase):
                 if all(event.get(k) == v for k, v in match.items()):
                     return event
             return None
-        return await self.poll(probe, timeout, f"{what} ({match}): "
-                                               f"{[(e['type'], e['instance']) for e in reader.events]}")
+        seen = [(e["type"], e["instance"]) for e in reader.events]
+        return await self.poll(probe, timeout, f"{what} ({match}): {seen}")
 
     async def until_event(self, reader, instance, kind, timeout=30):
         return await self.until(reader, f"{kind} event of {instance}", timeout,

@@ -22,8 +22,8 @@ and in the run's virtual host: the broker hosts, virtual hosts and broker
 URLs of the generated apps and instances, and the queued URLs, are drawn
 from lists of loopback values (schemathesis dictionaries), and a hook
 (tests/api/fuzz_hooks.py) gives the run's vhost to a broker named by its
-fields without one; invalid data for them is a 400 that creates nothing.  Everything else is generated
-freely.
+fields without one; invalid data for them is a 400 that creates nothing.
+Everything else is generated freely.
 
 The operations run in two schemathesis processes at once (POST and DELETE;
 the rest), one per core, within about three minutes, every request with an

@@ -13,14 +13,13 @@ import stat
 import uuid
 
 import treq
-from twisted.trial.unittest import SkipTest
 from twisted.internet import defer, reactor
 
 from cyme.amqp import AMQPClientService, backoff_policy
 from cyme.cluster.placement import coordinator
 from cyme.cluster.seal import FernetSeal
 from tests.cluster import new_key
-from tests.integration import RABBITMQCTL, IntegrationTestCase, rabbitmqctl, sleep
+from tests.integration import IntegrationTestCase, need_rabbitmqctl, rabbitmqctl, sleep
 from tests.test_daemon import deferred
 from tests.vhosts import broker_url, run_vhost
 
@@ -278,8 +277,7 @@ class DefaultKeyTests(BusTestCase):
 class BusBrokerTests(BusTestCase):
     async def bus_user(self, vhost):
         """A broker user of this test that may use C{vhost} alone; its password."""
-        if RABBITMQCTL is None:
-            raise SkipTest("rabbitmqctl is not installed: cannot make a broker user")
+        need_rabbitmqctl()
         user, password = f"cymebus-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
         code, out = await rabbitmqctl("add_user", user, password)
         self.assertEqual(code, 0, out)

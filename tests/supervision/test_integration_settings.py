@@ -20,12 +20,11 @@ import uuid
 
 from twisted.internet import defer, reactor, threads
 from twisted.internet.task import deferLater
-from twisted.trial.unittest import SkipTest
 
 from cyme.state.models import App, Broker, Instance, Queue
 from cyme.state.store import JSONFileStore
 from tests.integration import (
-    RABBITMQCTL, IntegrationTestCase, broker_url, processes, rabbitmqctl, run_vhost,
+    IntegrationTestCase, broker_url, need_rabbitmqctl, processes, rabbitmqctl, run_vhost,
 )
 from tests.test_daemon import deferred
 
@@ -115,8 +114,7 @@ class TaskModuleTests(SettingsTestCase):
 class SecretTests(SettingsTestCase):
     async def broker_user(self):
         """A broker user of this test with a password of its own; its URL."""
-        if RABBITMQCTL is None:
-            raise SkipTest("rabbitmqctl is not installed: cannot make a broker user")
+        need_rabbitmqctl()
         vhost = await run_vhost(VHOST)
         user, password = f"cymeit-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
         code, out = await rabbitmqctl("add_user", user, password)

@@ -13,6 +13,8 @@ On the fake process reactor, the fake launcher and a Clock.
 import os
 import signal
 
+from twisted.logger import formatEvent, globalLogPublisher
+
 from cyme.state.models import App, Instance
 from cyme.state.store import MemoryStore
 from cyme.supervision.fakes import FakeLauncher
@@ -206,8 +208,17 @@ class SupervisorTests(SupervisorTestCase):
         self.assertFailedAsASpawn(self.fails(obstacle=a_file), "[Errno 17] File exists")
 
     def test_a_record_that_cannot_be_read(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         self.store.put_app(App("bad"))
         self.assertFailedAsASpawn(self.fails(app="bad"), "ValueError: cannot read amqp://me:**@")
+        # A bug, not a bad value: the log says where it was raised, and
+        # still no password.
+        lines = [formatEvent(e) for e in events if "cannot start" in formatEvent(e)]
+        self.assertTrue(lines)
+        self.assertIn("in get_app", lines[0])
+        self.assertNotIn(SECRET, "".join(lines))
 
     def test_a_command_that_cannot_be_built(self):
         self.assertFailedAsASpawn(self.fails(queues=["odd"]), "AttributeError: ")

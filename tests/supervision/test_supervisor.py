@@ -323,7 +323,8 @@ class LivenessTests(SupervisorTestCase):
         self.assertEqual(hung.signals, [signal.SIGTERM, signal.SIGCONT, signal.SIGKILL])
         hung.exit(signum=signal.SIGKILL)
         self.reactor.advance(0)
-        self.assertEqual(self.supervisor.status("w1")["last_error"], "did not answer ping in 2 rounds")
+        self.assertEqual(self.supervisor.status("w1")["last_error"],
+                         "did not answer ping in 2 rounds")
         self.assertNotEqual(self.process().pid, hung.pid)
 
     def test_pings_are_retried_with_backoff_within_a_round(self):
