@@ -86,6 +86,10 @@ class Caller:
 
 ANONYMOUS = Caller("anonymous")
 TRUSTED = frozenset(SCOPES)
+#: The callers trusted as local, made once: every queued URL sent from
+#: this machine is one of them.
+LOOPBACK = Caller("loopback", TRUSTED)
+UNIX = Caller("unix", TRUSTED)
 
 
 def caller_of(request):
@@ -146,6 +150,21 @@ def _ip(host):
     return ip
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_loopback(host):
+    """Whether C{host} (an address, or a name: no) is a loopback address."""
+    ip = _ip(host)
+    return ip is not None and ip.is_loopback
+
+
+@functools.lru_cache(maxsize=1024)
+def _names_own_host(names, url, host):
+    """Whether the C{Host} header value C{host} names a branch known by
+    C{names} and C{url}: asked of every loopback request, with few values."""
+    name = host_name(host)
+    return name in _own_hosts(names, url) or _is_loopback(name)
+
+
 @functools.lru_cache(maxsize=16)
 def _own_hosts(names, url):
     hosts = {"localhost", *(n.lower() for n in names)}
@@ -165,6 +184,15 @@ def host_name(value):
 def _origin(url):
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _proxied(request):
+    """Whether C{request} carries a header a reverse proxy adds."""
+    has = request.requestHeaders.hasHeader
+    for name in PROXY_HEADERS:
+        if has(name):
+            return True
+    return False
 
 
 def _header(request, name):
@@ -199,8 +227,7 @@ class Gate:
         peer = request.getClientAddress()
         if isinstance(peer, UNIXAddress):
             return True
-        ip = _ip(getattr(peer, "host", "") or "")
-        return ip is not None and ip.is_loopback
+        return _is_loopback(getattr(peer, "host", "") or "")
 
     def identify(self, request, scope):
         """
@@ -219,14 +246,12 @@ class Gate:
             caller = self._session_caller(request)
             if caller is not None:
                 return caller
-        if self.trust_loopback and self.local_peer(request) and not any(
-            request.requestHeaders.hasHeader(h) for h in PROXY_HEADERS
-        ):
+        if self.trust_loopback and self.local_peer(request) and not _proxied(request):
             if isinstance(request.getClientAddress(), UNIXAddress):
-                return Caller("unix", TRUSTED)
+                return UNIX
             if scope is not None or self._own_host(request):
                 # (A route that needs a scope refuses a Host not its own.)
-                return Caller("loopback", TRUSTED)
+                return LOOPBACK
             # A page of another site that rebound its name to 127.0.0.1:
             # an open route answers it as a stranger.
         return ANONYMOUS
@@ -291,11 +316,7 @@ class Gate:
     def _own_host(self, request):
         """Whether the request's C{Host} names this branch (or is absent)."""
         host = _header(request, b"host")
-        if host is None:
-            return True
-        name = host_name(host)
-        ip = _ip(name)
-        return name in self.own_hosts() or (ip is not None and ip.is_loopback)
+        return host is None or _names_own_host(self.names, self.url, host)
 
     def _check_host(self, request):
         if self._own_host(request):

@@ -58,7 +58,7 @@ def _name(raw, path):
         raise BadRequest("path", "the path is not valid UTF-8") from None
     if not text:
         raise NotFound("route", path.decode("latin-1"), "no such route: an empty name (//)")
-    if text in (".", "..") or any(c in text for c in "/\\\0"):
+    if text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
         raise BadRequest("path", f"invalid path segment: {text!r}")
     return text
 
@@ -121,6 +121,11 @@ def audit(request, caller):
     return write
 
 
+def _each(result, ended):
+    for end in ended:
+        end(result)
+
+
 class GuardResource(Resource):
     """
     The API's root: checks the body size, the path and the caller, then
@@ -140,13 +145,17 @@ class GuardResource(Resource):
         self._klein = klein_resource
         self._gate = gate
         self._queue_task = queue_task
-        #: Called with every request as it arrives, refused ones too
-        #: (L{cyme.api.requestmetrics.RequestMetrics}).
+        #: Told of every request as it arrives, refused ones too
+        #: (L{cyme.api.requestmetrics.RequestMetrics.started}).
         self._observe = observe
 
     def render(self, request):
+        # What is done once the request is answered (or its client left):
+        # one notifyFinish for them all, a Deferred fewer on the hot path.
+        ended = []
+        request.notifyFinish().addBoth(_each, ended)
         if self._observe is not None:
-            self._observe(request)
+            ended.append(self._observe.started(request))
         caller = ANONYMOUS
         # A write changes something: any method but GET, HEAD and OPTIONS,
         # and queueing a URL whatever its verb.
@@ -163,21 +172,20 @@ class GuardResource(Resource):
                 raise PayloadTooLarge("the request body is larger than 1 MiB")
         except CymeError as e:
             if write:
-                request.notifyFinish().addBoth(audit(request, caller))
+                ended.append(audit(request, caller))
             if isinstance(e, Unauthorized) and _browser_at_admin(request):
                 # A person at the admin page: to the login form.
                 request.setHeader(b"Location", b"/login/")
                 return json_body(request, 303, e.to_json())
             return error_body(request, e)
         request.setComponent(ICaller, caller)
-        audited = audit(request, caller) if write else None
+        if write:
+            ended.append(audit(request, caller))
         if url is not None and self._queue_task is not None:
-            return self._render_queue(request, names, audited)
-        if audited is not None:
-            request.notifyFinish().addBoth(audited)
+            return self._render_queue(request, names, ended)
         return self._klein.render(request)
 
-    def _render_queue(self, request, names, audited):
+    def _render_queue(self, request, names, ended):
         method = request.method.decode("latin-1")
         if method not in VERBS:
             request.setHeader(b"Allow", ", ".join(VERBS).encode("ascii"))
@@ -187,12 +195,7 @@ class GuardResource(Resource):
         # check_path decoded both and made sure they are plain names.
         app, queue = names[0], names[2]
         done = []
-
-        def ended(result):
-            done.append(result)
-            audited()
-
-        request.notifyFinish().addBoth(ended)
+        ended.append(done.append)
         d = defer.ensureDeferred(self._queue_task(request, app, queue))
 
         def failed(failure):

@@ -1,6 +1,6 @@
 """How long each HTTP request took, by route template, method and status.
 
-L{RequestMetrics} is handed every request as it arrives (by
+L{RequestMetrics} is told of every request as it arrives (by
 L{cyme.api.guard.GuardResource}, before any check) and observes it into
 the branch's histogram (L{cyme.metrics.Metrics}) once it is answered.  The
 route is the template the request matched, never its path: a Klein route's
@@ -41,16 +41,25 @@ class RequestMetrics:
 
     def __call__(self, request):
         """A request arrived: time it until it is answered (or its client leaves)."""
-        began = self._timer()
-        request.notifyFinish().addBoth(self._finished, request, began)
+        request.notifyFinish().addBoth(self.started(request))
 
-    def _finished(self, _, request, began):
-        method = request.method.decode("latin-1")
-        if method not in METHODS:
-            method = OTHER
-        self._metrics.http_request(
-            self.route(request), method, request.code, max(0.0, self._timer() - began)
-        )
+    def started(self, request):
+        """
+        A request arrived: the function to call with the outcome of its
+        C{notifyFinish} once it is answered (the guard calls it with its
+        own: one Deferred a request for everything done then).
+        """
+        began = self._timer()
+
+        def finished(_):
+            method = request.method.decode("latin-1")
+            if method not in METHODS:
+                method = OTHER
+            self._metrics.http_request(
+                self.route(request), method, request.code, max(0.0, self._timer() - began)
+            )
+
+        return finished
 
     def route(self, request):
         """The template of the route C{request} matched, or L{OTHER}."""

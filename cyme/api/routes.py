@@ -322,7 +322,9 @@ class BranchAPI:
         request.setHeader(
             b"Location", f"/{app}/query/{accepted['uuid']}/result/".encode("utf-8")
         )
-        return json_body(request, 202, accepted)
+        # A task's id, URL, queue and method: no record of cyme's (no
+        # broker) to mask, so the caller need not be looked up again.
+        return json_body(request, 202, accepted, records=False)
 
     async def task_state(self, request, app, task_id):
         task = await self.ops.task(app, _task_id(task_id))
