@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 import attrs
 from twisted.internet.address import UNIXAddress
+from twisted.web.http_headers import Headers
 from zope.interface import Interface
 
 from cyme.api.sessions import TOKEN_COOKIE, Sessions, clear_cookie, cookie_name
@@ -186,18 +187,33 @@ def _origin(url):
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _proxied(request):
-    """Whether C{request} carries a header a reverse proxy adds."""
-    has = request.requestHeaders.hasHeader
-    for name in PROXY_HEADERS:
-        if has(name):
-            return True
-    return False
+def _stored_name(name):
+    # The name Twisted keeps a header under (its canonical capitals).
+    return next(Headers({name: [b""]}).getAllRawHeaders())[0]
 
 
-def _header(request, name):
-    value = request.getHeader(name)
-    return None if value is None else value.decode("latin-1")
+#: What the gate reads of the headers, by the names they are kept under:
+#: the name it reads each as, or C{proxied} for a proxy's.
+_READ = {
+    **{_stored_name(name): "proxied" for name in PROXY_HEADERS},
+    **{_stored_name(name.encode("ascii")): name
+       for name in ("authorization", "host", "origin", "sec-fetch-site")},
+}
+
+
+def request_headers(request):
+    """
+    The headers the gate reads, in one pass over the request's (a
+    handful, rather than a look-up of each of nine names): lower-case
+    name to its last value as text, as C{getHeader} gives it; and
+    C{proxied} if any header a reverse proxy adds is there.
+    """
+    found = {}
+    for name, values in request.requestHeaders.getAllRawHeaders():
+        read = _READ.get(name)
+        if read is not None and values:
+            found[read] = values[-1].decode("latin-1")
+    return found
 
 
 @attrs.frozen
@@ -229,12 +245,15 @@ class Gate:
             return True
         return _is_loopback(getattr(peer, "host", "") or "")
 
-    def identify(self, request, scope):
+    def identify(self, request, scope, headers=None):
         """
         The request's L{Caller}, for a route that needs C{scope} (None: an
         open one); raises L{Unauthorized} for a bad C{Authorization}.
+        C{headers}: its L{request_headers}, when the caller read them.
         """
-        authorization = _header(request, b"authorization")
+        if headers is None:
+            headers = request_headers(request)
+        authorization = headers.get("authorization")
         if authorization is not None:
             kind, _, secret = authorization.strip().partition(" ")
             if kind.lower() != "bearer" or not secret.strip():
@@ -246,10 +265,10 @@ class Gate:
             caller = self._session_caller(request)
             if caller is not None:
                 return caller
-        if self.trust_loopback and self.local_peer(request) and not _proxied(request):
+        if self.trust_loopback and self.local_peer(request) and "proxied" not in headers:
             if isinstance(request.getClientAddress(), UNIXAddress):
                 return UNIX
-            if scope is not None or self._own_host(request):
+            if scope is not None or self._own_host(headers):
                 # (A route that needs a scope refuses a Host not its own.)
                 return LOOPBACK
             # A page of another site that rebound its name to 127.0.0.1:
@@ -291,16 +310,19 @@ class Gate:
         session_id, expires = self.sessions.open(secret, token)
         return session_id, expires, token
 
-    def authorize(self, request, caller, scope, write):
+    def authorize(self, request, caller, scope, write, headers=None):
         """
         Refuse the request of C{caller} (L{identify}) to a route that needs
         C{scope}: L{Unauthorized} or L{Forbidden}.  C{write}: it changes
-        something (the browser checks apply).
+        something (the browser checks apply).  C{headers}: its
+        L{request_headers}, when the caller read them.
         """
+        if headers is None:
+            headers = request_headers(request)
         if caller.who == "loopback" and scope is not None:
-            self._check_host(request)
+            self._check_host(headers)
         if write:
-            self._check_origin(request, caller)
+            self._check_origin(request, caller, headers)
         if scope is not None and scope not in caller.scopes:
             if caller is ANONYMOUS:
                 request.setHeader(b"WWW-Authenticate", b'Bearer realm="cyme"')
@@ -313,37 +335,37 @@ class Gate:
     def own_hosts(self):
         return _own_hosts(self.names, self.url)
 
-    def _own_host(self, request):
+    def _own_host(self, headers):
         """Whether the request's C{Host} names this branch (or is absent)."""
-        host = _header(request, b"host")
+        host = headers.get("host")
         return host is None or _names_own_host(self.names, self.url, host)
 
-    def _check_host(self, request):
-        if self._own_host(request):
+    def _check_host(self, headers):
+        if self._own_host(headers):
             return
-        name = host_name(_header(request, b"host"))
+        name = host_name(headers["host"])
         raise Forbidden(
             f"Host {name!r} is not this branch's: a loopback request must name "
             "localhost, a loopback address or the branch's --url host",
             host=name,
         )
 
-    def own_origins(self, request):
+    def own_origins(self, request, headers=None):
         scheme = "https" if request.isSecure() else "http"
         origins = set()
-        host = _header(request, b"host")
+        host = (headers if headers is not None else request_headers(request)).get("host")
         if host:
             origins.add(f"{scheme}://{host.strip()}".lower())
         if self.url:
             origins.add(_origin(self.url))
         return origins
 
-    def _check_origin(self, request, caller):
-        origin = _header(request, b"origin")
+    def _check_origin(self, request, caller, headers):
+        origin = headers.get("origin")
         if origin is None:
             if caller.cookie:
                 raise Forbidden("a write authenticated by cookie must carry an Origin")
-        elif origin.strip().lower() not in self.own_origins(request):
+        elif origin.strip().lower() not in self.own_origins(request, headers):
             raise Forbidden(
                 f"Origin {origin!r} is not this branch's: cross-site writes are refused",
                 origin=origin,
@@ -352,7 +374,7 @@ class Gate:
             # A browser acting for its user (who is trusted here, or has
             # the cookie): an <img> or a link from another site sends no
             # Origin, but every current browser says where it comes from.
-            site = (request.getHeader(b"sec-fetch-site") or b"").strip().lower()
+            site = headers.get("sec-fetch-site", "").encode("latin-1").strip().lower()
             if site in OTHER_SITES:
                 raise Forbidden(
                     f"Sec-Fetch-Site: {site.decode('latin-1')}: a page of another site "

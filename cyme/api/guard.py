@@ -14,7 +14,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from cyme import logs
-from cyme.api.auth import ANONYMOUS, SAFE_METHODS, ICaller, Unauthorized, required_scope
+from cyme.api.auth import (
+    ANONYMOUS, SAFE_METHODS, ICaller, Unauthorized, request_headers, required_scope,
+)
 from cyme.api.http import error_body, json_body
 from cyme.errors import BadRequest, CymeError, MethodNotAllowed, NotFound, PayloadTooLarge
 
@@ -164,8 +166,9 @@ class GuardResource(Resource):
             names, url = check_path(request.path)
             write = write or url is not None
             scope = required_scope(request.method, names, queued=url is not None)
-            caller = self._gate.identify(request, scope)
-            self._gate.authorize(request, caller, scope, write)
+            headers = request_headers(request)
+            caller = self._gate.identify(request, scope, headers)
+            self._gate.authorize(request, caller, scope, write, headers)
             # After the gate: a stranger learns nothing of the limits, and
             # the audit line names who sent too much.
             if getattr(request, "too_large", False):
