@@ -17,7 +17,7 @@ from cyme import jsonlog, logs
 from cyme.addresses import loopback_url
 from cyme.amqp import BrokerPool
 from cyme.api.auth import Gate
-from cyme.api.http import ConnectionCap, make_site
+from cyme.api.http import make_site
 from cyme.api.routes import BranchAPI
 from cyme.branch import BranchService
 from cyme.cluster.seal import bus_seal
@@ -170,7 +170,7 @@ def makeService(options):
         api = BranchAPI(cluster, gate, waits, clock=reactor, metrics=metrics,
                         max_wait=options["max-wait"], max_stream=options["max-stream"])
         site = make_site(api.resource(), access_log=access_log)
-        http = strports.service(options["endpoint"], ConnectionCap(site), reactor=reactor)
+        http = strports.service(options["endpoint"], site, reactor=reactor)
         http.setName("http")
         http.setServiceParent(branch)
     notifier, watchdog = from_environment()

@@ -13,7 +13,7 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from cyme.api.auth import Gate
-from cyme.api.http import ConnectionCap, make_site
+from cyme.api.http import make_site
 from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.operations.local import LocalOperations
@@ -273,7 +273,7 @@ class SlowClientTests(SynchronousTestCase):
     """
 
     def connect(self, cap):
-        address = IPv4Address("TCP", REMOTE, 40000 + len(cap.protocols))
+        address = IPv4Address("TCP", REMOTE, 40000 + cap.connections)
         protocol = cap.buildProtocol(address)
         transport = StringTransport(peerAddress=address)
         protocol.makeConnection(transport)
@@ -290,7 +290,7 @@ class SlowClientTests(SynchronousTestCase):
         # Slowloris: a header byte every 20 s keeps an idle timer from firing.
         clock = Clock()
         resource = BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource()
-        cap = ConnectionCap(make_site(resource, reactor=clock), limit=2)
+        cap = make_site(resource, reactor=clock, limit=2)
         held = [self.connect(cap) for _ in range(2)]
         for protocol, _ in held:
             protocol.dataReceived(b"GET /ping/ HTTP/1.1\r\nHost: x\r\n")
@@ -353,3 +353,30 @@ class QueueAuditTests(AttackTestCase):
                 audits = [e for e in events if e.get("audit") and e.get("method") == method]
                 self.assertEqual(len(audits), 1, [formatEvent(e) for e in events])
                 self.assertEqual(audits[0]["who"], "token:write")
+
+
+class HeaderSpellingTests(AttackTestCase):
+    """
+    The gate reads the headers it judges in one pass over the request's
+    (L{cyme.api.auth.request_headers}): a header written on the wire in any
+    capitals must be read all the same, or a proxy's header or a rebound
+    Host would go unseen.
+    """
+
+    def status(self, request):
+        return self.raw(request, peer="127.0.0.1").split(b"\r\n")[0]
+
+    def test_headers_are_read_whatever_their_capitals(self):
+        get = b"GET /foo/ HTTP/1.1\r\nHost: localhost\r\n%sConnection: close\r\n\r\n"
+        self.assertIn(b" 404 ", self.status(get % b""))  # trusted: no such app
+        for header in (b"x-forwarded-for: 198.51.100.1", b"X-REAL-IP: 198.51.100.1",
+                       b"vIA: 1.1 proxy", b"forwarded: for=198.51.100.1"):
+            with self.subTest(header=header):
+                self.assertIn(b" 401 ", self.status(get % (header + b"\r\n")))
+        put = b"PUT /foo/ HTTP/1.1\r\n%s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        self.assertIn(b" 403 ", self.status(put % b"hOST: evil.example"))
+        self.assertIn(b" 403 ", self.status(
+            put % b"Host: localhost\r\nsec-fetch-site: cross-site"))
+        self.assertIn(b" 403 ", self.status(
+            put % b"Host: localhost\r\nORIGIN: http://evil.example"))
+        self.assertEqual(list(self.store.apps()), [])

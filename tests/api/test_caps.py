@@ -12,7 +12,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from cyme.api.http import ConnectionCap, make_site
+from cyme.api.http import make_site
 from cyme.api.routes import BranchAPI
 from cyme.api.testing import APIClient
 from cyme.operations.local import LocalOperations
@@ -119,11 +119,10 @@ class ConnectionCapTests(SynchronousTestCase):
     def test_connections_beyond_the_cap_get_503(self):
         # No idle timeout: its timer would outlive this synchronous test.
         site = make_site(BranchAPI(LocalOperations(MemoryStore()), clock=Clock()).resource(),
-                         timeout=None)
-        cap = ConnectionCap(site, limit=2)
-        first, _ = self.connect(cap)
-        second, _ = self.connect(cap)
-        third, transport = self.connect(cap)
+                         timeout=None, limit=2)
+        first, _ = self.connect(site)
+        second, _ = self.connect(site)
+        third, transport = self.connect(site)
         answer = transport.value()
         self.assertTrue(answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer)
         self.assertIn(b"Content-Type: application/json", answer)
@@ -131,7 +130,7 @@ class ConnectionCapTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         # A place freed is taken again.
         first.connectionLost(None)
-        fourth, transport = self.connect(cap)
+        fourth, transport = self.connect(site)
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
 
@@ -161,7 +160,7 @@ class TLSConnectionCapTests(TestCase):
                          timeout=None)
         endpoint = serverFromString(
             reactor, f"ssl:0:interface=127.0.0.1:privateKey={key}:certKey={cert}")
-        d = endpoint.listen(ConnectionCap(site))
+        d = endpoint.listen(site)
 
         def listening(port):
             self.addCleanup(port.stopListening)
