@@ -211,8 +211,8 @@ def request_headers(request):
     found = {}
     for name, values in request.requestHeaders.getAllRawHeaders():
         read = _READ.get(name)
-        if read is not None and values:
-            found[read] = values[-1].decode("latin-1")
+        if read is not None:  # (a proxy's header counts even without a value)
+            found[read] = values[-1].decode("latin-1") if values else ""
     return found
 
 
