@@ -76,17 +76,25 @@ class SecretsTests(PolicySupervisorTestCase):
 class BadRecordTests(PolicySupervisorTestCase):
     """Records no API of this branch would write, as an older state file holds them."""
 
-    def test_unreadable_arguments_fail_their_instance_only(self):
-        self.store.put_app(App("bad", arguments='"'))
+    def failed_beside_w2(self, app, reason):
+        """
+        w1 of C{app} (a bad record) fails with C{reason}, and w2 beside it
+        runs; w1's status.
+        """
+        self.store.put_app(app)
         self.start()
-        self.put("w1", "bad")
+        self.put("w1", app.name)
         self.add("w2")
         self.boot("w2")
         self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
         status = self.supervisor.status("w1")
         self.assertEqual((status["state"], status["pid"]), ("failed", None))
-        self.assertIn("cannot start: app arguments cannot be read as a command line",
-                      status["last_error"])
+        self.assertIn("cannot start: " + reason, status["last_error"])
+        return status
+
+    def test_unreadable_arguments_fail_their_instance_only(self):
+        status = self.failed_beside_w2(App("bad", arguments='"'),
+                                       "app arguments cannot be read as a command line")
         self.assertGreaterEqual(status["restarts"], 1)  # the first retry is at once
         # It keeps being tried with backoff, then quarantined, while w2
         # is supervised as ever: its death is noticed and it is restarted.
@@ -127,16 +135,8 @@ class BadRecordTests(PolicySupervisorTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_an_apps_broker_host_no_url_can_carry_fails_its_instances_only(self):
-        self.store.put_app(App("bad", broker=Broker(hostname="[", password=SECRET)))
-        self.start()
-        self.put("w1", "bad")
-        self.add("w2")
-        self.boot("w2")
-        self.assertEqual([p.node() for p in self.reactor.live()], ["w2@h"])
-        status = self.supervisor.status("w1")
-        self.assertEqual((status["state"], status["pid"]), ("failed", None))
-        self.assertIn("cannot start: broker hostname must be a host name",
-                      status["last_error"])
+        self.failed_beside_w2(App("bad", broker=Broker(hostname="[", password=SECRET)),
+                              "broker hostname must be a host name")
         self.pump(20)
         self.assertEqual(self.state("w1"), "quarantined")
         self.assertNotIn(SECRET, self.supervisor.status("w1")["last_error"])

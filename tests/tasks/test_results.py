@@ -230,9 +230,9 @@ class _OlderStateStore(MemoryStore):
 
 
 class StartTests(JournalTestCase):
-    def test_an_app_whose_broker_has_no_url_stops_no_start(self):
-        store = _OlderStateStore()
-        store.put_app(App("good"))
+    def started(self, store):
+        """A task service of C{store}'s apps, started; it and the broker
+        URLs it asked a connection to."""
         asked = []
 
         def client(url):
@@ -243,6 +243,12 @@ class StartTests(JournalTestCase):
                             "b1", self.clock, store)
         tasks.startService()
         self.addCleanup(tasks.stopService)
+        return tasks, asked
+
+    def test_an_app_whose_broker_has_no_url_stops_no_start(self):
+        store = _OlderStateStore()
+        store.put_app(App("good"))
+        tasks, asked = self.started(store)
         self.assertEqual(asked, [App("good").broker.as_url()])
         self.assertTrue(tasks.running)
 
@@ -254,16 +260,7 @@ class StartTests(JournalTestCase):
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        asked = []
-
-        def client(url):
-            asked.append(url)
-            return FakeClient()
-
-        tasks = TaskService(BrokerPool(self.clock, make_client=client), self.journal(),
-                            "b1", self.clock, store)
-        tasks.startService()
-        self.addCleanup(tasks.stopService)
+        tasks, asked = self.started(store)
         self.assertTrue(tasks.running)
         self.assertEqual(asked, [App("good", broker=Broker(hostname="mq")).broker.as_url()])
         lines = "\n".join(formatEvent(e) for e in events)
