@@ -21,6 +21,7 @@ import json
 import os
 import signal
 import socket
+import uuid
 
 from twisted.internet import defer, reactor
 from twisted.internet.task import deferLater
@@ -192,6 +193,20 @@ class IntegrationTestCase(DaemonTestCase):
         super().setUp()
         self.spawned = []
         self.addCleanup(self.save_output)
+
+    async def broker_user(self, vhost, prefix="cymeit"):
+        """
+        A broker user of this test, with a password of its own, that may use
+        C{vhost} alone (deleted in a cleanup); C{(user, password)}.
+        """
+        need_rabbitmqctl()
+        user, password = f"{prefix}-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
+        code, out = await rabbitmqctl("add_user", user, password)
+        self.assertEqual(code, 0, out)
+        self.addCleanup(lambda: defer.ensureDeferred(rabbitmqctl("delete_user", user)))
+        code, out = await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        self.assertEqual(code, 0, out)
+        return user, password
 
     async def clear_broker(self):
         """What the test left on the broker, once its workers are gone: nothing here."""

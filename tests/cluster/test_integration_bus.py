@@ -19,7 +19,7 @@ from cyme.amqp import AMQPClientService, backoff_policy
 from cyme.cluster.placement import coordinator
 from cyme.cluster.seal import FernetSeal
 from tests.cluster import new_key
-from tests.integration import IntegrationTestCase, need_rabbitmqctl, rabbitmqctl, sleep
+from tests.integration import IntegrationTestCase, sleep
 from tests.test_daemon import deferred
 from tests.vhosts import broker_url, run_vhost
 
@@ -275,17 +275,6 @@ class DefaultKeyTests(BusTestCase):
 
 
 class BusBrokerTests(BusTestCase):
-    async def bus_user(self, vhost):
-        """A broker user of this test that may use C{vhost} alone; its password."""
-        need_rabbitmqctl()
-        user, password = f"cymebus-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
-        code, out = await rabbitmqctl("add_user", user, password)
-        self.assertEqual(code, 0, out)
-        self.addCleanup(lambda: defer.ensureDeferred(rabbitmqctl("delete_user", user)))
-        code, out = await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        self.assertEqual(code, 0, out)
-        return user, password
-
     async def has_exchange(self, vhost_prefix, exchange):
         """Whether C{exchange} exists on the virtual host of C{vhost_prefix}."""
         channel = await self.broker_client(vhost_prefix)
@@ -305,7 +294,7 @@ class BusBrokerTests(BusTestCase):
         which is still the one of C{-b}.
         """
         vhost = run_vhost("cyme-test-bus")
-        user, password = await self.bus_user(vhost)
+        user, password = await self.broker_user(vhost, "cymebus")
         env = {"CYME_BUS_BROKER_URL": f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"}
         a = await self.spawn_branch("a", env=env)
         b = await self.spawn_branch("b", env=env)

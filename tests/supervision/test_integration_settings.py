@@ -18,13 +18,13 @@ import stat
 import subprocess
 import uuid
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import reactor, threads
 from twisted.internet.task import deferLater
 
 from cyme.state.models import App, Broker, Instance, Queue
 from cyme.state.store import JSONFileStore
 from tests.integration import (
-    IntegrationTestCase, broker_url, need_rabbitmqctl, processes, rabbitmqctl, run_vhost,
+    IntegrationTestCase, broker_url, processes, run_vhost,
 )
 from tests.test_daemon import deferred
 
@@ -112,21 +112,15 @@ class TaskModuleTests(SettingsTestCase):
 
 
 class SecretTests(SettingsTestCase):
-    async def broker_user(self):
+    async def user_url(self):
         """A broker user of this test with a password of its own; its URL."""
-        need_rabbitmqctl()
         vhost = await run_vhost(VHOST)
-        user, password = f"cymeit-{os.getpid()}", f"pw-{uuid.uuid4().hex}"
-        code, out = await rabbitmqctl("add_user", user, password)
-        self.assertEqual(code, 0, out)
-        self.addCleanup(lambda: defer.ensureDeferred(rabbitmqctl("delete_user", user)))
-        code, out = await rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-        self.assertEqual(code, 0, out)
+        user, password = await self.broker_user(vhost)
         return password, f"amqp://{user}:{password}@127.0.0.1:5672/{vhost}"
 
     @deferred
     async def test_ps_shows_no_password_and_files_are_the_branchs_alone(self):
-        password, url = await self.broker_user()
+        password, url = await self.user_url()
         branch = await self.start_branch("it")
         code, body = await self.request("PUT", branch.url("/sec/"), data={"broker": url})
         self.assertEqual(code, 201, body)
