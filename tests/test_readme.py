@@ -39,13 +39,25 @@ VOLATILE = {"pid": (int,), "live": (dict, type(None)), "uptime": (float, int),
             "last_pong": (float, type(None))}
 
 
-def section(text, title):
-    """The text of the top-level section C{title} of an reST document."""
+def _part(text, title, underlines):
+    """The text under the heading C{title} of reST C{text}, up to the next
+    heading underlined with one of the characters C{underlines}."""
     lines = text.splitlines()
     start = lines.index(title) + 2
     end = next((i - 1 for i in range(start + 1, len(lines))
-                if re.fullmatch(r"=+", lines[i]) and lines[i - 1].strip()), len(lines))
+                if re.fullmatch(f"[{underlines}]+", lines[i]) and lines[i - 1].strip()),
+               len(lines))
     return "\n".join(lines[start:end])
+
+
+def section(text, title):
+    """The text of the top-level section C{title} of an reST document."""
+    return _part(text, title, "=")
+
+
+def subsection(text, title):
+    """The text of the subsection C{title} (underlined with C{-}) of reST C{text}."""
+    return _part(text, title, "=-")
 
 
 def literal_blocks(text):
@@ -147,15 +159,6 @@ def like(actual, shown):
                 result[key] = like(value, shown.get(key))
         return result
     return actual
-
-
-def subsection(text, title):
-    """The text of the subsection C{title} (underlined with C{-}) of reST C{text}."""
-    lines = text.splitlines()
-    start = lines.index(title) + 2
-    end = next((i - 1 for i in range(start + 1, len(lines))
-                if re.fullmatch(r"[-=]+", lines[i]) and lines[i - 1].strip()), len(lines))
-    return "\n".join(lines[start:end])
 
 
 class EventTypesTests(SynchronousTestCase):

@@ -69,6 +69,14 @@ class SettingsTestCase(IntegrationTestCase):
         self.assertEqual(body["state"], "running", body)
         return body
 
+    async def state_file(self, name):
+        """A root directory C{name} for a branch, with its state file written
+        by the test: C{(root, its store, the run's broker URL)}."""
+        url = broker_url(await run_vhost(VHOST))
+        root = self.path(name)
+        os.makedirs(root)
+        return root, JSONFileStore(os.path.join(root, "state.json")), url
+
 
 class TaskModuleTests(SettingsTestCase):
     @deferred
@@ -164,10 +172,7 @@ class SecretTests(SettingsTestCase):
 class BadRecordTests(SettingsTestCase):
     @deferred
     async def test_bad_values_in_the_state_file_do_not_stop_the_branch(self):
-        url = broker_url(await run_vhost(VHOST))
-        root = self.path("branch-bad")
-        os.makedirs(root)
-        store = JSONFileStore(os.path.join(root, "state.json"))
+        root, store, url = await self.state_file("branch-bad")
         good = Broker.from_url(url)
         # What an older version let through its API.
         store.put_app(App("good", broker=good))
@@ -231,10 +236,7 @@ class BadRecordTests(SettingsTestCase):
 class UnrecordedWorkerTests(SettingsTestCase):
     @deferred
     async def test_a_worker_whose_pid_file_cannot_be_written_is_stopped_not_leaked(self):
-        url = broker_url(await run_vhost(VHOST))
-        root = self.path("branch-unrecorded")
-        os.makedirs(root)
-        store = JSONFileStore(os.path.join(root, "state.json"))
+        root, store, url = await self.state_file("branch-unrecorded")
         store.put_app(App("good", broker=Broker.from_url(url)))
         store.put_instance(Instance("ok", "good"))
         store.put_instance(Instance("unrec", "good"))
