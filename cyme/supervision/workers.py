@@ -187,6 +187,11 @@ class WorkerCommands:
         self._made.pop(name, None)
 
 
+#: What starting a worker may raise for a reason of its own (a record the
+#: branch refuses, the system): anything else is a bug.
+EXPECTED = (CymeError, OSError)
+
+
 def cannot_start(error):
     """
     What an instance whose worker could not be started shows as its
@@ -195,18 +200,18 @@ def cannot_start(error):
     the broker's URL).
     """
     text = error.message if isinstance(error, CymeError) else str(error)
-    if not isinstance(error, (CymeError, OSError)):  # unexpected: its kind says more
+    if not isinstance(error, EXPECTED):  # a bug: its kind says more
         text = f"{type(error).__name__}: {text}"
     return "cannot start: " + mask_passwords(text)
 
 
 def where_raised(error):
     """
-    For the log: where an unexpected C{error} (not a L{CymeError} or an
-    L{OSError}: a bug) was raised, as the frames of its traceback, which
-    hold code and no values (a log line never quotes a password); else "".
+    For the log: where C{error}, a bug (not L{EXPECTED}), was raised, as
+    the frames of its traceback, which hold code and no values (a log line
+    never quotes a password); else "".
     """
-    if isinstance(error, (CymeError, OSError)) or error.__traceback__ is None:
+    if isinstance(error, EXPECTED) or error.__traceback__ is None:
         return ""
     return "\n" + "".join(traceback.format_tb(error.__traceback__)).rstrip()
 
